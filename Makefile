@@ -1,0 +1,52 @@
+# The verbs a newcomer types. Each target does its own set-up.
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+export AUTHZ_HOME ?= $(CURDIR)/.authz
+
+PROTOS := $(shell find proto -name '*.proto')
+GEN_STAMP := authz_service/gen/.stamp
+VENV_STAMP := $(VENV)/.installed
+
+.PHONY: run test proto lint typecheck fmt bench chart clean help
+
+help:
+	@echo "make run    start the service on an embedded PostgreSQL with a demo tenant"
+	@echo "make test   run the test suite (real PostgreSQL, real gRPC)"
+	@echo "make proto  regenerate authz_service/gen from proto/"
+	@echo "make lint   ruff + mypy --strict"
+	@echo "make clean  remove the virtualenv, generated code and local data"
+
+$(VENV_STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (or set PYTHON=...)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $@
+
+$(GEN_STAMP): $(VENV_STAMP) $(PROTOS) scripts/gen_proto.py
+	$(BIN)/python scripts/gen_proto.py
+	@touch $@
+
+proto: $(VENV_STAMP)
+	$(BIN)/python scripts/gen_proto.py
+	@touch $(GEN_STAMP)
+
+run: $(GEN_STAMP)
+	$(BIN)/authz dev
+
+test: $(GEN_STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(GEN_STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+fmt: $(VENV_STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) authz_service/gen .pytest_cache .mypy_cache .ruff_cache
+	@echo "local data in $(AUTHZ_HOME) kept; remove it by hand to start over"
