@@ -1,0 +1,156 @@
+"""AuthzService: validate, call the flow, build the response."""
+
+from __future__ import annotations
+
+from ..domain import ids
+from ..domain.access import Inbound
+from ..domain.errors import InvalidArgument
+from ..domain.model import ChatKind, Role
+from ..flows import Context, access, pairing
+from ..gen.authz.v1 import authz_pb2 as az
+from ..gen.authz.v1 import authz_pb2_grpc
+from ..gen.authz.v1 import common_pb2 as cm
+from . import convert
+from .rpc import Runtime, rpc
+
+MAX_MESSAGE_TEXT = 16_384
+MAX_DISPLAY_NAME = 256
+MAX_TARGET = 256
+MAX_REASON = 1024
+
+_OUTCOME = {
+    pairing.PairingOutcome.CREATED: az.PAIRING_OUTCOME_CREATED,
+    pairing.PairingOutcome.EXISTING: az.PAIRING_OUTCOME_EXISTING,
+    pairing.PairingOutcome.ALREADY_ALLOWED: az.PAIRING_OUTCOME_ALREADY_ALLOWED,
+    pairing.PairingOutcome.BLOCKED: az.PAIRING_OUTCOME_BLOCKED,
+    pairing.PairingOutcome.CAPACITY: az.PAIRING_OUTCOME_CAPACITY,
+    pairing.PairingOutcome.NOT_ACCEPTED: az.PAIRING_OUTCOME_NOT_ACCEPTED,
+}
+
+
+class AuthzServicer(authz_pb2_grpc.AuthzServiceServicer):
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    @rpc(Role.CONNECTOR)
+    async def CheckUser(self, request: az.CheckUserRequest, ctx: Context) -> az.CheckUserResponse:  # noqa: N802
+        channel_id = ids.channel_id(request.channel_id)
+        user_id = ids.user_id_shape(request.user_id)
+        kind = convert.enum_in(convert.CHAT_KIND, request.chat_kind, "chat_kind")
+        if kind is ChatKind.GROUP:
+            group_id = ids.group_id(request.group_id)
+            if group_id == "*":
+                raise InvalidArgument("group_id", "must be a real group id, not '*'")
+        elif request.group_id:
+            raise InvalidArgument("group_id", "must be empty for direct messages")
+        else:
+            group_id = ""
+        convert.text(request.text, "text", MAX_MESSAGE_TEXT)
+        convert.text(request.display_name, "display_name", MAX_DISPLAY_NAME)
+        verdict = await access.check(
+            ctx, channel_id, Inbound(user_id, kind, group_id, request.mentioned, request.text)
+        )
+        return az.CheckUserResponse(
+            decision=convert.DECISION[verdict.decision],
+            reason=verdict.reason,
+            text=verdict.text,
+            agent_id=verdict.agent_id,
+            permissions=list(verdict.permissions),
+            trace_id=ctx.trace_id,
+        )
+
+    @rpc(Role.CONNECTOR)
+    async def RequestPairing(  # noqa: N802
+        self, request: az.RequestPairingRequest, ctx: Context
+    ) -> az.RequestPairingResponse:
+        result = await pairing.request_pairing(
+            ctx,
+            ids.channel_id(request.channel_id),
+            ids.user_id_shape(request.user_id),
+            convert.text(request.display_name, "display_name", MAX_DISPLAY_NAME),
+            convert.text(request.first_message, "first_message", MAX_MESSAGE_TEXT),
+        )
+        resp = az.RequestPairingResponse(
+            outcome=_OUTCOME[result.outcome],
+            created=result.created,
+            code=result.code,
+            expires_at=convert.ts(result.expires_at),
+            text=result.text,
+            approval_id=result.approval_id,
+            trace_id=ctx.trace_id,
+        )
+        if result.notification is not None:
+            n = result.notification
+            resp.notification.CopyFrom(
+                az.OwnerNotification(
+                    owner_id=n.owner_id,
+                    text=n.text,
+                    buttons=[
+                        az.Button(
+                            action=convert.enum_out(convert.ACTION, b.action),
+                            label=b.label,
+                            callback_payload=b.callback_payload,
+                        )
+                        for b in n.buttons
+                    ],
+                )
+            )
+        return resp
+
+    @rpc(Role.CONNECTOR, Role.APPROVER)
+    async def ResolveApproval(  # noqa: N802
+        self, request: az.ResolveApprovalRequest, ctx: Context
+    ) -> az.ResolveApprovalResponse:
+        which = request.WhichOneof("target")
+        if which == "approval_id":
+            target = pairing.ResolveTarget(approval_id=ids.approval_id(request.approval_id))
+        elif which == "callback_payload":
+            if not request.callback_payload or len(request.callback_payload) > 64:
+                raise InvalidArgument("callback_payload", "is not a valid approval button payload")
+            target = pairing.ResolveTarget(callback_payload=request.callback_payload)
+        elif which == "code":
+            target = pairing.ResolveTarget(
+                channel_id=ids.channel_id(request.code.channel_id, "code.channel_id"),
+                code=convert.text(request.code.code, "code.code", 32),
+            )
+        else:
+            raise InvalidArgument("target", "set one of approval_id, callback_payload or code")
+        action = (
+            None
+            if request.action == cm.APPROVAL_ACTION_UNSPECIFIED
+            else convert.enum_in(convert.ACTION, request.action, "action")
+        )
+        actor_id = ids.user_id_shape(request.actor_id, "actor_id") if request.actor_id else ""
+        if ctx.principal.role is Role.CONNECTOR and not actor_id:
+            raise InvalidArgument("actor_id", "is required for connector keys: the platform id of who pressed")
+        reason = convert.text(request.reason, "reason", MAX_REASON)
+        result = await pairing.resolve(ctx, target, action, actor_id, reason)
+        return az.ResolveApprovalResponse(
+            approval=convert.approval_out(result.approval),
+            requester_text=result.requester_text,
+            owner_text=result.owner_text,
+            trace_id=ctx.trace_id,
+        )
+
+    @rpc(Role.CONNECTOR)
+    async def EvaluateSend(  # noqa: N802
+        self, request: az.EvaluateSendRequest, ctx: Context
+    ) -> az.EvaluateSendResponse:
+        channel_id = ids.channel_id(request.channel_id)
+        agent_id = ids.agent_id(request.agent_id)
+        session_id = convert.text(request.session_id, "session_id", 256)
+        origin = convert.text(request.origin, "origin", MAX_TARGET)
+        target = convert.text(request.target, "target", MAX_TARGET)
+        if not target.strip():
+            raise InvalidArgument("target", "is required")
+        if request.action not in (az.SEND_ACTION_UNSPECIFIED, az.SEND_ACTION_SEND, az.SEND_ACTION_LIST):
+            raise InvalidArgument("action", f"unknown value {request.action}")
+        decision = await access.evaluate_send(
+            ctx, channel_id, agent_id, session_id, origin, target, listing=request.action == az.SEND_ACTION_LIST
+        )
+        return az.EvaluateSendResponse(
+            allow=decision.allow,
+            reason=decision.reason,
+            resolved_target=decision.resolved_target,
+            trace_id=ctx.trace_id,
+        )

@@ -1,0 +1,191 @@
+"""Protobuf <-> domain. Unknown enum values are INVALID_ARGUMENT naming the field."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import TypeVar
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from ..domain import ids
+from ..domain.errors import InvalidArgument
+from ..domain.model import (
+    DEFAULT_AGENT,
+    DEFAULT_MAX_PENDING,
+    DEFAULT_PAIRING_CODE_TTL,
+    Approval,
+    ApprovalAction,
+    ApprovalStatus,
+    ChannelPolicy,
+    ChatKind,
+    Decision,
+    DmPolicy,
+    GroupPolicy,
+    Platform,
+    Role,
+    SendDefault,
+    SendPolicy,
+    Subject,
+    SubjectSource,
+    SubjectStatus,
+)
+from ..gen.authz.v1 import admin_pb2 as adm
+from ..gen.authz.v1 import authz_pb2 as az
+from ..gen.authz.v1 import common_pb2 as cm
+
+E = TypeVar("E")
+
+PLATFORM = {
+    cm.PLATFORM_TELEGRAM: Platform.TELEGRAM,
+    cm.PLATFORM_SLACK: Platform.SLACK,
+    cm.PLATFORM_DISCORD: Platform.DISCORD,
+    cm.PLATFORM_WHATSAPP: Platform.WHATSAPP,
+}
+CHAT_KIND = {cm.CHAT_KIND_DIRECT: ChatKind.DIRECT, cm.CHAT_KIND_GROUP: ChatKind.GROUP}
+DM_POLICY = {
+    cm.DM_POLICY_UNSPECIFIED: DmPolicy.PAIRING,  # never open by omission
+    cm.DM_POLICY_PAIRING: DmPolicy.PAIRING,
+    cm.DM_POLICY_ALLOWLIST: DmPolicy.ALLOWLIST,
+    cm.DM_POLICY_OPEN: DmPolicy.OPEN,
+    cm.DM_POLICY_DISABLED: DmPolicy.DISABLED,
+}
+GROUP_POLICY = {
+    cm.GROUP_POLICY_UNSPECIFIED: GroupPolicy.ALLOWLIST,
+    cm.GROUP_POLICY_OPEN: GroupPolicy.OPEN,
+    cm.GROUP_POLICY_ALLOWLIST: GroupPolicy.ALLOWLIST,
+    cm.GROUP_POLICY_DISABLED: GroupPolicy.DISABLED,
+}
+SEND_DEFAULT = {
+    cm.SEND_DEFAULT_UNSPECIFIED: SendDefault.DENY,
+    cm.SEND_DEFAULT_DENY: SendDefault.DENY,
+    cm.SEND_DEFAULT_ALLOW: SendDefault.ALLOW,
+}
+ACTION = {
+    cm.APPROVAL_ACTION_APPROVE: ApprovalAction.APPROVE,
+    cm.APPROVAL_ACTION_DENY: ApprovalAction.DENY,
+    cm.APPROVAL_ACTION_BLOCK: ApprovalAction.BLOCK,
+}
+APPROVAL_STATUS = {
+    cm.APPROVAL_STATUS_PENDING: ApprovalStatus.PENDING,
+    cm.APPROVAL_STATUS_APPROVED: ApprovalStatus.APPROVED,
+    cm.APPROVAL_STATUS_DENIED: ApprovalStatus.DENIED,
+    cm.APPROVAL_STATUS_BLOCKED: ApprovalStatus.BLOCKED,
+    cm.APPROVAL_STATUS_EXPIRED: ApprovalStatus.EXPIRED,
+}
+ROLE = {adm.ROLE_CONNECTOR: Role.CONNECTOR, adm.ROLE_APPROVER: Role.APPROVER, adm.ROLE_ADMIN: Role.ADMIN}
+DECISION = {
+    Decision.ALLOW: az.DECISION_ALLOW,
+    Decision.DENY: az.DECISION_DENY,
+    Decision.PAIRING_REQUIRED: az.DECISION_PAIRING_REQUIRED,
+    Decision.BLOCKED: az.DECISION_BLOCKED,
+    Decision.RATE_LIMITED: az.DECISION_RATE_LIMITED,
+}
+
+
+def enum_in(mapping: dict[int, E], value: int, field: str) -> E:
+    try:
+        return mapping[value]
+    except KeyError:
+        raise InvalidArgument(field, f"unknown or unspecified value {value}") from None
+
+
+def enum_out(mapping: dict[int, E], value: E) -> int:
+    for k, v in mapping.items():
+        if v == value and k != 0:
+            return k
+    raise ValueError(value)
+
+
+def ts(value: datetime | None) -> Timestamp | None:
+    if value is None:
+        return None
+    out = Timestamp()
+    out.FromDatetime(value)
+    return out
+
+
+def from_ts(value: Timestamp, present: bool) -> datetime | None:
+    return value.ToDatetime().replace(tzinfo=UTC) if present else None
+
+
+def send_policy_in(msg: cm.SendPolicy, field: str) -> SendPolicy:
+    return SendPolicy(
+        default=enum_in(SEND_DEFAULT, msg.default, f"{field}.default"),
+        allow=tuple(msg.allow),
+        deny=tuple(msg.deny),
+    )
+
+
+def send_policy_out(p: SendPolicy) -> cm.SendPolicy:
+    return cm.SendPolicy(default=enum_out(SEND_DEFAULT, p.default), allow=list(p.allow), deny=list(p.deny))
+
+
+def policy_in(msg: cm.ChannelPolicy) -> ChannelPolicy:
+    return ChannelPolicy(
+        dm_policy=enum_in(DM_POLICY, msg.dm_policy, "policy.dm_policy"),
+        group_policy=enum_in(GROUP_POLICY, msg.group_policy, "policy.group_policy"),
+        require_mention=msg.require_mention if msg.HasField("require_mention") else True,
+        owner_id=msg.owner_id,
+        approvers=tuple(msg.approvers),
+        pairing_code_ttl_seconds=msg.pairing_code_ttl_seconds or DEFAULT_PAIRING_CODE_TTL,
+        max_pending=msg.max_pending or DEFAULT_MAX_PENDING,
+        pairing_ttl_seconds=msg.pairing_ttl_seconds,
+        agent_id=msg.agent_id or DEFAULT_AGENT,
+        send_policy=send_policy_in(msg.send_policy, "policy.send_policy") if msg.HasField("send_policy") else None,
+        agent_send_policies={
+            a: send_policy_in(p, f"policy.agent_send_policies[{a}]") for a, p in msg.agent_send_policies.items()
+        },
+        aliases=dict(msg.aliases),
+    )
+
+
+def policy_out(p: ChannelPolicy) -> cm.ChannelPolicy:
+    msg = cm.ChannelPolicy(
+        dm_policy=enum_out(DM_POLICY, p.dm_policy),
+        group_policy=enum_out(GROUP_POLICY, p.group_policy),
+        require_mention=p.require_mention,
+        owner_id=p.owner_id,
+        approvers=list(p.approvers),
+        pairing_code_ttl_seconds=p.pairing_code_ttl_seconds,
+        max_pending=p.max_pending,
+        pairing_ttl_seconds=p.pairing_ttl_seconds,
+        agent_id=p.agent_id,
+        aliases=p.aliases,
+    )
+    if p.send_policy is not None:
+        msg.send_policy.CopyFrom(send_policy_out(p.send_policy))
+    for agent, sp in p.agent_send_policies.items():
+        msg.agent_send_policies[agent].CopyFrom(send_policy_out(sp))
+    return msg
+
+
+def approval_out(a: Approval) -> cm.Approval:
+    return cm.Approval(
+        approval_id=a.approval_id,
+        kind=cm.APPROVAL_KIND_PAIRING,
+        status=enum_out(APPROVAL_STATUS, a.status),
+        channel_id=a.channel_id,
+        user_id=a.user_id,
+        display_name=a.display_name,
+        created_at=ts(a.created_at),
+        expires_at=ts(a.expires_at),
+        resolved_at=ts(a.resolved_at),
+        resolved_by=a.resolved_by,
+    )
+
+
+def subject_out(s: Subject) -> adm.Subject:
+    return adm.Subject(
+        channel_id=s.channel_id,
+        user_id=s.user_id,
+        display_name=s.display_name,
+        status=adm.SUBJECT_STATUS_ALLOWED if s.status is SubjectStatus.ALLOWED else adm.SUBJECT_STATUS_BLOCKED,
+        source=adm.SUBJECT_SOURCE_PAIRING if s.source is SubjectSource.PAIRING else adm.SUBJECT_SOURCE_ADMIN,
+        permissions=list(s.permissions),
+        updated_at=ts(s.updated_at),
+        expires_at=ts(s.expires_at),
+    )
+
+
+def text(value: str, field: str, max_len: int) -> str:
+    return ids.bounded_text(value, field, max_len)

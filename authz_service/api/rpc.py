@@ -1,0 +1,114 @@
+"""What every RPC shares: authentication, role checks, a trace id, and the one
+mapping from domain errors to gRPC status codes."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import re
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import grpc
+
+from ..domain import errors
+from ..domain.model import Principal, Role
+from ..domain.pairing import Keyring
+from ..flows import Context
+from ..flows.auth import authenticate
+from ..store.db import Database
+
+log = logging.getLogger(__name__)
+
+STATUS: dict[type[errors.AuthzError], grpc.StatusCode] = {
+    errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.NotFound: grpc.StatusCode.NOT_FOUND,
+    errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.Conflict: grpc.StatusCode.ABORTED,
+    errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
+}
+
+_TRACEPARENT = re.compile(r"[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}")
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Shared by every servicer of one process."""
+
+    db: Database
+    keyring: Keyring
+    operator_key_hash: bytes | None
+
+
+def _metadata(context: grpc.aio.ServicerContext[Any, Any]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key, value in context.invocation_metadata() or ():
+        if isinstance(value, str):
+            out[key.lower()] = value
+    return out
+
+
+def trace_id_of(md: dict[str, str]) -> str:
+    """The W3C trace id of the caller's traceparent, or a fresh one."""
+    m = _TRACEPARENT.fullmatch(md.get("traceparent", ""))
+    return m.group(1) if m else secrets.token_hex(16)
+
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+Handler = Callable[[Any, Req, Context], Awaitable[Resp]]
+Method = Callable[[Any, Req, grpc.aio.ServicerContext[Any, Any]], Awaitable[Resp]]
+
+
+def rpc(*roles: Role) -> Callable[[Handler[Req, Resp]], Method[Req, Resp]]:
+    """Authenticate, authorize by role, run, and map errors to status codes.
+
+    ``Role.ADMIN`` may call any tenant RPC; the operator key only what lists
+    ``Role.OPERATOR``.
+    """
+    allowed = set(roles)
+
+    def wrap(handler: Handler[Req, Resp]) -> Method[Req, Resp]:
+        name = handler.__name__
+
+        @functools.wraps(handler)
+        async def method(self: Any, request: Req, context: grpc.aio.ServicerContext[Any, Any]) -> Resp:
+            runtime: Runtime = self.runtime
+            md = _metadata(context)
+            trace_id = trace_id_of(md)
+            try:
+                principal = await _principal(runtime, md)
+                if principal.role not in allowed and not (principal.role is Role.ADMIN and Role.OPERATOR not in allowed):
+                    raise errors.PermissionDenied(f"{name} is not allowed for the {principal.role.value} role")
+                ctx = Context(runtime.db, runtime.keyring, principal, trace_id)
+                return await handler(self, request, ctx)
+            except errors.AuthzError as exc:
+                code = STATUS[type(exc)]
+                if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+                    log.info("%s refused: %s", name, exc.message, extra={"trace_id": trace_id})
+                await context.abort(code, exc.message)
+            except Exception:
+                # A bug, not the caller's fault. Fail closed; never leak details.
+                log.exception("%s failed", name, extra={"trace_id": trace_id})
+                await context.abort(grpc.StatusCode.INTERNAL, f"internal error (trace {trace_id})")
+            raise AssertionError("unreachable")  # abort() raises
+
+        return method
+
+    return wrap
+
+
+async def _principal(runtime: Runtime, md: dict[str, str]) -> Principal:
+    auth = md.get("authorization", "")
+    scheme, _, token = auth.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise errors.Unauthenticated("missing API key: send metadata 'authorization: Bearer <key>'")
+    token = token.strip()
+    if len(token) > 256:
+        raise errors.Unauthenticated("invalid API key")
+    return await authenticate(runtime.db, token, runtime.operator_key_hash)

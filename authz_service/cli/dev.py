@@ -1,0 +1,100 @@
+"""``authz dev`` (``make run``): the service on the embedded database, plus a
+demo tenant and channel, and the commands to try next."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shlex
+import sys
+from pathlib import Path
+
+import grpc
+
+from ..client import connect
+from ..config import Settings
+from ..gen.authz.v1 import admin_pb2 as adm
+from ..gen.authz.v1 import common_pb2 as cm
+from ..logs import setup_logging
+from ..server import RunningServer, serve
+
+DEMO_TENANT = "demo"
+DEMO_CHANNEL = "demo"
+
+
+async def _bootstrap(settings: Settings, running: RunningServer) -> None:
+    address = f"127.0.0.1:{running.port}"
+    key_file = settings.home / "demo-admin.key"
+    assert settings.operator_key is not None
+    op = connect(address, settings.operator_key)
+    try:
+        try:
+            resp = await op.admin.CreateTenant(adm.CreateTenantRequest(tenant_id=DEMO_TENANT, display_name="Demo"))
+            key_file.write_text(resp.secret + "\n")
+            key_file.chmod(0o600)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.ALREADY_EXISTS:
+                raise
+    finally:
+        await op.close()
+    if not key_file.exists():
+        print(f"demo tenant exists but {key_file} is gone; delete {settings.home} to start over", file=sys.stderr)
+        return
+    admin_key = key_file.read_text().strip()
+    admin = connect(address, admin_key)
+    try:
+        try:
+            await admin.admin.GetChannel(adm.GetChannelRequest(channel_id=DEMO_CHANNEL))
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.NOT_FOUND:
+                raise
+            await admin.admin.SetChannel(
+                adm.SetChannelRequest(
+                    channel_id=DEMO_CHANNEL,
+                    platform=cm.PLATFORM_TELEGRAM,
+                    policy=cm.ChannelPolicy(dm_policy=cm.DM_POLICY_PAIRING),
+                )
+            )
+    finally:
+        await admin.close()
+
+    venv_bin = Path(sys.executable).parent
+    env_file = settings.home / "env"
+    env_file.write_text(
+        f"export AUTHZ_ADDRESS={address}\n"
+        f"export AUTHZ_API_KEY={shlex.quote(admin_key)}\n"
+        f"export AUTHZ_HOME={shlex.quote(str(settings.home))}\n"
+        f"export PATH={shlex.quote(str(venv_bin))}:$PATH\n"
+    )
+    env_file.chmod(0o600)
+    print(
+        f"""
+────────────────────────────────────────────────────────────────────────
+ Ready. Tenant '{DEMO_TENANT}' has a Telegram channel '{DEMO_CHANNEL}' with DM policy 'pairing'
+ and no owner, so requesters are told the CLI command to approve them.
+
+ In another terminal:
+
+   source {env_file}
+   authz simulate message demo 4242 "hello"        # → pairing required, prints a code
+   authz pairing list demo                          # the pending request
+   authz pairing approve demo <CODE>               # the owner approves
+   authz simulate message demo 4242 "hello again"  # → allowed, routed to the agent
+   authz users list demo --paired
+   authz audit
+
+ Stop with Ctrl-C. Data lives in {settings.home} (delete it to start over).
+────────────────────────────────────────────────────────────────────────""",
+        flush=True,
+    )
+
+
+def run_dev() -> int:
+    setup_logging()
+    settings = Settings.from_env()
+
+    async def on_ready(running: RunningServer) -> None:
+        await _bootstrap(settings, running)
+
+    asyncio.run(serve(settings, on_ready=on_ready))
+    return 0

@@ -1,0 +1,676 @@
+"""``authz``: the operator's command line.
+
+Every command except ``serve``, ``dev`` and ``migrate`` talks to the service
+over gRPC (``AUTHZ_ADDRESS``, ``AUTHZ_API_KEY``), so it works the same against
+a laptop and a cluster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import io
+import json
+import os
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import grpc
+import yaml
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+from ..client import DEFAULT_ADDRESS, SyncClient, connect_sync
+from ..config import ConfigError, Settings
+from ..gen.authz.v1 import admin_pb2 as adm
+from ..gen.authz.v1 import authz_pb2 as az
+from ..gen.authz.v1 import common_pb2 as cm
+
+
+class CliError(Exception):
+    pass
+
+
+# --- output ----------------------------------------------------------------------
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+    if isinstance(value, list | tuple):
+        return ",".join(map(str, value))
+    return "" if value is None else str(value)
+
+
+def table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    if not rows:
+        return "(none)"
+    cells = [[_fmt(r.get(c)) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip()]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in cells]
+    return "\n".join(lines)
+
+
+def as_dict(msg: Message) -> dict[str, Any]:
+    return json_format.MessageToDict(msg, preserving_proto_field_name=True)
+
+
+def enum_name(prefix: str, value: str) -> str:
+    return value.removeprefix(prefix).lower()
+
+
+def emit(args: argparse.Namespace, rows: list[dict[str, Any]], columns: Sequence[str]) -> None:
+    if args.json:
+        print(json.dumps(rows, indent=2, default=_fmt))
+    else:
+        print(table(rows, columns))
+
+
+def ts(msg: Message, field: str) -> datetime | None:
+    return getattr(msg, field).ToDatetime().replace(tzinfo=UTC) if msg.HasField(field) else None
+
+
+# --- connection --------------------------------------------------------------------
+
+
+def _read_key(env_name: str, fallback: Path | None) -> str | None:
+    if os.environ.get(env_name):
+        return os.environ[env_name].strip()
+    file_name = os.environ.get(f"{env_name}_FILE")
+    for path in (Path(file_name) if file_name else None, fallback):
+        if path is not None and path.exists():
+            return path.read_text().strip()
+    return None
+
+
+def client(args: argparse.Namespace, *, operator: bool = False) -> SyncClient:
+    home = Path(os.environ.get("AUTHZ_HOME") or Path.home() / ".authz")
+    if operator:
+        key = _read_key("AUTHZ_OPERATOR_KEY", home / "operator.key")
+        missing = "set AUTHZ_OPERATOR_KEY (or AUTHZ_OPERATOR_KEY_FILE)"
+    else:
+        key = args.api_key or _read_key("AUTHZ_API_KEY", None)
+        missing = "set AUTHZ_API_KEY (or pass --api-key); `make run` prints one for the demo tenant"
+    if not key:
+        raise CliError(missing)
+    return connect_sync(args.address, key)
+
+
+def call(fn: Callable[..., Any], request: Message) -> Any:
+    try:
+        return fn(request, timeout=15)
+    except grpc.RpcError as exc:
+        code = exc.code()
+        name = code.name if code is not None else "UNKNOWN"
+        raise CliError(f"{name}: {exc.details()}") from None
+
+
+# --- commands ----------------------------------------------------------------------
+
+PLATFORMS = {"telegram": cm.PLATFORM_TELEGRAM, "slack": cm.PLATFORM_SLACK, "discord": cm.PLATFORM_DISCORD,
+             "whatsapp": cm.PLATFORM_WHATSAPP}  # fmt: skip
+DM = {"pairing": cm.DM_POLICY_PAIRING, "allowlist": cm.DM_POLICY_ALLOWLIST, "open": cm.DM_POLICY_OPEN,
+      "disabled": cm.DM_POLICY_DISABLED}  # fmt: skip
+GROUP = {"open": cm.GROUP_POLICY_OPEN, "allowlist": cm.GROUP_POLICY_ALLOWLIST, "disabled": cm.GROUP_POLICY_DISABLED}
+ROLES = {"connector": adm.ROLE_CONNECTOR, "approver": adm.ROLE_APPROVER, "admin": adm.ROLE_ADMIN}
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from ..logs import setup_logging
+    from ..server import serve
+
+    setup_logging()
+    asyncio.run(serve(Settings.from_env()))
+    return 0
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    from .dev import run_dev
+
+    return run_dev()
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from ..store import embedded
+    from ..store.migrate import migrate
+
+    settings = Settings.from_env()
+
+    async def run() -> None:
+        if settings.embedded:
+            emb = await asyncio.to_thread(embedded.start, settings.home)
+            await embedded.ensure_database(emb)
+            dsn = emb.owner_dsn
+        else:
+            dsn = settings.migrate_database_url or settings.database_url or ""
+        applied = await migrate(dsn)
+        if applied:
+            for m in applied:
+                print(f"applied {m.version:04d}_{m.name}")
+        else:
+            print("schema is up to date")
+
+    asyncio.run(run())
+    return 0
+
+
+def _tenant_row(t: adm.Tenant) -> dict[str, Any]:
+    return {"tenant": t.tenant_id, "name": t.display_name, "created": ts(t, "created_at")}
+
+
+def cmd_tenant_create(args: argparse.Namespace) -> int:
+    c = client(args, operator=True)
+    resp = call(c.admin.CreateTenant, adm.CreateTenantRequest(tenant_id=args.tenant, display_name=args.name or ""))
+    print(f"created tenant {resp.tenant.tenant_id}")
+    print(f"admin key (shown once, store it now):\n{resp.secret}")
+    return 0
+
+
+def cmd_tenant_list(args: argparse.Namespace) -> int:
+    c = client(args, operator=True)
+    resp = call(c.admin.ListTenants, adm.ListTenantsRequest())
+    emit(args, [_tenant_row(t) for t in resp.tenants], ["tenant", "name", "created"])
+    return 0
+
+
+def _key_row(k: adm.ApiKey) -> dict[str, Any]:
+    return {"key_id": k.key_id, "role": enum_name("ROLE_", adm.Role.Name(k.role)), "name": k.name,
+            "created": ts(k, "created_at"), "revoked": ts(k, "revoked_at")}  # fmt: skip
+
+
+def cmd_key_create(args: argparse.Namespace) -> int:
+    c = client(args)
+    resp = call(c.admin.CreateApiKey, adm.CreateApiKeyRequest(role=ROLES[args.role], name=args.name or ""))
+    print(f"created {args.role} key {resp.key.key_id} (shown once, store it now):\n{resp.secret}")
+    return 0
+
+
+def cmd_key_list(args: argparse.Namespace) -> int:
+    resp = call(client(args).admin.ListApiKeys, adm.ListApiKeysRequest())
+    emit(args, [_key_row(k) for k in resp.keys], ["key_id", "role", "name", "created", "revoked"])
+    return 0
+
+
+def cmd_key_revoke(args: argparse.Namespace) -> int:
+    resp = call(client(args).admin.RevokeApiKey, adm.RevokeApiKeyRequest(key_id=args.key_id))
+    print(f"revoked key {resp.key.key_id}")
+    return 0
+
+
+def _send_policy(data: dict[str, Any], where: str) -> cm.SendPolicy:
+    unknown = set(data) - {"default", "allow", "deny"}
+    if unknown:
+        raise CliError(f"{where}: unknown keys {sorted(unknown)}")
+    default = data.get("default", "deny")
+    if default not in ("allow", "deny"):
+        raise CliError(f"{where}.default must be 'allow' or 'deny', got {default!r}")
+    return cm.SendPolicy(
+        default=cm.SEND_DEFAULT_ALLOW if default == "allow" else cm.SEND_DEFAULT_DENY,
+        allow=[str(x) for x in data.get("allow") or []],
+        deny=[str(x) for x in data.get("deny") or []],
+    )
+
+
+POLICY_KEYS = {"platform", "dm_policy", "group_policy", "require_mention", "owner_id", "approvers",
+               "pairing_code_ttl_seconds", "max_pending", "pairing_ttl_seconds", "agent_id", "send_policy",
+               "agent_send_policies", "aliases"}  # fmt: skip
+
+
+def policy_from_yaml(data: dict[str, Any], base: cm.ChannelPolicy) -> cm.ChannelPolicy:
+    """Overlay a YAML mapping on ``base``. Unknown keys and values are errors."""
+    unknown = set(data) - POLICY_KEYS
+    if unknown:
+        raise CliError(f"unknown policy keys: {', '.join(sorted(unknown))}")
+    p = cm.ChannelPolicy()
+    p.CopyFrom(base)
+    for key, mapping in (("dm_policy", DM), ("group_policy", GROUP)):
+        if key in data:
+            if data[key] not in mapping:
+                raise CliError(f"{key} must be one of {', '.join(mapping)}; got {data[key]!r}")
+            setattr(p, key, mapping[data[key]])
+    if "require_mention" in data:
+        if not isinstance(data["require_mention"], bool):
+            raise CliError("require_mention must be true or false")
+        p.require_mention = data["require_mention"]
+    for key in ("owner_id", "agent_id"):
+        if key in data:
+            setattr(p, key, str(data[key] or ""))
+    for key in ("pairing_code_ttl_seconds", "max_pending", "pairing_ttl_seconds"):
+        if key in data:
+            if not isinstance(data[key], int) or data[key] < 0:
+                raise CliError(f"{key} must be a non-negative integer")
+            setattr(p, key, data[key])
+    if "approvers" in data:
+        del p.approvers[:]
+        p.approvers.extend(str(a) for a in data["approvers"] or [])
+    if "send_policy" in data:
+        if data["send_policy"] is None:
+            p.ClearField("send_policy")
+        else:
+            p.send_policy.CopyFrom(_send_policy(data["send_policy"], "send_policy"))
+    if "agent_send_policies" in data:
+        p.agent_send_policies.clear()
+        for agent, sp in (data["agent_send_policies"] or {}).items():
+            p.agent_send_policies[str(agent)].CopyFrom(_send_policy(sp, f"agent_send_policies.{agent}"))
+    if "aliases" in data:
+        p.aliases.clear()
+        p.aliases.update({str(k): str(v) for k, v in (data["aliases"] or {}).items()})
+    return p
+
+
+def cmd_channel_set(args: argparse.Namespace) -> int:
+    c = client(args)
+    data: dict[str, Any] = {}
+    if args.file:
+        try:
+            loaded = yaml.safe_load(Path(args.file).read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise CliError(f"{args.file}: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise CliError(f"{args.file}: expected a mapping of policy keys")
+        data.update(loaded)
+    flags = {"platform": args.platform, "dm_policy": args.dm_policy, "group_policy": args.group_policy,
+             "owner_id": args.owner, "agent_id": args.agent, "pairing_code_ttl_seconds": args.code_ttl,
+             "max_pending": args.max_pending, "pairing_ttl_seconds": args.pairing_ttl}  # fmt: skip
+    data.update({k: v for k, v in flags.items() if v is not None})
+    if args.require_mention is not None:
+        data["require_mention"] = args.require_mention == "true"
+    if args.approver:
+        data["approvers"] = args.approver
+    # Flags change only what they name: start from the stored policy if any.
+    base, platform = cm.ChannelPolicy(), data.pop("platform", None)
+    try:
+        current = c.admin.GetChannel(adm.GetChannelRequest(channel_id=args.channel), timeout=15)
+        base, platform = current.policy, platform or enum_name("PLATFORM_", cm.Platform.Name(current.platform))
+    except grpc.RpcError as exc:
+        if exc.code() != grpc.StatusCode.NOT_FOUND:
+            raise CliError(f"{exc.code().name}: {exc.details()}") from None
+    if platform not in PLATFORMS:
+        raise CliError(f"--platform is required for a new channel: one of {', '.join(PLATFORMS)}")
+    policy = policy_from_yaml(data, base)
+    resp = call(c.admin.SetChannel, adm.SetChannelRequest(channel_id=args.channel, platform=PLATFORMS[platform], policy=policy))
+    print(f"channel {resp.channel_id} saved")
+    _print_channel(args, resp)
+    return 0
+
+
+def _channel_dict(ch: adm.Channel) -> dict[str, Any]:
+    p = as_dict(ch.policy)
+    out: dict[str, Any] = {"channel_id": ch.channel_id, "platform": enum_name("PLATFORM_", cm.Platform.Name(ch.platform))}
+    out["dm_policy"] = enum_name("DM_POLICY_", cm.DmPolicy.Name(ch.policy.dm_policy))
+    out["group_policy"] = enum_name("GROUP_POLICY_", cm.GroupPolicy.Name(ch.policy.group_policy))
+    for k, v in p.items():
+        if k not in ("dm_policy", "group_policy"):
+            out[k] = v
+    return out
+
+
+def _print_channel(args: argparse.Namespace, ch: adm.Channel) -> None:
+    d = _channel_dict(ch)
+    print(json.dumps(d, indent=2) if args.json else yaml.safe_dump(d, sort_keys=False, allow_unicode=True).rstrip())
+
+
+def cmd_channel_show(args: argparse.Namespace) -> int:
+    _print_channel(args, call(client(args).admin.GetChannel, adm.GetChannelRequest(channel_id=args.channel)))
+    return 0
+
+
+def cmd_channel_list(args: argparse.Namespace) -> int:
+    resp = call(client(args).admin.ListChannels, adm.ListChannelsRequest())
+    emit(args, [_channel_dict(ch) for ch in resp.channels], ["channel_id", "platform", "dm_policy", "group_policy", "owner_id"])
+    return 0
+
+
+def _approval_row(a: cm.Approval) -> dict[str, Any]:
+    return {"approval_id": a.approval_id, "channel": a.channel_id, "user": a.user_id, "name": a.display_name,
+            "status": enum_name("APPROVAL_STATUS_", cm.ApprovalStatus.Name(a.status)),
+            "created": ts(a, "created_at"), "expires": ts(a, "expires_at"), "resolved_by": a.resolved_by}  # fmt: skip
+
+
+def cmd_pairing_list(args: argparse.Namespace) -> int:
+    status = getattr(cm, f"APPROVAL_STATUS_{args.status.upper()}")
+    resp = call(client(args).admin.ListApprovals, adm.ListApprovalsRequest(channel_id=args.channel or "", status=status))
+    emit(args, [_approval_row(a) for a in resp.approvals], ["approval_id", "channel", "user", "name", "status", "expires"])
+    return 0
+
+
+def _resolve(args: argparse.Namespace, action: int) -> int:
+    req = az.ResolveApprovalRequest(code=az.CodeRef(channel_id=args.channel, code=args.code), action=action,
+                                    reason=args.reason or "")  # fmt: skip
+    resp = call(client(args).authz.ResolveApproval, req)
+    a = resp.approval
+    print(f"{resp.owner_text}: user {a.user_id} on {a.channel_id} ({a.approval_id})")
+    if resp.requester_text:
+        print(f"the requester will be told: {resp.requester_text}")
+    return 0
+
+
+def _user_row(s: adm.Subject) -> dict[str, Any]:
+    status = "blocked" if s.status == adm.SUBJECT_STATUS_BLOCKED else (
+        "paired" if s.source == adm.SUBJECT_SOURCE_PAIRING else "allowlisted")
+    return {"user": s.user_id, "name": s.display_name, "status": status, "permissions": list(s.permissions),
+            "updated": ts(s, "updated_at"), "expires": ts(s, "expires_at")}  # fmt: skip
+
+
+def cmd_users_list(args: argparse.Namespace) -> int:
+    which = adm.USER_FILTER_UNSPECIFIED
+    if args.paired:
+        which = adm.USER_FILTER_PAIRED
+    elif args.blocked:
+        which = adm.USER_FILTER_BLOCKED
+    elif args.allowlisted:
+        which = adm.USER_FILTER_ALLOWLISTED
+    resp = call(client(args).admin.ListUsers, adm.ListUsersRequest(channel_id=args.channel, filter=which))
+    emit(args, [_user_row(s) for s in resp.users], ["user", "name", "status", "permissions", "updated", "expires"])
+    return 0
+
+
+def cmd_users_allow(args: argparse.Namespace) -> int:
+    req = adm.AllowUserRequest(channel_id=args.channel, user_id=args.user, display_name=args.name or "",
+                               permissions=args.permission or [])  # fmt: skip
+    call(client(args).admin.AllowUser, req)
+    print(f"allowed {args.user} on {args.channel}")
+    return 0
+
+
+def cmd_users_block(args: argparse.Namespace) -> int:
+    call(client(args).admin.BlockUser, adm.BlockUserRequest(channel_id=args.channel, user_id=args.user, reason=args.reason or ""))
+    print(f"blocked {args.user} on {args.channel}")
+    return 0
+
+
+def _removal(method: str, verb: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        resp = call(getattr(client(args).admin, method), adm.UserRef(channel_id=args.channel, user_id=args.user))
+        print(f"{verb} {args.user} on {args.channel}" if resp.removed else f"nothing to do: {args.user} was not {verb}")
+        return 0 if resp.removed else 1
+
+    return run
+
+
+def cmd_group_allow(args: argparse.Namespace) -> int:
+    call(client(args).admin.AllowGroupSender, adm.GroupSenderRef(channel_id=args.channel, group_id=args.group, user_id=args.user))
+    print(f"{args.user} may speak in group {args.group} on {args.channel}")
+    return 0
+
+
+def cmd_group_remove(args: argparse.Namespace) -> int:
+    resp = call(client(args).admin.RemoveGroupSender,
+                adm.GroupSenderRef(channel_id=args.channel, group_id=args.group, user_id=args.user))  # fmt: skip
+    print("removed" if resp.removed else "nothing to remove")
+    return 0 if resp.removed else 1
+
+
+def cmd_group_list(args: argparse.Namespace) -> int:
+    resp = call(client(args).admin.ListGroupSenders, adm.ListGroupSendersRequest(channel_id=args.channel, group_id=args.group or ""))
+    rows = [{"group": s.group_id, "user": s.user_id, "created": ts(s, "created_at")} for s in resp.senders]
+    emit(args, rows, ["group", "user", "created"])
+    return 0
+
+
+def cmd_approvers(args: argparse.Namespace) -> int:
+    c = client(args)
+    if args.set is not None:
+        resp = call(c.admin.SetTenantSettings, adm.TenantSettings(approvers=args.set))
+    else:
+        resp = call(c.admin.GetTenantSettings, adm.GetTenantSettingsRequest())
+    print("\n".join(resp.approvers) if resp.approvers else "(no tenant-level approvers)")
+    return 0
+
+
+def parse_since(text: str) -> datetime:
+    """'2026-11-01', an ISO timestamp, or a relative '30m', '24h', '7d'."""
+    units = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+    if text[:-1].isdigit() and text[-1:] in units:
+        return datetime.now(UTC) - timedelta(**{units[text[-1]]: int(text[:-1])})
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise CliError(f"--since/--until: cannot read {text!r} (use 2026-11-01, an ISO time, or 30m/24h/7d)") from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def audit_events(args: argparse.Namespace) -> Iterable[adm.AuditEvent]:
+    c = client(args)
+    req = adm.QueryAuditRequest(channel_id=args.channel or "", user_id=args.user or "", event=args.event or "", limit=1000)
+    if args.since:
+        req.since.FromDatetime(parse_since(args.since))
+    if args.until:
+        req.until.FromDatetime(parse_since(args.until))
+    while True:
+        resp = call(c.admin.QueryAudit, req)
+        yield from resp.events
+        if not resp.next_after_event_id:
+            return
+        req.after_event_id = resp.next_after_event_id
+
+
+def _event_row(e: adm.AuditEvent) -> dict[str, Any]:
+    return {"id": e.event_id, "at": ts(e, "at"), "event": e.event, "actor": e.actor, "channel": e.channel_id,
+            "subject": e.subject, "approval_id": e.approval_id, "trace_id": e.trace_id,
+            "details": json.loads(e.details_json or "{}")}  # fmt: skip
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    rows = [_event_row(e) for e in audit_events(args)]
+    emit(args, rows, ["id", "at", "event", "actor", "channel", "subject"])
+    return 0
+
+
+def cmd_audit_export(args: argparse.Namespace) -> int:
+    out = open(args.output, "w", newline="", encoding="utf-8") if args.output else sys.stdout  # noqa: SIM115
+    count = 0
+    try:
+        if args.format == "json":
+            out.write("[")
+            for count, e in enumerate(audit_events(args), start=1):
+                out.write(("," if count > 1 else "") + "\n  " + json.dumps(_event_row(e), default=_fmt))
+            out.write("\n]\n")
+        else:
+            columns = ["id", "at", "event", "actor", "channel", "subject", "approval_id", "trace_id", "details"]
+            writer = csv.DictWriter(out, fieldnames=columns)
+            writer.writeheader()
+            for count, e in enumerate(audit_events(args), start=1):
+                row = _event_row(e)
+                row["at"] = _fmt(row["at"])
+                row["details"] = json.dumps(row["details"], sort_keys=True)
+                writer.writerow(row)
+    finally:
+        if args.output:
+            out.close()
+    if args.output:
+        print(f"wrote {count} events to {args.output}", file=sys.stderr)
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    """Act as a connector: what would the bot do with this message?"""
+    c = client(args)
+    group = args.group or ""
+    req = az.CheckUserRequest(channel_id=args.channel, user_id=args.user, text=args.text,
+                              chat_kind=cm.CHAT_KIND_GROUP if group else cm.CHAT_KIND_DIRECT, group_id=group,
+                              mentioned=args.mention, display_name=args.name or "")  # fmt: skip
+    check = call(c.authz.CheckUser, req)
+    decision = enum_name("DECISION_", az.Decision.Name(check.decision))
+    print(f"CheckUser: {decision} ({check.reason})")
+    if check.decision == az.DECISION_ALLOW:
+        print(f"→ routed to agent '{check.agent_id}'" + (f" with permissions {list(check.permissions)}" if check.permissions else ""))
+        print(f"bot → {args.user}: (echo) {args.text}")
+    elif check.decision == az.DECISION_PAIRING_REQUIRED:
+        pr = call(c.authz.RequestPairing, az.RequestPairingRequest(channel_id=args.channel, user_id=args.user,
+                                                                   display_name=args.name or "", first_message=args.text))  # fmt: skip
+        outcome = enum_name("PAIRING_OUTCOME_", az.PairingOutcome.Name(pr.outcome))
+        print(f"RequestPairing: {outcome}" + (f" (code {pr.code})" if pr.code else ""))
+        if pr.text:
+            print(f"bot → {args.user}:\n  " + pr.text.replace("\n", "\n  "))
+        elif pr.outcome == az.PAIRING_OUTCOME_EXISTING:
+            print(f"(request already pending with code {pr.code}; the bot stays quiet)")
+        if pr.HasField("notification"):
+            n = pr.notification
+            print(f"bot → owner {n.owner_id}:\n  " + n.text.replace("\n", "\n  "))
+            print("  buttons: " + "  ".join(f"[{b.label}]" for b in n.buttons))
+    elif check.text:
+        print(f"bot → {args.user}: {check.text}")
+    else:
+        print("(the bot stays silent)")
+    return 0
+
+
+# --- parser ------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--address", default=os.environ.get("AUTHZ_ADDRESS") or DEFAULT_ADDRESS,
+                        help="service address (AUTHZ_ADDRESS, default %(default)s)")  # fmt: skip
+    common.add_argument("--api-key", default=None, help="API key (default: AUTHZ_API_KEY)")
+    common.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = argparse.ArgumentParser(prog="authz", description="Authorization service for chat-bot agents.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def cmd(parent: Any, name: str, fn: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
+        sp: argparse.ArgumentParser = parent.add_parser(name, parents=[common], help=help, description=help)
+        sp.set_defaults(fn=fn)
+        return sp
+
+    def group(name: str, help: str) -> Any:
+        g = sub.add_parser(name, help=help, description=help)
+        return g.add_subparsers(dest="sub", required=True, metavar="SUBCOMMAND")
+
+    cmd(sub, "serve", cmd_serve, "run the gRPC service (embedded PostgreSQL when AUTHZ_DATABASE_URL is unset)")
+    cmd(sub, "dev", cmd_dev, "serve with a demo tenant and channel, and print how to try it (make run)")
+    cmd(sub, "migrate", cmd_migrate, "apply database migrations (AUTHZ_MIGRATE_DATABASE_URL or AUTHZ_DATABASE_URL)")
+
+    t = group("tenant", "manage tenants (operator key)")
+    sp = cmd(t, "create", cmd_tenant_create, "create a tenant and print its first admin key")
+    sp.add_argument("tenant")
+    sp.add_argument("--name")
+    cmd(t, "list", cmd_tenant_list, "list tenants")
+
+    k = group("key", "manage the tenant's API keys")
+    sp = cmd(k, "create", cmd_key_create, "create a key (several may be live: rotate by create, deploy, revoke)")
+    sp.add_argument("role", choices=ROLES)
+    sp.add_argument("--name")
+    cmd(k, "list", cmd_key_list, "list keys")
+    sp = cmd(k, "revoke", cmd_key_revoke, "revoke a key")
+    sp.add_argument("key_id")
+
+    ch = group("channel", "manage channels (one bot account each)")
+    sp = cmd(ch, "set", cmd_channel_set, "create or update a channel's policy from flags and/or a YAML file")
+    sp.add_argument("channel")
+    sp.add_argument("-f", "--file", help="YAML file with policy keys (see docs/configuration.md)")
+    sp.add_argument("--platform", choices=PLATFORMS)
+    sp.add_argument("--dm-policy", choices=DM)
+    sp.add_argument("--group-policy", choices=GROUP)
+    sp.add_argument("--require-mention", choices=["true", "false"])
+    sp.add_argument("--owner", help="owner's platform user id (gets Approve/Deny/Block buttons)")
+    sp.add_argument("--approver", action="append", help="channel approver's platform user id (repeatable)")
+    sp.add_argument("--agent", help="agent id messages route to")
+    sp.add_argument("--code-ttl", type=int, help="pairing code lifetime in seconds (default 300)")
+    sp.add_argument("--max-pending", type=int, help="live pairing requests allowed per channel (default 20)")
+    sp.add_argument("--pairing-ttl", type=int, help="seconds until a pairing expires (0: never)")
+    sp = cmd(ch, "show", cmd_channel_show, "show a channel's policy")
+    sp.add_argument("channel")
+    cmd(ch, "list", cmd_channel_list, "list channels")
+
+    pg = group("pairing", "pending pairing requests")
+    sp = cmd(pg, "list", cmd_pairing_list, "list pairing requests")
+    sp.add_argument("channel", nargs="?")
+    sp.add_argument("--status", default="pending", choices=["pending", "approved", "denied", "blocked", "expired"])
+    for name, action in (("approve", cm.APPROVAL_ACTION_APPROVE), ("deny", cm.APPROVAL_ACTION_DENY),
+                         ("block", cm.APPROVAL_ACTION_BLOCK)):  # fmt: skip
+        sp = cmd(pg, name, lambda a, action=action: _resolve(a, action), f"{name} the request with this code")
+        sp.add_argument("channel")
+        sp.add_argument("code")
+        sp.add_argument("--reason")
+
+    u = group("users", "users of a channel")
+    sp = cmd(u, "list", cmd_users_list, "list allowlisted, paired and blocked users")
+    sp.add_argument("channel")
+    which = sp.add_mutually_exclusive_group()
+    which.add_argument("--paired", action="store_true")
+    which.add_argument("--blocked", action="store_true")
+    which.add_argument("--allowlisted", action="store_true")
+    sp = cmd(u, "allow", cmd_users_allow, "add a user to the channel's DM allowlist")
+    sp.add_argument("channel")
+    sp.add_argument("user")
+    sp.add_argument("--name")
+    sp.add_argument("--permission", action="append", help="permission returned with ALLOW (repeatable)")
+    sp = cmd(u, "block", cmd_users_block, "block a user (cancels their pending pairing)")
+    sp.add_argument("channel")
+    sp.add_argument("user")
+    sp.add_argument("--reason")
+    for name, method, verb, help in (
+        ("unblock", "UnblockUser", "unblocked", "unblock a user (they start again as unknown)"),
+        ("unpair", "UnpairUser", "unpaired", "revoke a pairing"),
+        ("remove", "RemoveUser", "removed", "remove a user from the allowlist (paired or not)"),
+    ):
+        sp = cmd(u, name, _removal(method, verb), help)
+        sp.add_argument("channel")
+        sp.add_argument("user")
+
+    gr = group("group", "the group sender allowlist (separate from DM pairing)")
+    sp = cmd(gr, "allow", cmd_group_allow, "let a user speak to the bot in a group ('*' for every group)")
+    for a in ("channel", "group", "user"):
+        sp.add_argument(a)
+    sp = cmd(gr, "remove", cmd_group_remove, "remove a group sender")
+    for a in ("channel", "group", "user"):
+        sp.add_argument(a)
+    sp = cmd(gr, "list", cmd_group_list, "list group senders")
+    sp.add_argument("channel")
+    sp.add_argument("group", nargs="?")
+
+    sp = cmd(sub, "approvers", cmd_approvers, "show or set tenant-level approvers ('<platform>:<user id>')")
+    sp.add_argument("--set", nargs="*", metavar="ACTOR")
+
+    au = sub.add_parser("audit", parents=[common], help="query the audit trail", description="query the audit trail")
+    au.set_defaults(fn=cmd_audit)
+
+    def audit_filters(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--since", help="2026-11-01, an ISO time, or 30m/24h/7d")
+        sp.add_argument("--until")
+        sp.add_argument("--user")
+        sp.add_argument("--channel")
+        sp.add_argument("--event", help="event name, or prefix like 'pairing.'")
+
+    audit_filters(au)
+    ausub = au.add_subparsers(dest="sub", metavar="SUBCOMMAND")
+    sp = cmd(ausub, "export", cmd_audit_export, "export the audit trail as CSV or JSON")
+    sp.add_argument("--format", choices=["csv", "json"], default="csv")
+    sp.add_argument("--output", "-o", help="file to write (default: stdout)")
+    audit_filters(sp)
+
+    sim = group("simulate", "act as a connector, from the terminal")
+    sp = cmd(sim, "message", cmd_simulate, "send one inbound message through CheckUser (and pairing)")
+    sp.add_argument("channel")
+    sp.add_argument("user")
+    sp.add_argument("text")
+    sp.add_argument("--name", help="display name")
+    sp.add_argument("--group", help="group id: simulate a group message")
+    sp.add_argument("--mention", action="store_true", help="the message mentions the bot")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.fn(args)
+    except (CliError, ConfigError) as exc:
+        print(f"authz: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # `authz audit export | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,102 @@
+"""Settings, from the environment (``AUTHZ_*``). Every knob is documented in
+docs/configuration.md; defaults fail closed."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class ConfigError(RuntimeError):
+    pass
+
+
+def _int(env: dict[str, str], name: str, default: int, lo: int, hi: int) -> int:
+    raw = env.get(name, "")
+    if raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+    if not lo <= value <= hi:
+        raise ConfigError(f"{name} must be between {lo} and {hi}, got {value}")
+    return value
+
+
+def _secret(env: dict[str, str], name: str) -> str | None:
+    """A secret from NAME, or from the file named by NAME_FILE (Kubernetes Secrets)."""
+    if env.get(name):
+        return env[name].strip()
+    path = env.get(f"{name}_FILE")
+    if path:
+        try:
+            return Path(path).read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"{name}_FILE: cannot read {path}: {exc.strerror}") from None
+    return None
+
+
+def _home_secret(home: Path, filename: str, nbytes: int) -> str:
+    """Dev mode only: a secret generated once and kept under AUTHZ_HOME."""
+    path = home / filename
+    if not path.exists():
+        home.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_urlsafe(nbytes) + "\n")
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    """AUTHZ_HOME: data folder of the embedded database and dev-mode secrets."""
+    database_url: str | None
+    """AUTHZ_DATABASE_URL: the service role's connection. Unset: embedded PostgreSQL."""
+    migrate_database_url: str | None
+    """AUTHZ_MIGRATE_DATABASE_URL: the schema owner's connection for `authz migrate`."""
+    listen: str
+    """AUTHZ_LISTEN: host:port of the gRPC server."""
+    secret_key: str
+    """AUTHZ_SECRET_KEY(_FILE): key for pairing codes and button payloads."""
+    operator_key: str | None
+    """AUTHZ_OPERATOR_KEY(_FILE): the key that manages tenants."""
+    pool_min: int
+    pool_max: int
+    db_timeout: float
+
+    @property
+    def embedded(self) -> bool:
+        return self.database_url is None
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
+        env = dict(os.environ if env is None else env)
+        home = Path(env.get("AUTHZ_HOME") or Path.home() / ".authz").expanduser().resolve()
+        database_url = env.get("AUTHZ_DATABASE_URL") or None
+        secret_key = _secret(env, "AUTHZ_SECRET_KEY")
+        operator_key = _secret(env, "AUTHZ_OPERATOR_KEY")
+        if database_url is None:
+            # Embedded (development) mode: generate what is missing, once.
+            secret_key = secret_key or _home_secret(home, "secret.key", 32)
+            operator_key = operator_key or _home_secret(home, "operator.key", 32)
+        elif secret_key is None:
+            raise ConfigError("AUTHZ_SECRET_KEY (or AUTHZ_SECRET_KEY_FILE) is required with AUTHZ_DATABASE_URL")
+        if len(secret_key.encode()) < 32:
+            raise ConfigError("AUTHZ_SECRET_KEY must be at least 32 bytes")
+        if operator_key is not None and len(operator_key) < 24:
+            raise ConfigError("AUTHZ_OPERATOR_KEY must be at least 24 characters")
+        pool_min = _int(env, "AUTHZ_DB_POOL_MIN", 1, 1, 1000)
+        return cls(
+            home=home,
+            database_url=database_url,
+            migrate_database_url=env.get("AUTHZ_MIGRATE_DATABASE_URL") or None,
+            listen=env.get("AUTHZ_LISTEN") or "127.0.0.1:50051",
+            secret_key=secret_key,
+            operator_key=operator_key,
+            pool_min=pool_min,
+            pool_max=_int(env, "AUTHZ_DB_POOL_MAX", 10, pool_min, 1000),
+            db_timeout=float(_int(env, "AUTHZ_DB_TIMEOUT_SECONDS", 5, 1, 300)),
+        )

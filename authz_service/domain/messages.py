@@ -1,0 +1,52 @@
+"""Every text a connector is told to send, in one place."""
+
+from __future__ import annotations
+
+from .model import ApprovalAction
+
+PAIRED = "✅ Paired! You can chat now."
+DENIED = "❌ Your pairing request was denied."
+ALREADY_ALLOWED = "✅ You're already paired. You can chat now."
+CAPACITY = "⏳ Too many pending pairing requests right now. Please try again later."
+
+
+def pairing_code(code: str, minutes: int, channel_id: str, owner_notified: bool) -> str:
+    if owner_notified:
+        return (
+            f"🔑 Pairing code: {code}\n"
+            f"The owner has been asked to approve you. The code expires in {minutes} min."
+        )
+    return (
+        f"🔑 Pairing code: {code}\n"
+        f"Ask the owner to run: authz pairing approve {channel_id} {code}\n"
+        f"The code expires in {minutes} min."
+    )
+
+
+def owner_notification(
+    channel_id: str, user_id: str, display_name: str, first_message: str, code: str, minutes: int
+) -> str:
+    who = f"{display_name} ({user_id})" if display_name else user_id
+    lines = [f"🔔 Pairing request on {channel_id}", f"From: {who}"]
+    if first_message:
+        snippet = first_message if len(first_message) <= 200 else first_message[:199] + "…"
+        lines.append(f"First message: {snippet!r}")
+    lines.append(f"Code: {code} (expires in {minutes} min)")
+    return "\n".join(lines)
+
+
+BUTTON_LABELS = {
+    ApprovalAction.APPROVE: "✅ Approve",
+    ApprovalAction.DENY: "❌ Deny",
+    ApprovalAction.BLOCK: "⛔ Block",
+}
+
+
+def requester_outcome(action: ApprovalAction) -> str:
+    # A blocked requester is told nothing: they learn no more than a stranger.
+    return {ApprovalAction.APPROVE: PAIRED, ApprovalAction.DENY: DENIED, ApprovalAction.BLOCK: ""}[action]
+
+
+def owner_outcome(action: ApprovalAction, actor: str) -> str:
+    verb = {ApprovalAction.APPROVE: "✅ Approved", ApprovalAction.DENY: "❌ Denied", ApprovalAction.BLOCK: "⛔ Blocked"}
+    return f"{verb[action]} by {actor}"

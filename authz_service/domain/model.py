@@ -1,0 +1,169 @@
+"""Domain types: what the service reasons about, independent of gRPC and SQL."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+
+
+class Platform(enum.StrEnum):
+    TELEGRAM = "telegram"
+    SLACK = "slack"
+    DISCORD = "discord"
+    WHATSAPP = "whatsapp"
+
+
+class ChatKind(enum.StrEnum):
+    DIRECT = "direct"
+    GROUP = "group"
+
+
+class DmPolicy(enum.StrEnum):
+    PAIRING = "pairing"
+    ALLOWLIST = "allowlist"
+    OPEN = "open"
+    DISABLED = "disabled"
+
+
+class GroupPolicy(enum.StrEnum):
+    OPEN = "open"
+    ALLOWLIST = "allowlist"
+    DISABLED = "disabled"
+
+
+class Role(enum.StrEnum):
+    CONNECTOR = "connector"
+    APPROVER = "approver"
+    ADMIN = "admin"
+    # Not stored: the deployment's operator key, which manages tenants.
+    OPERATOR = "operator"
+
+
+class SubjectStatus(enum.StrEnum):
+    ALLOWED = "allowed"
+    BLOCKED = "blocked"
+
+
+class SubjectSource(enum.StrEnum):
+    ADMIN = "admin"
+    PAIRING = "pairing"
+
+
+class ApprovalStatus(enum.StrEnum):
+    PENDING = "pending"
+    APPROVED = "approved"
+    DENIED = "denied"
+    BLOCKED = "blocked"
+    EXPIRED = "expired"
+
+
+class ApprovalAction(enum.StrEnum):
+    APPROVE = "approve"
+    DENY = "deny"
+    BLOCK = "block"
+
+    @property
+    def resulting_status(self) -> ApprovalStatus:
+        return {
+            ApprovalAction.APPROVE: ApprovalStatus.APPROVED,
+            ApprovalAction.DENY: ApprovalStatus.DENIED,
+            ApprovalAction.BLOCK: ApprovalStatus.BLOCKED,
+        }[self]
+
+
+class Decision(enum.StrEnum):
+    ALLOW = "allow"
+    DENY = "deny"
+    PAIRING_REQUIRED = "pairing_required"
+    BLOCKED = "blocked"
+    RATE_LIMITED = "rate_limited"
+
+
+class SendDefault(enum.StrEnum):
+    DENY = "deny"
+    ALLOW = "allow"
+
+
+DEFAULT_PAIRING_CODE_TTL = 300
+DEFAULT_MAX_PENDING = 20
+DEFAULT_AGENT = "default"
+
+
+@dataclass(frozen=True, slots=True)
+class SendPolicy:
+    """The seed's send_policy. Deny wins over allow; ``default`` covers the rest."""
+
+    default: SendDefault = SendDefault.DENY
+    allow: tuple[str, ...] = ()
+    deny: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelPolicy:
+    """Everything configured for one channel. Defaults fail closed."""
+
+    dm_policy: DmPolicy = DmPolicy.PAIRING
+    group_policy: GroupPolicy = GroupPolicy.ALLOWLIST
+    require_mention: bool = True
+    owner_id: str = ""
+    approvers: tuple[str, ...] = ()
+    pairing_code_ttl_seconds: int = DEFAULT_PAIRING_CODE_TTL
+    max_pending: int = DEFAULT_MAX_PENDING
+    pairing_ttl_seconds: int = 0
+    agent_id: str = DEFAULT_AGENT
+    send_policy: SendPolicy | None = None
+    agent_send_policies: dict[str, SendPolicy] = field(default_factory=dict)
+    aliases: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Channel:
+    tenant_id: str
+    channel_id: str
+    platform: Platform
+    policy: ChannelPolicy
+
+
+@dataclass(frozen=True, slots=True)
+class Subject:
+    """A user's standing on one channel, DM scope."""
+
+    channel_id: str
+    user_id: str
+    status: SubjectStatus
+    source: SubjectSource
+    display_name: str = ""
+    permissions: tuple[str, ...] = ()
+    expires_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Approval:
+    approval_id: str
+    channel_id: str
+    user_id: str
+    status: ApprovalStatus
+    created_at: datetime
+    expires_at: datetime
+    display_name: str = ""
+    resolved_at: datetime | None = None
+    resolved_by: str = ""
+    kind: str = "pairing"
+
+    def is_live(self, now: datetime) -> bool:
+        return self.status is ApprovalStatus.PENDING and self.expires_at > now
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: resolved from the API key in call metadata."""
+
+    tenant_id: str
+    role: Role
+    key_id: str
+
+    @property
+    def actor(self) -> str:
+        return "operator" if self.role is Role.OPERATOR else f"key:{self.key_id}"

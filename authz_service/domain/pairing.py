@@ -1,0 +1,134 @@
+"""Pairing codes, button payloads and who may resolve an approval.
+
+Where a pairing code is made, checked and hashed:
+
+* made: a 128-bit seed from ``secrets`` is stored with the request; the code is
+  HMAC(key, seed) mapped onto an unambiguous alphabet. The plaintext is never
+  stored, yet a repeat request can show the requester the same code again.
+* checked and stored: rows are found by HMAC(key, tenant, channel, code), so a
+  code is bound to its channel: a Telegram code never redeems as Slack.
+
+Button payloads are ``az1`` + action + approval token + a 128-bit MAC over
+(tenant, approval, action): 48 ASCII bytes, under Telegram's 64.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+
+from .errors import InvalidArgument
+from .model import ApprovalAction, Channel
+
+# No 0/O, 1/I/L: codes are read aloud and typed from screenshots.
+CODE_ALPHABET = "23456789ABCDEFGHJKMNPQRSTUVWXYZ"
+CODE_LENGTH = 8
+_REJECT_AT = 256 - 256 % len(CODE_ALPHABET)  # unbiased: drop bytes >= 248
+
+CALLBACK_PREFIX = "az1"
+_ACTION_LETTER = {ApprovalAction.APPROVE: "a", ApprovalAction.DENY: "d", ApprovalAction.BLOCK: "b"}
+_LETTER_ACTION = {v: k for k, v in _ACTION_LETTER.items()}
+_TOKEN_LEN = 22  # 16 bytes, base64url without padding
+CALLBACK_LENGTH = len(CALLBACK_PREFIX) + 1 + _TOKEN_LEN + _TOKEN_LEN
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def _unb64(text: str) -> bytes | None:
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (ValueError, TypeError):
+        return None
+    # Reject non-canonical encodings so one MAC has exactly one spelling.
+    return raw if _b64(raw) == text else None
+
+
+def new_approval_id() -> str:
+    return "apr_" + _b64(secrets.token_bytes(16))
+
+
+def new_code_seed() -> bytes:
+    return secrets.token_bytes(16)
+
+
+@dataclass(frozen=True)
+class Keyring:
+    """Purpose-separated keys derived from the deployment's secret key."""
+
+    secret: bytes
+
+    def __post_init__(self) -> None:
+        if len(self.secret) < 32:
+            raise ValueError("the secret key must be at least 32 bytes")
+
+    def _sub(self, purpose: str) -> bytes:
+        return hmac.new(self.secret, b"authz/v1/" + purpose.encode(), hashlib.sha256).digest()
+
+    def code_from_seed(self, seed: bytes) -> str:
+        key = self._sub("pairing-code")
+        out: list[str] = []
+        counter = 0
+        while len(out) < CODE_LENGTH:
+            block = hmac.new(key, seed + counter.to_bytes(4, "big"), hashlib.sha256).digest()
+            out.extend(CODE_ALPHABET[b % len(CODE_ALPHABET)] for b in block if b < _REJECT_AT)
+            counter += 1
+        return "".join(out[:CODE_LENGTH])
+
+    def code_hash(self, tenant_id: str, channel_id: str, code: str) -> bytes:
+        msg = f"{tenant_id}\x00{channel_id}\x00{code}".encode()
+        return hmac.new(self._sub("pairing-code-lookup"), msg, hashlib.sha256).digest()
+
+    def _callback_mac(self, tenant_id: str, approval_id: str, action: ApprovalAction) -> bytes:
+        msg = f"{tenant_id}\x00{approval_id}\x00{action.value}".encode()
+        return hmac.new(self._sub("callback"), msg, hashlib.sha256).digest()[:16]
+
+    def callback_payload(self, tenant_id: str, approval_id: str, action: ApprovalAction) -> str:
+        token = approval_id.removeprefix("apr_")
+        mac = _b64(self._callback_mac(tenant_id, approval_id, action))
+        return f"{CALLBACK_PREFIX}{_ACTION_LETTER[action]}{token}{mac}"
+
+    def open_callback(self, tenant_id: str, payload: str) -> tuple[str, ApprovalAction]:
+        """Return (approval id, action) of a genuine payload for this tenant.
+
+        Every failure (wrong length, tampered, another tenant's) raises the same
+        error, so the answer reveals nothing about which approvals exist.
+        """
+        bad = InvalidArgument("callback_payload", "is not a valid approval button payload")
+        if len(payload) != CALLBACK_LENGTH or not payload.isascii() or not payload.startswith(CALLBACK_PREFIX):
+            raise bad
+        body = payload[len(CALLBACK_PREFIX) :]
+        action = _LETTER_ACTION.get(body[0])
+        token, mac_text = body[1 : 1 + _TOKEN_LEN], body[1 + _TOKEN_LEN :]
+        mac = _unb64(mac_text)
+        if action is None or _unb64(token) is None or mac is None:
+            raise bad
+        approval_id = "apr_" + token
+        if not hmac.compare_digest(mac, self._callback_mac(tenant_id, approval_id, action)):
+            raise bad
+        return approval_id, action
+
+
+def normalize_code(raw: str) -> str:
+    """Accept what people type: lower case, spaces and dashes."""
+    code = raw.strip().upper().replace(" ", "").replace("-", "")
+    if len(code) != CODE_LENGTH or any(c not in CODE_ALPHABET for c in code):
+        raise InvalidArgument("code", f"must be {CODE_LENGTH} characters from {CODE_ALPHABET}")
+    return code
+
+
+def may_resolve(channel: Channel, tenant_approvers: tuple[str, ...], actor_id: str) -> bool:
+    """An actor (platform user id on the channel's platform) may resolve if they
+    are the channel's owner, a channel approver, or a tenant-level approver."""
+    if not actor_id:
+        return False
+    policy = channel.policy
+    return (
+        actor_id == policy.owner_id
+        or actor_id in policy.approvers
+        or f"{channel.platform.value}:{actor_id}" in tenant_approvers
+    )

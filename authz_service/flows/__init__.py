@@ -1,0 +1,25 @@
+"""Use cases. Each runs in one tenant-scoped transaction: read from the store,
+decide with the pure domain functions, write, audit. Multi-row changes are
+therefore all-or-nothing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..domain.model import Principal
+from ..domain.pairing import Keyring
+from ..store.db import Database
+
+
+@dataclass(frozen=True)
+class Context:
+    """Everything a use case needs besides its request."""
+
+    db: Database
+    keyring: Keyring
+    principal: Principal
+    trace_id: str
+
+    @property
+    def tenant_id(self) -> str:
+        return self.principal.tenant_id

@@ -1,0 +1,271 @@
+"""RequestPairing and ResolveApproval.
+
+Concurrency: RequestPairing locks the channel row, so the per-channel cap and
+the one-live-request-per-user rule hold under concurrent calls (backed by a
+partial unique index). ResolveApproval locks the approval row and then moves it
+out of ``pending`` with a compare-and-set, so two racing resolves produce one
+winner. Expiry is always judged by the database clock.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import asyncpg
+
+from ..domain import ids, messages
+from ..domain.errors import AuthzError, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from ..domain.model import (
+    Approval,
+    ApprovalAction,
+    ApprovalStatus,
+    Channel,
+    DmPolicy,
+    Role,
+    SubjectSource,
+    SubjectStatus,
+)
+from ..domain.pairing import may_resolve, new_approval_id, new_code_seed, normalize_code
+from ..domain.policy import CorruptPolicy
+from ..store import queries as q
+from . import Context
+
+
+class PairingOutcome:
+    CREATED = "created"
+    EXISTING = "existing"
+    ALREADY_ALLOWED = "already_allowed"
+    BLOCKED = "blocked"
+    CAPACITY = "capacity"
+    NOT_ACCEPTED = "not_accepted"
+
+
+@dataclass(frozen=True)
+class Button:
+    action: ApprovalAction
+    label: str
+    callback_payload: str
+
+
+@dataclass(frozen=True)
+class OwnerNotification:
+    owner_id: str
+    text: str
+    buttons: tuple[Button, ...]
+
+
+@dataclass(frozen=True)
+class PairingResult:
+    outcome: str
+    text: str = ""
+    code: str = ""
+    approval_id: str = ""
+    expires_at: datetime | None = None
+    notification: OwnerNotification | None = None
+
+    @property
+    def created(self) -> bool:
+        return self.outcome == PairingOutcome.CREATED
+
+
+async def load_channel(conn: asyncpg.Connection, tenant_id: str, channel_id: str, *, for_update: bool) -> Channel:
+    try:
+        channel = await q.get_channel(conn, tenant_id, channel_id, for_update=for_update)
+    except CorruptPolicy:
+        raise FailedPrecondition(f"channel {channel_id!r} has an unreadable policy; set it again") from None
+    if channel is None:
+        raise NotFound(f"channel {channel_id!r} not found")
+    return channel
+
+
+def _minutes(expires_at: datetime, now: datetime) -> int:
+    return max(1, math.ceil((expires_at - now).total_seconds() / 60))
+
+
+async def request_pairing(
+    ctx: Context, channel_id: str, user_id: str, display_name: str, first_message: str
+) -> PairingResult:
+    t = ctx.tenant_id
+    async with ctx.db.tenant(t) as conn:
+        channel = await load_channel(conn, t, channel_id, for_update=True)
+        ids.user_id(channel.platform, user_id)
+        policy = channel.policy
+        if policy.dm_policy is not DmPolicy.PAIRING:
+            return PairingResult(PairingOutcome.NOT_ACCEPTED)
+        now = await q.now(conn)
+        subject = await q.get_subject(conn, t, channel_id, user_id)
+        if subject is not None and subject.status is SubjectStatus.BLOCKED:
+            return PairingResult(PairingOutcome.BLOCKED)
+        if (
+            subject is not None
+            and subject.status is SubjectStatus.ALLOWED
+            and (subject.expires_at is None or subject.expires_at > now)
+        ):
+            return PairingResult(PairingOutcome.ALREADY_ALLOWED, text=messages.ALREADY_ALLOWED)
+
+        existing = await q.pending_pairing_for_user(conn, t, channel_id, user_id)
+        if existing is not None:
+            if existing["expires_at"] > now:
+                # Same code again, and no second owner notification.
+                return PairingResult(
+                    PairingOutcome.EXISTING,
+                    code=ctx.keyring.code_from_seed(bytes(existing["code_seed"])),
+                    approval_id=existing["approval_id"],
+                    expires_at=existing["expires_at"],
+                )
+            await _expire(ctx, conn, existing["approval_id"], channel_id, user_id)
+
+        if await q.count_live_pending(conn, t, channel_id) >= policy.max_pending:
+            return PairingResult(PairingOutcome.CAPACITY, text=messages.CAPACITY)
+
+        seed = new_code_seed()
+        code = ctx.keyring.code_from_seed(seed)
+        approval = await q.insert_pairing(
+            conn, t, new_approval_id(), channel_id, user_id, display_name,
+            seed, ctx.keyring.code_hash(t, channel_id, code), policy.pairing_code_ttl_seconds,
+        )  # fmt: skip
+        await q.audit(
+            conn, t, "pairing.requested", actor=f"{channel.platform.value}:{user_id}", channel_id=channel_id,
+            subject=user_id, approval_id=approval.approval_id, trace_id=ctx.trace_id,
+            details={"display_name": display_name, "expires_at": approval.expires_at.isoformat()},
+        )  # fmt: skip
+
+    minutes = _minutes(approval.expires_at, now)
+    notification = None
+    if policy.owner_id:
+        notification = OwnerNotification(
+            owner_id=policy.owner_id,
+            text=messages.owner_notification(channel_id, user_id, display_name, first_message, code, minutes),
+            buttons=tuple(
+                Button(a, messages.BUTTON_LABELS[a], ctx.keyring.callback_payload(t, approval.approval_id, a))
+                for a in (ApprovalAction.APPROVE, ApprovalAction.DENY, ApprovalAction.BLOCK)
+            ),
+        )
+    return PairingResult(
+        PairingOutcome.CREATED,
+        text=messages.pairing_code(code, minutes, channel_id, owner_notified=notification is not None),
+        code=code,
+        approval_id=approval.approval_id,
+        expires_at=approval.expires_at,
+        notification=notification,
+    )
+
+
+async def _expire(ctx: Context, conn: asyncpg.Connection, approval_id: str, channel_id: str, user_id: str) -> bool:
+    done = await q.finish_approval(conn, ctx.tenant_id, approval_id, ApprovalStatus.EXPIRED, "system", "", live=False)
+    if done is not None:
+        await q.audit(
+            conn, ctx.tenant_id, "pairing.expired", actor="system", channel_id=channel_id, subject=user_id,
+            approval_id=approval_id, trace_id=ctx.trace_id,
+        )  # fmt: skip
+    return done is not None
+
+
+@dataclass(frozen=True)
+class ResolveTarget:
+    approval_id: str = ""
+    callback_payload: str = ""
+    channel_id: str = ""
+    code: str = ""
+
+
+@dataclass(frozen=True)
+class ResolveResult:
+    approval: Approval
+    requester_text: str
+    owner_text: str
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+async def resolve(
+    ctx: Context, target: ResolveTarget, action: ApprovalAction | None, actor_id: str, reason: str
+) -> ResolveResult:
+    t = ctx.tenant_id
+    # Some refusals must be committed (the expiry, the audit of an unauthorized
+    # actor) and still reach the caller as errors: raise them after commit.
+    deferred: AuthzError | None = None
+    result: ResolveResult | None = None
+    async with ctx.db.tenant(t) as conn:
+        if target.callback_payload:
+            approval_id, button_action = ctx.keyring.open_callback(t, target.callback_payload)
+            if action is not None and action is not button_action:
+                raise InvalidArgument("action", "does not match the button's action")
+            action = button_action
+            row = await q.get_approval(conn, t, approval_id, for_update=True)
+        elif target.approval_id:
+            row = await q.get_approval(conn, t, target.approval_id, for_update=True)
+        else:
+            code = normalize_code(target.code)
+            row = await q.approval_by_code(conn, t, target.channel_id, ctx.keyring.code_hash(t, target.channel_id, code))
+        if action is None:
+            raise InvalidArgument("action", "is required")
+        if row is None:
+            raise NotFound("no such approval")
+        approval = q.approval_from_row(row)
+        channel = await load_channel(conn, t, approval.channel_id, for_update=False)
+
+        if ctx.principal.role is Role.CONNECTOR:
+            approvers = await q.tenant_approvers(conn, t)
+            if not may_resolve(channel, approvers, actor_id):
+                await q.audit(
+                    conn, t, "approval.unauthorized", actor=f"{channel.platform.value}:{actor_id}",
+                    channel_id=approval.channel_id, subject=approval.user_id, approval_id=approval.approval_id,
+                    trace_id=ctx.trace_id, details={"action": action.value, "key": ctx.principal.key_id},
+                )  # fmt: skip
+                deferred = PermissionDenied("this actor is not an approver for the channel")
+            actor = f"{channel.platform.value}:{actor_id}"
+        else:
+            actor = ctx.principal.actor
+
+        if deferred is None:
+            deferred, result = await _decide(ctx, conn, channel, approval, action, actor, reason)
+    if deferred is not None:
+        raise deferred
+    assert result is not None
+    return result
+
+
+async def _decide(
+    ctx: Context,
+    conn: asyncpg.Connection,
+    channel: Channel,
+    approval: Approval,
+    action: ApprovalAction,
+    actor: str,
+    reason: str,
+) -> tuple[AuthzError | None, ResolveResult | None]:
+    t = ctx.tenant_id
+    if approval.status is not ApprovalStatus.PENDING:
+        return FailedPrecondition(f"approval is already {approval.status.value}"), None
+    now = await q.now(conn)
+    if approval.expires_at <= now:
+        await _expire(ctx, conn, approval.approval_id, approval.channel_id, approval.user_id)
+        return FailedPrecondition("approval expired"), None
+
+    subject = await q.get_subject(conn, t, approval.channel_id, approval.user_id)
+    if action is ApprovalAction.APPROVE and subject is not None and subject.status is SubjectStatus.BLOCKED:
+        return FailedPrecondition("the user is blocked; unblock them first"), None
+
+    done = await q.finish_approval(conn, t, approval.approval_id, action.resulting_status, actor, reason, live=True)
+    if done is None:
+        return FailedPrecondition("approval was resolved concurrently"), None
+    if action is ApprovalAction.APPROVE:
+        await q.put_subject(
+            conn, t, approval.channel_id, approval.user_id, status=SubjectStatus.ALLOWED,
+            source=SubjectSource.PAIRING, display_name=approval.display_name, permissions=[],
+            ttl_seconds=channel.policy.pairing_ttl_seconds,
+        )  # fmt: skip
+    elif action is ApprovalAction.BLOCK:
+        await q.put_subject(
+            conn, t, approval.channel_id, approval.user_id, status=SubjectStatus.BLOCKED,
+            source=SubjectSource.ADMIN, display_name=approval.display_name, permissions=[],
+        )  # fmt: skip
+    # DENY writes nothing else: the code is consumed and no record is invented.
+    await q.audit(
+        conn, t, f"pairing.{done.status.value}", actor=actor, channel_id=approval.channel_id,
+        subject=approval.user_id, approval_id=approval.approval_id, trace_id=ctx.trace_id,
+        details={"reason": reason} if reason else {},
+    )  # fmt: skip
+    return None, ResolveResult(done, messages.requester_outcome(action), messages.owner_outcome(action, actor))

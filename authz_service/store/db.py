@@ -1,0 +1,116 @@
+"""Connection pool, tenant-scoped transactions and database error mapping.
+
+Every unit of work runs in one transaction whose first statement sets the
+transaction-local ``authz.tenant``; row-level security does the rest. asyncpg
+errors become domain errors here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+
+from ..domain.errors import Conflict, Unavailable
+from .migrate import LATEST_VERSION, current_version
+
+log = logging.getLogger(__name__)
+
+_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.TooManyConnectionsError,
+)
+
+
+class SchemaTooOld(RuntimeError):
+    pass
+
+
+class UnsafeDatabaseRole(RuntimeError):
+    pass
+
+
+class Database:
+    """A pool of connections as the service role, bound by row-level security."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    @classmethod
+    async def connect(cls, dsn: str, *, min_size: int = 1, max_size: int = 10, timeout: float = 5.0) -> Database:
+        pool = await asyncpg.create_pool(
+            dsn, min_size=min_size, max_size=max_size, command_timeout=timeout, timeout=timeout
+        )
+        db = cls(pool)
+        try:
+            await db.verify()
+        except BaseException:
+            await pool.close()
+            raise
+        return db
+
+    async def verify(self) -> None:
+        """Refuse a role that row-level security does not bind, or an old schema."""
+        async with self.pool.acquire() as conn:
+            row = await conn.fetchrow(
+                "SELECT current_user AS name, rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user"
+            )
+            assert row is not None
+            if row["rolsuper"] or row["rolbypassrls"]:
+                raise UnsafeDatabaseRole(
+                    f"the service connects as {row['name']!r}, which bypasses row-level security; "
+                    "connect as the 'authz_service' role that `authz migrate` creates"
+                )
+            version = await current_version(conn)
+        if version < LATEST_VERSION:
+            raise SchemaTooOld(f"database schema is at version {version}, this build needs {LATEST_VERSION}: run `authz migrate`")
+
+    async def schema_ok(self) -> bool:
+        try:
+            async with self.pool.acquire() as conn:
+                return await current_version(conn) >= LATEST_VERSION
+        except (*_UNAVAILABLE, asyncpg.PostgresError):
+            return False
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    @asynccontextmanager
+    async def _tx(self, settings: dict[str, str]) -> AsyncIterator[asyncpg.Connection]:
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                for name, value in settings.items():
+                    # is_local = true: the setting dies with the transaction, so a
+                    # pooled connection never carries it into the next request.
+                    await conn.execute("SELECT set_config($1, $2, true)", name, value)
+                yield conn
+        except _UNAVAILABLE as exc:
+            log.warning("database unavailable: %s", type(exc).__name__)
+            raise Unavailable("the authorization store is unavailable") from exc
+        except (asyncpg.SerializationError, asyncpg.DeadlockDetectedError) as exc:
+            raise Conflict("a concurrent change won; retry") from exc
+
+    @asynccontextmanager
+    async def tenant(self, tenant_id: str) -> AsyncIterator[asyncpg.Connection]:
+        async with self._tx({"authz.tenant": tenant_id}) as conn:
+            yield conn
+
+    @asynccontextmanager
+    async def operator(self) -> AsyncIterator[asyncpg.Connection]:
+        """Cross-tenant access to the tenants table only (the operator key)."""
+        async with self._tx({"authz.operator": "on"}) as conn:
+            yield conn
+
+
+def record(row: asyncpg.Record | None) -> dict[str, Any] | None:
+    return None if row is None else dict(row)

@@ -1,0 +1,409 @@
+"""SQL, and nothing else. Every function takes a connection already inside a
+tenant-scoped transaction and still filters by ``tenant_id`` explicitly:
+row-level security is the second lock, not the only one."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from ..domain import policy as policy_codec
+from ..domain.errors import AlreadyExists
+from ..domain.model import (
+    Approval,
+    ApprovalStatus,
+    Channel,
+    ChannelPolicy,
+    Platform,
+    Role,
+    Subject,
+    SubjectSource,
+    SubjectStatus,
+)
+
+Conn = asyncpg.Connection
+
+
+async def now(conn: Conn) -> datetime:
+    value: datetime = await conn.fetchval("SELECT now()")
+    return value
+
+
+# --- audit -------------------------------------------------------------------
+
+
+async def audit(
+    conn: Conn,
+    tenant_id: str,
+    event: str,
+    *,
+    actor: str = "",
+    channel_id: str = "",
+    subject: str = "",
+    approval_id: str = "",
+    trace_id: str = "",
+    details: dict[str, Any] | None = None,
+) -> None:
+    await conn.execute(
+        """INSERT INTO audit_events
+               (tenant_id, event, actor, channel_id, subject, approval_id, trace_id, details)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb)""",
+        tenant_id, event, actor, channel_id, subject, approval_id, trace_id, json.dumps(details or {}),
+    )  # fmt: skip
+
+
+async def query_audit(
+    conn: Conn,
+    tenant_id: str,
+    *,
+    since: datetime | None,
+    until: datetime | None,
+    channel_id: str,
+    user_id: str,
+    event: str,
+    after_event_id: int,
+    limit: int,
+) -> list[asyncpg.Record]:
+    prefix = event.endswith(".")
+    return await conn.fetch(
+        """SELECT * FROM audit_events
+           WHERE tenant_id = $1 AND event_id > $2
+             AND ($3::timestamptz IS NULL OR at >= $3)
+             AND ($4::timestamptz IS NULL OR at < $4)
+             AND ($5 = '' OR channel_id = $5)
+             AND ($6 = '' OR subject = $6)
+             AND ($7 = '' OR (CASE WHEN $8 THEN starts_with(event, $7) ELSE event = $7 END))
+           ORDER BY event_id LIMIT $9""",
+        tenant_id, after_event_id, since, until, channel_id, user_id, event, prefix, limit,
+    )  # fmt: skip
+
+
+# --- tenants and keys ----------------------------------------------------------
+
+
+async def insert_tenant(conn: Conn, tenant_id: str, display_name: str) -> asyncpg.Record:
+    try:
+        row = await conn.fetchrow(
+            "INSERT INTO tenants (tenant_id, display_name) VALUES ($1, $2) RETURNING *", tenant_id, display_name
+        )
+    except asyncpg.UniqueViolationError:
+        raise AlreadyExists(f"tenant {tenant_id!r} already exists") from None
+    assert row is not None
+    return row
+
+
+async def list_tenants(conn: Conn) -> list[asyncpg.Record]:
+    return await conn.fetch("SELECT * FROM tenants ORDER BY tenant_id")
+
+
+async def tenant_approvers(conn: Conn, tenant_id: str) -> tuple[str, ...]:
+    value = await conn.fetchval("SELECT approvers FROM tenants WHERE tenant_id = $1", tenant_id)
+    return tuple(value or ())
+
+
+async def set_tenant_approvers(conn: Conn, tenant_id: str, approvers: list[str]) -> None:
+    await conn.execute("UPDATE tenants SET approvers = $2 WHERE tenant_id = $1", tenant_id, approvers)
+
+
+async def insert_key(conn: Conn, tenant_id: str, key_id: str, role: Role, name: str, secret_hash: bytes) -> asyncpg.Record:
+    row = await conn.fetchrow(
+        """INSERT INTO api_keys (tenant_id, key_id, role, name, secret_hash)
+           VALUES ($1, $2, $3, $4, $5) RETURNING *""",
+        tenant_id, key_id, role.value, name, secret_hash,
+    )  # fmt: skip
+    assert row is not None
+    return row
+
+
+async def get_key(conn: Conn, tenant_id: str, key_id: str) -> asyncpg.Record | None:
+    return await conn.fetchrow("SELECT * FROM api_keys WHERE tenant_id = $1 AND key_id = $2", tenant_id, key_id)
+
+
+async def list_keys(conn: Conn, tenant_id: str) -> list[asyncpg.Record]:
+    return await conn.fetch("SELECT * FROM api_keys WHERE tenant_id = $1 ORDER BY created_at, key_id", tenant_id)
+
+
+async def revoke_key(conn: Conn, tenant_id: str, key_id: str) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        """UPDATE api_keys SET revoked_at = coalesce(revoked_at, now())
+           WHERE tenant_id = $1 AND key_id = $2 RETURNING *""",
+        tenant_id, key_id,
+    )  # fmt: skip
+
+
+# --- channels ------------------------------------------------------------------
+
+
+def channel_from_row(tenant_id: str, row: asyncpg.Record) -> Channel:
+    """Raises CorruptPolicy for a policy that does not parse: callers deny."""
+    return Channel(tenant_id, row["channel_id"], Platform(row["platform"]), policy_codec.from_json(json.loads(row["policy"])))
+
+
+async def get_channel(conn: Conn, tenant_id: str, channel_id: str, *, for_update: bool = False) -> Channel | None:
+    sql = "SELECT channel_id, platform, policy, updated_at FROM channels WHERE tenant_id = $1 AND channel_id = $2"
+    row = await conn.fetchrow(sql + (" FOR UPDATE" if for_update else ""), tenant_id, channel_id)
+    return None if row is None else channel_from_row(tenant_id, row)
+
+
+async def get_channel_row(conn: Conn, tenant_id: str, channel_id: str) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        "SELECT channel_id, platform, policy, updated_at FROM channels WHERE tenant_id = $1 AND channel_id = $2",
+        tenant_id, channel_id,
+    )  # fmt: skip
+
+
+async def list_channel_rows(conn: Conn, tenant_id: str) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        "SELECT channel_id, platform, policy, updated_at FROM channels WHERE tenant_id = $1 ORDER BY channel_id",
+        tenant_id,
+    )
+
+
+async def upsert_channel(
+    conn: Conn, tenant_id: str, channel_id: str, platform: Platform, policy: ChannelPolicy
+) -> asyncpg.Record:
+    row = await conn.fetchrow(
+        """INSERT INTO channels (tenant_id, channel_id, platform, policy)
+           VALUES ($1, $2, $3, $4::jsonb)
+           ON CONFLICT (tenant_id, channel_id)
+           DO UPDATE SET platform = EXCLUDED.platform, policy = EXCLUDED.policy, updated_at = now()
+           RETURNING channel_id, platform, policy, updated_at""",
+        tenant_id, channel_id, platform.value, json.dumps(policy_codec.to_json(policy)),
+    )  # fmt: skip
+    assert row is not None
+    return row
+
+
+async def delete_channel(conn: Conn, tenant_id: str, channel_id: str) -> bool:
+    status = await conn.execute("DELETE FROM channels WHERE tenant_id = $1 AND channel_id = $2", tenant_id, channel_id)
+    return bool(status != "DELETE 0")
+
+
+async def check_state(
+    conn: Conn, tenant_id: str, channel_id: str, user_id: str, group_id: str
+) -> asyncpg.Record | None:
+    """Everything CheckUser needs, in one round trip."""
+    return await conn.fetchrow(
+        """SELECT c.channel_id, c.platform, c.policy, now() AS now,
+                  s.status, s.source, s.display_name, s.permissions, s.expires_at, s.updated_at,
+                  ($4 <> '' AND EXISTS (
+                      SELECT 1 FROM group_senders g
+                      WHERE g.tenant_id = c.tenant_id AND g.channel_id = c.channel_id
+                        AND g.user_id = $3 AND g.group_id IN ($4, '*'))) AS in_group
+           FROM channels c
+           LEFT JOIN subjects s
+             ON s.tenant_id = c.tenant_id AND s.channel_id = c.channel_id AND s.user_id = $3
+           WHERE c.tenant_id = $1 AND c.channel_id = $2""",
+        tenant_id, channel_id, user_id, group_id,
+    )  # fmt: skip
+
+
+# --- subjects ------------------------------------------------------------------
+
+
+def subject_from_row(channel_id: str, user_id: str, row: asyncpg.Record) -> Subject:
+    return Subject(
+        channel_id=channel_id,
+        user_id=user_id,
+        status=SubjectStatus(row["status"]),
+        source=SubjectSource(row["source"]),
+        display_name=row["display_name"],
+        permissions=tuple(row["permissions"] or ()),
+        expires_at=row["expires_at"],
+        updated_at=row["updated_at"],
+    )
+
+
+async def get_subject(conn: Conn, tenant_id: str, channel_id: str, user_id: str) -> Subject | None:
+    row = await conn.fetchrow(
+        "SELECT * FROM subjects WHERE tenant_id = $1 AND channel_id = $2 AND user_id = $3 FOR UPDATE",
+        tenant_id, channel_id, user_id,
+    )  # fmt: skip
+    return None if row is None else subject_from_row(channel_id, user_id, row)
+
+
+async def put_subject(
+    conn: Conn,
+    tenant_id: str,
+    channel_id: str,
+    user_id: str,
+    *,
+    status: SubjectStatus,
+    source: SubjectSource,
+    display_name: str,
+    permissions: list[str],
+    ttl_seconds: int = 0,
+) -> Subject:
+    row = await conn.fetchrow(
+        """INSERT INTO subjects (tenant_id, channel_id, user_id, status, source, display_name, permissions, expires_at)
+           VALUES ($1, $2, $3, $4, $5, $6, $7,
+                   CASE WHEN $8 > 0 THEN now() + make_interval(secs => $8) END)
+           ON CONFLICT (tenant_id, channel_id, user_id) DO UPDATE
+             SET status = EXCLUDED.status, source = EXCLUDED.source,
+                 display_name = CASE WHEN EXCLUDED.display_name = '' THEN subjects.display_name
+                                     ELSE EXCLUDED.display_name END,
+                 permissions = EXCLUDED.permissions, expires_at = EXCLUDED.expires_at, updated_at = now()
+           RETURNING *""",
+        tenant_id, channel_id, user_id, status.value, source.value, display_name, permissions, ttl_seconds,
+    )  # fmt: skip
+    assert row is not None
+    return subject_from_row(channel_id, user_id, row)
+
+
+async def delete_subject(
+    conn: Conn, tenant_id: str, channel_id: str, user_id: str, *, status: SubjectStatus, source: SubjectSource | None
+) -> bool:
+    result = await conn.execute(
+        """DELETE FROM subjects WHERE tenant_id = $1 AND channel_id = $2 AND user_id = $3
+             AND status = $4 AND ($5::text IS NULL OR source = $5)""",
+        tenant_id, channel_id, user_id, status.value, None if source is None else source.value,
+    )  # fmt: skip
+    return bool(result != "DELETE 0")
+
+
+async def list_subjects(
+    conn: Conn, tenant_id: str, channel_id: str, status: SubjectStatus | None, source: SubjectSource | None
+) -> list[Subject]:
+    rows = await conn.fetch(
+        """SELECT * FROM subjects WHERE tenant_id = $1 AND channel_id = $2
+             AND ($3::text IS NULL OR status = $3) AND ($4::text IS NULL OR source = $4)
+           ORDER BY user_id""",
+        tenant_id, channel_id, None if status is None else status.value, None if source is None else source.value,
+    )  # fmt: skip
+    return [subject_from_row(channel_id, r["user_id"], r) for r in rows]
+
+
+async def add_group_sender(conn: Conn, tenant_id: str, channel_id: str, group_id: str, user_id: str) -> asyncpg.Record:
+    row = await conn.fetchrow(
+        """INSERT INTO group_senders (tenant_id, channel_id, group_id, user_id) VALUES ($1, $2, $3, $4)
+           ON CONFLICT (tenant_id, channel_id, group_id, user_id) DO UPDATE SET user_id = EXCLUDED.user_id
+           RETURNING *""",
+        tenant_id, channel_id, group_id, user_id,
+    )  # fmt: skip
+    assert row is not None
+    return row
+
+
+async def remove_group_sender(conn: Conn, tenant_id: str, channel_id: str, group_id: str, user_id: str) -> bool:
+    result = await conn.execute(
+        "DELETE FROM group_senders WHERE tenant_id = $1 AND channel_id = $2 AND group_id = $3 AND user_id = $4",
+        tenant_id, channel_id, group_id, user_id,
+    )  # fmt: skip
+    return bool(result != "DELETE 0")
+
+
+async def list_group_senders(conn: Conn, tenant_id: str, channel_id: str, group_id: str) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        """SELECT * FROM group_senders WHERE tenant_id = $1 AND channel_id = $2 AND ($3 = '' OR group_id = $3)
+           ORDER BY group_id, user_id""",
+        tenant_id, channel_id, group_id,
+    )  # fmt: skip
+
+
+# --- approvals -----------------------------------------------------------------
+
+
+def approval_from_row(row: asyncpg.Record) -> Approval:
+    return Approval(
+        approval_id=row["approval_id"],
+        channel_id=row["channel_id"],
+        user_id=row["user_id"],
+        status=ApprovalStatus(row["status"]),
+        created_at=row["created_at"],
+        expires_at=row["expires_at"],
+        display_name=row["display_name"],
+        resolved_at=row["resolved_at"],
+        resolved_by=row["resolved_by"],
+        kind=row["kind"],
+    )
+
+
+async def pending_pairing_for_user(conn: Conn, tenant_id: str, channel_id: str, user_id: str) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        """SELECT * FROM approvals WHERE tenant_id = $1 AND channel_id = $2 AND user_id = $3
+             AND kind = 'pairing' AND status = 'pending' FOR UPDATE""",
+        tenant_id, channel_id, user_id,
+    )  # fmt: skip
+
+
+async def count_live_pending(conn: Conn, tenant_id: str, channel_id: str) -> int:
+    return int(
+        await conn.fetchval(
+            """SELECT count(*) FROM approvals WHERE tenant_id = $1 AND channel_id = $2
+                 AND status = 'pending' AND expires_at > now()""",
+            tenant_id, channel_id,
+        )  # fmt: skip
+    )
+
+
+async def insert_pairing(
+    conn: Conn,
+    tenant_id: str,
+    approval_id: str,
+    channel_id: str,
+    user_id: str,
+    display_name: str,
+    code_seed: bytes,
+    code_hash: bytes,
+    ttl_seconds: int,
+) -> Approval:
+    row = await conn.fetchrow(
+        """INSERT INTO approvals (tenant_id, approval_id, kind, channel_id, user_id, display_name,
+                                  code_seed, code_hash, expires_at)
+           VALUES ($1, $2, 'pairing', $3, $4, $5, $6, $7, now() + make_interval(secs => $8))
+           RETURNING *""",
+        tenant_id, approval_id, channel_id, user_id, display_name, code_seed, code_hash, ttl_seconds,
+    )  # fmt: skip
+    assert row is not None
+    return approval_from_row(row)
+
+
+async def get_approval(conn: Conn, tenant_id: str, approval_id: str, *, for_update: bool = False) -> asyncpg.Record | None:
+    sql = "SELECT * FROM approvals WHERE tenant_id = $1 AND approval_id = $2"
+    return await conn.fetchrow(sql + (" FOR UPDATE" if for_update else ""), tenant_id, approval_id)
+
+
+async def approval_by_code(conn: Conn, tenant_id: str, channel_id: str, code_hash: bytes) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        """SELECT * FROM approvals WHERE tenant_id = $1 AND channel_id = $2 AND code_hash = $3
+           ORDER BY (status = 'pending') DESC, created_at DESC LIMIT 1 FOR UPDATE""",
+        tenant_id, channel_id, code_hash,
+    )  # fmt: skip
+
+
+async def finish_approval(
+    conn: Conn, tenant_id: str, approval_id: str, status: ApprovalStatus, actor: str, reason: str, *, live: bool
+) -> Approval | None:
+    """Compare-and-set from pending. ``live`` requires it unexpired (a decision);
+    otherwise it must have expired (the expiry transition). None: lost the race."""
+    row = await conn.fetchrow(
+        """UPDATE approvals SET status = $3, resolved_at = now(), resolved_by = $4, reason = $5
+           WHERE tenant_id = $1 AND approval_id = $2 AND status = 'pending'
+             AND (CASE WHEN $6 THEN expires_at > now() ELSE expires_at <= now() END)
+           RETURNING *""",
+        tenant_id, approval_id, status.value, actor, reason, live,
+    )  # fmt: skip
+    return None if row is None else approval_from_row(row)
+
+
+async def cancel_pending_for_user(conn: Conn, tenant_id: str, channel_id: str, user_id: str, actor: str) -> list[str]:
+    rows = await conn.fetch(
+        """UPDATE approvals SET status = 'blocked', resolved_at = now(), resolved_by = $4, reason = 'user blocked'
+           WHERE tenant_id = $1 AND channel_id = $2 AND user_id = $3 AND status = 'pending'
+           RETURNING approval_id""",
+        tenant_id, channel_id, user_id, actor,
+    )  # fmt: skip
+    return [r["approval_id"] for r in rows]
+
+
+async def list_approvals(
+    conn: Conn, tenant_id: str, channel_id: str, status: ApprovalStatus, limit: int
+) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        """SELECT * FROM approvals WHERE tenant_id = $1 AND ($2 = '' OR channel_id = $2) AND status = $3
+           ORDER BY created_at DESC LIMIT $4""",
+        tenant_id, channel_id, status.value, limit,
+    )  # fmt: skip
