@@ -8,7 +8,7 @@ PROTOS := $(shell find proto -name '*.proto')
 GEN_STAMP := authz_service/gen/.stamp
 VENV_STAMP := $(VENV)/.installed
 
-.PHONY: run test proto lint typecheck fmt bench chart clean help
+.PHONY: run test proto lint fmt clean help
 
 help:
 	@echo "make run    start the service on an embedded PostgreSQL with a demo tenant"

@@ -88,7 +88,7 @@ def rpc(*roles: Role) -> Callable[[Handler[Req, Resp]], Method[Req, Resp]]:
                 ctx = Context(runtime.db, runtime.keyring, principal, trace_id)
                 return await handler(self, request, ctx)
             except errors.AuthzError as exc:
-                code = STATUS[type(exc)]
+                code = next(STATUS[c] for c in type(exc).__mro__ if c in STATUS)
                 if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
                     log.info("%s refused: %s", name, exc.message, extra={"trace_id": trace_id})
                 await context.abort(code, exc.message)

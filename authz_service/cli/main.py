@@ -139,15 +139,16 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     from ..store import embedded
     from ..store.migrate import migrate
 
-    settings = Settings.from_env()
+    explicit = os.environ.get("AUTHZ_MIGRATE_DATABASE_URL") or os.environ.get("AUTHZ_DATABASE_URL")
+    settings = None if explicit else Settings.from_env()
 
     async def run() -> None:
-        if settings.embedded:
+        if settings is not None:
             emb = await asyncio.to_thread(embedded.start, settings.home)
             await embedded.ensure_database(emb)
             dsn = emb.owner_dsn
         else:
-            dsn = settings.migrate_database_url or settings.database_url or ""
+            dsn = explicit or ""
         applied = await migrate(dsn)
         if applied:
             for m in applied:
@@ -242,10 +243,12 @@ def policy_from_yaml(data: dict[str, Any], base: cm.ChannelPolicy) -> cm.Channel
             setattr(p, key, str(data[key] or ""))
     for key in ("pairing_code_ttl_seconds", "max_pending", "pairing_ttl_seconds"):
         if key in data:
-            if not isinstance(data[key], int) or data[key] < 0:
+            if type(data[key]) is not int or data[key] < 0:
                 raise CliError(f"{key} must be a non-negative integer")
             setattr(p, key, data[key])
     if "approvers" in data:
+        if not isinstance(data["approvers"], list | type(None)):
+            raise CliError("approvers must be a list of platform user ids")
         del p.approvers[:]
         p.approvers.extend(str(a) for a in data["approvers"] or [])
     if "send_policy" in data:
@@ -253,6 +256,9 @@ def policy_from_yaml(data: dict[str, Any], base: cm.ChannelPolicy) -> cm.Channel
             p.ClearField("send_policy")
         else:
             p.send_policy.CopyFrom(_send_policy(data["send_policy"], "send_policy"))
+    for key in ("agent_send_policies", "aliases", "send_policy"):
+        if data.get(key) is not None and not isinstance(data[key], dict):
+            raise CliError(f"{key} must be a mapping")
     if "agent_send_policies" in data:
         p.agent_send_policies.clear()
         for agent, sp in (data["agent_send_policies"] or {}).items():
@@ -525,11 +531,18 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--address", default=os.environ.get("AUTHZ_ADDRESS") or DEFAULT_ADDRESS,
-                        help="service address (AUTHZ_ADDRESS, default %(default)s)")  # fmt: skip
-    common.add_argument("--api-key", default=None, help="API key (default: AUTHZ_API_KEY)")
-    common.add_argument("--json", action="store_true", help="machine-readable output")
+    def common_options(suppress: bool) -> argparse.ArgumentParser:
+        # A nested subcommand (audit export) must not reset options given before it.
+        d: Any = argparse.SUPPRESS if suppress else None
+        c = argparse.ArgumentParser(add_help=False)
+        c.add_argument("--address", default=d if suppress else os.environ.get("AUTHZ_ADDRESS") or DEFAULT_ADDRESS,
+                       help="service address (AUTHZ_ADDRESS, default 127.0.0.1:50051)")  # fmt: skip
+        c.add_argument("--api-key", default=d, help="API key (default: AUTHZ_API_KEY)")
+        c.add_argument("--json", action="store_true", default=argparse.SUPPRESS if suppress else False,
+                       help="machine-readable output")  # fmt: skip
+        return c
+
+    common = common_options(False)
 
     p = argparse.ArgumentParser(prog="authz", description="Authorization service for chat-bot agents.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -632,19 +645,21 @@ def build_parser() -> argparse.ArgumentParser:
     au = sub.add_parser("audit", parents=[common], help="query the audit trail", description="query the audit trail")
     au.set_defaults(fn=cmd_audit)
 
-    def audit_filters(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--since", help="2026-11-01, an ISO time, or 30m/24h/7d")
-        sp.add_argument("--until")
-        sp.add_argument("--user")
-        sp.add_argument("--channel")
-        sp.add_argument("--event", help="event name, or prefix like 'pairing.'")
+    def audit_filters(sp: argparse.ArgumentParser, default: Any) -> None:
+        sp.add_argument("--since", default=default, help="2026-11-01, an ISO time, or 30m/24h/7d")
+        sp.add_argument("--until", default=default)
+        sp.add_argument("--user", default=default)
+        sp.add_argument("--channel", default=default)
+        sp.add_argument("--event", default=default, help="event name, or prefix like 'pairing.'")
 
-    audit_filters(au)
+    audit_filters(au, None)
     ausub = au.add_subparsers(dest="sub", metavar="SUBCOMMAND")
-    sp = cmd(ausub, "export", cmd_audit_export, "export the audit trail as CSV or JSON")
+    help_ = "export the audit trail as CSV or JSON"
+    sp = ausub.add_parser("export", parents=[common_options(True)], help=help_, description=help_)
+    sp.set_defaults(fn=cmd_audit_export)
     sp.add_argument("--format", choices=["csv", "json"], default="csv")
     sp.add_argument("--output", "-o", help="file to write (default: stdout)")
-    audit_filters(sp)
+    audit_filters(sp, argparse.SUPPRESS)
 
     sim = group("simulate", "act as a connector, from the terminal")
     sp = cmd(sim, "message", cmd_simulate, "send one inbound message through CheckUser (and pairing)")

@@ -1,7 +1,7 @@
 """The one error tree of the service.
 
 Domain and store code raise these; the gRPC layer maps each class to exactly
-one status code (``authz_service.api.errors``). Nothing a caller can cause
+one status code (``authz_service.api.rpc.STATUS``). Nothing a caller can cause
 ends up as INTERNAL.
 """
 

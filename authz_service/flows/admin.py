@@ -11,7 +11,8 @@ import asyncpg
 
 from ..domain import ids
 from ..domain import policy as policy_codec
-from ..domain.errors import InvalidArgument, NotFound
+from ..domain.errors import FailedPrecondition, InvalidArgument, NotFound
+from ..domain.policy import CorruptPolicy
 from ..domain.model import (
     Approval,
     ApprovalStatus,
@@ -51,10 +52,9 @@ def _issued(row: asyncpg.Record, secret: str = "") -> IssuedKey:
 
 
 async def create_tenant(ctx: Context, tenant_id: str, display_name: str) -> tuple[asyncpg.Record, IssuedKey]:
-    async with ctx.db.operator() as conn:
+    # One transaction: a tenant never exists without its first admin key.
+    async with ctx.db.operator(tenant_id) as conn:
         tenant = await q.insert_tenant(conn, tenant_id, display_name)
-    # The first admin key is written in the new tenant's own scope.
-    async with ctx.db.tenant(tenant_id) as conn:
         key_id, secret, digest = new_key(tenant_id)
         row = await q.insert_key(conn, tenant_id, key_id, Role.ADMIN, "initial admin", digest)
         await q.audit(conn, tenant_id, "tenant.created", actor="operator", trace_id=ctx.trace_id)
@@ -114,7 +114,12 @@ class StoredChannel:
 
 
 def _stored(ctx: Context, row: asyncpg.Record) -> StoredChannel:
-    return StoredChannel(q.channel_from_row(ctx.tenant_id, row), row["updated_at"])
+    try:
+        return StoredChannel(q.channel_from_row(ctx.tenant_id, row), row["updated_at"])
+    except CorruptPolicy:
+        raise FailedPrecondition(
+            f"channel {row['channel_id']!r} has an unreadable policy (it denies everything); set it again"
+        ) from None
 
 
 async def set_channel(ctx: Context, channel_id: str, platform: Platform, policy: ChannelPolicy) -> StoredChannel:

@@ -106,9 +106,14 @@ class Database:
             yield conn
 
     @asynccontextmanager
-    async def operator(self) -> AsyncIterator[asyncpg.Connection]:
-        """Cross-tenant access to the tenants table only (the operator key)."""
-        async with self._tx({"authz.operator": "on"}) as conn:
+    async def operator(self, tenant_id: str = "") -> AsyncIterator[asyncpg.Connection]:
+        """Cross-tenant access to the tenants table only (the operator key);
+        with ``tenant_id``, also that tenant's rows (to create a tenant and its
+        first key in one transaction)."""
+        settings = {"authz.operator": "on"}
+        if tenant_id:
+            settings["authz.tenant"] = tenant_id
+        async with self._tx(settings) as conn:
             yield conn
 
 

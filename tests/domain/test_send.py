@@ -1,0 +1,96 @@
+"""Send policy, by the seed's behaviour table. Pure."""
+
+from __future__ import annotations
+
+import pytest
+
+from authz_service.domain.model import ChannelPolicy, SendDefault, SendPolicy
+from authz_service.domain.send import EVALUATION_ERROR, denial, evaluate
+
+
+def ch(policy: SendPolicy | None = None, **kw: object) -> ChannelPolicy:
+    return ChannelPolicy(send_policy=policy, **kw)  # type: ignore[arg-type]
+
+
+def allowed(channel: ChannelPolicy, target: str, origin: str = "telegram:42", agent: str = "a") -> bool:
+    return evaluate(channel, agent, target, origin, listing=False).allow
+
+
+def test_denial_string_is_exactly_the_seeds() -> None:
+    d = evaluate(ch(SendPolicy(SendDefault.DENY)), "a", "slack:#exec", "", listing=False)
+    assert not d.allow
+    assert d.reason == "Failed to send to slack:#exec: target 'slack:#exec' is not permitted by send_policy"
+    assert d.reason == denial("slack:#exec")
+
+
+def test_default_deny_with_allowlist() -> None:
+    c = ch(SendPolicy(SendDefault.DENY, allow=("origin", "ops-alerts")))
+    assert allowed(c, "origin")
+    assert allowed(c, "ops-alerts")
+    assert not allowed(c, "slack:#exec")
+
+
+def test_default_allow_with_denylist() -> None:
+    c = ch(SendPolicy(SendDefault.ALLOW, deny=("slack:#exec", "slack:#board")))
+    assert allowed(c, "slack:#random")
+    assert not allowed(c, "slack:#exec")
+
+
+def test_deny_wins_over_allow() -> None:
+    c = ch(SendPolicy(SendDefault.ALLOW, allow=("slack:#exec",), deny=("slack:#exec",)))
+    assert not allowed(c, "slack:#exec")
+
+
+def test_origin_token_matches_the_conversation_itself() -> None:
+    c = ch(SendPolicy(SendDefault.DENY, allow=("origin",)))
+    assert allowed(c, "telegram:42", origin="telegram:42")
+    assert not allowed(c, "telegram:43", origin="telegram:42")
+    assert allowed(c, "origin", origin="")
+
+
+def test_origin_in_deny_blocks_replies() -> None:
+    c = ch(SendPolicy(SendDefault.ALLOW, deny=("origin",)))
+    assert not allowed(c, "telegram:42", origin="telegram:42")
+
+
+def test_aliases_cannot_bypass_a_deny() -> None:
+    c = ch(SendPolicy(SendDefault.ALLOW, deny=("slack:C0EXEC",)), aliases={"exec": "slack:C0EXEC", "boss": "exec"})
+    assert not allowed(c, "exec")
+    assert not allowed(c, "boss")  # alias of an alias
+    assert not allowed(c, "slack:C0EXEC")
+    d = evaluate(c, "a", "boss", "", listing=False)
+    assert d.reason == denial("boss") and d.resolved_target == "slack:C0EXEC"
+
+
+def test_deny_entry_written_as_alias_covers_raw_target() -> None:
+    c = ch(SendPolicy(SendDefault.ALLOW, deny=("exec",)), aliases={"exec": "slack:C0EXEC"})
+    assert not allowed(c, "slack:C0EXEC")
+
+
+def test_per_agent_policy_overrides_the_channels() -> None:
+    c = ch(
+        SendPolicy(SendDefault.DENY, allow=("origin",)),
+        agent_send_policies={"ops-bot": SendPolicy(SendDefault.DENY, allow=("origin", "slack:#incidents"))},
+    )
+    assert allowed(c, "slack:#incidents", agent="ops-bot")
+    assert not allowed(c, "slack:#incidents", agent="support-bot")
+
+
+def test_no_policy_allows_only_origin() -> None:
+    """The seed allows everything without a policy; we fail closed."""
+    c = ch(None)
+    assert allowed(c, "origin")
+    assert allowed(c, "telegram:42", origin="telegram:42")
+    assert not allowed(c, "slack:#exec")
+    assert not evaluate(None, "a", "origin", "", listing=False).allow  # unknown channel
+
+
+def test_list_actions_are_not_gated() -> None:
+    assert evaluate(ch(SendPolicy(SendDefault.DENY)), "a", "slack:#exec", "", listing=True).allow
+
+
+@pytest.mark.parametrize("aliases", [{"a": "b", "b": "a"}, {f"x{i}": f"x{i + 1}" for i in range(20)}])
+def test_alias_loops_fail_closed(aliases: dict[str, str]) -> None:
+    c = ch(SendPolicy(SendDefault.ALLOW), aliases=aliases)
+    d = evaluate(c, "a", next(iter(aliases)), "", listing=False)
+    assert (d.allow, d.reason) == (False, EVALUATION_ERROR)

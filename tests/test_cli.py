@@ -1,0 +1,136 @@
+"""The newcomer's walk-through, as a user runs it: `authz dev` (what `make run`
+starts) in its own process on its own embedded PostgreSQL, then the `authz`
+CLI in separate processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+AUTHZ = [sys.executable, "-m", "authz_service.cli.main"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="module")
+def dev_env() -> Iterator[dict[str, str]]:
+    with tempfile.TemporaryDirectory(prefix="authz-dev-") as home:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AUTHZ_")}
+        env.update(AUTHZ_HOME=home, AUTHZ_LISTEN=f"127.0.0.1:{free_port()}", AUTHZ_LOG_FORMAT="text")
+        proc = subprocess.Popen([*AUTHZ, "dev"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        assert proc.stdout is not None
+        lines: queue.Queue[str] = queue.Queue()
+        reader = threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True)  # type: ignore[union-attr]
+        reader.start()
+        output, deadline = [], time.monotonic() + 90
+        while not any("Ready." in line for line in output):
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                proc.wait()
+                raise AssertionError("authz dev did not become ready:\n" + "".join(output))
+            try:
+                output.append(lines.get(timeout=1))
+            except queue.Empty:
+                pass
+        exports = dict(re.findall(r"export (\w+)=(\S+)", (Path(home) / "env").read_text()))
+        cli_env = {**env, "AUTHZ_ADDRESS": exports["AUTHZ_ADDRESS"], "AUTHZ_API_KEY": exports["AUTHZ_API_KEY"].strip("'")}
+        try:
+            yield cli_env
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            reader.join(timeout=5)
+            proc.stdout.close()
+        assert proc.returncode == 0, "".join(output)
+
+
+def authz(env: dict[str, str], *args: str, ok: bool = True) -> str:
+    result = subprocess.run([*AUTHZ, *args], env=env, capture_output=True, text=True, timeout=60)
+    if ok:
+        assert result.returncode == 0, f"authz {' '.join(args)} failed:\n{result.stdout}{result.stderr}"
+    else:
+        assert result.returncode != 0, result.stdout
+    return result.stdout + result.stderr
+
+
+def test_walkthrough_pairing_with_the_cli(dev_env: dict[str, str]) -> None:
+    out = authz(dev_env, "simulate", "message", "demo", "4242", "hello", "--name", "Alice")
+    assert "pairing_required" in out
+    code = re.search(r"Pairing code: ([A-Z0-9]{8})", out)
+    assert code, out
+    assert f"authz pairing approve demo {code.group(1)}" in out
+
+    again = authz(dev_env, "simulate", "message", "demo", "4242", "hello?")
+    assert "existing" in again and "stays quiet" in again
+
+    listing = json.loads(authz(dev_env, "pairing", "list", "demo", "--json"))
+    assert [(r["user"], r["status"]) for r in listing] == [("4242", "pending")]
+
+    assert "Approved" in authz(dev_env, "pairing", "approve", "demo", code.group(1))
+    assert "allow (paired)" in authz(dev_env, "simulate", "message", "demo", "4242", "hello again")
+
+    users = json.loads(authz(dev_env, "users", "list", "demo", "--paired", "--json"))
+    assert [(u["user"], u["name"], u["status"]) for u in users] == [("4242", "Alice", "paired")]
+
+    audit = authz(dev_env, "audit", "--event", "pairing.")
+    assert "pairing.requested" in audit and "pairing.approved" in audit
+
+
+def test_cli_users_block_and_audit_export(dev_env: dict[str, str], tmp_path: Path) -> None:
+    authz(dev_env, "users", "block", "demo", "5555", "--reason", "spam")
+    assert "blocked" in authz(dev_env, "simulate", "message", "demo", "5555", "hi")
+    assert "5555" in authz(dev_env, "users", "list", "demo", "--blocked")
+    authz(dev_env, "users", "unblock", "demo", "5555")
+    assert "nothing to do" in authz(dev_env, "users", "unblock", "demo", "5555", ok=False)
+
+    out = tmp_path / "audit.json"
+    authz(dev_env, "audit", "export", "--format", "json", "--output", str(out), "--user", "5555")
+    events = json.loads(out.read_text())
+    assert [e["event"] for e in events] == ["user.blocked", "user.unblocked"]
+    # Filters given before `export` apply too.
+    csv_text = authz(dev_env, "audit", "--event", "user.", "--user", "5555", "export", "--format", "csv")
+    lines = csv_text.splitlines()
+    assert lines[0].startswith("id,at,event,actor") and len(lines) == 3
+    assert all(",user." in line for line in lines[1:])
+
+
+def test_cli_channel_set_from_yaml_and_errors(dev_env: dict[str, str], tmp_path: Path) -> None:
+    policy = tmp_path / "bot.yaml"
+    policy.write_text("dm_policy: allowlist\nowner_id: '100'\nsend_policy:\n  default: deny\n  allow: [origin]\n")
+    authz(dev_env, "channel", "set", "ops", "--platform", "telegram", "-f", str(policy))
+    shown = authz(dev_env, "channel", "show", "ops")
+    assert "dm_policy: allowlist" in shown and "owner_id: '100'" in shown
+    authz(dev_env, "channel", "set", "ops", "--dm-policy", "pairing")  # flags change only what they name
+    assert "owner_id: '100'" in authz(dev_env, "channel", "show", "ops")
+
+    policy.write_text("dm_policy: wide-open\n")
+    err = authz(dev_env, "channel", "set", "ops", "-f", str(policy), ok=False)
+    assert "dm_policy must be one of" in err
+    err = authz(dev_env, "channel", "set", "ops", "--code-ttl", "5", ok=False)
+    assert "INVALID_ARGUMENT" in err and "pairing_code_ttl_seconds" in err
+    err = authz(dev_env, "pairing", "approve", "demo", "NOTACODE", ok=False)
+    assert "INVALID_ARGUMENT" in err
+    err = authz({**dev_env, "AUTHZ_API_KEY": ""}, "channel", "list", ok=False)
+    assert "AUTHZ_API_KEY" in err
