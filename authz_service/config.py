@@ -83,7 +83,9 @@ class Settings:
             secret_key = secret_key or _home_secret(home, "secret.key", 32)
             operator_key = operator_key or _home_secret(home, "operator.key", 32)
         elif secret_key is None:
-            raise ConfigError("AUTHZ_SECRET_KEY (or AUTHZ_SECRET_KEY_FILE) is required with AUTHZ_DATABASE_URL")
+            raise ConfigError(
+                "AUTHZ_SECRET_KEY (or AUTHZ_SECRET_KEY_FILE) is required with AUTHZ_DATABASE_URL"
+            )
         if len(secret_key.encode()) < 32:
             raise ConfigError("AUTHZ_SECRET_KEY must be at least 32 bytes")
         if operator_key is not None and len(operator_key) < 24:

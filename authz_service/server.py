@@ -7,6 +7,7 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -36,7 +37,7 @@ MAX_MESSAGE_BYTES = 256 * 1024
 class RunningServer:
     server: grpc.aio.Server
     port: int
-    health: health.aio.HealthServicer
+    health: Any  # grpc_health.v1.health.aio.HealthServicer (untyped)
     db: Database
 
     async def stop(self, grace: float = 5.0) -> None:
@@ -60,9 +61,11 @@ async def start_server(db: Database, settings: Settings, listen: str | None = No
     )
     authz_pb2_grpc.add_AuthzServiceServicer_to_server(AuthzServicer(runtime), server)
     admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(runtime), server)
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    reflection.enable_server_reflection(
+        (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
     port = server.add_insecure_port(listen or settings.listen)
     if port == 0:
         raise RuntimeError(f"cannot listen on {listen or settings.listen}")
@@ -86,9 +89,13 @@ async def prepare_database(settings: Settings, *, announce: Callable[[str], None
     return emb.service_dsn
 
 
-async def serve(settings: Settings, *, on_ready: Callable[[RunningServer], Awaitable[None]] | None = None) -> None:
+async def serve(
+    settings: Settings, *, on_ready: Callable[[RunningServer], Awaitable[None]] | None = None
+) -> None:
     dsn = await prepare_database(settings)
-    db = await Database.connect(dsn, min_size=settings.pool_min, max_size=settings.pool_max, timeout=settings.db_timeout)
+    db = await Database.connect(
+        dsn, min_size=settings.pool_min, max_size=settings.pool_max, timeout=settings.db_timeout
+    )
     running = await start_server(db, settings)
     log.info("authz service listening", extra={"port": running.port, "embedded": settings.embedded})
     print(f"authz service listening on {settings.listen.rsplit(':', 1)[0]}:{running.port}", flush=True)

@@ -110,7 +110,11 @@ async def make_tenant(service: Service) -> Tenant:
     for role, value in (("connector", adm.ROLE_CONNECTOR), ("approver", adm.ROLE_APPROVER)):
         keys[role] = (await admin.admin.CreateApiKey(adm.CreateApiKeyRequest(role=value, name=role))).secret
     return Tenant(
-        tenant_id, admin, connect(service.address, keys["connector"]), connect(service.address, keys["approver"]), keys
+        tenant_id,
+        admin,
+        connect(service.address, keys["connector"]),
+        connect(service.address, keys["approver"]),
+        keys,
     )
 
 

@@ -18,9 +18,13 @@ async def dm(t: Tenant, user: str = "42", channel: str = "tg") -> az.CheckUserRe
     )
 
 
-async def grp(t: Tenant, user: str = "42", group: str = "-100", mentioned: bool = True) -> az.CheckUserResponse:
+async def grp(
+    t: Tenant, user: str = "42", group: str = "-100", mentioned: bool = True
+) -> az.CheckUserResponse:
     return await t.connector.authz.CheckUser(
-        az.CheckUserRequest(channel_id="tg", user_id=user, chat_kind=cm.CHAT_KIND_GROUP, group_id=group, mentioned=mentioned)
+        az.CheckUserRequest(
+            channel_id="tg", user_id=user, chat_kind=cm.CHAT_KIND_GROUP, group_id=group, mentioned=mentioned
+        )
     )
 
 
@@ -32,7 +36,9 @@ async def test_unknown_channel_denies(tenant: Tenant) -> None:
 async def test_allowlist_user_lifecycle(tenant: Tenant) -> None:
     await tenant.channel(dm_policy=cm.DM_POLICY_ALLOWLIST, agent_id="support")
     assert (await dm(tenant)).reason == "not_allowlisted"
-    await tenant.admin.admin.AllowUser(adm.AllowUserRequest(channel_id="tg", user_id="42", permissions=["read"]))
+    await tenant.admin.admin.AllowUser(
+        adm.AllowUserRequest(channel_id="tg", user_id="42", permissions=["read"])
+    )
     resp = await dm(tenant)
     assert (resp.decision, resp.reason, resp.agent_id, list(resp.permissions)) == (
         az.DECISION_ALLOW, "allowlisted", "support", ["read"])  # fmt: skip
@@ -43,7 +49,9 @@ async def test_allowlist_user_lifecycle(tenant: Tenant) -> None:
     await tenant.admin.admin.AllowUser(adm.AllowUserRequest(channel_id="tg", user_id="42"))
     assert (await tenant.admin.admin.RemoveUser(adm.UserRef(channel_id="tg", user_id="42"))).removed
     assert (await dm(tenant)).decision == az.DECISION_DENY
-    names = [e.event for e in (await tenant.admin.admin.QueryAudit(adm.QueryAuditRequest(event="user."))).events]
+    names = [
+        e.event for e in (await tenant.admin.admin.QueryAudit(adm.QueryAuditRequest(event="user."))).events
+    ]
     assert names == ["user.allowed", "user.blocked", "user.unblocked", "user.allowed", "user.removed"]
 
 
@@ -67,7 +75,9 @@ async def test_group_allowlist_is_separate_from_dm_pairing(tenant: Tenant) -> No
     await tenant.channel()
     await tenant.admin.admin.AllowUser(adm.AllowUserRequest(channel_id="tg", user_id="42"))
     assert (await grp(tenant)).reason == "group_sender_not_allowed"
-    await tenant.admin.admin.AllowGroupSender(adm.GroupSenderRef(channel_id="tg", group_id="-100", user_id="42"))
+    await tenant.admin.admin.AllowGroupSender(
+        adm.GroupSenderRef(channel_id="tg", group_id="-100", user_id="42")
+    )
     assert (await grp(tenant)).decision == az.DECISION_ALLOW
     assert (await grp(tenant, group="-200")).decision == az.DECISION_DENY
     assert (await grp(tenant, mentioned=False)).reason == "mention_required"
@@ -90,7 +100,9 @@ async def test_unreadable_policy_denies(tenant: Tenant, dsns: Dsns) -> None:
     assert (await dm(tenant)).decision == az.DECISION_ALLOW
     conn = await asyncpg.connect(dsns.owner)
     try:
-        await conn.execute("UPDATE channels SET policy = policy - 'dm_policy' WHERE tenant_id = $1", tenant.tenant_id)
+        await conn.execute(
+            "UPDATE channels SET policy = policy - 'dm_policy' WHERE tenant_id = $1", tenant.tenant_id
+        )
     finally:
         await conn.close()
     resp = await dm(tenant)
@@ -100,7 +112,9 @@ async def test_unreadable_policy_denies(tenant: Tenant, dsns: Dsns) -> None:
     assert not send.allow and send.reason == "send_policy evaluation error"
 
 
-async def send(t: Tenant, target: str, agent: str = "support", origin: str = "telegram:42") -> az.EvaluateSendResponse:
+async def send(
+    t: Tenant, target: str, agent: str = "support", origin: str = "telegram:42"
+) -> az.EvaluateSendResponse:
     return await t.connector.authz.EvaluateSend(
         az.EvaluateSendRequest(channel_id="tg", agent_id=agent, session_id="s1", origin=origin, target=target)
     )
@@ -109,7 +123,9 @@ async def send(t: Tenant, target: str, agent: str = "support", origin: str = "te
 async def test_send_policy_end_to_end(tenant: Tenant) -> None:
     await tenant.channel(
         send_policy=cm.SendPolicy(default=cm.SEND_DEFAULT_ALLOW, deny=["slack:C0EXEC"]),
-        agent_send_policies={"ops": cm.SendPolicy(default=cm.SEND_DEFAULT_DENY, allow=["origin", "incidents"])},
+        agent_send_policies={
+            "ops": cm.SendPolicy(default=cm.SEND_DEFAULT_DENY, allow=["origin", "incidents"])
+        },
         aliases={"exec": "slack:C0EXEC", "incidents": "slack:C0INC"},
     )
     assert (await send(tenant, "slack:#random")).allow
@@ -123,7 +139,10 @@ async def test_send_policy_end_to_end(tenant: Tenant) -> None:
         az.EvaluateSendRequest(channel_id="tg", agent_id="ops", target="slack:#random", action=az.SEND_ACTION_LIST))  # fmt: skip
     assert listing.allow
     audit = (await tenant.admin.admin.QueryAudit(adm.QueryAuditRequest(event="send.denied"))).events
-    assert [(e.subject, e.actor) for e in audit] == [("exec", "agent:support"), ("slack:#random", "agent:ops")]
+    assert [(e.subject, e.actor) for e in audit] == [
+        ("exec", "agent:support"),
+        ("slack:#random", "agent:ops"),
+    ]
 
 
 async def test_no_send_policy_allows_only_origin(tenant: Tenant) -> None:
@@ -144,9 +163,15 @@ async def test_delete_channel_denies_afterwards(tenant: Tenant) -> None:
 async def test_policy_round_trips_with_defaults(tenant: Tenant) -> None:
     saved = await tenant.channel(owner_id="100")
     p = saved.policy
-    assert (p.dm_policy, p.group_policy, p.require_mention) == (cm.DM_POLICY_PAIRING, cm.GROUP_POLICY_ALLOWLIST, True)
+    assert (p.dm_policy, p.group_policy, p.require_mention) == (
+        cm.DM_POLICY_PAIRING,
+        cm.GROUP_POLICY_ALLOWLIST,
+        True,
+    )
     assert (p.pairing_code_ttl_seconds, p.max_pending, p.agent_id, p.owner_id) == (300, 20, "default", "100")
     err = await rpc_error(tenant.channel(pairing_code_ttl_seconds=5))
-    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "pairing_code_ttl_seconds" in err.details()
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "pairing_code_ttl_seconds" in (
+        err.details() or ""
+    )
     err = await rpc_error(tenant.channel(owner_id="@alice"))
-    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "owner_id" in err.details()
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "owner_id" in (err.details() or "")

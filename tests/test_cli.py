@@ -4,10 +4,11 @@ CLI in separate processes."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import re
 import queue
+import re
 import signal
 import socket
 import subprocess
@@ -35,23 +36,34 @@ def dev_env() -> Iterator[dict[str, str]]:
     with tempfile.TemporaryDirectory(prefix="authz-dev-") as home:
         env = {k: v for k, v in os.environ.items() if not k.startswith("AUTHZ_")}
         env.update(AUTHZ_HOME=home, AUTHZ_LISTEN=f"127.0.0.1:{free_port()}", AUTHZ_LOG_FORMAT="text")
-        proc = subprocess.Popen([*AUTHZ, "dev"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen(
+            [*AUTHZ, "dev"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
         assert proc.stdout is not None
         lines: queue.Queue[str] = queue.Queue()
-        reader = threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True)  # type: ignore[union-attr]
+        stdout = proc.stdout
+
+        def pump() -> None:
+            for line in stdout:
+                lines.put(line)
+
+        reader = threading.Thread(target=pump, daemon=True)
         reader.start()
-        output, deadline = [], time.monotonic() + 90
+        output: list[str] = []
+        deadline = time.monotonic() + 90
         while not any("Ready." in line for line in output):
             if time.monotonic() > deadline or proc.poll() is not None:
                 proc.kill()
                 proc.wait()
                 raise AssertionError("authz dev did not become ready:\n" + "".join(output))
-            try:
+            with contextlib.suppress(queue.Empty):
                 output.append(lines.get(timeout=1))
-            except queue.Empty:
-                pass
         exports = dict(re.findall(r"export (\w+)=(\S+)", (Path(home) / "env").read_text()))
-        cli_env = {**env, "AUTHZ_ADDRESS": exports["AUTHZ_ADDRESS"], "AUTHZ_API_KEY": exports["AUTHZ_API_KEY"].strip("'")}
+        cli_env = {
+            **env,
+            "AUTHZ_ADDRESS": exports["AUTHZ_ADDRESS"],
+            "AUTHZ_API_KEY": exports["AUTHZ_API_KEY"].strip("'"),
+        }
         try:
             yield cli_env
         finally:
@@ -118,7 +130,9 @@ def test_cli_users_block_and_audit_export(dev_env: dict[str, str], tmp_path: Pat
 
 def test_cli_channel_set_from_yaml_and_errors(dev_env: dict[str, str], tmp_path: Path) -> None:
     policy = tmp_path / "bot.yaml"
-    policy.write_text("dm_policy: allowlist\nowner_id: '100'\nsend_policy:\n  default: deny\n  allow: [origin]\n")
+    policy.write_text(
+        "dm_policy: allowlist\nowner_id: '100'\nsend_policy:\n  default: deny\n  allow: [origin]\n"
+    )
     authz(dev_env, "channel", "set", "ops", "--platform", "telegram", "-f", str(policy))
     shown = authz(dev_env, "channel", "show", "ops")
     assert "dm_policy: allowlist" in shown and "owner_id: '100'" in shown

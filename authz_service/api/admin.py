@@ -56,7 +56,9 @@ def _channel(s: StoredChannel) -> adm.Channel:
 
 
 def _tenant(row: asyncpg.Record) -> adm.Tenant:
-    return adm.Tenant(tenant_id=row["tenant_id"], display_name=row["display_name"], created_at=convert.ts(row["created_at"]))
+    return adm.Tenant(
+        tenant_id=row["tenant_id"], display_name=row["display_name"], created_at=convert.ts(row["created_at"])
+    )
 
 
 def _group_sender(row: asyncpg.Record) -> adm.GroupSender:
@@ -79,22 +81,24 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     # --- tenants (operator) -----------------------------------------------------
 
     @rpc(Role.OPERATOR)
-    async def CreateTenant(self, request: adm.CreateTenantRequest, ctx: Context) -> adm.CreateTenantResponse:  # noqa: N802
+    async def CreateTenant(self, request: adm.CreateTenantRequest, ctx: Context) -> adm.CreateTenantResponse:
         tenant_id = ids.tenant_id(request.tenant_id)
         name = convert.text(request.display_name, "display_name", 256)
         row, key = await flows.create_tenant(ctx, tenant_id, name)
         return adm.CreateTenantResponse(tenant=_tenant(row), admin_key=_key(key), secret=key.secret)
 
     @rpc(Role.OPERATOR)
-    async def ListTenants(self, request: adm.ListTenantsRequest, ctx: Context) -> adm.ListTenantsResponse:  # noqa: N802
+    async def ListTenants(self, request: adm.ListTenantsRequest, ctx: Context) -> adm.ListTenantsResponse:
         return adm.ListTenantsResponse(tenants=[_tenant(r) for r in await flows.list_tenants(ctx)])
 
     @rpc(Role.ADMIN)
-    async def GetTenantSettings(self, request: adm.GetTenantSettingsRequest, ctx: Context) -> adm.TenantSettings:  # noqa: N802
+    async def GetTenantSettings(
+        self, request: adm.GetTenantSettingsRequest, ctx: Context
+    ) -> adm.TenantSettings:
         return adm.TenantSettings(approvers=list(await flows.get_approvers(ctx)))
 
     @rpc(Role.ADMIN)
-    async def SetTenantSettings(self, request: adm.TenantSettings, ctx: Context) -> adm.TenantSettings:  # noqa: N802
+    async def SetTenantSettings(self, request: adm.TenantSettings, ctx: Context) -> adm.TenantSettings:
         if len(request.approvers) > 256:
             raise InvalidArgument("approvers", "at most 256 entries")
         return adm.TenantSettings(approvers=list(await flows.set_approvers(ctx, list(request.approvers))))
@@ -102,57 +106,65 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     # --- keys --------------------------------------------------------------------
 
     @rpc(Role.ADMIN)
-    async def CreateApiKey(self, request: adm.CreateApiKeyRequest, ctx: Context) -> adm.CreateApiKeyResponse:  # noqa: N802
+    async def CreateApiKey(self, request: adm.CreateApiKeyRequest, ctx: Context) -> adm.CreateApiKeyResponse:
         role = convert.enum_in(convert.ROLE, request.role, "role")
         key = await flows.create_key(ctx, role, convert.text(request.name, "name", 128))
         return adm.CreateApiKeyResponse(key=_key(key), secret=key.secret)
 
     @rpc(Role.ADMIN)
-    async def ListApiKeys(self, request: adm.ListApiKeysRequest, ctx: Context) -> adm.ListApiKeysResponse:  # noqa: N802
+    async def ListApiKeys(self, request: adm.ListApiKeysRequest, ctx: Context) -> adm.ListApiKeysResponse:
         return adm.ListApiKeysResponse(keys=[_key(k) for k in await flows.list_keys(ctx)])
 
     @rpc(Role.ADMIN)
-    async def RevokeApiKey(self, request: adm.RevokeApiKeyRequest, ctx: Context) -> adm.RevokeApiKeyResponse:  # noqa: N802
+    async def RevokeApiKey(self, request: adm.RevokeApiKeyRequest, ctx: Context) -> adm.RevokeApiKeyResponse:
         key_id = ids.require(ids.KEY_ID, request.key_id, "key_id", "a key id (12 characters [a-z0-9])")
         return adm.RevokeApiKeyResponse(key=_key(await flows.revoke_key(ctx, key_id)))
 
     # --- channels ------------------------------------------------------------------
 
     @rpc(Role.ADMIN)
-    async def SetChannel(self, request: adm.SetChannelRequest, ctx: Context) -> adm.Channel:  # noqa: N802
+    async def SetChannel(self, request: adm.SetChannelRequest, ctx: Context) -> adm.Channel:
         channel_id = ids.channel_id(request.channel_id)
         platform = convert.enum_in(convert.PLATFORM, request.platform, "platform")
         if not request.HasField("policy"):
-            raise InvalidArgument("policy", "is required (an empty policy means: pairing, groups by allowlist)")
+            raise InvalidArgument(
+                "policy", "is required (an empty policy means: pairing, groups by allowlist)"
+            )
         policy = convert.policy_in(request.policy)
         return _channel(await flows.set_channel(ctx, channel_id, platform, policy))
 
     @rpc(Role.ADMIN)
-    async def GetChannel(self, request: adm.GetChannelRequest, ctx: Context) -> adm.Channel:  # noqa: N802
+    async def GetChannel(self, request: adm.GetChannelRequest, ctx: Context) -> adm.Channel:
         return _channel(await flows.get_channel(ctx, ids.channel_id(request.channel_id)))
 
     @rpc(Role.ADMIN)
-    async def ListChannels(self, request: adm.ListChannelsRequest, ctx: Context) -> adm.ListChannelsResponse:  # noqa: N802
+    async def ListChannels(self, request: adm.ListChannelsRequest, ctx: Context) -> adm.ListChannelsResponse:
         return adm.ListChannelsResponse(channels=[_channel(c) for c in await flows.list_channels(ctx)])
 
     @rpc(Role.ADMIN)
-    async def DeleteChannel(self, request: adm.DeleteChannelRequest, ctx: Context) -> adm.DeleteChannelResponse:  # noqa: N802
-        return adm.DeleteChannelResponse(deleted=await flows.delete_channel(ctx, ids.channel_id(request.channel_id)))
+    async def DeleteChannel(
+        self, request: adm.DeleteChannelRequest, ctx: Context
+    ) -> adm.DeleteChannelResponse:
+        return adm.DeleteChannelResponse(
+            deleted=await flows.delete_channel(ctx, ids.channel_id(request.channel_id))
+        )
 
     # --- users -----------------------------------------------------------------------
 
     @rpc(Role.ADMIN)
-    async def AllowUser(self, request: adm.AllowUserRequest, ctx: Context) -> adm.Subject:  # noqa: N802
+    async def AllowUser(self, request: adm.AllowUserRequest, ctx: Context) -> adm.Subject:
         channel_id, user_id = _user(request)
         if len(request.permissions) > 64:
             raise InvalidArgument("permissions", "at most 64 entries")
         for p in request.permissions:
             ids.require(_PERMISSION, p, "permissions", "1-64 characters [A-Za-z0-9_.:*-]")
         name = convert.text(request.display_name, "display_name", 256)
-        return convert.subject_out(await flows.allow_user(ctx, channel_id, user_id, name, list(request.permissions)))
+        return convert.subject_out(
+            await flows.allow_user(ctx, channel_id, user_id, name, list(request.permissions))
+        )
 
     @rpc(Role.ADMIN)
-    async def RemoveUser(self, request: adm.UserRef, ctx: Context) -> adm.RemoveUserResponse:  # noqa: N802
+    async def RemoveUser(self, request: adm.UserRef, ctx: Context) -> adm.RemoveUserResponse:
         channel_id, user_id = _user(request)
         removed = await flows.remove_subject(
             ctx, channel_id, user_id, status=SubjectStatus.ALLOWED, source=None, event="user.removed"
@@ -160,13 +172,13 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         return adm.RemoveUserResponse(removed=removed)
 
     @rpc(Role.ADMIN)
-    async def BlockUser(self, request: adm.BlockUserRequest, ctx: Context) -> adm.Subject:  # noqa: N802
+    async def BlockUser(self, request: adm.BlockUserRequest, ctx: Context) -> adm.Subject:
         channel_id, user_id = _user(request)
         reason = convert.text(request.reason, "reason", 1024)
         return convert.subject_out(await flows.block_user(ctx, channel_id, user_id, reason))
 
     @rpc(Role.ADMIN)
-    async def UnblockUser(self, request: adm.UserRef, ctx: Context) -> adm.RemoveUserResponse:  # noqa: N802
+    async def UnblockUser(self, request: adm.UserRef, ctx: Context) -> adm.RemoveUserResponse:
         channel_id, user_id = _user(request)
         removed = await flows.remove_subject(
             ctx, channel_id, user_id, status=SubjectStatus.BLOCKED, source=None, event="user.unblocked"
@@ -174,33 +186,38 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         return adm.RemoveUserResponse(removed=removed)
 
     @rpc(Role.ADMIN)
-    async def UnpairUser(self, request: adm.UserRef, ctx: Context) -> adm.RemoveUserResponse:  # noqa: N802
+    async def UnpairUser(self, request: adm.UserRef, ctx: Context) -> adm.RemoveUserResponse:
         channel_id, user_id = _user(request)
         removed = await flows.remove_subject(
-            ctx, channel_id, user_id, status=SubjectStatus.ALLOWED, source=SubjectSource.PAIRING, event="user.unpaired"
+            ctx,
+            channel_id,
+            user_id,
+            status=SubjectStatus.ALLOWED,
+            source=SubjectSource.PAIRING,
+            event="user.unpaired",
         )
         return adm.RemoveUserResponse(removed=removed)
 
     @rpc(Role.ADMIN)
-    async def ListUsers(self, request: adm.ListUsersRequest, ctx: Context) -> adm.ListUsersResponse:  # noqa: N802
+    async def ListUsers(self, request: adm.ListUsersRequest, ctx: Context) -> adm.ListUsersResponse:
         which = convert.enum_in(_USER_FILTER, request.filter, "filter")
         users = await flows.list_users(ctx, ids.channel_id(request.channel_id), which)
         return adm.ListUsersResponse(users=[convert.subject_out(s) for s in users])
 
     @rpc(Role.ADMIN)
-    async def AllowGroupSender(self, request: adm.GroupSenderRef, ctx: Context) -> adm.GroupSender:  # noqa: N802
+    async def AllowGroupSender(self, request: adm.GroupSenderRef, ctx: Context) -> adm.GroupSender:
         channel_id, user_id = _user(request)
         row = await flows.add_group_sender(ctx, channel_id, ids.group_id(request.group_id), user_id)
         return _group_sender(row)
 
     @rpc(Role.ADMIN)
-    async def RemoveGroupSender(self, request: adm.GroupSenderRef, ctx: Context) -> adm.RemoveUserResponse:  # noqa: N802
+    async def RemoveGroupSender(self, request: adm.GroupSenderRef, ctx: Context) -> adm.RemoveUserResponse:
         channel_id, user_id = _user(request)
         removed = await flows.remove_group_sender(ctx, channel_id, ids.group_id(request.group_id), user_id)
         return adm.RemoveUserResponse(removed=removed)
 
     @rpc(Role.ADMIN)
-    async def ListGroupSenders(  # noqa: N802
+    async def ListGroupSenders(
         self, request: adm.ListGroupSendersRequest, ctx: Context
     ) -> adm.ListGroupSendersResponse:
         group_id = ids.group_id(request.group_id) if request.group_id else ""
@@ -210,7 +227,9 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     # --- approvals and audit -----------------------------------------------------------
 
     @rpc(Role.APPROVER)
-    async def ListApprovals(self, request: adm.ListApprovalsRequest, ctx: Context) -> adm.ListApprovalsResponse:  # noqa: N802
+    async def ListApprovals(
+        self, request: adm.ListApprovalsRequest, ctx: Context
+    ) -> adm.ListApprovalsResponse:
         channel_id = ids.channel_id(request.channel_id) if request.channel_id else ""
         status = (
             convert.APPROVAL_STATUS[cm.APPROVAL_STATUS_PENDING]
@@ -221,16 +240,18 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         return adm.ListApprovalsResponse(approvals=[convert.approval_out(a) for a in approvals])
 
     @rpc(Role.APPROVER)
-    async def GetApproval(self, request: adm.GetApprovalRequest, ctx: Context) -> cm.Approval:  # noqa: N802
+    async def GetApproval(self, request: adm.GetApprovalRequest, ctx: Context) -> cm.Approval:
         return convert.approval_out(await flows.get_approval(ctx, ids.approval_id(request.approval_id)))
 
     @rpc(Role.ADMIN)
-    async def QueryAudit(self, request: adm.QueryAuditRequest, ctx: Context) -> adm.QueryAuditResponse:  # noqa: N802
+    async def QueryAudit(self, request: adm.QueryAuditRequest, ctx: Context) -> adm.QueryAuditResponse:
         if request.after_event_id < 0:
             raise InvalidArgument("after_event_id", "must not be negative")
         event = request.event
         if event and (len(event) > 64 or not _EVENT.fullmatch(event)):
-            raise InvalidArgument("event", "must be an event name like 'pairing.approved' or a prefix like 'pairing.'")
+            raise InvalidArgument(
+                "event", "must be an event name like 'pairing.approved' or a prefix like 'pairing.'"
+            )
         limit = _limit(request.limit)
         rows = await flows.query_audit(
             ctx,

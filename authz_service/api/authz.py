@@ -33,7 +33,7 @@ class AuthzServicer(authz_pb2_grpc.AuthzServiceServicer):
         self.runtime = runtime
 
     @rpc(Role.CONNECTOR)
-    async def CheckUser(self, request: az.CheckUserRequest, ctx: Context) -> az.CheckUserResponse:  # noqa: N802
+    async def CheckUser(self, request: az.CheckUserRequest, ctx: Context) -> az.CheckUserResponse:
         channel_id = ids.channel_id(request.channel_id)
         user_id = ids.user_id_shape(request.user_id)
         kind = convert.enum_in(convert.CHAT_KIND, request.chat_kind, "chat_kind")
@@ -60,7 +60,7 @@ class AuthzServicer(authz_pb2_grpc.AuthzServiceServicer):
         )
 
     @rpc(Role.CONNECTOR)
-    async def RequestPairing(  # noqa: N802
+    async def RequestPairing(
         self, request: az.RequestPairingRequest, ctx: Context
     ) -> az.RequestPairingResponse:
         result = await pairing.request_pairing(
@@ -98,7 +98,7 @@ class AuthzServicer(authz_pb2_grpc.AuthzServiceServicer):
         return resp
 
     @rpc(Role.CONNECTOR, Role.APPROVER)
-    async def ResolveApproval(  # noqa: N802
+    async def ResolveApproval(
         self, request: az.ResolveApprovalRequest, ctx: Context
     ) -> az.ResolveApprovalResponse:
         which = request.WhichOneof("target")
@@ -122,7 +122,9 @@ class AuthzServicer(authz_pb2_grpc.AuthzServiceServicer):
         )
         actor_id = ids.user_id_shape(request.actor_id, "actor_id") if request.actor_id else ""
         if ctx.principal.role is Role.CONNECTOR and not actor_id:
-            raise InvalidArgument("actor_id", "is required for connector keys: the platform id of who pressed")
+            raise InvalidArgument(
+                "actor_id", "is required for connector keys: the platform id of who pressed"
+            )
         reason = convert.text(request.reason, "reason", MAX_REASON)
         result = await pairing.resolve(ctx, target, action, actor_id, reason)
         return az.ResolveApprovalResponse(
@@ -133,9 +135,7 @@ class AuthzServicer(authz_pb2_grpc.AuthzServiceServicer):
         )
 
     @rpc(Role.CONNECTOR)
-    async def EvaluateSend(  # noqa: N802
-        self, request: az.EvaluateSendRequest, ctx: Context
-    ) -> az.EvaluateSendResponse:
+    async def EvaluateSend(self, request: az.EvaluateSendRequest, ctx: Context) -> az.EvaluateSendResponse:
         channel_id = ids.channel_id(request.channel_id)
         agent_id = ids.agent_id(request.agent_id)
         session_id = convert.text(request.session_id, "session_id", 256)
@@ -146,7 +146,13 @@ class AuthzServicer(authz_pb2_grpc.AuthzServiceServicer):
         if request.action not in (az.SEND_ACTION_UNSPECIFIED, az.SEND_ACTION_SEND, az.SEND_ACTION_LIST):
             raise InvalidArgument("action", f"unknown value {request.action}")
         decision = await access.evaluate_send(
-            ctx, channel_id, agent_id, session_id, origin, target, listing=request.action == az.SEND_ACTION_LIST
+            ctx,
+            channel_id,
+            agent_id,
+            session_id,
+            origin,
+            target,
+            listing=request.action == az.SEND_ACTION_LIST,
         )
         return az.EvaluateSendResponse(
             allow=decision.allow,

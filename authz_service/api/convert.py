@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -82,14 +83,14 @@ DECISION = {
 }
 
 
-def enum_in(mapping: dict[int, E], value: int, field: str) -> E:
+def enum_in(mapping: Mapping[Any, E], value: int, field: str) -> E:
     try:
         return mapping[value]
     except KeyError:
         raise InvalidArgument(field, f"unknown or unspecified value {value}") from None
 
 
-def enum_out(mapping: dict[int, E], value: E) -> int:
+def enum_out(mapping: Mapping[Any, E], value: E) -> Any:
     for k, v in mapping.items():
         if v == value and k != 0:
             return k
@@ -131,9 +132,12 @@ def policy_in(msg: cm.ChannelPolicy) -> ChannelPolicy:
         max_pending=msg.max_pending or DEFAULT_MAX_PENDING,
         pairing_ttl_seconds=msg.pairing_ttl_seconds,
         agent_id=msg.agent_id or DEFAULT_AGENT,
-        send_policy=send_policy_in(msg.send_policy, "policy.send_policy") if msg.HasField("send_policy") else None,
+        send_policy=send_policy_in(msg.send_policy, "policy.send_policy")
+        if msg.HasField("send_policy")
+        else None,
         agent_send_policies={
-            a: send_policy_in(p, f"policy.agent_send_policies[{a}]") for a, p in msg.agent_send_policies.items()
+            a: send_policy_in(p, f"policy.agent_send_policies[{a}]")
+            for a, p in msg.agent_send_policies.items()
         },
         aliases=dict(msg.aliases),
     )
@@ -179,7 +183,9 @@ def subject_out(s: Subject) -> adm.Subject:
         channel_id=s.channel_id,
         user_id=s.user_id,
         display_name=s.display_name,
-        status=adm.SUBJECT_STATUS_ALLOWED if s.status is SubjectStatus.ALLOWED else adm.SUBJECT_STATUS_BLOCKED,
+        status=adm.SUBJECT_STATUS_ALLOWED
+        if s.status is SubjectStatus.ALLOWED
+        else adm.SUBJECT_STATUS_BLOCKED,
         source=adm.SUBJECT_SOURCE_PAIRING if s.source is SubjectSource.PAIRING else adm.SUBJECT_SOURCE_ADMIN,
         permissions=list(s.permissions),
         updated_at=ts(s.updated_at),

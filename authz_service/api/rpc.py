@@ -83,8 +83,12 @@ def rpc(*roles: Role) -> Callable[[Handler[Req, Resp]], Method[Req, Resp]]:
             trace_id = trace_id_of(md)
             try:
                 principal = await _principal(runtime, md)
-                if principal.role not in allowed and not (principal.role is Role.ADMIN and Role.OPERATOR not in allowed):
-                    raise errors.PermissionDenied(f"{name} is not allowed for the {principal.role.value} role")
+                if principal.role not in allowed and not (
+                    principal.role is Role.ADMIN and Role.OPERATOR not in allowed
+                ):
+                    raise errors.PermissionDenied(
+                        f"{name} is not allowed for the {principal.role.value} role"
+                    )
                 ctx = Context(runtime.db, runtime.keyring, principal, trace_id)
                 return await handler(self, request, ctx)
             except errors.AuthzError as exc:

@@ -4,7 +4,6 @@ demo tenant and channel, and the commands to try next."""
 from __future__ import annotations
 
 import asyncio
-import os
 import shlex
 import sys
 from pathlib import Path
@@ -29,7 +28,9 @@ async def _bootstrap(settings: Settings, running: RunningServer) -> None:
     op = connect(address, settings.operator_key)
     try:
         try:
-            resp = await op.admin.CreateTenant(adm.CreateTenantRequest(tenant_id=DEMO_TENANT, display_name="Demo"))
+            resp = await op.admin.CreateTenant(
+                adm.CreateTenantRequest(tenant_id=DEMO_TENANT, display_name="Demo")
+            )
             key_file.write_text(resp.secret + "\n")
             key_file.chmod(0o600)
         except grpc.aio.AioRpcError as exc:
@@ -38,7 +39,10 @@ async def _bootstrap(settings: Settings, running: RunningServer) -> None:
     finally:
         await op.close()
     if not key_file.exists():
-        print(f"demo tenant exists but {key_file} is gone; delete {settings.home} to start over", file=sys.stderr)
+        print(
+            f"demo tenant exists but {key_file} is gone; delete {settings.home} to start over",
+            file=sys.stderr,
+        )
         return
     admin_key = key_file.read_text().strip()
     admin = connect(address, admin_key)

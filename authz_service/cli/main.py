@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
-import io
+import functools
 import json
 import os
 import sys
@@ -116,7 +116,11 @@ PLATFORMS = {"telegram": cm.PLATFORM_TELEGRAM, "slack": cm.PLATFORM_SLACK, "disc
              "whatsapp": cm.PLATFORM_WHATSAPP}  # fmt: skip
 DM = {"pairing": cm.DM_POLICY_PAIRING, "allowlist": cm.DM_POLICY_ALLOWLIST, "open": cm.DM_POLICY_OPEN,
       "disabled": cm.DM_POLICY_DISABLED}  # fmt: skip
-GROUP = {"open": cm.GROUP_POLICY_OPEN, "allowlist": cm.GROUP_POLICY_ALLOWLIST, "disabled": cm.GROUP_POLICY_DISABLED}
+GROUP = {
+    "open": cm.GROUP_POLICY_OPEN,
+    "allowlist": cm.GROUP_POLICY_ALLOWLIST,
+    "disabled": cm.GROUP_POLICY_DISABLED,
+}
 ROLES = {"connector": adm.ROLE_CONNECTOR, "approver": adm.ROLE_APPROVER, "admin": adm.ROLE_ADMIN}
 
 
@@ -166,7 +170,9 @@ def _tenant_row(t: adm.Tenant) -> dict[str, Any]:
 
 def cmd_tenant_create(args: argparse.Namespace) -> int:
     c = client(args, operator=True)
-    resp = call(c.admin.CreateTenant, adm.CreateTenantRequest(tenant_id=args.tenant, display_name=args.name or ""))
+    resp = call(
+        c.admin.CreateTenant, adm.CreateTenantRequest(tenant_id=args.tenant, display_name=args.name or "")
+    )
     print(f"created tenant {resp.tenant.tenant_id}")
     print(f"admin key (shown once, store it now):\n{resp.secret}")
     return 0
@@ -292,14 +298,20 @@ def cmd_channel_set(args: argparse.Namespace) -> int:
     base, platform = cm.ChannelPolicy(), data.pop("platform", None)
     try:
         current = c.admin.GetChannel(adm.GetChannelRequest(channel_id=args.channel), timeout=15)
-        base, platform = current.policy, platform or enum_name("PLATFORM_", cm.Platform.Name(current.platform))
+        base, platform = (
+            current.policy,
+            platform or enum_name("PLATFORM_", cm.Platform.Name(current.platform)),
+        )
     except grpc.RpcError as exc:
         if exc.code() != grpc.StatusCode.NOT_FOUND:
             raise CliError(f"{exc.code().name}: {exc.details()}") from None
     if platform not in PLATFORMS:
         raise CliError(f"--platform is required for a new channel: one of {', '.join(PLATFORMS)}")
     policy = policy_from_yaml(data, base)
-    resp = call(c.admin.SetChannel, adm.SetChannelRequest(channel_id=args.channel, platform=PLATFORMS[platform], policy=policy))
+    resp = call(
+        c.admin.SetChannel,
+        adm.SetChannelRequest(channel_id=args.channel, platform=PLATFORMS[platform], policy=policy),
+    )
     print(f"channel {resp.channel_id} saved")
     _print_channel(args, resp)
     return 0
@@ -307,7 +319,10 @@ def cmd_channel_set(args: argparse.Namespace) -> int:
 
 def _channel_dict(ch: adm.Channel) -> dict[str, Any]:
     p = as_dict(ch.policy)
-    out: dict[str, Any] = {"channel_id": ch.channel_id, "platform": enum_name("PLATFORM_", cm.Platform.Name(ch.platform))}
+    out: dict[str, Any] = {
+        "channel_id": ch.channel_id,
+        "platform": enum_name("PLATFORM_", cm.Platform.Name(ch.platform)),
+    }
     out["dm_policy"] = enum_name("DM_POLICY_", cm.DmPolicy.Name(ch.policy.dm_policy))
     out["group_policy"] = enum_name("GROUP_POLICY_", cm.GroupPolicy.Name(ch.policy.group_policy))
     for k, v in p.items():
@@ -318,7 +333,11 @@ def _channel_dict(ch: adm.Channel) -> dict[str, Any]:
 
 def _print_channel(args: argparse.Namespace, ch: adm.Channel) -> None:
     d = _channel_dict(ch)
-    print(json.dumps(d, indent=2) if args.json else yaml.safe_dump(d, sort_keys=False, allow_unicode=True).rstrip())
+    print(
+        json.dumps(d, indent=2)
+        if args.json
+        else yaml.safe_dump(d, sort_keys=False, allow_unicode=True).rstrip()
+    )
 
 
 def cmd_channel_show(args: argparse.Namespace) -> int:
@@ -328,7 +347,11 @@ def cmd_channel_show(args: argparse.Namespace) -> int:
 
 def cmd_channel_list(args: argparse.Namespace) -> int:
     resp = call(client(args).admin.ListChannels, adm.ListChannelsRequest())
-    emit(args, [_channel_dict(ch) for ch in resp.channels], ["channel_id", "platform", "dm_policy", "group_policy", "owner_id"])
+    emit(
+        args,
+        [_channel_dict(ch) for ch in resp.channels],
+        ["channel_id", "platform", "dm_policy", "group_policy", "owner_id"],
+    )
     return 0
 
 
@@ -340,12 +363,19 @@ def _approval_row(a: cm.Approval) -> dict[str, Any]:
 
 def cmd_pairing_list(args: argparse.Namespace) -> int:
     status = getattr(cm, f"APPROVAL_STATUS_{args.status.upper()}")
-    resp = call(client(args).admin.ListApprovals, adm.ListApprovalsRequest(channel_id=args.channel or "", status=status))
-    emit(args, [_approval_row(a) for a in resp.approvals], ["approval_id", "channel", "user", "name", "status", "expires"])
+    resp = call(
+        client(args).admin.ListApprovals,
+        adm.ListApprovalsRequest(channel_id=args.channel or "", status=status),
+    )
+    emit(
+        args,
+        [_approval_row(a) for a in resp.approvals],
+        ["approval_id", "channel", "user", "name", "status", "expires"],
+    )
     return 0
 
 
-def _resolve(args: argparse.Namespace, action: int) -> int:
+def _resolve(args: argparse.Namespace, action: Any) -> int:
     req = az.ResolveApprovalRequest(code=az.CodeRef(channel_id=args.channel, code=args.code), action=action,
                                     reason=args.reason or "")  # fmt: skip
     resp = call(client(args).authz.ResolveApproval, req)
@@ -357,8 +387,11 @@ def _resolve(args: argparse.Namespace, action: int) -> int:
 
 
 def _user_row(s: adm.Subject) -> dict[str, Any]:
-    status = "blocked" if s.status == adm.SUBJECT_STATUS_BLOCKED else (
-        "paired" if s.source == adm.SUBJECT_SOURCE_PAIRING else "allowlisted")
+    status = (
+        "blocked"
+        if s.status == adm.SUBJECT_STATUS_BLOCKED
+        else ("paired" if s.source == adm.SUBJECT_SOURCE_PAIRING else "allowlisted")
+    )
     return {"user": s.user_id, "name": s.display_name, "status": status, "permissions": list(s.permissions),
             "updated": ts(s, "updated_at"), "expires": ts(s, "expires_at")}  # fmt: skip
 
@@ -372,7 +405,11 @@ def cmd_users_list(args: argparse.Namespace) -> int:
     elif args.allowlisted:
         which = adm.USER_FILTER_ALLOWLISTED
     resp = call(client(args).admin.ListUsers, adm.ListUsersRequest(channel_id=args.channel, filter=which))
-    emit(args, [_user_row(s) for s in resp.users], ["user", "name", "status", "permissions", "updated", "expires"])
+    emit(
+        args,
+        [_user_row(s) for s in resp.users],
+        ["user", "name", "status", "permissions", "updated", "expires"],
+    )
     return 0
 
 
@@ -385,22 +422,34 @@ def cmd_users_allow(args: argparse.Namespace) -> int:
 
 
 def cmd_users_block(args: argparse.Namespace) -> int:
-    call(client(args).admin.BlockUser, adm.BlockUserRequest(channel_id=args.channel, user_id=args.user, reason=args.reason or ""))
+    call(
+        client(args).admin.BlockUser,
+        adm.BlockUserRequest(channel_id=args.channel, user_id=args.user, reason=args.reason or ""),
+    )
     print(f"blocked {args.user} on {args.channel}")
     return 0
 
 
 def _removal(method: str, verb: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
-        resp = call(getattr(client(args).admin, method), adm.UserRef(channel_id=args.channel, user_id=args.user))
-        print(f"{verb} {args.user} on {args.channel}" if resp.removed else f"nothing to do: {args.user} was not {verb}")
+        resp = call(
+            getattr(client(args).admin, method), adm.UserRef(channel_id=args.channel, user_id=args.user)
+        )
+        print(
+            f"{verb} {args.user} on {args.channel}"
+            if resp.removed
+            else f"nothing to do: {args.user} was not {verb}"
+        )
         return 0 if resp.removed else 1
 
     return run
 
 
 def cmd_group_allow(args: argparse.Namespace) -> int:
-    call(client(args).admin.AllowGroupSender, adm.GroupSenderRef(channel_id=args.channel, group_id=args.group, user_id=args.user))
+    call(
+        client(args).admin.AllowGroupSender,
+        adm.GroupSenderRef(channel_id=args.channel, group_id=args.group, user_id=args.user),
+    )
     print(f"{args.user} may speak in group {args.group} on {args.channel}")
     return 0
 
@@ -413,7 +462,10 @@ def cmd_group_remove(args: argparse.Namespace) -> int:
 
 
 def cmd_group_list(args: argparse.Namespace) -> int:
-    resp = call(client(args).admin.ListGroupSenders, adm.ListGroupSendersRequest(channel_id=args.channel, group_id=args.group or ""))
+    resp = call(
+        client(args).admin.ListGroupSenders,
+        adm.ListGroupSendersRequest(channel_id=args.channel, group_id=args.group or ""),
+    )
     rows = [{"group": s.group_id, "user": s.user_id, "created": ts(s, "created_at")} for s in resp.senders]
     emit(args, rows, ["group", "user", "created"])
     return 0
@@ -437,13 +489,17 @@ def parse_since(text: str) -> datetime:
     try:
         value = datetime.fromisoformat(text)
     except ValueError:
-        raise CliError(f"--since/--until: cannot read {text!r} (use 2026-11-01, an ISO time, or 30m/24h/7d)") from None
+        raise CliError(
+            f"--since/--until: cannot read {text!r} (use 2026-11-01, an ISO time, or 30m/24h/7d)"
+        ) from None
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def audit_events(args: argparse.Namespace) -> Iterable[adm.AuditEvent]:
     c = client(args)
-    req = adm.QueryAuditRequest(channel_id=args.channel or "", user_id=args.user or "", event=args.event or "", limit=1000)
+    req = adm.QueryAuditRequest(
+        channel_id=args.channel or "", user_id=args.user or "", event=args.event or "", limit=1000
+    )
     if args.since:
         req.since.FromDatetime(parse_since(args.since))
     if args.until:
@@ -478,10 +534,21 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
                 out.write(("," if count > 1 else "") + "\n  " + json.dumps(_event_row(e), default=_fmt))
             out.write("\n]\n")
         else:
-            columns = ["id", "at", "event", "actor", "channel", "subject", "approval_id", "trace_id", "details"]
+            columns = [
+                "id",
+                "at",
+                "event",
+                "actor",
+                "channel",
+                "subject",
+                "approval_id",
+                "trace_id",
+                "details",
+            ]
             writer = csv.DictWriter(out, fieldnames=columns)
             writer.writeheader()
-            for count, e in enumerate(audit_events(args), start=1):
+            for e in audit_events(args):
+                count += 1
                 row = _event_row(e)
                 row["at"] = _fmt(row["at"])
                 row["details"] = json.dumps(row["details"], sort_keys=True)
@@ -505,7 +572,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     decision = enum_name("DECISION_", az.Decision.Name(check.decision))
     print(f"CheckUser: {decision} ({check.reason})")
     if check.decision == az.DECISION_ALLOW:
-        print(f"→ routed to agent '{check.agent_id}'" + (f" with permissions {list(check.permissions)}" if check.permissions else ""))
+        print(
+            f"→ routed to agent '{check.agent_id}'"
+            + (f" with permissions {list(check.permissions)}" if check.permissions else "")
+        )
         print(f"bot → {args.user}: (echo) {args.text}")
     elif check.decision == az.DECISION_PAIRING_REQUIRED:
         pr = call(c.authz.RequestPairing, az.RequestPairingRequest(channel_id=args.channel, user_id=args.user,
@@ -547,7 +617,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="authz", description="Authorization service for chat-bot agents.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def cmd(parent: Any, name: str, fn: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
+    def cmd(
+        parent: Any, name: str, fn: Callable[[argparse.Namespace], int], help: str
+    ) -> argparse.ArgumentParser:
         sp: argparse.ArgumentParser = parent.add_parser(name, parents=[common], help=help, description=help)
         sp.set_defaults(fn=fn)
         return sp
@@ -556,9 +628,16 @@ def build_parser() -> argparse.ArgumentParser:
         g = sub.add_parser(name, help=help, description=help)
         return g.add_subparsers(dest="sub", required=True, metavar="SUBCOMMAND")
 
-    cmd(sub, "serve", cmd_serve, "run the gRPC service (embedded PostgreSQL when AUTHZ_DATABASE_URL is unset)")
+    cmd(
+        sub, "serve", cmd_serve, "run the gRPC service (embedded PostgreSQL when AUTHZ_DATABASE_URL is unset)"
+    )
     cmd(sub, "dev", cmd_dev, "serve with a demo tenant and channel, and print how to try it (make run)")
-    cmd(sub, "migrate", cmd_migrate, "apply database migrations (AUTHZ_MIGRATE_DATABASE_URL or AUTHZ_DATABASE_URL)")
+    cmd(
+        sub,
+        "migrate",
+        cmd_migrate,
+        "apply database migrations (AUTHZ_MIGRATE_DATABASE_URL or AUTHZ_DATABASE_URL)",
+    )
 
     t = group("tenant", "manage tenants (operator key)")
     sp = cmd(t, "create", cmd_tenant_create, "create a tenant and print its first admin key")
@@ -567,7 +646,9 @@ def build_parser() -> argparse.ArgumentParser:
     cmd(t, "list", cmd_tenant_list, "list tenants")
 
     k = group("key", "manage the tenant's API keys")
-    sp = cmd(k, "create", cmd_key_create, "create a key (several may be live: rotate by create, deploy, revoke)")
+    sp = cmd(
+        k, "create", cmd_key_create, "create a key (several may be live: rotate by create, deploy, revoke)"
+    )
     sp.add_argument("role", choices=ROLES)
     sp.add_argument("--name")
     cmd(k, "list", cmd_key_list, "list keys")
@@ -595,10 +676,12 @@ def build_parser() -> argparse.ArgumentParser:
     pg = group("pairing", "pending pairing requests")
     sp = cmd(pg, "list", cmd_pairing_list, "list pairing requests")
     sp.add_argument("channel", nargs="?")
-    sp.add_argument("--status", default="pending", choices=["pending", "approved", "denied", "blocked", "expired"])
+    sp.add_argument(
+        "--status", default="pending", choices=["pending", "approved", "denied", "blocked", "expired"]
+    )
     for name, action in (("approve", cm.APPROVAL_ACTION_APPROVE), ("deny", cm.APPROVAL_ACTION_DENY),
                          ("block", cm.APPROVAL_ACTION_BLOCK)):  # fmt: skip
-        sp = cmd(pg, name, lambda a, action=action: _resolve(a, action), f"{name} the request with this code")
+        sp = cmd(pg, name, functools.partial(_resolve, action=action), f"{name} the request with this code")
         sp.add_argument("channel")
         sp.add_argument("code")
         sp.add_argument("--reason")
@@ -642,7 +725,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp = cmd(sub, "approvers", cmd_approvers, "show or set tenant-level approvers ('<platform>:<user id>')")
     sp.add_argument("--set", nargs="*", metavar="ACTOR")
 
-    au = sub.add_parser("audit", parents=[common], help="query the audit trail", description="query the audit trail")
+    au = sub.add_parser(
+        "audit", parents=[common], help="query the audit trail", description="query the audit trail"
+    )
     au.set_defaults(fn=cmd_audit)
 
     def audit_filters(sp: argparse.ArgumentParser, default: Any) -> None:

@@ -23,7 +23,7 @@ def _metadata(api_key: str, extra: Any = None) -> list[tuple[str, str]]:
     return md
 
 
-class _KeyInterceptor(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+class _KeyInterceptor(grpc.UnaryUnaryClientInterceptor):  # type: ignore[type-arg]
     def __init__(self, api_key: str) -> None:
         self._api_key = api_key
 
@@ -32,7 +32,7 @@ class _KeyInterceptor(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
         return continuation(details, request)
 
 
-class _AioKeyInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
+class _AioKeyInterceptor(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[type-arg]
     def __init__(self, api_key: str) -> None:
         self._api_key = api_key
 
@@ -58,18 +58,20 @@ class Client:
     admin: admin_pb2_grpc.AdminServiceAsyncStub
 
     async def close(self) -> None:
-        await self.channel.close()
+        await self.channel.close(None)
 
 
 def connect_sync(address: str, api_key: str) -> SyncClient:
     channel = grpc.intercept_channel(grpc.insecure_channel(address), _KeyInterceptor(api_key))
-    return SyncClient(channel, authz_pb2_grpc.AuthzServiceStub(channel), admin_pb2_grpc.AdminServiceStub(channel))
+    return SyncClient(
+        channel, authz_pb2_grpc.AuthzServiceStub(channel), admin_pb2_grpc.AdminServiceStub(channel)
+    )
 
 
 def connect(address: str, api_key: str) -> Client:
-    channel = grpc.aio.insecure_channel(address, interceptors=[_AioKeyInterceptor(api_key)])
+    channel = grpc.aio.insecure_channel(address, interceptors=[_AioKeyInterceptor(api_key)])  # type: ignore[list-item]
     return Client(
         channel,
-        authz_pb2_grpc.AuthzServiceStub(channel),  # type: ignore[arg-type]
-        admin_pb2_grpc.AdminServiceStub(channel),  # type: ignore[arg-type]
+        authz_pb2_grpc.AuthzServiceStub(channel),
+        admin_pb2_grpc.AdminServiceStub(channel),
     )

@@ -48,5 +48,9 @@ def requester_outcome(action: ApprovalAction) -> str:
 
 
 def owner_outcome(action: ApprovalAction, actor: str) -> str:
-    verb = {ApprovalAction.APPROVE: "✅ Approved", ApprovalAction.DENY: "❌ Denied", ApprovalAction.BLOCK: "⛔ Blocked"}
+    verb = {
+        ApprovalAction.APPROVE: "✅ Approved",
+        ApprovalAction.DENY: "❌ Denied",
+        ApprovalAction.BLOCK: "⛔ Blocked",
+    }
     return f"{verb[action]} by {actor}"

@@ -99,7 +99,11 @@ class Keyring:
         error, so the answer reveals nothing about which approvals exist.
         """
         bad = InvalidArgument("callback_payload", "is not a valid approval button payload")
-        if len(payload) != CALLBACK_LENGTH or not payload.isascii() or not payload.startswith(CALLBACK_PREFIX):
+        if (
+            len(payload) != CALLBACK_LENGTH
+            or not payload.isascii()
+            or not payload.startswith(CALLBACK_PREFIX)
+        ):
             raise bad
         body = payload[len(CALLBACK_PREFIX) :]
         action = _LETTER_ACTION.get(body[0])

@@ -32,7 +32,9 @@ def _targets(values: tuple[str, ...], field: str) -> tuple[str, ...]:
 
 
 def validate_send_policy(policy: SendPolicy, field: str) -> SendPolicy:
-    return replace(policy, allow=_targets(policy.allow, f"{field}.allow"), deny=_targets(policy.deny, f"{field}.deny"))
+    return replace(
+        policy, allow=_targets(policy.allow, f"{field}.allow"), deny=_targets(policy.deny, f"{field}.deny")
+    )
 
 
 def validate(platform: Platform, policy: ChannelPolicy) -> ChannelPolicy:
@@ -103,7 +105,9 @@ def _strs(value: Any) -> tuple[str, ...]:
 def _send_from_json(data: Any) -> SendPolicy:
     if not isinstance(data, dict):
         raise CorruptPolicy("send policy must be an object")
-    return SendPolicy(default=SendDefault(data["default"]), allow=_strs(data["allow"]), deny=_strs(data["deny"]))
+    return SendPolicy(
+        default=SendDefault(data["default"]), allow=_strs(data["allow"]), deny=_strs(data["deny"])
+    )
 
 
 def from_json(data: Any) -> ChannelPolicy:

@@ -61,7 +61,9 @@ def policy_for(channel: ChannelPolicy, agent_id: str) -> SendPolicy | None:
     return channel.agent_send_policies.get(agent_id, channel.send_policy)
 
 
-def evaluate(channel: ChannelPolicy | None, agent_id: str, target: str, origin: str, *, listing: bool) -> SendDecision:
+def evaluate(
+    channel: ChannelPolicy | None, agent_id: str, target: str, origin: str, *, listing: bool
+) -> SendDecision:
     if listing:
         return SendDecision(True, resolved_target=target)
     if channel is None:

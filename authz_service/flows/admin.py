@@ -12,7 +12,6 @@ import asyncpg
 from ..domain import ids
 from ..domain import policy as policy_codec
 from ..domain.errors import FailedPrecondition, InvalidArgument, NotFound
-from ..domain.policy import CorruptPolicy
 from ..domain.model import (
     Approval,
     ApprovalStatus,
@@ -24,6 +23,7 @@ from ..domain.model import (
     SubjectSource,
     SubjectStatus,
 )
+from ..domain.policy import CorruptPolicy
 from ..store import queries as q
 from . import Context
 from .auth import new_key
@@ -48,7 +48,9 @@ class IssuedKey:
 
 
 def _issued(row: asyncpg.Record, secret: str = "") -> IssuedKey:
-    return IssuedKey(row["key_id"], Role(row["role"]), row["name"], row["created_at"], row["revoked_at"], secret)
+    return IssuedKey(
+        row["key_id"], Role(row["role"]), row["name"], row["created_at"], row["revoked_at"], secret
+    )
 
 
 async def create_tenant(ctx: Context, tenant_id: str, display_name: str) -> tuple[asyncpg.Record, IssuedKey]:
@@ -122,7 +124,9 @@ def _stored(ctx: Context, row: asyncpg.Record) -> StoredChannel:
         ) from None
 
 
-async def set_channel(ctx: Context, channel_id: str, platform: Platform, policy: ChannelPolicy) -> StoredChannel:
+async def set_channel(
+    ctx: Context, channel_id: str, platform: Platform, policy: ChannelPolicy
+) -> StoredChannel:
     policy = policy_codec.validate(platform, policy)
     async with ctx.db.tenant(ctx.tenant_id) as conn:
         row = await q.upsert_channel(conn, ctx.tenant_id, channel_id, platform, policy)
@@ -182,19 +186,29 @@ async def block_user(ctx: Context, channel_id: str, user_id: str, reason: str) -
             source=SubjectSource.ADMIN, display_name="", permissions=[],
         )  # fmt: skip
         # Blocked wins over a pairing in flight: its request can no longer be approved.
-        cancelled = await q.cancel_pending_for_user(conn, ctx.tenant_id, channel_id, user_id, ctx.principal.actor)
+        cancelled = await q.cancel_pending_for_user(
+            conn, ctx.tenant_id, channel_id, user_id, ctx.principal.actor
+        )
         await _audit(ctx, conn, "user.blocked", channel_id=channel_id, subject=user_id,
                      details={"reason": reason, "cancelled_approvals": cancelled})  # fmt: skip
     return subject
 
 
 async def remove_subject(
-    ctx: Context, channel_id: str, user_id: str, *, status: SubjectStatus, source: SubjectSource | None, event: str
+    ctx: Context,
+    channel_id: str,
+    user_id: str,
+    *,
+    status: SubjectStatus,
+    source: SubjectSource | None,
+    event: str,
 ) -> bool:
     """Remove (any allow), unpair (pairing allows only) or unblock."""
     async with ctx.db.tenant(ctx.tenant_id) as conn:
         await load_channel(conn, ctx.tenant_id, channel_id, for_update=False)
-        removed = await q.delete_subject(conn, ctx.tenant_id, channel_id, user_id, status=status, source=source)
+        removed = await q.delete_subject(
+            conn, ctx.tenant_id, channel_id, user_id, status=status, source=source
+        )
         if removed:
             await _audit(ctx, conn, event, channel_id=channel_id, subject=user_id)
     return removed

@@ -70,7 +70,9 @@ class PairingResult:
         return self.outcome == PairingOutcome.CREATED
 
 
-async def load_channel(conn: asyncpg.Connection, tenant_id: str, channel_id: str, *, for_update: bool) -> Channel:
+async def load_channel(
+    conn: asyncpg.Connection, tenant_id: str, channel_id: str, *, for_update: bool
+) -> Channel:
     try:
         channel = await q.get_channel(conn, tenant_id, channel_id, for_update=for_update)
     except CorruptPolicy:
@@ -153,8 +155,12 @@ async def request_pairing(
     )
 
 
-async def _expire(ctx: Context, conn: asyncpg.Connection, approval_id: str, channel_id: str, user_id: str) -> bool:
-    done = await q.finish_approval(conn, ctx.tenant_id, approval_id, ApprovalStatus.EXPIRED, "system", "", live=False)
+async def _expire(
+    ctx: Context, conn: asyncpg.Connection, approval_id: str, channel_id: str, user_id: str
+) -> bool:
+    done = await q.finish_approval(
+        conn, ctx.tenant_id, approval_id, ApprovalStatus.EXPIRED, "system", "", live=False
+    )
     if done is not None:
         await q.audit(
             conn, ctx.tenant_id, "pairing.expired", actor="system", channel_id=channel_id, subject=user_id,
@@ -198,7 +204,9 @@ async def resolve(
             row = await q.get_approval(conn, t, target.approval_id, for_update=True)
         else:
             code = normalize_code(target.code)
-            row = await q.approval_by_code(conn, t, target.channel_id, ctx.keyring.code_hash(t, target.channel_id, code))
+            row = await q.approval_by_code(
+                conn, t, target.channel_id, ctx.keyring.code_hash(t, target.channel_id, code)
+            )
         if action is None:
             raise InvalidArgument("action", "is required")
         if row is None:
@@ -248,7 +256,9 @@ async def _decide(
     if action is ApprovalAction.APPROVE and subject is not None and subject.status is SubjectStatus.BLOCKED:
         return FailedPrecondition("the user is blocked; unblock them first"), None
 
-    done = await q.finish_approval(conn, t, approval.approval_id, action.resulting_status, actor, reason, live=True)
+    done = await q.finish_approval(
+        conn, t, approval.approval_id, action.resulting_status, actor, reason, live=True
+    )
     if done is None:
         return FailedPrecondition("approval was resolved concurrently"), None
     if action is ApprovalAction.APPROVE:
@@ -268,4 +278,6 @@ async def _decide(
         subject=approval.user_id, approval_id=approval.approval_id, trace_id=ctx.trace_id,
         details={"reason": reason} if reason else {},
     )  # fmt: skip
-    return None, ResolveResult(done, messages.requester_outcome(action), messages.owner_outcome(action, actor))
+    return None, ResolveResult(
+        done, messages.requester_outcome(action), messages.owner_outcome(action, actor)
+    )

@@ -11,7 +11,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 
@@ -32,6 +32,9 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
 )
 
 
+_UNAVAILABLE_OR_DB_ERROR: tuple[type[BaseException], ...] = (*_UNAVAILABLE, asyncpg.PostgresError)
+
+
 class SchemaTooOld(RuntimeError):
     pass
 
@@ -47,7 +50,9 @@ class Database:
         self.pool = pool
 
     @classmethod
-    async def connect(cls, dsn: str, *, min_size: int = 1, max_size: int = 10, timeout: float = 5.0) -> Database:
+    async def connect(
+        cls, dsn: str, *, min_size: int = 1, max_size: int = 10, timeout: float = 5.0
+    ) -> Database:
         pool = await asyncpg.create_pool(
             dsn, min_size=min_size, max_size=max_size, command_timeout=timeout, timeout=timeout
         )
@@ -71,15 +76,17 @@ class Database:
                     f"the service connects as {row['name']!r}, which bypasses row-level security; "
                     "connect as the 'authz_service' role that `authz migrate` creates"
                 )
-            version = await current_version(conn)
+            version = await current_version(cast(asyncpg.Connection, conn))
         if version < LATEST_VERSION:
-            raise SchemaTooOld(f"database schema is at version {version}, this build needs {LATEST_VERSION}: run `authz migrate`")
+            raise SchemaTooOld(
+                f"database schema is at version {version}, this build needs {LATEST_VERSION}: run `authz migrate`"
+            )
 
     async def schema_ok(self) -> bool:
         try:
             async with self.pool.acquire() as conn:
-                return await current_version(conn) >= LATEST_VERSION
-        except (*_UNAVAILABLE, asyncpg.PostgresError):
+                return await current_version(cast(asyncpg.Connection, conn)) >= LATEST_VERSION
+        except _UNAVAILABLE_OR_DB_ERROR:
             return False
 
     async def close(self) -> None:
@@ -93,7 +100,7 @@ class Database:
                     # is_local = true: the setting dies with the transaction, so a
                     # pooled connection never carries it into the next request.
                     await conn.execute("SELECT set_config($1, $2, true)", name, value)
-                yield conn
+                yield cast(asyncpg.Connection, conn)
         except _UNAVAILABLE as exc:
             log.warning("database unavailable: %s", type(exc).__name__)
             raise Unavailable("the authorization store is unavailable") from exc

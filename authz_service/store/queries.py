@@ -87,7 +87,9 @@ async def query_audit(
 async def insert_tenant(conn: Conn, tenant_id: str, display_name: str) -> asyncpg.Record:
     try:
         row = await conn.fetchrow(
-            "INSERT INTO tenants (tenant_id, display_name) VALUES ($1, $2) RETURNING *", tenant_id, display_name
+            "INSERT INTO tenants (tenant_id, display_name) VALUES ($1, $2) RETURNING *",
+            tenant_id,
+            display_name,
         )
     except asyncpg.UniqueViolationError:
         raise AlreadyExists(f"tenant {tenant_id!r} already exists") from None
@@ -108,7 +110,9 @@ async def set_tenant_approvers(conn: Conn, tenant_id: str, approvers: list[str])
     await conn.execute("UPDATE tenants SET approvers = $2 WHERE tenant_id = $1", tenant_id, approvers)
 
 
-async def insert_key(conn: Conn, tenant_id: str, key_id: str, role: Role, name: str, secret_hash: bytes) -> asyncpg.Record:
+async def insert_key(
+    conn: Conn, tenant_id: str, key_id: str, role: Role, name: str, secret_hash: bytes
+) -> asyncpg.Record:
     row = await conn.fetchrow(
         """INSERT INTO api_keys (tenant_id, key_id, role, name, secret_hash)
            VALUES ($1, $2, $3, $4, $5) RETURNING *""",
@@ -119,11 +123,15 @@ async def insert_key(conn: Conn, tenant_id: str, key_id: str, role: Role, name: 
 
 
 async def get_key(conn: Conn, tenant_id: str, key_id: str) -> asyncpg.Record | None:
-    return await conn.fetchrow("SELECT * FROM api_keys WHERE tenant_id = $1 AND key_id = $2", tenant_id, key_id)
+    return await conn.fetchrow(
+        "SELECT * FROM api_keys WHERE tenant_id = $1 AND key_id = $2", tenant_id, key_id
+    )
 
 
 async def list_keys(conn: Conn, tenant_id: str) -> list[asyncpg.Record]:
-    return await conn.fetch("SELECT * FROM api_keys WHERE tenant_id = $1 ORDER BY created_at, key_id", tenant_id)
+    return await conn.fetch(
+        "SELECT * FROM api_keys WHERE tenant_id = $1 ORDER BY created_at, key_id", tenant_id
+    )
 
 
 async def revoke_key(conn: Conn, tenant_id: str, key_id: str) -> asyncpg.Record | None:
@@ -139,10 +147,17 @@ async def revoke_key(conn: Conn, tenant_id: str, key_id: str) -> asyncpg.Record 
 
 def channel_from_row(tenant_id: str, row: asyncpg.Record) -> Channel:
     """Raises CorruptPolicy for a policy that does not parse: callers deny."""
-    return Channel(tenant_id, row["channel_id"], Platform(row["platform"]), policy_codec.from_json(json.loads(row["policy"])))
+    return Channel(
+        tenant_id,
+        row["channel_id"],
+        Platform(row["platform"]),
+        policy_codec.from_json(json.loads(row["policy"])),
+    )
 
 
-async def get_channel(conn: Conn, tenant_id: str, channel_id: str, *, for_update: bool = False) -> Channel | None:
+async def get_channel(
+    conn: Conn, tenant_id: str, channel_id: str, *, for_update: bool = False
+) -> Channel | None:
     sql = "SELECT channel_id, platform, policy, updated_at FROM channels WHERE tenant_id = $1 AND channel_id = $2"
     row = await conn.fetchrow(sql + (" FOR UPDATE" if for_update else ""), tenant_id, channel_id)
     return None if row is None else channel_from_row(tenant_id, row)
@@ -178,7 +193,9 @@ async def upsert_channel(
 
 
 async def delete_channel(conn: Conn, tenant_id: str, channel_id: str) -> bool:
-    status = await conn.execute("DELETE FROM channels WHERE tenant_id = $1 AND channel_id = $2", tenant_id, channel_id)
+    status = await conn.execute(
+        "DELETE FROM channels WHERE tenant_id = $1 AND channel_id = $2", tenant_id, channel_id
+    )
     return bool(status != "DELETE 0")
 
 
@@ -254,7 +271,13 @@ async def put_subject(
 
 
 async def delete_subject(
-    conn: Conn, tenant_id: str, channel_id: str, user_id: str, *, status: SubjectStatus, source: SubjectSource | None
+    conn: Conn,
+    tenant_id: str,
+    channel_id: str,
+    user_id: str,
+    *,
+    status: SubjectStatus,
+    source: SubjectSource | None,
 ) -> bool:
     result = await conn.execute(
         """DELETE FROM subjects WHERE tenant_id = $1 AND channel_id = $2 AND user_id = $3
@@ -276,7 +299,9 @@ async def list_subjects(
     return [subject_from_row(channel_id, r["user_id"], r) for r in rows]
 
 
-async def add_group_sender(conn: Conn, tenant_id: str, channel_id: str, group_id: str, user_id: str) -> asyncpg.Record:
+async def add_group_sender(
+    conn: Conn, tenant_id: str, channel_id: str, group_id: str, user_id: str
+) -> asyncpg.Record:
     row = await conn.fetchrow(
         """INSERT INTO group_senders (tenant_id, channel_id, group_id, user_id) VALUES ($1, $2, $3, $4)
            ON CONFLICT (tenant_id, channel_id, group_id, user_id) DO UPDATE SET user_id = EXCLUDED.user_id
@@ -287,7 +312,9 @@ async def add_group_sender(conn: Conn, tenant_id: str, channel_id: str, group_id
     return row
 
 
-async def remove_group_sender(conn: Conn, tenant_id: str, channel_id: str, group_id: str, user_id: str) -> bool:
+async def remove_group_sender(
+    conn: Conn, tenant_id: str, channel_id: str, group_id: str, user_id: str
+) -> bool:
     result = await conn.execute(
         "DELETE FROM group_senders WHERE tenant_id = $1 AND channel_id = $2 AND group_id = $3 AND user_id = $4",
         tenant_id, channel_id, group_id, user_id,
@@ -295,7 +322,9 @@ async def remove_group_sender(conn: Conn, tenant_id: str, channel_id: str, group
     return bool(result != "DELETE 0")
 
 
-async def list_group_senders(conn: Conn, tenant_id: str, channel_id: str, group_id: str) -> list[asyncpg.Record]:
+async def list_group_senders(
+    conn: Conn, tenant_id: str, channel_id: str, group_id: str
+) -> list[asyncpg.Record]:
     return await conn.fetch(
         """SELECT * FROM group_senders WHERE tenant_id = $1 AND channel_id = $2 AND ($3 = '' OR group_id = $3)
            ORDER BY group_id, user_id""",
@@ -321,7 +350,9 @@ def approval_from_row(row: asyncpg.Record) -> Approval:
     )
 
 
-async def pending_pairing_for_user(conn: Conn, tenant_id: str, channel_id: str, user_id: str) -> asyncpg.Record | None:
+async def pending_pairing_for_user(
+    conn: Conn, tenant_id: str, channel_id: str, user_id: str
+) -> asyncpg.Record | None:
     return await conn.fetchrow(
         """SELECT * FROM approvals WHERE tenant_id = $1 AND channel_id = $2 AND user_id = $3
              AND kind = 'pairing' AND status = 'pending' FOR UPDATE""",
@@ -334,8 +365,9 @@ async def count_live_pending(conn: Conn, tenant_id: str, channel_id: str) -> int
         await conn.fetchval(
             """SELECT count(*) FROM approvals WHERE tenant_id = $1 AND channel_id = $2
                  AND status = 'pending' AND expires_at > now()""",
-            tenant_id, channel_id,
-        )  # fmt: skip
+            tenant_id,
+            channel_id,
+        )
     )
 
 
@@ -361,12 +393,16 @@ async def insert_pairing(
     return approval_from_row(row)
 
 
-async def get_approval(conn: Conn, tenant_id: str, approval_id: str, *, for_update: bool = False) -> asyncpg.Record | None:
+async def get_approval(
+    conn: Conn, tenant_id: str, approval_id: str, *, for_update: bool = False
+) -> asyncpg.Record | None:
     sql = "SELECT * FROM approvals WHERE tenant_id = $1 AND approval_id = $2"
     return await conn.fetchrow(sql + (" FOR UPDATE" if for_update else ""), tenant_id, approval_id)
 
 
-async def approval_by_code(conn: Conn, tenant_id: str, channel_id: str, code_hash: bytes) -> asyncpg.Record | None:
+async def approval_by_code(
+    conn: Conn, tenant_id: str, channel_id: str, code_hash: bytes
+) -> asyncpg.Record | None:
     return await conn.fetchrow(
         """SELECT * FROM approvals WHERE tenant_id = $1 AND channel_id = $2 AND code_hash = $3
            ORDER BY (status = 'pending') DESC, created_at DESC LIMIT 1 FOR UPDATE""",
@@ -375,7 +411,14 @@ async def approval_by_code(conn: Conn, tenant_id: str, channel_id: str, code_has
 
 
 async def finish_approval(
-    conn: Conn, tenant_id: str, approval_id: str, status: ApprovalStatus, actor: str, reason: str, *, live: bool
+    conn: Conn,
+    tenant_id: str,
+    approval_id: str,
+    status: ApprovalStatus,
+    actor: str,
+    reason: str,
+    *,
+    live: bool,
 ) -> Approval | None:
     """Compare-and-set from pending. ``live`` requires it unexpired (a decision);
     otherwise it must have expired (the expiry transition). None: lost the race."""
@@ -389,7 +432,9 @@ async def finish_approval(
     return None if row is None else approval_from_row(row)
 
 
-async def cancel_pending_for_user(conn: Conn, tenant_id: str, channel_id: str, user_id: str, actor: str) -> list[str]:
+async def cancel_pending_for_user(
+    conn: Conn, tenant_id: str, channel_id: str, user_id: str, actor: str
+) -> list[str]:
     rows = await conn.fetch(
         """UPDATE approvals SET status = 'blocked', resolved_at = now(), resolved_by = $4, reason = 'user blocked'
            WHERE tenant_id = $1 AND channel_id = $2 AND user_id = $3 AND status = 'pending'

@@ -65,13 +65,20 @@ def test_unknown_user_per_dm_policy(dm: DmPolicy, decision: Decision, reason: st
 
 def test_allowlisted_and_paired_users_are_allowed_with_permissions() -> None:
     v = check_user(channel(dm_policy=DmPolicy.ALLOWLIST, agent_id="ops"), subject(), False, DM, NOW)
-    assert (v.decision, v.reason, v.agent_id, v.permissions) == (Decision.ALLOW, "allowlisted", "ops", ("read",))
+    assert (v.decision, v.reason, v.agent_id, v.permissions) == (
+        Decision.ALLOW,
+        "allowlisted",
+        "ops",
+        ("read",),
+    )
     v = check_user(channel(), subject(source=SubjectSource.PAIRING), False, DM, NOW)
     assert (v.decision, v.reason) == (Decision.ALLOW, "paired")
 
 
 def test_disabled_dms_deny_even_allowlisted_users() -> None:
-    assert check_user(channel(dm_policy=DmPolicy.DISABLED), subject(), False, DM, NOW).decision is Decision.DENY
+    assert (
+        check_user(channel(dm_policy=DmPolicy.DISABLED), subject(), False, DM, NOW).decision is Decision.DENY
+    )
 
 
 def test_expired_pairing_requires_pairing_again() -> None:
@@ -94,9 +101,17 @@ def group(mentioned: bool = True) -> Inbound:
 
 
 def test_group_rules() -> None:
-    assert check_user(channel(group_policy=GroupPolicy.DISABLED), None, True, group(), NOW).reason == "group_disabled"
-    assert check_user(channel(group_policy=GroupPolicy.OPEN), None, False, group(False), NOW).reason == "mention_required"
-    v = check_user(channel(group_policy=GroupPolicy.OPEN, require_mention=False), None, False, group(False), NOW)
+    assert (
+        check_user(channel(group_policy=GroupPolicy.DISABLED), None, True, group(), NOW).reason
+        == "group_disabled"
+    )
+    assert (
+        check_user(channel(group_policy=GroupPolicy.OPEN), None, False, group(False), NOW).reason
+        == "mention_required"
+    )
+    v = check_user(
+        channel(group_policy=GroupPolicy.OPEN, require_mention=False), None, False, group(False), NOW
+    )
     assert (v.decision, v.reason) == (Decision.ALLOW, "group_open")
     assert check_user(channel(), None, True, group(), NOW).decision is Decision.ALLOW
 

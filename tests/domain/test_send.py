@@ -54,7 +54,10 @@ def test_origin_in_deny_blocks_replies() -> None:
 
 
 def test_aliases_cannot_bypass_a_deny() -> None:
-    c = ch(SendPolicy(SendDefault.ALLOW, deny=("slack:C0EXEC",)), aliases={"exec": "slack:C0EXEC", "boss": "exec"})
+    c = ch(
+        SendPolicy(SendDefault.ALLOW, deny=("slack:C0EXEC",)),
+        aliases={"exec": "slack:C0EXEC", "boss": "exec"},
+    )
     assert not allowed(c, "exec")
     assert not allowed(c, "boss")  # alias of an alias
     assert not allowed(c, "slack:C0EXEC")
