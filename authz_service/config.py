@@ -55,8 +55,6 @@ class Settings:
     """AUTHZ_HOME: data folder of the embedded database and dev-mode secrets."""
     database_url: str | None
     """AUTHZ_DATABASE_URL: the service role's connection. Unset: embedded PostgreSQL."""
-    migrate_database_url: str | None
-    """AUTHZ_MIGRATE_DATABASE_URL: the schema owner's connection for `authz migrate`."""
     listen: str
     """AUTHZ_LISTEN: host:port of the gRPC server."""
     secret_key: str
@@ -94,7 +92,6 @@ class Settings:
         return cls(
             home=home,
             database_url=database_url,
-            migrate_database_url=env.get("AUTHZ_MIGRATE_DATABASE_URL") or None,
             listen=env.get("AUTHZ_LISTEN") or "127.0.0.1:50051",
             secret_key=secret_key,
             operator_key=operator_key,

@@ -152,9 +152,6 @@ class Approval:
     resolved_by: str = ""
     kind: str = "pairing"
 
-    def is_live(self, now: datetime) -> bool:
-        return self.status is ApprovalStatus.PENDING and self.expires_at > now
-
 
 @dataclass(frozen=True, slots=True)
 class Principal:

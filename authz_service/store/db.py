@@ -11,7 +11,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, cast
+from typing import cast
 
 import asyncpg
 
@@ -30,9 +30,6 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.CrashShutdownError,
     asyncpg.TooManyConnectionsError,
 )
-
-
-_UNAVAILABLE_OR_DB_ERROR: tuple[type[BaseException], ...] = (*_UNAVAILABLE, asyncpg.PostgresError)
 
 
 class SchemaTooOld(RuntimeError):
@@ -82,13 +79,6 @@ class Database:
                 f"database schema is at version {version}, this build needs {LATEST_VERSION}: run `authz migrate`"
             )
 
-    async def schema_ok(self) -> bool:
-        try:
-            async with self.pool.acquire() as conn:
-                return await current_version(cast(asyncpg.Connection, conn)) >= LATEST_VERSION
-        except _UNAVAILABLE_OR_DB_ERROR:
-            return False
-
     async def close(self) -> None:
         await self.pool.close()
 
@@ -122,7 +112,3 @@ class Database:
             settings["authz.tenant"] = tenant_id
         async with self._tx(settings) as conn:
             yield conn
-
-
-def record(row: asyncpg.Record | None) -> dict[str, Any] | None:
-    return None if row is None else dict(row)
