@@ -64,6 +64,9 @@ class Settings:
     pool_min: int
     pool_max: int
     db_timeout: float
+    watch_fallback_seconds: float = 15.0
+    """AUTHZ_WATCH_FALLBACK_SECONDS: watchers re-read an approval this often even
+    without a notification (a safety net; NOTIFY wakes them at once)."""
 
     @property
     def embedded(self) -> bool:
@@ -98,4 +101,5 @@ class Settings:
             pool_min=pool_min,
             pool_max=_int(env, "AUTHZ_DB_POOL_MAX", 10, pool_min, 1000),
             db_timeout=float(_int(env, "AUTHZ_DB_TIMEOUT_SECONDS", 5, 1, 300)),
+            watch_fallback_seconds=float(_int(env, "AUTHZ_WATCH_FALLBACK_SECONDS", 15, 1, 3600)),
         )

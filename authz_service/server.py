@@ -23,6 +23,7 @@ from .gen.authz.v1 import admin_pb2, admin_pb2_grpc, authz_pb2, authz_pb2_grpc
 from .store import embedded
 from .store.db import Database
 from .store.migrate import migrate
+from .store.notify import ApprovalNotifier
 
 log = logging.getLogger(__name__)
 
@@ -39,19 +40,24 @@ class RunningServer:
     port: int
     health: Any  # grpc_health.v1.health.aio.HealthServicer (untyped)
     db: Database
+    notifier: ApprovalNotifier
 
     async def stop(self, grace: float = 5.0) -> None:
         """NOT_SERVING first, so load balancers drain us; then finish in-flight calls."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
+        await self.notifier.close()
         await self.db.close()
 
 
 async def start_server(db: Database, settings: Settings, listen: str | None = None) -> RunningServer:
+    notifier = ApprovalNotifier(db.dsn, fallback_interval=settings.watch_fallback_seconds)
+    await notifier.start()
     runtime = Runtime(
         db=db,
         keyring=Keyring(settings.secret_key.encode()),
         operator_key_hash=hash_secret(settings.operator_key) if settings.operator_key else None,
+        notifier=notifier,
     )
     server = grpc.aio.server(
         options=[
@@ -72,7 +78,7 @@ async def start_server(db: Database, settings: Settings, listen: str | None = No
     await server.start()
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, port, health_servicer, db)
+    return RunningServer(server, port, health_servicer, db, notifier)
 
 
 async def prepare_database(settings: Settings, *, announce: Callable[[str], None] = print) -> str:

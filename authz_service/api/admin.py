@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -11,17 +12,18 @@ import asyncpg
 from ..domain import ids
 from ..domain.errors import InvalidArgument
 from ..domain.model import Role, SubjectSource, SubjectStatus
-from ..flows import Context
+from ..flows import Context, tools
 from ..flows import admin as flows
-from ..flows.admin import IssuedKey, StoredChannel
+from ..flows.admin import IssuedKey, StoredChannel, TenantSettings
 from ..gen.authz.v1 import admin_pb2 as adm
 from ..gen.authz.v1 import admin_pb2_grpc
 from ..gen.authz.v1 import common_pb2 as cm
 from . import convert
-from .rpc import Runtime, rpc
+from .rpc import Runtime, rpc, rpc_stream
 
 _PERMISSION = re.compile(r"[A-Za-z0-9_.:*-]{1,64}")
 _EVENT = re.compile(r"[a-z_]+(\.[a-z_]+)*\.?")
+_GRANT_ID = re.compile(r"grt_[A-Za-z0-9_-]{22}")
 _USER_FILTER = {
     adm.USER_FILTER_UNSPECIFIED: "all",
     adm.USER_FILTER_ALLOWLISTED: "allowlisted",
@@ -52,6 +54,13 @@ def _channel(s: StoredChannel) -> adm.Channel:
         platform=convert.enum_out(convert.PLATFORM, s.channel.platform),
         policy=convert.policy_out(s.channel.policy),
         updated_at=convert.ts(s.updated_at),
+    )
+
+
+def _settings(s: TenantSettings) -> adm.TenantSettings:
+    return adm.TenantSettings(
+        approvers=list(s.approvers),
+        agent_approvers={a: adm.ActorList(actors=list(v)) for a, v in s.agent_approvers.items()},
     )
 
 
@@ -95,13 +104,23 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def GetTenantSettings(
         self, request: adm.GetTenantSettingsRequest, ctx: Context
     ) -> adm.TenantSettings:
-        return adm.TenantSettings(approvers=list(await flows.get_approvers(ctx)))
+        return _settings(await flows.get_settings(ctx))
 
     @rpc(Role.ADMIN)
     async def SetTenantSettings(self, request: adm.TenantSettings, ctx: Context) -> adm.TenantSettings:
         if len(request.approvers) > 256:
             raise InvalidArgument("approvers", "at most 256 entries")
-        return adm.TenantSettings(approvers=list(await flows.set_approvers(ctx, list(request.approvers))))
+        if len(request.agent_approvers) > 256:
+            raise InvalidArgument("agent_approvers", "at most 256 agents")
+        for agent, actors in request.agent_approvers.items():
+            if len(actors.actors) > 256:
+                raise InvalidArgument(f"agent_approvers[{agent}]", "at most 256 entries")
+        settings = await flows.set_settings(
+            ctx,
+            list(request.approvers),
+            {agent: list(actors.actors) for agent, actors in request.agent_approvers.items()},
+        )
+        return _settings(settings)
 
     # --- keys --------------------------------------------------------------------
 
@@ -236,12 +255,33 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             if request.status == cm.APPROVAL_STATUS_UNSPECIFIED
             else convert.enum_in(convert.APPROVAL_STATUS, request.status, "status")
         )
-        approvals = await flows.list_approvals(ctx, channel_id, status, _limit(request.limit))
+        kind = convert.enum_in(convert.KIND, request.kind, "kind")
+        approvals = await flows.list_approvals(ctx, channel_id, status, _limit(request.limit), kind)
         return adm.ListApprovalsResponse(approvals=[convert.approval_out(a) for a in approvals])
 
     @rpc(Role.APPROVER)
     async def GetApproval(self, request: adm.GetApprovalRequest, ctx: Context) -> cm.Approval:
         return convert.approval_out(await flows.get_approval(ctx, ids.approval_id(request.approval_id)))
+
+    @rpc_stream(Role.APPROVER)
+    async def WatchApprovals(
+        self, request: adm.WatchApprovalsRequest, ctx: Context
+    ) -> AsyncIterator[cm.Approval]:
+        kind = convert.enum_in(convert.KIND, request.kind, "kind")
+        async for approval in tools.watch_tenant(ctx, self.runtime.notifier, kind):
+            yield convert.approval_out(approval)
+
+    @rpc(Role.APPROVER)
+    async def ListGrants(self, request: adm.ListGrantsRequest, ctx: Context) -> adm.ListGrantsResponse:
+        agent_id = ids.agent_id(request.agent_id) if request.agent_id else ""
+        grants = await tools.list_grants(ctx, agent_id, request.include_revoked)
+        return adm.ListGrantsResponse(grants=[convert.grant_out(g) for g in grants])
+
+    @rpc(Role.ADMIN)
+    async def RevokeGrant(self, request: adm.RevokeGrantRequest, ctx: Context) -> adm.Grant:
+        if not _GRANT_ID.fullmatch(request.grant_id):
+            raise InvalidArgument("grant_id", "must be a grant id (grt_...)")
+        return convert.grant_out(await tools.revoke_grant(ctx, request.grant_id))
 
     @rpc(Role.ADMIN)
     async def QueryAudit(self, request: adm.QueryAuditRequest, ctx: Context) -> adm.QueryAuditResponse:

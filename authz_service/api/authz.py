@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 from ..domain import ids
+from ..domain import tools as dt
 from ..domain.access import Inbound
 from ..domain.errors import InvalidArgument
 from ..domain.model import ChatKind, Role
-from ..flows import Context, access, pairing
+from ..flows import Context, access, pairing, tools
 from ..gen.authz.v1 import authz_pb2 as az
 from ..gen.authz.v1 import authz_pb2_grpc
 from ..gen.authz.v1 import common_pb2 as cm
 from . import convert
-from .rpc import Runtime, rpc
+from .rpc import Runtime, rpc, rpc_stream
 
 MAX_MESSAGE_TEXT = 16_384
 MAX_DISPLAY_NAME = 256
@@ -32,7 +35,7 @@ class AuthzServicer(authz_pb2_grpc.AuthzServiceServicer):
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
 
-    @rpc(Role.CONNECTOR)
+    @rpc(Role.CONNECTOR, Role.AGENT)
     async def CheckUser(self, request: az.CheckUserRequest, ctx: Context) -> az.CheckUserResponse:
         channel_id = ids.channel_id(request.channel_id)
         user_id = ids.user_id_shape(request.user_id)
@@ -80,21 +83,7 @@ class AuthzServicer(authz_pb2_grpc.AuthzServiceServicer):
             trace_id=ctx.trace_id,
         )
         if result.notification is not None:
-            n = result.notification
-            resp.notification.CopyFrom(
-                az.OwnerNotification(
-                    owner_id=n.owner_id,
-                    text=n.text,
-                    buttons=[
-                        az.Button(
-                            action=convert.enum_out(convert.ACTION, b.action),
-                            label=b.label,
-                            callback_payload=b.callback_payload,
-                        )
-                        for b in n.buttons
-                    ],
-                )
-            )
+            resp.notification.CopyFrom(convert.notification_out(result.notification))
         return resp
 
     @rpc(Role.CONNECTOR, Role.APPROVER)
@@ -134,7 +123,7 @@ class AuthzServicer(authz_pb2_grpc.AuthzServiceServicer):
             trace_id=ctx.trace_id,
         )
 
-    @rpc(Role.CONNECTOR)
+    @rpc(Role.CONNECTOR, Role.AGENT)
     async def EvaluateSend(self, request: az.EvaluateSendRequest, ctx: Context) -> az.EvaluateSendResponse:
         channel_id = ids.channel_id(request.channel_id)
         agent_id = ids.agent_id(request.agent_id)
@@ -158,5 +147,64 @@ class AuthzServicer(authz_pb2_grpc.AuthzServiceServicer):
             allow=decision.allow,
             reason=decision.reason,
             resolved_target=decision.resolved_target,
+            trace_id=ctx.trace_id,
+        )
+
+    @rpc(Role.CONNECTOR, Role.AGENT)
+    async def RequestApproval(
+        self, request: az.RequestApprovalRequest, ctx: Context
+    ) -> az.RequestApprovalResponse:
+        timeout = request.timeout_seconds or dt.DEFAULT_TIMEOUT_SECONDS
+        if timeout > dt.MAX_TIMEOUT_SECONDS:
+            raise InvalidArgument("timeout_seconds", f"must be at most {dt.MAX_TIMEOUT_SECONDS}")
+        if request.request_key and not dt.REQUEST_KEY.fullmatch(request.request_key):
+            raise InvalidArgument("request_key", "must be 1-128 characters [A-Za-z0-9_.:-]")
+        req = tools.ToolRequest(
+            tool_name=dt.tool_name(request.tool_name),
+            arguments_json=request.arguments_json,
+            agent_id=ids.agent_id(request.agent_id) if request.agent_id else "",
+            session_id=convert.text(request.session_id, "session_id", 256),
+            channel_id=ids.channel_id(request.channel_id) if request.channel_id else "",
+            requester_id=ids.user_id_shape(request.requester_id, "requester_id")
+            if request.requester_id
+            else "",
+            risk=convert.enum_in(convert.RISK, request.risk, "risk"),
+            timeout_seconds=timeout,
+            request_key=request.request_key,
+            summary=convert.text(request.summary, "summary", MAX_REASON),
+        )
+        result = await tools.request_approval(ctx, req)
+        resp = az.RequestApprovalResponse(
+            approval=convert.approval_out(result.approval),
+            created=result.created,
+            approvers=list(result.approvers),
+            trace_id=ctx.trace_id,
+        )
+        if result.notification is not None:
+            resp.notification.CopyFrom(convert.notification_out(result.notification))
+        return resp
+
+    @rpc_stream(Role.CONNECTOR, Role.AGENT, Role.APPROVER)
+    async def WatchApproval(
+        self, request: az.WatchApprovalRequest, ctx: Context
+    ) -> AsyncIterator[cm.Approval]:
+        approval_id = ids.approval_id(request.approval_id)
+        async for approval in tools.watch(ctx, self.runtime.notifier, approval_id):
+            yield convert.approval_out(approval)
+
+    @rpc(Role.CONNECTOR, Role.AGENT)
+    async def RedeemApproval(
+        self, request: az.RedeemApprovalRequest, ctx: Context
+    ) -> az.RedeemApprovalResponse:
+        result = await tools.redeem(
+            ctx,
+            ids.approval_id(request.approval_id),
+            dt.tool_name(request.tool_name),
+            request.arguments_json,
+        )
+        return az.RedeemApprovalResponse(
+            allow=result.allow,
+            reason=result.reason,
+            approval=convert.approval_out(result.approval),
             trace_id=ctx.trace_id,
         )

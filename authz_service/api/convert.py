@@ -21,15 +21,19 @@ from ..domain.model import (
     ChatKind,
     Decision,
     DmPolicy,
+    Grant,
     GroupPolicy,
     Platform,
+    Risk,
     Role,
     SendDefault,
     SendPolicy,
     Subject,
     SubjectSource,
     SubjectStatus,
+    ToolCall,
 )
+from ..flows.pairing import OwnerNotification
 from ..gen.authz.v1 import admin_pb2 as adm
 from ..gen.authz.v1 import authz_pb2 as az
 from ..gen.authz.v1 import common_pb2 as cm
@@ -65,7 +69,16 @@ ACTION = {
     cm.APPROVAL_ACTION_APPROVE: ApprovalAction.APPROVE,
     cm.APPROVAL_ACTION_DENY: ApprovalAction.DENY,
     cm.APPROVAL_ACTION_BLOCK: ApprovalAction.BLOCK,
+    cm.APPROVAL_ACTION_ALWAYS_ALLOW: ApprovalAction.ALWAYS_ALLOW,
 }
+RISK = {
+    cm.RISK_UNSPECIFIED: Risk.MEDIUM,
+    cm.RISK_LOW: Risk.LOW,
+    cm.RISK_MEDIUM: Risk.MEDIUM,
+    cm.RISK_HIGH: Risk.HIGH,
+    cm.RISK_CRITICAL: Risk.CRITICAL,
+}
+KIND = {cm.APPROVAL_KIND_UNSPECIFIED: "", cm.APPROVAL_KIND_PAIRING: "pairing", cm.APPROVAL_KIND_TOOL: "tool"}
 APPROVAL_STATUS = {
     cm.APPROVAL_STATUS_PENDING: ApprovalStatus.PENDING,
     cm.APPROVAL_STATUS_APPROVED: ApprovalStatus.APPROVED,
@@ -73,7 +86,12 @@ APPROVAL_STATUS = {
     cm.APPROVAL_STATUS_BLOCKED: ApprovalStatus.BLOCKED,
     cm.APPROVAL_STATUS_EXPIRED: ApprovalStatus.EXPIRED,
 }
-ROLE = {adm.ROLE_CONNECTOR: Role.CONNECTOR, adm.ROLE_APPROVER: Role.APPROVER, adm.ROLE_ADMIN: Role.ADMIN}
+ROLE = {
+    adm.ROLE_CONNECTOR: Role.CONNECTOR,
+    adm.ROLE_APPROVER: Role.APPROVER,
+    adm.ROLE_ADMIN: Role.ADMIN,
+    adm.ROLE_AGENT: Role.AGENT,
+}
 DECISION = {
     Decision.ALLOW: az.DECISION_ALLOW,
     Decision.DENY: az.DECISION_DENY,
@@ -163,10 +181,21 @@ def policy_out(p: ChannelPolicy) -> cm.ChannelPolicy:
     return msg
 
 
+def tool_out(t: ToolCall) -> cm.ToolCall:
+    return cm.ToolCall(
+        tool_name=t.tool_name,
+        arguments_json=t.arguments,
+        arguments_digest=t.digest.hex(),
+        agent_id=t.agent_id,
+        session_id=t.session_id,
+        risk=enum_out(RISK, t.risk),
+    )
+
+
 def approval_out(a: Approval) -> cm.Approval:
-    return cm.Approval(
+    msg = cm.Approval(
         approval_id=a.approval_id,
-        kind=cm.APPROVAL_KIND_PAIRING,
+        kind=enum_out(KIND, a.kind),
         status=enum_out(APPROVAL_STATUS, a.status),
         channel_id=a.channel_id,
         user_id=a.user_id,
@@ -175,6 +204,36 @@ def approval_out(a: Approval) -> cm.Approval:
         expires_at=ts(a.expires_at),
         resolved_at=ts(a.resolved_at),
         resolved_by=a.resolved_by,
+        reason=a.reason,
+        redeemed_at=ts(a.redeemed_at),
+        grant_id=a.grant_id,
+    )
+    if a.tool is not None:
+        msg.tool.CopyFrom(tool_out(a.tool))
+    return msg
+
+
+def notification_out(n: OwnerNotification) -> az.OwnerNotification:
+    return az.OwnerNotification(
+        owner_id=n.owner_id,
+        text=n.text,
+        buttons=[
+            az.Button(action=enum_out(ACTION, b.action), label=b.label, callback_payload=b.callback_payload)
+            for b in n.buttons
+        ],
+    )
+
+
+def grant_out(g: Grant) -> adm.Grant:
+    return adm.Grant(
+        grant_id=g.grant_id,
+        agent_id=g.agent_id,
+        tool=tool_out(g.tool),
+        approval_id=g.approval_id,
+        created_by=g.created_by,
+        created_at=ts(g.created_at),
+        revoked_at=ts(g.revoked_at),
+        revoked_by=g.revoked_by,
     )
 
 

@@ -7,9 +7,9 @@ import functools
 import logging
 import re
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import grpc
 
@@ -19,6 +19,7 @@ from ..domain.pairing import Keyring
 from ..flows import Context
 from ..flows.auth import authenticate
 from ..store.db import Database
+from ..store.notify import ApprovalNotifier
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ class Runtime:
     db: Database
     keyring: Keyring
     operator_key_hash: bytes | None
+    notifier: ApprovalNotifier
 
 
 def _metadata(context: grpc.aio.ServicerContext[Any, Any]) -> dict[str, str]:
@@ -63,6 +65,30 @@ Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 Handler = Callable[[Any, Req, Context], Awaitable[Resp]]
 Method = Callable[[Any, Req, grpc.aio.ServicerContext[Any, Any]], Awaitable[Resp]]
+StreamHandler = Callable[[Any, Req, Context], AsyncIterator[Resp]]
+StreamMethod = Callable[[Any, Req, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Resp]]
+
+
+async def _authorize(
+    runtime: Runtime, md: dict[str, str], allowed: set[Role], name: str, trace_id: str
+) -> Context:
+    principal = await _principal(runtime, md)
+    if principal.role not in allowed and not (principal.role is Role.ADMIN and Role.OPERATOR not in allowed):
+        raise errors.PermissionDenied(f"{name} is not allowed for the {principal.role.value} role")
+    return Context(runtime.db, runtime.keyring, principal, trace_id)
+
+
+async def _abort(
+    context: grpc.aio.ServicerContext[Any, Any], exc: Exception, name: str, trace_id: str
+) -> NoReturn:
+    if isinstance(exc, errors.AuthzError):
+        code = next(STATUS[c] for c in type(exc).__mro__ if c in STATUS)
+        if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+            log.info("%s refused: %s", name, exc.message, extra={"trace_id": trace_id})
+        await context.abort(code, exc.message)
+    # A bug, not the caller's fault. Fail closed; never leak details.
+    log.error("%s failed", name, exc_info=exc, extra={"trace_id": trace_id})
+    await context.abort(grpc.StatusCode.INTERNAL, f"internal error (trace {trace_id})")
 
 
 def rpc(*roles: Role) -> Callable[[Handler[Req, Resp]], Method[Req, Resp]]:
@@ -78,29 +104,38 @@ def rpc(*roles: Role) -> Callable[[Handler[Req, Resp]], Method[Req, Resp]]:
 
         @functools.wraps(handler)
         async def method(self: Any, request: Req, context: grpc.aio.ServicerContext[Any, Any]) -> Resp:
-            runtime: Runtime = self.runtime
             md = _metadata(context)
             trace_id = trace_id_of(md)
             try:
-                principal = await _principal(runtime, md)
-                if principal.role not in allowed and not (
-                    principal.role is Role.ADMIN and Role.OPERATOR not in allowed
-                ):
-                    raise errors.PermissionDenied(
-                        f"{name} is not allowed for the {principal.role.value} role"
-                    )
-                ctx = Context(runtime.db, runtime.keyring, principal, trace_id)
+                ctx = await _authorize(self.runtime, md, allowed, name, trace_id)
                 return await handler(self, request, ctx)
-            except errors.AuthzError as exc:
-                code = next(STATUS[c] for c in type(exc).__mro__ if c in STATUS)
-                if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
-                    log.info("%s refused: %s", name, exc.message, extra={"trace_id": trace_id})
-                await context.abort(code, exc.message)
-            except Exception:
-                # A bug, not the caller's fault. Fail closed; never leak details.
-                log.exception("%s failed", name, extra={"trace_id": trace_id})
-                await context.abort(grpc.StatusCode.INTERNAL, f"internal error (trace {trace_id})")
-            raise AssertionError("unreachable")  # abort() raises
+            except Exception as exc:
+                await _abort(context, exc, name, trace_id)
+
+        return method
+
+    return wrap
+
+
+def rpc_stream(*roles: Role) -> Callable[[StreamHandler[Req, Resp]], StreamMethod[Req, Resp]]:
+    """``rpc`` for server-streaming methods (the handler is an async generator)."""
+    allowed = set(roles)
+
+    def wrap(handler: StreamHandler[Req, Resp]) -> StreamMethod[Req, Resp]:
+        name = handler.__name__
+
+        @functools.wraps(handler)
+        async def method(
+            self: Any, request: Req, context: grpc.aio.ServicerContext[Any, Any]
+        ) -> AsyncIterator[Resp]:
+            md = _metadata(context)
+            trace_id = trace_id_of(md)
+            try:
+                ctx = await _authorize(self.runtime, md, allowed, name, trace_id)
+                async for item in handler(self, request, ctx):
+                    yield item
+            except Exception as exc:
+                await _abort(context, exc, name, trace_id)
 
         return method
 

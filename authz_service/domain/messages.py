@@ -39,12 +39,29 @@ BUTTON_LABELS = {
     ApprovalAction.APPROVE: "✅ Approve",
     ApprovalAction.DENY: "❌ Deny",
     ApprovalAction.BLOCK: "⛔ Block",
+    ApprovalAction.ALWAYS_ALLOW: "♾️ Always allow",
 }
 
 
 def requester_outcome(action: ApprovalAction) -> str:
     # A blocked requester is told nothing: they learn no more than a stranger.
-    return {ApprovalAction.APPROVE: PAIRED, ApprovalAction.DENY: DENIED, ApprovalAction.BLOCK: ""}[action]
+    return {ApprovalAction.APPROVE: PAIRED, ApprovalAction.DENY: DENIED}.get(action, "")
+
+
+def tool_notification(
+    tool: str, arguments: str, agent_id: str, risk: str, summary: str, requester_id: str, seconds: int
+) -> str:
+    args = arguments if len(arguments) <= 500 else arguments[:499] + "…"
+    lines = [f"🛠️ Approval needed: {tool} ({risk} risk)"]
+    if agent_id:
+        lines.append(f"Agent: {agent_id}")
+    if requester_id:
+        lines.append(f"For: {requester_id}")
+    if summary:
+        lines.append(f"Why: {summary}")
+    lines.append(f"Arguments: {args}")
+    lines.append(f"Expires in {max(1, seconds)} s")
+    return "\n".join(lines)
 
 
 def owner_outcome(action: ApprovalAction, actor: str) -> str:
@@ -52,5 +69,6 @@ def owner_outcome(action: ApprovalAction, actor: str) -> str:
         ApprovalAction.APPROVE: "✅ Approved",
         ApprovalAction.DENY: "❌ Denied",
         ApprovalAction.BLOCK: "⛔ Blocked",
+        ApprovalAction.ALWAYS_ALLOW: "♾️ Always allowed",
     }
     return f"{verb[action]} by {actor}"

@@ -36,6 +36,8 @@ class Role(enum.StrEnum):
     CONNECTOR = "connector"
     APPROVER = "approver"
     ADMIN = "admin"
+    # Agent runtimes: may ask for approvals, never give them.
+    AGENT = "agent"
     # Not stored: the deployment's operator key, which manages tenants.
     OPERATOR = "operator"
 
@@ -62,6 +64,8 @@ class ApprovalAction(enum.StrEnum):
     APPROVE = "approve"
     DENY = "deny"
     BLOCK = "block"
+    # Tool approvals: approve and grant the exact call from now on.
+    ALWAYS_ALLOW = "always_allow"
 
     @property
     def resulting_status(self) -> ApprovalStatus:
@@ -69,6 +73,7 @@ class ApprovalAction(enum.StrEnum):
             ApprovalAction.APPROVE: ApprovalStatus.APPROVED,
             ApprovalAction.DENY: ApprovalStatus.DENIED,
             ApprovalAction.BLOCK: ApprovalStatus.BLOCKED,
+            ApprovalAction.ALWAYS_ALLOW: ApprovalStatus.APPROVED,
         }[self]
 
 
@@ -151,6 +156,44 @@ class Approval:
     resolved_at: datetime | None = None
     resolved_by: str = ""
     kind: str = "pairing"
+    reason: str = ""
+    tool: ToolCall | None = None
+    redeemed_at: datetime | None = None
+    grant_id: str = ""
+
+
+class Risk(enum.StrEnum):
+    LOW = "low"
+    MEDIUM = "medium"
+    HIGH = "high"
+    CRITICAL = "critical"
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """The exact call a tool approval is bound to."""
+
+    tool_name: str
+    arguments: str  # canonical JSON
+    digest: bytes  # see domain.tools.call_digest
+    agent_id: str = ""
+    session_id: str = ""
+    risk: Risk = Risk.MEDIUM
+    summary: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """A standing "always allow" for one agent's exact tool call."""
+
+    grant_id: str
+    agent_id: str
+    tool: ToolCall
+    approval_id: str
+    created_by: str
+    created_at: datetime
+    revoked_at: datetime | None = None
+    revoked_by: str = ""
 
 
 @dataclass(frozen=True, slots=True)

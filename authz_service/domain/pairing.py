@@ -29,7 +29,12 @@ CODE_LENGTH = 8
 _REJECT_AT = 256 - 256 % len(CODE_ALPHABET)  # unbiased: drop bytes >= 248
 
 CALLBACK_PREFIX = "az1"
-_ACTION_LETTER = {ApprovalAction.APPROVE: "a", ApprovalAction.DENY: "d", ApprovalAction.BLOCK: "b"}
+_ACTION_LETTER = {
+    ApprovalAction.APPROVE: "a",
+    ApprovalAction.DENY: "d",
+    ApprovalAction.BLOCK: "b",
+    ApprovalAction.ALWAYS_ALLOW: "g",
+}
 _LETTER_ACTION = {v: k for k, v in _ACTION_LETTER.items()}
 _TOKEN_LEN = 22  # 16 bytes, base64url without padding
 CALLBACK_LENGTH = len(CALLBACK_PREFIX) + 1 + _TOKEN_LEN + _TOKEN_LEN

@@ -70,18 +70,41 @@ async def list_tenants(ctx: Context) -> list[asyncpg.Record]:
         return await q.list_tenants(conn)
 
 
-async def get_approvers(ctx: Context) -> tuple[str, ...]:
+@dataclass(frozen=True)
+class TenantSettings:
+    approvers: tuple[str, ...]
+    agent_approvers: dict[str, tuple[str, ...]]
+
+
+async def get_settings(ctx: Context) -> TenantSettings:
     async with ctx.db.tenant(ctx.tenant_id) as conn:
-        return await q.tenant_approvers(conn, ctx.tenant_id)
+        return TenantSettings(
+            await q.tenant_approvers(conn, ctx.tenant_id), await q.agent_approvers(conn, ctx.tenant_id)
+        )
 
 
-async def set_approvers(ctx: Context, approvers: list[str]) -> tuple[str, ...]:
+async def set_settings(
+    ctx: Context, approvers: list[str], agent_approvers: dict[str, list[str]]
+) -> TenantSettings:
+    """Replace the tenant's settings, all of them."""
     for a in approvers:
         ids.qualified_actor(a)
+    for agent, actors in agent_approvers.items():
+        ids.agent_id(agent, "agent_approvers")
+        for a in actors:
+            ids.qualified_actor(a, f"agent_approvers[{agent}]")
+    approvers = sorted(set(approvers))
+    per_agent = {agent: sorted(set(actors)) for agent, actors in sorted(agent_approvers.items())}
     async with ctx.db.tenant(ctx.tenant_id) as conn:
-        await q.set_tenant_approvers(conn, ctx.tenant_id, sorted(set(approvers)))
-        await _audit(ctx, conn, "tenant.approvers_updated", details={"approvers": sorted(set(approvers))})
-        return await q.tenant_approvers(conn, ctx.tenant_id)
+        await q.set_tenant_approvers(conn, ctx.tenant_id, approvers)
+        await q.set_agent_approvers(conn, ctx.tenant_id, per_agent)
+        await _audit(
+            ctx,
+            conn,
+            "tenant.approvers_updated",
+            details={"approvers": approvers, "agent_approvers": per_agent},
+        )
+    return await get_settings(ctx)
 
 
 async def create_key(ctx: Context, role: Role, name: str) -> IssuedKey:
@@ -257,9 +280,11 @@ async def list_group_senders(ctx: Context, channel_id: str, group_id: str) -> li
 # --- approvals and audit ---------------------------------------------------------
 
 
-async def list_approvals(ctx: Context, channel_id: str, status: ApprovalStatus, limit: int) -> list[Approval]:
+async def list_approvals(
+    ctx: Context, channel_id: str, status: ApprovalStatus, limit: int, kind: str = ""
+) -> list[Approval]:
     async with ctx.db.tenant(ctx.tenant_id) as conn:
-        rows = await q.list_approvals(conn, ctx.tenant_id, channel_id, status, limit)
+        rows = await q.list_approvals(conn, ctx.tenant_id, channel_id, status, limit, kind)
     return [q.approval_from_row(r) for r in rows]
 
 

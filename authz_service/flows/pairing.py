@@ -29,6 +29,7 @@ from ..domain.model import (
 )
 from ..domain.pairing import may_resolve, new_approval_id, new_code_seed, normalize_code
 from ..domain.policy import CorruptPolicy
+from ..domain.tools import check_action
 from ..store import queries as q
 from . import Context
 
@@ -191,8 +192,6 @@ async def resolve(
     t = ctx.tenant_id
     # Some refusals must be committed (the expiry, the audit of an unauthorized
     # actor) and still reach the caller as errors: raise them after commit.
-    deferred: AuthzError | None = None
-    result: ResolveResult | None = None
     async with ctx.db.tenant(t) as conn:
         if target.callback_payload:
             approval_id, button_action = ctx.keyring.open_callback(t, target.callback_payload)
@@ -212,27 +211,41 @@ async def resolve(
         if row is None:
             raise NotFound("no such approval")
         approval = q.approval_from_row(row)
-        channel = await load_channel(conn, t, approval.channel_id, for_update=False)
+        if approval.kind == "tool":
+            from . import tools  # tools builds on this module's types
 
-        if ctx.principal.role is Role.CONNECTOR:
-            approvers = await q.tenant_approvers(conn, t)
-            if not may_resolve(channel, approvers, actor_id):
-                await q.audit(
-                    conn, t, "approval.unauthorized", actor=f"{channel.platform.value}:{actor_id}",
-                    channel_id=approval.channel_id, subject=approval.user_id, approval_id=approval.approval_id,
-                    trace_id=ctx.trace_id, details={"action": action.value, "key": ctx.principal.key_id},
-                )  # fmt: skip
-                deferred = PermissionDenied("this actor is not an approver for the channel")
-            actor = f"{channel.platform.value}:{actor_id}"
+            deferred, result = await tools.decide(ctx, conn, approval, action, actor_id, reason)
         else:
-            actor = ctx.principal.actor
-
-        if deferred is None:
-            deferred, result = await _decide(ctx, conn, channel, approval, action, actor, reason)
+            deferred, result = await _resolve_pairing(ctx, conn, approval, action, actor_id, reason)
     if deferred is not None:
         raise deferred
     assert result is not None
     return result
+
+
+async def _resolve_pairing(
+    ctx: Context,
+    conn: asyncpg.Connection,
+    approval: Approval,
+    action: ApprovalAction,
+    actor_id: str,
+    reason: str,
+) -> tuple[AuthzError | None, ResolveResult | None]:
+    check_action("pairing", action)
+    t = ctx.tenant_id
+    channel = await load_channel(conn, t, approval.channel_id, for_update=False)
+    if ctx.principal.role is Role.CONNECTOR:
+        actor = f"{channel.platform.value}:{actor_id}"
+        if not may_resolve(channel, await q.tenant_approvers(conn, t), actor_id):
+            await q.audit(
+                conn, t, "approval.unauthorized", actor=actor, channel_id=approval.channel_id,
+                subject=approval.user_id, approval_id=approval.approval_id, trace_id=ctx.trace_id,
+                details={"action": action.value, "key": ctx.principal.key_id},
+            )  # fmt: skip
+            return PermissionDenied("this actor is not an approver for the channel"), None
+    else:
+        actor = ctx.principal.actor
+    return await _decide(ctx, conn, channel, approval, action, actor, reason)
 
 
 async def _decide(

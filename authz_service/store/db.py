@@ -43,8 +43,10 @@ class UnsafeDatabaseRole(RuntimeError):
 class Database:
     """A pool of connections as the service role, bound by row-level security."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, dsn: str = "") -> None:
         self.pool = pool
+        # Kept for dedicated connections outside the pool (LISTEN).
+        self.dsn = dsn
 
     @classmethod
     async def connect(
@@ -53,7 +55,7 @@ class Database:
         pool = await asyncpg.create_pool(
             dsn, min_size=min_size, max_size=max_size, command_timeout=timeout, timeout=timeout
         )
-        db = cls(pool)
+        db = cls(pool, dsn)
         try:
             await db.verify()
         except BaseException:

@@ -17,11 +17,14 @@ from ..domain.model import (
     ApprovalStatus,
     Channel,
     ChannelPolicy,
+    Grant,
     Platform,
+    Risk,
     Role,
     Subject,
     SubjectSource,
     SubjectStatus,
+    ToolCall,
 )
 
 Conn = asyncpg.Connection
@@ -108,6 +111,20 @@ async def tenant_approvers(conn: Conn, tenant_id: str) -> tuple[str, ...]:
 
 async def set_tenant_approvers(conn: Conn, tenant_id: str, approvers: list[str]) -> None:
     await conn.execute("UPDATE tenants SET approvers = $2 WHERE tenant_id = $1", tenant_id, approvers)
+
+
+async def agent_approvers(conn: Conn, tenant_id: str) -> dict[str, tuple[str, ...]]:
+    value = await conn.fetchval("SELECT agent_approvers FROM tenants WHERE tenant_id = $1", tenant_id)
+    data = json.loads(value) if value else {}
+    return {str(k): tuple(str(a) for a in v) for k, v in data.items()}
+
+
+async def set_agent_approvers(conn: Conn, tenant_id: str, approvers: dict[str, list[str]]) -> None:
+    await conn.execute(
+        "UPDATE tenants SET agent_approvers = $2::jsonb WHERE tenant_id = $1",
+        tenant_id,
+        json.dumps(approvers),
+    )
 
 
 async def insert_key(
@@ -335,10 +352,22 @@ async def list_group_senders(
 # --- approvals -----------------------------------------------------------------
 
 
+def _tool_from_row(row: asyncpg.Record) -> ToolCall:
+    return ToolCall(
+        tool_name=row["tool_name"],
+        arguments=row["arguments"],
+        digest=bytes(row["arguments_digest"]),
+        agent_id=row["agent_id"],
+        session_id=row.get("session_id", ""),
+        risk=Risk(row.get("risk", "medium")),
+        summary=row.get("summary", ""),
+    )
+
+
 def approval_from_row(row: asyncpg.Record) -> Approval:
     return Approval(
         approval_id=row["approval_id"],
-        channel_id=row["channel_id"],
+        channel_id=row["channel_id"] or "",
         user_id=row["user_id"],
         status=ApprovalStatus(row["status"]),
         created_at=row["created_at"],
@@ -347,6 +376,10 @@ def approval_from_row(row: asyncpg.Record) -> Approval:
         resolved_at=row["resolved_at"],
         resolved_by=row["resolved_by"],
         kind=row["kind"],
+        reason=row["reason"],
+        tool=_tool_from_row(row) if row["kind"] == "tool" else None,
+        redeemed_at=row["redeemed_at"],
+        grant_id=row["grant_id"],
     )
 
 
@@ -445,10 +478,129 @@ async def cancel_pending_for_user(
 
 
 async def list_approvals(
-    conn: Conn, tenant_id: str, channel_id: str, status: ApprovalStatus, limit: int
+    conn: Conn, tenant_id: str, channel_id: str, status: ApprovalStatus | None, limit: int, kind: str = ""
+) -> list[asyncpg.Record]:
+    """Newest first; ``status`` None means every status, ``kind`` '' every kind."""
+    return await conn.fetch(
+        """SELECT * FROM approvals WHERE tenant_id = $1 AND ($2 = '' OR channel_id = $2)
+             AND ($3::text IS NULL OR status = $3) AND ($5 = '' OR kind = $5)
+           ORDER BY created_at DESC LIMIT $4""",
+        tenant_id, channel_id, None if status is None else status.value, limit, kind,
+    )  # fmt: skip
+
+
+# --- tool approvals and grants -------------------------------------------------
+
+
+async def tool_approval_by_key(conn: Conn, tenant_id: str, request_key: str) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        "SELECT * FROM approvals WHERE tenant_id = $1 AND request_key = $2 FOR UPDATE", tenant_id, request_key
+    )
+
+
+async def insert_tool_approval(
+    conn: Conn,
+    tenant_id: str,
+    approval_id: str,
+    channel_id: str,
+    requester_id: str,
+    call: ToolCall,
+    request_key: str,
+    timeout_seconds: int,
+    grant_id: str = "",
+) -> Approval | None:
+    """Pending, or approved at once when ``grant_id`` names a standing grant.
+    None: another request with the same key won the race."""
+    row = await conn.fetchrow(
+        """INSERT INTO approvals (tenant_id, approval_id, kind, channel_id, user_id, tool_name, arguments,
+                                  arguments_digest, agent_id, session_id, risk, summary, request_key,
+                                  expires_at, status, resolved_at, resolved_by, grant_id)
+           VALUES ($1, $2, 'tool', NULLIF($3, ''), $4, $5, $6, $7, $8, $9, $10, $11, NULLIF($12, ''),
+                   now() + make_interval(secs => $13),
+                   CASE WHEN $14 = '' THEN 'pending' ELSE 'approved' END,
+                   CASE WHEN $14 = '' THEN NULL ELSE now() END,
+                   CASE WHEN $14 = '' THEN '' ELSE 'grant:' || $14 END, $14)
+           ON CONFLICT (tenant_id, request_key) WHERE request_key IS NOT NULL DO NOTHING
+           RETURNING *""",
+        tenant_id, approval_id, channel_id, requester_id, call.tool_name, call.arguments, call.digest,
+        call.agent_id, call.session_id, call.risk.value, call.summary, request_key, timeout_seconds, grant_id,
+    )  # fmt: skip
+    return None if row is None else approval_from_row(row)
+
+
+async def mark_redeemed(conn: Conn, tenant_id: str, approval_id: str) -> Approval | None:
+    """Compare-and-set: only an approved, never redeemed approval. None: lost."""
+    row = await conn.fetchrow(
+        """UPDATE approvals SET redeemed_at = now()
+           WHERE tenant_id = $1 AND approval_id = $2 AND status = 'approved' AND redeemed_at IS NULL
+           RETURNING *""",
+        tenant_id, approval_id,
+    )  # fmt: skip
+    return None if row is None else approval_from_row(row)
+
+
+def grant_from_row(row: asyncpg.Record) -> Grant:
+    return Grant(
+        grant_id=row["grant_id"],
+        agent_id=row["agent_id"],
+        tool=ToolCall(
+            tool_name=row["tool_name"],
+            arguments=row["arguments"],
+            digest=bytes(row["arguments_digest"]),
+            agent_id=row["agent_id"],
+        ),
+        approval_id=row["approval_id"],
+        created_by=row["created_by"],
+        created_at=row["created_at"],
+        revoked_at=row["revoked_at"],
+        revoked_by=row["revoked_by"],
+    )
+
+
+async def live_grant(conn: Conn, tenant_id: str, agent_id: str, digest: bytes) -> Grant | None:
+    row = await conn.fetchrow(
+        """SELECT * FROM tool_grants WHERE tenant_id = $1 AND agent_id = $2 AND arguments_digest = $3
+             AND revoked_at IS NULL""",
+        tenant_id, agent_id, digest,
+    )  # fmt: skip
+    return None if row is None else grant_from_row(row)
+
+
+async def insert_grant(
+    conn: Conn, tenant_id: str, grant_id: str, call: ToolCall, approval_id: str, actor: str
+) -> Grant:
+    """Create the live grant for this exact call, or return the one that exists."""
+    row = await conn.fetchrow(
+        """INSERT INTO tool_grants (tenant_id, grant_id, agent_id, tool_name, arguments, arguments_digest,
+                                    approval_id, created_by)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+           ON CONFLICT (tenant_id, agent_id, arguments_digest) WHERE revoked_at IS NULL DO NOTHING
+           RETURNING *""",
+        tenant_id, grant_id, call.agent_id, call.tool_name, call.arguments, call.digest, approval_id, actor,
+    )  # fmt: skip
+    if row is None:
+        existing = await live_grant(conn, tenant_id, call.agent_id, call.digest)
+        assert existing is not None
+        return existing
+    return grant_from_row(row)
+
+
+async def list_grants(
+    conn: Conn, tenant_id: str, agent_id: str, include_revoked: bool
 ) -> list[asyncpg.Record]:
     return await conn.fetch(
-        """SELECT * FROM approvals WHERE tenant_id = $1 AND ($2 = '' OR channel_id = $2) AND status = $3
-           ORDER BY created_at DESC LIMIT $4""",
-        tenant_id, channel_id, status.value, limit,
+        """SELECT * FROM tool_grants WHERE tenant_id = $1 AND ($2 = '' OR agent_id = $2)
+             AND ($3 OR revoked_at IS NULL)
+           ORDER BY created_at DESC LIMIT 1000""",
+        tenant_id, agent_id, include_revoked,
     )  # fmt: skip
+
+
+async def revoke_grant(conn: Conn, tenant_id: str, grant_id: str, actor: str) -> Grant | None:
+    row = await conn.fetchrow(
+        """UPDATE tool_grants SET revoked_at = coalesce(revoked_at, now()),
+                  revoked_by = CASE WHEN revoked_at IS NULL THEN $3 ELSE revoked_by END
+           WHERE tenant_id = $1 AND grant_id = $2 RETURNING *""",
+        tenant_id, grant_id, actor,
+    )  # fmt: skip
+    return None if row is None else grant_from_row(row)

@@ -1,0 +1,313 @@
+"""Tool-call approvals: request, watch, resolve, redeem; and standing grants.
+
+Durability: a request is a row, written (and committed) before the response
+that lets anyone prompt a human, so a restart loses nothing and keeps the
+original expiry. Decisions are compare-and-set from ``pending`` (see
+``store.queries.finish_approval``); expiry is judged by the database clock and
+turns a request ``expired``, never approved. Redeeming checks the exact call
+against the approved digest and succeeds once.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import asyncpg
+
+from ..domain import ids, messages
+from ..domain import tools as dt
+from ..domain.errors import AuthzError, FailedPrecondition, NotFound, PermissionDenied
+from ..domain.model import Approval, ApprovalAction, ApprovalStatus, Channel, Grant, Risk, Role, ToolCall
+from ..domain.pairing import new_approval_id
+from ..store import queries as q
+from ..store.notify import ApprovalNotifier
+from . import Context
+from .pairing import Button, OwnerNotification, ResolveResult, load_channel
+
+
+def new_grant_id() -> str:
+    return "grt_" + secrets.token_urlsafe(16)
+
+
+@dataclass(frozen=True)
+class ToolRequest:
+    tool_name: str
+    arguments_json: str
+    agent_id: str = ""
+    session_id: str = ""
+    channel_id: str = ""
+    requester_id: str = ""
+    risk: Risk = Risk.MEDIUM
+    timeout_seconds: int = dt.DEFAULT_TIMEOUT_SECONDS
+    request_key: str = ""
+    summary: str = ""
+
+
+@dataclass(frozen=True)
+class ToolRequestResult:
+    approval: Approval
+    created: bool
+    approvers: tuple[str, ...]
+    notification: OwnerNotification | None = None
+
+
+@dataclass(frozen=True)
+class RedeemResult:
+    allow: bool
+    reason: str
+    approval: Approval
+
+
+async def _approvers(conn: asyncpg.Connection, tenant_id: str, agent_id: str) -> tuple[str, ...]:
+    return dt.tool_approvers(
+        await q.tenant_approvers(conn, tenant_id), await q.agent_approvers(conn, tenant_id), agent_id
+    )
+
+
+def _same_call(approval: Approval, call: ToolCall) -> bool:
+    tool = approval.tool
+    return (
+        tool is not None and tool.agent_id == call.agent_id and hmac.compare_digest(tool.digest, call.digest)
+    )
+
+
+async def request_approval(ctx: Context, req: ToolRequest) -> ToolRequestResult:
+    t = ctx.tenant_id
+    arguments = dt.canonical_arguments(req.arguments_json)
+    call = ToolCall(
+        tool_name=req.tool_name,
+        arguments=arguments,
+        digest=dt.call_digest(req.tool_name, arguments),
+        agent_id=req.agent_id,
+        session_id=req.session_id,
+        risk=req.risk,
+        summary=req.summary,
+    )
+    async with ctx.db.tenant(t) as conn:
+        channel: Channel | None = None
+        if req.channel_id:
+            channel = await load_channel(conn, t, req.channel_id, for_update=False)
+            if req.requester_id:
+                ids.user_id(channel.platform, req.requester_id, "requester_id")
+        approvers = await _approvers(conn, t, req.agent_id)
+        if req.request_key:
+            existing = await q.tool_approval_by_key(conn, t, req.request_key)
+            if existing is not None:
+                return _replay(q.approval_from_row(existing), call, approvers)
+        grant = await q.live_grant(conn, t, req.agent_id, call.digest)
+        approval = await q.insert_tool_approval(
+            conn, t, new_approval_id(), req.channel_id, req.requester_id, call, req.request_key,
+            req.timeout_seconds, grant_id=grant.grant_id if grant else "",
+        )  # fmt: skip
+        if approval is None:  # a concurrent request with the same key committed first
+            raced = await q.tool_approval_by_key(conn, t, req.request_key)
+            assert raced is not None
+            return _replay(q.approval_from_row(raced), call, approvers)
+        await q.audit(
+            conn, t, "tool.auto_approved" if grant else "tool.requested", actor=f"agent:{req.agent_id}",
+            channel_id=req.channel_id, subject=req.tool_name, approval_id=approval.approval_id,
+            trace_id=ctx.trace_id,
+            details={
+                "arguments": arguments, "session_id": req.session_id, "risk": req.risk.value,
+                "requester_id": req.requester_id, "expires_at": approval.expires_at.isoformat(),
+                **({"grant_id": grant.grant_id} if grant else {}),
+            },
+        )  # fmt: skip
+        now = await q.now(conn)
+    if grant is not None:
+        return ToolRequestResult(approval, created=False, approvers=approvers)
+    seconds = int((approval.expires_at - now).total_seconds())
+    notification = OwnerNotification(
+        owner_id=channel.policy.owner_id if channel else "",
+        text=messages.tool_notification(
+            req.tool_name, arguments, req.agent_id, req.risk.value, req.summary, req.requester_id, seconds
+        ),
+        buttons=tuple(
+            Button(a, messages.BUTTON_LABELS[a], ctx.keyring.callback_payload(t, approval.approval_id, a))
+            for a in (ApprovalAction.APPROVE, ApprovalAction.DENY, ApprovalAction.ALWAYS_ALLOW)
+        ),
+    )
+    return ToolRequestResult(approval, created=True, approvers=approvers, notification=notification)
+
+
+def _replay(approval: Approval, call: ToolCall, approvers: tuple[str, ...]) -> ToolRequestResult:
+    if approval.kind != "tool" or not _same_call(approval, call):
+        raise FailedPrecondition("request_key was already used for a different tool call")
+    return ToolRequestResult(approval, created=False, approvers=approvers)
+
+
+async def _expire(ctx: Context, conn: asyncpg.Connection, approval: Approval) -> Approval | None:
+    done = await q.finish_approval(
+        conn, ctx.tenant_id, approval.approval_id, ApprovalStatus.EXPIRED, "system", "", live=False
+    )
+    if done is not None:
+        await q.audit(
+            conn, ctx.tenant_id, "tool.expired", actor="system", channel_id=approval.channel_id,
+            subject=approval.tool.tool_name if approval.tool else "", approval_id=approval.approval_id,
+            trace_id=ctx.trace_id,
+        )  # fmt: skip
+    return done
+
+
+async def _current(ctx: Context, approval_id: str) -> tuple[Approval, float]:
+    """The approval, expired first if its time is up; and its seconds left."""
+    async with ctx.db.tenant(ctx.tenant_id) as conn:
+        row = await q.get_approval(conn, ctx.tenant_id, approval_id, for_update=True)
+        if row is None or row["kind"] != "tool":
+            raise NotFound("no such tool approval")
+        approval = q.approval_from_row(row)
+        now = await q.now(conn)
+        if approval.status is ApprovalStatus.PENDING and approval.expires_at <= now:
+            approval = await _expire(ctx, conn, approval) or approval
+        return approval, (approval.expires_at - now).total_seconds()
+
+
+async def watch(ctx: Context, notifier: ApprovalNotifier, approval_id: str) -> AsyncIterator[Approval]:
+    """Current state at once; then the decision or the expiry; then stop."""
+    # Subscribe before the first read, so a decision between the two is not missed.
+    with notifier.subscribe(ctx.tenant_id, approval_id) as sub:
+        approval, left = await _current(ctx, approval_id)
+        yield approval
+        while approval.status is ApprovalStatus.PENDING:
+            # Wake on a notification, at the expiry, or on the fallback timer.
+            await sub.wait(max(0.0, min(left, notifier.fallback_interval)) + 0.01)
+            sub.drain()
+            approval, left = await _current(ctx, approval_id)
+            if approval.status is not ApprovalStatus.PENDING:
+                yield approval
+
+
+async def watch_tenant(ctx: Context, notifier: ApprovalNotifier, kind: str) -> AsyncIterator[Approval]:
+    """Pending approvals first, then every change as it commits."""
+    with notifier.subscribe(ctx.tenant_id) as sub:
+        async with ctx.db.tenant(ctx.tenant_id) as conn:
+            rows = await q.list_approvals(conn, ctx.tenant_id, "", ApprovalStatus.PENDING, 1000, kind)
+        for row in reversed(rows):
+            yield q.approval_from_row(row)
+        while True:
+            await sub.wait(notifier.fallback_interval)
+            changed = sub.drain()
+            if not changed:
+                continue
+            async with ctx.db.tenant(ctx.tenant_id) as conn:
+                found = [await q.get_approval(conn, ctx.tenant_id, a) for a in sorted(changed)]
+            for changed_row in found:
+                if changed_row is not None and (not kind or changed_row["kind"] == kind):
+                    yield q.approval_from_row(changed_row)
+
+
+async def decide(
+    ctx: Context,
+    conn: asyncpg.Connection,
+    approval: Approval,
+    action: ApprovalAction,
+    actor_id: str,
+    reason: str,
+) -> tuple[AuthzError | None, ResolveResult | None]:
+    """ResolveApproval for a tool approval (called from flows.pairing.resolve
+    inside its transaction, with the row locked). Errors that must be
+    committed first (expiry, the audit of an unauthorized actor) are returned."""
+    t = ctx.tenant_id
+    tool = approval.tool
+    assert tool is not None
+    dt.check_action("tool", action)
+    if ctx.principal.role is Role.CONNECTOR:
+        channel = (
+            await load_channel(conn, t, approval.channel_id, for_update=False)
+            if approval.channel_id
+            else None
+        )
+        actor = dt.qualify_actor(actor_id, channel.platform if channel else None)
+        if not actor or actor not in await _approvers(conn, t, tool.agent_id):
+            await q.audit(
+                conn, t, "approval.unauthorized", actor=actor or actor_id, channel_id=approval.channel_id,
+                subject=tool.tool_name, approval_id=approval.approval_id, trace_id=ctx.trace_id,
+                details={"action": action.value, "key": ctx.principal.key_id},
+            )  # fmt: skip
+            return PermissionDenied("this actor may not approve tool calls of this agent"), None
+    else:
+        actor = ctx.principal.actor
+
+    if approval.status is not ApprovalStatus.PENDING:
+        return FailedPrecondition(f"approval is already {approval.status.value}"), None
+    now = await q.now(conn)
+    if approval.expires_at <= now:
+        await _expire(ctx, conn, approval)
+        return FailedPrecondition("approval expired"), None
+    done = await q.finish_approval(
+        conn, t, approval.approval_id, action.resulting_status, actor, reason, live=True
+    )
+    if done is None:
+        return FailedPrecondition("approval was resolved concurrently"), None
+    details: dict[str, str] = {"reason": reason} if reason else {}
+    if action is ApprovalAction.ALWAYS_ALLOW:
+        grant = await q.insert_grant(conn, t, new_grant_id(), tool, approval.approval_id, actor)
+        details["grant_id"] = grant.grant_id
+        await q.audit(
+            conn, t, "grant.created", actor=actor, channel_id=approval.channel_id, subject=tool.tool_name,
+            approval_id=approval.approval_id, trace_id=ctx.trace_id,
+            details={"grant_id": grant.grant_id, "agent_id": tool.agent_id, "arguments": tool.arguments},
+        )  # fmt: skip
+    await q.audit(
+        conn, t, f"tool.{done.status.value}", actor=actor, channel_id=approval.channel_id,
+        subject=tool.tool_name, approval_id=approval.approval_id, trace_id=ctx.trace_id, details=details,
+    )  # fmt: skip
+    return None, ResolveResult(done, "", messages.owner_outcome(action, actor))
+
+
+async def redeem(ctx: Context, approval_id: str, tool_name: str, arguments_json: str) -> RedeemResult:
+    t = ctx.tenant_id
+    arguments = dt.canonical_arguments(arguments_json)
+    digest = dt.call_digest(tool_name, arguments)
+    async with ctx.db.tenant(t) as conn:
+        row = await q.get_approval(conn, t, approval_id, for_update=True)
+        if row is None or row["kind"] != "tool":
+            raise NotFound("no such tool approval")
+        approval = q.approval_from_row(row)
+        call = approval.tool
+        assert call is not None
+        now = await q.now(conn)
+        if approval.status is ApprovalStatus.PENDING and approval.expires_at <= now:
+            approval = await _expire(ctx, conn, approval) or approval
+        refusal = ""
+        if approval.status is not ApprovalStatus.APPROVED:
+            refusal = dt.redeem_refusal(approval.status, approval.resolved_by, call.tool_name)
+        elif not hmac.compare_digest(call.digest, digest):
+            refusal = dt.ARGUMENTS_MISMATCH
+        elif approval.redeemed_at is not None:
+            refusal = dt.ALREADY_REDEEMED
+        else:
+            done = await q.mark_redeemed(conn, t, approval_id)
+            if done is None:
+                refusal = dt.ALREADY_REDEEMED
+            else:
+                approval = done
+        await q.audit(
+            conn, t, "tool.redeem_refused" if refusal else "tool.redeemed",
+            actor=f"agent:{call.agent_id}", channel_id=approval.channel_id, subject=tool_name,
+            approval_id=approval_id, trace_id=ctx.trace_id,
+            details={"reason": refusal, "arguments": arguments} if refusal else {},
+        )  # fmt: skip
+    return RedeemResult(not refusal, refusal, approval)
+
+
+async def list_grants(ctx: Context, agent_id: str, include_revoked: bool) -> list[Grant]:
+    async with ctx.db.tenant(ctx.tenant_id) as conn:
+        rows = await q.list_grants(conn, ctx.tenant_id, agent_id, include_revoked)
+    return [q.grant_from_row(r) for r in rows]
+
+
+async def revoke_grant(ctx: Context, grant_id: str) -> Grant:
+    async with ctx.db.tenant(ctx.tenant_id) as conn:
+        grant = await q.revoke_grant(conn, ctx.tenant_id, grant_id, ctx.principal.actor)
+        if grant is None:
+            raise NotFound("no such grant")
+        await q.audit(
+            conn, ctx.tenant_id, "grant.revoked", actor=ctx.principal.actor, subject=grant.tool.tool_name,
+            approval_id=grant.approval_id, trace_id=ctx.trace_id,
+            details={"grant_id": grant_id, "agent_id": grant.agent_id},
+        )  # fmt: skip
+    return grant
