@@ -1,0 +1,125 @@
+"""Typed results of the client's helpers: frozen, plain Python values."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from ..gen.authz.v1 import authz_pb2
+from ..gen.authz.v1 import common_pb2 as cm
+
+_DECISION = {
+    authz_pb2.DECISION_ALLOW: "allow",
+    authz_pb2.DECISION_DENY: "deny",
+    authz_pb2.DECISION_PAIRING_REQUIRED: "pairing_required",
+    authz_pb2.DECISION_BLOCKED: "blocked",
+    authz_pb2.DECISION_RATE_LIMITED: "rate_limited",
+}
+_STATUS = {
+    cm.APPROVAL_STATUS_PENDING: "pending",
+    cm.APPROVAL_STATUS_APPROVED: "approved",
+    cm.APPROVAL_STATUS_DENIED: "denied",
+    cm.APPROVAL_STATUS_BLOCKED: "blocked",
+    cm.APPROVAL_STATUS_EXPIRED: "expired",
+}
+_KIND = {cm.APPROVAL_KIND_PAIRING: "pairing", cm.APPROVAL_KIND_TOOL: "tool"}
+
+
+def _time(msg: cm.Approval, name: str) -> datetime | None:
+    if not msg.HasField(name):  # type: ignore[arg-type]
+        return None
+    value: datetime = getattr(msg, name).ToDatetime()
+    return value.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    decision: str  # allow | deny | pairing_required | blocked | rate_limited ("unknown": fail closed)
+    reason: str
+    text: str
+    agent_id: str
+    permissions: tuple[str, ...]
+    trace_id: str
+
+    @property
+    def allowed(self) -> bool:
+        return self.decision == "allow"
+
+
+@dataclass(frozen=True)
+class SendResult:
+    allow: bool
+    reason: str = ""
+    resolved_target: str = ""
+
+
+@dataclass(frozen=True)
+class ApprovalInfo:
+    approval_id: str
+    kind: str
+    status: str  # pending | approved | denied | blocked | expired
+    expires_at: datetime | None
+    resolved_by: str = ""
+    reason: str = ""
+    tool_name: str = ""
+    arguments_json: str = ""
+    arguments_digest: str = ""
+    agent_id: str = ""
+    grant_id: str = ""
+    channel_id: str = ""
+    user_id: str = ""
+
+    @property
+    def pending(self) -> bool:
+        return self.status == "pending"
+
+    @property
+    def approved(self) -> bool:
+        return self.status == "approved"
+
+
+@dataclass(frozen=True)
+class RedeemResult:
+    allow: bool
+    reason: str
+    approval: ApprovalInfo
+
+
+@dataclass(frozen=True)
+class ResolveResult:
+    approval: ApprovalInfo
+    requester_text: str
+    owner_text: str
+
+
+def check_result(resp: authz_pb2.CheckUserResponse) -> CheckResult:
+    return CheckResult(
+        decision=_DECISION.get(resp.decision, "unknown"),
+        reason=resp.reason,
+        text=resp.text,
+        agent_id=resp.agent_id,
+        permissions=tuple(resp.permissions),
+        trace_id=resp.trace_id,
+    )
+
+
+def approval_info(msg: cm.Approval) -> ApprovalInfo:
+    return ApprovalInfo(
+        approval_id=msg.approval_id,
+        kind=_KIND.get(msg.kind, "unknown"),
+        status=_STATUS.get(msg.status, "unknown"),
+        expires_at=_time(msg, "expires_at"),
+        resolved_by=msg.resolved_by,
+        reason=msg.reason,
+        tool_name=msg.tool.tool_name,
+        arguments_json=msg.tool.arguments_json,
+        arguments_digest=msg.tool.arguments_digest,
+        agent_id=msg.tool.agent_id,
+        grant_id=msg.grant_id,
+        channel_id=msg.channel_id,
+        user_id=msg.user_id,
+    )
+
+
+def resolve_result(resp: authz_pb2.ResolveApprovalResponse) -> ResolveResult:
+    return ResolveResult(approval_info(resp.approval), resp.requester_text, resp.owner_text)
