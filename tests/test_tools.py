@@ -39,7 +39,13 @@ async def setup(t: Tenant, **agent_approvers: list[str]) -> None:
 
 
 async def ask(
-    agent: Client, args: object = None, *, tool: str = "shell", agent_id: str = "ops", timeout: int = 60, **kw: object
+    agent: Client,
+    args: object = None,
+    *,
+    tool: str = "shell",
+    agent_id: str = "ops",
+    timeout: int = 60,
+    **kw: object,
 ) -> az.RequestApprovalResponse:
     request = az.RequestApprovalRequest(
         tool_name=tool,
@@ -56,7 +62,9 @@ def payload(resp: az.RequestApprovalResponse, action: int) -> str:
 
 
 async def press(t: Tenant, data: str, actor: str = APPROVER) -> az.ResolveApprovalResponse:
-    return await t.connector.authz.ResolveApproval(az.ResolveApprovalRequest(callback_payload=data, actor_id=actor))
+    return await t.connector.authz.ResolveApproval(
+        az.ResolveApprovalRequest(callback_payload=data, actor_id=actor)
+    )
 
 
 async def events(t: Tenant, prefix: str) -> list[adm.AuditEvent]:
@@ -220,7 +228,11 @@ async def test_always_allow_grants_exactly_that_call_until_revoked(tenant: Tenan
     done = await press(tenant, payload(first, cm.APPROVAL_ACTION_ALWAYS_ALLOW))
     assert done.approval.status == cm.APPROVAL_STATUS_APPROVED
     grants = (await tenant.admin.admin.ListGrants(adm.ListGrantsRequest())).grants
-    assert len(grants) == 1 and grants[0].agent_id == "ops" and grants[0].tool.arguments_json == '{"cmd":"df -h"}'
+    assert (
+        len(grants) == 1
+        and grants[0].agent_id == "ops"
+        and grants[0].tool.arguments_json == '{"cmd":"df -h"}'
+    )
 
     again = await ask(agent, {"cmd": "df -h"})
     assert not again.created and again.approval.status == cm.APPROVAL_STATUS_APPROVED
@@ -228,7 +240,9 @@ async def test_always_allow_grants_exactly_that_call_until_revoked(tenant: Tenan
     assert (await agent.redeem_approval(again.approval.approval_id, "shell", {"cmd": "df -h"})).allow
     # Not another call, not another agent.
     assert (await ask(agent, {"cmd": "df -h /"})).approval.status == cm.APPROVAL_STATUS_PENDING
-    assert (await ask(agent, {"cmd": "df -h"}, agent_id="intern")).approval.status == cm.APPROVAL_STATUS_PENDING
+    assert (
+        await ask(agent, {"cmd": "df -h"}, agent_id="intern")
+    ).approval.status == cm.APPROVAL_STATUS_PENDING
 
     revoked = await tenant.admin.admin.RevokeGrant(adm.RevokeGrantRequest(grant_id=grants[0].grant_id))
     assert revoked.HasField("revoked_at") and revoked.revoked_by.startswith("key:")
@@ -319,7 +333,9 @@ async def test_watch_approvals_streams_new_requests_and_decisions(tenant: Tenant
     got_decision = asyncio.Event()
 
     async def follow() -> None:
-        async for a in tenant.approver.admin.WatchApprovals(adm.WatchApprovalsRequest(kind=cm.APPROVAL_KIND_TOOL)):
+        async for a in tenant.approver.admin.WatchApprovals(
+            adm.WatchApprovalsRequest(kind=cm.APPROVAL_KIND_TOOL)
+        ):
             seen.append((a.approval_id, a.status))
             if a.status == cm.APPROVAL_STATUS_APPROVED:
                 got_decision.set()
