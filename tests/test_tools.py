@@ -330,20 +330,20 @@ async def test_watch_approvals_streams_new_requests_and_decisions(tenant: Tenant
     await setup(tenant)
     early = await ask(agent, {"n": 0})
     seen: list[tuple[str, int]] = []
-    got_decision = asyncio.Event()
+    got_backlog, got_decision = asyncio.Event(), asyncio.Event()
 
     async def follow() -> None:
         async for a in tenant.approver.admin.WatchApprovals(
             adm.WatchApprovalsRequest(kind=cm.APPROVAL_KIND_TOOL)
         ):
             seen.append((a.approval_id, a.status))
+            got_backlog.set()
             if a.status == cm.APPROVAL_STATUS_APPROVED:
                 got_decision.set()
 
     task = asyncio.create_task(follow())
     try:
-        while not seen:  # the pending backlog comes first
-            await asyncio.sleep(0.01)
+        await asyncio.wait_for(got_backlog.wait(), 10)  # the pending backlog comes first
         late = await ask(agent, {"n": 1})
         await press(tenant, payload(late, cm.APPROVAL_ACTION_APPROVE))
         await asyncio.wait_for(got_decision.wait(), 10)
