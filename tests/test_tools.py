@@ -10,12 +10,15 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 
-from authz_service.client import Client, connect, is_idempotent
+from authz_service.client import NO_RETRY, Client, connect, is_idempotent
+from authz_service.config import Settings
 from authz_service.gen.authz.v1 import admin_pb2 as adm
 from authz_service.gen.authz.v1 import authz_pb2 as az
 from authz_service.gen.authz.v1 import common_pb2 as cm
+from authz_service.server import start_server
+from authz_service.store.db import Database
 
-from .conftest import Service, Tenant, rpc_error
+from .conftest import Dsns, Service, Tenant, rpc_error
 
 APPROVER = "telegram:42"
 
@@ -361,3 +364,35 @@ def test_only_idempotent_calls_are_retried() -> None:
     assert not is_idempotent("/authz.v1.AuthzService/RequestApproval", az.RequestApprovalRequest())
     assert is_idempotent("/authz.v1.AuthzService/RequestApproval", az.RequestApprovalRequest(request_key="k"))
     assert not is_idempotent("/authz.v1.AdminService/CreateApiKey", adm.CreateApiKeyRequest())
+
+
+async def test_unreachable_store_never_yields_an_approval(tenant: Tenant, agent: Client, dsns: Dsns) -> None:
+    """A replica that loses its database answers UNAVAILABLE, never a decision."""
+    await setup(tenant)
+    resp = await ask(agent)
+    aid = resp.approval.approval_id
+    await tenant.approver.authz.ResolveApproval(
+        az.ResolveApprovalRequest(approval_id=aid, action=cm.APPROVAL_ACTION_APPROVE)
+    )
+    key = await tenant.admin.admin.CreateApiKey(adm.CreateApiKeyRequest(role=adm.ROLE_AGENT, name="cut"))
+    db = await Database.connect(dsns.service)
+    settings = Settings.from_env(
+        {"AUTHZ_DATABASE_URL": dsns.service, "AUTHZ_SECRET_KEY": "x" * 43, "AUTHZ_HOME": "/nonexistent"}
+    )
+    replica = await start_server(db, settings, listen="127.0.0.1:0")
+    cut = connect(f"127.0.0.1:{replica.port}", key.secret, retry=NO_RETRY)
+    try:
+        await db.pool.close()  # the store is gone for this replica
+        for call in (
+            cut.redeem_approval(aid, "shell", {"cmd": "rm -rf /tmp/cache"}),
+            cut.request_approval("shell", {"cmd": "ls"}, agent_id="ops"),
+            cut.wait_for_decision(aid, timeout=10),
+        ):
+            err = await rpc_error(call)
+            assert err.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        await cut.close()
+        await replica.stop(grace=0)
+    # The approval itself is untouched: still approved and never redeemed.
+    stored = await tenant.admin.admin.GetApproval(adm.GetApprovalRequest(approval_id=aid))
+    assert stored.status == cm.APPROVAL_STATUS_APPROVED and not stored.HasField("redeemed_at")

@@ -45,6 +45,7 @@ from .results import (
 
 __all__ = [
     "DEFAULT_ADDRESS",
+    "NO_RETRY",
     "ApprovalInfo",
     "CheckResult",
     "Client",
