@@ -1,1 +1,6 @@
-"""Connector sidecars (Telegram, Slack, Discord): see issue #3. Only the package exists so far."""
+"""Connector sidecars: one small process per chat platform (Telegram, Slack, Discord).
+
+``runtime`` holds the shared flow, ``config`` the configuration, ``http`` the
+local send endpoint and ``main`` the ``authz-connector`` command; each platform
+package only adapts its library to ``runtime.Transport``. See docs/connectors.md.
+"""

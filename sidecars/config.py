@@ -1,0 +1,214 @@
+"""Connector configuration: one YAML file plus environment overrides.
+
+Secrets (the authz API key, platform tokens) may come from the environment so
+that the file can be committed; they are kept out of ``repr`` so a logged
+config never leaks them. Anything required but missing, unknown or malformed
+raises :class:`ConfigError` naming the key: the connector refuses to start
+rather than guess (fail closed).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import yaml
+
+PLATFORMS = ("telegram", "slack", "discord")
+DEFAULT_ADDRESS = "127.0.0.1:50051"
+DEFAULT_SEND_LISTEN = "127.0.0.1:8787"
+DEFAULT_SLACK_LISTEN = "127.0.0.1:3000"
+
+_TOP_KEYS = {
+    "platform",
+    "channel_id",
+    "address",
+    "api_key_file",
+    "agent_url",
+    "agent_id",
+    "send_listen",
+    *PLATFORMS,
+}
+_SECTION_KEYS = {
+    "telegram": {"token", "base_url"},
+    "slack": {"bot_token", "signing_secret", "listen", "base_url"},
+    "discord": {"token"},
+}
+
+
+class ConfigError(Exception):
+    """Missing or invalid configuration; the message names the offending key."""
+
+
+@dataclass(frozen=True)
+class TelegramSettings:
+    token: str = field(repr=False)
+    # Bot API root, e.g. "http://127.0.0.1:8081/bot" for a local Bot API server; "" = Telegram's.
+    base_url: str = ""
+
+
+@dataclass(frozen=True)
+class SlackSettings:
+    bot_token: str = field(repr=False)
+    signing_secret: str = field(repr=False)
+    # Where the Events API / interactivity endpoint (/slack/events) listens.
+    listen: str = DEFAULT_SLACK_LISTEN
+    # Web API root, e.g. "https://slack.com/api/"; "" = the library default.
+    base_url: str = ""
+
+
+@dataclass(frozen=True)
+class DiscordSettings:
+    token: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class ConnectorConfig:
+    """Everything a connector needs; only the chosen platform's section is set."""
+
+    platform: str
+    channel_id: str
+    api_key: str = field(repr=False)
+    address: str = DEFAULT_ADDRESS
+    # "echo" (built-in demo agent) or the http(s) URL of the tenant's agent runtime.
+    agent_url: str = "echo"
+    # Agent id used for sends that arrive on the send endpoint (replies to a turn use
+    # the agent id CheckUser returned). Set it to the channel's agent id.
+    agent_id: str = "default"
+    send_listen: str = DEFAULT_SEND_LISTEN
+    telegram: TelegramSettings | None = None
+    slack: SlackSettings | None = None
+    discord: DiscordSettings | None = None
+    # Service outage handling: one try, then one retry after each delay, then give up.
+    retry_delays: tuple[float, ...] = (0.2, 0.4, 0.8)
+    rpc_timeout: float = 5.0
+
+
+def load_config(path: str | Path, platform: str, env: Mapping[str, str] | None = None) -> ConnectorConfig:
+    """Read ``path`` and apply the environment (``os.environ`` by default)."""
+    env = os.environ if env is None else env
+    try:
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path} must be a mapping of keys to values")
+    return build_config(raw, platform, env, Path(path).parent)
+
+
+def build_config(
+    raw: Mapping[str, Any], platform: str, env: Mapping[str, str], base_dir: Path | None = None
+) -> ConnectorConfig:
+    """Validate an already-parsed config mapping; relative paths are taken from ``base_dir``
+    (the config file's folder), else from the working directory."""
+    if platform not in PLATFORMS:
+        raise ConfigError(f"platform: must be one of {', '.join(PLATFORMS)}, got {platform!r}")
+    unknown = sorted(set(raw) - _TOP_KEYS)
+    if unknown:
+        raise ConfigError(f"{unknown[0]}: unknown key")
+    declared = _opt_str(raw, "platform")
+    if declared and declared != platform:
+        raise ConfigError(
+            f"platform: the file says {declared!r} but the connector was started as {platform!r}"
+        )
+
+    channel_id = _opt_str(raw, "channel_id")
+    if not channel_id:
+        raise ConfigError("channel_id: required (the authz channel this bot serves)")
+    address = env.get("AUTHZ_ADDRESS") or _opt_str(raw, "address") or DEFAULT_ADDRESS
+    _host_port(address, "address (AUTHZ_ADDRESS)")
+    agent_url = _opt_str(raw, "agent_url") or "echo"
+    if agent_url != "echo":
+        parsed = urlparse(agent_url)
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            raise ConfigError(f"agent_url: must be 'echo' or an http(s) URL, got {agent_url!r}")
+    send_listen = _opt_str(raw, "send_listen") or DEFAULT_SEND_LISTEN
+    _host_port(send_listen, "send_listen")
+
+    section = raw.get(platform) or {}
+    if not isinstance(section, dict):
+        raise ConfigError(f"{platform}: must be a mapping")
+    unknown = sorted(set(section) - _SECTION_KEYS[platform])
+    if unknown:
+        raise ConfigError(f"{platform}.{unknown[0]}: unknown key")
+
+    def secret(key: str, env_name: str) -> str:
+        value = env.get(env_name) or _opt_str(section, key, f"{platform}.{key}")
+        if not value:
+            raise ConfigError(f"{platform}.{key}: required (or set {env_name})")
+        return value
+
+    settings: dict[str, Any] = {}
+    if platform == "telegram":
+        settings["telegram"] = TelegramSettings(
+            token=secret("token", "TELEGRAM_BOT_TOKEN"),
+            base_url=_opt_str(section, "base_url", "telegram.base_url"),
+        )
+    elif platform == "slack":
+        listen = _opt_str(section, "listen", "slack.listen") or DEFAULT_SLACK_LISTEN
+        _host_port(listen, "slack.listen")
+        settings["slack"] = SlackSettings(
+            bot_token=secret("bot_token", "SLACK_BOT_TOKEN"),
+            signing_secret=secret("signing_secret", "SLACK_SIGNING_SECRET"),
+            listen=listen,
+            base_url=_opt_str(section, "base_url", "slack.base_url"),
+        )
+    else:
+        settings["discord"] = DiscordSettings(token=secret("token", "DISCORD_BOT_TOKEN"))
+
+    return ConnectorConfig(
+        platform=platform,
+        channel_id=channel_id,
+        api_key=_api_key(raw, env, base_dir or Path()),
+        address=address,
+        agent_url=agent_url,
+        agent_id=_opt_str(raw, "agent_id") or "default",
+        send_listen=send_listen,
+        **settings,
+    )
+
+
+def _api_key(raw: Mapping[str, Any], env: Mapping[str, str], base_dir: Path) -> str:
+    key = env.get("AUTHZ_CONNECTOR_API_KEY", "").strip()
+    if key:
+        return key
+    path = _opt_str(raw, "api_key_file")
+    if not path:
+        raise ConfigError("api_key_file: required (or set AUTHZ_CONNECTOR_API_KEY to a connector key)")
+    try:
+        key = (base_dir / path).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"api_key_file: cannot read {path}: {exc.strerror}") from exc
+    if not key:
+        raise ConfigError(f"api_key_file: {path} is empty")
+    return key
+
+
+def _opt_str(raw: Mapping[str, Any], key: str, name: str | None = None) -> str:
+    value = raw.get(key)
+    if value is None:
+        return ""
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise ConfigError(f"{name or key}: must be a string")
+    return str(value).strip()
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """Split "host:port" (IPv6 hosts in brackets) for servers that bind it."""
+    return _host_port(value, "listen")
+
+
+def _host_port(value: str, name: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"{name}: must be host:port, got {value!r}")
+    return host, int(port)

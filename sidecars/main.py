@@ -1,0 +1,147 @@
+"""``authz-connector {telegram,slack,discord} --config FILE``: run one connector.
+
+Exit codes: 0 after SIGTERM/SIGINT, 2 for a configuration error (nothing
+started), 1 if the platform side fails (e.g. a rejected bot token).
+
+Platform plugin contract
+------------------------
+Each platform package (``sidecars.telegram``, ``sidecars.slack``,
+``sidecars.discord_bot``) is imported lazily, so one missing library cannot
+break the others, and exposes::
+
+    async def run(config: ConnectorConfig, start: StartConnector) -> None
+
+where ``StartConnector = Callable[[Transport], Awaitable[Connector]]``
+(``sidecars.runtime``). ``run`` must:
+
+1. build the platform client from ``config.<platform>`` (token, base_url, ...)
+   and its :class:`~sidecars.runtime.Transport`;
+2. call ``connector = await start(transport)`` once, before it accepts events
+   (``start`` builds the Connector and starts the local send endpoint);
+3. route every message to ``connector.handle_message(Inbound(...))`` and every
+   button press to ``connector.handle_press(payload, presser_id)``, then apply
+   the ``PressResult``;
+4. run until cancelled: ``main`` cancels the task on SIGTERM/SIGINT, so release
+   platform resources in ``finally`` and let ``CancelledError`` propagate. An
+   exception ending ``run`` makes the process exit 1.
+
+``main`` owns the authz client, the agent and the send endpoint, and closes them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib
+import logging
+import signal
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+
+from authz_service.client import Client, RetryPolicy, connect
+
+from .config import PLATFORMS, ConfigError, ConnectorConfig, load_config
+from .http import SendEndpoint, start_send_endpoint
+from .runtime import Connector, StartConnector, Transport, make_agent
+
+log = logging.getLogger("sidecars")
+
+PLATFORM_MODULES = {
+    "telegram": "sidecars.telegram",
+    "slack": "sidecars.slack",
+    "discord": "sidecars.discord_bot",
+}
+
+RunPlatform = Callable[[ConnectorConfig, StartConnector], Coroutine[Any, Any, None]]
+
+
+def load_platform(platform: str) -> RunPlatform:
+    """Import the platform package only now, and return its ``run``."""
+    module = importlib.import_module(PLATFORM_MODULES[platform])
+    run: RunPlatform = module.run
+    return run
+
+
+def make_client(config: ConnectorConfig) -> Client:
+    """The authz client. The Connector retries by itself (bounded, logged, only
+    calls that are safe to repeat), so the client must not retry as well."""
+    return connect(config.address, config.api_key, timeout=config.rpc_timeout, retry=RetryPolicy(attempts=1))
+
+
+async def serve(config: ConnectorConfig, run_platform: RunPlatform) -> None:
+    """Run the connector until SIGTERM/SIGINT or until the platform side ends."""
+    client = make_client(config)
+    agent = make_agent(config.agent_url)
+    endpoint: SendEndpoint | None = None
+
+    async def start(transport: Transport) -> Connector:
+        nonlocal endpoint
+        if endpoint is not None:
+            raise RuntimeError("start() may be called only once")
+        connector = Connector(config, transport, client, agent)
+        endpoint = await start_send_endpoint(connector, config.send_listen)
+        return connector
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    platform_task = asyncio.create_task(run_platform(config, start))
+    stop_task = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({platform_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+        if stop.is_set():
+            log.info("stopping")
+    finally:
+        # Also reached when serve() itself is cancelled: stop the platform first.
+        stop_task.cancel()
+        platform_task.cancel()
+        try:
+            with contextlib.suppress(asyncio.CancelledError):
+                await platform_task  # re-raises the platform's own failure
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+            if endpoint is not None:
+                await endpoint.stop()
+            await agent.close()
+            await client.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="authz-connector", description="Chat platform connector for the authz service."
+    )
+    parser.add_argument("platform", choices=PLATFORMS)
+    parser.add_argument("--config", required=True, metavar="FILE", help="YAML connector config")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # httpx (python-telegram-bot) logs full request URLs, and those contain the bot token.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    try:
+        config = load_config(args.config, args.platform)
+    except ConfigError as exc:
+        print(f"authz-connector: configuration error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        run_platform = load_platform(config.platform)
+    except ImportError as exc:
+        print(
+            f"authz-connector: the {config.platform} connector needs its library "
+            f"(pip install 'authz-service[connectors]'): {exc}",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        asyncio.run(serve(config, run_platform))
+    except Exception:
+        log.exception("connector stopped on an error")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

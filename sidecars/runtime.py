@@ -1,0 +1,397 @@
+"""The connector flow, written once for every platform.
+
+A platform package only translates its events into :class:`Inbound` messages
+and button presses, and implements :class:`Transport`; every decision is made
+here by asking the authz service:
+
+- inbound message → ``CheckUser`` → agent (ALLOW), ``RequestPairing`` and the
+  owner's buttons (PAIRING_REQUIRED), or the service's text / silence;
+- button press → ``ResolveApproval`` with the presser's platform id (the service
+  decides whether they may approve) → tell the requester;
+- every agent message (replies included) → ``EvaluateSend`` → deliver or refuse.
+
+Texts that the *service* dictates (pairing codes, denials, outcomes) are sent
+directly: they are the connector speaking, not the agent, and the send policy
+gates what agents may say.
+
+The connector keeps no state besides its configuration, so it can restart at
+any time. When the service is unreachable it routes nothing: each call that is
+safe to repeat is retried with a bounded backoff, then the message is dropped
+with a log line (a button press is not retried: the presser is asked to press
+again).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, TypeVar
+
+import aiohttp
+import grpc
+
+from authz_service.client import Client
+from authz_service.gen.authz.v1 import authz_pb2 as az
+from authz_service.gen.authz.v1 import common_pb2 as cm
+
+from .config import ConnectorConfig
+
+log = logging.getLogger("sidecars")
+
+START_REPLY = "✅ You're paired with this bot. Send a message to talk to the agent."
+NOT_ALLOWED = "You are not allowed to approve this request."
+INVALID_BUTTON = "This button is not valid."
+ALREADY_RESOLVED = "This request was already resolved or has expired."
+UNAVAILABLE = "The authorization service is unavailable. Please try again later."
+FAILED = "This request could not be processed."
+
+_RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+_COMMANDS = ("/start", "/pair")
+_ACTIONS: dict[int, Literal["approve", "deny", "block"]] = {
+    cm.APPROVAL_ACTION_APPROVE: "approve",
+    cm.APPROVAL_ACTION_DENY: "deny",
+    cm.APPROVAL_ACTION_BLOCK: "block",
+}
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+
+
+@dataclass(frozen=True)
+class Inbound:
+    """One platform message, already translated by the platform package."""
+
+    user_id: str  # authz user id: the platform's stable id, never a name
+    chat_id: str  # platform conversation to reply in
+    chat_kind: Literal["direct", "group"]
+    group_id: str = ""  # for groups: the platform group/channel id
+    mentioned: bool = False
+    text: str = ""
+    display_name: str = ""  # informational only, never used for matching
+
+
+@dataclass(frozen=True)
+class ButtonSpec:
+    action: Literal["approve", "deny", "block"]
+    label: str
+    payload: str  # the service's callback_payload, passed verbatim as the platform's button data
+
+
+@dataclass(frozen=True)
+class PressResult:
+    """What the platform shows after a button press.
+
+    ok: the approval was resolved; edit the owner's message to show ``owner_text``
+    (e.g. "✅ Approved by 42") and remove the buttons.
+    not ok: ``owner_text`` is a refusal shown only to the presser (alert /
+    ephemeral); the owner's message stays unchanged.
+    """
+
+    ok: bool
+    owner_text: str
+
+
+@dataclass(frozen=True)
+class SendResult:
+    allow: bool
+    reason: str = ""
+    resolved_target: str = ""
+
+
+class Transport(Protocol):
+    """The platform side: deliver text, and DM a user with native buttons."""
+
+    platform: str  # "telegram" | "slack" | "discord"
+
+    async def send_text(self, chat_id: str, text: str) -> None: ...
+
+    async def send_direct(self, user_id: str, text: str, buttons: Sequence[ButtonSpec] = ()) -> None:
+        """DM a user by authz user id, rendering ``buttons`` natively if any."""
+        ...
+
+
+class ServiceUnavailable(Exception):
+    """The authz service did not answer after every retry; nothing was routed."""
+
+
+class DeliveryFailed(Exception):
+    """EvaluateSend allowed a message but the platform did not take it."""
+
+    def __init__(self, resolved_target: str, cause: BaseException) -> None:
+        super().__init__(f"delivery to {resolved_target} failed: {cause}")
+        self.resolved_target = resolved_target
+
+
+@dataclass(frozen=True)
+class AgentTurn:
+    """What the agent runtime receives for one allowed message."""
+
+    channel_id: str
+    agent_id: str
+    session_id: str
+    user_id: str
+    chat_id: str
+    text: str
+    permissions: tuple[str, ...] = ()
+
+
+class Agent(Protocol):
+    async def reply(self, turn: AgentTurn) -> str:
+        """The agent's answer; "" means no message."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class EchoAgent:
+    """Built-in demo agent: answers "echo: <text>"."""
+
+    async def reply(self, turn: AgentTurn) -> str:
+        return "echo: " + turn.text
+
+    async def close(self) -> None:
+        return None
+
+
+@dataclass
+class HttpAgent:
+    """The tenant's agent runtime: POST JSON turn → JSON {"reply": str}."""
+
+    url: str
+    timeout: float = 60.0
+    _session: aiohttp.ClientSession | None = field(default=None, init=False, repr=False)
+
+    async def reply(self, turn: AgentTurn) -> str:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
+        body = {
+            "channel_id": turn.channel_id,
+            "agent_id": turn.agent_id,
+            "session_id": turn.session_id,
+            "user_id": turn.user_id,
+            "chat_id": turn.chat_id,
+            "text": turn.text,
+            "permissions": list(turn.permissions),
+        }
+        async with self._session.post(self.url, json=body) as resp:
+            resp.raise_for_status()
+            data = await resp.json(content_type=None)
+        reply = data.get("reply") if isinstance(data, dict) else None
+        if reply is not None and not isinstance(reply, str):
+            raise ValueError("agent runtime answered a non-string 'reply'")
+        return reply or ""
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+
+def make_agent(agent_url: str) -> Agent:
+    return EchoAgent() if agent_url == "echo" else HttpAgent(agent_url)
+
+
+def session_id(platform: str, chat_id: str) -> str:
+    return f"{platform}:{chat_id}"
+
+
+def is_command(text: str) -> bool:
+    """``/start`` or ``/pair``, with or without a Telegram ``@botname`` suffix or arguments."""
+    head = text.strip().split(maxsplit=1)[0] if text.strip() else ""
+    return head.split("@", 1)[0].lower() in _COMMANDS
+
+
+class Connector:
+    """The shared flow; one instance per connector process."""
+
+    def __init__(self, config: ConnectorConfig, transport: Transport, client: Client, agent: Agent) -> None:
+        self.config = config
+        self.transport = transport
+        self.client = client
+        self.agent = agent
+
+    # ---- inbound ---------------------------------------------------------------
+
+    async def handle_message(self, msg: Inbound) -> None:
+        """Route one inbound message. Never raises: a failure drops the message with a log line."""
+        try:
+            await self._route(msg)
+        except ServiceUnavailable as exc:
+            log.error("dropped message from %s in %s: %s", msg.user_id, msg.chat_id, exc)
+        except Exception:
+            log.exception("dropped message from %s in %s", msg.user_id, msg.chat_id)
+
+    async def _route(self, msg: Inbound) -> None:
+        check = await self._call(
+            self.client.authz.CheckUser,
+            az.CheckUserRequest(
+                channel_id=self.config.channel_id,
+                user_id=msg.user_id,
+                chat_kind=cm.CHAT_KIND_DIRECT if msg.chat_kind == "direct" else cm.CHAT_KIND_GROUP,
+                group_id=msg.group_id if msg.chat_kind == "group" else "",
+                mentioned=msg.mentioned,
+                text=msg.text,
+                display_name=msg.display_name,
+            ),
+        )
+        log.info(
+            "message from %s in %s: %s (%s)",
+            msg.user_id,
+            msg.chat_id,
+            az.Decision.Name(check.decision),
+            check.reason,
+        )
+        if check.decision == az.DECISION_ALLOW:
+            await self._allowed(msg, check)
+        elif check.decision == az.DECISION_PAIRING_REQUIRED:
+            await self._pair(msg)
+        elif check.text:
+            await self.transport.send_text(msg.chat_id, check.text)
+
+    async def _allowed(self, msg: Inbound, check: az.CheckUserResponse) -> None:
+        session = session_id(self.transport.platform, msg.chat_id)
+        if is_command(msg.text):
+            reply = START_REPLY
+        else:
+            reply = await self.agent.reply(
+                AgentTurn(
+                    channel_id=self.config.channel_id,
+                    agent_id=check.agent_id,
+                    session_id=session,
+                    user_id=msg.user_id,
+                    chat_id=msg.chat_id,
+                    text=msg.text,
+                    permissions=tuple(check.permissions),
+                )
+            )
+        if not reply:
+            return
+        result = await self.send(
+            msg.chat_id, reply, origin=msg.chat_id, session_id=session, agent_id=check.agent_id
+        )
+        if not result.allow:
+            log.warning("reply in %s refused by send policy: %s", msg.chat_id, result.reason)
+
+    async def _pair(self, msg: Inbound) -> None:
+        pairing = await self._call(
+            self.client.authz.RequestPairing,
+            az.RequestPairingRequest(
+                channel_id=self.config.channel_id,
+                user_id=msg.user_id,
+                display_name=msg.display_name,
+                first_message=msg.text,
+            ),
+        )
+        log.info("pairing for %s: %s", msg.user_id, az.PairingOutcome.Name(pairing.outcome))
+        # The service leaves the text empty when the requester was already told
+        # (a live request is returned again), and notifies the owner only once.
+        if pairing.text:
+            await self.transport.send_text(msg.chat_id, pairing.text)
+        if pairing.created and pairing.HasField("notification") and pairing.notification.owner_id:
+            note = pairing.notification
+            buttons = [
+                ButtonSpec(_ACTIONS[b.action], b.label, b.callback_payload)
+                for b in note.buttons
+                if b.action in _ACTIONS
+            ]
+            await self.transport.send_direct(note.owner_id, note.text, buttons)
+
+    # ---- button presses ---------------------------------------------------------
+
+    async def handle_press(self, payload: str, presser_id: str) -> PressResult:
+        """Resolve the approval behind a button; the service checks the presser."""
+        try:
+            resolved = await self._call(
+                self.client.authz.ResolveApproval,
+                az.ResolveApprovalRequest(callback_payload=payload, actor_id=presser_id),
+                retry=False,  # not idempotent: the presser can simply press again
+            )
+        except ServiceUnavailable as exc:
+            log.error("button press by %s not resolved: %s", presser_id, exc)
+            return PressResult(False, UNAVAILABLE)
+        except grpc.aio.AioRpcError as exc:
+            log.warning("button press by %s refused: %s %s", presser_id, exc.code().name, exc.details())
+            return PressResult(False, _refusal(exc.code()))
+        approval = resolved.approval
+        log.info(
+            "approval %s resolved by %s: %s",
+            approval.approval_id,
+            presser_id,
+            cm.ApprovalStatus.Name(approval.status),
+        )
+        if resolved.requester_text:
+            try:
+                await self.transport.send_direct(approval.user_id, resolved.requester_text)
+            except Exception:
+                # The approval stands; only the courtesy message was lost.
+                log.exception("could not tell %s the outcome", approval.user_id)
+        return PressResult(True, resolved.owner_text)
+
+    # ---- outbound ---------------------------------------------------------------
+
+    async def send(
+        self, target: str, text: str, *, origin: str = "", session_id: str = "", agent_id: str = ""
+    ) -> SendResult:
+        """Deliver an agent message if ``EvaluateSend`` allows it.
+
+        ``agent_id`` defaults to the configured one. Raises ServiceUnavailable (nothing
+        sent), grpc errors for invalid requests, and DeliveryFailed.
+        """
+        decision = await self._call(
+            self.client.authz.EvaluateSend,
+            az.EvaluateSendRequest(
+                channel_id=self.config.channel_id,
+                agent_id=agent_id or self.config.agent_id,
+                session_id=session_id,
+                origin=origin,
+                target=target,
+            ),
+        )
+        if not decision.allow:
+            log.info("send to %s denied: %s", target, decision.reason)
+            return SendResult(False, decision.reason, decision.resolved_target)
+        resolved = decision.resolved_target or target
+        try:
+            await self.transport.send_text(resolved, text)
+        except Exception as exc:
+            raise DeliveryFailed(resolved, exc) from exc
+        return SendResult(True, "", resolved)
+
+    # ---- service calls ------------------------------------------------------------
+
+    async def _call(
+        self, method: grpc.aio.UnaryUnaryMultiCallable[Req, Resp], request: Req, *, retry: bool = True
+    ) -> Resp:
+        """One RPC with bounded retries on UNAVAILABLE / DEADLINE_EXCEEDED.
+
+        Only for calls that are safe to repeat; ``retry=False`` gives up at once."""
+        delays = self.config.retry_delays if retry else ()
+        attempt = 0
+        while True:
+            try:
+                return await method(request, timeout=self.config.rpc_timeout)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() not in _RETRYABLE:
+                    raise
+                if attempt == len(delays):
+                    raise ServiceUnavailable(
+                        f"authz service unavailable after {attempt + 1} attempts: {exc.code().name}"
+                    ) from exc
+                log.warning("authz service %s; retrying in %.1fs", exc.code().name, delays[attempt])
+                await asyncio.sleep(delays[attempt])
+                attempt += 1
+
+
+def _refusal(code: grpc.StatusCode) -> str:
+    if code == grpc.StatusCode.PERMISSION_DENIED:
+        return NOT_ALLOWED
+    if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND):
+        return INVALID_BUTTON
+    if code == grpc.StatusCode.FAILED_PRECONDITION:
+        return ALREADY_RESOLVED
+    return FAILED
+
+
+StartConnector = Callable[[Transport], Awaitable[Connector]]
+"""Given the platform's Transport, build the Connector (and start the send endpoint)."""

@@ -1,0 +1,415 @@
+"""Platform-independent connector behaviour: configuration errors, the send
+endpoint, the agent runtime protocol and service outages. The authz service
+and PostgreSQL are real; the platform is an in-memory recording transport.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from authz_service.gen.authz.v1 import common_pb2 as cm
+from sidecars.config import ConfigError, load_config
+from sidecars.http import SendEndpoint
+from sidecars.main import make_client
+from sidecars.runtime import ButtonSpec, Connector, HttpAgent, Inbound, is_command
+from tests.conftest import Tenant
+from tests.connectors.conftest import ConfigFactory, PostSend, RecordingAgent
+
+ALICE = "2002"
+SEND_POLICY = cm.SendPolicy(default=cm.SEND_DEFAULT_DENY, allow=["origin", "ops"])
+StartEndpoint = Callable[[Connector], Awaitable[SendEndpoint]]
+
+
+class RecordingTransport:
+    platform = "telegram"
+
+    def __init__(self, *, fail: bool = False) -> None:
+        self.fail = fail
+        self.texts: list[tuple[str, str]] = []
+        self.directs: list[tuple[str, str, tuple[ButtonSpec, ...]]] = []
+
+    async def send_text(self, chat_id: str, text: str) -> None:
+        if self.fail:
+            raise RuntimeError("platform said no")
+        self.texts.append((chat_id, text))
+
+    async def send_direct(self, user_id: str, text: str, buttons: Sequence[ButtonSpec] = ()) -> None:
+        self.directs.append((user_id, text, tuple(buttons)))
+
+
+def dm(text: str, user: str = ALICE) -> Inbound:
+    return Inbound(user_id=user, chat_id=user, chat_kind="direct", text=text)
+
+
+# ---- configuration -------------------------------------------------------------------
+
+
+def write(tmp_path: Path, text: str, name: str = "connector.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_config_from_file_and_env(tmp_path: Path) -> None:
+    key_file = tmp_path / "key"
+    key_file.write_text("azk.file-key\n")
+    path = write(
+        tmp_path,
+        f"platform: telegram\nchannel_id: tg\napi_key_file: {key_file}\nagent_url: http://127.0.0.1:9000/turn\n"
+        "send_listen: 127.0.0.1:9999\ntelegram:\n  base_url: http://127.0.0.1:8081/bot\n",
+    )
+    config = load_config(
+        path, "telegram", {"TELEGRAM_BOT_TOKEN": "123:secret-token", "AUTHZ_ADDRESS": "svc:50051"}
+    )
+    assert (config.channel_id, config.address, config.api_key) == ("tg", "svc:50051", "azk.file-key")
+    assert (config.agent_url, config.agent_id, config.send_listen) == (
+        "http://127.0.0.1:9000/turn",
+        "default",
+        "127.0.0.1:9999",
+    )
+    assert config.telegram is not None and config.telegram.token == "123:secret-token"
+    assert config.telegram.base_url == "http://127.0.0.1:8081/bot"
+    assert config.slack is None and config.discord is None
+    assert "secret-token" not in repr(config) and "file-key" not in repr(config)
+
+    (tmp_path / "relative.key").write_text("azk.relative")
+    relative = write(tmp_path, "channel_id: tg\napi_key_file: relative.key\n", "relative.yaml")
+    assert load_config(relative, "telegram", {"TELEGRAM_BOT_TOKEN": "t"}).api_key == "azk.relative"
+
+    env_key = load_config(path, "telegram", {"TELEGRAM_BOT_TOKEN": "t", "AUTHZ_CONNECTOR_API_KEY": "azk.env"})
+    assert env_key.api_key == "azk.env"
+    assert env_key.address == "127.0.0.1:50051"
+
+
+def test_config_platform_sections(tmp_path: Path) -> None:
+    path = write(
+        tmp_path, "channel_id: c\nslack:\n  bot_token: xoxb-1\n  listen: 0.0.0.0:3000\ndiscord: {}\n"
+    )
+    env = {"AUTHZ_CONNECTOR_API_KEY": "k", "SLACK_SIGNING_SECRET": "s", "DISCORD_BOT_TOKEN": "d"}
+    slack = load_config(path, "slack", env).slack
+    assert slack is not None and (slack.bot_token, slack.signing_secret, slack.listen) == (
+        "xoxb-1",
+        "s",
+        "0.0.0.0:3000",
+    )
+    discord = load_config(path, "discord", env).discord
+    assert discord is not None and discord.token == "d"
+
+
+@pytest.mark.parametrize(
+    ("text", "platform", "env", "message"),
+    [
+        ("telegram: {token: t}\n", "telegram", {"AUTHZ_CONNECTOR_API_KEY": "k"}, "channel_id: required"),
+        ("channel_id: tg\ntelegram: {token: t}\n", "telegram", {}, "api_key_file: required"),
+        (
+            "channel_id: tg\napi_key_file: /nonexistent/key\n",
+            "telegram",
+            {"TELEGRAM_BOT_TOKEN": "t"},
+            "api_key_file: cannot read",
+        ),
+        (
+            "channel_id: tg\n",
+            "telegram",
+            {"AUTHZ_CONNECTOR_API_KEY": "k"},
+            "telegram.token: required (or set TELEGRAM_BOT_TOKEN)",
+        ),
+        (
+            "channel_id: c\nslack: {bot_token: b}\n",
+            "slack",
+            {"AUTHZ_CONNECTOR_API_KEY": "k"},
+            "slack.signing_secret: required (or set SLACK_SIGNING_SECRET)",
+        ),
+        (
+            "channel_id: c\n",
+            "discord",
+            {"AUTHZ_CONNECTOR_API_KEY": "k"},
+            "discord.token: required (or set DISCORD_BOT_TOKEN)",
+        ),
+        ("chanel_id: tg\n", "telegram", {}, "chanel_id: unknown key"),
+        ("channel_id: tg\ntelegram: {tokn: t}\n", "telegram", {}, "telegram.tokn: unknown key"),
+        ("platform: slack\nchannel_id: tg\n", "telegram", {}, "platform: the file says 'slack'"),
+        (
+            "channel_id: tg\nagent_url: ftp://x\n",
+            "telegram",
+            {},
+            "agent_url: must be 'echo' or an http(s) URL",
+        ),
+        ("channel_id: tg\nsend_listen: '8787'\n", "telegram", {}, "send_listen: must be host:port"),
+        ("channel_id: [a, b]\n", "telegram", {}, "channel_id: must be a string"),
+        ("- a\n", "telegram", {}, "must be a mapping"),
+        ("channel_id: [\n", "telegram", {}, "not valid YAML"),
+        ("channel_id: tg\n", "whatsapp", {}, "platform: must be one of telegram, slack, discord"),
+    ],
+)
+def test_config_errors_name_the_key(
+    tmp_path: Path, text: str, platform: str, env: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, text), platform, env)
+    assert message in str(err.value)
+
+
+def test_cli_config_error_exits_2_without_leaking_secrets(tmp_path: Path) -> None:
+    path = write(tmp_path, "telegram:\n  token: 123:very-secret\n")
+    cli = Path(sys.executable).parent / "authz-connector"
+    done = subprocess.run(
+        [str(cli), "telegram", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"AUTHZ_CONNECTOR_API_KEY": "azk.also-secret", "PATH": "/usr/bin:/bin"},
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "configuration error: channel_id: required" in done.stderr
+    assert "very-secret" not in done.stderr + done.stdout
+    assert "also-secret" not in done.stderr + done.stdout
+
+
+def test_is_command() -> None:
+    assert is_command("/start") and is_command("/pair abc") and is_command("/START@authz_bot")
+    assert (
+        not is_command("start")
+        and not is_command("/help")
+        and not is_command("")
+        and not is_command("hi /start")
+    )
+
+
+# ---- the send endpoint ------------------------------------------------------------------
+
+
+async def make_connector(
+    tenant: Tenant, connector_config: ConfigFactory, transport: RecordingTransport, **overrides: Any
+) -> Connector:
+    config = connector_config("telegram", "tg", **overrides)
+    return Connector(config, transport, tenant.connector, RecordingAgent())
+
+
+async def test_send_endpoint_gates_every_message(
+    tenant: Tenant, connector_config: ConfigFactory, send_endpoint: StartEndpoint, post_send: PostSend
+) -> None:
+    await tenant.channel("tg", cm.PLATFORM_TELEGRAM, send_policy=SEND_POLICY, aliases={"ops": "-100777"})
+    transport = RecordingTransport()
+    endpoint = await send_endpoint(await make_connector(tenant, connector_config, transport))
+
+    status, body = await post_send(
+        endpoint.url, {"target": "999", "text": "leak", "origin": ALICE, "session_id": "s"}
+    )
+    assert status == 403 and body["allow"] is False
+    assert body["reason"].startswith("Failed to send to 999")
+    assert transport.texts == []
+
+    status, body = await post_send(endpoint.url, {"target": ALICE, "text": "hi", "origin": ALICE})
+    assert (status, body) == (200, {"allow": True, "resolved_target": ALICE})
+    status, body = await post_send(endpoint.url, {"target": "ops", "text": "deploy done"})
+    assert (status, body) == (200, {"allow": True, "resolved_target": "-100777"})
+    assert transport.texts == [(ALICE, "hi"), ("-100777", "deploy done")]
+
+    status, body = await post_send(endpoint.url, {"target": ALICE, "text": "no origin"})
+    assert status == 403  # "origin" only matches the conversation the turn came from
+    assert len(transport.texts) == 2
+
+
+async def test_send_endpoint_uses_the_configured_agent(
+    tenant: Tenant, connector_config: ConfigFactory, send_endpoint: StartEndpoint, post_send: PostSend
+) -> None:
+    await tenant.channel(
+        "tg",
+        cm.PLATFORM_TELEGRAM,
+        send_policy=cm.SendPolicy(default=cm.SEND_DEFAULT_DENY),
+        agent_send_policies={"helper": cm.SendPolicy(default=cm.SEND_DEFAULT_DENY, allow=["555"])},
+    )
+    transport = RecordingTransport()
+    default = await send_endpoint(await make_connector(tenant, connector_config, transport))
+    helper = await send_endpoint(await make_connector(tenant, connector_config, transport, agent_id="helper"))
+    assert (await post_send(default.url, {"target": "555", "text": "x"}))[0] == 403
+    assert (await post_send(helper.url, {"target": "555", "text": "y"}))[0] == 200
+    assert transport.texts == [("555", "y")]
+
+
+@pytest.mark.parametrize(
+    ("payload", "raw", "reason"),
+    [
+        (None, "not json", "the body must be a JSON object"),
+        (["target", "text"], None, "the body must be a JSON object"),
+        ({"text": "hi"}, None, "'target' is required"),
+        ({"target": "1", "text": "  "}, None, "'text' is required"),
+        ({"target": 1, "text": "hi"}, None, "'target' must be a string"),
+        ({"target": "1", "text": "hi", "origin": None}, None, "'origin' must be a string"),
+        ({"target": "1" * 257, "text": "hi"}, None, "'target' is longer than 256 characters"),
+    ],
+)
+async def test_send_endpoint_rejects_malformed_requests(
+    tenant: Tenant,
+    connector_config: ConfigFactory,
+    send_endpoint: StartEndpoint,
+    post_send: PostSend,
+    payload: Any,
+    raw: str | None,
+    reason: str,
+) -> None:
+    await tenant.channel("tg", cm.PLATFORM_TELEGRAM, send_policy=cm.SendPolicy(default=cm.SEND_DEFAULT_ALLOW))
+    transport = RecordingTransport()
+    endpoint = await send_endpoint(await make_connector(tenant, connector_config, transport))
+    assert await post_send(endpoint.url, payload, data=raw) == (400, {"allow": False, "reason": reason})
+    assert transport.texts == []
+
+
+async def test_send_endpoint_health_and_platform_failure(
+    tenant: Tenant, connector_config: ConfigFactory, send_endpoint: StartEndpoint, post_send: PostSend
+) -> None:
+    await tenant.channel("tg", cm.PLATFORM_TELEGRAM, send_policy=cm.SendPolicy(default=cm.SEND_DEFAULT_ALLOW))
+    endpoint = await send_endpoint(
+        await make_connector(tenant, connector_config, RecordingTransport(fail=True))
+    )
+    status, body = await post_send(endpoint.url, {"target": "42", "text": "hi"})
+    assert status == 502
+    assert body == {
+        "allow": True,
+        "resolved_target": "42",
+        "reason": "delivery to 42 failed: platform said no",
+    }
+
+    async with aiohttp.ClientSession() as session, session.get(endpoint.url + "/healthz") as resp:
+        assert (resp.status, await resp.json()) == (200, {"ok": True})
+
+
+# ---- outages ------------------------------------------------------------------------------
+
+
+async def test_service_outage_routes_nothing(
+    tenant: Tenant,
+    connector_config: ConfigFactory,
+    dead_address: str,
+    send_endpoint: StartEndpoint,
+    post_send: PostSend,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    config = connector_config("telegram", "tg", address=dead_address)
+    client = make_client(config)
+    transport, agent = RecordingTransport(), RecordingAgent()
+    connector = Connector(config, transport, client, agent)
+    try:
+        with caplog.at_level(logging.WARNING, logger="sidecars"):
+            await connector.handle_message(dm("hello?"))
+        retries = [r for r in caplog.records if "retrying" in r.getMessage()]
+        assert len(retries) == len(config.retry_delays)  # one try, 3 retries, then give up
+        assert any("dropped message from 2002" in r.getMessage() for r in caplog.records)
+
+        press = await connector.handle_press("x" * 40, "1001")
+        assert not press.ok and "unavailable" in press.owner_text
+
+        endpoint = await send_endpoint(connector)
+        status, body = await post_send(endpoint.url, {"target": ALICE, "text": "hi", "origin": ALICE})
+        assert status == 503 and body["allow"] is False
+    finally:
+        await client.close()
+    assert agent.turns == []
+    assert transport.texts == [] and transport.directs == []
+
+
+async def test_reply_denied_by_send_policy_is_not_delivered(
+    tenant: Tenant, connector_config: ConfigFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    await tenant.channel(
+        "tg",
+        cm.PLATFORM_TELEGRAM,
+        dm_policy=cm.DM_POLICY_OPEN,
+        send_policy=cm.SendPolicy(default=cm.SEND_DEFAULT_DENY),
+    )
+    transport, agent = RecordingTransport(), RecordingAgent()
+    connector = Connector(connector_config("telegram", "tg"), transport, tenant.connector, agent)
+    with caplog.at_level(logging.WARNING, logger="sidecars"):
+        await connector.handle_message(dm("hello"))
+    assert [t.text for t in agent.turns] == ["hello"]
+    assert transport.texts == []
+    assert any("refused by send policy" in r.getMessage() for r in caplog.records)
+
+
+async def test_pairing_texts_come_from_the_service(tenant: Tenant, connector_config: ConfigFactory) -> None:
+    await tenant.channel("tg", cm.PLATFORM_TELEGRAM, owner_id="1001", max_pending=1)
+    transport, agent = RecordingTransport(), RecordingAgent()
+    connector = Connector(connector_config("telegram", "tg"), transport, tenant.connector, agent)
+    await connector.handle_message(dm("hi"))
+    await connector.handle_message(dm("hi again"))  # live request: silence, no second notification
+    await connector.handle_message(dm("me too", user="3003"))  # the channel's cap is reached
+    assert [chat for chat, _ in transport.texts] == [ALICE, "3003"]
+    assert transport.texts[0][1].startswith("🔑 Pairing code:")
+    assert transport.texts[1][1].startswith("⏳ Too many pending pairing requests")
+    [(owner, _, buttons)] = transport.directs
+    assert owner == "1001"
+    assert [b.action for b in buttons] == ["approve", "deny", "block"]
+    assert agent.turns == []
+
+
+# ---- the agent runtime protocol ---------------------------------------------------------
+
+
+@pytest.fixture
+async def agent_server() -> AsyncIterator[tuple[str, list[dict[str, Any]], list[web.Response]]]:
+    """A local agent runtime: records each turn and answers the queued responses in order."""
+    turns: list[dict[str, Any]] = []
+    answers: list[web.Response] = []
+
+    async def turn(request: web.Request) -> web.Response:
+        turns.append(await request.json())
+        return answers.pop(0)
+
+    app = web.Application()
+    app.router.add_post("/turn", turn)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    yield f"http://127.0.0.1:{runner.addresses[0][1]}/turn", turns, answers
+    await runner.cleanup()
+
+
+async def test_http_agent_protocol(
+    tenant: Tenant,
+    connector_config: ConfigFactory,
+    agent_server: tuple[str, list[dict[str, Any]], list[web.Response]],
+) -> None:
+    url, turns, answers = agent_server
+    await tenant.channel(
+        "tg", cm.PLATFORM_TELEGRAM, dm_policy=cm.DM_POLICY_OPEN, agent_id="helper", send_policy=SEND_POLICY
+    )
+    transport = RecordingTransport()
+    agent = HttpAgent(url)
+    connector = Connector(
+        connector_config("telegram", "tg", agent_url=url), transport, tenant.connector, agent
+    )
+    try:
+        answers.extend(
+            [
+                web.json_response({"reply": "from the agent"}),
+                web.json_response({"reply": ""}),
+                web.json_response({}),
+                web.Response(status=500),
+                web.json_response({"reply": 42}),
+            ]
+        )
+        for text in ("one", "two", "three", "four", "five"):
+            await connector.handle_message(dm(text))
+    finally:
+        await agent.close()
+    assert turns[0] == {
+        "channel_id": "tg",
+        "agent_id": "helper",
+        "session_id": f"telegram:{ALICE}",
+        "user_id": ALICE,
+        "chat_id": ALICE,
+        "text": "one",
+        "permissions": [],
+    }
+    assert [t["text"] for t in turns] == ["one", "two", "three", "four", "five"]
+    assert transport.texts == [(ALICE, "from the agent")]

@@ -1,0 +1,483 @@
+"""The Slack connector end to end: the real slack-bolt AsyncApp served over
+HTTP with signature verification, the real authz service on PostgreSQL, and a
+fake Slack Web API that records what the bot sent.
+
+Every request into the bot is signed with the app's signing secret exactly as
+Slack signs it, and posted to ``/slack/events`` over a real socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import pytest
+from slack_sdk.errors import SlackApiError
+
+from authz_service.domain.model import ApprovalAction
+from authz_service.domain.pairing import Keyring
+from authz_service.gen.authz.v1 import admin_pb2 as adm
+from authz_service.gen.authz.v1 import common_pb2 as cm
+from sidecars.config import SlackSettings
+from sidecars.http import SendEndpoint
+from sidecars.main import serve
+from sidecars.runtime import (
+    ALREADY_RESOLVED,
+    INVALID_BUTTON,
+    NOT_ALLOWED,
+    Connector,
+    Inbound,
+    Transport,
+)
+from sidecars.slack import EVENTS_PATH, SlackBot, SlackTransport, run, web_client
+from sidecars.slack.blocks import ACTION_PREFIX
+from tests.conftest import Service, Tenant
+from tests.connectors.conftest import Call, ConfigFactory, PostSend, RecordingAgent
+from tests.connectors.fake_slack import (
+    BOT_USER_ID,
+    TEAM_ID,
+    FakeSlack,
+    app_mention,
+    block_actions,
+    dm_channel,
+    message,
+    sign,
+)
+
+TOKEN = "xoxb-test-bot-token"
+SECRET = "test-signing-secret"
+CHANNEL = "sl"
+OWNER, ALICE, MALLORY = "U0OWNER01", "U0ALICE01", "U0MALLORY"
+FORM = "application/x-www-form-urlencoded"
+
+
+def uid(user: str) -> str:
+    """The authz identity of a Slack user of the fake workspace."""
+    return f"{TEAM_ID}:{user}"
+
+
+class ObservedConnector(Connector):
+    """The real flow, counting finished messages: Slack messages are handled
+    after the HTTP response, so silence is only meaningful once they are done."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.received: list[Inbound] = []
+        self.handled = 0
+        self._done = asyncio.Condition()
+
+    async def handle_message(self, msg: Inbound) -> None:
+        self.received.append(msg)
+        try:
+            await super().handle_message(msg)
+        finally:
+            async with self._done:
+                self.handled += 1
+                self._done.notify_all()
+
+    async def wait_handled(self, count: int, timeout: float = 5.0) -> None:
+        async with asyncio.timeout(timeout), self._done:
+            await self._done.wait_for(lambda: self.handled >= count)
+
+
+@dataclass
+class Rig:
+    tenant: Tenant
+    fake: FakeSlack
+    connector: ObservedConnector
+    agent: RecordingAgent
+    endpoint: SendEndpoint
+    events_url: str
+    session: aiohttp.ClientSession
+
+    async def post(
+        self,
+        body: str,
+        content_type: str = "application/json",
+        *,
+        secret: str = SECRET,
+        ts: int | None = None,
+        signed: str | None = None,
+    ) -> int:
+        """POST ``body`` to /slack/events, signed (over ``signed`` if given) like Slack does."""
+        headers = {"Content-Type": content_type, **sign(secret, body if signed is None else signed, ts)}
+        async with self.session.post(self.events_url, data=body.encode(), headers=headers) as resp:
+            return resp.status
+
+    async def say(self, user: str, text: str) -> None:
+        """``user`` DMs the bot; returns once the connector has handled it."""
+        before = self.connector.handled
+        assert await self.post(message(user, text)) == 200
+        await self.connector.wait_handled(before + 1)
+
+    async def press(
+        self, presser: str, action: str, posted: dict[str, Any] | None = None, **change: str
+    ) -> int:
+        """``presser`` clicks the ``action`` button on the owner's notification."""
+        posted = posted or self.fake.last_message(dm_channel(OWNER))
+        button = dict(find_button(posted, action), **change)
+        return await self.post(block_actions(presser, posted, button), FORM)
+
+    def sent_to(self, user: str) -> list[str]:
+        return [c.params["text"] for c in self.fake.log.of("chat.postMessage", to(dm_channel(user)))]
+
+    async def pending(self) -> list[cm.Approval]:
+        found = await self.tenant.admin.admin.ListApprovals(adm.ListApprovalsRequest(channel_id=CHANNEL))
+        return list(found.approvals)
+
+    async def status(self, approval_id: str) -> int:
+        got = await self.tenant.admin.admin.GetApproval(adm.GetApprovalRequest(approval_id=approval_id))
+        return got.status
+
+
+def to(channel: str) -> Callable[[Call], bool]:
+    return lambda c: c.params.get("channel") == channel
+
+
+def find_button(posted: dict[str, Any], action: str) -> dict[str, Any]:
+    return next(
+        e
+        for b in posted["blocks"]
+        if b["type"] == "actions"
+        for e in b["elements"]
+        if e["action_id"] == ACTION_PREFIX + action
+    )
+
+
+@pytest.fixture
+async def rig(
+    tenant: Tenant,
+    connector_config: ConfigFactory,
+    agent: RecordingAgent,
+    send_endpoint: Callable[[Connector], Awaitable[SendEndpoint]],
+) -> AsyncIterator[Rig]:
+    await tenant.channel(CHANNEL, cm.PLATFORM_SLACK, owner_id=uid(OWNER), group_policy=cm.GROUP_POLICY_OPEN)
+    fake = FakeSlack(TOKEN)
+    await fake.start()
+    settings = SlackSettings(TOKEN, SECRET, "127.0.0.1:0", fake.base_url)
+    config = connector_config("slack", CHANNEL, slack=settings)
+    client = web_client(settings)
+    connector = ObservedConnector(config, SlackTransport(client, TEAM_ID), tenant.connector, agent)
+    endpoint = await send_endpoint(connector)
+    bot = SlackBot(connector, client, SECRET, BOT_USER_ID)
+    port = await bot.start(settings.listen)
+    try:
+        async with aiohttp.ClientSession() as session:
+            yield Rig(
+                tenant, fake, connector, agent, endpoint, f"http://127.0.0.1:{port}{EVENTS_PATH}", session
+            )
+    finally:
+        await bot.close()
+        await fake.close()
+
+
+async def start_pairing(rig: Rig) -> cm.Approval:
+    """Alice, a stranger, DMs the bot: she gets a code, the owner gets the buttons."""
+    await rig.say(ALICE, "hello there")
+    assert len(rig.sent_to(ALICE)) == 1 and "Pairing code" in rig.sent_to(ALICE)[0]
+    await rig.fake.log.wait_for("chat.postMessage", to(dm_channel(OWNER)))
+    [approval] = await rig.pending()
+    return approval
+
+
+# ---- pairing ----------------------------------------------------------------------
+
+
+async def test_stranger_pairs_owner_approves_then_messages_reach_the_agent(
+    rig: Rig, service: Service
+) -> None:
+    await rig.say(ALICE, "hello there")
+
+    # The requester gets the service's pairing text in her DM, nothing reached the agent.
+    opened = [c.params["users"] for c in rig.fake.log.of("conversations.open")]
+    assert opened == [OWNER]  # only the owner's DM needed opening; Alice's DM is the event's channel
+    assert len(rig.sent_to(ALICE)) == 1 and "🔑 Pairing code:" in rig.sent_to(ALICE)[0]
+    assert rig.agent.turns == []
+
+    # The owner's DM: the notification with Block Kit buttons carrying the service's payloads.
+    [approval] = await rig.pending()
+    assert approval.status == cm.APPROVAL_STATUS_PENDING and approval.user_id == uid(ALICE)
+    note = rig.fake.log.of("chat.postMessage", to(dm_channel(OWNER)))[0].params
+    assert "Pairing request on sl" in note["text"] and uid(ALICE) in note["text"]
+    section, actions = note["blocks"]
+    assert section["type"] == "section" and "'hello there'" in section["text"]["text"]
+    keyring = Keyring(service.settings.secret_key.encode())
+    expected = {
+        action: keyring.callback_payload(rig.tenant.tenant_id, approval.approval_id, ApprovalAction(action))
+        for action in ("approve", "deny", "block")
+    }
+    assert [(e["action_id"], e["style"], e["value"]) for e in actions["elements"]] == [
+        ("authz_approve", "primary", expected["approve"]),
+        ("authz_deny", "danger", expected["deny"]),
+        ("authz_block", "danger", expected["block"]),
+    ]
+    assert [e["text"]["text"] for e in actions["elements"]] == ["✅ Approve", "❌ Deny", "⛔ Block"]
+
+    # The owner presses Approve: the message loses its buttons and shows the outcome.
+    assert await rig.press(OWNER, "approve") == 200
+    update = (await rig.fake.log.wait_for("chat.update")).params
+    posted = rig.fake.last_message(dm_channel(OWNER))
+    assert update["channel"] == dm_channel(OWNER) and update["ts"] == posted["ts"]
+    assert update["text"] == f"✅ Approved by slack:{uid(OWNER)}"
+    assert [b["type"] for b in update["blocks"]] == ["section", "section"]
+    assert "Pairing request on sl" in update["blocks"][0]["text"]["text"]
+    assert await rig.status(approval.approval_id) == cm.APPROVAL_STATUS_APPROVED
+
+    # Alice is told in her DM (opened by user id), and now reaches the echo agent.
+    assert [c.params["users"] for c in rig.fake.log.of("conversations.open")] == [OWNER, ALICE]
+    assert rig.sent_to(ALICE)[-1] == "✅ Paired! You can chat now."
+    await rig.say(ALICE, "what is 2+2?")
+    assert rig.sent_to(ALICE)[-1] == "echo: what is 2+2?"
+    assert [(t.user_id, t.chat_id, t.session_id) for t in rig.agent.turns] == [
+        (uid(ALICE), dm_channel(ALICE), f"slack:{dm_channel(ALICE)}")
+    ]
+
+
+async def test_repeated_message_while_pending_does_not_notify_the_owner_again(rig: Rig) -> None:
+    await start_pairing(rig)
+    await rig.say(ALICE, "hello again?")
+    assert len(rig.sent_to(ALICE)) == 1
+    assert len(rig.fake.log.of("chat.postMessage", to(dm_channel(OWNER)))) == 1
+
+
+async def test_owner_denies(rig: Rig) -> None:
+    approval = await start_pairing(rig)
+    assert await rig.press(OWNER, "deny") == 200
+    update = (await rig.fake.log.wait_for("chat.update")).params
+    assert update["text"] == f"❌ Denied by slack:{uid(OWNER)}"
+    assert all(b["type"] != "actions" for b in update["blocks"])
+    assert rig.sent_to(ALICE)[-1] == "❌ Your pairing request was denied."
+    assert await rig.status(approval.approval_id) == cm.APPROVAL_STATUS_DENIED
+    assert rig.agent.turns == []
+
+
+async def test_owner_blocks_and_the_user_is_silenced(rig: Rig) -> None:
+    approval = await start_pairing(rig)
+    assert await rig.press(OWNER, "block") == 200
+    update = (await rig.fake.log.wait_for("chat.update")).params
+    assert update["text"] == f"⛔ Blocked by slack:{uid(OWNER)}"
+    assert await rig.status(approval.approval_id) == cm.APPROVAL_STATUS_BLOCKED
+    assert len(rig.sent_to(ALICE)) == 1  # the code only: a blocked requester is told nothing
+
+    owner_posts = len(rig.fake.log.of("chat.postMessage", to(dm_channel(OWNER))))
+    await rig.say(ALICE, "please?")
+    assert len(rig.sent_to(ALICE)) == 1
+    assert len(rig.fake.log.of("chat.postMessage", to(dm_channel(OWNER)))) == owner_posts
+    assert await rig.pending() == []
+    assert rig.agent.turns == []
+
+
+# ---- presses that must change nothing -----------------------------------------------
+
+
+async def test_non_owner_press_is_refused_ephemerally_and_approval_stays_pending(rig: Rig) -> None:
+    approval = await start_pairing(rig)
+    assert await rig.press(MALLORY, "approve") == 200
+    refusal = (await rig.fake.log.wait_for("chat.postEphemeral")).params
+    assert (refusal["channel"], refusal["user"], refusal["text"]) == (dm_channel(OWNER), MALLORY, NOT_ALLOWED)
+    assert rig.fake.log.of("chat.update") == []
+    assert await rig.status(approval.approval_id) == cm.APPROVAL_STATUS_PENDING
+    assert len(rig.sent_to(ALICE)) == 1
+
+    # The owner can still decide.
+    assert await rig.press(OWNER, "approve") == 200
+    assert await rig.status(approval.approval_id) == cm.APPROVAL_STATUS_APPROVED
+
+
+async def test_tampered_payload_is_refused_and_changes_nothing(rig: Rig) -> None:
+    approval = await start_pairing(rig)
+    posted = rig.fake.last_message(dm_channel(OWNER))
+    approve, deny = find_button(posted, "approve")["value"], find_button(posted, "deny")["value"]
+    flipped = approve[:-1] + ("A" if approve[-1] != "A" else "B")
+    # The Deny button's payload with the approve action letter: a forged approval.
+    at = next(i for i, (a, d) in enumerate(zip(approve, deny, strict=True)) if a != d)
+    promoted = deny[:at] + approve[at] + deny[at + 1 :]
+
+    for value in (flipped, promoted, "", "x" * 300):
+        assert await rig.press(OWNER, "approve", value=value) == 200
+
+    refusals = [c.params for c in rig.fake.log.of("chat.postEphemeral")]
+    assert [(r["user"], r["text"]) for r in refusals] == [(OWNER, INVALID_BUTTON)] * 4
+    assert rig.fake.log.of("chat.update") == []
+    assert await rig.status(approval.approval_id) == cm.APPROVAL_STATUS_PENDING
+    assert len(rig.sent_to(ALICE)) == 1
+
+
+async def test_replayed_and_late_presses_are_refused(rig: Rig) -> None:
+    approval = await start_pairing(rig)
+    before = rig.fake.last_message(dm_channel(OWNER))  # as the owner's client still shows it
+    assert await rig.press(OWNER, "approve", before) == 200
+    assert len(rig.fake.log.of("chat.update")) == 1
+    told = len(rig.sent_to(ALICE))
+
+    assert await rig.press(OWNER, "approve", before) == 200  # replay of the same click
+    assert await rig.press(OWNER, "block", before) == 200  # a second decision after the first
+    refusals = [c.params["text"] for c in rig.fake.log.of("chat.postEphemeral")]
+    assert refusals == [ALREADY_RESOLVED, ALREADY_RESOLVED]
+    assert len(rig.fake.log.of("chat.update")) == 1
+    assert len(rig.sent_to(ALICE)) == told
+    assert await rig.status(approval.approval_id) == cm.APPROVAL_STATUS_APPROVED
+
+
+# ---- request signatures --------------------------------------------------------------
+
+
+async def test_badly_signed_requests_are_rejected_and_change_nothing(rig: Rig) -> None:
+    forged = message(MALLORY, "let me in")
+    assert await rig.post(forged, secret="not-the-signing-secret") == 401
+    assert await rig.post(forged, ts=int(time.time()) - 600) == 401  # genuine signature, 10 minutes old
+    assert await rig.post(forged, signed=message(MALLORY, "harmless")) == 401  # body swapped after signing
+
+    approval = await start_pairing(rig)
+    posted = rig.fake.last_message(dm_channel(OWNER))
+    click = block_actions(OWNER, posted, find_button(posted, "approve"))
+    assert await rig.post(click, FORM, secret="not-the-signing-secret") == 401
+
+    # Only Alice's genuine message ever reached the flow; the forged click resolved nothing.
+    assert [m.user_id for m in rig.connector.received] == [uid(ALICE)]
+    assert rig.fake.log.of("chat.postMessage", to(dm_channel(MALLORY))) == []
+    assert rig.fake.log.of("chat.update") == [] and rig.fake.log.of("chat.postEphemeral") == []
+    assert await rig.status(approval.approval_id) == cm.APPROVAL_STATUS_PENDING
+
+    # The same click, signed correctly, goes through: the rejection was the signature.
+    assert await rig.post(click, FORM) == 200
+    assert await rig.status(approval.approval_id) == cm.APPROVAL_STATUS_APPROVED
+
+
+async def test_request_url_verification_needs_the_signing_secret(rig: Rig) -> None:
+    """What Slack sends when the Request URL is saved in the app settings."""
+    body = json.dumps({"type": "url_verification", "token": "unused", "challenge": "c4ll3ng3"})
+    assert await rig.post(body, secret="not-the-signing-secret") == 401
+    headers = {"Content-Type": "application/json", **sign(SECRET, body)}
+    async with rig.session.post(rig.events_url, data=body, headers=headers) as resp:
+        assert (resp.status, await resp.json()) == (200, {"challenge": "c4ll3ng3"})
+
+
+# ---- groups -----------------------------------------------------------------------------
+
+
+async def test_channel_mention_reaches_the_agent_and_unmentioned_chatter_does_not(rig: Rig) -> None:
+    chatter = message(ALICE, "just chatting", channel="C0GENERAL", channel_type="channel")
+    assert await rig.post(chatter) == 200
+    await rig.connector.wait_handled(1)
+    assert rig.fake.log.of("chat.postMessage") == []  # mention required: silence
+
+    # A mention arrives twice (message event and app_mention); it is one turn, as app_mention.
+    mentioned = message(ALICE, f"<@{BOT_USER_ID}> ping", channel="C0GENERAL", channel_type="channel")
+    assert await rig.post(mentioned) == 200
+    assert await rig.post(app_mention(ALICE, "ping", "C0GENERAL")) == 200
+    reply = await rig.fake.log.wait_for("chat.postMessage", to("C0GENERAL"))
+    assert reply.params["text"] == "echo: ping"
+    assert [(t.user_id, t.chat_id, t.text) for t in rig.agent.turns] == [(uid(ALICE), "C0GENERAL", "ping")]
+    assert [(m.chat_kind, m.group_id, m.mentioned, m.text) for m in rig.connector.received] == [
+        ("group", "C0GENERAL", False, "just chatting"),
+        ("group", "C0GENERAL", True, "ping"),
+    ]
+
+
+# ---- the send endpoint -------------------------------------------------------------------
+
+
+async def test_agent_send_to_denied_target_is_refused_and_to_origin_delivered(
+    rig: Rig, post_send: PostSend
+) -> None:
+    status, body = await post_send(
+        rig.endpoint.url, {"target": "C0SECRET", "text": "leak", "origin": "DU0ALICE01"}
+    )
+    assert status == 403
+    assert body == {
+        "allow": False,
+        "reason": "Failed to send to C0SECRET: target 'C0SECRET' is not permitted by send_policy",
+    }
+    assert rig.fake.log.of("chat.postMessage") == []
+
+    status, body = await post_send(
+        rig.endpoint.url, {"target": "DU0ALICE01", "text": "<!channel> done", "origin": "DU0ALICE01"}
+    )
+    assert (status, body) == (200, {"allow": True, "resolved_target": "DU0ALICE01"})
+    sent: Call = await rig.fake.log.wait_for("chat.postMessage", to("DU0ALICE01"))
+    assert sent.params["text"] == "&lt;!channel&gt; done"  # shown literally: no @channel ping
+
+
+# ---- the process: authz-connector slack ---------------------------------------------------
+
+
+class Listening(logging.Handler):
+    """Sets an event when the connector logs that its Slack listener is up."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ready = asyncio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith("slack events listening"):
+            self.ready.set()
+
+
+async def test_authz_connector_slack_serves_until_sigterm(
+    tenant: Tenant, connector_config: ConfigFactory
+) -> None:
+    """The plugin contract through sidecars.main.serve: run() until SIGTERM, then a clean stop."""
+    await tenant.channel(CHANNEL, cm.PLATFORM_SLACK, owner_id=uid(OWNER))
+    fake = FakeSlack(TOKEN)
+    await fake.start()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    settings = SlackSettings(TOKEN, SECRET, f"127.0.0.1:{port}", fake.base_url)
+    listening = Listening()
+    logger = logging.getLogger("sidecars.slack")
+    logger.addHandler(listening)
+    old_level = logger.level
+    logger.setLevel(logging.INFO)
+    task = asyncio.create_task(serve(connector_config("slack", CHANNEL, slack=settings), run))
+    try:
+        async with asyncio.timeout(5):
+            await listening.ready.wait()
+        # run() checked the token before it served anything.
+        assert [c.method for c in fake.log.calls] == ["auth.test"]
+        body = message(ALICE, "hi")
+        headers = {"Content-Type": "application/json", **sign(SECRET, body)}
+        url = f"http://127.0.0.1:{port}{EVENTS_PATH}"
+        async with aiohttp.ClientSession() as session:
+            async with session.post(url, data=body, headers=headers) as resp:
+                assert resp.status == 200
+            code = await fake.log.wait_for("chat.postMessage", to(dm_channel(ALICE)))
+            assert "Pairing code" in code.params["text"]
+
+            assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, signal.SIG_IGN)
+            os.kill(os.getpid(), signal.SIGTERM)
+            await asyncio.wait_for(task, 15)
+            with pytest.raises(aiohttp.ClientConnectionError):
+                await session.post(url, data=body, headers=headers)
+    finally:
+        task.cancel()
+        logger.removeHandler(listening)
+        logger.setLevel(old_level)
+        await fake.close()
+
+
+async def test_a_rejected_bot_token_stops_run_before_the_connector_starts(
+    connector_config: ConfigFactory,
+) -> None:
+    fake = FakeSlack(TOKEN)
+    await fake.start()
+    settings = SlackSettings("xoxb-revoked", SECRET, "127.0.0.1:0", fake.base_url)
+
+    async def start(transport: Transport) -> Connector:
+        raise AssertionError("start() must not be called with a rejected token")
+
+    try:
+        with pytest.raises(SlackApiError, match="invalid_auth"):
+            await run(connector_config("slack", CHANNEL, slack=settings), start)
+    finally:
+        await fake.close()

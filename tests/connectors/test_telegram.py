@@ -1,0 +1,382 @@
+"""Telegram connector end to end: python-telegram-bot against a local fake Bot
+API, the real authz service and PostgreSQL.
+
+Updates are fed with ``Application.process_update`` (handlers run inline, so
+once it returns every call the bot made is recorded); one test runs the whole
+``authz-connector`` path with polling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from telegram import Update
+
+from authz_service.gen.authz.v1 import admin_pb2 as adm
+from authz_service.gen.authz.v1 import common_pb2 as cm
+from sidecars import main as sidecar_main
+from sidecars import telegram as tg
+from sidecars.config import ConnectorConfig, TelegramSettings
+from sidecars.http import SendEndpoint
+from sidecars.runtime import (
+    ALREADY_RESOLVED,
+    INVALID_BUTTON,
+    NOT_ALLOWED,
+    START_REPLY,
+    UNAVAILABLE,
+    ButtonSpec,
+    Connector,
+)
+from tests.conftest import Service, Tenant
+from tests.connectors.conftest import ConfigFactory, PostSend, RecordingAgent
+from tests.connectors.fake_telegram import (
+    BOT_USERNAME,
+    TOKEN,
+    FakeTelegram,
+    callback_update,
+    message_update,
+)
+
+OWNER = 1001
+ALICE = 2002
+MALLORY = 3003
+GROUP = -100500
+SEND_POLICY = cm.SendPolicy(default=cm.SEND_DEFAULT_DENY, allow=["origin"])
+
+
+@dataclass
+class Bot:
+    fake: FakeTelegram
+    app: tg.TelegramApp
+    connector: Connector
+    agent: RecordingAgent
+
+    async def feed(self, update: dict[str, Any]) -> None:
+        await self.app.process_update(Update.de_json(update, self.app.bot))
+
+    async def say(self, user_id: int, text: str, **kw: Any) -> None:
+        await self.feed(message_update(user_id, text, **kw))
+
+    def owner_request(self) -> dict[str, Any]:
+        """The latest owner notification (a message with buttons)."""
+        with_buttons = [m for m in self.fake.messages_to(OWNER) if m.get("reply_markup")]
+        assert with_buttons, "the owner was not notified"
+        return with_buttons[-1]
+
+    async def press(self, presser: int, action: str, message: dict[str, Any] | None = None) -> None:
+        message = message or self.owner_request()
+        await self.feed(callback_update(presser, message, payload(message, action)))
+
+
+def buttons(message: dict[str, Any]) -> list[dict[str, Any]]:
+    rows: list[list[dict[str, Any]]] = message["reply_markup"]["inline_keyboard"]
+    return [button for row in rows for button in row]
+
+
+def payload(message: dict[str, Any], action: str) -> str:
+    """The callback_data of the button whose label names ``action``."""
+    matches = [b["callback_data"] for b in buttons(message) if action.lower() in b["text"].lower()]
+    assert len(matches) == 1, buttons(message)
+    data: str = matches[0]
+    return data
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeTelegram]:
+    server = FakeTelegram()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+MakeBot = Callable[..., Awaitable[Bot]]
+
+
+@pytest.fixture
+async def make_bot(
+    fake: FakeTelegram, tenant: Tenant, connector_config: ConfigFactory, agent: RecordingAgent
+) -> AsyncIterator[MakeBot]:
+    apps: list[tg.TelegramApp] = []
+
+    async def make(**policy: Any) -> Bot:
+        await tenant.channel("tg", cm.PLATFORM_TELEGRAM, **policy)
+        config = telegram_config(connector_config, fake)
+        app = tg.build_application(config.telegram)  # type: ignore[arg-type]
+        await app.initialize()
+        apps.append(app)
+        connector = Connector(config, tg.TelegramTransport(app.bot), tenant.connector, agent)
+        tg.install_handlers(app, connector)
+        return Bot(fake, app, connector, agent)
+
+    yield make
+    for app in apps:
+        await app.shutdown()
+
+
+def telegram_config(connector_config: ConfigFactory, fake: FakeTelegram, **overrides: Any) -> ConnectorConfig:
+    return connector_config("telegram", "tg", telegram=TelegramSettings(TOKEN, fake.base_url), **overrides)
+
+
+async def pending(tenant: Tenant) -> list[cm.Approval]:
+    resp = await tenant.admin.admin.ListApprovals(adm.ListApprovalsRequest(channel_id="tg"))
+    return list(resp.approvals)
+
+
+def alerts(fake: FakeTelegram) -> list[str]:
+    return [
+        c.params["text"] for c in fake.log.of("answerCallbackQuery") if c.params.get("show_alert") == "true"
+    ]
+
+
+async def test_pairing_approve_then_chat(make_bot: MakeBot, tenant: Tenant) -> None:
+    bot = await make_bot(owner_id=str(OWNER), send_policy=SEND_POLICY)
+    await bot.say(ALICE, "hello bot")
+
+    [code_text] = bot.fake.texts(ALICE)
+    assert code_text.startswith("🔑 Pairing code:")
+    request = bot.owner_request()
+    assert "hello bot" in request["text"] and str(ALICE) in request["text"]
+    assert sorted(b["text"] for b in buttons(request)) == ["⛔ Block", "✅ Approve", "❌ Deny"]
+    assert bot.agent.turns == []
+
+    await bot.press(OWNER, "approve")
+    [edit] = bot.fake.log.of("editMessageText")
+    assert edit.params["text"].startswith(request["text"])
+    assert edit.params["text"].endswith(f"Approved by telegram:{OWNER}")
+    assert "reply_markup" not in edit.params  # buttons removed
+    assert bot.fake.texts(ALICE)[-1] == "✅ Paired! You can chat now."
+    assert alerts(bot.fake) == []
+
+    await bot.say(ALICE, "what's up?")
+    assert [t.text for t in bot.agent.turns] == ["what's up?"]
+    assert bot.agent.turns[0].session_id == f"telegram:{ALICE}"
+    assert bot.fake.texts(ALICE)[-1] == "echo: what's up?"
+    assert await pending(tenant) == []
+
+
+async def test_callback_payloads_fit_telegram_limit(make_bot: MakeBot) -> None:
+    bot = await make_bot(owner_id=str(OWNER))
+    await bot.say(ALICE, "hi")
+    datas = [b["callback_data"] for b in buttons(bot.owner_request())]
+    assert len(datas) == 3 and len(set(datas)) == 3
+    assert all(len(d.encode()) <= 64 for d in datas)
+
+    with pytest.raises(ValueError, match="64 bytes"):
+        tg.keyboard([ButtonSpec("approve", "ok", "x" * 65)])
+    assert tg.keyboard([ButtonSpec("approve", "ok", "é" * 32)]).inline_keyboard[0][0].callback_data
+
+
+def test_long_texts_are_split_for_telegram() -> None:
+    assert tg.split_text("") == [""]
+    assert tg.split_text("a" * 4096) == ["a" * 4096]
+    assert tg.split_text("a" * 4097) == ["a" * 4096, "a"]
+    # Telegram counts UTF-16 code units: an emoji takes two.
+    assert tg.split_text("😀" * 2049) == ["😀" * 2048, "😀"]
+    assert tg.split_text("a" + "😀" * 2048) == ["a" + "😀" * 2047, "😀"]
+
+
+async def test_repeat_message_while_pending_is_silent(make_bot: MakeBot) -> None:
+    bot = await make_bot(owner_id=str(OWNER))
+    await bot.say(ALICE, "hello")
+    await bot.say(ALICE, "hello?")
+    assert len(bot.fake.texts(ALICE)) == 1
+    assert len(bot.fake.messages_to(OWNER)) == 1
+    assert bot.agent.turns == []
+
+
+async def test_deny(make_bot: MakeBot, tenant: Tenant) -> None:
+    bot = await make_bot(owner_id=str(OWNER), send_policy=SEND_POLICY)
+    await bot.say(ALICE, "let me in")
+    await bot.press(OWNER, "deny")
+    [edit] = bot.fake.log.of("editMessageText")
+    assert edit.params["text"].endswith(f"Denied by telegram:{OWNER}")
+    assert bot.fake.texts(ALICE)[-1] == "❌ Your pairing request was denied."
+    assert await pending(tenant) == []
+    assert bot.agent.turns == []
+
+
+async def test_block_silences_user(make_bot: MakeBot) -> None:
+    bot = await make_bot(owner_id=str(OWNER), send_policy=SEND_POLICY)
+    await bot.say(ALICE, "let me in")
+    await bot.press(OWNER, "block")
+    [edit] = bot.fake.log.of("editMessageText")
+    assert edit.params["text"].endswith(f"Blocked by telegram:{OWNER}")
+    assert len(bot.fake.texts(ALICE)) == 1  # the code only: a blocked user is told nothing
+
+    await bot.say(ALICE, "please?")
+    assert len(bot.fake.texts(ALICE)) == 1
+    assert len(bot.fake.messages_to(OWNER)) == 1  # no new pairing request
+    assert bot.agent.turns == []
+
+
+async def test_replayed_press_is_refused(make_bot: MakeBot) -> None:
+    bot = await make_bot(owner_id=str(OWNER))
+    await bot.say(ALICE, "hi")
+    request = bot.owner_request()
+    await bot.press(OWNER, "approve", request)
+    await bot.press(OWNER, "approve", request)
+    await bot.press(OWNER, "deny", request)
+    assert alerts(bot.fake) == [ALREADY_RESOLVED, ALREADY_RESOLVED]
+    assert len(bot.fake.log.of("editMessageText")) == 1
+    assert bot.fake.texts(ALICE)[-1] == "✅ Paired! You can chat now."
+
+
+async def test_tampered_payload_is_refused(make_bot: MakeBot, tenant: Tenant) -> None:
+    bot = await make_bot(owner_id=str(OWNER))
+    await bot.say(ALICE, "hi")
+    request = bot.owner_request()
+    genuine = payload(request, "approve")
+    tampered = genuine[:-2] + ("AA" if genuine[-2:] != "AA" else "BB")
+    await bot.feed(callback_update(OWNER, request, tampered))
+    await bot.feed(callback_update(OWNER, request, "garbage"))
+    assert alerts(bot.fake) == [INVALID_BUTTON, INVALID_BUTTON]
+    assert bot.fake.log.of("editMessageText") == []
+    [approval] = await pending(tenant)
+    assert approval.status == cm.APPROVAL_STATUS_PENDING
+
+
+async def test_non_owner_press_changes_nothing(make_bot: MakeBot, tenant: Tenant) -> None:
+    bot = await make_bot(owner_id=str(OWNER))
+    await bot.say(ALICE, "hi")
+    await bot.press(MALLORY, "approve")
+    assert alerts(bot.fake) == [NOT_ALLOWED]
+    assert bot.fake.log.of("editMessageText") == []
+    [approval] = await pending(tenant)
+    got = await tenant.admin.admin.GetApproval(adm.GetApprovalRequest(approval_id=approval.approval_id))
+    assert got.status == cm.APPROVAL_STATUS_PENDING
+    assert len(bot.fake.texts(ALICE)) == 1
+
+    await bot.press(OWNER, "approve")  # the owner still can
+    assert bot.fake.texts(ALICE)[-1] == "✅ Paired! You can chat now."
+
+
+async def test_start_and_pair_commands(make_bot: MakeBot, tenant: Tenant) -> None:
+    bot = await make_bot(owner_id=str(OWNER), send_policy=SEND_POLICY)
+    await bot.say(ALICE, "/start")  # unknown user: like any message
+    assert bot.fake.texts(ALICE)[0].startswith("🔑 Pairing code:")
+    assert "/start" in bot.owner_request()["text"]
+
+    await tenant.admin.admin.AllowUser(adm.AllowUserRequest(channel_id="tg", user_id=str(MALLORY)))
+    await bot.say(MALLORY, "/start")
+    await bot.say(MALLORY, f"/pair@{BOT_USERNAME}")
+    assert bot.fake.texts(MALLORY) == [START_REPLY, START_REPLY]
+    assert bot.agent.turns == []
+
+
+async def test_group_messages_need_a_mention(make_bot: MakeBot) -> None:
+    bot = await make_bot(group_policy=cm.GROUP_POLICY_OPEN, send_policy=SEND_POLICY)
+    await bot.say(ALICE, "just chatting", chat_id=GROUP, chat_type="supergroup")
+    assert bot.fake.texts(GROUP) == []
+
+    mention = f"@{BOT_USERNAME} ping"
+    entity = {"type": "mention", "offset": 0, "length": len(BOT_USERNAME) + 1}
+    await bot.say(ALICE, mention, chat_id=GROUP, chat_type="supergroup", entities=[entity])
+    await bot.say(ALICE, "pong?", chat_id=GROUP, chat_type="group", reply_to_bot=True)
+    assert bot.fake.texts(GROUP) == [f"echo: {mention}", "echo: pong?"]
+    assert bot.agent.turns[0].session_id == f"telegram:{GROUP}"
+
+
+async def test_agent_send_is_gated(
+    make_bot: MakeBot, send_endpoint: Callable[[Connector], Awaitable[SendEndpoint]], post_send: PostSend
+) -> None:
+    bot = await make_bot(dm_policy=cm.DM_POLICY_OPEN, send_policy=SEND_POLICY)
+    endpoint = await send_endpoint(bot.connector)
+
+    status, body = await post_send(endpoint.url, {"target": "5555", "text": "leak", "origin": str(ALICE)})
+    assert status == 403
+    assert body["allow"] is False
+    assert body["reason"].startswith("Failed to send to 5555")
+    assert bot.fake.log.of("sendMessage") == []
+
+    status, body = await post_send(
+        endpoint.url, {"target": str(ALICE), "text": "hello from the agent", "origin": str(ALICE)}
+    )
+    assert (status, body) == (200, {"allow": True, "resolved_target": str(ALICE)})
+    assert bot.fake.texts(ALICE) == ["hello from the agent"]
+
+
+async def test_service_outage_drops_message(
+    fake: FakeTelegram,
+    tenant: Tenant,
+    connector_config: ConfigFactory,
+    agent: RecordingAgent,
+    dead_address: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    config = telegram_config(connector_config, fake, address=dead_address)
+    client = sidecar_main.make_client(config)
+    app = tg.build_application(config.telegram)  # type: ignore[arg-type]
+    await app.initialize()
+    try:
+        connector = Connector(config, tg.TelegramTransport(app.bot), client, agent)
+        tg.install_handlers(app, connector)
+        bot = Bot(fake, app, connector, agent)
+        owner_message = {"message_id": 1, "date": 0, "chat": {"id": OWNER, "type": "private"}, "text": "req"}
+        with caplog.at_level(logging.WARNING, logger="sidecars"):
+            await bot.say(ALICE, "anyone there?")
+            await bot.feed(callback_update(OWNER, owner_message, "x" * 40))
+    finally:
+        await app.shutdown()
+        await client.close()
+    assert agent.turns == []
+    assert fake.log.of("sendMessage") == []
+    assert alerts(fake) == [UNAVAILABLE]
+    retries = [r for r in caplog.records if "retrying" in r.getMessage()]
+    assert len(retries) == len(config.retry_delays)  # the press is not retried
+    assert any("dropped message from 2002" in r.getMessage() for r in caplog.records)
+
+
+async def test_authz_connector_polls_and_replies(
+    fake: FakeTelegram, tenant: Tenant, connector_config: ConfigFactory
+) -> None:
+    """The real entry point: serve() + telegram.run with long polling against the fake."""
+    await tenant.channel("tg", cm.PLATFORM_TELEGRAM, dm_policy=cm.DM_POLICY_OPEN, send_policy=SEND_POLICY)
+    config = telegram_config(connector_config, fake)
+    task = asyncio.create_task(sidecar_main.serve(config, sidecar_main.load_platform("telegram")))
+    try:
+        await fake.log.wait_for("getUpdates")
+        fake.push_update(message_update(ALICE, "over polling"))
+        await fake.log.wait_for("sendMessage", lambda c: c.params["chat_id"] == str(ALICE))
+        assert fake.texts(ALICE) == ["echo: over polling"]
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+async def test_authz_connector_process_stops_on_sigterm(
+    fake: FakeTelegram, tenant: Tenant, service: Service, tmp_path: Path
+) -> None:
+    """The installed command starts against the fake, then exits 0 on SIGTERM."""
+    await tenant.channel("tg", cm.PLATFORM_TELEGRAM)
+    config = tmp_path / "telegram.yaml"
+    config.write_text(
+        f"channel_id: tg\naddress: {service.address}\nsend_listen: 127.0.0.1:0\n"
+        f"telegram:\n  base_url: {fake.base_url}\n"
+    )
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "TELEGRAM_BOT_TOKEN": TOKEN,
+        "AUTHZ_CONNECTOR_API_KEY": tenant.keys["connector"],
+    }
+    cli = Path(sys.executable).parent / "authz-connector"
+    proc = await asyncio.create_subprocess_exec(
+        str(cli), "telegram", "--config", str(config), env=env, stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        await fake.log.wait_for("getUpdates", timeout=30)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(30):
+            _, stderr = await proc.communicate()
+    assert proc.returncode == 0, stderr.decode()
+    assert TOKEN not in stderr.decode()
+    assert "telegram connector running as @authz_test_bot for channel tg" in stderr.decode()
