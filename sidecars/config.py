@@ -87,6 +87,17 @@ class ConnectorConfig:
     retry_delays: tuple[float, ...] = (0.2, 0.4, 0.8)
     rpc_timeout: float = 5.0
 
+    def secrets(self) -> tuple[str, ...]:
+        """Every secret in this config, to scrub from error output."""
+        values = [self.api_key]
+        if self.telegram is not None:
+            values.append(self.telegram.token)
+        if self.slack is not None:
+            values += [self.slack.bot_token, self.slack.signing_secret]
+        if self.discord is not None:
+            values.append(self.discord.token)
+        return tuple(v for v in values if v)
+
 
 def load_config(path: str | Path, platform: str, env: Mapping[str, str] | None = None) -> ConnectorConfig:
     """Read ``path`` and apply the environment (``os.environ`` by default)."""

@@ -37,6 +37,7 @@ import importlib
 import logging
 import signal
 import sys
+import traceback
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
@@ -110,6 +111,25 @@ async def serve(config: ConnectorConfig, run_platform: RunPlatform) -> None:
             await client.close()
 
 
+def _scrub(text: str, secrets: Sequence[str]) -> str:
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return text
+
+
+class _ScrubbingFormatter(logging.Formatter):
+    """Libraries log tokens (python-telegram-bot puts the bot token in URLs and in
+    InvalidToken's message): remove every configured secret from every record."""
+
+    def __init__(self, inner: logging.Formatter | None, secrets: Sequence[str]) -> None:
+        super().__init__()
+        self._inner = inner or logging.Formatter()
+        self._secrets = secrets
+
+    def format(self, record: logging.LogRecord) -> str:
+        return _scrub(self._inner.format(record), self._secrets)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="authz-connector", description="Chat platform connector for the authz service."
@@ -126,6 +146,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"authz-connector: configuration error: {exc}", file=sys.stderr)
         return 2
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(_ScrubbingFormatter(handler.formatter, config.secrets()))
     try:
         run_platform = load_platform(config.platform)
     except ImportError as exc:
@@ -137,8 +159,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         asyncio.run(serve(config, run_platform))
-    except Exception:
-        log.exception("connector stopped on an error")
+    except Exception as exc:
+        # Libraries put tokens in their messages (python-telegram-bot's InvalidToken
+        # does): scrub every configured secret before anything is printed.
+        log.debug("connector failure", exc_info=True)
+        last = traceback.format_exception_only(exc)[-1].strip()
+        print(f"authz-connector: stopped: {_scrub(last, config.secrets())}", file=sys.stderr)
         return 1
     return 0
 

@@ -380,3 +380,32 @@ async def test_authz_connector_process_stops_on_sigterm(
     assert proc.returncode == 0, stderr.decode()
     assert TOKEN not in stderr.decode()
     assert "telegram connector running as @authz_test_bot for channel tg" in stderr.decode()
+
+
+async def test_a_rejected_token_exits_1_without_printing_it(
+    fake: FakeTelegram, tenant: Tenant, service: Service, tmp_path: Path
+) -> None:
+    """python-telegram-bot puts the rejected token in its error; the connector must not print it."""
+    await tenant.channel("tg", cm.PLATFORM_TELEGRAM)
+    config = tmp_path / "telegram.yaml"
+    config.write_text(
+        f"channel_id: tg\naddress: {service.address}\nsend_listen: 127.0.0.1:0\n"
+        f"telegram:\n  base_url: {fake.base_url}\n"
+    )
+    wrong = "999999:WRONG-secret-token"
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "TELEGRAM_BOT_TOKEN": wrong,
+        "AUTHZ_CONNECTOR_API_KEY": tenant.keys["connector"],
+    }
+    cli = Path(sys.executable).parent / "authz-connector"
+    proc = await asyncio.create_subprocess_exec(
+        str(cli), "telegram", "--config", str(config), "--log-level", "DEBUG", env=env,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    async with asyncio.timeout(30):
+        _, stderr = await proc.communicate()
+    text = stderr.decode()
+    assert proc.returncode == 1, text
+    assert "authz-connector: stopped: telegram.error.InvalidToken" in text
+    assert wrong not in text and tenant.keys["connector"] not in text
