@@ -396,3 +396,19 @@ async def test_unreachable_store_never_yields_an_approval(tenant: Tenant, agent:
     # The approval itself is untouched: still approved and never redeemed.
     stored = await tenant.admin.admin.GetApproval(adm.GetApprovalRequest(approval_id=aid))
     assert stored.status == cm.APPROVAL_STATUS_APPROVED and not stored.HasField("redeemed_at")
+
+
+async def test_a_watch_outlives_the_unary_deadline(tenant: Tenant, service: Service) -> None:
+    """Streams get no default deadline: a watch waits for the decision, however long."""
+    await setup(tenant)
+    key = await tenant.admin.admin.CreateApiKey(adm.CreateApiKeyRequest(role=adm.ROLE_AGENT, name="slow"))
+    short = connect(service.address, key.secret, timeout=0.3)
+    try:
+        resp = await ask(short)
+        watching = asyncio.create_task(short.wait_for_decision(resp.approval.approval_id, timeout=30))
+        done, _ = await asyncio.wait({watching}, timeout=1.0)  # three unary deadlines pass
+        assert not done
+        await press(tenant, payload(resp, cm.APPROVAL_ACTION_APPROVE))
+        assert (await watching).status == "approved"
+    finally:
+        await short.close()

@@ -88,7 +88,7 @@ def _read_key(env_name: str, fallback: Path | None) -> str | None:
     return None
 
 
-def client(args: argparse.Namespace, *, operator: bool = False) -> SyncClient:
+def api_key(args: argparse.Namespace, *, operator: bool = False) -> str:
     home = Path(os.environ.get("AUTHZ_HOME") or Path.home() / ".authz")
     if operator:
         key = _read_key("AUTHZ_OPERATOR_KEY", home / "operator.key")
@@ -98,16 +98,25 @@ def client(args: argparse.Namespace, *, operator: bool = False) -> SyncClient:
         missing = "set AUTHZ_API_KEY (or pass --api-key); `make run` prints one for the demo tenant"
     if not key:
         raise CliError(missing)
-    return connect_sync(args.address, key)
+    return key
 
 
-def call(fn: Callable[..., Any], request: Message) -> Any:
+def client(args: argparse.Namespace, *, operator: bool = False) -> SyncClient:
+    return connect_sync(args.address, api_key(args, operator=operator))
+
+
+def rpc_error(exc: grpc.RpcError, what: str = "") -> CliError:
+    code = exc.code()
+    name = code.name if code is not None else "UNKNOWN"
+    return CliError(f"{name}: {what + ': ' if what else ''}{exc.details()}")
+
+
+def call(fn: Callable[..., Any], request: Message, *, what: str = "") -> Any:
+    """One unary call; an RPC error becomes ``<STATUS>: [what: ]<details>``."""
     try:
         return fn(request, timeout=15)
     except grpc.RpcError as exc:
-        code = exc.code()
-        name = code.name if code is not None else "UNKNOWN"
-        raise CliError(f"{name}: {exc.details()}") from None
+        raise rpc_error(exc, what) from None
 
 
 # --- commands ----------------------------------------------------------------------
@@ -121,7 +130,8 @@ GROUP = {
     "allowlist": cm.GROUP_POLICY_ALLOWLIST,
     "disabled": cm.GROUP_POLICY_DISABLED,
 }
-ROLES = {"connector": adm.ROLE_CONNECTOR, "approver": adm.ROLE_APPROVER, "admin": adm.ROLE_ADMIN}
+ROLES = {"connector": adm.ROLE_CONNECTOR, "approver": adm.ROLE_APPROVER, "admin": adm.ROLE_ADMIN,
+         "agent": adm.ROLE_AGENT}  # fmt: skip
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -471,13 +481,253 @@ def cmd_group_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_approvers(args: argparse.Namespace) -> int:
+# --- tool-call approvals and grants --------------------------------------------------
+
+KINDS = {
+    "tool": cm.APPROVAL_KIND_TOOL,
+    "pairing": cm.APPROVAL_KIND_PAIRING,
+    "all": cm.APPROVAL_KIND_UNSPECIFIED,
+}
+STATUSES = ("pending", "approved", "denied", "blocked", "expired")
+
+
+def _span(seconds: float) -> str:
+    s = int(abs(seconds))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if s >= size:
+            return f"{s // size}{unit}"
+    return f"{s}s"
+
+
+def _relative(when: datetime | None, now: datetime) -> str:
+    if when is None:
+        return ""
+    delta = (when - now).total_seconds()
+    return f"in {_span(delta)}" if delta > 0 else f"{_span(delta)} ago"
+
+
+def _short(text: str, width: int = 40) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _arguments(arguments_json: str) -> Any:
+    try:
+        return json.loads(arguments_json) if arguments_json else None
+    except ValueError:
+        return arguments_json
+
+
+def _approval_dict(a: cm.Approval) -> dict[str, Any]:
+    """Every field of an approval (tool fields are empty for pairing requests)."""
+    t = a.tool
+    return {"approval_id": a.approval_id, "kind": enum_name("APPROVAL_KIND_", cm.ApprovalKind.Name(a.kind)),
+            "status": enum_name("APPROVAL_STATUS_", cm.ApprovalStatus.Name(a.status)),
+            "tool": t.tool_name, "agent": t.agent_id, "session": t.session_id,
+            "risk": enum_name("RISK_", cm.Risk.Name(t.risk)) if a.HasField("tool") else "",
+            "channel": a.channel_id, "user": a.user_id, "name": a.display_name,
+            "created": ts(a, "created_at"), "expires": ts(a, "expires_at"), "resolved": ts(a, "resolved_at"),
+            "resolved_by": a.resolved_by, "reason": a.reason, "redeemed": ts(a, "redeemed_at"),
+            "grant_id": a.grant_id, "arguments_digest": t.arguments_digest,
+            "arguments": _arguments(t.arguments_json)}  # fmt: skip
+
+
+def _describe(a: cm.Approval) -> str:
+    if a.kind == cm.APPROVAL_KIND_TOOL:
+        return f"tool {a.tool.tool_name}" + (f" for agent {a.tool.agent_id}" if a.tool.agent_id else "")
+    return f"user {a.user_id} on {a.channel_id}"
+
+
+def cmd_approvals_list(args: argparse.Namespace) -> int:
+    if not 1 <= args.limit <= 1000:
+        raise CliError("--limit must be between 1 and 1000")
     c = client(args)
-    if args.set is not None:
-        resp = call(c.admin.SetTenantSettings, adm.TenantSettings(approvers=args.set))
+    # The service filters by one status and no agent: merge and filter here.
+    fetch = 1000 if args.agent is not None else args.limit
+    found: list[cm.Approval] = []
+    for status in STATUSES if args.status == "all" else (args.status,):
+        req = adm.ListApprovalsRequest(status=cm.ApprovalStatus.Value(f"APPROVAL_STATUS_{status.upper()}"),
+                                       limit=fetch, kind=KINDS[args.kind])  # fmt: skip
+        found.extend(call(c.admin.ListApprovals, req).approvals)
+    if args.agent is not None:
+        found = [a for a in found if a.HasField("tool") and a.tool.agent_id == args.agent]
+    found.sort(key=lambda a: (a.created_at.seconds, a.created_at.nanos), reverse=True)  # newest first
+    found = found[: args.limit]
+    columns = ["approval_id", "status", "tool", "agent", "risk", "age", "expires", "arguments"]
+    if args.kind != "tool":  # pairing requests: show whose and where
+        columns = ["approval_id", "kind", *columns[1:5], "channel", "user", *columns[5:]]
+    now = datetime.now(UTC)
+    rows = [_approval_dict(a) for a in found]
+    if not args.json:
+        for a, row in zip(found, rows, strict=True):
+            pending = a.status == cm.APPROVAL_STATUS_PENDING  # expiry means nothing once decided
+            row.update(age=_span((now - row["created"]).total_seconds()) if row["created"] else "",
+                       expires=_relative(row["expires"], now) if pending else "",
+                       arguments=_short(a.tool.arguments_json))  # fmt: skip
+    emit(args, rows, columns)
+    return 0
+
+
+def cmd_approvals_show(args: argparse.Namespace) -> int:
+    a = call(client(args).admin.GetApproval, adm.GetApprovalRequest(approval_id=args.approval_id),
+             what=f"approval {args.approval_id}")  # fmt: skip
+    d = _approval_dict(a)
+    if args.json:
+        print(json.dumps(d, indent=2, default=_fmt, ensure_ascii=False))
+        return 0
+    arguments = d.pop("arguments")
+    now = datetime.now(UTC)
+    width = max(map(len, d)) + 1
+    for key, value in d.items():
+        text = _fmt(value) or "-"
+        if key in ("created", "expires") and value is not None:
+            text += f" ({_relative(value, now)})"
+        print(f"{key + ':':<{width}} {text}")
+    if a.HasField("tool"):
+        pretty = json.dumps(arguments, indent=2, sort_keys=True, ensure_ascii=False)
+        print("arguments:\n  " + pretty.replace("\n", "\n  "))
+    return 0
+
+
+def cmd_approvals_resolve(args: argparse.Namespace, action: Any) -> int:
+    if getattr(args, "always", False):
+        action = cm.APPROVAL_ACTION_ALWAYS_ALLOW
+    verb = {cm.APPROVAL_ACTION_APPROVE: "approve", cm.APPROVAL_ACTION_DENY: "deny",
+            cm.APPROVAL_ACTION_ALWAYS_ALLOW: "always allow"}[action]  # fmt: skip
+    c = client(args)
+    req = az.ResolveApprovalRequest(approval_id=args.approval_id, action=action, reason=args.reason or "")
+    resp = call(c.authz.ResolveApproval, req, what=f"cannot {verb} {args.approval_id}")
+    a = resp.approval
+    print(f"{resp.owner_text}: {_describe(a)} ({a.approval_id})")
+    if resp.requester_text:
+        print(f"the requester will be told: {resp.requester_text}")
+    if action == cm.APPROVAL_ACTION_ALWAYS_ALLOW:
+        grants = call(c.admin.ListGrants, adm.ListGrantsRequest(agent_id=a.tool.agent_id)).grants
+        for g in grants:
+            if g.approval_id == a.approval_id:
+                print(f"standing grant {g.grant_id}: this exact call runs without asking until "
+                      f"`authz approvals revoke-grant {g.grant_id}`")  # fmt: skip
+    return 0
+
+
+def _watch_event(a: cm.Approval) -> tuple[str, str, datetime | None]:
+    """(event, by whom, when) for one approval seen on the stream."""
+    status = enum_name("APPROVAL_STATUS_", cm.ApprovalStatus.Name(a.status))
+    if a.status == cm.APPROVAL_STATUS_PENDING:
+        return "new", "", ts(a, "created_at")
+    if a.status == cm.APPROVAL_STATUS_APPROVED and a.HasField("redeemed_at"):
+        return "redeemed", "", ts(a, "redeemed_at")
+    if a.status == cm.APPROVAL_STATUS_APPROVED and a.grant_id:
+        return status, f"grant {a.grant_id}", ts(a, "resolved_at") or ts(a, "created_at")
+    if a.status == cm.APPROVAL_STATUS_EXPIRED:
+        return status, "", ts(a, "resolved_at") or ts(a, "expires_at")
+    return status, a.resolved_by, ts(a, "resolved_at")
+
+
+def _watch_line(a: cm.Approval) -> str:
+    event, by, when = _watch_event(a)
+    line = f"{_fmt(when or datetime.now(UTC))}  {event.upper()}{' by ' + by if by else ''}  {a.approval_id}  "
+    line += _describe(a)
+    if a.HasField("tool"):
+        line += f" (risk {enum_name('RISK_', cm.Risk.Name(a.tool.risk))}) {_short(a.tool.arguments_json, 60)}"
+    elif a.display_name:
+        line += f" ({a.display_name})"
+    return line + (f"; reason: {a.reason}" if a.reason and event != "new" else "")
+
+
+def cmd_approvals_watch(args: argparse.Namespace) -> int:
+    c = client(args)  # streams get no deadline by default: a watch runs until Ctrl-C
+    try:
+        stream = c.admin.WatchApprovals(adm.WatchApprovalsRequest(kind=KINDS[args.kind]))
+        try:
+            for a in stream:
+                if args.json:
+                    event, by, _ = _watch_event(a)
+                    line = json.dumps({"event": event, "by": by, **_approval_dict(a)}, default=_fmt,
+                                      ensure_ascii=False)  # fmt: skip
+                else:
+                    line = _watch_line(a)
+                print(line, flush=True)
+        finally:
+            stream.cancel()  # type: ignore[no-untyped-call]  # untyped in grpc-stubs
+    except KeyboardInterrupt:  # Ctrl-C is how a watch ends
+        return 0
+    except grpc.RpcError as exc:
+        raise rpc_error(exc, "watch") from None
+    finally:
+        c.close()
+    return 0
+
+
+def _grant_dict(g: adm.Grant) -> dict[str, Any]:
+    return {"grant_id": g.grant_id, "agent": g.agent_id, "tool": g.tool.tool_name,
+            "arguments": _arguments(g.tool.arguments_json), "arguments_digest": g.tool.arguments_digest,
+            "approval_id": g.approval_id, "created": ts(g, "created_at"), "created_by": g.created_by,
+            "revoked": ts(g, "revoked_at"), "revoked_by": g.revoked_by}  # fmt: skip
+
+
+def cmd_approvals_grants(args: argparse.Namespace) -> int:
+    req = adm.ListGrantsRequest(agent_id=args.agent or "", include_revoked=args.all)
+    grants = call(client(args).admin.ListGrants, req).grants
+    rows = [_grant_dict(g) for g in grants]
+    if not args.json:
+        for g, row in zip(grants, rows, strict=True):
+            row["arguments"] = _short(g.tool.arguments_json)
+    columns = ["grant_id", "agent", "tool", "arguments", "created", "created_by"]
+    emit(args, rows, columns + (["revoked", "revoked_by"] if args.all else []))
+    return 0
+
+
+def cmd_approvals_revoke_grant(args: argparse.Namespace) -> int:
+    g = call(client(args).admin.RevokeGrant, adm.RevokeGrantRequest(grant_id=args.grant_id),
+             what=f"cannot revoke {args.grant_id}")  # fmt: skip
+    print(f"revoked grant {g.grant_id}: tool {g.tool.tool_name} for agent {g.agent_id or '-'} "
+          f"(revoked {_fmt(ts(g, 'revoked_at'))} by {g.revoked_by})")  # fmt: skip
+    return 0
+
+
+def _print_settings(args: argparse.Namespace, s: adm.TenantSettings) -> None:
+    agents = {agent: list(s.agent_approvers[agent].actors) for agent in sorted(s.agent_approvers)}
+    if args.json:
+        print(json.dumps({"approvers": list(s.approvers), "agent_approvers": agents}, indent=2))
+        return
+    print("tenant approvers:" + "".join(f"\n  {a}" for a in s.approvers) if s.approvers
+          else "tenant approvers: (none)")  # fmt: skip
+    if not agents:
+        print("agent approvers: (none: every agent's tool calls go to the tenant approvers)")
+        return
+    print("agent approvers (tool calls of these agents; other agents use the tenant approvers):")
+    for agent, actors in agents.items():
+        print(f"  {agent}: {' '.join(actors) or '(nobody)'}")
+
+
+def cmd_approvers(args: argparse.Namespace) -> int:
+    if args.unset and not args.agent:
+        raise CliError("--unset needs --agent AGENT")
+    c = client(args)
+    # SetTenantSettings replaces every setting: read, change what was asked, write back.
+    settings: adm.TenantSettings = call(c.admin.GetTenantSettings, adm.GetTenantSettingsRequest())
+    if args.set is None and not args.unset:
+        if args.agent is None:
+            _print_settings(args, settings)
+        elif args.agent in settings.agent_approvers:
+            actors = list(settings.agent_approvers[args.agent].actors)
+            print(json.dumps(actors) if args.json else "\n".join(actors) or "(nobody)")
+        else:
+            print(json.dumps(None) if args.json else
+                  f"(agent {args.agent} has no approvers of its own: the tenant approvers apply)")  # fmt: skip
+        return 0
+    if args.unset:
+        if args.agent not in settings.agent_approvers:
+            print(f"nothing to do: agent {args.agent} has no approvers of its own")
+            return 1
+        del settings.agent_approvers[args.agent]
+    elif args.agent is not None:
+        del settings.agent_approvers[args.agent].actors[:]
+        settings.agent_approvers[args.agent].actors.extend(args.set)
     else:
-        resp = call(c.admin.GetTenantSettings, adm.GetTenantSettingsRequest())
-    print("\n".join(resp.approvers) if resp.approvers else "(no tenant-level approvers)")
+        del settings.approvers[:]
+        settings.approvers.extend(args.set)
+    _print_settings(args, call(c.admin.SetTenantSettings, settings))
     return 0
 
 
@@ -686,6 +936,30 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("code")
         sp.add_argument("--reason")
 
+    ap = group("approvals", "tool-call approvals and standing grants")
+    sp = cmd(ap, "list", cmd_approvals_list, "list approvals, newest first")
+    sp.add_argument("--status", default="pending", choices=[*STATUSES, "all"])
+    sp.add_argument("--kind", default="tool", choices=KINDS)
+    sp.add_argument("--agent", help="only this agent's tool calls")
+    sp.add_argument("--limit", type=int, default=100, help="at most this many (1..1000, default 100)")
+    sp = cmd(ap, "show", cmd_approvals_show, "show every field of one approval")
+    sp.add_argument("approval_id")
+    for name, action in (("approve", cm.APPROVAL_ACTION_APPROVE), ("deny", cm.APPROVAL_ACTION_DENY)):
+        fn = functools.partial(cmd_approvals_resolve, action=action)
+        sp = cmd(ap, name, fn, f"{name} a pending approval")
+        sp.add_argument("approval_id")
+        sp.add_argument("--reason")
+        if name == "approve":
+            sp.add_argument("--always", action="store_true",
+                            help="approve and allow this exact tool call for this agent from now on")  # fmt: skip
+    sp = cmd(ap, "watch", cmd_approvals_watch, "print approvals as they are requested and resolved")
+    sp.add_argument("--kind", default="tool", choices=KINDS)
+    sp = cmd(ap, "grants", cmd_approvals_grants, "list standing 'always allow' grants")
+    sp.add_argument("--agent", help="only this agent's grants")
+    sp.add_argument("--all", action="store_true", help="include revoked grants")
+    sp = cmd(ap, "revoke-grant", cmd_approvals_revoke_grant, "revoke a standing grant")
+    sp.add_argument("grant_id")
+
     u = group("users", "users of a channel")
     sp = cmd(u, "list", cmd_users_list, "list allowlisted, paired and blocked users")
     sp.add_argument("channel")
@@ -722,8 +996,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("channel")
     sp.add_argument("group", nargs="?")
 
-    sp = cmd(sub, "approvers", cmd_approvers, "show or set tenant-level approvers ('<platform>:<user id>')")
-    sp.add_argument("--set", nargs="*", metavar="ACTOR")
+    sp = cmd(sub, "approvers", cmd_approvers,
+             "show or set tenant-level and per-agent approvers ('<platform>:<user id>')")  # fmt: skip
+    sp.add_argument("--agent", help="show or set this agent's own tool-call approvers")
+    change = sp.add_mutually_exclusive_group()
+    change.add_argument("--set", nargs="*", metavar="ACTOR", help="replace the list (none: empty it)")
+    change.add_argument("--unset", action="store_true",
+                        help="with --agent: drop the agent's own list (the tenant approvers apply)")  # fmt: skip
 
     au = sub.add_parser(
         "audit", parents=[common], help="query the audit trail", description="query the audit trail"

@@ -155,14 +155,12 @@ class _CallPolicy:
     timeout: float
     retry: RetryPolicy
 
-    def details(self, details: Any, deadline: float | None = None) -> Any:
+    def details(self, details: Any, deadline: float | None) -> Any:
+        """The call's details with the key, and the time left to ``deadline``
+        (None: keep the call's own timeout, which may be None for a stream)."""
         metadata = [("authorization", f"Bearer {self.api_key}")]
         metadata.extend(details.metadata or ())
-        timeout = details.timeout
-        if deadline is not None:
-            timeout = max(0.0, deadline - time.monotonic())
-        elif timeout is None:
-            timeout = self.timeout
+        timeout = details.timeout if deadline is None else max(0.0, deadline - time.monotonic())
         return details._replace(metadata=metadata, timeout=timeout)
 
     def retry_delays(self, details: Any, request: Any) -> list[float]:
@@ -203,7 +201,7 @@ class _AioStream(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[type-ar
     async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
         if details.timeout is None:
             details = details._replace(timeout=self.stream_timeout)
-        return await continuation(self.policy.details(details), request)
+        return await continuation(self.policy.details(details, None), request)
 
 
 class _SyncInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):  # type: ignore[type-arg]
@@ -231,7 +229,7 @@ class _SyncInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientI
     def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
         if details.timeout is None:
             details = details._replace(timeout=self.stream_timeout)
-        return continuation(self.policy.details(details), request)
+        return continuation(self.policy.details(details, None), request)
 
 
 def _arguments_json(arguments: Any) -> str:
