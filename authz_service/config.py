@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -50,6 +50,39 @@ def _home_secret(home: Path, filename: str, nbytes: int) -> str:
 
 
 @dataclass(frozen=True)
+class ServerTls:
+    """PEM bytes read at start-up. With ``client_ca``, clients must present a
+    certificate signed by it (mutual TLS)."""
+
+    certificate_chain: bytes = field(repr=False)
+    private_key: bytes = field(repr=False)
+    client_ca: bytes | None = field(default=None, repr=False)
+
+
+def _read_pem(env: dict[str, str], name: str) -> bytes | None:
+    path = env.get(name)
+    if not path:
+        return None
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{name}: cannot read {path}: {exc.strerror}") from None
+
+
+def _server_tls(env: dict[str, str]) -> ServerTls | None:
+    cert = _read_pem(env, "AUTHZ_TLS_CERT_FILE")
+    key = _read_pem(env, "AUTHZ_TLS_KEY_FILE")
+    client_ca = _read_pem(env, "AUTHZ_TLS_CLIENT_CA_FILE")
+    if cert is None and key is None:
+        if client_ca is not None:
+            raise ConfigError("AUTHZ_TLS_CLIENT_CA_FILE needs AUTHZ_TLS_CERT_FILE and AUTHZ_TLS_KEY_FILE")
+        return None
+    if cert is None or key is None:
+        raise ConfigError("AUTHZ_TLS_CERT_FILE and AUTHZ_TLS_KEY_FILE must be set together")
+    return ServerTls(cert, key, client_ca)
+
+
+@dataclass(frozen=True)
 class Settings:
     home: Path
     """AUTHZ_HOME: data folder of the embedded database and dev-mode secrets."""
@@ -65,6 +98,8 @@ class Settings:
     pool_max: int
     db_timeout: float
     watch_fallback_seconds: float = 15.0
+    tls: ServerTls | None = None
+    """AUTHZ_TLS_CERT_FILE / AUTHZ_TLS_KEY_FILE (TLS), AUTHZ_TLS_CLIENT_CA_FILE (mutual TLS)."""
     """AUTHZ_WATCH_FALLBACK_SECONDS: watchers re-read an approval this often even
     without a notification (a safety net; NOTIFY wakes them at once)."""
 
@@ -102,4 +137,5 @@ class Settings:
             pool_max=_int(env, "AUTHZ_DB_POOL_MAX", 10, pool_min, 1000),
             db_timeout=float(_int(env, "AUTHZ_DB_TIMEOUT_SECONDS", 5, 1, 300)),
             watch_fallback_seconds=float(_int(env, "AUTHZ_WATCH_FALLBACK_SECONDS", 15, 1, 3600)),
+            tls=_server_tls(env),
         )

@@ -72,9 +72,18 @@ async def start_server(db: Database, settings: Settings, listen: str | None = No
     reflection.enable_server_reflection(
         (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    port = server.add_insecure_port(listen or settings.listen)
+    address = listen or settings.listen
+    if settings.tls is None:
+        port = server.add_insecure_port(address)
+    else:
+        credentials = grpc.ssl_server_credentials(
+            [(settings.tls.private_key, settings.tls.certificate_chain)],
+            root_certificates=settings.tls.client_ca,
+            require_client_auth=settings.tls.client_ca is not None,
+        )
+        port = server.add_secure_port(address, credentials)
     if port == 0:
-        raise RuntimeError(f"cannot listen on {listen or settings.listen}")
+        raise RuntimeError(f"cannot listen on {address}")
     await server.start()
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

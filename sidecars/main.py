@@ -35,13 +35,14 @@ import asyncio
 import contextlib
 import importlib
 import logging
+import os
 import signal
 import sys
 import traceback
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-from authz_service.client import Client, RetryPolicy, connect
+from authz_service.client import Client, RetryPolicy, TlsConfig, connect
 
 from .config import PLATFORMS, ConfigError, ConnectorConfig, load_config
 from .http import SendEndpoint, start_send_endpoint
@@ -68,7 +69,13 @@ def load_platform(platform: str) -> RunPlatform:
 def make_client(config: ConnectorConfig) -> Client:
     """The authz client. The Connector retries by itself (bounded, logged, only
     calls that are safe to repeat), so the client must not retry as well."""
-    return connect(config.address, config.api_key, timeout=config.rpc_timeout, retry=RetryPolicy(attempts=1))
+    return connect(
+        config.address,
+        config.api_key,
+        tls=TlsConfig.from_env(os.environ),
+        timeout=config.rpc_timeout,
+        retry=RetryPolicy(attempts=1),
+    )
 
 
 async def serve(config: ConnectorConfig, run_platform: RunPlatform) -> None:

@@ -4,13 +4,14 @@ demo tenant and channel, and the commands to try next."""
 from __future__ import annotations
 
 import asyncio
+import os
 import shlex
 import sys
 from pathlib import Path
 
 import grpc
 
-from ..client import connect
+from ..client import TlsConfig, connect
 from ..config import Settings
 from ..gen.authz.v1 import admin_pb2 as adm
 from ..gen.authz.v1 import common_pb2 as cm
@@ -25,7 +26,8 @@ async def _bootstrap(settings: Settings, running: RunningServer) -> None:
     address = f"127.0.0.1:{running.port}"
     key_file = settings.home / "demo-admin.key"
     assert settings.operator_key is not None
-    op = connect(address, settings.operator_key)
+    tls = TlsConfig.from_env(os.environ)  # AUTHZ_CA_FILE when the dev server speaks TLS
+    op = connect(address, settings.operator_key, tls=tls)
     try:
         try:
             resp = await op.admin.CreateTenant(
@@ -45,7 +47,7 @@ async def _bootstrap(settings: Settings, running: RunningServer) -> None:
         )
         return
     admin_key = key_file.read_text().strip()
-    admin = connect(address, admin_key)
+    admin = connect(address, admin_key, tls=tls)
     try:
         try:
             await admin.admin.GetChannel(adm.GetChannelRequest(channel_id=DEMO_CHANNEL))

@@ -24,7 +24,7 @@ import yaml
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from ..client import DEFAULT_ADDRESS, SyncClient, connect_sync
+from ..client import DEFAULT_ADDRESS, SyncClient, TlsConfig, connect_sync
 from ..config import ConfigError, Settings
 from ..gen.authz.v1 import admin_pb2 as adm
 from ..gen.authz.v1 import authz_pb2 as az
@@ -102,7 +102,11 @@ def api_key(args: argparse.Namespace, *, operator: bool = False) -> str:
 
 
 def client(args: argparse.Namespace, *, operator: bool = False) -> SyncClient:
-    return connect_sync(args.address, api_key(args, operator=operator))
+    try:
+        tls = TlsConfig.from_env(os.environ)
+    except (ValueError, OSError) as exc:
+        raise CliError(f"TLS settings: {exc}") from None
+    return connect_sync(args.address, api_key(args, operator=operator), tls=tls)
 
 
 def rpc_error(exc: grpc.RpcError, what: str = "") -> CliError:

@@ -23,7 +23,7 @@ import json
 import random
 import secrets
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -139,6 +139,22 @@ class TlsConfig:
             return Path(p).read_bytes() if p else None
 
         return cls(read(ca), read(cert), read(key))
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> TlsConfig | None:
+        """TLS for the CLI, connectors and scripts: on when AUTHZ_TLS is true or
+        AUTHZ_CA_FILE is set; AUTHZ_CLIENT_CERT_FILE / AUTHZ_CLIENT_KEY_FILE add a
+        client certificate (mutual TLS)."""
+        ca, cert, key = (
+            env.get("AUTHZ_CA_FILE"),
+            env.get("AUTHZ_CLIENT_CERT_FILE"),
+            env.get("AUTHZ_CLIENT_KEY_FILE"),
+        )
+        if bool(cert) != bool(key):
+            raise ValueError("AUTHZ_CLIENT_CERT_FILE and AUTHZ_CLIENT_KEY_FILE must be set together")
+        if not (ca or cert or env.get("AUTHZ_TLS", "").lower() in ("1", "true", "yes", "on")):
+            return None
+        return cls.from_files(ca, cert, key)
 
     def credentials(self) -> grpc.ChannelCredentials:
         return grpc.ssl_channel_credentials(self.root_certificates, self.private_key, self.certificate_chain)

@@ -1,0 +1,180 @@
+"""TLS and mutual TLS on the gRPC port, with a throwaway CA minted per session."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import ipaddress
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from authz_service.client import NO_RETRY, TlsConfig, connect, connect_sync
+from authz_service.config import ConfigError, ServerTls, Settings
+from authz_service.gen.authz.v1 import admin_pb2 as adm
+from authz_service.server import RunningServer, start_server
+from authz_service.store.db import Database
+
+from .conftest import Dsns, Tenant, rpc_error
+
+
+@dataclass(frozen=True)
+class Pki:
+    ca: bytes
+    server_cert: bytes
+    server_key: bytes
+    client_cert: bytes
+    client_key: bytes
+
+
+def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def _cert(
+    subject: str,
+    key: ec.EllipticCurvePrivateKey,
+    issuer: x509.Name | None,
+    issuer_key: ec.EllipticCurvePrivateKey,
+    *,
+    ca: bool = False,
+    server: bool = False,
+) -> x509.Certificate:
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+    now = dt.datetime.now(dt.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(issuer or name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if server:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+@pytest.fixture(scope="module")
+def pki() -> Pki:
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = _cert("authz test CA", ca_key, None, ca_key, ca=True)
+    server_key = ec.generate_private_key(ec.SECP256R1())
+    client_key = ec.generate_private_key(ec.SECP256R1())
+    pem = serialization.Encoding.PEM
+    return Pki(
+        ca=ca.public_bytes(pem),
+        server_cert=_cert("localhost", server_key, ca.subject, ca_key, server=True).public_bytes(pem),
+        server_key=_pem_key(server_key),
+        client_cert=_cert("connector", client_key, ca.subject, ca_key).public_bytes(pem),
+        client_key=_pem_key(client_key),
+    )
+
+
+async def _serve(dsns: Dsns, tls: ServerTls) -> RunningServer:
+    settings = Settings.from_env(
+        {"AUTHZ_DATABASE_URL": dsns.service, "AUTHZ_SECRET_KEY": "k" * 43, "AUTHZ_HOME": "/nonexistent"}
+    )
+    settings = dataclasses.replace(settings, tls=tls)
+    return await start_server(await Database.connect(dsns.service), settings, listen="127.0.0.1:0")
+
+
+@pytest.fixture
+async def tls_server(dsns: Dsns, pki: Pki) -> AsyncIterator[str]:
+    running = await _serve(dsns, ServerTls(pki.server_cert, pki.server_key))
+    yield f"127.0.0.1:{running.port}"
+    await running.stop(grace=0)
+
+
+@pytest.fixture
+async def mtls_server(dsns: Dsns, pki: Pki) -> AsyncIterator[str]:
+    running = await _serve(dsns, ServerTls(pki.server_cert, pki.server_key, client_ca=pki.ca))
+    yield f"127.0.0.1:{running.port}"
+    await running.stop(grace=0)
+
+
+async def _list_keys(address: str, key: str, tls: TlsConfig | None) -> adm.ListApiKeysResponse:
+    client = connect(address, key, tls=tls, retry=NO_RETRY, timeout=3)
+    try:
+        return await client.admin.ListApiKeys(adm.ListApiKeysRequest())
+    finally:
+        await client.close()
+
+
+async def test_tls_client_with_the_ca_succeeds_and_without_it_fails(
+    tls_server: str, tenant: Tenant, pki: Pki
+) -> None:
+    key = tenant.keys["admin"]
+    assert len((await _list_keys(tls_server, key, TlsConfig(root_certificates=pki.ca))).keys) == 3
+    # System roots do not trust our CA; a plaintext client cannot speak to a TLS port.
+    for tls in (TlsConfig(), None):
+        err = await rpc_error(_list_keys(tls_server, key, tls))
+        assert err.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_mutual_tls_requires_a_client_certificate(mtls_server: str, tenant: Tenant, pki: Pki) -> None:
+    key = tenant.keys["admin"]
+    err = await rpc_error(_list_keys(mtls_server, key, TlsConfig(root_certificates=pki.ca)))
+    assert err.code() == grpc.StatusCode.UNAVAILABLE
+    with_cert = TlsConfig(pki.ca, pki.client_cert, pki.client_key)
+    assert len((await _list_keys(mtls_server, key, with_cert)).keys) == 3
+
+
+async def test_sync_client_and_cli_settings_from_the_environment(
+    mtls_server: str, tenant: Tenant, pki: Pki, tmp_path: Path
+) -> None:
+    files = {}
+    for name, data in (("ca", pki.ca), ("cert", pki.client_cert), ("key", pki.client_key)):
+        files[name] = tmp_path / f"{name}.pem"
+        files[name].write_bytes(data)
+    env = {
+        "AUTHZ_CA_FILE": str(files["ca"]),
+        "AUTHZ_CLIENT_CERT_FILE": str(files["cert"]),
+        "AUTHZ_CLIENT_KEY_FILE": str(files["key"]),
+    }
+    tls = TlsConfig.from_env(env)
+    assert tls is not None and tls.certificate_chain == pki.client_cert
+    assert TlsConfig.from_env({}) is None
+    with pytest.raises(ValueError, match="together"):
+        TlsConfig.from_env({"AUTHZ_CLIENT_CERT_FILE": str(files["cert"])})
+
+    def list_keys() -> int:
+        with connect_sync(mtls_server, tenant.keys["admin"], tls=tls, retry=NO_RETRY) as client:
+            return len(client.admin.ListApiKeys(adm.ListApiKeysRequest()).keys)
+
+    assert await asyncio.to_thread(list_keys) == 3
+
+
+def test_server_tls_settings_fail_closed(tmp_path: Path, pki: Pki) -> None:
+    cert = tmp_path / "cert.pem"
+    cert.write_bytes(pki.server_cert)
+    base = {
+        "AUTHZ_DATABASE_URL": "postgresql://x/y",
+        "AUTHZ_SECRET_KEY": "k" * 43,
+        "AUTHZ_HOME": str(tmp_path),
+    }
+    with pytest.raises(ConfigError, match="together"):
+        Settings.from_env({**base, "AUTHZ_TLS_CERT_FILE": str(cert)})
+    with pytest.raises(ConfigError, match="needs"):
+        Settings.from_env({**base, "AUTHZ_TLS_CLIENT_CA_FILE": str(cert)})
+    with pytest.raises(ConfigError, match="cannot read"):
+        Settings.from_env(
+            {**base, "AUTHZ_TLS_CERT_FILE": str(tmp_path / "missing"), "AUTHZ_TLS_KEY_FILE": str(cert)}
+        )
