@@ -98,6 +98,8 @@ class Settings:
     pool_max: int
     db_timeout: float
     watch_fallback_seconds: float = 15.0
+    readiness_interval_seconds: float = 5.0
+    """AUTHZ_READINESS_INTERVAL_SECONDS: how often health re-checks the database and its schema."""
     tls: ServerTls | None = None
     """AUTHZ_TLS_CERT_FILE / AUTHZ_TLS_KEY_FILE (TLS), AUTHZ_TLS_CLIENT_CA_FILE (mutual TLS)."""
     """AUTHZ_WATCH_FALLBACK_SECONDS: watchers re-read an approval this often even
@@ -137,5 +139,6 @@ class Settings:
             pool_max=_int(env, "AUTHZ_DB_POOL_MAX", 10, pool_min, 1000),
             db_timeout=float(_int(env, "AUTHZ_DB_TIMEOUT_SECONDS", 5, 1, 300)),
             watch_fallback_seconds=float(_int(env, "AUTHZ_WATCH_FALLBACK_SECONDS", 15, 1, 3600)),
+            readiness_interval_seconds=float(_int(env, "AUTHZ_READINESS_INTERVAL_SECONDS", 5, 1, 300)),
             tls=_server_tls(env),
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from collections.abc import Awaitable, Callable
@@ -15,23 +16,78 @@ from grpc_reflection.v1alpha import reflection
 
 from .api.admin import AdminServicer
 from .api.authz import AuthzServicer
-from .api.rpc import Runtime
+from .api.rpc import Gate, Runtime
 from .config import Settings
+from .domain.errors import Unavailable
 from .domain.pairing import Keyring
 from .flows.auth import hash_secret
 from .gen.authz.v1 import admin_pb2, admin_pb2_grpc, authz_pb2, authz_pb2_grpc
 from .store import embedded
-from .store.db import Database
-from .store.migrate import migrate
+from .store.db import Database, schema_message
+from .store.migrate import LATEST_VERSION, migrate
 from .store.notify import ApprovalNotifier
 
 log = logging.getLogger(__name__)
 
+# Health service names: "" and the API services report readiness (the database
+# answers with the schema this build needs); LIVENESS stays SERVING while the
+# process runs, so a database outage does not get pods restarted.
+LIVENESS = "liveness"
 SERVICE_NAMES = (
     authz_pb2.DESCRIPTOR.services_by_name["AuthzService"].full_name,
     admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
 )
 MAX_MESSAGE_BYTES = 256 * 1024
+
+
+class Readiness:
+    """Reports SERVING only while the database answers with the schema this
+    build needs; with an old schema it also closes the gate, so every RPC is
+    UNAVAILABLE (never a decision from a schema the code does not know)."""
+
+    def __init__(self, db: Database, health: Any, gate: Gate, interval: float) -> None:
+        self.db, self.health, self.gate, self.interval = db, health, gate, interval
+        self.serving: bool | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def check(self) -> bool:
+        try:
+            version = await self.db.schema_version()
+        except Unavailable:
+            problem, gate = "database unavailable", ""  # calls fail on their own, and recover sooner
+        else:
+            problem = gate = schema_message(version) if version < LATEST_VERSION else ""
+        self.gate.reason = gate
+        await self._report(not problem, problem)
+        return not problem
+
+    async def _report(self, serving: bool, problem: str) -> None:
+        if serving == self.serving:
+            return
+        self.serving = serving
+        status = (
+            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", *SERVICE_NAMES):
+            await self.health.set(name, status)
+        if serving:
+            log.info("ready: SERVING")
+        else:
+            log.warning("not ready: %s", problem)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="readiness")
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            await self.check()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
 
 
 @dataclass
@@ -41,9 +97,12 @@ class RunningServer:
     health: Any  # grpc_health.v1.health.aio.HealthServicer (untyped)
     db: Database
     notifier: ApprovalNotifier
+    readiness: Readiness
 
     async def stop(self, grace: float = 5.0) -> None:
-        """NOT_SERVING first, so load balancers drain us; then finish in-flight calls."""
+        """NOT_SERVING first (every name, liveness too), so load balancers drain
+        us; then refuse new calls and let in-flight ones finish within ``grace``."""
+        await self.readiness.stop()
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
         await self.notifier.close()
@@ -53,7 +112,9 @@ class RunningServer:
 async def start_server(db: Database, settings: Settings, listen: str | None = None) -> RunningServer:
     notifier = ApprovalNotifier(db.dsn, fallback_interval=settings.watch_fallback_seconds)
     await notifier.start()
+    gate = Gate()
     runtime = Runtime(
+        gate=gate,
         db=db,
         keyring=Keyring(settings.secret_key.encode()),
         operator_key_hash=hash_secret(settings.operator_key) if settings.operator_key else None,
@@ -84,10 +145,12 @@ async def start_server(db: Database, settings: Settings, listen: str | None = No
         port = server.add_secure_port(address, credentials)
     if port == 0:
         raise RuntimeError(f"cannot listen on {address}")
+    await health_servicer.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
+    readiness = Readiness(db, health_servicer, gate, settings.readiness_interval_seconds)
+    await readiness.check()  # before the first call is accepted
     await server.start()
-    for name in ("", *SERVICE_NAMES):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, port, health_servicer, db, notifier)
+    readiness.start()
+    return RunningServer(server, port, health_servicer, db, notifier, readiness)
 
 
 async def prepare_database(settings: Settings, *, announce: Callable[[str], None] = print) -> str:
@@ -109,7 +172,11 @@ async def serve(
 ) -> None:
     dsn = await prepare_database(settings)
     db = await Database.connect(
-        dsn, min_size=settings.pool_min, max_size=settings.pool_max, timeout=settings.db_timeout
+        dsn,
+        min_size=settings.pool_min,
+        max_size=settings.pool_max,
+        timeout=settings.db_timeout,
+        require_schema=False,  # serve NOT_SERVING until `authz migrate` has run
     )
     running = await start_server(db, settings)
     log.info("authz service listening", extra={"port": running.port, "embedded": settings.embedded})

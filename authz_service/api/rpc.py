@@ -8,7 +8,7 @@ import logging
 import re
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NoReturn, TypeVar
 
 import grpc
@@ -37,6 +37,13 @@ STATUS: dict[type[errors.AuthzError], grpc.StatusCode] = {
 _TRACEPARENT = re.compile(r"[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}")
 
 
+@dataclass
+class Gate:
+    """Why calls are refused right now; empty means open (see server.Readiness)."""
+
+    reason: str = ""
+
+
 @dataclass(frozen=True)
 class Runtime:
     """Shared by every servicer of one process."""
@@ -45,6 +52,7 @@ class Runtime:
     keyring: Keyring
     operator_key_hash: bytes | None
     notifier: ApprovalNotifier
+    gate: Gate = field(default_factory=Gate)
 
 
 def _metadata(context: grpc.aio.ServicerContext[Any, Any]) -> dict[str, str]:
@@ -72,6 +80,8 @@ StreamMethod = Callable[[Any, Req, grpc.aio.ServicerContext[Any, Any]], AsyncIte
 async def _authorize(
     runtime: Runtime, md: dict[str, str], allowed: set[Role], name: str, trace_id: str
 ) -> Context:
+    if runtime.gate.reason:  # e.g. the schema is behind this build: no decision at all
+        raise errors.Unavailable(runtime.gate.reason)
     principal = await _principal(runtime, md)
     if principal.role not in allowed and not (principal.role is Role.ADMIN and Role.OPERATOR not in allowed):
         raise errors.PermissionDenied(f"{name} is not allowed for the {principal.role.value} role")

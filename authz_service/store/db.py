@@ -36,6 +36,10 @@ class SchemaTooOld(RuntimeError):
     pass
 
 
+def schema_message(version: int) -> str:
+    return f"database schema is at version {version}, this build needs {LATEST_VERSION}: run `authz migrate`"
+
+
 class UnsafeDatabaseRole(RuntimeError):
     pass
 
@@ -50,21 +54,34 @@ class Database:
 
     @classmethod
     async def connect(
-        cls, dsn: str, *, min_size: int = 1, max_size: int = 10, timeout: float = 5.0
+        cls,
+        dsn: str,
+        *,
+        min_size: int = 1,
+        max_size: int = 10,
+        timeout: float = 5.0,
+        require_schema: bool = True,
     ) -> Database:
+        """A pool as the service role. Refuses a role that bypasses row-level
+        security, always; and an old schema unless ``require_schema`` is off
+        (the server then reports NOT_SERVING until `authz migrate` has run)."""
         pool = await asyncpg.create_pool(
             dsn, min_size=min_size, max_size=max_size, command_timeout=timeout, timeout=timeout
         )
         db = cls(pool, dsn)
         try:
-            await db.verify()
+            await db.verify_role()
+            if require_schema:
+                version = await db.schema_version()
+                if version < LATEST_VERSION:
+                    raise SchemaTooOld(schema_message(version))
         except BaseException:
             await pool.close()
             raise
         return db
 
-    async def verify(self) -> None:
-        """Refuse a role that row-level security does not bind, or an old schema."""
+    async def verify_role(self) -> None:
+        """Refuse a role that row-level security does not bind."""
         async with self.pool.acquire() as conn:
             row = await conn.fetchrow(
                 "SELECT current_user AS name, rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user"
@@ -75,11 +92,14 @@ class Database:
                     f"the service connects as {row['name']!r}, which bypasses row-level security; "
                     "connect as the 'authz_service' role that `authz migrate` creates"
                 )
-            version = await current_version(cast(asyncpg.Connection, conn))
-        if version < LATEST_VERSION:
-            raise SchemaTooOld(
-                f"database schema is at version {version}, this build needs {LATEST_VERSION}: run `authz migrate`"
-            )
+
+    async def schema_version(self) -> int:
+        """The applied schema version; Unavailable if the database does not answer."""
+        try:
+            async with self.pool.acquire() as conn:
+                return await current_version(cast(asyncpg.Connection, conn))
+        except _UNAVAILABLE as exc:
+            raise Unavailable("the authorization store is unavailable") from exc
 
     async def close(self) -> None:
         await self.pool.close()
