@@ -8,13 +8,14 @@ PROTOS := $(shell find proto -name '*.proto')
 GEN_STAMP := authz_service/gen/.stamp
 VENV_STAMP := $(VENV)/.installed
 
-.PHONY: run test proto lint fmt clean help
+.PHONY: run test proto lint fmt clean help chart
 
 help:
 	@echo "make run    start the service on an embedded PostgreSQL with a demo tenant"
 	@echo "make test   run the test suite (real PostgreSQL, real gRPC)"
 	@echo "make proto  regenerate authz_service/gen from proto/"
 	@echo "make lint   ruff + mypy --strict"
+	@echo "make chart  test the Helm chart and package it into dist/"
 	@echo "make clean  remove the virtualenv, generated code and local data"
 
 $(VENV_STAMP): pyproject.toml
@@ -37,6 +38,10 @@ run: $(GEN_STAMP)
 
 test: $(GEN_STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+chart: $(GEN_STAMP)
+	$(BIN)/python -m pytest tests/helm -q -p no:cacheprovider
+	$(BIN)/python -c "import helm_python as h; print(h.package('helm/authz-service', destination='dist'))"
 
 lint: $(GEN_STAMP)
 	$(BIN)/ruff check .
