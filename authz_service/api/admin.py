@@ -12,7 +12,7 @@ import asyncpg
 from ..domain import ids
 from ..domain.errors import InvalidArgument
 from ..domain.model import Role, SubjectSource, SubjectStatus
-from ..flows import Context, tools
+from ..flows import Context, data_rights, tools
 from ..flows import admin as flows
 from ..flows.admin import IssuedKey, StoredChannel, TenantSettings
 from ..gen.authz.v1 import admin_pb2 as adm
@@ -222,6 +222,34 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         which = convert.enum_in(_USER_FILTER, request.filter, "filter")
         users = await flows.list_users(ctx, ids.channel_id(request.channel_id), which)
         return adm.ListUsersResponse(users=[convert.subject_out(s) for s in users])
+
+    # --- data rights -------------------------------------------------------------------
+
+    @rpc(Role.ADMIN)
+    async def ExportUser(self, request: adm.UserRef, ctx: Context) -> adm.UserExport:
+        channel_id, user_id = _user(request)
+        document = await data_rights.export_user(ctx, channel_id, user_id)
+        return adm.UserExport(json=json.dumps(document, ensure_ascii=False))
+
+    @rpc(Role.ADMIN)
+    async def PurgeUser(self, request: adm.UserRef, ctx: Context) -> adm.PurgeUserResponse:
+        channel_id, user_id = _user(request)
+        r = await data_rights.purge_user(ctx, channel_id, user_id)
+        return adm.PurgeUserResponse(
+            subjects_deleted=r.subjects,
+            group_senders_deleted=r.group_senders,
+            approvals_deleted=r.approvals,
+            audit_events_anonymized=r.audit_events,
+            pseudonym=r.pseudonym,
+        )
+
+    @rpc(Role.ADMIN)
+    async def AnonymizeUser(self, request: adm.UserRef, ctx: Context) -> adm.AnonymizeUserResponse:
+        channel_id, user_id = _user(request)
+        r = await data_rights.anonymize_user(ctx, channel_id, user_id)
+        return adm.AnonymizeUserResponse(
+            subjects_updated=r.subjects, approvals_updated=r.approvals, audit_events_anonymized=r.audit_events
+        )
 
     @rpc(Role.ADMIN)
     async def AllowGroupSender(self, request: adm.GroupSenderRef, ctx: Context) -> adm.GroupSender:

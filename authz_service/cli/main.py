@@ -459,6 +459,62 @@ def _removal(method: str, verb: str) -> Callable[[argparse.Namespace], int]:
     return run
 
 
+def cmd_users_export(args: argparse.Namespace) -> int:
+    resp = call(client(args).admin.ExportUser, adm.UserRef(channel_id=args.channel, user_id=args.user))
+    text = json.dumps(json.loads(resp.json), indent=2, ensure_ascii=False) + "\n"
+    if not args.output:
+        sys.stdout.write(text)
+        return 0
+    try:
+        # Personal data: readable by the owner only (a new file; an existing one keeps its mode).
+        fd = os.open(args.output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with open(fd, "w", encoding="utf-8") as out:
+            out.write(text)
+    except OSError as exc:
+        raise CliError(f"{args.output}: {exc.strerror or exc}") from None
+    print(f"wrote the data of {args.user} on {args.channel} to {args.output}", file=sys.stderr)
+    return 0
+
+
+PURGE_REFUSED = (
+    "refusing to delete without --purge: `users delete` erases {user} from every table on {channel} "
+    "(standing, group sender entries, pairing and tool approvals) and rewrites their audit events under "
+    "a pseudonym; it cannot be undone. Run `authz users export {channel} {user}` first if you need a copy, "
+    "`authz users anonymize {channel} {user}` to keep their access but drop their personal data, or "
+    "`authz users remove|unpair|unblock` to change only their access. Repeat with --purge to proceed."
+)
+
+
+def cmd_users_delete(args: argparse.Namespace) -> int:
+    if not args.purge:
+        raise CliError(PURGE_REFUSED.format(user=args.user, channel=args.channel))
+    r = call(client(args).admin.PurgeUser, adm.UserRef(channel_id=args.channel, user_id=args.user))
+    counts = {"subjects": r.subjects_deleted, "group_senders": r.group_senders_deleted,
+              "approvals": r.approvals_deleted, "audit_events_anonymized": r.audit_events_anonymized}  # fmt: skip
+    if args.json:
+        print(json.dumps({"pseudonym": r.pseudonym, **counts}, indent=2))
+        return 0
+    print(f"purged {args.user} on {args.channel}; the audit trail now names them {r.pseudonym}")
+    print(f"  subjects deleted:         {r.subjects_deleted}")
+    print(f"  group senders deleted:    {r.group_senders_deleted}")
+    print(f"  approvals deleted:        {r.approvals_deleted}")
+    print(f"  audit events anonymised:  {r.audit_events_anonymized}")
+    return 0
+
+
+def cmd_users_anonymize(args: argparse.Namespace) -> int:
+    r = call(client(args).admin.AnonymizeUser, adm.UserRef(channel_id=args.channel, user_id=args.user))
+    if args.json:
+        print(json.dumps({"subjects": r.subjects_updated, "approvals": r.approvals_updated,
+                          "audit_events_anonymized": r.audit_events_anonymized}, indent=2))  # fmt: skip
+        return 0
+    print(f"anonymised {args.user} on {args.channel} (their access is unchanged)")
+    print(f"  subjects updated:         {r.subjects_updated}")
+    print(f"  approvals updated:        {r.approvals_updated}")
+    print(f"  audit events anonymised:  {r.audit_events_anonymized}")
+    return 0
+
+
 def cmd_group_allow(args: argparse.Namespace) -> int:
     call(
         client(args).admin.AllowGroupSender,
@@ -988,6 +1044,22 @@ def build_parser() -> argparse.ArgumentParser:
         sp = cmd(u, name, _removal(method, verb), help)
         sp.add_argument("channel")
         sp.add_argument("user")
+
+    sp = cmd(u, "export", cmd_users_export, "print everything held about one user on a channel, as JSON")
+    sp.add_argument("channel")
+    sp.add_argument("user")
+    sp.add_argument("-o", "--output", help="file to write (created readable by you only; default: stdout)")
+    sp = cmd(u, "delete", cmd_users_delete,
+             "erase a user from every table on a channel; audit events kept under a pseudonym")  # fmt: skip
+    sp.add_argument("channel")
+    sp.add_argument("user")
+    sp.add_argument(
+        "--purge", action="store_true", help="required: confirms the erasure (it cannot be undone)"
+    )
+    sp = cmd(u, "anonymize", cmd_users_anonymize,
+             "drop a user's personal data (names, message texts, arguments) but keep their access")  # fmt: skip
+    sp.add_argument("channel")
+    sp.add_argument("user")
 
     gr = group("group", "the group sender allowlist (separate from DM pairing)")
     sp = cmd(gr, "allow", cmd_group_allow, "let a user speak to the bot in a group ('*' for every group)")

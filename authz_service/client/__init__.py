@@ -95,6 +95,9 @@ _IDEMPOTENT = frozenset(
         "ListGrants",
         "RevokeGrant",
         "QueryAudit",
+        "ExportUser",
+        "PurgeUser",  # a second purge finds nothing left to delete
+        "AnonymizeUser",
     }
 )
 

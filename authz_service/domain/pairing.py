@@ -88,6 +88,17 @@ class Keyring:
         msg = f"{tenant_id}\x00{channel_id}\x00{code}".encode()
         return hmac.new(self._sub("pairing-code-lookup"), msg, hashlib.sha256).digest()
 
+    def pseudonym(self, tenant_id: str, platform: str, user_id: str) -> str:
+        """A purged user's stand-in in the audit trail: ``anon:<16 hex>``.
+
+        Stable (the same user in the same tenant always gets the same one, so
+        their events still read as one person's), bound to the tenant (the same
+        platform id in another tenant gets another), and not reversible without
+        the server key (a platform id space is small enough to enumerate, so a
+        plain hash would not do)."""
+        msg = f"{tenant_id}\x00{platform}\x00{user_id}".encode()
+        return "anon:" + hmac.new(self._sub("pseudonym"), msg, hashlib.sha256).hexdigest()[:16]
+
     def _callback_mac(self, tenant_id: str, approval_id: str, action: ApprovalAction) -> bytes:
         msg = f"{tenant_id}\x00{approval_id}\x00{action.value}".encode()
         return hmac.new(self._sub("callback"), msg, hashlib.sha256).digest()[:16]

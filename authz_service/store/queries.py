@@ -26,6 +26,7 @@ from ..domain.model import (
     SubjectStatus,
     ToolCall,
 )
+from .notify import CHANNEL as NOTIFY_CHANNEL
 
 Conn = asyncpg.Connection
 
@@ -604,3 +605,161 @@ async def revoke_grant(conn: Conn, tenant_id: str, grant_id: str, actor: str) ->
         tenant_id, grant_id, actor,
     )  # fmt: skip
     return None if row is None else grant_from_row(row)
+
+
+# --- data rights ---------------------------------------------------------------
+#
+# One user on one channel. Their audit events are those on the channel whose
+# subject is the user, whose actor is "<platform>:<user id>" or whose details
+# name them as a tool call's requester; those without a channel that they acted
+# in (e.g. a tenant approver deciding a channel-less tool call); and those about
+# one of their approvals.
+
+PERSONAL_DETAILS = ["display_name", "first_message", "arguments", "reason"]
+
+_USER_EVENTS = """tenant_id = $1 AND (
+        (channel_id = $2 AND (subject = $3 OR actor = $4 OR details ->> 'requester_id' = $3))
+        OR (channel_id = '' AND actor = $4)
+        OR (approval_id <> '' AND approval_id = ANY($5::text[])))"""
+
+# Everything an approval row holds except key material (code seed and keyed
+# hash) and the agent's idempotency key.
+_APPROVAL_EXPORT_COLUMNS = """approval_id, kind, channel_id, user_id, display_name, status, created_at,
+    expires_at, resolved_at, resolved_by, reason, tool_name, arguments, arguments_digest, agent_id, session_id,
+    risk, summary, redeemed_at, grant_id"""
+
+
+async def user_subject_row(
+    conn: Conn, tenant_id: str, channel_id: str, user_id: str
+) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        """SELECT channel_id, user_id, status, source, display_name, permissions, expires_at, created_at,
+                  updated_at
+           FROM subjects WHERE tenant_id = $1 AND channel_id = $2 AND user_id = $3""",
+        tenant_id, channel_id, user_id,
+    )  # fmt: skip
+
+
+async def user_group_senders(
+    conn: Conn, tenant_id: str, channel_id: str, user_id: str
+) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        """SELECT channel_id, group_id, user_id, created_at FROM group_senders
+           WHERE tenant_id = $1 AND channel_id = $2 AND user_id = $3 ORDER BY group_id""",
+        tenant_id, channel_id, user_id,
+    )  # fmt: skip
+
+
+async def user_approvals(conn: Conn, tenant_id: str, channel_id: str, user_id: str) -> list[asyncpg.Record]:
+    """Pairing requests and tool calls the user requested on the channel, oldest first."""
+    return await conn.fetch(
+        f"""SELECT {_APPROVAL_EXPORT_COLUMNS} FROM approvals
+            WHERE tenant_id = $1 AND channel_id = $2 AND user_id = $3
+            ORDER BY created_at, approval_id""",
+        tenant_id, channel_id, user_id,
+    )  # fmt: skip
+
+
+async def user_audit_events(
+    conn: Conn, tenant_id: str, channel_id: str, user_id: str, actor: str, approval_ids: list[str]
+) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        f"SELECT * FROM audit_events WHERE {_USER_EVENTS} ORDER BY event_id",
+        tenant_id, channel_id, user_id, actor, approval_ids,
+    )  # fmt: skip
+
+
+async def enable_audit_anonymization(conn: Conn) -> None:
+    """Let this transaction (only) rewrite audit events as the trigger allows:
+    actor and subject to a pseudonym, personal details removed."""
+    await conn.execute("SELECT set_config('authz.anonymize', 'on', true)")
+
+
+async def pseudonymize_audit(
+    conn: Conn,
+    tenant_id: str,
+    channel_id: str,
+    user_id: str,
+    actor: str,
+    approval_ids: list[str],
+    pseudonym: str,
+) -> int:
+    """Replace the user's id by ``pseudonym`` (actor, subject, requester) and drop
+    personal details in their audit events. Returns the number of rows changed."""
+    status = await conn.execute(
+        f"""UPDATE audit_events SET
+                actor = CASE WHEN actor = $4 THEN $6 ELSE actor END,
+                subject = CASE WHEN channel_id = $2 AND subject = $3 THEN $6 ELSE subject END,
+                details = CASE
+                    WHEN channel_id = $2 AND details ->> 'requester_id' = $3
+                        THEN jsonb_set(details - $7::text[], '{{requester_id}}', to_jsonb($6::text))
+                    ELSE details - $7::text[] END
+            WHERE {_USER_EVENTS}
+              AND (actor = $4 OR (channel_id = $2 AND subject = $3) OR details ?| $7::text[]
+                   OR (channel_id = $2 AND details ->> 'requester_id' = $3))""",
+        tenant_id, channel_id, user_id, actor, approval_ids, pseudonym, PERSONAL_DETAILS,
+    )  # fmt: skip
+    return _count(status)
+
+
+async def scrub_audit_details(
+    conn: Conn, tenant_id: str, channel_id: str, user_id: str, actor: str, approval_ids: list[str]
+) -> int:
+    """Drop personal details from the user's audit events; actor and subject stay."""
+    status = await conn.execute(
+        f"""UPDATE audit_events SET details = details - $6::text[]
+            WHERE {_USER_EVENTS} AND details ?| $6::text[]""",
+        tenant_id, channel_id, user_id, actor, approval_ids, PERSONAL_DETAILS,
+    )  # fmt: skip
+    return _count(status)
+
+
+async def delete_user_rows(
+    conn: Conn, tenant_id: str, channel_id: str, user_id: str
+) -> tuple[int, int, list[str]]:
+    """Delete the user's subject, group sender and approval rows on the channel:
+    (subjects deleted, group senders deleted, ids of the approvals deleted).
+    Watchers of a deleted approval are woken, and find it gone."""
+    subjects = await conn.execute(
+        "DELETE FROM subjects WHERE tenant_id = $1 AND channel_id = $2 AND user_id = $3",
+        tenant_id, channel_id, user_id,
+    )  # fmt: skip
+    senders = await conn.execute(
+        "DELETE FROM group_senders WHERE tenant_id = $1 AND channel_id = $2 AND user_id = $3",
+        tenant_id, channel_id, user_id,
+    )  # fmt: skip
+    gone = await conn.fetch(
+        "DELETE FROM approvals WHERE tenant_id = $1 AND channel_id = $2 AND user_id = $3 RETURNING approval_id",
+        tenant_id, channel_id, user_id,
+    )  # fmt: skip
+    for row in gone:
+        await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, f"{tenant_id} {row['approval_id']}")
+    return _count(subjects), _count(senders), [row["approval_id"] for row in gone]
+
+
+async def scrub_user_rows(conn: Conn, tenant_id: str, channel_id: str, user_id: str) -> tuple[int, int]:
+    """Remove the user's personal data from their subject and approval rows,
+    keeping every state: display names and the resolvers' reasons are blanked,
+    and so are the arguments and summary of their decided tool calls (a pending
+    one keeps them: an approver must see what they approve; redeeming needs
+    only the digest). Returns (subjects, approvals) changed."""
+    subjects = await conn.execute(
+        """UPDATE subjects SET display_name = '', updated_at = now()
+           WHERE tenant_id = $1 AND channel_id = $2 AND user_id = $3 AND display_name <> ''""",
+        tenant_id, channel_id, user_id,
+    )  # fmt: skip
+    approvals = await conn.execute(
+        """UPDATE approvals SET display_name = '', reason = '',
+                  arguments = CASE WHEN kind = 'tool' AND status <> 'pending' THEN '' ELSE arguments END,
+                  summary = CASE WHEN kind = 'tool' AND status <> 'pending' THEN '' ELSE summary END
+           WHERE tenant_id = $1 AND channel_id = $2 AND user_id = $3
+             AND (display_name <> '' OR reason <> ''
+                  OR (kind = 'tool' AND status <> 'pending' AND (arguments <> '' OR summary <> '')))""",
+        tenant_id, channel_id, user_id,
+    )  # fmt: skip
+    return _count(subjects), _count(approvals)
+
+
+def _count(status: str) -> int:
+    """The row count of a command tag such as ``DELETE 3`` or ``UPDATE 0``."""
+    return int(status.rsplit(" ", 1)[-1])

@@ -1,0 +1,143 @@
+"""Data rights for one user on one channel: export, purge, anonymise.
+
+* Export: every row held about the user (their subject row, group sender
+  entries, approvals and audit events), never key material (code seeds, code
+  hashes, request keys).
+* Purge: the rows are deleted; the audit events stay, so the trail is intact,
+  but name the user by a pseudonym (``Keyring.pseudonym``) and lose their
+  personal details (display name, first message, tool arguments, reason text).
+* Anonymise: the access state stays (the subject row keeps the user allowed or
+  blocked, and needs their platform id for that); display names, resolvers'
+  reasons and the arguments of decided tool calls are blanked, and the audit
+  details scrubbed as for a purge, actor and subject kept.
+
+Each runs in one tenant transaction and audits itself in it. Rewriting audit
+events needs the transaction-local ``authz.anonymize`` setting, which only
+these two flows set; the database trigger allows nothing but pseudonyms and
+removals then (migration 0003).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from ..domain import ids
+from ..store import queries as q
+from . import Context
+from .pairing import load_channel
+
+
+@dataclass(frozen=True)
+class PurgeResult:
+    subjects: int
+    group_senders: int
+    approvals: int
+    audit_events: int
+    pseudonym: str
+
+
+@dataclass(frozen=True)
+class AnonymizeResult:
+    subjects: int
+    approvals: int
+    audit_events: int
+
+
+def _value(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value).hex()
+    if isinstance(value, list | tuple):
+        return [_value(v) for v in value]
+    return value
+
+
+def _row(row: asyncpg.Record, *, drop: tuple[str, ...] = ()) -> dict[str, Any]:
+    return {k: _value(v) for k, v in row.items() if k not in drop}
+
+
+def _event(row: asyncpg.Record) -> dict[str, Any]:
+    out = _row(row, drop=("tenant_id",))
+    details = row["details"]
+    out["details"] = json.loads(details) if isinstance(details, str) else details
+    return out
+
+
+async def _audit(ctx: Context, conn: asyncpg.Connection, event: str, **kw: Any) -> None:
+    await q.audit(conn, ctx.tenant_id, event, actor=ctx.principal.actor, trace_id=ctx.trace_id, **kw)
+
+
+async def export_user(ctx: Context, channel_id: str, user_id: str) -> dict[str, Any]:
+    """The user's data as a JSON-ready mapping. An export that found anything is
+    audited ("user.exported"): who read whose data is worth knowing. One that
+    found nothing is not, so exporting a purged user does not write their id
+    back into the trail."""
+    t = ctx.tenant_id
+    async with ctx.db.tenant(t) as conn:
+        channel = await load_channel(conn, t, channel_id, for_update=False)
+        ids.user_id(channel.platform, user_id)
+        actor = f"{channel.platform.value}:{user_id}"
+        subject = await q.user_subject_row(conn, t, channel_id, user_id)
+        senders = await q.user_group_senders(conn, t, channel_id, user_id)
+        approvals = await q.user_approvals(conn, t, channel_id, user_id)
+        approval_ids = [a["approval_id"] for a in approvals]
+        events = await q.user_audit_events(conn, t, channel_id, user_id, actor, approval_ids)
+        exported_at = await q.now(conn)
+        if subject is not None or senders or approvals or events:
+            await _audit(ctx, conn, "user.exported", channel_id=channel_id, subject=user_id,
+                         details={"audit_events": len(events), "approvals": len(approvals)})  # fmt: skip
+    return {
+        "channel_id": channel_id,
+        "platform": channel.platform.value,
+        "user_id": user_id,
+        "exported_at": exported_at.isoformat(),
+        "subject": None if subject is None else _row(subject),
+        "group_senders": [_row(r) for r in senders],
+        "approvals": [_row(r) for r in approvals],
+        "audit_events": [_event(r) for r in events],
+    }
+
+
+async def purge_user(ctx: Context, channel_id: str, user_id: str) -> PurgeResult:
+    """Delete the user from every table and pseudonymise their audit events.
+    Purging again finds nothing and changes nothing (the same pseudonym)."""
+    t = ctx.tenant_id
+    async with ctx.db.tenant(t) as conn:
+        # Locking the channel row serialises with RequestPairing (which locks it
+        # too), so no pairing request slips in between the delete and the rewrite.
+        channel = await load_channel(conn, t, channel_id, for_update=True)
+        ids.user_id(channel.platform, user_id)
+        actor = f"{channel.platform.value}:{user_id}"
+        pseudonym = ctx.keyring.pseudonym(t, channel.platform.value, user_id)
+        subjects, senders, approval_ids = await q.delete_user_rows(conn, t, channel_id, user_id)
+        await q.enable_audit_anonymization(conn)
+        events = await q.pseudonymize_audit(conn, t, channel_id, user_id, actor, approval_ids, pseudonym)
+        result = PurgeResult(subjects, senders, len(approval_ids), events, pseudonym)
+        counts = {k: v for k, v in asdict(result).items() if k != "pseudonym"}
+        # Never the raw id: the event that records the erasure must not undo it.
+        await _audit(ctx, conn, "user.purged", channel_id=channel_id, subject=pseudonym, details=counts)
+    return result
+
+
+async def anonymize_user(ctx: Context, channel_id: str, user_id: str) -> AnonymizeResult:
+    """Remove the user's personal data but keep their access state."""
+    t = ctx.tenant_id
+    async with ctx.db.tenant(t) as conn:
+        channel = await load_channel(conn, t, channel_id, for_update=False)
+        ids.user_id(channel.platform, user_id)
+        actor = f"{channel.platform.value}:{user_id}"
+        subjects, approvals = await q.scrub_user_rows(conn, t, channel_id, user_id)
+        approval_ids = [a["approval_id"] for a in await q.user_approvals(conn, t, channel_id, user_id)]
+        await q.enable_audit_anonymization(conn)
+        events = await q.scrub_audit_details(conn, t, channel_id, user_id, actor, approval_ids)
+        result = AnonymizeResult(subjects, approvals, events)
+        await _audit(
+            ctx, conn, "user.anonymized", channel_id=channel_id, subject=user_id, details=asdict(result)
+        )
+    return result
