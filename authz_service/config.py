@@ -82,6 +82,42 @@ def _server_tls(env: dict[str, str]) -> ServerTls | None:
     return ServerTls(cert, key, client_ca)
 
 
+def _listen(env: dict[str, str], name: str) -> str | None:
+    raw = env.get(name, "")
+    if not raw:
+        return None
+    host, sep, port = raw.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"{name} must be host:port, got {raw!r}")
+    return raw
+
+
+def _telemetry(env: dict[str, str]) -> tuple[bool, str | None, bool, bool]:
+    """AUTHZ_TELEMETRY, AUTHZ_METRICS_LISTEN and which OTLP exporters the OTEL_* variables ask for."""
+    switch = env.get("AUTHZ_TELEMETRY", "").strip().lower() or "off"
+    if switch not in ("on", "off"):
+        raise ConfigError(f"AUTHZ_TELEMETRY must be 'on' or 'off', got {switch!r}")
+    metrics_listen = _listen(env, "AUTHZ_METRICS_LISTEN")
+    if switch == "off":
+        if metrics_listen is not None:
+            raise ConfigError("AUTHZ_METRICS_LISTEN needs AUTHZ_TELEMETRY=on")
+        return False, None, False, False
+    for name in (
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL",
+    ):
+        if env.get(name, "grpc") != "grpc":
+            raise ConfigError(f"{name}: only 'grpc' is supported, got {env[name]!r}")
+    both = bool(env.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
+    return (
+        True,
+        metrics_listen,
+        both or bool(env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")),
+        both or bool(env.get("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")),
+    )
+
+
 @dataclass(frozen=True)
 class Settings:
     home: Path
@@ -104,6 +140,14 @@ class Settings:
     """AUTHZ_TLS_CERT_FILE / AUTHZ_TLS_KEY_FILE (TLS), AUTHZ_TLS_CLIENT_CA_FILE (mutual TLS)."""
     """AUTHZ_WATCH_FALLBACK_SECONDS: watchers re-read an approval this often even
     without a notification (a safety net; NOTIFY wakes them at once)."""
+    telemetry: bool = False
+    """AUTHZ_TELEMETRY=on: OpenTelemetry traces and metrics (see authz_service/telemetry.py)."""
+    metrics_listen: str | None = None
+    """AUTHZ_METRICS_LISTEN: host:port of the Prometheus /metrics endpoint; unset, none."""
+    otlp_traces: bool = False
+    otlp_metrics: bool = False
+    """OTEL_EXPORTER_OTLP_(TRACES_|METRICS_)ENDPOINT set: export over OTLP/gRPC. The
+    exporters read the other OTEL_* variables themselves."""
 
     @property
     def embedded(self) -> bool:
@@ -129,6 +173,7 @@ class Settings:
         if operator_key is not None and len(operator_key) < 24:
             raise ConfigError("AUTHZ_OPERATOR_KEY must be at least 24 characters")
         pool_min = _int(env, "AUTHZ_DB_POOL_MIN", 1, 1, 1000)
+        telemetry, metrics_listen, otlp_traces, otlp_metrics = _telemetry(env)
         return cls(
             home=home,
             database_url=database_url,
@@ -141,4 +186,8 @@ class Settings:
             watch_fallback_seconds=float(_int(env, "AUTHZ_WATCH_FALLBACK_SECONDS", 15, 1, 3600)),
             readiness_interval_seconds=float(_int(env, "AUTHZ_READINESS_INTERVAL_SECONDS", 5, 1, 300)),
             tls=_server_tls(env),
+            telemetry=telemetry,
+            metrics_listen=metrics_listen,
+            otlp_traces=otlp_traces,
+            otlp_metrics=otlp_metrics,
         )

@@ -17,6 +17,7 @@ from grpc_reflection.v1alpha import reflection
 from .api.admin import AdminServicer
 from .api.authz import AuthzServicer
 from .api.rpc import Gate, Runtime
+from .cache import StateCache
 from .config import Settings
 from .domain.errors import Unavailable
 from .domain.pairing import Keyring
@@ -25,7 +26,8 @@ from .gen.authz.v1 import admin_pb2, admin_pb2_grpc, authz_pb2, authz_pb2_grpc
 from .store import embedded
 from .store.db import Database, schema_message
 from .store.migrate import LATEST_VERSION, migrate
-from .store.notify import ApprovalNotifier
+from .store.notify import CHANGES, ApprovalNotifier, Listener
+from .telemetry import Telemetry, from_settings
 
 log = logging.getLogger(__name__)
 
@@ -96,22 +98,36 @@ class RunningServer:
     port: int
     health: Any  # grpc_health.v1.health.aio.HealthServicer (untyped)
     db: Database
-    notifier: ApprovalNotifier
+    listener: Listener
+    cache: StateCache
     readiness: Readiness
+    telemetry: Telemetry | None = None
 
     async def stop(self, grace: float = 5.0) -> None:
         """NOT_SERVING first (every name, liveness too), so load balancers drain
-        us; then refuse new calls and let in-flight ones finish within ``grace``."""
+        us; then refuse new calls and let in-flight ones finish within ``grace``;
+        then flush telemetry."""
         await self.readiness.stop()
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
-        await self.notifier.close()
+        await self.listener.close()
+        if self.telemetry is not None:
+            await self.telemetry.shutdown()
         await self.db.close()
 
 
-async def start_server(db: Database, settings: Settings, listen: str | None = None) -> RunningServer:
-    notifier = ApprovalNotifier(db.dsn, fallback_interval=settings.watch_fallback_seconds)
-    await notifier.start()
+async def start_server(
+    db: Database, settings: Settings, listen: str | None = None, telemetry: Telemetry | None = None
+) -> RunningServer:
+    """Serve on ``listen`` (default ``settings.listen``). ``telemetry`` (None:
+    off) becomes the server's: ``RunningServer.stop`` shuts it down."""
+    # One LISTEN connection feeds the approval watchers and the hot path's cache.
+    listener = Listener(db.dsn)
+    notifier = ApprovalNotifier(listener, fallback_interval=settings.watch_fallback_seconds)
+    cache = StateCache()
+    listener.on(CHANGES, cache.on_change)
+    listener.on_state(cache.on_listener)
+    await listener.start()
     gate = Gate()
     runtime = Runtime(
         gate=gate,
@@ -119,6 +135,8 @@ async def start_server(db: Database, settings: Settings, listen: str | None = No
         keyring=Keyring(settings.secret_key.encode()),
         operator_key_hash=hash_secret(settings.operator_key) if settings.operator_key else None,
         notifier=notifier,
+        cache=cache,
+        telemetry=telemetry,
     )
     server = grpc.aio.server(
         options=[
@@ -148,9 +166,12 @@ async def start_server(db: Database, settings: Settings, listen: str | None = No
     await health_servicer.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
     readiness = Readiness(db, health_servicer, gate, settings.readiness_interval_seconds)
     await readiness.check()  # before the first call is accepted
+    if telemetry is not None:
+        telemetry.attach(db, cache)
+        telemetry.start()
     await server.start()
     readiness.start()
-    return RunningServer(server, port, health_servicer, db, notifier, readiness)
+    return RunningServer(server, port, health_servicer, db, listener, cache, readiness, telemetry)
 
 
 async def prepare_database(settings: Settings, *, announce: Callable[[str], None] = print) -> str:
@@ -178,7 +199,7 @@ async def serve(
         timeout=settings.db_timeout,
         require_schema=False,  # serve NOT_SERVING until `authz migrate` has run
     )
-    running = await start_server(db, settings)
+    running = await start_server(db, settings, telemetry=from_settings(settings))
     log.info("authz service listening", extra={"port": running.port, "embedded": settings.embedded})
     print(f"authz service listening on {settings.listen.rsplit(':', 1)[0]}:{running.port}", flush=True)
     stop = asyncio.Event()

@@ -27,7 +27,7 @@ from authz_service.gen.authz.v1 import admin_pb2 as adm
 from authz_service.gen.authz.v1 import authz_pb2 as az
 from authz_service.gen.authz.v1 import common_pb2 as cm
 
-from .conftest import Dsns
+from .conftest import Dsns, eventually
 
 AUTHZ = [sys.executable, "-m", "authz_service.cli.main"]
 
@@ -223,4 +223,43 @@ async def test_concurrent_resolves_across_replicas_have_one_winner(cluster: Clus
     finally:
         if connector_a is not None:
             await connector_a.close()
+        await c.close()
+
+
+async def test_a_block_or_key_revocation_on_one_replica_reaches_the_cache_of_the_other(
+    cluster: Cluster,
+) -> None:
+    """Replica A caches an allowed user and a key; B blocks the user and revokes
+    the key; A's very next answers reflect both (the cache has no TTL: only the
+    NOTIFY-driven invalidation can explain it)."""
+    c = await tenant_on(cluster)
+    try:
+        await c.admin_a.admin.SetChannel(
+            adm.SetChannelRequest(channel_id="tg", platform=cm.PLATFORM_TELEGRAM, policy=cm.ChannelPolicy())
+        )
+        await c.admin_a.admin.AllowUser(adm.AllowUserRequest(channel_id="tg", user_id="42"))
+        key = await c.admin_a.admin.CreateApiKey(adm.CreateApiKeyRequest(role=adm.ROLE_CONNECTOR, name="a"))
+        on_a = connect(cluster.a.address, key.secret)
+        try:
+            for _ in range(3):  # warm A's cache
+                assert (await on_a.check_user("tg", "42")).decision == "allow"
+            await c.admin_b.admin.BlockUser(adm.BlockUserRequest(channel_id="tg", user_id="42"))
+
+            async def blocked() -> bool:
+                return (await on_a.check_user("tg", "42")).decision == "blocked"
+
+            await eventually(blocked)
+            await c.admin_b.admin.RevokeApiKey(adm.RevokeApiKeyRequest(key_id=key.key.key_id))
+
+            async def refused() -> bool:
+                try:
+                    await on_a.check_user("tg", "42")
+                except grpc.aio.AioRpcError as exc:
+                    return exc.code() == grpc.StatusCode.UNAUTHENTICATED
+                return False
+
+            await eventually(refused)
+        finally:
+            await on_a.close()
+    finally:
         await c.close()

@@ -51,7 +51,10 @@ class AuthzServicer(authz_pb2_grpc.AuthzServiceServicer):
         convert.text(request.text, "text", MAX_MESSAGE_TEXT)
         convert.text(request.display_name, "display_name", MAX_DISPLAY_NAME)
         verdict = await access.check(
-            ctx, channel_id, Inbound(user_id, kind, group_id, request.mentioned, request.text)
+            ctx,
+            channel_id,
+            Inbound(user_id, kind, group_id, request.mentioned, request.text),
+            consistent=request.consistent,
         )
         return az.CheckUserResponse(
             decision=convert.DECISION[verdict.decision],

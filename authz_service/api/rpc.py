@@ -9,10 +9,11 @@ import re
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import grpc
 
+from ..cache import StateCache
 from ..domain import errors
 from ..domain.model import Principal, Role
 from ..domain.pairing import Keyring
@@ -20,6 +21,9 @@ from ..flows import Context
 from ..flows.auth import authenticate
 from ..store.db import Database
 from ..store.notify import ApprovalNotifier
+
+if TYPE_CHECKING:
+    from ..telemetry import RpcCall, Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +56,9 @@ class Runtime:
     keyring: Keyring
     operator_key_hash: bytes | None
     notifier: ApprovalNotifier
+    cache: StateCache | None = None
     gate: Gate = field(default_factory=Gate)
+    telemetry: Telemetry | None = None  # None: telemetry off
 
 
 def _metadata(context: grpc.aio.ServicerContext[Any, Any]) -> dict[str, str]:
@@ -78,25 +84,35 @@ StreamMethod = Callable[[Any, Req, grpc.aio.ServicerContext[Any, Any]], AsyncIte
 
 
 async def _authorize(
-    runtime: Runtime, md: dict[str, str], allowed: set[Role], name: str, trace_id: str
+    runtime: Runtime, md: dict[str, str], allowed: set[Role], name: str, trace_id: str, call: RpcCall | None
 ) -> Context:
     if runtime.gate.reason:  # e.g. the schema is behind this build: no decision at all
         raise errors.Unavailable(runtime.gate.reason)
     principal = await _principal(runtime, md)
+    if call is not None:
+        call.authorized(principal)
     if principal.role not in allowed and not (principal.role is Role.ADMIN and Role.OPERATOR not in allowed):
         raise errors.PermissionDenied(f"{name} is not allowed for the {principal.role.value} role")
-    return Context(runtime.db, runtime.keyring, principal, trace_id)
+    return Context(runtime.db, runtime.keyring, principal, trace_id, runtime.cache)
 
 
 async def _abort(
-    context: grpc.aio.ServicerContext[Any, Any], exc: Exception, name: str, trace_id: str
+    context: grpc.aio.ServicerContext[Any, Any],
+    exc: Exception,
+    name: str,
+    trace_id: str,
+    call: RpcCall | None,
 ) -> NoReturn:
     if isinstance(exc, errors.AuthzError):
         code = next(STATUS[c] for c in type(exc).__mro__ if c in STATUS)
+        if call is not None:
+            call.failed(code)
         if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
             log.info("%s refused: %s", name, exc.message, extra={"trace_id": trace_id})
         await context.abort(code, exc.message)
     # A bug, not the caller's fault. Fail closed; never leak details.
+    if call is not None:
+        call.failed(grpc.StatusCode.INTERNAL)
     log.error("%s failed", name, exc_info=exc, extra={"trace_id": trace_id})
     await context.abort(grpc.StatusCode.INTERNAL, f"internal error (trace {trace_id})")
 
@@ -105,22 +121,36 @@ def rpc(*roles: Role) -> Callable[[Handler[Req, Resp]], Method[Req, Resp]]:
     """Authenticate, authorize by role, run, and map errors to status codes.
 
     ``Role.ADMIN`` may call any tenant RPC; the operator key only what lists
-    ``Role.OPERATOR``.
+    ``Role.OPERATOR``. With telemetry on, the call runs inside its RPC span
+    (telemetry.RpcCall), whose trace id becomes the call's trace id.
     """
     allowed = set(roles)
 
     def wrap(handler: Handler[Req, Resp]) -> Method[Req, Resp]:
         name = handler.__name__
 
+        async def run(
+            self: Any,
+            request: Req,
+            context: grpc.aio.ServicerContext[Any, Any],
+            md: dict[str, str],
+            trace_id: str,
+            call: RpcCall | None,
+        ) -> Resp:
+            try:
+                ctx = await _authorize(self.runtime, md, allowed, name, trace_id, call)
+                return await handler(self, request, ctx)
+            except Exception as exc:
+                await _abort(context, exc, name, trace_id, call)
+
         @functools.wraps(handler)
         async def method(self: Any, request: Req, context: grpc.aio.ServicerContext[Any, Any]) -> Resp:
             md = _metadata(context)
-            trace_id = trace_id_of(md)
-            try:
-                ctx = await _authorize(self.runtime, md, allowed, name, trace_id)
-                return await handler(self, request, ctx)
-            except Exception as exc:
-                await _abort(context, exc, name, trace_id)
+            telemetry: Telemetry | None = self.runtime.telemetry
+            if telemetry is None:  # off: nothing but this check
+                return await run(self, request, context, md, trace_id_of(md), None)
+            with telemetry.rpc(name, md) as call:
+                return call.respond(await run(self, request, context, md, call.trace_id, call))
 
         return method
 
@@ -134,18 +164,34 @@ def rpc_stream(*roles: Role) -> Callable[[StreamHandler[Req, Resp]], StreamMetho
     def wrap(handler: StreamHandler[Req, Resp]) -> StreamMethod[Req, Resp]:
         name = handler.__name__
 
+        async def run(
+            self: Any,
+            request: Req,
+            context: grpc.aio.ServicerContext[Any, Any],
+            md: dict[str, str],
+            trace_id: str,
+            call: RpcCall | None,
+        ) -> AsyncIterator[Resp]:
+            try:
+                ctx = await _authorize(self.runtime, md, allowed, name, trace_id, call)
+                async for item in handler(self, request, ctx):
+                    yield item
+            except Exception as exc:
+                await _abort(context, exc, name, trace_id, call)
+
         @functools.wraps(handler)
         async def method(
             self: Any, request: Req, context: grpc.aio.ServicerContext[Any, Any]
         ) -> AsyncIterator[Resp]:
             md = _metadata(context)
-            trace_id = trace_id_of(md)
-            try:
-                ctx = await _authorize(self.runtime, md, allowed, name, trace_id)
-                async for item in handler(self, request, ctx):
+            telemetry: Telemetry | None = self.runtime.telemetry
+            if telemetry is None:  # off: nothing but this check
+                async for item in run(self, request, context, md, trace_id_of(md), None):
                     yield item
-            except Exception as exc:
-                await _abort(context, exc, name, trace_id)
+                return
+            with telemetry.rpc(name, md, stream=True) as call:
+                async for item in run(self, request, context, md, call.trace_id, call):
+                    yield item
 
         return method
 
@@ -160,4 +206,4 @@ async def _principal(runtime: Runtime, md: dict[str, str]) -> Principal:
     token = token.strip()
     if len(token) > 256:
         raise errors.Unauthenticated("invalid API key")
-    return await authenticate(runtime.db, token, runtime.operator_key_hash)
+    return await authenticate(runtime.db, token, runtime.operator_key_hash, runtime.cache)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..cache import StateCache
 from ..domain.model import Principal
 from ..domain.pairing import Keyring
 from ..store.db import Database
@@ -19,6 +20,8 @@ class Context:
     keyring: Keyring
     principal: Principal
     trace_id: str
+    # The hot path's cache (None: always read the database).
+    cache: StateCache | None = None
 
     @property
     def tenant_id(self) -> str:

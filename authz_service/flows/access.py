@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 
+import asyncpg
+
+from ..cache import CheckState
 from ..domain import ids
 from ..domain import send as send_policy
 from ..domain.access import Inbound, Verdict, check_user
@@ -15,26 +19,48 @@ from . import Context
 log = logging.getLogger(__name__)
 
 
-async def check(ctx: Context, channel_id: str, message: Inbound) -> Verdict:
+async def check(ctx: Context, channel_id: str, message: Inbound, *, consistent: bool = False) -> Verdict:
+    """Decide one inbound message: from the cache when it holds the state (and
+    the caller did not ask for a ``consistent`` read), else in one round trip."""
     t = ctx.tenant_id
-    async with ctx.db.tenant(t) as conn:
-        row = await q.check_state(conn, t, channel_id, message.user_id, message.group_id)
-    if row is None:
-        verdict = check_user(None, None, False, message, now=None)
+    cache = None if consistent else ctx.cache
+    state = cache.check_state(t, channel_id, message.user_id, message.group_id) if cache else None
+    now: datetime | None
+    if state is not None:
+        assert cache is not None
+        now = cache.db_now()
     else:
+        generation = ctx.cache.generation if ctx.cache else 0
+        async with ctx.db.tenant(t) as conn:
+            row = await q.check_state(conn, t, channel_id, message.user_id, message.group_id)
+        now = row["now"] if row is not None else None
         try:
-            channel = q.channel_from_row(t, row)
+            state = _state_from_row(t, channel_id, message.user_id, row)
         except CorruptPolicy:
             log.error("channel %s/%s has an unreadable policy; denying", t, channel_id)
-            verdict = Verdict(Decision.DENY, "channel_policy_invalid")
-        else:
-            ids.user_id(channel.platform, message.user_id)
-            subject = q.subject_from_row(channel_id, message.user_id, row) if row["status"] else None
-            verdict = check_user(channel, subject, bool(row["in_group"]), message, row["now"])
+            return _logged(ctx, channel_id, Verdict(Decision.DENY, "channel_policy_invalid"))
+        if ctx.cache is not None:
+            if now is not None:
+                ctx.cache.observe_db_clock(now)
+            ctx.cache.fill_check_state(generation, t, channel_id, message.user_id, message.group_id, state)
+    if state.channel is not None:
+        ids.user_id(state.channel.platform, message.user_id)
+    return _logged(ctx, channel_id, check_user(state.channel, state.subject, state.in_group, message, now))
+
+
+def _state_from_row(tenant_id: str, channel_id: str, user_id: str, row: asyncpg.Record | None) -> CheckState:
+    if row is None:
+        return CheckState(None, None, False)
+    channel = q.channel_from_row(tenant_id, row)
+    subject = q.subject_from_row(channel_id, user_id, row) if row["status"] else None
+    return CheckState(channel, subject, bool(row["in_group"]))
+
+
+def _logged(ctx: Context, channel_id: str, verdict: Verdict) -> Verdict:
     if verdict.decision is not Decision.ALLOW:
         log.info(
             "check denied",
-            extra={"tenant": t, "channel": channel_id, "decision": verdict.decision.value,
+            extra={"tenant": ctx.tenant_id, "channel": channel_id, "decision": verdict.decision.value,
                    "reason": verdict.reason, "trace_id": ctx.trace_id},
         )  # fmt: skip
     return verdict

@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import secrets
 
+from ..cache import KeyRecord, StateCache
 from ..domain import ids
 from ..domain.errors import Unauthenticated
 from ..domain.model import Principal, Role
@@ -37,20 +38,41 @@ def new_key(tenant_id: str) -> tuple[str, str, bytes]:
 _DUMMY = hash_secret("no such key")
 
 
-async def authenticate(db: Database, token: str, operator_key_hash: bytes | None) -> Principal:
+async def _key(db: Database, cache: StateCache | None, tenant_id: str, key_id: str) -> KeyRecord | None:
+    if cache is not None:
+        found, record = cache.key(tenant_id, key_id)
+        if found:
+            return record
+        generation = cache.generation
+    async with db.tenant(tenant_id) as conn:
+        row = await q.get_key(conn, tenant_id, key_id)
+    record = (
+        None
+        if row is None
+        else KeyRecord(bytes(row["secret_hash"]), Role(row["role"]), row["revoked_at"] is not None)
+    )
+    if cache is not None:
+        cache.fill_key(generation, tenant_id, key_id, record)
+    return record
+
+
+async def authenticate(
+    db: Database, token: str, operator_key_hash: bytes | None, cache: StateCache | None = None
+) -> Principal:
+    """The caller behind ``token``. Key records may come from the cache, which a
+    revocation on any replica clears through NOTIFY (see authz_service.cache)."""
     if token.startswith(PREFIX + "."):
         parts = token.split(".")
         if len(parts) != 4 or not ids.TENANT_ID.fullmatch(parts[1]) or not ids.KEY_ID.fullmatch(parts[2]):
             raise Unauthenticated(_INVALID)
         _, tenant_id, key_id, secret = parts
         presented = hash_secret(secret)
-        async with db.tenant(tenant_id) as conn:
-            row = await q.get_key(conn, tenant_id, key_id)
-        stored = row["secret_hash"] if row is not None else _DUMMY
-        genuine = hmac.compare_digest(presented, bytes(stored))
-        if row is None or not genuine or row["revoked_at"] is not None:
+        record = await _key(db, cache, tenant_id, key_id)
+        stored = record.secret_hash if record is not None else _DUMMY
+        genuine = hmac.compare_digest(presented, stored)
+        if record is None or not genuine or record.revoked:
             raise Unauthenticated(_INVALID)
-        return Principal(tenant_id=tenant_id, role=Role(row["role"]), key_id=key_id)
+        return Principal(tenant_id=tenant_id, role=record.role, key_id=key_id)
     if operator_key_hash is not None and hmac.compare_digest(hash_secret(token), operator_key_hash):
         return Principal(tenant_id="", role=Role.OPERATOR, key_id="operator")
     raise Unauthenticated(_INVALID)

@@ -10,13 +10,16 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import cast
+from contextlib import asynccontextmanager, nullcontext
+from typing import TYPE_CHECKING, cast
 
 import asyncpg
 
 from ..domain.errors import Conflict, Unavailable
 from .migrate import LATEST_VERSION, current_version
+
+if TYPE_CHECKING:
+    from ..telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +33,9 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.CrashShutdownError,
     asyncpg.TooManyConnectionsError,
 )
+
+
+_NO_SPAN: nullcontext[None] = nullcontext()
 
 
 class SchemaTooOld(RuntimeError):
@@ -51,6 +57,8 @@ class Database:
         self.pool = pool
         # Kept for dedicated connections outside the pool (LISTEN).
         self.dsn = dsn
+        # Set by Telemetry.attach: a span per transaction. None: telemetry off.
+        self.telemetry: Telemetry | None = None
 
     @classmethod
     async def connect(
@@ -106,13 +114,15 @@ class Database:
 
     @asynccontextmanager
     async def _tx(self, settings: dict[str, str]) -> AsyncIterator[asyncpg.Connection]:
+        span = _NO_SPAN if self.telemetry is None else self.telemetry.transaction(settings)
         try:
-            async with self.pool.acquire() as conn, conn.transaction():
-                for name, value in settings.items():
-                    # is_local = true: the setting dies with the transaction, so a
-                    # pooled connection never carries it into the next request.
-                    await conn.execute("SELECT set_config($1, $2, true)", name, value)
-                yield cast(asyncpg.Connection, conn)
+            with span:  # includes the wait for a pooled connection
+                async with self.pool.acquire() as conn, conn.transaction():
+                    for name, value in settings.items():
+                        # is_local = true: the setting dies with the transaction, so a
+                        # pooled connection never carries it into the next request.
+                        await conn.execute("SELECT set_config($1, $2, true)", name, value)
+                    yield cast(asyncpg.Connection, conn)
         except _UNAVAILABLE as exc:
             log.warning("database unavailable: %s", type(exc).__name__)
             raise Unavailable("the authorization store is unavailable") from exc

@@ -1,15 +1,19 @@
-"""Approval change notifications across replicas: Postgres LISTEN/NOTIFY.
+"""Changes across replicas: Postgres LISTEN/NOTIFY.
 
-A trigger on ``approvals`` sends ``"<tenant> <approval id>"`` on channel
-``authz_approvals`` when a change commits. Each process holds one dedicated
-listening connection and wakes the local watchers of that approval (or of the
-whole tenant).
+Triggers announce committed changes:
 
-A notification only says "look again": watchers always re-read the row under
-their tenant. If the listening connection drops, notifications may be missed,
-so every watcher is woken to re-read, and the listener reconnects with backoff.
-Watchers also re-read on a slow timer (``fallback_interval``), so a lost
-notification can delay a decision but never lose it.
+* ``authz_approvals``: ``"<tenant> <approval id>"`` for every approval change;
+  watchers re-read the row under their tenant.
+* ``authz_changes``: ``"<table> <tenant> <key...>"`` for channels, subjects,
+  group senders and API keys; the in-process cache (``authz_service.cache``)
+  drops what changed.
+
+Each process holds one dedicated listening connection (``Listener``). A
+notification only says "look again". If the connection drops, notifications
+may be missed: every state handler is told (the cache stops serving, watchers
+re-read), and the listener reconnects with backoff. Watchers also re-read on a
+slow timer (``fallback_interval``), so a lost notification can delay a decision
+but never lose it.
 """
 
 from __future__ import annotations
@@ -17,14 +21,97 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import asyncpg
 
 log = logging.getLogger(__name__)
 
-CHANNEL = "authz_approvals"
+APPROVALS = "authz_approvals"
+CHANGES = "authz_changes"
+
+
+class Listener:
+    """One dedicated LISTEN connection for the process, reconnecting with backoff."""
+
+    def __init__(self, dsn: str, *, reconnect_delay: float = 0.2) -> None:
+        self._dsn = dsn
+        # Wait this long before the first reconnect attempt (doubling up to 5 s
+        # while attempts fail): a database that just dropped us gets a breath.
+        self.reconnect_delay = reconnect_delay
+        self._handlers: dict[str, list[Callable[[str], None]]] = {}
+        self._state_handlers: list[Callable[[bool], None]] = []
+        self._conn: asyncpg.Connection | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._lost = asyncio.Event()
+        self._closed = False
+
+    def on(self, channel: str, handler: Callable[[str], None]) -> None:
+        """Call ``handler(payload)`` for each notification on ``channel`` (before start)."""
+        self._handlers.setdefault(channel, []).append(handler)
+
+    def on_state(self, handler: Callable[[bool], None]) -> None:
+        """Call ``handler(connected)`` whenever the connection is lost or back."""
+        self._state_handlers.append(handler)
+
+    @property
+    def listening(self) -> bool:
+        return self._conn is not None and not self._conn.is_closed()
+
+    async def start(self) -> None:
+        """Connect once (so a bad DSN fails start-up), then keep reconnecting."""
+        await self._connect()
+        self._task = asyncio.create_task(self._keep_alive(), name="pg-listener")
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                await self._conn.close(timeout=2)
+        self._set_state(False)
+
+    async def _connect(self) -> None:
+        conn = await asyncpg.connect(self._dsn, timeout=5)
+        for channel in self._handlers:
+            await conn.add_listener(channel, self._dispatch)
+        conn.add_termination_listener(self._on_terminated)
+        self._conn = conn
+        self._lost.clear()
+        self._set_state(True)
+
+    def _dispatch(self, _conn: Any, _pid: int, channel: str, payload: object) -> None:
+        for handler in self._handlers.get(channel, ()):
+            handler(str(payload))
+
+    def _on_terminated(self, _conn: Any) -> None:
+        self._lost.set()
+
+    def _set_state(self, connected: bool) -> None:
+        for handler in self._state_handlers:
+            handler(connected)
+
+    async def _keep_alive(self) -> None:
+        while not self._closed:
+            await self._lost.wait()
+            log.warning("change listener lost; reconnecting")
+            self._conn = None
+            self._set_state(False)
+            delay = self.reconnect_delay
+            while not self._closed:
+                await asyncio.sleep(delay)
+                try:
+                    await self._connect()
+                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+                    log.warning("listener reconnect failed: %s", type(exc).__name__)
+                    delay = min(max(delay, 0.1) * 2, 5.0)
+                    continue
+                log.info("change listener back")
+                break
 
 
 class Subscription:
@@ -51,33 +138,14 @@ class Subscription:
 
 
 class ApprovalNotifier:
-    def __init__(self, dsn: str, *, fallback_interval: float = 15.0) -> None:
-        self._dsn = dsn
+    """Local watchers of approvals, woken by ``authz_approvals`` notifications."""
+
+    def __init__(self, listener: Listener, *, fallback_interval: float = 15.0) -> None:
         self.fallback_interval = fallback_interval
         self._subs: dict[tuple[str, str], set[Subscription]] = {}
-        self._conn: asyncpg.Connection | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._lost = asyncio.Event()
-        self._closed = False
-
-    @property
-    def listening(self) -> bool:
-        return self._conn is not None and not self._conn.is_closed()
-
-    async def start(self) -> None:
-        """Connect once (so a bad DSN fails start-up), then keep reconnecting."""
-        await self._connect()
-        self._task = asyncio.create_task(self._keep_alive(), name="approval-notifier")
-
-    async def close(self) -> None:
-        self._closed = True
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        if self._conn is not None:
-            with contextlib.suppress(Exception):
-                await self._conn.close(timeout=2)
+        listener.on(APPROVALS, self._on_notify)
+        # Lost or back: something may have changed unseen; everyone re-reads.
+        listener.on_state(lambda _connected: self._wake_all())
 
     @contextlib.contextmanager
     def subscribe(self, tenant_id: str, approval_id: str = "") -> Iterator[Subscription]:
@@ -94,43 +162,13 @@ class ApprovalNotifier:
                 if not subs:
                     del self._subs[key]
 
-    async def _connect(self) -> None:
-        conn = await asyncpg.connect(self._dsn, timeout=5)
-        await conn.add_listener(CHANNEL, self._on_notify)
-        conn.add_termination_listener(self._on_terminated)
-        self._conn = conn
-        self._lost.clear()
-
-    def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: object) -> None:
-        tenant_id, _, approval_id = str(payload).partition(" ")
+    def _on_notify(self, payload: str) -> None:
+        tenant_id, _, approval_id = payload.partition(" ")
         for key in ((tenant_id, approval_id), (tenant_id, "")):
             for sub in self._subs.get(key, ()):
                 sub._wake(approval_id)
-
-    def _on_terminated(self, _conn: Any) -> None:
-        self._lost.set()
 
     def _wake_all(self) -> None:
         for subs in self._subs.values():
             for sub in subs:
                 sub._wake(None)
-
-    async def _keep_alive(self) -> None:
-        delay = 0.2
-        while not self._closed:
-            await self._lost.wait()
-            log.warning("approval notification listener lost; reconnecting")
-            self._conn = None
-            self._wake_all()  # re-read: something may have changed unseen
-            while not self._closed:
-                try:
-                    await self._connect()
-                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
-                    log.warning("listener reconnect failed: %s", type(exc).__name__)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 5.0)
-                    continue
-                delay = 0.2
-                log.info("approval notification listener back")
-                self._wake_all()
-                break

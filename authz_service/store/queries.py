@@ -26,7 +26,7 @@ from ..domain.model import (
     SubjectStatus,
     ToolCall,
 )
-from .notify import CHANNEL as NOTIFY_CHANNEL
+from .notify import APPROVALS as NOTIFY_CHANNEL
 
 Conn = asyncpg.Connection
 

@@ -1,0 +1,121 @@
+"""The hot path's cache: it is used, `consistent` bypasses it, it drops what
+changed, and it stops serving while the change listener is down (fail closed)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from authz_service.client import Client, connect
+from authz_service.config import Settings
+from authz_service.gen.authz.v1 import admin_pb2 as adm
+from authz_service.gen.authz.v1 import authz_pb2 as az
+from authz_service.gen.authz.v1 import common_pb2 as cm
+from authz_service.server import RunningServer, start_server
+from authz_service.store.db import Database
+
+from .conftest import Dsns, Tenant, eventually
+
+
+@dataclasses.dataclass
+class Cached:
+    running: RunningServer
+    client: Client
+
+
+@pytest.fixture
+async def cached(dsns: Dsns, tenant: Tenant) -> AsyncIterator[Cached]:
+    """A server of its own, so this test owns its cache and its listener."""
+    settings = Settings.from_env(
+        {"AUTHZ_DATABASE_URL": dsns.service, "AUTHZ_SECRET_KEY": "c" * 43, "AUTHZ_HOME": "/nonexistent"}
+    )
+    running = await start_server(await Database.connect(dsns.service), settings, listen="127.0.0.1:0")
+    client = connect(f"127.0.0.1:{running.port}", tenant.keys["connector"])
+    await tenant.channel("tg")
+    await tenant.admin.admin.AllowUser(adm.AllowUserRequest(channel_id="tg", user_id="42"))
+    yield Cached(running, client)
+    await client.close()
+    await running.stop(grace=0)
+
+
+async def check(c: Cached, consistent: bool = False) -> int:
+    resp = await c.client.authz.CheckUser(
+        az.CheckUserRequest(
+            channel_id="tg", user_id="42", chat_kind=cm.CHAT_KIND_DIRECT, consistent=consistent
+        )
+    )
+    return resp.decision
+
+
+async def block_without_notifying(dsns: Dsns, tenant: Tenant) -> None:
+    """Change the truth behind the cache's back: the owner blocks the user with
+    the change trigger switched off for the statement."""
+    owner = await asyncpg.connect(dsns.owner)
+    try:
+        async with owner.transaction():
+            await owner.execute("ALTER TABLE subjects DISABLE TRIGGER subjects_changes")
+            await owner.execute(
+                "UPDATE subjects SET status = 'blocked' WHERE tenant_id = $1 AND user_id = '42'",
+                tenant.tenant_id,
+            )
+            await owner.execute("ALTER TABLE subjects ENABLE TRIGGER subjects_changes")
+    finally:
+        await owner.close()
+
+
+async def test_cached_answers_and_consistent_reads(cached: Cached, dsns: Dsns, tenant: Tenant) -> None:
+    cache = cached.running.cache
+    assert await check(cached) == az.DECISION_ALLOW
+    hits = cache.hits
+    assert await check(cached) == az.DECISION_ALLOW
+    assert cache.hits == hits + 1  # the second answer came from the cache
+    await block_without_notifying(dsns, tenant)
+    # Nothing announced the change: the cache still says allow, a consistent read does not.
+    assert await check(cached) == az.DECISION_ALLOW
+    assert await check(cached, consistent=True) == az.DECISION_BLOCKED
+
+
+async def test_a_change_drops_the_cached_entry(cached: Cached, tenant: Tenant) -> None:
+    assert await check(cached) == az.DECISION_ALLOW
+    assert await check(cached) == az.DECISION_ALLOW
+    await tenant.admin.admin.BlockUser(adm.BlockUserRequest(channel_id="tg", user_id="42"))
+
+    async def blocked() -> bool:
+        return await check(cached) == az.DECISION_BLOCKED
+
+    await eventually(blocked)
+
+
+async def test_listener_loss_turns_the_cache_off_until_it_is_back(
+    cached: Cached, dsns: Dsns, tenant: Tenant
+) -> None:
+    cache = cached.running.cache
+    assert await check(cached) == az.DECISION_ALLOW
+    assert cache.usable
+    cached.running.listener.reconnect_delay = 5.0  # long enough to act while it is down
+    owner = await asyncpg.connect(dsns.owner)
+    try:
+        await owner.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE 'LISTEN %' AND pid <> pg_backend_pid()"
+        )
+    finally:
+        await owner.close()
+
+    async def off() -> bool:
+        return not cache.usable
+
+    await eventually(off)
+    # While it is down, nothing is cached (a fill would be stale later) and a
+    # change nobody announces is still seen: every read goes to the database.
+    assert await check(cached) == az.DECISION_ALLOW
+    await block_without_notifying(dsns, tenant)
+    assert await check(cached) == az.DECISION_BLOCKED
+
+    async def on() -> bool:
+        return cache.usable
+
+    await eventually(on, timeout=20)  # the listener reconnects by itself
+    assert await check(cached) == az.DECISION_BLOCKED
