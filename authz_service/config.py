@@ -134,12 +134,16 @@ class Settings:
     pool_max: int
     db_timeout: float
     watch_fallback_seconds: float = 15.0
+    """AUTHZ_WATCH_FALLBACK_SECONDS: watchers re-read an approval this often even
+    without a notification (a safety net; NOTIFY wakes them at once)."""
     readiness_interval_seconds: float = 5.0
     """AUTHZ_READINESS_INTERVAL_SECONDS: how often health re-checks the database and its schema."""
     tls: ServerTls | None = None
     """AUTHZ_TLS_CERT_FILE / AUTHZ_TLS_KEY_FILE (TLS), AUTHZ_TLS_CLIENT_CA_FILE (mutual TLS)."""
-    """AUTHZ_WATCH_FALLBACK_SECONDS: watchers re-read an approval this often even
-    without a notification (a safety net; NOTIFY wakes them at once)."""
+    workers: int = 1
+    """AUTHZ_WORKERS (or `authz serve --workers`): processes sharing the port (SO_REUSEPORT)."""
+    reuseport: bool = False
+    """Set in each worker started by `--workers` (AUTHZ_WORKER_INDEX): bind with SO_REUSEPORT."""
     telemetry: bool = False
     """AUTHZ_TELEMETRY=on: OpenTelemetry traces and metrics (see authz_service/telemetry.py)."""
     metrics_listen: str | None = None
@@ -186,6 +190,8 @@ class Settings:
             watch_fallback_seconds=float(_int(env, "AUTHZ_WATCH_FALLBACK_SECONDS", 15, 1, 3600)),
             readiness_interval_seconds=float(_int(env, "AUTHZ_READINESS_INTERVAL_SECONDS", 5, 1, 300)),
             tls=_server_tls(env),
+            workers=_int(env, "AUTHZ_WORKERS", 1, 1, 64),
+            reuseport="AUTHZ_WORKER_INDEX" in env,
             telemetry=telemetry,
             metrics_listen=metrics_listen,
             otlp_traces=otlp_traces,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -141,7 +142,9 @@ async def start_server(
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.so_reuseport", 0),
+            # Only `serve --workers` shares a port; otherwise a second server on
+            # the same port must fail to start, not silently split the traffic.
+            ("grpc.so_reuseport", 1 if settings.reuseport else 0),
         ]
     )
     authz_pb2_grpc.add_AuthzServiceServicer_to_server(AuthzServicer(runtime), server)
@@ -201,7 +204,8 @@ async def serve(
     )
     running = await start_server(db, settings, telemetry=from_settings(settings))
     log.info("authz service listening", extra={"port": running.port, "embedded": settings.embedded})
-    print(f"authz service listening on {settings.listen.rsplit(':', 1)[0]}:{running.port}", flush=True)
+    worker = f" (worker pid {os.getpid()})" if settings.reuseport else ""
+    print(f"authz service listening on {settings.listen.rsplit(':', 1)[0]}:{running.port}{worker}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -143,7 +143,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ..server import serve
 
     setup_logging()
-    asyncio.run(serve(Settings.from_env()))
+    settings = Settings.from_env()
+    workers = args.workers or settings.workers
+    if workers > 1 and not settings.reuseport:
+        from ..workers import run
+
+        return run(settings, workers)
+    asyncio.run(serve(settings))
     return 0
 
 
@@ -938,8 +944,15 @@ def build_parser() -> argparse.ArgumentParser:
         g = sub.add_parser(name, help=help, description=help)
         return g.add_subparsers(dest="sub", required=True, metavar="SUBCOMMAND")
 
-    cmd(
+    serve_p = cmd(
         sub, "serve", cmd_serve, "run the gRPC service (embedded PostgreSQL when AUTHZ_DATABASE_URL is unset)"
+    )
+    serve_p.add_argument(
+        "--workers",
+        type=int,
+        choices=range(1, 65),
+        metavar="N",
+        help="processes sharing the port with SO_REUSEPORT, 1-64 (default: AUTHZ_WORKERS or 1)",
     )
     cmd(sub, "dev", cmd_dev, "serve with a demo tenant and channel, and print how to try it (make run)")
     cmd(
