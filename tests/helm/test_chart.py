@@ -305,10 +305,17 @@ def test_probes_are_grpc_on_the_service_port(chart: helm.Chart, port: int) -> No
 def test_settings_reach_the_container(chart: helm.Chart) -> None:
     values = with_values(
         MINIMAL,
-        **{"config.dbPoolMax": 25, "config.logLevel": "DEBUG", "extraEnv": {"OTEL_SERVICE_NAME": "authz"}},
+        **{
+            "config.dbPoolMax": 25,
+            "config.logLevel": "DEBUG",
+            "config.workers": 2,
+            "extraEnv": {"OTEL_SERVICE_NAME": "authz"},
+        },
     )
     env = env_of(server_container(manifests(chart, values)))
     assert env["AUTHZ_DB_POOL_MAX"]["value"] == "25"
+    assert env["AUTHZ_WORKERS"]["value"] == "2"
+    assert "AUTHZ_TELEMETRY" not in env  # off unless metrics are scraped
     assert env["AUTHZ_LOG_LEVEL"]["value"] == "DEBUG"
     assert env["OTEL_SERVICE_NAME"]["value"] == "authz"
     # `kubectl exec ... authz tenant create` inside the pod reaches the local server.
@@ -461,6 +468,10 @@ def test_service_monitor_is_off_by_default_and_scrapes_the_metrics_port_when_on(
     assert metrics["port"] == 9464
     container_ports = {p["name"]: p["containerPort"] for p in server_container(docs)["ports"]}
     assert container_ports["metrics"] == 9464
+    # The pods actually serve what is scraped.
+    env = env_of(server_container(docs))
+    assert env["AUTHZ_TELEMETRY"]["value"] == "on"
+    assert env["AUTHZ_METRICS_LISTEN"]["value"] == "0.0.0.0:9464"
 
 
 # --- connectors ---------------------------------------------------------------------------------
