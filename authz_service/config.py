@@ -152,6 +152,14 @@ class Settings:
     otlp_metrics: bool = False
     """OTEL_EXPORTER_OTLP_(TRACES_|METRICS_)ENDPOINT set: export over OTLP/gRPC. The
     exporters read the other OTEL_* variables themselves."""
+    code_attempts_per_channel: int = 10
+    """AUTHZ_CODE_ATTEMPTS_PER_CHANNEL: failed pairing code lookups per channel per window."""
+    code_attempts_per_key: int = 10
+    """AUTHZ_CODE_ATTEMPTS_PER_KEY: failed pairing code lookups per API key per window."""
+    code_attempts_per_tenant: int = 50
+    """AUTHZ_CODE_ATTEMPTS_PER_TENANT: failed pairing code lookups per tenant per window."""
+    code_attempt_window_seconds: int = 600
+    """AUTHZ_CODE_ATTEMPT_WINDOW_SECONDS: the window those limits count in (stored in PostgreSQL)."""
 
     @property
     def embedded(self) -> bool:
@@ -196,4 +204,8 @@ class Settings:
             metrics_listen=metrics_listen,
             otlp_traces=otlp_traces,
             otlp_metrics=otlp_metrics,
+            code_attempts_per_channel=_int(env, "AUTHZ_CODE_ATTEMPTS_PER_CHANNEL", 10, 1, 100_000),
+            code_attempts_per_key=_int(env, "AUTHZ_CODE_ATTEMPTS_PER_KEY", 10, 1, 100_000),
+            code_attempts_per_tenant=_int(env, "AUTHZ_CODE_ATTEMPTS_PER_TENANT", 50, 1, 1_000_000),
+            code_attempt_window_seconds=_int(env, "AUTHZ_CODE_ATTEMPT_WINDOW_SECONDS", 600, 1, 86_400),
         )

@@ -22,6 +22,7 @@ from .cache import StateCache
 from .config import Settings
 from .domain.errors import Unavailable
 from .domain.pairing import Keyring
+from .flows import CodeAttemptLimits
 from .flows.auth import hash_secret
 from .gen.authz.v1 import admin_pb2, admin_pb2_grpc, authz_pb2, authz_pb2_grpc
 from .store import embedded
@@ -123,7 +124,7 @@ async def start_server(
     """Serve on ``listen`` (default ``settings.listen``). ``telemetry`` (None:
     off) becomes the server's: ``RunningServer.stop`` shuts it down."""
     # One LISTEN connection feeds the approval watchers and the hot path's cache.
-    listener = Listener(db.dsn)
+    listener = Listener(db.dsn, heartbeat_timeout=settings.db_timeout)
     notifier = ApprovalNotifier(listener, fallback_interval=settings.watch_fallback_seconds)
     cache = StateCache()
     listener.on(CHANGES, cache.on_change)
@@ -138,6 +139,12 @@ async def start_server(
         notifier=notifier,
         cache=cache,
         telemetry=telemetry,
+        code_limits=CodeAttemptLimits(
+            per_channel=settings.code_attempts_per_channel,
+            per_key=settings.code_attempts_per_key,
+            per_tenant=settings.code_attempts_per_tenant,
+            window_seconds=settings.code_attempt_window_seconds,
+        ),
     )
     server = grpc.aio.server(
         options=[
@@ -205,7 +212,9 @@ async def serve(
     running = await start_server(db, settings, telemetry=from_settings(settings))
     log.info("authz service listening", extra={"port": running.port, "embedded": settings.embedded})
     worker = f" (worker pid {os.getpid()})" if settings.reuseport else ""
-    print(f"authz service listening on {settings.listen.rsplit(':', 1)[0]}:{running.port}{worker}", flush=True)
+    print(
+        f"authz service listening on {settings.listen.rsplit(':', 1)[0]}:{running.port}{worker}", flush=True
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

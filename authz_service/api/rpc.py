@@ -17,7 +17,7 @@ from ..cache import StateCache
 from ..domain import errors
 from ..domain.model import Principal, Role
 from ..domain.pairing import Keyring
-from ..flows import Context
+from ..flows import CodeAttemptLimits, Context
 from ..flows.auth import authenticate
 from ..store.db import Database
 from ..store.notify import ApprovalNotifier
@@ -35,6 +35,7 @@ STATUS: dict[type[errors.AuthzError], grpc.StatusCode] = {
     errors.Conflict: grpc.StatusCode.ABORTED,
     errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
     errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
 }
 
@@ -59,6 +60,7 @@ class Runtime:
     cache: StateCache | None = None
     gate: Gate = field(default_factory=Gate)
     telemetry: Telemetry | None = None  # None: telemetry off
+    code_limits: CodeAttemptLimits = field(default_factory=CodeAttemptLimits)
 
 
 def _metadata(context: grpc.aio.ServicerContext[Any, Any]) -> dict[str, str]:
@@ -93,7 +95,7 @@ async def _authorize(
         call.authorized(principal)
     if principal.role not in allowed and not (principal.role is Role.ADMIN and Role.OPERATOR not in allowed):
         raise errors.PermissionDenied(f"{name} is not allowed for the {principal.role.value} role")
-    return Context(runtime.db, runtime.keyring, principal, trace_id, runtime.cache)
+    return Context(runtime.db, runtime.keyring, principal, trace_id, runtime.cache, runtime.code_limits)
 
 
 async def _abort(

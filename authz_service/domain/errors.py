@@ -48,5 +48,10 @@ class PermissionDenied(AuthzError):
     """The credential or actor is valid but not allowed to do this."""
 
 
+class ResourceExhausted(AuthzError):
+    """A limit is reached, e.g. too many failed pairing code attempts; the
+    message says when to try again (RESOURCE_EXHAUSTED)."""
+
+
 class Unavailable(AuthzError):
     """The store cannot be reached. Callers must treat this as deny."""

@@ -13,6 +13,18 @@ from ..store.db import Database
 
 
 @dataclass(frozen=True)
+class CodeAttemptLimits:
+    """Failed pairing code lookups (ResolveApproval by code) allowed per window,
+    counted in PostgreSQL per channel, per API key and per tenant
+    (AUTHZ_CODE_ATTEMPTS_*; see flows.pairing)."""
+
+    per_channel: int = 10
+    per_key: int = 10
+    per_tenant: int = 50
+    window_seconds: int = 600
+
+
+@dataclass(frozen=True)
 class Context:
     """Everything a use case needs besides its request."""
 
@@ -22,6 +34,7 @@ class Context:
     trace_id: str
     # The hot path's cache (None: always read the database).
     cache: StateCache | None = None
+    code_limits: CodeAttemptLimits = CodeAttemptLimits()
 
     @property
     def tenant_id(self) -> str:

@@ -9,6 +9,7 @@ winner. Expiry is always judged by the database clock.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -16,7 +17,14 @@ from datetime import datetime
 import asyncpg
 
 from ..domain import ids, messages
-from ..domain.errors import AuthzError, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from ..domain.errors import (
+    AuthzError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+)
 from ..domain.model import (
     Approval,
     ApprovalAction,
@@ -32,6 +40,8 @@ from ..domain.policy import CorruptPolicy
 from ..domain.tools import check_action
 from ..store import queries as q
 from . import Context
+
+log = logging.getLogger(__name__)
 
 
 class PairingOutcome:
@@ -98,6 +108,9 @@ async def request_pairing(
         if policy.dm_policy is not DmPolicy.PAIRING:
             return PairingResult(PairingOutcome.NOT_ACCEPTED)
         now = await q.now(conn)
+        # Lock the live request first: a concurrent approve holds it, so the
+        # subject read below then sees that approve's outcome, not the old state.
+        existing = await q.pending_pairing_for_user(conn, t, channel_id, user_id)
         subject = await q.get_subject(conn, t, channel_id, user_id)
         if subject is not None and subject.status is SubjectStatus.BLOCKED:
             return PairingResult(PairingOutcome.BLOCKED)
@@ -108,7 +121,6 @@ async def request_pairing(
         ):
             return PairingResult(PairingOutcome.ALREADY_ALLOWED, text=messages.ALREADY_ALLOWED)
 
-        existing = await q.pending_pairing_for_user(conn, t, channel_id, user_id)
         if existing is not None:
             if existing["expires_at"] > now:
                 # Same code again, and no second owner notification.
@@ -190,8 +202,11 @@ async def resolve(
     ctx: Context, target: ResolveTarget, action: ApprovalAction | None, actor_id: str, reason: str
 ) -> ResolveResult:
     t = ctx.tenant_id
+    deferred: AuthzError | None = None
+    result: ResolveResult | None = None
     # Some refusals must be committed (the expiry, the audit of an unauthorized
-    # actor) and still reach the caller as errors: raise them after commit.
+    # actor, a failed code lookup's count) and still reach the caller as
+    # errors: raise them after commit.
     async with ctx.db.tenant(t) as conn:
         if target.callback_payload:
             approval_id, button_action = ctx.keyring.open_callback(t, target.callback_payload)
@@ -203,24 +218,74 @@ async def resolve(
             row = await q.get_approval(conn, t, target.approval_id, for_update=True)
         else:
             code = normalize_code(target.code)
-            row = await q.approval_by_code(
-                conn, t, target.channel_id, ctx.keyring.code_hash(t, target.channel_id, code)
-            )
-        if action is None:
-            raise InvalidArgument("action", "is required")
-        if row is None:
-            raise NotFound("no such approval")
-        approval = q.approval_from_row(row)
-        if approval.kind == "tool":
-            from . import tools  # tools builds on this module's types
+            if action is None:  # before the lookup: a request that cannot succeed is no guess
+                raise InvalidArgument("action", "is required")
+            row, deferred = await _approval_by_code(ctx, conn, target.channel_id, code)
+        if deferred is None:
+            if action is None:
+                raise InvalidArgument("action", "is required")
+            if row is None:
+                raise NotFound("no such approval")
+            approval = q.approval_from_row(row)
+            if approval.kind == "tool":
+                from . import tools  # tools builds on this module's types
 
-            deferred, result = await tools.decide(ctx, conn, approval, action, actor_id, reason)
-        else:
-            deferred, result = await _resolve_pairing(ctx, conn, approval, action, actor_id, reason)
+                deferred, result = await tools.decide(ctx, conn, approval, action, actor_id, reason)
+            else:
+                deferred, result = await _resolve_pairing(ctx, conn, approval, action, actor_id, reason)
     if deferred is not None:
         raise deferred
     assert result is not None
     return result
+
+
+async def _approval_by_code(
+    ctx: Context, conn: asyncpg.Connection, channel_id: str, code: str
+) -> tuple[asyncpg.Record | None, AuthzError | None]:
+    """Look a pairing code up under the brute-force limits (migration 0005).
+
+    Returns the approval row, or a refusal to raise after commit:
+    RESOURCE_EXHAUSTED when the caller's key, the tenant or the channel is over
+    its limit of failed lookups (checked before the lookup, so even the right
+    code is refused: fail closed), NOT_FOUND for a miss, which is counted in all
+    three scopes. The guessed code is never stored, logged or audited."""
+    t, limits = ctx.tenant_id, ctx.code_limits
+    scopes = [(f"code:key:{ctx.principal.key_id}", limits.per_key), ("code:tenant", limits.per_tenant)]
+    # Key and tenant first: a refused guess must not create a row for a made-up channel.
+    refusal = await _over_limit(ctx, conn, scopes, channel_id)
+    if refusal is None:
+        channel_scope = [(f"code:channel:{channel_id}", limits.per_channel)]
+        refusal = await _over_limit(ctx, conn, channel_scope, channel_id)
+        scopes += channel_scope
+    if refusal is not None:
+        return None, refusal
+    row = await q.approval_by_code(conn, t, channel_id, ctx.keyring.code_hash(t, channel_id, code))
+    if row is None:
+        await q.count_attempt_failure(conn, t, [s for s, _ in scopes], limits.window_seconds)
+        return None, NotFound("no such approval")
+    return row, None
+
+
+async def _over_limit(
+    ctx: Context, conn: asyncpg.Connection, scopes: list[tuple[str, int]], channel_id: str
+) -> ResourceExhausted | None:
+    t = ctx.tenant_id
+    counts = await q.open_attempt_window(conn, t, [s for s, _ in scopes], ctx.code_limits.window_seconds)
+    over = {scope: counts[scope][1] for scope, limit in scopes if counts[scope][0] >= limit}
+    if not over:
+        return None
+    wait = max(1, math.ceil(max(over.values())))
+    if await q.count_attempt_refused(conn, t, list(over)):  # audit once per window, not per refusal
+        details = {"scopes": sorted(over), "key": ctx.principal.key_id, "retry_after_seconds": wait}
+        await q.audit(
+            conn, t, "pairing.code_attempts_exceeded", actor=ctx.principal.actor, channel_id=channel_id,
+            trace_id=ctx.trace_id, details=details,
+        )  # fmt: skip
+        log.warning(
+            "pairing code attempts exceeded",
+            extra={"trace_id": ctx.trace_id, "tenant": t, "channel": channel_id, **details},
+        )
+    return ResourceExhausted(f"too many failed pairing code attempts; try again in {wait} s")
 
 
 async def _resolve_pairing(

@@ -9,8 +9,9 @@ Triggers announce committed changes:
   drops what changed.
 
 Each process holds one dedicated listening connection (``Listener``). A
-notification only says "look again". If the connection drops, notifications
-may be missed: every state handler is told (the cache stops serving, watchers
+notification only says "look again". If the connection drops, or stops
+answering its heartbeat (a silent network closes nothing), notifications may be
+missed: every state handler is told (the cache stops serving, watchers
 re-read), and the listener reconnects with backoff. Watchers also re-read on a
 slow timer (``fallback_interval``), so a lost notification can delay a decision
 but never lose it.
@@ -35,11 +36,25 @@ CHANGES = "authz_changes"
 class Listener:
     """One dedicated LISTEN connection for the process, reconnecting with backoff."""
 
-    def __init__(self, dsn: str, *, reconnect_delay: float = 0.2) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        reconnect_delay: float = 0.2,
+        heartbeat_interval: float = 2.0,
+        heartbeat_timeout: float = 5.0,
+    ) -> None:
         self._dsn = dsn
         # Wait this long before the first reconnect attempt (doubling up to 5 s
         # while attempts fail): a database that just dropped us gets a breath.
         self.reconnect_delay = reconnect_delay
+        # A silent network (no FIN, no RST) never closes the connection, and an
+        # idle LISTEN connection would not notice it for hours: every
+        # ``heartbeat_interval`` a query must answer within ``heartbeat_timeout``,
+        # or the connection counts as lost. So notifications are trusted for at
+        # most interval + timeout after the path to the database goes silent.
+        self.heartbeat_interval = heartbeat_interval
+        self.heartbeat_timeout = heartbeat_timeout
         self._handlers: dict[str, list[Callable[[str], None]]] = {}
         self._state_handlers: list[Callable[[bool], None]] = []
         self._conn: asyncpg.Connection | None = None
@@ -95,9 +110,27 @@ class Listener:
         for handler in self._state_handlers:
             handler(connected)
 
+    async def _until_lost(self) -> None:
+        """Return when the connection is closed, or stops answering heartbeats."""
+        while True:
+            try:
+                await asyncio.wait_for(self._lost.wait(), self.heartbeat_interval)
+                return
+            except TimeoutError:
+                pass
+            conn = self._conn
+            if conn is None:
+                return
+            try:
+                await conn.fetchval("SELECT 1", timeout=self.heartbeat_timeout)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+                log.warning("change listener heartbeat failed: %s", type(exc).__name__)
+                conn.terminate()
+                return
+
     async def _keep_alive(self) -> None:
         while not self._closed:
-            await self._lost.wait()
+            await self._until_lost()
             log.warning("change listener lost; reconnecting")
             self._conn = None
             self._set_state(False)

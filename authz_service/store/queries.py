@@ -177,7 +177,10 @@ async def get_channel(
     conn: Conn, tenant_id: str, channel_id: str, *, for_update: bool = False
 ) -> Channel | None:
     sql = "SELECT channel_id, platform, policy, updated_at FROM channels WHERE tenant_id = $1 AND channel_id = $2"
-    row = await conn.fetchrow(sql + (" FOR UPDATE" if for_update else ""), tenant_id, channel_id)
+    # NO KEY UPDATE: serializes writers of the channel (RequestPairing's cap) without
+    # blocking the foreign-key KEY SHARE lock an approve takes to insert a subject,
+    # which would deadlock with a RequestPairing waiting for that approve's request row.
+    row = await conn.fetchrow(sql + (" FOR NO KEY UPDATE" if for_update else ""), tenant_id, channel_id)
     return None if row is None else channel_from_row(tenant_id, row)
 
 
@@ -605,6 +608,65 @@ async def revoke_grant(conn: Conn, tenant_id: str, grant_id: str, actor: str) ->
         tenant_id, grant_id, actor,
     )  # fmt: skip
     return None if row is None else grant_from_row(row)
+
+
+# --- attempt limits (pairing code guessing) ------------------------------------
+#
+# One counter row per (tenant, scope), migration 0005. A window starts at the
+# first lookup after the previous window ended and lasts ``window_seconds``,
+# judged by the database clock, so every replica counts in the same window.
+
+_WINDOW_ENDED = "a.window_start + make_interval(secs => $3) <= now()"
+
+
+async def open_attempt_window(
+    conn: Conn, tenant_id: str, scopes: list[str], window_seconds: int
+) -> dict[str, tuple[int, float]]:
+    """Create and lock the counters of ``scopes`` (in the given order), start a
+    new window for those whose window has ended, and return per scope the
+    failures counted in its window and the seconds until the window ends. The
+    row locks are held until commit, so concurrent lookups in one scope queue
+    up and each sees the failures of the ones before it."""
+    rows = await conn.fetch(
+        f"""INSERT INTO attempt_limits AS a (tenant_id, scope)
+            SELECT $1, u.scope FROM unnest($2::text[]) WITH ORDINALITY AS u(scope, i) ORDER BY u.i
+            ON CONFLICT (tenant_id, scope) DO UPDATE SET
+                failures = CASE WHEN {_WINDOW_ENDED} THEN 0 ELSE a.failures END,
+                refused = CASE WHEN {_WINDOW_ENDED} THEN 0 ELSE a.refused END,
+                window_start = CASE WHEN {_WINDOW_ENDED} THEN now() ELSE a.window_start END
+            RETURNING scope, failures,
+                      extract(epoch FROM window_start + make_interval(secs => $3) - now())::float8 AS left""",
+        tenant_id, scopes, window_seconds,
+    )  # fmt: skip
+    return {r["scope"]: (int(r["failures"]), float(r["left"])) for r in rows}
+
+
+async def count_attempt_failure(conn: Conn, tenant_id: str, scopes: list[str], window_seconds: int) -> None:
+    """One more failure in each of ``scopes`` (opened by ``open_attempt_window``
+    in this transaction). Also prunes the tenant's other counters whose window
+    has ended: they hold nothing, and made-up channel ids must not pile up."""
+    await conn.execute(
+        "UPDATE attempt_limits SET failures = failures + 1 WHERE tenant_id = $1 AND scope = ANY($2::text[])",
+        tenant_id, scopes,
+    )  # fmt: skip
+    await conn.execute(
+        f"""DELETE FROM attempt_limits WHERE tenant_id = $1 AND scope IN (
+                SELECT a.scope FROM attempt_limits a
+                WHERE a.tenant_id = $1 AND NOT (a.scope = ANY($2::text[])) AND {_WINDOW_ENDED}
+                FOR UPDATE SKIP LOCKED)""",
+        tenant_id, scopes, window_seconds,
+    )  # fmt: skip
+
+
+async def count_attempt_refused(conn: Conn, tenant_id: str, scopes: list[str]) -> bool:
+    """Count a lookup refused for being over the limit of ``scopes``. True if it
+    is the first refusal in the window of one of them (the one worth auditing)."""
+    rows = await conn.fetch(
+        """UPDATE attempt_limits SET refused = refused + 1
+           WHERE tenant_id = $1 AND scope = ANY($2::text[]) RETURNING refused""",
+        tenant_id, scopes,
+    )  # fmt: skip
+    return any(r["refused"] == 1 for r in rows)
 
 
 # --- data rights ---------------------------------------------------------------
