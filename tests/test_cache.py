@@ -16,6 +16,7 @@ from authz_service.gen.authz.v1 import authz_pb2 as az
 from authz_service.gen.authz.v1 import common_pb2 as cm
 from authz_service.server import RunningServer, start_server
 from authz_service.store.db import Database
+from authz_service.store.notify import APPLICATION_NAME
 
 from .conftest import Dsns, Tenant, eventually
 
@@ -99,7 +100,8 @@ async def test_listener_loss_turns_the_cache_off_until_it_is_back(
     owner = await asyncpg.connect(dsns.owner)
     try:
         await owner.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE 'LISTEN %' AND pid <> pg_backend_pid()"
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+            APPLICATION_NAME,
         )
     finally:
         await owner.close()

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 APPROVALS = "authz_approvals"
 CHANGES = "authz_changes"
+APPLICATION_NAME = "authz-listener"
 
 
 class Listener:
@@ -91,7 +92,10 @@ class Listener:
         self._set_state(False)
 
     async def _connect(self) -> None:
-        conn = await asyncpg.connect(self._dsn, timeout=5)
+        # Named, so operators (and tests) can tell it from pooled connections.
+        conn = await asyncpg.connect(
+            self._dsn, timeout=5, server_settings={"application_name": APPLICATION_NAME}
+        )
         for channel in self._handlers:
             await conn.add_listener(channel, self._dispatch)
         conn.add_termination_listener(self._on_terminated)
