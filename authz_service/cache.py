@@ -15,6 +15,11 @@ Correctness rules (DESIGN §6):
 * Expiry is judged by the database clock: the offset between the database's
   ``now()`` and the local clock is measured on every read and applied to
   cached decisions.
+* Read your own writes: a NOTIFY reaches this process asynchronously, so an
+  RPC that changed a tenant's state also forgets that tenant's entries here
+  (``forget_tenant``, O(1): entries carry their tenant's generation) before
+  it answers. The next call on this process reads the database; other
+  processes catch up through NOTIFY.
 * The cache is bounded: past ``max_entries`` it is cleared (cheap, and a cold
   read is one round trip).
 """
@@ -24,7 +29,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from .domain.model import Channel, Role, Subject
 
@@ -54,10 +58,12 @@ class StateCache:
         self.generation = 0
         self.hits = 0
         self.misses = 0
-        self._channels: dict[tuple[str, str], Channel | None] = {}
-        self._subjects: dict[tuple[str, str, str], Subject | None] = {}
-        self._groups: dict[tuple[str, str, str], dict[str, bool]] = {}
-        self._keys: dict[tuple[str, str], KeyRecord | None] = {}
+        # Every entry is stored with its tenant's generation at fill time.
+        self._channels: dict[tuple[str, str], tuple[int, Channel | None]] = {}
+        self._subjects: dict[tuple[str, str, str], tuple[int, Subject | None]] = {}
+        self._groups: dict[tuple[str, str, str], tuple[int, dict[str, bool]]] = {}
+        self._keys: dict[tuple[str, str], tuple[int, KeyRecord | None]] = {}
+        self._tenant_generation: dict[str, int] = {}
         self._clock_offset = timedelta(0)
 
     # --- invalidation ---------------------------------------------------------
@@ -68,8 +74,14 @@ class StateCache:
         self.usable = connected
         log.info("state cache %s", "on" if connected else "off (listener down): reading the database")
 
+    def forget_tenant(self, tenant_id: str) -> None:
+        """Invalidate every entry of one tenant at once (and any fill in flight)."""
+        self.generation += 1
+        self._tenant_generation[tenant_id] = self._tenant_generation.get(tenant_id, 0) + 1
+
     def clear(self) -> None:
         self.generation += 1
+        self._tenant_generation.clear()
         self._channels.clear()
         self._subjects.clear()
         self._groups.clear()
@@ -104,42 +116,50 @@ class StateCache:
     def check_state(self, tenant_id: str, channel_id: str, user_id: str, group_id: str) -> CheckState | None:
         if not self.usable:
             return None
-        ck = (tenant_id, channel_id)
-        sk = (tenant_id, channel_id, user_id)
-        if ck not in self._channels or sk not in self._subjects:
+        tgen = self._tenant_generation.get(tenant_id, 0)
+        channel = self._channels.get((tenant_id, channel_id))
+        subject = self._subjects.get((tenant_id, channel_id, user_id))
+        if channel is None or subject is None or channel[0] != tgen or subject[0] != tgen:
             self.misses += 1
             return None
         in_group = False
         if group_id:
-            groups = self._groups.get(sk)
-            if groups is None or group_id not in groups:
+            groups = self._groups.get((tenant_id, channel_id, user_id))
+            if groups is None or groups[0] != tgen or group_id not in groups[1]:
                 self.misses += 1
                 return None
-            in_group = groups[group_id]
+            in_group = groups[1][group_id]
         self.hits += 1
-        return CheckState(self._channels[ck], self._subjects[sk], in_group)
+        return CheckState(channel[1], subject[1], in_group)
 
     def fill_check_state(
         self, generation: int, tenant_id: str, channel_id: str, user_id: str, group_id: str, state: CheckState
     ) -> None:
         if not self._may_fill(generation):
             return
-        self._channels[(tenant_id, channel_id)] = state.channel
-        self._subjects[(tenant_id, channel_id, user_id)] = state.subject
+        tgen = self._tenant_generation.get(tenant_id, 0)
+        self._channels[(tenant_id, channel_id)] = (tgen, state.channel)
+        self._subjects[(tenant_id, channel_id, user_id)] = (tgen, state.subject)
         if group_id:
-            self._groups.setdefault((tenant_id, channel_id, user_id), {})[group_id] = state.in_group
+            key = (tenant_id, channel_id, user_id)
+            groups = self._groups.get(key)
+            if groups is None or groups[0] != tgen:
+                groups = (tgen, {})
+                self._groups[key] = groups
+            groups[1][group_id] = state.in_group
 
     # --- API keys -------------------------------------------------------------------
 
     def key(self, tenant_id: str, key_id: str) -> tuple[bool, KeyRecord | None]:
         """(found in cache, record); a cached None means "no such key"."""
-        if not self.usable or (tenant_id, key_id) not in self._keys:
+        entry = self._keys.get((tenant_id, key_id)) if self.usable else None
+        if entry is None or entry[0] != self._tenant_generation.get(tenant_id, 0):
             return False, None
-        return True, self._keys[(tenant_id, key_id)]
+        return True, entry[1]
 
     def fill_key(self, generation: int, tenant_id: str, key_id: str, record: KeyRecord | None) -> None:
         if self._may_fill(generation):
-            self._keys[(tenant_id, key_id)] = record
+            self._keys[(tenant_id, key_id)] = (self._tenant_generation.get(tenant_id, 0), record)
 
     def _may_fill(self, generation: int) -> bool:
         if not self.usable or generation != self.generation:
@@ -151,6 +171,3 @@ class StateCache:
 
     def _size(self) -> int:
         return len(self._channels) + len(self._subjects) + len(self._groups) + len(self._keys)
-
-    def stats(self) -> dict[str, Any]:
-        return {"usable": self.usable, "entries": self._size(), "hits": self.hits, "misses": self.misses}

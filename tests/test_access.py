@@ -12,9 +12,13 @@ from authz_service.gen.authz.v1 import common_pb2 as cm
 from .conftest import Dsns, Tenant, rpc_error
 
 
-async def dm(t: Tenant, user: str = "42", channel: str = "tg") -> az.CheckUserResponse:
+async def dm(
+    t: Tenant, user: str = "42", channel: str = "tg", *, consistent: bool = False
+) -> az.CheckUserResponse:
     return await t.connector.authz.CheckUser(
-        az.CheckUserRequest(channel_id=channel, user_id=user, chat_kind=cm.CHAT_KIND_DIRECT)
+        az.CheckUserRequest(
+            channel_id=channel, user_id=user, chat_kind=cm.CHAT_KIND_DIRECT, consistent=consistent
+        )
     )
 
 
@@ -105,7 +109,9 @@ async def test_unreadable_policy_denies(tenant: Tenant, dsns: Dsns) -> None:
         )
     finally:
         await conn.close()
-    resp = await dm(tenant)
+    # Written behind the service's back: read the database, not the cache (which
+    # learns of the change through NOTIFY, a moment later).
+    resp = await dm(tenant, consistent=True)
     assert (resp.decision, resp.reason) == (az.DECISION_DENY, "channel_policy_invalid")
     send = await tenant.connector.authz.EvaluateSend(
         az.EvaluateSendRequest(channel_id="tg", agent_id="a", origin="telegram:42", target="origin"))  # fmt: skip

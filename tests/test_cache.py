@@ -121,3 +121,23 @@ async def test_listener_loss_turns_the_cache_off_until_it_is_back(
 
     await eventually(on, timeout=20)  # the listener reconnects by itself
     assert await check(cached) == az.DECISION_BLOCKED
+
+
+async def test_a_process_reads_its_own_writes_without_waiting_for_notify(
+    cached: Cached, dsns: Dsns, tenant: Tenant
+) -> None:
+    """A write through this process forgets the tenant's cached state before it
+    answers, so the next call here never depends on the NOTIFY's timing. The
+    notification is switched off to prove it."""
+    admin = connect(f"127.0.0.1:{cached.running.port}", tenant.keys["admin"])
+    owner = await asyncpg.connect(dsns.owner)
+    try:
+        assert await check(cached) == az.DECISION_ALLOW
+        assert await check(cached) == az.DECISION_ALLOW  # cached now
+        await owner.execute("ALTER TABLE subjects DISABLE TRIGGER subjects_changes")
+        await admin.admin.BlockUser(adm.BlockUserRequest(channel_id="tg", user_id="42"))
+        assert await check(cached) == az.DECISION_BLOCKED
+    finally:
+        await owner.execute("ALTER TABLE subjects ENABLE TRIGGER subjects_changes")
+        await owner.close()
+        await admin.close()

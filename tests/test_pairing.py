@@ -25,9 +25,13 @@ async def pair(
     )
 
 
-async def check(t: Tenant, user: str = "42", channel: str = "tg") -> az.CheckUserResponse:
+async def check(
+    t: Tenant, user: str = "42", channel: str = "tg", *, consistent: bool = False
+) -> az.CheckUserResponse:
     return await t.connector.authz.CheckUser(
-        az.CheckUserRequest(channel_id=channel, user_id=user, chat_kind=cm.CHAT_KIND_DIRECT)
+        az.CheckUserRequest(
+            channel_id=channel, user_id=user, chat_kind=cm.CHAT_KIND_DIRECT, consistent=consistent
+        )
     )
 
 
@@ -277,7 +281,7 @@ async def test_time_limited_pairing_expires(tenant: Tenant, dsns: Dsns) -> None:
                            tenant.tenant_id)  # fmt: skip
     finally:
         await conn.close()
-    after = await check(tenant)
+    after = await check(tenant, consistent=True)  # changed behind the cache's back
     assert (after.decision, after.reason) == (az.DECISION_PAIRING_REQUIRED, "pairing_expired")
     assert (await pair(tenant)).created
 

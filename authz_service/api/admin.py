@@ -96,11 +96,11 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         row, key = await flows.create_tenant(ctx, tenant_id, name)
         return adm.CreateTenantResponse(tenant=_tenant(row), admin_key=_key(key), secret=key.secret)
 
-    @rpc(Role.OPERATOR)
+    @rpc(Role.OPERATOR, read_only=True)
     async def ListTenants(self, request: adm.ListTenantsRequest, ctx: Context) -> adm.ListTenantsResponse:
         return adm.ListTenantsResponse(tenants=[_tenant(r) for r in await flows.list_tenants(ctx)])
 
-    @rpc(Role.ADMIN)
+    @rpc(Role.ADMIN, read_only=True)
     async def GetTenantSettings(
         self, request: adm.GetTenantSettingsRequest, ctx: Context
     ) -> adm.TenantSettings:
@@ -130,7 +130,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         key = await flows.create_key(ctx, role, convert.text(request.name, "name", 128))
         return adm.CreateApiKeyResponse(key=_key(key), secret=key.secret)
 
-    @rpc(Role.ADMIN)
+    @rpc(Role.ADMIN, read_only=True)
     async def ListApiKeys(self, request: adm.ListApiKeysRequest, ctx: Context) -> adm.ListApiKeysResponse:
         return adm.ListApiKeysResponse(keys=[_key(k) for k in await flows.list_keys(ctx)])
 
@@ -152,11 +152,11 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         policy = convert.policy_in(request.policy)
         return _channel(await flows.set_channel(ctx, channel_id, platform, policy))
 
-    @rpc(Role.ADMIN)
+    @rpc(Role.ADMIN, read_only=True)
     async def GetChannel(self, request: adm.GetChannelRequest, ctx: Context) -> adm.Channel:
         return _channel(await flows.get_channel(ctx, ids.channel_id(request.channel_id)))
 
-    @rpc(Role.ADMIN)
+    @rpc(Role.ADMIN, read_only=True)
     async def ListChannels(self, request: adm.ListChannelsRequest, ctx: Context) -> adm.ListChannelsResponse:
         return adm.ListChannelsResponse(channels=[_channel(c) for c in await flows.list_channels(ctx)])
 
@@ -217,7 +217,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         )
         return adm.RemoveUserResponse(removed=removed)
 
-    @rpc(Role.ADMIN)
+    @rpc(Role.ADMIN, read_only=True)
     async def ListUsers(self, request: adm.ListUsersRequest, ctx: Context) -> adm.ListUsersResponse:
         which = convert.enum_in(_USER_FILTER, request.filter, "filter")
         users = await flows.list_users(ctx, ids.channel_id(request.channel_id), which)
@@ -225,7 +225,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
 
     # --- data rights -------------------------------------------------------------------
 
-    @rpc(Role.ADMIN)
+    @rpc(Role.ADMIN, read_only=True)
     async def ExportUser(self, request: adm.UserRef, ctx: Context) -> adm.UserExport:
         channel_id, user_id = _user(request)
         document = await data_rights.export_user(ctx, channel_id, user_id)
@@ -263,7 +263,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         removed = await flows.remove_group_sender(ctx, channel_id, ids.group_id(request.group_id), user_id)
         return adm.RemoveUserResponse(removed=removed)
 
-    @rpc(Role.ADMIN)
+    @rpc(Role.ADMIN, read_only=True)
     async def ListGroupSenders(
         self, request: adm.ListGroupSendersRequest, ctx: Context
     ) -> adm.ListGroupSendersResponse:
@@ -273,7 +273,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
 
     # --- approvals and audit -----------------------------------------------------------
 
-    @rpc(Role.APPROVER)
+    @rpc(Role.APPROVER, read_only=True)
     async def ListApprovals(
         self, request: adm.ListApprovalsRequest, ctx: Context
     ) -> adm.ListApprovalsResponse:
@@ -287,7 +287,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         approvals = await flows.list_approvals(ctx, channel_id, status, _limit(request.limit), kind)
         return adm.ListApprovalsResponse(approvals=[convert.approval_out(a) for a in approvals])
 
-    @rpc(Role.APPROVER)
+    @rpc(Role.APPROVER, read_only=True)
     async def GetApproval(self, request: adm.GetApprovalRequest, ctx: Context) -> cm.Approval:
         return convert.approval_out(await flows.get_approval(ctx, ids.approval_id(request.approval_id)))
 
@@ -299,7 +299,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         async for approval in tools.watch_tenant(ctx, self.runtime.notifier, kind):
             yield convert.approval_out(approval)
 
-    @rpc(Role.APPROVER)
+    @rpc(Role.APPROVER, read_only=True)
     async def ListGrants(self, request: adm.ListGrantsRequest, ctx: Context) -> adm.ListGrantsResponse:
         agent_id = ids.agent_id(request.agent_id) if request.agent_id else ""
         grants = await tools.list_grants(ctx, agent_id, request.include_revoked)
@@ -311,7 +311,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             raise InvalidArgument("grant_id", "must be a grant id (grt_...)")
         return convert.grant_out(await tools.revoke_grant(ctx, request.grant_id))
 
-    @rpc(Role.ADMIN)
+    @rpc(Role.ADMIN, read_only=True)
     async def QueryAudit(self, request: adm.QueryAuditRequest, ctx: Context) -> adm.QueryAuditResponse:
         if request.after_event_id < 0:
             raise InvalidArgument("after_event_id", "must not be negative")

@@ -35,7 +35,7 @@ class AuthzServicer(authz_pb2_grpc.AuthzServiceServicer):
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
 
-    @rpc(Role.CONNECTOR, Role.AGENT)
+    @rpc(Role.CONNECTOR, Role.AGENT, read_only=True)
     async def CheckUser(self, request: az.CheckUserRequest, ctx: Context) -> az.CheckUserResponse:
         channel_id = ids.channel_id(request.channel_id)
         user_id = ids.user_id_shape(request.user_id)
@@ -65,7 +65,7 @@ class AuthzServicer(authz_pb2_grpc.AuthzServiceServicer):
             trace_id=ctx.trace_id,
         )
 
-    @rpc(Role.CONNECTOR)
+    @rpc(Role.CONNECTOR, read_only=True)
     async def RequestPairing(
         self, request: az.RequestPairingRequest, ctx: Context
     ) -> az.RequestPairingResponse:
@@ -126,7 +126,7 @@ class AuthzServicer(authz_pb2_grpc.AuthzServiceServicer):
             trace_id=ctx.trace_id,
         )
 
-    @rpc(Role.CONNECTOR, Role.AGENT)
+    @rpc(Role.CONNECTOR, Role.AGENT, read_only=True)
     async def EvaluateSend(self, request: az.EvaluateSendRequest, ctx: Context) -> az.EvaluateSendResponse:
         channel_id = ids.channel_id(request.channel_id)
         agent_id = ids.agent_id(request.agent_id)
@@ -153,7 +153,7 @@ class AuthzServicer(authz_pb2_grpc.AuthzServiceServicer):
             trace_id=ctx.trace_id,
         )
 
-    @rpc(Role.CONNECTOR, Role.AGENT)
+    @rpc(Role.CONNECTOR, Role.AGENT, read_only=True)
     async def RequestApproval(
         self, request: az.RequestApprovalRequest, ctx: Context
     ) -> az.RequestApprovalResponse:
@@ -195,7 +195,7 @@ class AuthzServicer(authz_pb2_grpc.AuthzServiceServicer):
         async for approval in tools.watch(ctx, self.runtime.notifier, approval_id):
             yield convert.approval_out(approval)
 
-    @rpc(Role.CONNECTOR, Role.AGENT)
+    @rpc(Role.CONNECTOR, Role.AGENT, read_only=True)
     async def RedeemApproval(
         self, request: az.RedeemApprovalRequest, ctx: Context
     ) -> az.RedeemApprovalResponse:

@@ -119,12 +119,16 @@ async def _abort(
     await context.abort(grpc.StatusCode.INTERNAL, f"internal error (trace {trace_id})")
 
 
-def rpc(*roles: Role) -> Callable[[Handler[Req, Resp]], Method[Req, Resp]]:
+def rpc(*roles: Role, read_only: bool = False) -> Callable[[Handler[Req, Resp]], Method[Req, Resp]]:
     """Authenticate, authorize by role, run, and map errors to status codes.
 
     ``Role.ADMIN`` may call any tenant RPC; the operator key only what lists
     ``Role.OPERATOR``. With telemetry on, the call runs inside its RPC span
     (telemetry.RpcCall), whose trace id becomes the call's trace id.
+
+    Unless ``read_only``, a successful call forgets its tenant's entries in this
+    process's cache before answering, so the caller's next call here sees what
+    it just wrote (other processes learn through NOTIFY; see authz_service.cache).
     """
     allowed = set(roles)
 
@@ -141,9 +145,13 @@ def rpc(*roles: Role) -> Callable[[Handler[Req, Resp]], Method[Req, Resp]]:
         ) -> Resp:
             try:
                 ctx = await _authorize(self.runtime, md, allowed, name, trace_id, call)
-                return await handler(self, request, ctx)
+                response = await handler(self, request, ctx)
             except Exception as exc:
                 await _abort(context, exc, name, trace_id, call)
+            cache: StateCache | None = self.runtime.cache
+            if not read_only and cache is not None and ctx.tenant_id:
+                cache.forget_tenant(ctx.tenant_id)
+            return response
 
         @functools.wraps(handler)
         async def method(self: Any, request: Req, context: grpc.aio.ServicerContext[Any, Any]) -> Resp:
