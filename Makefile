@@ -8,7 +8,7 @@ PROTOS := $(shell find proto -name '*.proto')
 GEN_STAMP := authz_service/gen/.stamp
 VENV_STAMP := $(VENV)/.installed
 
-.PHONY: run test proto lint fmt clean help chart
+.PHONY: run test proto lint fmt clean help chart bench
 
 help:
 	@echo "make run    start the service on an embedded PostgreSQL with a demo tenant"
@@ -16,6 +16,7 @@ help:
 	@echo "make proto  regenerate authz_service/gen from proto/"
 	@echo "make lint   ruff + mypy --strict"
 	@echo "make chart  test the Helm chart and package it into dist/"
+	@echo "make bench  measure throughput and latency; prints bench/ratio lines, writes bench-report.json"
 	@echo "make clean  remove the virtualenv, generated code and local data"
 
 $(VENV_STAMP): pyproject.toml
@@ -38,6 +39,9 @@ run: $(GEN_STAMP)
 
 test: $(GEN_STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: $(GEN_STAMP)
+	$(BIN)/python scripts/bench.py $(BENCH_ARGS)
 
 chart: $(GEN_STAMP)
 	$(BIN)/python -m pytest tests/helm -q -p no:cacheprovider
