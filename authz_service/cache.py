@@ -148,6 +148,19 @@ class StateCache:
                 self._groups[key] = groups
             groups[1][group_id] = state.in_group
 
+    def channel(self, tenant_id: str, channel_id: str) -> tuple[bool, Channel | None]:
+        """(found in cache, channel); a cached None means "not configured"."""
+        entry = self._channels.get((tenant_id, channel_id)) if self.usable else None
+        if entry is None or entry[0] != self._tenant_generation.get(tenant_id, 0):
+            self.misses += 1
+            return False, None
+        self.hits += 1
+        return True, entry[1]
+
+    def fill_channel(self, generation: int, tenant_id: str, channel_id: str, channel: Channel | None) -> None:
+        if self._may_fill(generation):
+            self._channels[(tenant_id, channel_id)] = (self._tenant_generation.get(tenant_id, 0), channel)
+
     # --- API keys -------------------------------------------------------------------
 
     def key(self, tenant_id: str, key_id: str) -> tuple[bool, KeyRecord | None]:

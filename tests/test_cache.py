@@ -141,3 +141,43 @@ async def test_a_process_reads_its_own_writes_without_waiting_for_notify(
         await owner.execute("ALTER TABLE subjects ENABLE TRIGGER subjects_changes")
         await owner.close()
         await admin.close()
+
+
+async def test_evaluate_send_uses_the_cached_channel_policy(
+    cached: Cached, dsns: Dsns, tenant: Tenant
+) -> None:
+    async def send(target: str) -> az.EvaluateSendResponse:
+        return await cached.client.authz.EvaluateSend(
+            az.EvaluateSendRequest(channel_id="tg", agent_id="a", origin="chat-1", target=target)
+        )
+
+    assert not (await send("ops")).allow  # no send policy: only the origin
+    hits = cached.running.cache.hits
+    assert not (await send("ops")).allow
+    assert cached.running.cache.hits == hits + 1
+    owner = await asyncpg.connect(dsns.owner)
+    try:
+        async with owner.transaction():  # allow "ops" behind the cache's back, unannounced
+            await owner.execute("ALTER TABLE channels DISABLE TRIGGER channels_changes")
+            await owner.execute(
+                """UPDATE channels SET policy = jsonb_set(policy, '{send_policy}',
+                       '{"default": "deny", "allow": ["ops"], "deny": []}') WHERE tenant_id = $1""",
+                tenant.tenant_id,
+            )
+            await owner.execute("ALTER TABLE channels ENABLE TRIGGER channels_changes")
+    finally:
+        await owner.close()
+    assert not (await send("ops")).allow  # still the cached policy: the cache is really used
+    # An announced change (through the API, on another process) reaches it.
+    await tenant.admin.admin.SetChannel(
+        adm.SetChannelRequest(
+            channel_id="tg",
+            platform=cm.PLATFORM_TELEGRAM,
+            policy=cm.ChannelPolicy(send_policy=cm.SendPolicy(default=cm.SEND_DEFAULT_DENY, allow=["ops"])),
+        )
+    )
+
+    async def allowed() -> bool:
+        return (await send("ops")).allow
+
+    await eventually(allowed)

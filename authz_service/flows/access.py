@@ -69,21 +69,50 @@ def _logged(ctx: Context, channel_id: str, verdict: Verdict) -> Verdict:
 async def evaluate_send(
     ctx: Context, channel_id: str, agent_id: str, session_id: str, origin: str, target: str, *, listing: bool
 ) -> send_policy.SendDecision:
+    """The channel's policy comes from the cache when it holds it (the same entry
+    CheckUser uses, invalidated the same way); every denial is audited."""
     t = ctx.tenant_id
     if listing:
         return send_policy.evaluate(None, agent_id, target, origin, listing=True)
+    cache = ctx.cache
+    found, channel = cache.channel(t, channel_id) if cache is not None else (False, None)
+    if found:
+        decision = send_policy.evaluate(
+            None if channel is None else channel.policy, agent_id, target, origin, listing=False
+        )
+        if decision.allow:
+            return decision
+        async with ctx.db.tenant(t) as conn:
+            await _audit_denied_send(ctx, conn, channel_id, agent_id, session_id, origin, target, decision)
+        return decision
+    generation = cache.generation if cache is not None else 0
     async with ctx.db.tenant(t) as conn:
         try:
             channel = await q.get_channel(conn, t, channel_id)
         except CorruptPolicy:
             decision = send_policy.SendDecision(False, send_policy.EVALUATION_ERROR)
         else:
+            if cache is not None:
+                cache.fill_channel(generation, t, channel_id, channel)
             decision = send_policy.evaluate(
                 None if channel is None else channel.policy, agent_id, target, origin, listing=False
             )
         if not decision.allow:
-            await q.audit(
-                conn, t, "send.denied", actor=f"agent:{agent_id}", channel_id=channel_id, subject=target,
-                trace_id=ctx.trace_id, details={"session_id": session_id, "origin": origin, "reason": decision.reason},
-            )  # fmt: skip
+            await _audit_denied_send(ctx, conn, channel_id, agent_id, session_id, origin, target, decision)
     return decision
+
+
+async def _audit_denied_send(
+    ctx: Context,
+    conn: asyncpg.Connection,
+    channel_id: str,
+    agent_id: str,
+    session_id: str,
+    origin: str,
+    target: str,
+    decision: send_policy.SendDecision,
+) -> None:
+    await q.audit(
+        conn, ctx.tenant_id, "send.denied", actor=f"agent:{agent_id}", channel_id=channel_id, subject=target,
+        trace_id=ctx.trace_id, details={"session_id": session_id, "origin": origin, "reason": decision.reason},
+    )  # fmt: skip
