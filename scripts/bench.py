@@ -278,31 +278,97 @@ class Pairing:
 
 @dataclass(frozen=True)
 class Load:
+    """What each client process sends. ``mix``: the scenarios of one run; with
+    more than one they take turns of ``phase`` seconds (see ``Schedule``)."""
+
     address: str
-    calls: tuple[Call, ...] = ()
+    mix: tuple[tuple[Call, ...], ...] = ()
     pairing: Pairing | None = None
     concurrency: int = 32  # calls in flight per process (closed loop)
     connections: int = 1  # HTTP/2 connections per process, calls spread over them
     warmup: float = 2.0
-    duration: float = 8.0
+    duration: float = 8.0  # measured seconds (a mix: the whole run)
     rate: float | None = None  # open loop: calls per second per process; None: closed loop
     timeout: float = 5.0
+    phase: float = 1.0  # a mix: seconds per turn
+    settle: float = 0.2  # a mix: seconds at the start of a turn that do not count
+
+    @property
+    def kinds(self) -> int:
+        return max(1, len(self.mix))
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """When the scenarios of a run are measured. One scenario: from ``start``
+    to ``end``. A mix: turns of ``phase`` seconds from ``start`` (before it too,
+    during the warm-up), turn k for scenario k mod n; a call counts for its
+    scenario when it completes in one of that scenario's turns, after the
+    first ``settle`` seconds, when the previous scenario's calls are done.
+    Scenarios measured in alternating turns see the same machine: a VM whose
+    speed drifts (its neighbours) slows them alike, so their ratios hold."""
+
+    start: float
+    end: float
+    kinds: int = 1
+    phase: float = 1.0
+    settle: float = 0.0
+
+    @classmethod
+    def of(cls, load: Load, go: float) -> Schedule:
+        start = go + load.warmup
+        if load.kinds == 1:
+            return cls(start, start + load.duration)
+        return cls(start, start + load.duration, load.kinds, load.phase, load.settle)
+
+    def kind_at(self, t: float) -> int:
+        return 0 if self.kinds == 1 else math.floor((t - self.start) / self.phase) % self.kinds
+
+    def counts(self, t: float, kind: int) -> bool:
+        if not self.start <= t <= self.end:
+            return False
+        if self.kinds == 1:
+            return True
+        turn = math.floor((t - self.start) / self.phase)
+        return turn % self.kinds == kind and t - self.start - turn * self.phase >= self.settle
+
+    def windows(self, kind: int) -> list[tuple[float, float]]:
+        """The measured windows of one scenario."""
+        if self.kinds == 1:
+            return [(self.start, self.end)]
+        out, turn = [], kind
+        while self.start + turn * self.phase + self.settle < self.end:
+            begin = self.start + turn * self.phase
+            out.append((begin + self.settle, min(begin + self.phase, self.end)))
+            turn += self.kinds
+        return out
+
+    def measured(self, kind: int) -> float:
+        return sum(b - a for a, b in self.windows(kind))
 
 
 @dataclass
 class LoadResult:
-    ok: int = 0  # successful calls completed in the measurement window
+    ok: int = 0  # successful calls counted (completed in the measured windows)
     errors: dict[str, int] = field(default_factory=dict)  # every failure, warm-up included
     total_ok: int = 0
-    duration: float = 0.0
-    latencies_ms: list[float] = field(default_factory=list)  # calls in the window
+    duration: float = 0.0  # measured seconds
+    latencies_ms: list[float] = field(default_factory=list)  # of the calls counted
     lag_ms: list[float] = field(default_factory=list)  # open loop: send time minus intended time
-    cpu_seconds: float = 0.0  # client CPU during the window
+    cpu_seconds: float = 0.0  # client CPU during the run's window
     processes: int = 1
+    kinds: list[LoadResult] = field(default_factory=list)  # a mix: one result per scenario
 
     @property
     def rps(self) -> float:
         return self.ok / self.duration if self.duration else 0.0
+
+    def per_kind(self) -> list[LoadResult]:
+        return self.kinds or [self]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LoadResult:
+        return cls(**{**data, "kinds": [cls.from_dict(k) for k in data.get("kinds", [])]})
 
     @classmethod
     def merge(cls, parts: Sequence[LoadResult]) -> LoadResult:
@@ -316,6 +382,8 @@ class LoadResult:
             out.lag_ms.extend(p.lag_ms)
             out.cpu_seconds += p.cpu_seconds
         out.errors = dict(errors)
+        if parts and parts[0].kinds:
+            out.kinds = [cls.merge(same) for same in zip(*(p.kinds for p in parts), strict=True)]
         return out
 
 
@@ -328,43 +396,54 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 
 class _Recorder:
-    def __init__(self, start: float, end: float, by_start: bool) -> None:
-        self.start, self.end, self.by_start = start, end, by_start
-        self.result = LoadResult(duration=end - start)
+    def __init__(self, schedule: Schedule, by_start: bool) -> None:
+        self.schedule, self.by_start = schedule, by_start
+        self.results = [LoadResult(duration=schedule.measured(k)) for k in range(schedule.kinds)]
         self.errors: Counter[str] = Counter()
 
-    def done(self, t0: float, t1: float, error: str | None) -> None:
+    def done(self, t0: float, t1: float, error: str | None, kind: int = 0) -> None:
         if error is not None:
             self.errors[error] += 1
             return
-        self.result.total_ok += 1
-        at = t0 if self.by_start else t1
-        if self.start <= at <= self.end:
-            self.result.ok += 1
-            self.result.latencies_ms.append((t1 - t0) * 1000.0)
+        result = self.results[kind]
+        result.total_ok += 1
+        if self.schedule.counts(t0 if self.by_start else t1, kind):
+            result.ok += 1
+            result.latencies_ms.append((t1 - t0) * 1000.0)
+
+    def result(self, cpu_seconds: float) -> LoadResult:
+        if len(self.results) == 1:
+            out = self.results[0]
+        else:
+            out = LoadResult.merge(self.results)
+            out.kinds, out.processes = self.results, 1
+            out.duration = self.schedule.end - self.schedule.start
+        out.errors, out.cpu_seconds = dict(self.errors), cpu_seconds
+        return out
 
 
 def _code(exc: grpc.aio.AioRpcError) -> str:
     return str(exc.code().name)
 
 
-async def drive(load: Load, index: int = 0, processes: int = 1) -> LoadResult:
-    """Run ``load`` from this process: warm up, then measure for
-    ``load.duration`` seconds. ``index`` of ``processes`` spreads the work
-    (offsets in the request list, pairing channels) across processes."""
+async def drive(load: Load, index: int = 0, go: float | None = None) -> LoadResult:
+    """Run ``load`` from this process: warm up, then measure (``Schedule``,
+    from ``go``, default now). ``index`` (of the client processes) spreads the
+    work across processes: offsets in the request lists, pairing channels."""
     # Separate connections (not one shared subchannel), so SO_REUSEPORT
     # workers each get their share of them.
     options = [("grpc.use_local_subchannel_pool", 1)]
     channels = [grpc.aio.insecure_channel(load.address, options=options) for _ in range(load.connections)]
     try:
         await asyncio.wait_for(asyncio.gather(*(c.channel_ready() for c in channels)), 30)
-        return await _drive(load, index, channels)
+        schedule = Schedule.of(load, time.monotonic() if go is None else go)
+        return await _drive(load, index, channels, schedule)
     finally:
         for c in channels:
             await c.close(None)
 
 
-async def _drive(load: Load, index: int, channels: list[grpc.aio.Channel]) -> LoadResult:
+async def _drive(load: Load, index: int, channels: list[grpc.aio.Channel], schedule: Schedule) -> LoadResult:
     stubs: dict[tuple[int, str], Any] = {}
 
     def stub(slot: int, method: str) -> Any:
@@ -373,9 +452,8 @@ async def _drive(load: Load, index: int, channels: list[grpc.aio.Channel]) -> Lo
             stubs[key] = channels[key[0]].unary_unary(method, None, None)  # bytes in, bytes out
         return stubs[key]
 
-    start = time.monotonic() + load.warmup
-    end = start + load.duration
-    rec = _Recorder(start, end, by_start=load.rate is not None)
+    start, end = schedule.start, schedule.end
+    rec = _Recorder(schedule, by_start=load.rate is not None)
 
     async def cpu_meter() -> float:
         await asyncio.sleep(max(0.0, start - time.monotonic()))
@@ -385,29 +463,30 @@ async def _drive(load: Load, index: int, channels: list[grpc.aio.Channel]) -> Lo
 
     meter = asyncio.create_task(cpu_meter())
 
-    async def one(slot: int, call: Call, t0: float) -> None:
+    async def one(slot: int, call: Call, t0: float, kind: int = 0) -> None:
         try:
             await stub(slot, call.method)(call.request, metadata=call.metadata, timeout=load.timeout)
         except grpc.aio.AioRpcError as exc:
-            rec.done(t0, time.monotonic(), _code(exc))
+            rec.done(t0, time.monotonic(), _code(exc), kind)
         else:
-            rec.done(t0, time.monotonic(), None)
+            rec.done(t0, time.monotonic(), None, kind)
 
     async def closed(worker: int) -> None:
-        calls = load.calls
-        i = (index * 7919 + worker * 104_729) % len(calls)
+        i = index * 7919 + worker * 104_729
         while True:
             t0 = time.monotonic()
             if t0 >= end:
                 return
-            await one(worker, calls[i], t0)
-            i = (i + 1) % len(calls)
+            kind = schedule.kind_at(t0)
+            calls = load.mix[kind]
+            await one(worker, calls[i % len(calls)], t0, kind)
+            i += 1
 
     async def open_loop() -> None:
         assert load.rate is not None
-        calls, interval = load.calls, 1.0 / load.rate
+        calls, interval = load.mix[0], 1.0 / load.rate
         t_first = time.monotonic() + random.random() * interval  # noqa: S311 - desynchronise processes
-        i, pending = index * 7919, set[asyncio.Task[None]]()
+        pending: set[asyncio.Task[None]] = set()
         n = 0
         while True:
             due = t_first + n * interval
@@ -418,14 +497,13 @@ async def _drive(load: Load, index: int, channels: list[grpc.aio.Channel]) -> Lo
                 await asyncio.sleep(due - now)
                 now = time.monotonic()
             if now >= start:
-                rec.result.lag_ms.append((now - due) * 1000.0)
+                rec.results[0].lag_ms.append((now - due) * 1000.0)
             if len(pending) >= 10_000:
                 rec.errors["client_backlog"] += 1
             else:
-                task = asyncio.create_task(one(n, calls[i % len(calls)], now))
+                task = asyncio.create_task(one(n, calls[(index * 7919 + n) % len(calls)], now))
                 pending.add(task)
                 task.add_done_callback(pending.discard)
-            i += 1
             n += 1
         if pending:
             await asyncio.wait(pending, timeout=load.timeout + 1)
@@ -474,13 +552,11 @@ async def _drive(load: Load, index: int, channels: list[grpc.aio.Channel]) -> Lo
         await open_loop()
     else:
         await asyncio.gather(*(closed(w) for w in range(load.concurrency)))
-    rec.result.cpu_seconds = await meter
-    rec.result.errors = dict(rec.errors)
-    return rec.result
+    return rec.result(await meter)
 
 
 def _client_main(
-    load: Load, index: int, processes: int, cpus: list[int] | None, ready: Any, go: MpEvent, results: Any
+    load: Load, index: int, cpus: list[int] | None, ready: Any, go: MpEvent, go_at: Any, results: Any
 ) -> None:
     if cpus:
         os.sched_setaffinity(0, cpus)
@@ -490,7 +566,7 @@ def _client_main(
             await asyncio.wait_for(probe.channel_ready(), 30)
         ready.put(index)
         await asyncio.to_thread(go.wait)
-        return await drive(load, index, processes)
+        return await drive(load, index, go_at.value)
 
     try:
         results.put((index, asdict(asyncio.run(main()))))
@@ -649,6 +725,9 @@ class Measured:
     connections: DbConnections | None = None
     attempts: int = 1
     host_loop_ms: float = 0.0  # loop_ms() just before the run, on the idle machine
+    turn_cpu: list[tuple[float, float]] = field(
+        default_factory=list
+    )  # a mix: (server, postgres) cores per scenario
 
     @property
     def noise(self) -> float:
@@ -677,6 +756,28 @@ class Measured:
             out["db_connections"] = asdict(self.connections)
         if self.host_loop_ms:
             out["host_loop_ms"] = self.host_loop_ms
+        return out
+
+    def summaries(self, names: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """One summary per scenario of the run. In a mix, each scenario has
+        its own throughput, latencies and server/PostgreSQL CPU (``TurnCpu``);
+        the whole run's CPU and connections are under ``run``."""
+        if not self.result.kinds:
+            return {names[0]: self.summary()}
+        out: dict[str, dict[str, Any]] = {}
+        whole = self.summary()
+        for kind, (name, result) in enumerate(zip(names, self.result.kinds, strict=True)):
+            summary = Measured(result, None).summary()
+            if self.turn_cpu:
+                server, postgres = self.turn_cpu[kind]
+                summary["cpu_cores"] = {"server": server, "postgres": postgres}
+                if server > 0:
+                    summary["rps_per_server_core"] = round(result.rps / server, 1)
+            summary["mix"] = list(names)
+            summary["run"] = {
+                k: v for k, v in whole.items() if k in ("cpu_cores", "db_connections", "host_loop_ms")
+            }
+            out[name] = summary
         return out
 
 
@@ -720,6 +821,56 @@ class ConnectionSampler:
         return DbConnections(round(sum(busy) / len(busy), 2), max(busy), max(n for _, n in self.samples))
 
 
+class TurnCpu:
+    """A mix's CPU by scenario: the server's and PostgreSQL's ticks over each
+    measured window of each scenario, read by a thread at the windows' edges."""
+
+    def __init__(self, schedule: Schedule, server_pids: list[int], postgres_pid: int | None) -> None:
+        procs = processes()
+        self.pids = (
+            sorted(descendants(procs, server_pids)),
+            sorted(descendants(procs, [postgres_pid] if postgres_pid else [])),
+        )
+        self.schedule = schedule
+        self.ticks = [[0, 0] for _ in range(schedule.kinds)]
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> tuple[int, int]:
+        out = []
+        for pids in self.pids:
+            total = 0
+            for pid in pids:
+                with contextlib.suppress(OSError, IndexError, ValueError):
+                    with open(f"/proc/{pid}/stat", "rb") as f:
+                        fields = f.read().rsplit(b")", 1)[1].split()
+                    total += int(fields[11]) + int(fields[12])
+            out.append(total)
+        return out[0], out[1]
+
+    def _run(self) -> None:
+        edges = sorted((w, k) for k in range(self.schedule.kinds) for w in self.schedule.windows(k))
+        for (begin, end), kind in edges:
+            time.sleep(max(0.0, begin - time.monotonic()))
+            server, postgres = self._read()
+            time.sleep(max(0.0, end - time.monotonic()))
+            server2, postgres2 = self._read()
+            self.ticks[kind][0] += server2 - server
+            self.ticks[kind][1] += postgres2 - postgres
+
+    def result(self) -> list[tuple[float, float]]:
+        """Per scenario: (server cores, PostgreSQL cores)."""
+        self.thread.join(timeout=5)
+        hz = os.sysconf("SC_CLK_TCK")
+        return [
+            (
+                round(s / hz / max(1e-9, self.schedule.measured(k)), 3),
+                round(p / hz / max(1e-9, self.schedule.measured(k)), 3),
+            )
+            for k, (s, p) in enumerate(self.ticks)
+        ]
+
+
 def run_load(
     load: Load,
     processes: int,
@@ -731,11 +882,11 @@ def run_load(
 ) -> Measured:
     """``load`` from ``processes`` client processes (spawned, pinned to
     ``cpus``), started together; CPU use (and with ``db_dsn``, the service's
-    database connections) sampled over the window."""
+    database connections) sampled over the measured window."""
     ctx = multiprocessing.get_context("spawn")
-    ready, results, go = ctx.Queue(), ctx.Queue(), ctx.Event()
+    ready, results, go, go_at = ctx.Queue(), ctx.Queue(), ctx.Event(), ctx.Value("d", 0.0)
     procs = [
-        ctx.Process(target=_client_main, args=(load, i, processes, cpus, ready, go, results), daemon=True)
+        ctx.Process(target=_client_main, args=(load, i, cpus, ready, go, go_at, results), daemon=True)
         for i in range(processes)
     ]
     for p in procs:
@@ -743,11 +894,14 @@ def run_load(
     try:
         for _ in procs:
             ready.get(timeout=60)
+        go_at.value = time.monotonic() + 0.05
         go.set()
-        time.sleep(load.warmup)
+        schedule = Schedule.of(load, go_at.value)
+        turns = TurnCpu(schedule, server_pids(), postgres_pid) if schedule.kinds > 1 else None
+        time.sleep(max(0.0, schedule.start - time.monotonic()))
         window = CpuWindow(server_pids, postgres_pid)
         sampler = ConnectionSampler(db_dsn) if db_dsn else None
-        time.sleep(load.duration)
+        time.sleep(max(0.0, schedule.end - time.monotonic()))
         window.stop()
         connections = sampler.stop() if sampler else None
         parts: dict[int, dict[str, Any]] = {}
@@ -758,8 +912,10 @@ def run_load(
         failed = [p["error"] for p in parts.values() if "error" in p]
         if failed:
             raise RuntimeError(f"load generator failed: {failed[0]}")
-        merged = LoadResult.merge([LoadResult(**p) for p in parts.values()])
-        return Measured(merged, window.result(merged.cpu_seconds), connections)
+        merged = LoadResult.merge([LoadResult.from_dict(p) for p in parts.values()])
+        measured = Measured(merged, window.result(merged.cpu_seconds), connections)
+        measured.turn_cpu = turns.result() if turns else []
+        return measured
     finally:
         for p in procs:
             p.join(timeout=10)
@@ -1061,7 +1217,6 @@ def log(message: str) -> None:
 class Options:
     duration: float
     warmup: float
-    rounds: int
     processes: int
     concurrency: int
     connections: int
@@ -1076,7 +1231,7 @@ class Options:
 
 def parse_args(argv: Sequence[str] | None) -> Options:
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    p.add_argument("--duration", type=float, help="measured seconds per run (default 5; --quick: 2)")
+    p.add_argument("--duration", type=float, help="measured seconds per scenario (default 8; --quick: 2)")
     p.add_argument("--warmup", type=float, help="seconds of warm-up per run (default 2; --quick: 0.5)")
     p.add_argument(
         "--rounds", type=int, help="runs per compared scenario, interleaved (default 3; --quick: 1)"
@@ -1095,9 +1250,8 @@ def parse_args(argv: Sequence[str] | None) -> Options:
     )
     a = p.parse_args(argv)
     return Options(
-        duration=a.duration or (2.0 if a.quick else 5.0),
+        duration=a.duration or (2.0 if a.quick else 8.0),
         warmup=a.warmup if a.warmup is not None else (0.5 if a.quick else 2.0),
-        rounds=max(1, a.rounds or (1 if a.quick else 3)),
         processes=max(1, a.processes),
         concurrency=max(1, a.concurrency),
         connections=max(1, a.connections),
@@ -1168,16 +1322,17 @@ def _cpu_model() -> str:
 
 @dataclass(frozen=True)
 class Run:
-    """One scenario to measure: its load, whose CPU is the server's, where the clients run."""
+    """One run: its load (one scenario, or a mix of them taking turns), the
+    scenarios' names, whose CPU is the server's, where the clients run."""
 
-    name: str
+    names: tuple[str, ...]
     load: Load
     pids: Callable[[], list[int]]
     cpus: list[int] | None
     processes: int | None = None  # None: --processes
 
 
-RETRY_BUDGET_S = 360  # no re-runs of disturbed scenarios after this long: stay under 10 minutes
+RETRY_BUDGET_S = 300  # no re-runs of disturbed scenarios after this long: stay under 10 minutes
 
 
 class Bench:
@@ -1250,17 +1405,26 @@ class Bench:
 
     # -- measuring -----------------------------------------------------------------
 
-    def load(self, address: str, calls: tuple[Call, ...] = (), **kw: Any) -> Load:
+    def load(self, address: str, *mix: tuple[Call, ...], **kw: Any) -> Load:
+        """The load of one run; several scenarios take turns (``Schedule``):
+        ``--duration`` measured seconds each, every one warmed up first."""
         o = self.opts
-        return Load(
+        phase, settle = (0.5, 0.15) if o.quick else (1.0, 0.2)
+        duration, warmup = o.duration, o.warmup
+        if len(mix) > 1:
+            duration = math.ceil(o.duration / (phase - settle)) * len(mix) * phase
+            warmup = max(warmup, len(mix) * phase)
+        load = Load(
             address,
-            calls=calls,
+            mix=mix,
             concurrency=o.concurrency,
             connections=o.connections,
-            warmup=o.warmup,
-            duration=o.duration,
-            **kw,
+            warmup=warmup,
+            duration=duration,
+            phase=phase,
+            settle=settle,
         )
+        return replace(load, **kw)
 
     def run_once(self, run: Run) -> Measured:
         """One measured run. On a shared machine, a run that another workload
@@ -1268,11 +1432,13 @@ class Bench:
         disturbed one counts."""
         o, load = self.opts, run.load
         processes = run.processes or o.processes
+        name = "+".join(run.names)
         best: Measured | None = None
         for attempt in range(1, 4):
-            waited, busy = quiesce()
+            # Past the retry budget, wait less for a busy machine: stay under 10 minutes.
+            waited, busy = quiesce(15.0 if time.monotonic() - self.started < RETRY_BUDGET_S else 2.0)
             if busy >= 0.15:
-                log(f"WARNING: the machine is busy before {run.name} ({busy:.2f} cores)")
+                log(f"WARNING: the machine is busy before {name} ({busy:.2f} cores)")
             elif waited > 1:
                 log(f"  waited {waited:.1f} s for the machine to go idle")
             if load.pairing is not None:  # fresh users for every run
@@ -1283,8 +1449,9 @@ class Bench:
                 if load.rate
                 else f"{load.concurrency} in flight"
             )
-            log(f"{run.name}: {processes} processes x {o.connections} connections, {mode}, "
-                f"{load.warmup:g} s warm-up + {load.duration:g} s")  # fmt: skip
+            turns = f" in turns of {load.phase:g} s" if load.kinds > 1 else ""
+            log(f"{name}: {processes} processes x {load.connections} connections, {mode}, "
+                f"{load.warmup:g} s warm-up + {load.duration:g} s{turns}")  # fmt: skip
             speed_before = loop_ms()
             m = run_load(
                 load,
@@ -1296,39 +1463,47 @@ class Bench:
             )
             m.host_loop_ms = speed_before
             self.loops.append(speed_before)
-            s = m.summary()
-            line = f"  {s['rps']:.0f}/s  p50 {s['p50_ms']:.2f} ms  p99 {s['p99_ms']:.2f} ms  errors {s['errors'] or 0}"
+            for scenario, s in m.summaries(run.names).items():
+                line = f"  {scenario}: {s['rps']:.0f}/s  p50 {s['p50_ms']:.2f} ms  p99 {s['p99_ms']:.2f} ms"
+                if "cpu_cores" in s:
+                    line += f"  server {s['cpu_cores']['server']:.2f} postgres {s['cpu_cores']['postgres']:.2f} cores"
+                log(line)
             if m.cpu is not None:
                 c = m.cpu
-                line += (f"  cores: server {c.server:.2f} postgres {c.postgres:.2f} clients {c.clients:.2f}"
-                         f" other {c.noise:.2f} idle {len(c.per_core) - sum(c.per_core.values()):.2f}")  # fmt: skip
-            if m.connections is not None:
-                line += f"  db busy {m.connections.busy_mean:.1f} (max {m.connections.busy_max})"
-            log(line)
+                line = (f"  run: clients {c.clients:.2f} cores, other {c.noise:.2f}, "
+                        f"idle {len(c.per_core) - sum(c.per_core.values()):.2f}")  # fmt: skip
+                if m.connections is not None:
+                    line += f", db busy {m.connections.busy_mean:.1f} (max {m.connections.busy_max})"
+                log(line)
             if m.result.errors:
-                raise RuntimeError(f"{run.name}: calls failed: {m.result.errors}")
+                raise RuntimeError(f"{name}: calls failed: {m.result.errors}")
             m.attempts = attempt
             if best is None or m.noise < best.noise:
                 best = m
             if m.cpu is None or not m.cpu.disturbed(strict=load.rate is not None):
                 break
-            log(f"WARNING: {run.name} run {attempt} disturbed: other processes used {m.noise:.2f} cores")
+            log(f"WARNING: {name} run {attempt} disturbed: other processes used {m.noise:.2f} cores")
             if time.monotonic() - self.started > RETRY_BUDGET_S:
                 break
         assert best is not None
         return best
 
-    def interleave(self, runs: Sequence[Run], rounds: int | None = None) -> dict[str, LoadResult]:
-        """Each run ``rounds`` times, round after round (A B C A B C ...), so a
-        host whose speed drifts (a VM's neighbours) slows every scenario alike;
-        the median run of each scenario counts."""
-        rounds = rounds or self.opts.rounds
-        done: dict[str, list[Measured]] = {r.name: [] for r in runs}
+    def measure(self, run: Run) -> dict[str, LoadResult]:
+        """One run, its scenarios recorded."""
+        m = self.run_once(run)
+        for name, summary in m.summaries(run.names).items():
+            self.scenarios[name] = {**summary, "attempts": m.attempts}
+        return dict(zip(run.names, m.result.per_kind(), strict=True))
+
+    def alternate(self, runs: Sequence[Run], rounds: int) -> dict[str, LoadResult]:
+        """Runs that cannot share a run (different servers), round after round
+        (A B A B ...); the median run of each scenario counts."""
+        done: dict[str, list[Measured]] = {r.names[0]: [] for r in runs}
         for i in range(rounds):
             if rounds > 1:
                 log(f"round {i + 1} of {rounds}")
             for run in runs:
-                done[run.name].append(self.run_once(run))
+                done[run.names[0]].append(self.run_once(run))
         out: dict[str, LoadResult] = {}
         for name, measured in done.items():
             median = sorted(measured, key=lambda m: m.result.rps)[(len(measured) - 1) // 2]
@@ -1362,30 +1537,24 @@ class Bench:
         log(f"bench server on {server.address} (pid {server.process.pid}, cpus {self.server_cpus or 'all'})")
         at, key = server.address, self.data.connector_keys[MAIN_TENANT]
 
-        def run(name: str, calls: tuple[Call, ...] = (), **kw: Any) -> Run:
-            processes = kw.pop("processes", None)
-            return Run(name, self.load(at, calls, **kw), server.pids, self.client_cpus, processes)
+        def run(names: tuple[str, ...], load: Load, processes: int | None = None) -> Run:
+            return Run(names, load, server.pids, self.client_cpus, processes)
 
         small = [(MAIN_TENANT, user_name(u)) for u in range(o.users)]
         rng.shuffle(small)
         try:
             cached, cold = self.check_user(small, False), self.check_user(small, True)
+            empty, send = empty_calls(key), evaluate_send_calls(key)
             for calls, check in (
-                (empty_calls(key), expect_ok),
+                (empty, expect_ok),
                 (cached, expect_allow),
                 (cold, expect_allow),
-                (evaluate_send_calls(key), expect_send),
+                (send, expect_send),
             ):
                 asyncio.run(preflight(at, calls, check))
-            got = self.interleave(
-                [
-                    run("empty_rpc", empty_calls(key)),
-                    run("checkuser_cached", cached),
-                    run("checkuser_cold", cold),
-                    run("evaluatesend", evaluate_send_calls(key)),
-                ]
-            )
-            for name, result in got.items():
+            # The four take turns in one run, so the ratios hold on a host whose speed drifts.
+            names = ("empty_rpc", "checkuser_cached", "checkuser_cold", "evaluatesend")
+            for name, result in self.measure(run(names, self.load(at, empty, cached, cold, send))).items():
                 self.figure(name, result.rps, "rps")
             self.ratio("checkuser_cached_vs_empty", "checkuser_cached", "empty_rpc")
             self.ratio("checkuser_cold_vs_empty", "checkuser_cold", "empty_rpc")
@@ -1396,19 +1565,18 @@ class Bench:
                 connector=bearer(key),
                 approver=bearer(self.data.approver_key),
             )
-            pairs = self.interleave([run("pairing_pairs", pairing=pairing)], rounds=1)["pairing_pairs"]
+            pairs = self.measure(run(("pairing_pairs",), self.load(at, pairing=pairing)))["pairing_pairs"]
             self.figure("pairing_pairs", pairs.rps, "pairs/s")
 
             # One client process per client core: two on one core would add
             # their scheduling delays to the latencies measured.
             half, n = self.values["checkuser_cached"] / 2, len(self.client_cpus or [0])
-            paced = self.interleave(
-                [run("checkuser_half_peak", cached, rate=half / n, processes=n)], rounds=1
-            )["checkuser_half_peak"]
+            paced = self.measure(run(("checkuser_half_peak",), self.load(at, cached, rate=half / n), n))
+            latencies = paced["checkuser_half_peak"].latencies_ms
             self.scenarios["checkuser_half_peak"]["offered_rps"] = round(half, 1)
-            self.figure("checkuser_half_peak_rate", paced.rps, "rps")
-            self.figure("checkuser_p50_half_peak", percentile(paced.latencies_ms, 0.5), "ms")
-            self.figure("checkuser_p99_half_peak", percentile(paced.latencies_ms, 0.99), "ms")
+            self.figure("checkuser_half_peak_rate", paced["checkuser_half_peak"].rps, "rps")
+            self.figure("checkuser_p50_half_peak", percentile(latencies, 0.5), "ms")
+            self.figure("checkuser_p99_half_peak", percentile(latencies, 0.99), "ms")
 
             if o.skip_scale:
                 self.figure("checkuser_1m", None)
@@ -1416,8 +1584,8 @@ class Bench:
             self.load_scale()
             # Cached path: as many distinct users as the small run (its working
             # set), one per tenant. Forced read: users drawn from all subjects,
-            # so the database reads across the whole table. Each is measured
-            # next to the small set again, round after round.
+            # so the database reads across the whole table. Each takes turns
+            # with the small set in the same run.
             tenants = self.data.tenants
             working_set = [
                 (tenant_name(i % tenants), user_name(rng.randrange(o.users))) for i in range(o.users)
@@ -1429,22 +1597,15 @@ class Bench:
             scale_cached, scale_cold = self.check_user(working_set, False), self.check_user(everywhere, True)
             asyncio.run(preflight(at, scale_cached, expect_allow))
             asyncio.run(preflight(at, scale_cold, expect_allow))
-            got = self.interleave(
-                [
-                    run("checkuser_1k", cached),
-                    run("checkuser_1m", scale_cached),
-                    run("checkuser_cold_1k", cold),
-                    run("checkuser_cold_1m", scale_cold),
-                ]
-            )
-            for name, result in got.items():
+            names = ("checkuser_1k", "checkuser_1m", "checkuser_cold_1k", "checkuser_cold_1m")
+            mix = self.load(at, cached, scale_cached, cold, scale_cold)
+            for name, result in self.measure(run(names, mix)).items():
                 self.figure(name, result.rps, "rps")
                 big = name.endswith("1m")
-                self.scenarios[name].update(
-                    tenants=tenants if big else 1,
-                    subjects=self.data.subjects,
-                    users_called=o.users if big else len(small),
-                )
+                self.scenarios[name].update(tenants=tenants if big else 1, subjects=self.data.subjects)
+            self.scenarios["checkuser_1k"]["users_called"] = len(small)
+            self.scenarios["checkuser_cold_1k"]["users_called"] = len(small)
+            self.scenarios["checkuser_1m"]["users_called"] = len(working_set)
             self.scenarios["checkuser_cold_1m"]["users_called"] = len(everywhere)
             self.ratio("checkuser_1m_vs_1k", "checkuser_1m", "checkuser_1k")
             self.ratio("checkuser_cold_1m_vs_1k", "checkuser_cold_1m", "checkuser_cold_1k")
@@ -1453,7 +1614,7 @@ class Bench:
 
     def workers(self) -> None:
         """CheckUser (default path) against the real ``authz serve``, both
-        servers up at once on their own ports, measured round after round.
+        servers up at once on their own ports, measured in alternating runs.
         One worker: pinned like the bench server, clients on the other
         core(s). Two workers: every core, shared with the clients and
         PostgreSQL."""
@@ -1468,6 +1629,7 @@ class Bench:
             return
         small = [(MAIN_TENANT, user_name(u)) for u in range(self.opts.users)]
         calls = self.check_user(small, False)
+        rounds = 1 if self.opts.quick else 3
         servers: list[CliServer] = []
         runs: list[Run] = []
         try:
@@ -1483,8 +1645,9 @@ class Bench:
                 servers.append(cli)
                 log(f"authz serve --workers {workers} on {cli.address} (cpus {server_cpus or 'all'})")
                 asyncio.run(preflight(cli.address, calls, expect_allow))
-                runs.append(Run(name, self.load(cli.address, calls), cli.pids, client_cpus))
-            for name, result in self.interleave(runs).items():
+                load = self.load(cli.address, calls, duration=self.opts.duration / rounds * 1.5)
+                runs.append(Run((name,), load, cli.pids, client_cpus))
+            for name, result in self.alternate(runs, rounds).items():
                 self.figure(name, result.rps, "rps")
         finally:
             for cli in servers:
@@ -1516,7 +1679,6 @@ class Bench:
             "config": {
                 "duration_s": o.duration,
                 "warmup_s": o.warmup,
-                "rounds": o.rounds,
                 "client_processes": o.processes,
                 "connections_per_process": o.connections,
                 "in_flight_per_process": o.concurrency,

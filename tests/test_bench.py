@@ -7,6 +7,7 @@ load generator (closed loop, open loop, pairing pairs) and the output format.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import sys
@@ -35,6 +36,21 @@ async def _empty_status(address: str, key: str) -> grpc.StatusCode:
     return grpc.StatusCode.OK
 
 
+def test_schedule_turns() -> None:
+    one = bench.Schedule(start=10.0, end=18.0)
+    assert one.windows(0) == [(10.0, 18.0)]
+    assert one.counts(12.0, 0)
+    assert not one.counts(9.0, 0)
+    two = bench.Schedule(start=0.0, end=4.0, kinds=2, phase=1.0, settle=0.25)
+    assert two.windows(0) == [(0.25, 1.0), (2.25, 3.0)]
+    assert two.windows(1) == [(1.25, 2.0), (3.25, 4.0)]
+    assert two.measured(1) == 1.5
+    assert [two.kind_at(t) for t in (-0.5, 0.5, 1.5, 2.5)] == [1, 0, 1, 0]  # warm-up takes turns too
+    assert two.counts(0.5, 0)
+    assert not two.counts(0.1, 0)  # settling: the previous scenario's calls may still run
+    assert not two.counts(1.5, 0)  # the other scenario's turn
+
+
 async def test_bench_building_blocks(service: Service, dsns: Dsns, tenant: Tenant) -> None:
     await tenant.channel(bench.CHANNEL, dm_policy=cm.DM_POLICY_ALLOWLIST)
     await tenant.admin.admin.AllowUser(adm.AllowUserRequest(channel_id=bench.CHANNEL, user_id="42"))
@@ -58,10 +74,16 @@ async def test_bench_building_blocks(service: Service, dsns: Dsns, tenant: Tenan
         await bench.preflight(address, calls, bench.expect_allow)
         await bench.preflight(address, cold, bench.expect_allow)
         empty = await bench.drive(
-            bench.Load(address, calls=bench.empty_calls(key), concurrency=4, warmup=0.1, duration=0.5)
+            bench.Load(address, mix=(bench.empty_calls(key),), concurrency=4, warmup=0.1, duration=0.3)
         )
-        check = await bench.drive(bench.Load(address, calls=calls, concurrency=4, warmup=0.1, duration=0.5))
-        paced = await bench.drive(bench.Load(address, calls=cold, rate=100, warmup=0.1, duration=0.4))
+        # Two scenarios taking turns in one run, as the bench compares them.
+        mixed = await bench.drive(
+            bench.Load(
+                address, mix=(calls, cold), concurrency=4, warmup=0.2, duration=0.6, phase=0.15, settle=0.05
+            )
+        )
+        check, cold_result = mixed.kinds
+        paced = await bench.drive(bench.Load(address, mix=(cold,), rate=100, warmup=0.1, duration=0.3))
         pairing = bench.Pairing(
             channels=("pair-000",),
             connector=bench.bearer(key),
@@ -69,18 +91,21 @@ async def test_bench_building_blocks(service: Service, dsns: Dsns, tenant: Tenan
             nonce=123,
         )
         pairs = await bench.drive(
-            bench.Load(address, pairing=pairing, concurrency=2, warmup=0.1, duration=0.4)
+            bench.Load(address, pairing=pairing, concurrency=2, warmup=0.1, duration=0.3)
         )
     finally:
         await running.stop(grace=0)
 
-    for result in (empty, check, paced, pairs):
+    for result in (empty, check, cold_result, paced, pairs):
         assert result.ok > 0
         assert result.errors == {}
         assert len(result.latencies_ms) == result.ok
+    assert mixed.errors == {}
+    assert mixed.ok == check.ok + cold_result.ok
     assert paced.lag_ms
-    merged = bench.LoadResult.merge([empty, check])
-    assert merged.ok == empty.ok + check.ok
+    merged = bench.LoadResult.merge([mixed, bench.LoadResult.from_dict(dataclasses.asdict(mixed))])
+    assert merged.ok == 2 * mixed.ok
+    assert [k.ok for k in merged.kinds] == [2 * check.ok, 2 * cold_result.ok]
     assert merged.processes == 2
 
     figures = [
