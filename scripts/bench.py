@@ -1411,9 +1411,9 @@ class Bench:
         o = self.opts
         phase, settle = (0.5, 0.15) if o.quick else (1.0, 0.2)
         duration, warmup = o.duration, o.warmup
-        if len(mix) > 1:
+        if len(mix) > 1:  # whole rounds of turns; two warm-up turns each (a cache fills in the first)
             duration = math.ceil(o.duration / (phase - settle)) * len(mix) * phase
-            warmup = max(warmup, len(mix) * phase)
+            warmup = max(warmup, 2 * len(mix) * phase)
         load = Load(
             address,
             mix=mix,

@@ -691,7 +691,12 @@ async def test_sigkill_mid_load_keeps_every_acknowledged_write_and_half_applies_
                 pairer(load, connector, admin, f"5{k}", ("approve", "deny", "block", "block_user", "pending"))
             )
         load.run(tool_asker(load, agent, approver))
-        await asyncio.sleep(random.uniform(0.5, 1.5))
+
+        async def enough_load() -> bool:  # a slow machine needs longer to get there
+            return sum(1 for c in load.calls if c.ok) >= 20
+
+        await eventually(enough_load, timeout=60)
+        await asyncio.sleep(random.uniform(0.0, 1.0))  # then kill at a random point
         assert await serve.stop(signal.SIGKILL) == -signal.SIGKILL
         killed_at = time.monotonic()
     finally:
