@@ -7,13 +7,14 @@ What it does (docs/performance.md explains the method and the latest figures):
    allowlisted users (the small run), later 999 more tenants with 1,000 users
    each (1,000,000 subjects, the scale run);
 3. runs the real server (``start_server``) in its own process pinned to one
-   core, plus a bench-only ``authz.bench.Bench/Empty`` method wrapped in the
-   same ``@rpc`` decorator as every product RPC (authentication, role check,
+   core, plus a bench-only ``authz.bench.Bench/Empty`` method declared with
+   the same ``@rpc`` decorator as CheckUser (authentication, role check,
    trace id, error mapping): the empty RPC is the physical limit of this
    server stack, and every figure is compared with it;
 4. drives it with multi-process grpc.aio clients pinned to the other core(s):
-   pre-serialised requests, raw-bytes calls, many calls in flight, a fixed
-   measurement window after a warm-up;
+   pre-serialised requests, raw-bytes calls, many calls in flight; scenarios
+   that are compared take turns of a second in one run (``Schedule``), so a
+   host whose speed drifts cannot skew their ratios;
 5. accounts for the CPU of every party over each window (server, PostgreSQL,
    clients, foreign processes) from /proc, samples the service's database
    connections, and repeats a run that another workload disturbed;
@@ -28,7 +29,7 @@ serve --workers 1`` vs ``--workers 2`` when the CLI offers ``--workers``.
 
 Only the virtualenv is needed. Usage::
 
-    .venv/bin/python scripts/bench.py [--duration S] [--quick] [--skip-scale] [--report PATH]
+    .venv/bin/python scripts/bench.py [--quick] [--duration S] [--skip-scale] [--skip-workers] [--report PATH]
 """
 
 from __future__ import annotations
@@ -822,53 +823,40 @@ class ConnectionSampler:
 
 
 class TurnCpu:
-    """A mix's CPU by scenario: the server's and PostgreSQL's ticks over each
-    measured window of each scenario, read by a thread at the windows' edges."""
+    """A mix's CPU by scenario: the server's and PostgreSQL's (with backends
+    the pool opens meanwhile) over each measured window of each scenario, read
+    by a thread at the windows' edges."""
 
-    def __init__(self, schedule: Schedule, server_pids: list[int], postgres_pid: int | None) -> None:
-        procs = processes()
-        self.pids = (
-            sorted(descendants(procs, server_pids)),
-            sorted(descendants(procs, [postgres_pid] if postgres_pid else [])),
-        )
-        self.schedule = schedule
+    def __init__(
+        self, schedule: Schedule, server_pids: Callable[[], list[int]], postgres_pid: int | None
+    ) -> None:
+        self.schedule, self.server_pids, self.postgres_pid = schedule, server_pids, postgres_pid
         self.ticks = [[0, 0] for _ in range(schedule.kinds)]
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
-
-    def _read(self) -> tuple[int, int]:
-        out = []
-        for pids in self.pids:
-            total = 0
-            for pid in pids:
-                with contextlib.suppress(OSError, IndexError, ValueError):
-                    with open(f"/proc/{pid}/stat", "rb") as f:
-                        fields = f.read().rsplit(b")", 1)[1].split()
-                    total += int(fields[11]) + int(fields[12])
-            out.append(total)
-        return out[0], out[1]
 
     def _run(self) -> None:
         edges = sorted((w, k) for k in range(self.schedule.kinds) for w in self.schedule.windows(k))
         for (begin, end), kind in edges:
             time.sleep(max(0.0, begin - time.monotonic()))
-            server, postgres = self._read()
+            before = processes()
             time.sleep(max(0.0, end - time.monotonic()))
-            server2, postgres2 = self._read()
-            self.ticks[kind][0] += server2 - server
-            self.ticks[kind][1] += postgres2 - postgres
+            after = processes()
+            roots = (self.server_pids(), [self.postgres_pid] if self.postgres_pid else [])
+            for i, pids in enumerate(roots):
+                self.ticks[kind][i] += sum(
+                    after[p].ticks - before.get(p, Proc(0, 0)).ticks for p in descendants(after, pids)
+                )
 
     def result(self) -> list[tuple[float, float]]:
         """Per scenario: (server cores, PostgreSQL cores)."""
         self.thread.join(timeout=5)
         hz = os.sysconf("SC_CLK_TCK")
-        return [
-            (
-                round(s / hz / max(1e-9, self.schedule.measured(k)), 3),
-                round(p / hz / max(1e-9, self.schedule.measured(k)), 3),
-            )
-            for k, (s, p) in enumerate(self.ticks)
-        ]
+        out = []
+        for kind, (server, postgres) in enumerate(self.ticks):
+            seconds = max(1e-9, self.schedule.measured(kind)) * hz
+            out.append((round(server / seconds, 3), round(postgres / seconds, 3)))
+        return out
 
 
 def run_load(
@@ -897,7 +885,7 @@ def run_load(
         go_at.value = time.monotonic() + 0.05
         go.set()
         schedule = Schedule.of(load, go_at.value)
-        turns = TurnCpu(schedule, server_pids(), postgres_pid) if schedule.kinds > 1 else None
+        turns = TurnCpu(schedule, server_pids, postgres_pid) if schedule.kinds > 1 else None
         time.sleep(max(0.0, schedule.start - time.monotonic()))
         window = CpuWindow(server_pids, postgres_pid)
         sampler = ConnectionSampler(db_dsn) if db_dsn else None
@@ -1427,14 +1415,15 @@ class Bench:
         return replace(load, **kw)
 
     def run_once(self, run: Run) -> Measured:
-        """One measured run. On a shared machine, a run that another workload
-        disturbed (``Cpu.disturbed``) is repeated, up to three runs; the least
-        disturbed one counts."""
+        """One measured run. On a shared machine, a single-scenario run that
+        another workload disturbed (``Cpu.disturbed``) is repeated, up to three
+        runs; the least disturbed one counts. A mix is not repeated: its
+        scenarios took turns, so a disturbance hit them alike."""
         o, load = self.opts, run.load
         processes = run.processes or o.processes
         name = "+".join(run.names)
         best: Measured | None = None
-        for attempt in range(1, 4):
+        for attempt in range(1, 2 if load.kinds > 1 else 4):
             # Past the retry budget, wait less for a busy machine: stay under 10 minutes.
             waited, busy = quiesce(15.0 if time.monotonic() - self.started < RETRY_BUDGET_S else 2.0)
             if busy >= 0.15:
