@@ -130,7 +130,7 @@ async def request_pairing(
                     approval_id=existing["approval_id"],
                     expires_at=existing["expires_at"],
                 )
-            await _expire(ctx, conn, existing["approval_id"], channel_id, user_id)
+            await expire(ctx, conn, q.approval_from_row(existing))
 
         if await q.count_live_pending(conn, t, channel_id) >= policy.max_pending:
             return PairingResult(PairingOutcome.CAPACITY, text=messages.CAPACITY)
@@ -168,18 +168,32 @@ async def request_pairing(
     )
 
 
-async def _expire(
-    ctx: Context, conn: asyncpg.Connection, approval_id: str, channel_id: str, user_id: str
-) -> bool:
+async def expire(ctx: Context, conn: asyncpg.Connection, approval: Approval) -> Approval | None:
+    """Move a pending approval whose time is up to ``expired`` (compare-and-set,
+    so it is audited once); None if it was not pending and past its expiry."""
     done = await q.finish_approval(
-        conn, ctx.tenant_id, approval_id, ApprovalStatus.EXPIRED, "system", "", live=False
+        conn, ctx.tenant_id, approval.approval_id, ApprovalStatus.EXPIRED, "system", "", live=False
     )
     if done is not None:
+        kind, subject = ("tool", approval.tool.tool_name) if approval.tool else ("pairing", approval.user_id)
         await q.audit(
-            conn, ctx.tenant_id, "pairing.expired", actor="system", channel_id=channel_id, subject=user_id,
-            approval_id=approval_id, trace_id=ctx.trace_id,
+            conn, ctx.tenant_id, f"{kind}.expired", actor="system", channel_id=approval.channel_id,
+            subject=subject, approval_id=approval.approval_id, trace_id=ctx.trace_id,
         )  # fmt: skip
-    return done is not None
+    return done
+
+
+async def refuse_unless_pending(
+    ctx: Context, conn: asyncpg.Connection, approval: Approval
+) -> AuthzError | None:
+    """Why ``approval`` can no longer be decided (expiring it first if its time is
+    up), or None. The expiry must be committed, so it is returned, not raised."""
+    if approval.status is not ApprovalStatus.PENDING:
+        return FailedPrecondition(f"approval is already {approval.status.value}")
+    if approval.expires_at <= await q.now(conn):
+        await expire(ctx, conn, approval)
+        return FailedPrecondition("approval expired")
+    return None
 
 
 @dataclass(frozen=True)
@@ -323,12 +337,9 @@ async def _decide(
     reason: str,
 ) -> tuple[AuthzError | None, ResolveResult | None]:
     t = ctx.tenant_id
-    if approval.status is not ApprovalStatus.PENDING:
-        return FailedPrecondition(f"approval is already {approval.status.value}"), None
-    now = await q.now(conn)
-    if approval.expires_at <= now:
-        await _expire(ctx, conn, approval.approval_id, approval.channel_id, approval.user_id)
-        return FailedPrecondition("approval expired"), None
+    refusal = await refuse_unless_pending(ctx, conn, approval)
+    if refusal is not None:
+        return refusal, None
 
     subject = await q.get_subject(conn, t, approval.channel_id, approval.user_id)
     if action is ApprovalAction.APPROVE and subject is not None and subject.status is SubjectStatus.BLOCKED:

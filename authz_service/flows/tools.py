@@ -25,7 +25,7 @@ from ..domain.pairing import new_approval_id
 from ..store import queries as q
 from ..store.notify import ApprovalNotifier
 from . import Context
-from .pairing import Button, OwnerNotification, ResolveResult, load_channel
+from .pairing import Button, OwnerNotification, ResolveResult, expire, load_channel, refuse_unless_pending
 
 
 def new_grant_id() -> str:
@@ -139,19 +139,6 @@ def _replay(approval: Approval, call: ToolCall, approvers: tuple[str, ...]) -> T
     return ToolRequestResult(approval, created=False, approvers=approvers)
 
 
-async def _expire(ctx: Context, conn: asyncpg.Connection, approval: Approval) -> Approval | None:
-    done = await q.finish_approval(
-        conn, ctx.tenant_id, approval.approval_id, ApprovalStatus.EXPIRED, "system", "", live=False
-    )
-    if done is not None:
-        await q.audit(
-            conn, ctx.tenant_id, "tool.expired", actor="system", channel_id=approval.channel_id,
-            subject=approval.tool.tool_name if approval.tool else "", approval_id=approval.approval_id,
-            trace_id=ctx.trace_id,
-        )  # fmt: skip
-    return done
-
-
 async def _current(ctx: Context, approval_id: str) -> tuple[Approval, float]:
     """The approval, expired first if its time is up; and its seconds left."""
     async with ctx.db.tenant(ctx.tenant_id) as conn:
@@ -161,7 +148,7 @@ async def _current(ctx: Context, approval_id: str) -> tuple[Approval, float]:
         approval = q.approval_from_row(row)
         now = await q.now(conn)
         if approval.status is ApprovalStatus.PENDING and approval.expires_at <= now:
-            approval = await _expire(ctx, conn, approval) or approval
+            approval = await expire(ctx, conn, approval) or approval
         return approval, (approval.expires_at - now).total_seconds()
 
 
@@ -231,12 +218,9 @@ async def decide(
     else:
         actor = ctx.principal.actor
 
-    if approval.status is not ApprovalStatus.PENDING:
-        return FailedPrecondition(f"approval is already {approval.status.value}"), None
-    now = await q.now(conn)
-    if approval.expires_at <= now:
-        await _expire(ctx, conn, approval)
-        return FailedPrecondition("approval expired"), None
+    refusal = await refuse_unless_pending(ctx, conn, approval)
+    if refusal is not None:
+        return refusal, None
     done = await q.finish_approval(
         conn, t, approval.approval_id, action.resulting_status, actor, reason, live=True
     )
@@ -271,7 +255,7 @@ async def redeem(ctx: Context, approval_id: str, tool_name: str, arguments_json:
         assert call is not None
         now = await q.now(conn)
         if approval.status is ApprovalStatus.PENDING and approval.expires_at <= now:
-            approval = await _expire(ctx, conn, approval) or approval
+            approval = await expire(ctx, conn, approval) or approval
         refusal = ""
         if approval.status is not ApprovalStatus.APPROVED:
             refusal = dt.redeem_refusal(approval.status, approval.resolved_by, call.tool_name)

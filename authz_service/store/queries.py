@@ -547,12 +547,7 @@ def grant_from_row(row: asyncpg.Record) -> Grant:
     return Grant(
         grant_id=row["grant_id"],
         agent_id=row["agent_id"],
-        tool=ToolCall(
-            tool_name=row["tool_name"],
-            arguments=row["arguments"],
-            digest=bytes(row["arguments_digest"]),
-            agent_id=row["agent_id"],
-        ),
+        tool=_tool_from_row(row),  # a grant row has no session, risk or summary: defaults
         approval_id=row["approval_id"],
         created_by=row["created_by"],
         created_at=row["created_at"],
