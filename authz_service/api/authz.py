@@ -62,6 +62,8 @@ class AuthzServicer(authz_pb2_grpc.AuthzServiceServicer):
             text=verdict.text,
             agent_id=verdict.agent_id,
             permissions=list(verdict.permissions),
+            tools=cm.ToolList(allowed=list(verdict.tools_allowed), denied=list(verdict.tools_denied)),
+            retry_after_seconds=verdict.retry_after_seconds,
             trace_id=ctx.trace_id,
         )
 

@@ -17,13 +17,17 @@ from ..domain.model import (
     Approval,
     ApprovalAction,
     ApprovalStatus,
+    AutoApprove,
+    Binding,
     ChannelPolicy,
     ChatKind,
     Decision,
     DmPolicy,
     Grant,
     GroupPolicy,
+    GroupRule,
     Platform,
+    RateLimit,
     Risk,
     Role,
     SendDefault,
@@ -31,8 +35,11 @@ from ..domain.model import (
     Subject,
     SubjectSource,
     SubjectStatus,
+    TimeRestriction,
+    TimeWindow,
     ToolCall,
 )
+from ..domain.policy import minute_of
 from ..flows.pairing import OwnerNotification
 from ..gen.authz.v1 import admin_pb2 as adm
 from ..gen.authz.v1 import authz_pb2 as az
@@ -127,16 +134,108 @@ def from_ts(value: Timestamp, present: bool) -> datetime | None:
     return value.ToDatetime().replace(tzinfo=UTC) if present else None
 
 
+def _window_in(msg: cm.TimeWindow, field: str) -> TimeWindow:
+    return TimeWindow(
+        days=tuple(d.strip().lower() for d in msg.days),
+        start_minute=minute_of(msg.start, f"{field}.start"),
+        end_minute=minute_of(msg.end, f"{field}.end"),
+    )
+
+
+def _hhmm(minute: int) -> str:
+    return f"{minute // 60:02d}:{minute % 60:02d}"
+
+
 def send_policy_in(msg: cm.SendPolicy, field: str) -> SendPolicy:
     return SendPolicy(
         default=enum_in(SEND_DEFAULT, msg.default, f"{field}.default"),
         allow=tuple(msg.allow),
         deny=tuple(msg.deny),
+        time_restrictions=tuple(
+            TimeRestriction(
+                targets=tuple(r.targets),
+                windows=tuple(
+                    _window_in(w, f"{field}.time_restrictions[{i}].windows[{j}]")
+                    for j, w in enumerate(r.windows)
+                ),
+            )
+            for i, r in enumerate(msg.time_restrictions)
+        ),
     )
 
 
 def send_policy_out(p: SendPolicy) -> cm.SendPolicy:
-    return cm.SendPolicy(default=enum_out(SEND_DEFAULT, p.default), allow=list(p.allow), deny=list(p.deny))
+    return cm.SendPolicy(
+        default=enum_out(SEND_DEFAULT, p.default),
+        allow=list(p.allow),
+        deny=list(p.deny),
+        time_restrictions=[
+            cm.TimeRestriction(
+                targets=list(r.targets),
+                windows=[
+                    cm.TimeWindow(days=list(w.days), start=_hhmm(w.start_minute), end=_hhmm(w.end_minute))
+                    for w in r.windows
+                ],
+            )
+            for r in p.time_restrictions
+        ],
+    )
+
+
+def _rate_in(msg: cm.RateLimit) -> RateLimit | None:
+    # Zero means "no limit"; validation fills in the default burst.
+    return RateLimit(msg.max_messages_per_hour, msg.burst) if msg.max_messages_per_hour else None
+
+
+def _rate_out(r: RateLimit | None) -> cm.RateLimit | None:
+    return None if r is None else cm.RateLimit(max_messages_per_hour=r.max_messages_per_hour, burst=r.burst)
+
+
+def _group_in(msg: cm.GroupRule, field: str) -> GroupRule:
+    return GroupRule(
+        policy=None
+        if msg.policy == cm.GROUP_POLICY_UNSPECIFIED
+        else enum_in(GROUP_POLICY, msg.policy, f"{field}.policy"),
+        require_mention=msg.require_mention if msg.HasField("require_mention") else None,
+        mention_patterns=tuple(msg.mention_patterns),
+        allowed_commands=tuple(msg.allowed_commands),
+        denied_commands=tuple(msg.denied_commands),
+        rate_limit=_rate_in(msg.rate_limit),
+    )
+
+
+def _group_out(g: GroupRule) -> cm.GroupRule:
+    msg = cm.GroupRule(
+        policy=cm.GROUP_POLICY_UNSPECIFIED if g.policy is None else enum_out(GROUP_POLICY, g.policy),
+        mention_patterns=list(g.mention_patterns),
+        allowed_commands=list(g.allowed_commands),
+        denied_commands=list(g.denied_commands),
+        rate_limit=_rate_out(g.rate_limit),
+    )
+    if g.require_mention is not None:
+        msg.require_mention = g.require_mention
+    return msg
+
+
+def _binding_in(msg: cm.Binding) -> Binding:
+    return Binding(
+        user_id=msg.user_id,
+        group_id=msg.group_id,
+        agent_id=msg.agent_id,
+        permissions=tuple(msg.permissions),
+        tools_allowed=tuple(msg.tools.allowed),
+        tools_denied=tuple(msg.tools.denied),
+    )
+
+
+def _binding_out(b: Binding) -> cm.Binding:
+    return cm.Binding(
+        user_id=b.user_id,
+        group_id=b.group_id,
+        agent_id=b.agent_id,
+        permissions=list(b.permissions),
+        tools=cm.ToolList(allowed=list(b.tools_allowed), denied=list(b.tools_denied)),
+    )
 
 
 def policy_in(msg: cm.ChannelPolicy) -> ChannelPolicy:
@@ -158,6 +257,15 @@ def policy_in(msg: cm.ChannelPolicy) -> ChannelPolicy:
             for a, p in msg.agent_send_policies.items()
         },
         aliases=dict(msg.aliases),
+        mention_patterns=tuple(msg.mention_patterns),
+        groups={g: _group_in(r, f"policy.groups[{g}]") for g, r in msg.groups.items()},
+        bindings=tuple(_binding_in(b) for b in msg.bindings),
+        required_approvals=msg.required_approvals or 1,
+        auto_approve=AutoApprove(
+            phone_patterns=tuple(msg.auto_approve.phone_patterns),
+            email_domains=tuple(msg.auto_approve.email_domains),
+        ),
+        rate_limit=_rate_in(msg.rate_limit),
     )
 
 
@@ -173,6 +281,15 @@ def policy_out(p: ChannelPolicy) -> cm.ChannelPolicy:
         pairing_ttl_seconds=p.pairing_ttl_seconds,
         agent_id=p.agent_id,
         aliases=p.aliases,
+        mention_patterns=list(p.mention_patterns),
+        groups={g: _group_out(r) for g, r in p.groups.items()},
+        bindings=[_binding_out(b) for b in p.bindings],
+        required_approvals=p.required_approvals,
+        auto_approve=cm.AutoApprove(
+            phone_patterns=list(p.auto_approve.phone_patterns),
+            email_domains=list(p.auto_approve.email_domains),
+        ),
+        rate_limit=_rate_out(p.rate_limit),
     )
     if p.send_policy is not None:
         msg.send_policy.CopyFrom(send_policy_out(p.send_policy))
@@ -207,6 +324,8 @@ def approval_out(a: Approval) -> cm.Approval:
         reason=a.reason,
         redeemed_at=ts(a.redeemed_at),
         grant_id=a.grant_id,
+        required_approvals=a.required_approvals,
+        approved_by=list(a.approved_by),
     )
     if a.tool is not None:
         msg.tool.CopyFrom(tool_out(a.tool))

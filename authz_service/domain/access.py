@@ -9,17 +9,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TypeVar
 
 from .model import (
     Channel,
+    ChannelPolicy,
     ChatKind,
     Decision,
     DmPolicy,
     GroupPolicy,
+    RateLimit,
     Subject,
     SubjectSource,
     SubjectStatus,
 )
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +43,44 @@ class Verdict:
     text: str = ""
     agent_id: str = ""
     permissions: tuple[str, ...] = ()
+    tools_allowed: tuple[str, ...] = ()
+    tools_denied: tuple[str, ...] = ()
+    retry_after_seconds: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class EffectiveGroup:
+    """The rules in force for one group after inheritance.
+
+    Each field comes from the group's own rule, else the ``"*"`` rule, else the
+    channel (an empty list counts as unset).
+    """
+
+    policy: GroupPolicy
+    require_mention: bool
+    mention_patterns: tuple[str, ...]
+    allowed_commands: tuple[str, ...]
+    denied_commands: tuple[str, ...]
+    rate_limit: RateLimit | None
+
+
+def effective_group(policy: ChannelPolicy, group_id: str) -> EffectiveGroup:
+    rules = [r for r in (policy.groups.get(group_id), policy.groups.get("*")) if r is not None]
+
+    def first(values: list[T | None], fallback: T) -> T:
+        return next((v for v in values if v is not None), fallback)
+
+    def first_list(values: list[tuple[str, ...]], fallback: tuple[str, ...] = ()) -> tuple[str, ...]:
+        return next((v for v in values if v), fallback)
+
+    return EffectiveGroup(
+        policy=first([r.policy for r in rules], policy.group_policy),
+        require_mention=first([r.require_mention for r in rules], policy.require_mention),
+        mention_patterns=first_list([r.mention_patterns for r in rules], policy.mention_patterns),
+        allowed_commands=first_list([r.allowed_commands for r in rules]),
+        denied_commands=first_list([r.denied_commands for r in rules]),
+        rate_limit=first([r.rate_limit for r in rules], None),
+    )
 
 
 def _deny(reason: str) -> Verdict:

@@ -95,6 +95,30 @@ DEFAULT_MAX_PENDING = 20
 DEFAULT_AGENT = "default"
 
 
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+@dataclass(frozen=True, slots=True)
+class TimeWindow:
+    """A weekly window: ``days`` (empty: every day), minutes since midnight.
+
+    ``end`` is exclusive; ``end <= start`` wraps past midnight and the window
+    belongs to the day it starts on.
+    """
+
+    days: tuple[str, ...]
+    start_minute: int
+    end_minute: int
+
+
+@dataclass(frozen=True, slots=True)
+class TimeRestriction:
+    """These targets are sendable only inside one of the windows."""
+
+    targets: tuple[str, ...]
+    windows: tuple[TimeWindow, ...]
+
+
 @dataclass(frozen=True, slots=True)
 class SendPolicy:
     """The seed's send_policy. Deny wins over allow; ``default`` covers the rest."""
@@ -102,6 +126,51 @@ class SendPolicy:
     default: SendDefault = SendDefault.DENY
     allow: tuple[str, ...] = ()
     deny: tuple[str, ...] = ()
+    time_restrictions: tuple[TimeRestriction, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """A token bucket: ``burst`` at once, refilled at ``max_messages_per_hour``."""
+
+    max_messages_per_hour: int
+    burst: int
+
+
+@dataclass(frozen=True, slots=True)
+class GroupRule:
+    """Rules for one group (or "*"). ``None`` and empty lists inherit."""
+
+    policy: GroupPolicy | None = None
+    require_mention: bool | None = None
+    mention_patterns: tuple[str, ...] = ()
+    allowed_commands: tuple[str, ...] = ()
+    denied_commands: tuple[str, ...] = ()
+    rate_limit: RateLimit | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Binding:
+    """Routes (user, group) to an agent; ``"*"`` matches anything."""
+
+    user_id: str = "*"
+    group_id: str = "*"
+    agent_id: str = ""
+    permissions: tuple[str, ...] = ()
+    tools_allowed: tuple[str, ...] = ()
+    tools_denied: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class AutoApprove:
+    """Off unless a list is non-empty."""
+
+    phone_patterns: tuple[str, ...] = ()
+    email_domains: tuple[str, ...] = ()
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.phone_patterns or self.email_domains)
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +189,12 @@ class ChannelPolicy:
     send_policy: SendPolicy | None = None
     agent_send_policies: dict[str, SendPolicy] = field(default_factory=dict)
     aliases: dict[str, str] = field(default_factory=dict)
+    mention_patterns: tuple[str, ...] = ()
+    groups: dict[str, GroupRule] = field(default_factory=dict)
+    bindings: tuple[Binding, ...] = ()
+    required_approvals: int = 1
+    auto_approve: AutoApprove = AutoApprove()
+    rate_limit: RateLimit | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +235,8 @@ class Approval:
     tool: ToolCall | None = None
     redeemed_at: datetime | None = None
     grant_id: str = ""
+    required_approvals: int = 1
+    approved_by: tuple[str, ...] = ()
 
 
 class Risk(enum.StrEnum):

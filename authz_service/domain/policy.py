@@ -7,15 +7,36 @@ channels went open when ``mode`` went missing; ours go closed).
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from typing import Any
 
-from . import ids
+from . import ids, mention
 from .errors import InvalidArgument
-from .model import ChannelPolicy, DmPolicy, GroupPolicy, Platform, SendDefault, SendPolicy
+from .model import (
+    WEEKDAYS,
+    AutoApprove,
+    Binding,
+    ChannelPolicy,
+    DmPolicy,
+    GroupPolicy,
+    GroupRule,
+    Platform,
+    RateLimit,
+    SendDefault,
+    SendPolicy,
+    TimeRestriction,
+    TimeWindow,
+)
 
 MAX_LIST = 256
 MAX_TARGET = 256
+MAX_REQUIRED_APPROVALS = 5
+MAX_RATE = 1_000_000
+_NAME = re.compile(r"[A-Za-z0-9_.:*-]{1,128}")
+_PHONE_GLOB = re.compile(r"\+[0-9?*]{1,16}")
+_DOMAIN = re.compile(r"(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}")
+_HHMM = re.compile(r"([01][0-9]|2[0-3]):([0-5][0-9])")
 
 
 def _target(value: str, field: str) -> str:
@@ -31,9 +52,132 @@ def _targets(values: tuple[str, ...], field: str) -> tuple[str, ...]:
     return tuple(_target(v, field) for v in values)
 
 
+def _bounded(values: tuple[object, ...], field: str, max_items: int = 64) -> None:
+    if len(values) > max_items:
+        raise InvalidArgument(field, f"at most {max_items} entries")
+
+
+def _names(values: tuple[str, ...], field: str) -> tuple[str, ...]:
+    """Permissions and tool names: 1-128 characters [A-Za-z0-9_.:*-]."""
+    _bounded(values, field, MAX_LIST)
+    for v in values:
+        if not _NAME.fullmatch(v):
+            raise InvalidArgument(field, f"{v!r} must be 1-128 characters [A-Za-z0-9_.:*-]")
+    return tuple(dict.fromkeys(values))
+
+
+def minute_of(value: str, field: str) -> int:
+    """'09:30' -> 570."""
+    m = _HHMM.fullmatch(value)
+    if m is None:
+        raise InvalidArgument(field, f"{value!r} must be HH:MM (24-hour)")
+    return int(m[1]) * 60 + int(m[2])
+
+
+def validate_window(w: TimeWindow, field: str) -> TimeWindow:
+    for d in w.days:
+        if d not in WEEKDAYS:
+            raise InvalidArgument(f"{field}.days", f"{d!r} must be one of {', '.join(WEEKDAYS)}")
+    if not (0 <= w.start_minute < 1440 and 0 <= w.end_minute < 1440):
+        raise InvalidArgument(field, "start and end must be within a day")
+    if w.start_minute == w.end_minute:
+        raise InvalidArgument(field, "start and end must differ")
+    return replace(w, days=tuple(dict.fromkeys(w.days)))
+
+
 def validate_send_policy(policy: SendPolicy, field: str) -> SendPolicy:
+    _bounded(policy.time_restrictions, f"{field}.time_restrictions")
+    restrictions = []
+    for i, r in enumerate(policy.time_restrictions):
+        f = f"{field}.time_restrictions[{i}]"
+        if not r.targets or not r.windows:
+            raise InvalidArgument(f, "needs at least one target and one window")
+        _bounded(r.windows, f"{f}.windows")
+        restrictions.append(
+            TimeRestriction(
+                targets=_targets(r.targets, f"{f}.targets"),
+                windows=tuple(validate_window(w, f"{f}.windows[{j}]") for j, w in enumerate(r.windows)),
+            )
+        )
     return replace(
-        policy, allow=_targets(policy.allow, f"{field}.allow"), deny=_targets(policy.deny, f"{field}.deny")
+        policy,
+        allow=_targets(policy.allow, f"{field}.allow"),
+        deny=_targets(policy.deny, f"{field}.deny"),
+        time_restrictions=tuple(restrictions),
+    )
+
+
+def validate_rate_limit(rate: RateLimit | None, field: str) -> RateLimit | None:
+    """``None`` or a zero rate: no limit. A zero burst becomes min(rate, 10)."""
+    if rate is None or rate.max_messages_per_hour == 0:
+        return None
+    if not 1 <= rate.max_messages_per_hour <= MAX_RATE:
+        raise InvalidArgument(
+            f"{field}.max_messages_per_hour", f"must be between 0 (no limit) and {MAX_RATE}"
+        )
+    burst = rate.burst or min(rate.max_messages_per_hour, 10)
+    if not 1 <= burst <= MAX_RATE:
+        raise InvalidArgument(f"{field}.burst", f"must be between 0 (default) and {MAX_RATE}")
+    return RateLimit(rate.max_messages_per_hour, burst)
+
+
+def validate_group_rule(rule: GroupRule, field: str) -> GroupRule:
+    _bounded(rule.allowed_commands, f"{field}.allowed_commands")
+    _bounded(rule.denied_commands, f"{field}.denied_commands")
+    return replace(
+        rule,
+        mention_patterns=mention.validate_patterns(rule.mention_patterns, f"{field}.mention_patterns"),
+        allowed_commands=tuple(
+            dict.fromkeys(
+                mention.normalise_command(c, f"{field}.allowed_commands") for c in rule.allowed_commands
+            )
+        ),
+        denied_commands=tuple(
+            dict.fromkeys(
+                mention.normalise_command(c, f"{field}.denied_commands") for c in rule.denied_commands
+            )
+        ),
+        rate_limit=validate_rate_limit(rule.rate_limit, f"{field}.rate_limit"),
+    )
+
+
+def validate_binding(platform: Platform, b: Binding, field: str) -> Binding:
+    user = b.user_id or "*"
+    group = b.group_id or "*"
+    if user != "*":
+        ids.user_id(platform, user, f"{field}.user_id")
+    if group != "*":
+        ids.group_id(group, f"{field}.group_id")
+    if b.agent_id:
+        ids.agent_id(b.agent_id, f"{field}.agent_id")
+    return Binding(
+        user_id=user,
+        group_id=group,
+        agent_id=b.agent_id,
+        permissions=_names(b.permissions, f"{field}.permissions"),
+        tools_allowed=_names(b.tools_allowed, f"{field}.tools.allowed"),
+        tools_denied=_names(b.tools_denied, f"{field}.tools.denied"),
+    )
+
+
+def validate_auto_approve(a: AutoApprove, field: str) -> AutoApprove:
+    _bounded(a.phone_patterns, f"{field}.phone_patterns")
+    _bounded(a.email_domains, f"{field}.email_domains")
+    for p in a.phone_patterns:
+        if not _PHONE_GLOB.fullmatch(p):
+            raise InvalidArgument(f"{field}.phone_patterns", f"{p!r} must be '+' then digits, '?' or '*'")
+        if p.strip("+*?") == "":
+            raise InvalidArgument(
+                f"{field}.phone_patterns", f"{p!r} must contain digits (no match-all pattern)"
+            )
+    domains = []
+    for d in a.email_domains:
+        norm = d.strip().removeprefix("@").lower()
+        if not _DOMAIN.fullmatch(norm):
+            raise InvalidArgument(f"{field}.email_domains", f"{d!r} must be a domain such as company.com")
+        domains.append(norm)
+    return AutoApprove(
+        phone_patterns=tuple(dict.fromkeys(a.phone_patterns)), email_domains=tuple(dict.fromkeys(domains))
     )
 
 
@@ -68,11 +212,81 @@ def validate(platform: Platform, policy: ChannelPolicy) -> ChannelPolicy:
         for agent, p in policy.agent_send_policies.items()
     }
     send = validate_send_policy(policy.send_policy, "policy.send_policy") if policy.send_policy else None
-    return replace(policy, send_policy=send, agent_send_policies=per_agent)
+    if len(policy.groups) > MAX_LIST:
+        raise InvalidArgument("policy.groups", f"at most {MAX_LIST} entries")
+    groups = {
+        ids.group_id(g, "policy.groups"): validate_group_rule(rule, f"policy.groups[{g}]")
+        for g, rule in policy.groups.items()
+    }
+    if len(policy.bindings) > MAX_LIST:
+        raise InvalidArgument("policy.bindings", f"at most {MAX_LIST} entries")
+    bindings = tuple(
+        validate_binding(platform, b, f"policy.bindings[{i}]") for i, b in enumerate(policy.bindings)
+    )
+    seen: set[tuple[str, str]] = set()
+    for i, b in enumerate(bindings):
+        if (b.user_id, b.group_id) in seen:
+            raise InvalidArgument(
+                f"policy.bindings[{i}]",
+                f"a binding for user {b.user_id!r} in group {b.group_id!r} already exists",
+            )
+        seen.add((b.user_id, b.group_id))
+    if not 1 <= policy.required_approvals <= MAX_REQUIRED_APPROVALS:
+        raise InvalidArgument(
+            "policy.required_approvals", f"must be between 0 (one) and {MAX_REQUIRED_APPROVALS}"
+        )
+    return replace(
+        policy,
+        send_policy=send,
+        agent_send_policies=per_agent,
+        mention_patterns=mention.validate_patterns(policy.mention_patterns, "policy.mention_patterns"),
+        groups=groups,
+        bindings=bindings,
+        auto_approve=validate_auto_approve(policy.auto_approve, "policy.auto_approve"),
+        rate_limit=validate_rate_limit(policy.rate_limit, "policy.rate_limit"),
+    )
+
+
+def _window_to_json(w: TimeWindow) -> dict[str, Any]:
+    return {"days": list(w.days), "start": w.start_minute, "end": w.end_minute}
 
 
 def _send_to_json(p: SendPolicy) -> dict[str, Any]:
-    return {"default": p.default.value, "allow": list(p.allow), "deny": list(p.deny)}
+    return {
+        "default": p.default.value,
+        "allow": list(p.allow),
+        "deny": list(p.deny),
+        "time_restrictions": [
+            {"targets": list(r.targets), "windows": [_window_to_json(w) for w in r.windows]}
+            for r in p.time_restrictions
+        ],
+    }
+
+
+def _rate_to_json(r: RateLimit | None) -> dict[str, int] | None:
+    return None if r is None else {"max_messages_per_hour": r.max_messages_per_hour, "burst": r.burst}
+
+
+def _group_to_json(g: GroupRule) -> dict[str, Any]:
+    return {
+        "policy": None if g.policy is None else g.policy.value,
+        "require_mention": g.require_mention,
+        "mention_patterns": list(g.mention_patterns),
+        "allowed_commands": list(g.allowed_commands),
+        "denied_commands": list(g.denied_commands),
+        "rate_limit": _rate_to_json(g.rate_limit),
+    }
+
+
+def _binding_to_json(b: Binding) -> dict[str, Any]:
+    return {
+        "user_id": b.user_id,
+        "group_id": b.group_id,
+        "agent_id": b.agent_id,
+        "permissions": list(b.permissions),
+        "tools_allowed": list(b.tools_allowed),
+        "tools_denied": list(b.tools_denied),
+    }
 
 
 def to_json(policy: ChannelPolicy) -> dict[str, Any]:
@@ -89,6 +303,15 @@ def to_json(policy: ChannelPolicy) -> dict[str, Any]:
         "send_policy": _send_to_json(policy.send_policy) if policy.send_policy else None,
         "agent_send_policies": {a: _send_to_json(p) for a, p in policy.agent_send_policies.items()},
         "aliases": dict(policy.aliases),
+        "mention_patterns": list(policy.mention_patterns),
+        "groups": {g: _group_to_json(r) for g, r in policy.groups.items()},
+        "bindings": [_binding_to_json(b) for b in policy.bindings],
+        "required_approvals": policy.required_approvals,
+        "auto_approve": {
+            "phone_patterns": list(policy.auto_approve.phone_patterns),
+            "email_domains": list(policy.auto_approve.email_domains),
+        },
+        "rate_limit": _rate_to_json(policy.rate_limit),
     }
 
 
@@ -102,12 +325,83 @@ def _strs(value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _send_from_json(data: Any) -> SendPolicy:
+def _obj(data: Any, what: str) -> dict[str, Any]:
     if not isinstance(data, dict):
-        raise CorruptPolicy("send policy must be an object")
+        raise CorruptPolicy(f"{what} must be an object")
+    return data
+
+
+def _int(value: Any) -> int:
+    if type(value) is not int:
+        raise CorruptPolicy("expected an integer")
+    return value
+
+
+def _window_from_json(data: Any) -> TimeWindow:
+    d = _obj(data, "time window")
+    return TimeWindow(days=_strs(d["days"]), start_minute=_int(d["start"]), end_minute=_int(d["end"]))
+
+
+def _send_from_json(data: Any) -> SendPolicy:
+    d = _obj(data, "send policy")
+    restrictions = d.get("time_restrictions", [])  # absent in policies stored before 0.3
+    if not isinstance(restrictions, list):
+        raise CorruptPolicy("time_restrictions must be a list")
     return SendPolicy(
-        default=SendDefault(data["default"]), allow=_strs(data["allow"]), deny=_strs(data["deny"])
+        default=SendDefault(d["default"]),
+        allow=_strs(d["allow"]),
+        deny=_strs(d["deny"]),
+        time_restrictions=tuple(
+            TimeRestriction(
+                targets=_strs(_obj(r, "time restriction")["targets"]),
+                windows=tuple(_window_from_json(w) for w in r["windows"]),
+            )
+            for r in restrictions
+        ),
     )
+
+
+def _rate_from_json(data: Any) -> RateLimit | None:
+    if data is None:
+        return None
+    d = _obj(data, "rate limit")
+    return RateLimit(_int(d["max_messages_per_hour"]), _int(d["burst"]))
+
+
+def _group_from_json(data: Any) -> GroupRule:
+    d = _obj(data, "group rule")
+    mention_required = d["require_mention"]
+    if mention_required is not None and type(mention_required) is not bool:
+        raise CorruptPolicy("require_mention must be a boolean or null")
+    return GroupRule(
+        policy=None if d["policy"] is None else GroupPolicy(d["policy"]),
+        require_mention=mention_required,
+        mention_patterns=_strs(d["mention_patterns"]),
+        allowed_commands=_strs(d["allowed_commands"]),
+        denied_commands=_strs(d["denied_commands"]),
+        rate_limit=_rate_from_json(d["rate_limit"]),
+    )
+
+
+def _binding_from_json(data: Any) -> Binding:
+    d = _obj(data, "binding")
+    for k in ("user_id", "group_id", "agent_id"):
+        if not isinstance(d[k], str):
+            raise CorruptPolicy(f"binding {k} must be a string")
+    return Binding(
+        user_id=d["user_id"],
+        group_id=d["group_id"],
+        agent_id=d["agent_id"],
+        permissions=_strs(d["permissions"]),
+        tools_allowed=_strs(d["tools_allowed"]),
+        tools_denied=_strs(d["tools_denied"]),
+    )
+
+
+def _list(value: Any) -> list[Any]:
+    if not isinstance(value, list):
+        raise CorruptPolicy("expected a list")
+    return value
 
 
 def from_json(data: Any) -> ChannelPolicy:
@@ -127,6 +421,7 @@ def from_json(data: Any) -> ChannelPolicy:
             raise CorruptPolicy("aliases must map strings to strings")
         if not isinstance(per_agent, dict):
             raise CorruptPolicy("agent_send_policies must be an object")
+        auto = _obj(data.get("auto_approve", {}), "auto_approve")
         return ChannelPolicy(
             dm_policy=DmPolicy(data["dm_policy"]),
             group_policy=GroupPolicy(data["group_policy"]),
@@ -140,6 +435,16 @@ def from_json(data: Any) -> ChannelPolicy:
             send_policy=None if data["send_policy"] is None else _send_from_json(data["send_policy"]),
             agent_send_policies={str(a): _send_from_json(p) for a, p in per_agent.items()},
             aliases=dict(aliases),
+            # Absent in policies stored before 0.3: the neutral defaults.
+            mention_patterns=_strs(data.get("mention_patterns", [])),
+            groups={str(g): _group_from_json(r) for g, r in _obj(data.get("groups", {}), "groups").items()},
+            bindings=tuple(_binding_from_json(b) for b in _list(data.get("bindings", []))),
+            required_approvals=_int(data.get("required_approvals", 1)),
+            auto_approve=AutoApprove(
+                phone_patterns=_strs(auto.get("phone_patterns", [])),
+                email_domains=_strs(auto.get("email_domains", [])),
+            ),
+            rate_limit=_rate_from_json(data.get("rate_limit")),
         )
     except (KeyError, ValueError, TypeError) as exc:
         raise CorruptPolicy(str(exc)) from exc
