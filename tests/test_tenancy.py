@@ -543,3 +543,24 @@ async def test_operator_key_cannot_call_tenant_rpcs(service: Service, tenant: Te
         }
     finally:
         await op.close()
+
+
+async def test_transaction_opening_inlines_only_safe_values(dsns: Dsns, tenant: Tenant) -> None:
+    """Tenant ids are inlined into the one-message ``BEGIN; set_config`` opening;
+    any other value goes through a bound parameter and reads back verbatim.
+    A statement that fails inside the transaction leaves the pooled connection usable."""
+    db = await Database.connect(dsns.service, min_size=1, max_size=1)
+    try:
+        odd = "x'); SELECT 1; --"
+        async with db._tx({"authz.tenant": odd}) as conn:
+            assert await conn.fetchval("SELECT current_setting('authz.tenant', true)") == odd
+        with pytest.raises(asyncpg.DivisionByZeroError):
+            async with db.tenant(tenant.tenant_id) as conn:
+                await conn.fetchval("SELECT 1 / 0")
+        async with db.tenant(tenant.tenant_id) as conn:
+            assert await conn.fetchval("SELECT current_setting('authz.tenant', true)") == tenant.tenant_id
+        async with db.pool.acquire() as conn:
+            assert not conn.is_in_transaction()
+            assert await conn.fetchval("SELECT current_setting('authz.tenant', true)") in (None, "")
+    finally:
+        await db.close()

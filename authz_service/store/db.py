@@ -3,14 +3,22 @@
 Every unit of work runs in one transaction whose first statement sets the
 transaction-local ``authz.tenant``; row-level security does the rest. asyncpg
 errors become domain errors here and nowhere else.
+
+Round trips are the cost of a cold read, so a transaction opens with one
+simple-protocol message (``BEGIN; SELECT set_config(...)``) and a pooled
+connection is not reset on release: every setting is transaction-local, the
+pool's connections never LISTEN (the listener has its own) and never take
+session-level locks, so there is nothing to reset. asyncpg still rolls back a
+transaction left open on release.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, nullcontext
+from contextlib import asynccontextmanager, nullcontext, suppress
 from typing import TYPE_CHECKING, cast
 
 import asyncpg
@@ -36,6 +44,21 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
 
 
 _NO_SPAN: nullcontext[None] = nullcontext()
+# Values that may be inlined into the opening message as SQL literals. Tenant
+# ids are slugs; anything else takes the parameterised path.
+_LITERAL_SAFE = re.compile(r"[A-Za-z0-9_.:-]{0,128}")
+
+
+def _opening(settings: dict[str, str]) -> str | None:
+    """'BEGIN; SELECT set_config(...), ...' as one message, if every value is safe to inline."""
+    if not all(_LITERAL_SAFE.fullmatch(k) and _LITERAL_SAFE.fullmatch(v) for k, v in settings.items()):
+        return None
+    configs = ", ".join(f"set_config('{k}', '{v}', true)" for k, v in settings.items())
+    return f"BEGIN; SELECT {configs}" if configs else "BEGIN"
+
+
+async def _no_reset(conn: asyncpg.Connection) -> None:
+    """See the module docstring: pooled connections carry no session state."""
 
 
 class SchemaTooOld(RuntimeError):
@@ -74,7 +97,12 @@ class Database:
         security, always; and an old schema unless ``require_schema`` is off
         (the server then reports NOT_SERVING until `authz migrate` has run)."""
         pool = await asyncpg.create_pool(
-            dsn, min_size=min_size, max_size=max_size, command_timeout=timeout, timeout=timeout
+            dsn,
+            min_size=min_size,
+            max_size=max_size,
+            command_timeout=timeout,
+            timeout=timeout,
+            reset=_no_reset,
         )
         db = cls(pool, dsn)
         try:
@@ -117,12 +145,19 @@ class Database:
         span = _NO_SPAN if self.telemetry is None else self.telemetry.transaction(settings)
         try:
             with span:  # includes the wait for a pooled connection
-                async with self.pool.acquire() as conn, conn.transaction():
-                    for name, value in settings.items():
-                        # is_local = true: the setting dies with the transaction, so a
-                        # pooled connection never carries it into the next request.
-                        await conn.execute("SELECT set_config($1, $2, true)", name, value)
-                    yield cast(asyncpg.Connection, conn)
+                async with self.pool.acquire() as pooled:
+                    conn = cast(asyncpg.Connection, pooled)
+                    await _begin(conn, settings)
+                    try:
+                        yield conn
+                    except BaseException:
+                        # Best effort: if this fails, the pool's release rolls back
+                        # or drops the connection; the original error is what matters.
+                        with suppress(Exception):
+                            if not conn.is_closed() and conn.is_in_transaction():
+                                await conn.execute("ROLLBACK")
+                        raise
+                    await conn.execute("COMMIT")
         except _UNAVAILABLE as exc:
             log.warning("database unavailable: %s", type(exc).__name__)
             raise Unavailable("the authorization store is unavailable") from exc
@@ -144,3 +179,15 @@ class Database:
             settings["authz.tenant"] = tenant_id
         async with self._tx(settings) as conn:
             yield conn
+
+
+async def _begin(conn: asyncpg.Connection, settings: dict[str, str]) -> None:
+    opening = _opening(settings)
+    if opening is not None:
+        await conn.execute(opening)  # one round trip
+        return
+    await conn.execute("BEGIN")
+    for name, value in settings.items():
+        # is_local = true: the setting dies with the transaction, so a
+        # pooled connection never carries it into the next request.
+        await conn.execute("SELECT set_config($1, $2, true)", name, value)
