@@ -99,6 +99,8 @@ class StateCache:
             self._groups.pop((parts[0], parts[1], parts[2]), None)
         elif table == "api_keys" and len(parts) == 2:
             self._keys.pop((parts[0], parts[1]), None)
+        elif table == "tenants" and len(parts) == 1:  # its time zone: cached on every channel
+            self.forget_tenant(parts[0])
         else:  # unknown shape: be safe
             log.warning("unknown change notification %r; clearing the cache", payload[:200])
             self.clear()

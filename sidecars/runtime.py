@@ -5,7 +5,9 @@ and button presses, and implements :class:`Transport`; every decision is made
 here by asking the authz service:
 
 - inbound message → ``CheckUser`` → agent (ALLOW), ``RequestPairing`` and the
-  owner's buttons (PAIRING_REQUIRED), or the service's text / silence;
+  owner's buttons (PAIRING_REQUIRED), or the service's text / silence; a direct
+  message that is an invite code (optionally after ``/start``) from a user who
+  would otherwise pair or be refused as not allowlisted → ``RedeemInvite``;
 - button press → ``ResolveApproval`` with the presser's platform id (the service
   decides whether they may approve) → tell the requester;
 - every agent message (replies included) → ``EvaluateSend`` → deliver or refuse.
@@ -33,6 +35,7 @@ import aiohttp
 import grpc
 
 from authz_service.client import Client
+from authz_service.domain.invites import invite_code_in_message
 from authz_service.gen.authz.v1 import authz_pb2 as az
 from authz_service.gen.authz.v1 import common_pb2 as cm
 
@@ -242,10 +245,15 @@ class Connector:
             az.Decision.Name(check.decision),
             check.reason,
         )
+        code = _invite_code(msg, check)
         if check.decision == az.DECISION_ALLOW:
             await self._allowed(msg, check)
+        elif code is not None:
+            await self._redeem(msg, code)
         elif check.decision == az.DECISION_PAIRING_REQUIRED:
             await self._pair(msg)
+        elif check.decision == az.DECISION_RATE_LIMITED:
+            pass  # dropped in silence (logged above): a "slow down" reply to each one would flood the chat
         elif check.text:
             await self.transport.send_text(msg.chat_id, check.text)
 
@@ -296,6 +304,21 @@ class Connector:
                 if b.action in _ACTIONS
             ]
             await self.transport.send_direct(note.owner_id, note.text, buttons)
+
+    async def _redeem(self, msg: Inbound, code: str) -> None:
+        redeemed = await self._call(
+            self.client.authz.RedeemInvite,
+            az.RedeemInviteRequest(
+                channel_id=self.config.channel_id,
+                user_id=msg.user_id,
+                code=code,
+                display_name=msg.display_name,
+            ),
+            retry=False,  # a repeat would count as a second attempt
+        )
+        log.info("invite from %s: %s", msg.user_id, az.InviteOutcome.Name(redeemed.outcome))
+        if redeemed.text:
+            await self.transport.send_text(msg.chat_id, redeemed.text)
 
     # ---- button presses ---------------------------------------------------------
 
@@ -381,6 +404,17 @@ class Connector:
                 log.warning("authz service %s; retrying in %.1fs", exc.code().name, delays[attempt])
                 await asyncio.sleep(delays[attempt])
                 attempt += 1
+
+
+def _invite_code(msg: Inbound, check: az.CheckUserResponse) -> str | None:
+    """The invite code a user who is not admitted sent in a direct message."""
+    if msg.chat_kind != "direct":
+        return None
+    if check.decision == az.DECISION_PAIRING_REQUIRED or (
+        check.decision == az.DECISION_DENY and check.reason == "not_allowlisted"
+    ):
+        return invite_code_in_message(msg.text)
+    return None
 
 
 def _refusal(code: grpc.StatusCode) -> str:

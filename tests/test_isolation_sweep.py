@@ -39,6 +39,7 @@ from google.protobuf import text_format
 from google.protobuf.message import Message
 
 from authz_service.client import Client, connect
+from authz_service.domain.invites import format_invite_code, new_invite_code
 from authz_service.domain.pairing import CODE_ALPHABET
 from authz_service.gen.authz.v1 import admin_pb2 as adm
 from authz_service.gen.authz.v1 import authz_pb2 as az
@@ -93,6 +94,8 @@ class Ids:
     agent: str
     request_key: str
     approver: str  # a tenant-level approver, "telegram:<id>"
+    invite: str  # an unused invite id
+    invite_code: str  # its code
 
     def made_up(self, *, channel: str) -> Ids:
         return Ids(
@@ -115,6 +118,8 @@ class Ids:
             agent="agent-" + secrets.token_hex(4),
             request_key="rk-" + secrets.token_hex(8),
             approver=f"telegram:{_digits()}",
+            invite="inv_" + _b64_16(),
+            invite_code=format_invite_code(new_invite_code()),
         )
 
 
@@ -153,9 +158,14 @@ async def world(service: Service) -> AsyncIterator[World]:
     await a.channel(
         channel, owner_id=owner, approvers=[user], agent_id=agent_id,
         send_policy=cm.SendPolicy(default=cm.SEND_DEFAULT_ALLOW),
+        rate_limit=cm.RateLimit(max_messages_per_hour=1_000_000, burst=1_000_000),
     )  # fmt: skip
     await a.admin.admin.AllowUser(
         adm.AllowUserRequest(channel_id=channel, user_id=user, display_name=alice, permissions=[perm])
+    )
+    # An allowed message on a rate-limited channel: A has a rate bucket row too.
+    await a.connector.authz.CheckUser(
+        az.CheckUserRequest(channel_id=channel, user_id=user, chat_kind=cm.CHAT_KIND_DIRECT)
     )
     await a.admin.admin.AllowGroupSender(adm.GroupSenderRef(channel_id=channel, group_id=group, user_id=user))
     await a.admin.admin.BlockUser(adm.BlockUserRequest(channel_id=channel, user_id=blocked, reason=spam))
@@ -196,6 +206,8 @@ async def world(service: Service) -> AsyncIterator[World]:
         )
     assert missed.value.code() == grpc.StatusCode.NOT_FOUND
 
+    invite = await a.admin.admin.CreateInvite(adm.CreateInviteRequest(channel_id=channel, permissions=[perm]))
+
     def button(buttons: Any) -> str:
         return next(str(b.callback_payload) for b in buttons if b.action == APPROVE)
 
@@ -205,7 +217,7 @@ async def world(service: Service) -> AsyncIterator[World]:
         approved_tool=deploy.approval.approval_id, code=pending.code,
         pairing_payload=button(pending.notification.buttons), tool_payload=button(tool.notification.buttons),
         grant=grant.grant_id, key=a.keys["connector"].split(".")[2], agent=agent_id, request_key=request_key,
-        approver=approver,
+        approver=approver, invite=invite.invite.invite_id, invite_code=invite.code,
     )  # fmt: skip
     private = frozenset({*asdict(ids).values(), *secret_words, GRANTED_ENV, a.keys["admin"].split(".")[2]})
     yield World(a, agent, ids, private)
@@ -425,6 +437,15 @@ async def _resolve_approval(r: Run, b: B) -> None:
         # The tool approvers' qualified form, for a tool approval without a channel.
         req = az.ResolveApprovalRequest(approval_id=i.approved_tool, action=APPROVE, actor_id=i.approver)
         await r.unary("connector", b.tenant.connector.authz.ResolveApproval, req)
+
+
+@case("AuthzService.RedeemInvite")
+async def _redeem_invite(r: Run, b: B) -> None:
+    # A's code on A's channel name, for users A knows: B's answer is that of a made-up code.
+    for role in ("connector", "admin"):
+        for user in (r.ids.requester, r.ids.blocked):
+            req = az.RedeemInviteRequest(channel_id=r.ids.channel, user_id=user, code=r.ids.invite_code)
+            await r.unary(role, b.roles[role].authz.RedeemInvite, req)
 
 
 @case("AuthzService.EvaluateSend")
@@ -717,6 +738,31 @@ async def _revoke_grant(r: Run, b: B) -> None:
     await r.unary("admin", b.tenant.admin.admin.RevokeGrant, adm.RevokeGrantRequest(grant_id=r.ids.grant))
 
 
+def _invite(resp: adm.CreateInviteResponse) -> object:
+    i = resp.invite
+    return (i.channel_id, i.max_uses, i.uses, list(i.permissions), i.note, bool(resp.code), bool(i.invite_id))
+
+
+@case("AdminService.CreateInvite")
+async def _create_invite(r: Run, b: B) -> None:
+    req = adm.CreateInviteRequest(channel_id=r.ids.channel, max_uses=2, permissions=["p"], note="n")
+    await r.unary("admin", b.tenant.admin.admin.CreateInvite, req, _invite)
+
+
+@case("AdminService.ListInvites")
+async def _list_invites(r: Run, b: B) -> None:
+    for channel in (r.ids.channel, ""):
+        for include_inactive in (False, True):
+            req = adm.ListInvitesRequest(channel_id=channel, include_inactive=include_inactive)
+            await r.unary("admin", b.tenant.admin.admin.ListInvites, req)
+
+
+@case("AdminService.RevokeInvite")
+async def _revoke_invite(r: Run, b: B) -> None:
+    req = adm.RevokeInviteRequest(invite_id=r.ids.invite)
+    await r.unary("admin", b.tenant.admin.admin.RevokeInvite, req)
+
+
 @case("AdminService.QueryAudit")
 async def _query_audit(r: Run, b: B) -> None:
     def events(resp: adm.QueryAuditResponse) -> object:
@@ -815,7 +861,7 @@ async def test_a_query_without_tenant_filter_sees_no_other_tenant_in_any_table(
     tables = await tenant_tables(owner)
     # The enumeration finds what it must (and whatever is added later).
     assert {"tenants", "api_keys", "channels", "subjects", "group_senders", "approvals", "audit_events",
-            "tool_grants", "attempt_limits"} <= set(tables)  # fmt: skip
+            "tool_grants", "attempt_limits", "invites"} <= set(tables)  # fmt: skip
     a, b = world.ids.tenant, other_tenant.tenant_id
     await other_tenant.channel("tg")
     rls = {

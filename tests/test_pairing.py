@@ -282,7 +282,7 @@ async def test_time_limited_pairing_expires(tenant: Tenant, dsns: Dsns) -> None:
     finally:
         await conn.close()
     after = await check(tenant, consistent=True)  # changed behind the cache's back
-    assert (after.decision, after.reason) == (az.DECISION_PAIRING_REQUIRED, "pairing_expired")
+    assert (after.decision, after.reason) == (az.DECISION_PAIRING_REQUIRED, "renewal_required")
     assert (await pair(tenant)).created
 
 

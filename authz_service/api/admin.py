@@ -11,8 +11,9 @@ import asyncpg
 
 from ..domain import ids
 from ..domain.errors import InvalidArgument
+from ..domain.invites import INVITE_ID, MAX_NOTE, MAX_PERMISSIONS
 from ..domain.model import Role, SubjectSource, SubjectStatus
-from ..flows import Context, data_rights, tools
+from ..flows import Context, data_rights, invites, tools
 from ..flows import admin as flows
 from ..flows.admin import IssuedKey, StoredChannel, TenantSettings
 from ..gen.authz.v1 import admin_pb2 as adm
@@ -61,6 +62,7 @@ def _settings(s: TenantSettings) -> adm.TenantSettings:
     return adm.TenantSettings(
         approvers=list(s.approvers),
         agent_approvers={a: adm.ActorList(actors=list(v)) for a, v in s.agent_approvers.items()},
+        timezone=s.timezone,
     )
 
 
@@ -119,6 +121,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             ctx,
             list(request.approvers),
             {agent: list(actors.actors) for agent, actors in request.agent_approvers.items()},
+            convert.text(request.timezone, "timezone", 64),
         )
         return _settings(settings)
 
@@ -310,6 +313,35 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         if not _GRANT_ID.fullmatch(request.grant_id):
             raise InvalidArgument("grant_id", "must be a grant id (grt_...)")
         return convert.grant_out(await tools.revoke_grant(ctx, request.grant_id))
+
+    # --- invites ----------------------------------------------------------------------
+
+    @rpc(Role.ADMIN)
+    async def CreateInvite(self, request: adm.CreateInviteRequest, ctx: Context) -> adm.CreateInviteResponse:
+        if len(request.permissions) > MAX_PERMISSIONS:
+            raise InvalidArgument("permissions", f"at most {MAX_PERMISSIONS} entries")
+        for p in request.permissions:
+            ids.require(_PERMISSION, p, "permissions", "1-64 characters [A-Za-z0-9_.:*-]")
+        created = await invites.create_invite(
+            ctx,
+            ids.channel_id(request.channel_id),
+            max_uses=request.max_uses,
+            ttl_seconds=request.ttl_seconds,
+            permissions=list(dict.fromkeys(request.permissions)),
+            note=convert.text(request.note, "note", MAX_NOTE),
+        )
+        return adm.CreateInviteResponse(invite=convert.invite_out(created.invite), code=created.code)
+
+    @rpc(Role.ADMIN, read_only=True)
+    async def ListInvites(self, request: adm.ListInvitesRequest, ctx: Context) -> adm.ListInvitesResponse:
+        channel_id = ids.channel_id(request.channel_id) if request.channel_id else ""
+        found = await invites.list_invites(ctx, channel_id, request.include_inactive)
+        return adm.ListInvitesResponse(invites=[convert.invite_out(i) for i in found])
+
+    @rpc(Role.ADMIN)
+    async def RevokeInvite(self, request: adm.RevokeInviteRequest, ctx: Context) -> adm.Invite:
+        invite_id = ids.require(INVITE_ID, request.invite_id, "invite_id", "an invite id (inv_...)")
+        return convert.invite_out(await invites.revoke_invite(ctx, invite_id))
 
     @rpc(Role.ADMIN, read_only=True)
     async def QueryAudit(self, request: adm.QueryAuditRequest, ctx: Context) -> adm.QueryAuditResponse:

@@ -7,9 +7,11 @@ from collections.abc import AsyncIterator
 from ..domain import ids
 from ..domain import tools as dt
 from ..domain.access import Inbound
+from ..domain.autoapprove import reported_email, reported_phone
 from ..domain.errors import InvalidArgument
+from ..domain.invites import normalize_invite_code
 from ..domain.model import ChatKind, Role
-from ..flows import Context, access, pairing, tools
+from ..flows import Context, access, invites, pairing, tools
 from ..gen.authz.v1 import authz_pb2 as az
 from ..gen.authz.v1 import authz_pb2_grpc
 from ..gen.authz.v1 import common_pb2 as cm
@@ -28,6 +30,14 @@ _OUTCOME = {
     pairing.PairingOutcome.BLOCKED: az.PAIRING_OUTCOME_BLOCKED,
     pairing.PairingOutcome.CAPACITY: az.PAIRING_OUTCOME_CAPACITY,
     pairing.PairingOutcome.NOT_ACCEPTED: az.PAIRING_OUTCOME_NOT_ACCEPTED,
+    pairing.PairingOutcome.AUTO_APPROVED: az.PAIRING_OUTCOME_AUTO_APPROVED,
+}
+_INVITE_OUTCOME = {
+    invites.RedeemOutcome.ACCEPTED: az.INVITE_OUTCOME_ACCEPTED,
+    invites.RedeemOutcome.ALREADY_ALLOWED: az.INVITE_OUTCOME_ALREADY_ALLOWED,
+    invites.RedeemOutcome.INVALID: az.INVITE_OUTCOME_INVALID,
+    invites.RedeemOutcome.TOO_MANY_ATTEMPTS: az.INVITE_OUTCOME_TOO_MANY_ATTEMPTS,
+    invites.RedeemOutcome.REFUSED: az.INVITE_OUTCOME_REFUSED,
 }
 
 
@@ -77,6 +87,8 @@ class AuthzServicer(authz_pb2_grpc.AuthzServiceServicer):
             ids.user_id_shape(request.user_id),
             convert.text(request.display_name, "display_name", MAX_DISPLAY_NAME),
             convert.text(request.first_message, "first_message", MAX_MESSAGE_TEXT),
+            email=reported_email(request.email),
+            phone_number=reported_phone(request.phone_number),
         )
         resp = az.RequestPairingResponse(
             outcome=_OUTCOME[result.outcome],
@@ -125,6 +137,23 @@ class AuthzServicer(authz_pb2_grpc.AuthzServiceServicer):
             approval=convert.approval_out(result.approval),
             requester_text=result.requester_text,
             owner_text=result.owner_text,
+            trace_id=ctx.trace_id,
+        )
+
+    # Writes only when it admits the user, and then forgets the tenant's cache itself.
+    @rpc(Role.CONNECTOR, read_only=True)
+    async def RedeemInvite(self, request: az.RedeemInviteRequest, ctx: Context) -> az.RedeemInviteResponse:
+        result = await invites.redeem_invite(
+            ctx,
+            ids.channel_id(request.channel_id),
+            ids.user_id_shape(request.user_id),
+            normalize_invite_code(convert.text(request.code, "code", 64)),
+            convert.text(request.display_name, "display_name", MAX_DISPLAY_NAME),
+        )
+        return az.RedeemInviteResponse(
+            outcome=_INVITE_OUTCOME[result.outcome],
+            text=result.text,
+            retry_after_seconds=result.retry_after_seconds,
             trace_id=ctx.trace_id,
         )
 

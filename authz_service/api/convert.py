@@ -10,6 +10,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from ..domain import ids
 from ..domain.errors import InvalidArgument
+from ..domain.invites import Invite
 from ..domain.model import (
     DEFAULT_AGENT,
     DEFAULT_MAX_PENDING,
@@ -353,6 +354,21 @@ def grant_out(g: Grant) -> adm.Grant:
         created_at=ts(g.created_at),
         revoked_at=ts(g.revoked_at),
         revoked_by=g.revoked_by,
+    )
+
+
+def invite_out(i: Invite) -> adm.Invite:
+    return adm.Invite(
+        invite_id=i.invite_id,
+        channel_id=i.channel_id,
+        max_uses=i.max_uses,
+        uses=i.uses,
+        created_at=ts(i.created_at),
+        expires_at=ts(i.expires_at),
+        revoked_at=ts(i.revoked_at),
+        created_by=i.created_by,
+        permissions=list(i.permissions),
+        note=i.note,
     )
 
 

@@ -29,6 +29,7 @@ from ..config import ConfigError, Settings
 from ..gen.authz.v1 import admin_pb2 as adm
 from ..gen.authz.v1 import authz_pb2 as az
 from ..gen.authz.v1 import common_pb2 as cm
+from . import invites
 
 
 class CliError(Exception):
@@ -797,6 +798,17 @@ def cmd_approvers(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_timezone(args: argparse.Namespace) -> int:
+    c = client(args)
+    settings: adm.TenantSettings = call(c.admin.GetTenantSettings, adm.GetTenantSettingsRequest())
+    if args.zone is not None:  # SetTenantSettings replaces every setting: write back the rest as read
+        settings.timezone = args.zone
+        settings = call(c.admin.SetTenantSettings, settings)
+    zone = settings.timezone or "UTC"
+    print(json.dumps({"timezone": zone}) if args.json else zone)
+    return 0
+
+
 def parse_since(text: str) -> datetime:
     """'2026-11-01', an ISO timestamp, or a relative '30m', '24h', '7d'."""
     units = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -1085,6 +1097,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("channel")
     sp.add_argument("group", nargs="?")
 
+    invites.register(group("invites", "invite codes: a user who sends one to the bot is allowed"), cmd,
+                     sys.modules[__name__])  # fmt: skip
+
     sp = cmd(sub, "approvers", cmd_approvers,
              "show or set tenant-level and per-agent approvers ('<platform>:<user id>')")  # fmt: skip
     sp.add_argument("--agent", help="show or set this agent's own tool-call approvers")
@@ -1092,6 +1107,9 @@ def build_parser() -> argparse.ArgumentParser:
     change.add_argument("--set", nargs="*", metavar="ACTOR", help="replace the list (none: empty it)")
     change.add_argument("--unset", action="store_true",
                         help="with --agent: drop the agent's own list (the tenant approvers apply)")  # fmt: skip
+    sp = cmd(sub, "timezone", cmd_timezone,
+             "show or set the tenant's time zone (IANA), in which send-policy time windows are judged")  # fmt: skip
+    sp.add_argument("zone", nargs="?", help="e.g. Europe/Berlin; '' or UTC for UTC")
 
     au = sub.add_parser(
         "audit", parents=[common], help="query the audit trail", description="query the audit trail"
@@ -1122,6 +1140,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--name", help="display name")
     sp.add_argument("--group", help="group id: simulate a group message")
     sp.add_argument("--mention", action="store_true", help="the message mentions the bot")
+
+    from . import doctor, policyfile  # they import this module: here, not at the top
+
+    policyfile.add_commands(sub, cmd)  # apply, export
+    doctor.add_commands(sub, cmd)
     return p
 
 

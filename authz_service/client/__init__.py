@@ -7,8 +7,8 @@ runtimes; ``connect_sync`` a thin blocking one for scripts and the CLI. Both:
 * give every call a deadline (``timeout``, default 5 s) unless it sets one;
 * retry UNAVAILABLE, with exponential backoff and jitter, only for calls that
   are safe to repeat (``is_idempotent``). ResolveApproval, RedeemApproval,
-  key and tenant creation, and RequestApproval without a ``request_key`` are
-  never retried: a retry could act twice;
+  key, tenant and invite creation, RedeemInvite, and RequestApproval without
+  a ``request_key`` are never retried: a retry could act twice;
 * speak TLS when given a ``TlsConfig`` (mutual TLS with a client certificate).
 
 Raw generated stubs stay available as ``client.authz`` and ``client.admin``
@@ -35,11 +35,13 @@ from ..gen.authz.v1 import common_pb2 as cm
 from .results import (
     ApprovalInfo,
     CheckResult,
+    InviteResult,
     RedeemResult,
     ResolveResult,
     SendResult,
     approval_info,
     check_result,
+    invite_result,
     resolve_result,
 )
 
@@ -49,6 +51,7 @@ __all__ = [
     "ApprovalInfo",
     "CheckResult",
     "Client",
+    "InviteResult",
     "RedeemResult",
     "ResolveResult",
     "RetryPolicy",
@@ -98,6 +101,8 @@ _IDEMPOTENT = frozenset(
         "ExportUser",
         "PurgeUser",  # a second purge finds nothing left to delete
         "AnonymizeUser",
+        "ListInvites",
+        "RevokeInvite",  # revoking a revoked invite changes nothing
     }
 )
 
@@ -404,6 +409,18 @@ class Client:
             )
         )
         return resolve_result(resp)
+
+    async def redeem_invite(
+        self, channel_id: str, user_id: str, code: str, *, display_name: str = ""
+    ) -> InviteResult:
+        """A user sent an invite code (connector keys). Never retried
+        automatically: a failed attempt counts against the user's limit."""
+        resp = await self.authz.RedeemInvite(
+            authz_pb2.RedeemInviteRequest(
+                channel_id=channel_id, user_id=user_id, code=code, display_name=display_name
+            )
+        )
+        return invite_result(resp)
 
 
 @dataclass

@@ -23,6 +23,13 @@ _STATUS = {
     cm.APPROVAL_STATUS_EXPIRED: "expired",
 }
 _KIND = {cm.APPROVAL_KIND_PAIRING: "pairing", cm.APPROVAL_KIND_TOOL: "tool"}
+_INVITE_OUTCOME = {
+    authz_pb2.INVITE_OUTCOME_ACCEPTED: "accepted",
+    authz_pb2.INVITE_OUTCOME_ALREADY_ALLOWED: "already_allowed",
+    authz_pb2.INVITE_OUTCOME_INVALID: "invalid",
+    authz_pb2.INVITE_OUTCOME_TOO_MANY_ATTEMPTS: "too_many_attempts",
+    authz_pb2.INVITE_OUTCOME_REFUSED: "refused",
+}
 
 
 def _time(msg: cm.Approval, name: str) -> datetime | None:
@@ -68,6 +75,8 @@ class ApprovalInfo:
     grant_id: str = ""
     channel_id: str = ""
     user_id: str = ""
+    required_approvals: int = 1
+    approved_by: tuple[str, ...] = ()
 
     @property
     def pending(self) -> bool:
@@ -118,8 +127,36 @@ def approval_info(msg: cm.Approval) -> ApprovalInfo:
         grant_id=msg.grant_id,
         channel_id=msg.channel_id,
         user_id=msg.user_id,
+        required_approvals=msg.required_approvals or 1,
+        approved_by=tuple(msg.approved_by),
     )
 
 
 def resolve_result(resp: authz_pb2.ResolveApprovalResponse) -> ResolveResult:
     return ResolveResult(approval_info(resp.approval), resp.requester_text, resp.owner_text)
+
+
+@dataclass(frozen=True)
+class InviteResult:
+    """RedeemInvite's answer. ``text``: what to send the user ("" = nothing)."""
+
+    outcome: (
+        str  # accepted | already_allowed | invalid | too_many_attempts | refused ("unknown": fail closed)
+    )
+    text: str
+    retry_after_seconds: int
+    trace_id: str
+
+    @property
+    def allowed(self) -> bool:
+        """The user may chat now (just admitted, or already was)."""
+        return self.outcome in ("accepted", "already_allowed")
+
+
+def invite_result(resp: authz_pb2.RedeemInviteResponse) -> InviteResult:
+    return InviteResult(
+        outcome=_INVITE_OUTCOME.get(resp.outcome, "unknown"),
+        text=resp.text,
+        retry_after_seconds=resp.retry_after_seconds,
+        trace_id=resp.trace_id,
+    )

@@ -2,7 +2,8 @@
 
 A pure function of (channel, stored subject state, request, clock), so every
 rule is testable without a database. Order matters and is the documented
-precedence: unknown channel, blocklist, then the DM or group rules.
+precedence: unknown channel, blocklist, then the DM or group rules; every ALLOW
+is then routed by the most specific binding.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TypeVar
 
+from . import mention
 from .model import (
+    Binding,
     Channel,
     ChannelPolicy,
     ChatKind,
@@ -83,9 +86,64 @@ def effective_group(policy: ChannelPolicy, group_id: str) -> EffectiveGroup:
     )
 
 
+def binding_for(policy: ChannelPolicy, user_id: str, group_id: str) -> Binding | None:
+    """The most specific binding for (user, group), if any.
+
+    Specificity: user and group, then user and ``"*"``, then ``"*"`` and group,
+    then ``"*"`` and ``"*"``. A direct message has no group (``group_id`` empty):
+    only bindings for every group (``"*"``) apply to it. Validation keeps the
+    (user, group) pairs unique, so there is never a tie.
+    """
+    best: Binding | None = None
+    best_rank = 0
+    for b in policy.bindings:
+        if b.group_id == "*":
+            group_rank = 1
+        elif group_id and b.group_id == group_id:
+            group_rank = 2
+        else:
+            continue
+        if b.user_id == "*":
+            rank = group_rank
+        elif b.user_id == user_id:
+            rank = group_rank + 2
+        else:
+            continue
+        if rank > best_rank:
+            best, best_rank = b, rank
+            if rank == 4:
+                break
+    return best
+
+
 def _deny(reason: str) -> Verdict:
     # Denials are silent: a stranger learns nothing about the bot's rules.
     return Verdict(Decision.DENY, reason)
+
+
+def _group_verdict(policy: ChannelPolicy, in_group_allowlist: bool, message: Inbound) -> str | Verdict:
+    """A group message: the ALLOW reason, or the denial."""
+    rule = effective_group(policy, message.group_id)
+    if rule.policy is GroupPolicy.DISABLED:
+        return _deny("group_disabled")
+    # Mention gating comes before commands: in a group that needs a mention, a
+    # command that does not address the bot is someone else's business.
+    if rule.require_mention and not (
+        message.mentioned or mention.mentions(rule.mention_patterns, message.text)
+    ):
+        return _deny("mention_required")
+    if rule.allowed_commands or rule.denied_commands:
+        command = mention.command_of(message.text)
+        if command is not None:
+            if command in rule.denied_commands:
+                return _deny("command_denied")
+            # A malformed command ("") is in no allowlist.
+            if rule.allowed_commands and command not in rule.allowed_commands:
+                return _deny("command_not_allowed")
+    if rule.policy is GroupPolicy.OPEN:
+        return "group_open"
+    # The group sender allowlist only: DM pairings never admit a group sender.
+    return "group_sender_allowed" if in_group_allowlist else _deny("group_sender_not_allowed")
 
 
 def check_user(
@@ -101,6 +159,10 @@ def check_user(
     or blocked), ``in_group_allowlist`` whether the group sender allowlist
     admits the user for ``message.group_id``. DM pairings never admit a group
     sender: that was OpenClaw's leak.
+
+    Every ALLOW is routed by :func:`binding_for`: its agent (else the
+    channel's), the user's own permissions followed by the binding's, and the
+    binding's tool lists. Other verdicts carry none of these.
     """
     if channel is None:
         return _deny("channel_not_configured")
@@ -114,19 +176,22 @@ def check_user(
     expired = allowed and expires_at is not None and (now is None or expires_at <= now)
 
     def allow(reason: str) -> Verdict:
-        perms = subject.permissions if subject is not None and allowed and not expired else ()
-        return Verdict(Decision.ALLOW, reason, agent_id=policy.agent_id, permissions=perms)
+        own = subject.permissions if subject is not None and allowed and not expired else ()
+        binding = binding_for(policy, message.user_id, message.group_id)
+        if binding is None:
+            return Verdict(Decision.ALLOW, reason, agent_id=policy.agent_id, permissions=own)
+        return Verdict(
+            Decision.ALLOW,
+            reason,
+            agent_id=binding.agent_id or policy.agent_id,
+            permissions=tuple(dict.fromkeys(own + binding.permissions)),
+            tools_allowed=binding.tools_allowed,
+            tools_denied=binding.tools_denied,
+        )
 
     if message.chat_kind is ChatKind.GROUP:
-        if policy.group_policy is GroupPolicy.DISABLED:
-            return _deny("group_disabled")
-        if policy.require_mention and not message.mentioned:
-            return _deny("mention_required")
-        if policy.group_policy is GroupPolicy.OPEN:
-            return allow("group_open")
-        if in_group_allowlist:
-            return allow("group_sender_allowed")
-        return _deny("group_sender_not_allowed")
+        outcome = _group_verdict(policy, in_group_allowlist, message)
+        return allow(outcome) if isinstance(outcome, str) else outcome
 
     if policy.dm_policy is DmPolicy.DISABLED:
         return _deny("dm_disabled")
@@ -137,5 +202,7 @@ def check_user(
         return allow("dm_open")
     if policy.dm_policy is DmPolicy.ALLOWLIST:
         return _deny("not_allowlisted")
-    # Pairing: the connector now calls RequestPairing and sends *its* text.
-    return Verdict(Decision.PAIRING_REQUIRED, "pairing_expired" if expired else "pairing_required")
+    # Pairing: the connector now calls RequestPairing and sends *its* text. A
+    # lapsed time-limited pairing asks for a renewal rather than a first pairing.
+    renewal = expired and subject is not None and subject.source is SubjectSource.PAIRING
+    return Verdict(Decision.PAIRING_REQUIRED, "renewal_required" if renewal else "pairing_required")

@@ -21,6 +21,10 @@ MAX_PATTERN_LEN = 256
 # Only this much of a message is searched for a mention.
 MAX_SCAN = 4096
 _COMMAND = re.compile(r"[a-z0-9_]{1,64}")
+_NAME_RUN = re.compile(r"[A-Za-z0-9_]+")
+# "@name" (Telegram) or "<@U123>" / "<@!123>" (Slack, Discord), each followed by
+# spaces or ",:" - the alternatives start differently, so matching is linear.
+_LEADING_MENTIONS = re.compile(r"(?:(?:@[A-Za-z0-9_]+|<@[^<>\s]+>)[\s,:]*)+")
 
 
 def _options() -> Any:
@@ -53,9 +57,19 @@ def validate_patterns(patterns: Iterable[str], field: str) -> tuple[str, ...]:
 
 
 def mentions(patterns: tuple[str, ...], text: str) -> bool:
-    """Whether any pattern matches (case-insensitively) in the start of ``text``."""
-    head = text[:MAX_SCAN]
-    return any(compile_pattern(p).search(head) is not None for p in patterns)
+    """Whether any pattern matches (case-insensitively) in the first ``MAX_SCAN``
+    characters of ``text``.
+
+    A longer text is searched up to ``MAX_SCAN`` with the next character as
+    context, so ``$`` and ``\\b`` see that the text goes on: the cut is not
+    mistaken for the end of the message.
+    """
+    if not patterns:
+        return False
+    if len(text) <= MAX_SCAN:
+        return any(compile_pattern(p).search(text) is not None for p in patterns)
+    head = text[: MAX_SCAN + 1]
+    return any(compile_pattern(p).search(head, 0, MAX_SCAN) is not None for p in patterns)
 
 
 def normalise_command(value: str, field: str) -> str:
@@ -67,10 +81,20 @@ def normalise_command(value: str, field: str) -> str:
 
 
 def command_of(text: str) -> str | None:
-    """The command a message starts with ('/deploy@MyBot now' -> 'deploy'), if any."""
-    stripped = text.lstrip()
-    if not stripped.startswith("/"):
+    """The command a message starts with, if any: None for plain text, "" for
+    a malformed command (a "/" not followed by a name of 1-64 [a-z0-9_]).
+
+    As on Telegram, the name is the run of [A-Za-z0-9_] after the "/", lowercased,
+    so '/deploy@MyBot now', '/Deploy' and '/deploy-now' are all 'deploy' (a deny
+    list cannot be dodged by punctuation). Leading mentions are skipped:
+    '@MyBot /deploy' and '<@U123> /deploy' are 'deploy' too.
+    """
+    head = text[:MAX_SCAN].lstrip()
+    lead = _LEADING_MENTIONS.match(head)
+    if lead is not None:
+        head = head[lead.end() :]
+    if not head.startswith("/"):
         return None
-    word = stripped[1:].split(maxsplit=1)[0] if len(stripped) > 1 else ""
-    name = word.split("@", 1)[0].lower()
-    return name if _COMMAND.fullmatch(name) else ""
+    name = _NAME_RUN.match(head, 1)
+    word = name.group(0).lower() if name is not None else ""
+    return word if _COMMAND.fullmatch(word) else ""

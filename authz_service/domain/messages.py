@@ -24,10 +24,20 @@ def pairing_code(code: str, minutes: int, channel_id: str, owner_notified: bool)
 
 
 def owner_notification(
-    channel_id: str, user_id: str, display_name: str, first_message: str, code: str, minutes: int
+    channel_id: str,
+    user_id: str,
+    display_name: str,
+    first_message: str,
+    code: str,
+    minutes: int,
+    *,
+    renewal: bool = False,
 ) -> str:
     who = f"{display_name} ({user_id})" if display_name else user_id
-    lines = [f"🔔 Pairing request on {channel_id}", f"From: {who}"]
+    if renewal:
+        lines = [f"🔁 Pairing renewal on {channel_id}", f"From: {who}", "Their previous pairing expired."]
+    else:
+        lines = [f"🔔 Pairing request on {channel_id}", f"From: {who}"]
     if first_message:
         snippet = first_message if len(first_message) <= 200 else first_message[:199] + "…"
         lines.append(f"First message: {snippet!r}")
@@ -72,3 +82,19 @@ def owner_outcome(action: ApprovalAction, actor: str) -> str:
         ApprovalAction.ALWAYS_ALLOW: "♾️ Always allowed",
     }
     return f"{verb[action]} by {actor}"
+
+
+# --- pairing lifecycle: quorum, auto-approve, invites ---------------------------
+
+AUTO_APPROVED = "✅ You're approved. You can chat now."
+INVITE_ACCEPTED = "✅ Invite accepted. You can chat now."
+INVITE_INVALID = "❌ This invite code is not valid."
+
+
+def quorum_progress(votes: int, required: int, actor: str) -> str:
+    return f"👍 {votes} of {required} approvals (by {actor})"
+
+
+def invite_attempts_exceeded(seconds: int) -> str:
+    minutes = max(1, -(-seconds // 60))
+    return f"⏳ Too many invalid invite codes. Please try again in {minutes} min."

@@ -203,6 +203,9 @@ class Channel:
     channel_id: str
     platform: Platform
     policy: ChannelPolicy
+    # The tenant's IANA time zone (TenantSettings.timezone), loaded with the
+    # channel so cached send decisions judge time windows without a lookup.
+    timezone: str = "UTC"
 
 
 @dataclass(frozen=True, slots=True)

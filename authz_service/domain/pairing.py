@@ -15,6 +15,7 @@ Button payloads are ``az1`` + action + approval token + a 128-bit MAC over
 from __future__ import annotations
 
 import base64
+import enum
 import hashlib
 import hmac
 import secrets
@@ -88,6 +89,12 @@ class Keyring:
         msg = f"{tenant_id}\x00{channel_id}\x00{code}".encode()
         return hmac.new(self._sub("pairing-code-lookup"), msg, hashlib.sha256).digest()
 
+    def invite_hash(self, tenant_id: str, channel_id: str, code: str) -> bytes:
+        """The stored, searchable form of an invite code (canonical form, see
+        domain.invites), bound to its tenant and channel."""
+        msg = f"{tenant_id}\x00{channel_id}\x00{code}".encode()
+        return hmac.new(self._sub("invite-code-lookup"), msg, hashlib.sha256).digest()
+
     def pseudonym(self, tenant_id: str, platform: str, user_id: str) -> str:
         """A purged user's stand-in in the audit trail: ``anon:<16 hex>``.
 
@@ -152,3 +159,19 @@ def may_resolve(channel: Channel, tenant_approvers: tuple[str, ...], actor_id: s
         or actor_id in policy.approvers
         or f"{channel.platform.value}:{actor_id}" in tenant_approvers
     )
+
+
+class Vote(enum.StrEnum):
+    """What one approver's APPROVE does to a pairing request under quorum."""
+
+    REPEAT = "repeat"  # this approver already voted: nothing changes
+    RECORDED = "recorded"  # counted; more distinct approvers are needed
+    FINAL = "final"  # the last vote needed: the request is approved
+
+
+def approve_vote(required: int, approved_by: tuple[str, ...], actor: str) -> Vote:
+    """Quorum: ``required`` distinct approvers (actors as the service names
+    them, e.g. ``telegram:42`` or ``key:abc``). One approver counts once."""
+    if actor in approved_by:
+        return Vote.REPEAT
+    return Vote.FINAL if len(approved_by) + 1 >= required else Vote.RECORDED

@@ -11,7 +11,7 @@ import re
 from dataclasses import replace
 from typing import Any
 
-from . import ids, mention
+from . import ids, mention, targets
 from .errors import InvalidArgument
 from .model import (
     WEEKDAYS,
@@ -201,8 +201,20 @@ def validate(platform: Platform, policy: ChannelPolicy) -> ChannelPolicy:
     for alias, target in policy.aliases.items():
         _target(alias, "policy.aliases")
         _target(target, "policy.aliases")
-        if alias == "origin":
+        if targets.normalise(alias) == targets.ORIGIN:
             raise InvalidArgument("policy.aliases", "'origin' is reserved")
+    try:  # names are compared normalised (domain.targets): two spellings are one alias
+        normalised = targets.normalise_aliases(policy.aliases)
+        for alias in normalised:
+            targets.resolve(alias, normalised)
+    except targets.DuplicateAlias as exc:
+        raise InvalidArgument(
+            "policy.aliases", f"{exc.first[:80]!r} and {exc.second[:80]!r} are the same alias once normalised"
+        ) from None
+    except targets.AliasLoop:
+        raise InvalidArgument(
+            "policy.aliases", f"aliases must not loop or chain more than {targets.MAX_ALIAS_HOPS} deep"
+        ) from None
     if len(policy.agent_send_policies) > MAX_LIST:
         raise InvalidArgument("policy.agent_send_policies", f"at most {MAX_LIST} entries")
     per_agent = {

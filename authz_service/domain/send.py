@@ -3,29 +3,42 @@
 Precedence, first match wins:
 
 1. ``list`` actions are never gated.
-2. Aliases resolve to a canonical target, for the request and every policy
-   entry alike, so an alias can't bypass a deny.
-3. The policy is the agent's own on the channel, else the channel's.
-   With no policy at all, only the origin conversation is allowed (the seed
-   allows everything; we fail closed: a prompt-injected agent on a channel
-   nobody configured can still answer, but not exfiltrate).
+2. The requested target, the origin, every policy entry and both sides of
+   every alias are normalised (``domain.targets``), then aliases resolve to a
+   canonical target, for the request and every policy entry alike, so neither
+   another spelling nor an alias can bypass a deny.
+3. The policy is the agent's own on the channel (``agent_send_policies``),
+   else the channel's (``send_policy``). With no policy at all, only the origin
+   conversation is allowed (the seed allows everything; we fail closed: a
+   prompt-injected agent on a channel nobody configured can still answer, but
+   not exfiltrate).
 4. A deny entry matching the target denies.
-5. An allow entry matching the target allows.
-6. ``default``.
+5. A time restriction covering the target denies while the tenant's local time
+   is outside every one of its windows (each covering restriction must be
+   satisfied). A window never allows by itself.
+6. An allow entry matching the target allows.
+7. ``default``.
 
-Any evaluation error denies with "send_policy evaluation error".
+Any evaluation error (an alias loop, two aliases that collapse into one name,
+an unknown time zone, no clock) denies with "send_policy evaluation error".
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, tzinfo
+from zoneinfo import ZoneInfo
 
-from .model import ChannelPolicy, SendDefault, SendPolicy
+from . import targets
+from .errors import InvalidArgument
+from .model import WEEKDAYS, ChannelPolicy, SendDefault, SendPolicy, TimeWindow
+from .targets import ORIGIN
 
-ORIGIN = "origin"
 EVALUATION_ERROR = "send_policy evaluation error"
-_MAX_ALIAS_HOPS = 8
+DEFAULT_TIMEZONE = "UTC"
+_ZONE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_+/-]{0,63}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,59 +53,117 @@ def denial(target: str) -> str:
     return f"Failed to send to {target}: target '{target}' is not permitted by send_policy"
 
 
-class AliasLoop(ValueError):
-    pass
+def load_zone(name: str) -> ZoneInfo:
+    """An IANA zone by name; raises ValueError for anything else. ``zoneinfo``
+    caches instances, so this is cheap after the first call per name."""
+    if not _ZONE_NAME.fullmatch(name):
+        raise ValueError(f"{name!r} is not a time zone name")
+    try:
+        return ZoneInfo(name)
+    except Exception as exc:  # ZoneInfoNotFoundError, ValueError, OSError...
+        raise ValueError(f"unknown time zone {name!r}") from exc
 
 
-def resolve(target: str, aliases: Mapping[str, str]) -> str:
-    seen = {target}
-    for _ in range(_MAX_ALIAS_HOPS):
-        nxt = aliases.get(target)
-        if nxt is None:
-            return target
-        if nxt in seen:
-            raise AliasLoop(target)
-        seen.add(nxt)
-        target = nxt
-    raise AliasLoop(target)
+def validate_timezone(name: str, field: str = "timezone") -> str:
+    """A tenant's zone: empty means UTC; otherwise an IANA name zoneinfo knows."""
+    if name == "":
+        return DEFAULT_TIMEZONE
+    try:
+        return load_zone(name).key
+    except ValueError:
+        raise InvalidArgument(
+            field, f"{name[:80]!r} must be an IANA time zone such as Europe/Berlin"
+        ) from None
 
 
 def policy_for(channel: ChannelPolicy, agent_id: str) -> SendPolicy | None:
     return channel.agent_send_policies.get(agent_id, channel.send_policy)
 
 
+def in_window(w: TimeWindow, local: datetime) -> bool:
+    """``local`` is a wall-clock time in the tenant's zone. ``end`` is exclusive;
+    ``end <= start`` wraps past midnight and belongs to the day it starts on."""
+    minute = local.hour * 60 + local.minute
+    weekday = local.weekday()
+
+    def on(day: int) -> bool:
+        return not w.days or WEEKDAYS[day % 7] in w.days
+
+    if w.start_minute < w.end_minute:
+        return on(weekday) and w.start_minute <= minute < w.end_minute
+    return (on(weekday) and minute >= w.start_minute) or (on(weekday - 1) and minute < w.end_minute)
+
+
 def evaluate(
-    channel: ChannelPolicy | None, agent_id: str, target: str, origin: str, *, listing: bool
+    channel: ChannelPolicy | None,
+    agent_id: str,
+    target: str,
+    origin: str,
+    *,
+    listing: bool,
+    now: datetime | None = None,
+    zone: tzinfo | str = DEFAULT_TIMEZONE,
 ) -> SendDecision:
+    """Pure: ``now`` is the current instant (timezone-aware; the database's
+    clock), ``zone`` the tenant's time zone (a tzinfo, or an IANA name). A time
+    restriction that covers the target without a usable ``now`` is an
+    evaluation error."""
     if listing:
         return SendDecision(True, resolved_target=target)
     if channel is None:
         return SendDecision(False, denial(target), target)
     try:
-        return _evaluate(channel, agent_id, target, origin)
+        return _evaluate(channel, agent_id, target, origin, now, zone)
     except Exception:  # fail closed on anything, by the seed's contract
         return SendDecision(False, EVALUATION_ERROR, "")
 
 
-def _evaluate(channel: ChannelPolicy, agent_id: str, target: str, origin: str) -> SendDecision:
-    aliases = channel.aliases
-    canonical = resolve(target, aliases)
-    origin_canonical = resolve(origin, aliases) if origin else ""
-    is_origin = target == ORIGIN or (origin_canonical != "" and canonical == origin_canonical)
-    resolved = origin_canonical if target == ORIGIN else canonical
+def _evaluate(
+    channel: ChannelPolicy, agent_id: str, target: str, origin: str, now: datetime | None, zone: tzinfo | str
+) -> SendDecision:
+    tz = load_zone(zone) if isinstance(zone, str) else zone
+    aliases = targets.normalise_aliases(channel.aliases)
 
-    def matches(entry: str) -> bool:
-        if entry == ORIGIN:
-            return is_origin
-        return resolve(entry, aliases) == canonical
+    def key(t: str) -> str:  # compared: the normalised end of the alias chain
+        return targets.normalise(targets.resolve(t, aliases))
+
+    resolved = targets.resolve(target, aliases)  # answered: its canonical spelling
+    target_key = targets.normalise(resolved)
+    origin_spelled = targets.resolve(origin, aliases) if origin else ""
+    origin_key = targets.normalise(origin_spelled)
+    if origin_key == ORIGIN:  # an origin naming "origin" names nothing
+        origin_spelled = origin_key = ""
+    is_origin = target_key == ORIGIN or (origin_key != "" and target_key == origin_key)
+    if target_key == ORIGIN:
+        resolved = origin_spelled
+    names = {target_key, ORIGIN} if is_origin else {target_key}
+
+    def matches(entries: tuple[str, ...]) -> bool:
+        return any(key(e) in names for e in entries)
 
     policy = policy_for(channel, agent_id)
     if policy is None:
         allowed = is_origin
-    elif any(matches(e) for e in policy.deny):
+    elif matches(policy.deny) or _outside_windows(policy, matches, now, tz):  # deny first, then windows
         allowed = False
-    elif any(matches(e) for e in policy.allow):
+    elif matches(policy.allow):
         allowed = True
     else:
         allowed = policy.default is SendDefault.ALLOW
     return SendDecision(allowed, "" if allowed else denial(target), resolved)
+
+
+def _outside_windows(
+    policy: SendPolicy, matches: Callable[[tuple[str, ...]], bool], now: datetime | None, tz: tzinfo
+) -> bool:
+    """True when a restriction covers the target and the local time is in none
+    of its windows. The clock is read only when a restriction applies."""
+    for r in policy.time_restrictions:
+        if not matches(r.targets):
+            continue
+        if now is None or now.tzinfo is None:
+            raise ValueError("no clock to judge a time restriction by")
+        local = now.astimezone(tz)
+        if not any(in_window(w, local) for w in r.windows):
+            return True
+    return False

@@ -11,10 +11,11 @@ from ..cache import CheckState
 from ..domain import ids
 from ..domain import send as send_policy
 from ..domain.access import Inbound, Verdict, check_user
-from ..domain.model import Decision
+from ..domain.model import Channel, Decision
 from ..domain.policy import CorruptPolicy
 from ..store import queries as q
 from . import Context
+from . import rate as rate_limits
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,10 @@ async def check(ctx: Context, channel_id: str, message: Inbound, *, consistent: 
             ctx.cache.fill_check_state(generation, t, channel_id, message.user_id, message.group_id, state)
     if state.channel is not None:
         ids.user_id(state.channel.platform, message.user_id)
-    return _logged(ctx, channel_id, check_user(state.channel, state.subject, state.in_group, message, now))
+    verdict = check_user(state.channel, state.subject, state.in_group, message, now)
+    # Rate limits: an allowed message also needs a token (always PostgreSQL, never the cache).
+    verdict = await rate_limits.admit(ctx, state.channel, message, verdict)
+    return _logged(ctx, channel_id, verdict)
 
 
 def _state_from_row(tenant_id: str, channel_id: str, user_id: str, row: asyncpg.Record | None) -> CheckState:
@@ -69,17 +73,18 @@ def _logged(ctx: Context, channel_id: str, verdict: Verdict) -> Verdict:
 async def evaluate_send(
     ctx: Context, channel_id: str, agent_id: str, session_id: str, origin: str, target: str, *, listing: bool
 ) -> send_policy.SendDecision:
-    """The channel's policy comes from the cache when it holds it (the same entry
-    CheckUser uses, invalidated the same way); every denial is audited."""
+    """The channel's policy (with its tenant's time zone) comes from the cache
+    when it holds it (the same entry CheckUser uses, invalidated the same way),
+    with the cache's database clock; else from one read that also returns the
+    database's ``now()``. Every denial is audited."""
     t = ctx.tenant_id
     if listing:
         return send_policy.evaluate(None, agent_id, target, origin, listing=True)
     cache = ctx.cache
     found, channel = cache.channel(t, channel_id) if cache is not None else (False, None)
     if found:
-        decision = send_policy.evaluate(
-            None if channel is None else channel.policy, agent_id, target, origin, listing=False
-        )
+        assert cache is not None
+        decision = _send_decision(channel, agent_id, target, origin, cache.db_now())
         if decision.allow:
             return decision
         async with ctx.db.tenant(t) as conn:
@@ -87,19 +92,31 @@ async def evaluate_send(
         return decision
     generation = cache.generation if cache is not None else 0
     async with ctx.db.tenant(t) as conn:
+        row = await q.send_channel(conn, t, channel_id)
         try:
-            channel = await q.get_channel(conn, t, channel_id)
+            channel = None if row is None else q.channel_from_row(t, row)
         except CorruptPolicy:
             decision = send_policy.SendDecision(False, send_policy.EVALUATION_ERROR)
         else:
+            now = row["now"] if row is not None else None
             if cache is not None:
+                if now is not None:
+                    cache.observe_db_clock(now)
                 cache.fill_channel(generation, t, channel_id, channel)
-            decision = send_policy.evaluate(
-                None if channel is None else channel.policy, agent_id, target, origin, listing=False
-            )
+            decision = _send_decision(channel, agent_id, target, origin, now)
         if not decision.allow:
             await _audit_denied_send(ctx, conn, channel_id, agent_id, session_id, origin, target, decision)
     return decision
+
+
+def _send_decision(
+    channel: Channel | None, agent_id: str, target: str, origin: str, now: datetime | None
+) -> send_policy.SendDecision:
+    if channel is None:
+        return send_policy.evaluate(None, agent_id, target, origin, listing=False)
+    return send_policy.evaluate(
+        channel.policy, agent_id, target, origin, listing=False, now=now, zone=channel.timezone
+    )
 
 
 async def _audit_denied_send(

@@ -11,6 +11,7 @@ import asyncpg
 
 from ..domain import ids
 from ..domain import policy as policy_codec
+from ..domain import send as send_policy
 from ..domain.errors import FailedPrecondition, InvalidArgument, NotFound
 from ..domain.model import (
     Approval,
@@ -74,19 +75,23 @@ async def list_tenants(ctx: Context) -> list[asyncpg.Record]:
 class TenantSettings:
     approvers: tuple[str, ...]
     agent_approvers: dict[str, tuple[str, ...]]
+    timezone: str = "UTC"
 
 
 async def get_settings(ctx: Context) -> TenantSettings:
     async with ctx.db.tenant(ctx.tenant_id) as conn:
         return TenantSettings(
-            await q.tenant_approvers(conn, ctx.tenant_id), await q.agent_approvers(conn, ctx.tenant_id)
+            await q.tenant_approvers(conn, ctx.tenant_id),
+            await q.agent_approvers(conn, ctx.tenant_id),
+            await q.tenant_timezone(conn, ctx.tenant_id),
         )
 
 
 async def set_settings(
-    ctx: Context, approvers: list[str], agent_approvers: dict[str, list[str]]
+    ctx: Context, approvers: list[str], agent_approvers: dict[str, list[str]], timezone: str = ""
 ) -> TenantSettings:
-    """Replace the tenant's settings, all of them."""
+    """Replace the tenant's settings, all of them (an empty ``timezone`` is UTC)."""
+    timezone = send_policy.validate_timezone(timezone)
     for a in approvers:
         ids.qualified_actor(a)
     for agent, actors in agent_approvers.items():
@@ -98,12 +103,16 @@ async def set_settings(
     async with ctx.db.tenant(ctx.tenant_id) as conn:
         await q.set_tenant_approvers(conn, ctx.tenant_id, approvers)
         await q.set_agent_approvers(conn, ctx.tenant_id, per_agent)
+        # A changed zone is announced to every replica's cache (migration 0008).
+        old_timezone = await q.set_tenant_timezone(conn, ctx.tenant_id, timezone)
         await _audit(
             ctx,
             conn,
             "tenant.approvers_updated",
-            details={"approvers": approvers, "agent_approvers": per_agent},
+            details={"approvers": approvers, "agent_approvers": per_agent, "timezone": timezone},
         )
+        if old_timezone != timezone:
+            await _audit(ctx, conn, "tenant.timezone_updated", details={"from": old_timezone, "to": timezone})
     return await get_settings(ctx)
 
 

@@ -5,6 +5,20 @@ the one-live-request-per-user rule hold under concurrent calls (backed by a
 partial unique index). ResolveApproval locks the approval row and then moves it
 out of ``pending`` with a compare-and-set, so two racing resolves produce one
 winner. Expiry is always judged by the database clock.
+
+Lifecycle (#5):
+
+* Renewal: a user whose time-limited pairing expired may ask again; the new
+  request is an ordinary one (the owner is told it is a renewal) and approving
+  it sets a new expiry.
+* Quorum: a request captures the channel's ``required_approvals`` when it is
+  created. Each APPROVE from a distinct approver is a vote stored on the row
+  (``approved_by``, changed under the row lock with a compare-and-set), so
+  votes survive restarts and add up across processes; the vote that reaches
+  the quorum approves. A repeat vote changes nothing. One DENY or BLOCK ends
+  the request at once.
+* Auto-approve: a matching rule (domain.autoapprove) approves at once, as
+  ``auto:<rule>``, audited as ``pairing.auto_approved`` with the rule only.
 """
 
 from __future__ import annotations
@@ -17,6 +31,7 @@ from datetime import datetime
 import asyncpg
 
 from ..domain import ids, messages
+from ..domain.autoapprove import Requester, matching_rule
 from ..domain.errors import (
     AuthzError,
     FailedPrecondition,
@@ -35,7 +50,7 @@ from ..domain.model import (
     SubjectSource,
     SubjectStatus,
 )
-from ..domain.pairing import may_resolve, new_approval_id, new_code_seed, normalize_code
+from ..domain.pairing import Vote, approve_vote, may_resolve, new_approval_id, new_code_seed, normalize_code
 from ..domain.policy import CorruptPolicy
 from ..domain.tools import check_action
 from ..store import queries as q
@@ -51,6 +66,7 @@ class PairingOutcome:
     BLOCKED = "blocked"
     CAPACITY = "capacity"
     NOT_ACCEPTED = "not_accepted"
+    AUTO_APPROVED = "auto_approved"
 
 
 @dataclass(frozen=True)
@@ -98,8 +114,17 @@ def _minutes(expires_at: datetime, now: datetime) -> int:
 
 
 async def request_pairing(
-    ctx: Context, channel_id: str, user_id: str, display_name: str, first_message: str
+    ctx: Context,
+    channel_id: str,
+    user_id: str,
+    display_name: str,
+    first_message: str,
+    *,
+    email: str = "",
+    phone_number: str = "",
 ) -> PairingResult:
+    """``email`` and ``phone_number``: as the connector reports them, only for
+    auto-approve rules; never stored, logged or audited."""
     t = ctx.tenant_id
     async with ctx.db.tenant(t) as conn:
         channel = await load_channel(conn, t, channel_id, for_update=True)
@@ -114,45 +139,64 @@ async def request_pairing(
         subject = await q.get_subject(conn, t, channel_id, user_id)
         if subject is not None and subject.status is SubjectStatus.BLOCKED:
             return PairingResult(PairingOutcome.BLOCKED)
-        if (
-            subject is not None
-            and subject.status is SubjectStatus.ALLOWED
-            and (subject.expires_at is None or subject.expires_at > now)
-        ):
-            return PairingResult(PairingOutcome.ALREADY_ALLOWED, text=messages.ALREADY_ALLOWED)
+        renewal = False
+        if subject is not None and subject.status is SubjectStatus.ALLOWED:
+            if subject.expires_at is not None and subject.expires_at <= now:
+                renewal = True  # allowed but past its expiry: this request renews the pairing
+            else:
+                return PairingResult(PairingOutcome.ALREADY_ALLOWED, text=messages.ALREADY_ALLOWED)
 
-        if existing is not None:
-            if existing["expires_at"] > now:
-                # Same code again, and no second owner notification.
-                return PairingResult(
-                    PairingOutcome.EXISTING,
-                    code=ctx.keyring.code_from_seed(bytes(existing["code_seed"])),
-                    approval_id=existing["approval_id"],
-                    expires_at=existing["expires_at"],
-                )
-            await expire(ctx, conn, q.approval_from_row(existing))
+        rule = matching_rule(policy.auto_approve, Requester(channel.platform, user_id, email, phone_number))
+        if rule is not None:
+            auto = await _auto_approve(ctx, conn, channel, existing, user_id, display_name, rule)
+        else:
+            auto = None
+            if existing is not None:
+                if existing["expires_at"] > now:
+                    # Same code again, and no second owner notification.
+                    return PairingResult(
+                        PairingOutcome.EXISTING,
+                        code=ctx.keyring.code_from_seed(bytes(existing["code_seed"])),
+                        approval_id=existing["approval_id"],
+                        expires_at=existing["expires_at"],
+                    )
+                await expire(ctx, conn, q.approval_from_row(existing))
 
-        if await q.count_live_pending(conn, t, channel_id) >= policy.max_pending:
-            return PairingResult(PairingOutcome.CAPACITY, text=messages.CAPACITY)
+            if await q.count_live_pending(conn, t, channel_id) >= policy.max_pending:
+                return PairingResult(PairingOutcome.CAPACITY, text=messages.CAPACITY)
 
-        seed = new_code_seed()
-        code = ctx.keyring.code_from_seed(seed)
-        approval = await q.insert_pairing(
-            conn, t, new_approval_id(), channel_id, user_id, display_name,
-            seed, ctx.keyring.code_hash(t, channel_id, code), policy.pairing_code_ttl_seconds,
-        )  # fmt: skip
-        await q.audit(
-            conn, t, "pairing.requested", actor=f"{channel.platform.value}:{user_id}", channel_id=channel_id,
-            subject=user_id, approval_id=approval.approval_id, trace_id=ctx.trace_id,
-            details={"display_name": display_name, "expires_at": approval.expires_at.isoformat()},
-        )  # fmt: skip
+            seed = new_code_seed()
+            code = ctx.keyring.code_from_seed(seed)
+            approval = await q.insert_pairing(
+                conn, t, new_approval_id(), channel_id, user_id, display_name,
+                seed, ctx.keyring.code_hash(t, channel_id, code), policy.pairing_code_ttl_seconds,
+                required_approvals=policy.required_approvals,
+            )  # fmt: skip
+            details: dict[str, object] = {
+                "display_name": display_name, "expires_at": approval.expires_at.isoformat(),
+            }  # fmt: skip
+            if renewal:
+                details["renewal"] = True
+            if approval.required_approvals > 1:
+                details["required_approvals"] = approval.required_approvals
+            await q.audit(
+                conn, t, "pairing.requested", actor=f"{channel.platform.value}:{user_id}", channel_id=channel_id,
+                subject=user_id, approval_id=approval.approval_id, trace_id=ctx.trace_id, details=details,
+            )  # fmt: skip
+
+    if auto is not None:
+        if ctx.cache is not None:  # read our own write: the next CheckUser here sees the subject
+            ctx.cache.forget_tenant(t)
+        return auto
 
     minutes = _minutes(approval.expires_at, now)
     notification = None
     if policy.owner_id:
         notification = OwnerNotification(
             owner_id=policy.owner_id,
-            text=messages.owner_notification(channel_id, user_id, display_name, first_message, code, minutes),
+            text=messages.owner_notification(
+                channel_id, user_id, display_name, first_message, code, minutes, renewal=renewal
+            ),
             buttons=tuple(
                 Button(a, messages.BUTTON_LABELS[a], ctx.keyring.callback_payload(t, approval.approval_id, a))
                 for a in (ApprovalAction.APPROVE, ApprovalAction.DENY, ApprovalAction.BLOCK)
@@ -165,6 +209,45 @@ async def request_pairing(
         approval_id=approval.approval_id,
         expires_at=approval.expires_at,
         notification=notification,
+    )
+
+
+async def _auto_approve(
+    ctx: Context,
+    conn: asyncpg.Connection,
+    channel: Channel,
+    existing: asyncpg.Record | None,
+    user_id: str,
+    display_name: str,
+    rule: str,
+) -> PairingResult:
+    """Approve at once by ``rule`` (a live request of the user's is approved
+    rather than left pending). No code, no owner notification."""
+    t, actor = ctx.tenant_id, f"auto:{rule}"
+    approval = None
+    if existing is not None:
+        approval = await q.auto_approve_pending(conn, t, existing["approval_id"], actor)
+        if approval is None:
+            await expire(ctx, conn, q.approval_from_row(existing))
+    if approval is None:
+        approval = await q.insert_auto_approved_pairing(
+            conn, t, new_approval_id(), channel.channel_id, user_id, display_name, actor
+        )
+    await q.put_subject(
+        conn, t, channel.channel_id, user_id, status=SubjectStatus.ALLOWED, source=SubjectSource.PAIRING,
+        display_name=display_name, permissions=[], ttl_seconds=channel.policy.pairing_ttl_seconds,
+    )  # fmt: skip
+    # The rule only: never the reported email or phone number.
+    await q.audit(
+        conn, t, "pairing.auto_approved", actor=actor, channel_id=channel.channel_id, subject=user_id,
+        approval_id=approval.approval_id, trace_id=ctx.trace_id, details={"rule": rule},
+    )  # fmt: skip
+    log.info(
+        "pairing auto-approved",
+        extra={"trace_id": ctx.trace_id, "tenant": t, "channel": channel.channel_id, "rule": rule},
+    )
+    return PairingResult(
+        PairingOutcome.AUTO_APPROVED, text=messages.AUTO_APPROVED, approval_id=approval.approval_id
     )
 
 
@@ -345,6 +428,24 @@ async def _decide(
     if action is ApprovalAction.APPROVE and subject is not None and subject.status is SubjectStatus.BLOCKED:
         return FailedPrecondition("the user is blocked; unblock them first"), None
 
+    required = approval.required_approvals
+    if action is ApprovalAction.APPROVE:
+        vote = approve_vote(required, approval.approved_by, actor)
+        if vote is Vote.REPEAT:  # idempotent: the same answer, nothing written
+            text = messages.quorum_progress(len(approval.approved_by), required, actor)
+            return None, ResolveResult(approval, "", text)
+        if vote is Vote.RECORDED:
+            voted = await q.add_approval_vote(conn, t, approval.approval_id, actor)
+            if voted is None:
+                return FailedPrecondition("approval was resolved concurrently"), None
+            votes = len(voted.approved_by)
+            await q.audit(
+                conn, t, "pairing.vote", actor=actor, channel_id=approval.channel_id, subject=approval.user_id,
+                approval_id=approval.approval_id, trace_id=ctx.trace_id,
+                details={"votes": votes, "required_approvals": required, **({"reason": reason} if reason else {})},
+            )  # fmt: skip
+            return None, ResolveResult(voted, "", messages.quorum_progress(votes, required, actor))
+
     done = await q.finish_approval(
         conn, t, approval.approval_id, action.resulting_status, actor, reason, live=True
     )
@@ -362,11 +463,14 @@ async def _decide(
             source=SubjectSource.ADMIN, display_name=approval.display_name, permissions=[],
         )  # fmt: skip
     # DENY writes nothing else: the code is consumed and no record is invented.
+    details: dict[str, object] = {"reason": reason} if reason else {}
+    if required > 1:
+        details.update(required_approvals=required, approved_by=list(done.approved_by))
     await q.audit(
         conn, t, f"pairing.{done.status.value}", actor=actor, channel_id=approval.channel_id,
-        subject=approval.user_id, approval_id=approval.approval_id, trace_id=ctx.trace_id,
-        details={"reason": reason} if reason else {},
+        subject=approval.user_id, approval_id=approval.approval_id, trace_id=ctx.trace_id, details=details,
     )  # fmt: skip
-    return None, ResolveResult(
-        done, messages.requester_outcome(action), messages.owner_outcome(action, actor)
-    )
+    owner_text = messages.owner_outcome(action, actor)
+    if action is ApprovalAction.APPROVE and required > 1:
+        owner_text += f" ({len(done.approved_by)} of {required} approvals)"
+    return None, ResolveResult(done, messages.requester_outcome(action), owner_text)

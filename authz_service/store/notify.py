@@ -5,8 +5,9 @@ Triggers announce committed changes:
 * ``authz_approvals``: ``"<tenant> <approval id>"`` for every approval change;
   watchers re-read the row under their tenant.
 * ``authz_changes``: ``"<table> <tenant> <key...>"`` for channels, subjects,
-  group senders and API keys; the in-process cache (``authz_service.cache``)
-  drops what changed.
+  group senders and API keys, and ``"tenants <tenant>"`` when a tenant's time
+  zone changes; the in-process cache (``authz_service.cache``) drops what
+  changed (for ``tenants``: every entry of that tenant).
 
 Each process holds one dedicated listening connection (``Listener``). A
 notification only says "look again". If the connection drops, or stops

@@ -12,6 +12,7 @@ import asyncpg
 
 from ..domain import policy as policy_codec
 from ..domain.errors import AlreadyExists
+from ..domain.invites import Invite
 from ..domain.model import (
     Approval,
     ApprovalStatus,
@@ -114,6 +115,21 @@ async def set_tenant_approvers(conn: Conn, tenant_id: str, approvers: list[str])
     await conn.execute("UPDATE tenants SET approvers = $2 WHERE tenant_id = $1", tenant_id, approvers)
 
 
+async def tenant_timezone(conn: Conn, tenant_id: str) -> str:
+    value = await conn.fetchval("SELECT timezone FROM tenants WHERE tenant_id = $1", tenant_id)
+    return str(value or "UTC")
+
+
+async def set_tenant_timezone(conn: Conn, tenant_id: str, timezone: str) -> str:
+    """Returns the zone it replaced."""
+    old = await conn.fetchval(
+        """UPDATE tenants t SET timezone = $2 FROM tenants o
+           WHERE t.tenant_id = $1 AND o.tenant_id = t.tenant_id RETURNING o.timezone""",
+        tenant_id, timezone,
+    )  # fmt: skip
+    return str(old or "UTC")
+
+
 async def agent_approvers(conn: Conn, tenant_id: str) -> dict[str, tuple[str, ...]]:
     value = await conn.fetchval("SELECT agent_approvers FROM tenants WHERE tenant_id = $1", tenant_id)
     data = json.loads(value) if value else {}
@@ -163,20 +179,28 @@ async def revoke_key(conn: Conn, tenant_id: str, key_id: str) -> asyncpg.Record 
 # --- channels ------------------------------------------------------------------
 
 
+# The tenant's time zone travels with every channel that can reach the cache
+# (get_channel, check_state, send_channel): send time windows are judged in it.
+_TIMEZONE = "(SELECT tz.timezone FROM tenants tz WHERE tz.tenant_id = c.tenant_id) AS timezone"
+
+
 def channel_from_row(tenant_id: str, row: asyncpg.Record) -> Channel:
-    """Raises CorruptPolicy for a policy that does not parse: callers deny."""
+    """Raises CorruptPolicy for a policy that does not parse: callers deny.
+    Rows without a ``timezone`` column (admin listings) carry UTC."""
     return Channel(
         tenant_id,
         row["channel_id"],
         Platform(row["platform"]),
         policy_codec.from_json(json.loads(row["policy"])),
+        row.get("timezone") or "UTC",
     )
 
 
 async def get_channel(
     conn: Conn, tenant_id: str, channel_id: str, *, for_update: bool = False
 ) -> Channel | None:
-    sql = "SELECT channel_id, platform, policy, updated_at FROM channels WHERE tenant_id = $1 AND channel_id = $2"
+    sql = f"""SELECT c.channel_id, c.platform, c.policy, c.updated_at, {_TIMEZONE}
+               FROM channels c WHERE c.tenant_id = $1 AND c.channel_id = $2"""
     # NO KEY UPDATE: serializes writers of the channel (RequestPairing's cap) without
     # blocking the foreign-key KEY SHARE lock an approve takes to insert a subject,
     # which would deadlock with a RequestPairing waiting for that approve's request row.
@@ -225,7 +249,7 @@ async def check_state(
 ) -> asyncpg.Record | None:
     """Everything CheckUser needs, in one round trip."""
     return await conn.fetchrow(
-        """SELECT c.channel_id, c.platform, c.policy, now() AS now,
+        f"""SELECT c.channel_id, c.platform, c.policy, now() AS now, {_TIMEZONE},
                   s.status, s.source, s.display_name, s.permissions, s.expires_at, s.updated_at,
                   ($4 <> '' AND EXISTS (
                       SELECT 1 FROM group_senders g
@@ -236,6 +260,15 @@ async def check_state(
              ON s.tenant_id = c.tenant_id AND s.channel_id = c.channel_id AND s.user_id = $3
            WHERE c.tenant_id = $1 AND c.channel_id = $2""",
         tenant_id, channel_id, user_id, group_id,
+    )  # fmt: skip
+
+
+async def send_channel(conn: Conn, tenant_id: str, channel_id: str) -> asyncpg.Record | None:
+    """EvaluateSend's read: the channel, its tenant's zone and the database clock."""
+    return await conn.fetchrow(
+        f"""SELECT c.channel_id, c.platform, c.policy, now() AS now, {_TIMEZONE}
+            FROM channels c WHERE c.tenant_id = $1 AND c.channel_id = $2""",
+        tenant_id, channel_id,
     )  # fmt: skip
 
 
@@ -384,7 +417,18 @@ def approval_from_row(row: asyncpg.Record) -> Approval:
         tool=_tool_from_row(row) if row["kind"] == "tool" else None,
         redeemed_at=row["redeemed_at"],
         grant_id=row["grant_id"],
+        required_approvals=row.get("required_approvals") or 1,
+        approved_by=_approved_by(row),
     )
+
+
+def _approved_by(row: asyncpg.Record) -> tuple[str, ...]:
+    """The votes; for an approval decided before votes were recorded (or by a
+    standing grant), its resolver."""
+    votes = tuple(row.get("approved_by") or ())
+    if not votes and row["status"] == ApprovalStatus.APPROVED.value and row["resolved_by"]:
+        return (row["resolved_by"],)
+    return votes
 
 
 async def pending_pairing_for_user(
@@ -418,16 +462,61 @@ async def insert_pairing(
     code_seed: bytes,
     code_hash: bytes,
     ttl_seconds: int,
+    required_approvals: int = 1,
 ) -> Approval:
     row = await conn.fetchrow(
         """INSERT INTO approvals (tenant_id, approval_id, kind, channel_id, user_id, display_name,
-                                  code_seed, code_hash, expires_at)
-           VALUES ($1, $2, 'pairing', $3, $4, $5, $6, $7, now() + make_interval(secs => $8))
+                                  code_seed, code_hash, expires_at, required_approvals)
+           VALUES ($1, $2, 'pairing', $3, $4, $5, $6, $7, now() + make_interval(secs => $8), $9)
            RETURNING *""",
         tenant_id, approval_id, channel_id, user_id, display_name, code_seed, code_hash, ttl_seconds,
+        required_approvals,
     )  # fmt: skip
     assert row is not None
     return approval_from_row(row)
+
+
+async def insert_auto_approved_pairing(
+    conn: Conn, tenant_id: str, approval_id: str, channel_id: str, user_id: str, display_name: str, actor: str
+) -> Approval:
+    """A pairing request approved by an auto-approve rule at once: no code, one vote."""
+    row = await conn.fetchrow(
+        """INSERT INTO approvals (tenant_id, approval_id, kind, channel_id, user_id, display_name, expires_at,
+                                  status, resolved_at, resolved_by, approved_by)
+           VALUES ($1, $2, 'pairing', $3, $4, $5, now(), 'approved', now(), $6, ARRAY[$6])
+           RETURNING *""",
+        tenant_id, approval_id, channel_id, user_id, display_name, actor,
+    )  # fmt: skip
+    assert row is not None
+    return approval_from_row(row)
+
+
+async def auto_approve_pending(conn: Conn, tenant_id: str, approval_id: str, actor: str) -> Approval | None:
+    """Approve a live pairing request by an auto-approve rule. The rule decides
+    alone (one vote of one required); earlier human votes stay in the audit
+    trail. None: it was no longer pending and live."""
+    row = await conn.fetchrow(
+        """UPDATE approvals SET status = 'approved', resolved_at = now(), resolved_by = $3,
+                  approved_by = ARRAY[$3::text], required_approvals = 1
+           WHERE tenant_id = $1 AND approval_id = $2 AND status = 'pending' AND expires_at > now()
+           RETURNING *""",
+        tenant_id, approval_id, actor,
+    )  # fmt: skip
+    return None if row is None else approval_from_row(row)
+
+
+async def add_approval_vote(conn: Conn, tenant_id: str, approval_id: str, actor: str) -> Approval | None:
+    """Record one more distinct approver on a live request that needs more
+    (compare-and-set: pending, unexpired, not yet voted by ``actor``, short of
+    its quorum). None: the row changed under us."""
+    row = await conn.fetchrow(
+        """UPDATE approvals SET approved_by = approved_by || $3::text
+           WHERE tenant_id = $1 AND approval_id = $2 AND status = 'pending' AND expires_at > now()
+             AND NOT ($3 = ANY(approved_by)) AND cardinality(approved_by) + 1 < required_approvals
+           RETURNING *""",
+        tenant_id, approval_id, actor,
+    )  # fmt: skip
+    return None if row is None else approval_from_row(row)
 
 
 async def get_approval(
@@ -460,9 +549,13 @@ async def finish_approval(
     """Compare-and-set from pending. ``live`` requires it unexpired (a decision);
     otherwise it must have expired (the expiry transition). None: lost the race."""
     row = await conn.fetchrow(
-        """UPDATE approvals SET status = $3, resolved_at = now(), resolved_by = $4, reason = $5
+        """UPDATE approvals SET status = $3, resolved_at = now(), resolved_by = $4, reason = $5,
+                  approved_by = CASE WHEN $3 = 'approved' THEN approved_by || $4::text ELSE approved_by END
            WHERE tenant_id = $1 AND approval_id = $2 AND status = 'pending'
              AND (CASE WHEN $6 THEN expires_at > now() ELSE expires_at <= now() END)
+             -- Approved only by the last distinct vote the quorum needs.
+             AND ($3 <> 'approved'
+                  OR (cardinality(approved_by) + 1 >= required_approvals AND NOT ($4 = ANY(approved_by))))
            RETURNING *""",
         tenant_id, approval_id, status.value, actor, reason, live,
     )  # fmt: skip
@@ -605,6 +698,98 @@ async def revoke_grant(conn: Conn, tenant_id: str, grant_id: str, actor: str) ->
     return None if row is None else grant_from_row(row)
 
 
+# --- invites -------------------------------------------------------------------
+
+
+def invite_from_row(row: asyncpg.Record) -> Invite:
+    return Invite(
+        invite_id=row["invite_id"],
+        channel_id=row["channel_id"],
+        max_uses=row["max_uses"],
+        uses=row["uses"],
+        created_at=row["created_at"],
+        expires_at=row["expires_at"],
+        revoked_at=row["revoked_at"],
+        created_by=row["created_by"],
+        permissions=tuple(row["permissions"] or ()),
+        note=row["note"],
+    )
+
+
+async def insert_invite(
+    conn: Conn,
+    tenant_id: str,
+    invite_id: str,
+    channel_id: str,
+    code_hash: bytes,
+    *,
+    max_uses: int,
+    ttl_seconds: int,
+    permissions: list[str],
+    note: str,
+    created_by: str,
+) -> Invite:
+    row = await conn.fetchrow(
+        """INSERT INTO invites (tenant_id, invite_id, channel_id, code_hash, max_uses, permissions, note,
+                                created_by, expires_at)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now() + make_interval(secs => $9))
+           RETURNING *""",
+        tenant_id, invite_id, channel_id, code_hash, max_uses, permissions, note, created_by, ttl_seconds,
+    )  # fmt: skip
+    assert row is not None
+    return invite_from_row(row)
+
+
+async def invite_by_hash(conn: Conn, tenant_id: str, channel_id: str, code_hash: bytes) -> Invite | None:
+    """The invite with this code on this channel, locked (redeems queue up on it)."""
+    row = await conn.fetchrow(
+        "SELECT * FROM invites WHERE tenant_id = $1 AND channel_id = $2 AND code_hash = $3 FOR UPDATE",
+        tenant_id, channel_id, code_hash,
+    )  # fmt: skip
+    return None if row is None else invite_from_row(row)
+
+
+async def use_invite(conn: Conn, tenant_id: str, invite_id: str) -> Invite | None:
+    """One more use, only of a live invite with a use left (compare-and-set).
+    None: it was revoked, expired or used up meanwhile."""
+    row = await conn.fetchrow(
+        """UPDATE invites SET uses = uses + 1
+           WHERE tenant_id = $1 AND invite_id = $2 AND revoked_at IS NULL AND expires_at > now()
+             AND uses < max_uses
+           RETURNING *""",
+        tenant_id, invite_id,
+    )  # fmt: skip
+    return None if row is None else invite_from_row(row)
+
+
+async def list_invites(conn: Conn, tenant_id: str, channel_id: str, include_inactive: bool) -> list[Invite]:
+    """Newest first; ``channel_id`` '' means every channel."""
+    rows = await conn.fetch(
+        """SELECT * FROM invites WHERE tenant_id = $1 AND ($2 = '' OR channel_id = $2)
+             AND ($3 OR (revoked_at IS NULL AND expires_at > now() AND uses < max_uses))
+           ORDER BY created_at DESC, invite_id LIMIT 1000""",
+        tenant_id, channel_id, include_inactive,
+    )  # fmt: skip
+    return [invite_from_row(r) for r in rows]
+
+
+async def revoke_invite(conn: Conn, tenant_id: str, invite_id: str) -> tuple[Invite, bool] | None:
+    """(the invite, whether this call revoked it); None if there is no such invite."""
+    live = await conn.fetchval(
+        "SELECT revoked_at IS NULL FROM invites WHERE tenant_id = $1 AND invite_id = $2 FOR UPDATE",
+        tenant_id, invite_id,
+    )  # fmt: skip
+    if live is None:
+        return None
+    row = await conn.fetchrow(
+        """UPDATE invites SET revoked_at = coalesce(revoked_at, now())
+           WHERE tenant_id = $1 AND invite_id = $2 RETURNING *""",
+        tenant_id, invite_id,
+    )  # fmt: skip
+    assert row is not None
+    return invite_from_row(row), bool(live)
+
+
 # --- attempt limits (pairing code guessing) ------------------------------------
 #
 # One counter row per (tenant, scope), migration 0005. A window starts at the
@@ -683,7 +868,7 @@ _USER_EVENTS = """tenant_id = $1 AND (
 # hash) and the agent's idempotency key.
 _APPROVAL_EXPORT_COLUMNS = """approval_id, kind, channel_id, user_id, display_name, status, created_at,
     expires_at, resolved_at, resolved_by, reason, tool_name, arguments, arguments_digest, agent_id, session_id,
-    risk, summary, redeemed_at, grant_id"""
+    risk, summary, redeemed_at, grant_id, required_approvals, approved_by"""
 
 
 async def user_subject_row(

@@ -336,6 +336,24 @@ async def test_reply_denied_by_send_policy_is_not_delivered(
     assert any("refused by send policy" in r.getMessage() for r in caplog.records)
 
 
+async def test_rate_limited_messages_are_dropped_silently(
+    tenant: Tenant, connector_config: ConfigFactory
+) -> None:
+    await tenant.channel(
+        "tg",
+        cm.PLATFORM_TELEGRAM,
+        dm_policy=cm.DM_POLICY_OPEN,
+        send_policy=SEND_POLICY,
+        rate_limit=cm.RateLimit(max_messages_per_hour=1, burst=1),
+    )
+    transport, agent = RecordingTransport(), RecordingAgent()
+    connector = Connector(connector_config("telegram", "tg"), transport, tenant.connector, agent)
+    for text in ("one", "two", "three"):
+        await connector.handle_message(dm(text))
+    assert [t.text for t in agent.turns] == ["one"]  # the agent never sees the rest
+    assert [chat for chat, _ in transport.texts] == [ALICE]  # the one reply; nothing about the limit
+
+
 async def test_pairing_texts_come_from_the_service(tenant: Tenant, connector_config: ConfigFactory) -> None:
     await tenant.channel("tg", cm.PLATFORM_TELEGRAM, owner_id="1001", max_pending=1)
     transport, agent = RecordingTransport(), RecordingAgent()

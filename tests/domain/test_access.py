@@ -84,7 +84,7 @@ def test_disabled_dms_deny_even_allowlisted_users() -> None:
 def test_expired_pairing_requires_pairing_again() -> None:
     old = subject(source=SubjectSource.PAIRING, expires_at=NOW - timedelta(seconds=1))
     v = check_user(channel(), old, False, DM, NOW)
-    assert (v.decision, v.reason) == (Decision.PAIRING_REQUIRED, "pairing_expired")
+    assert (v.decision, v.reason) == (Decision.PAIRING_REQUIRED, "renewal_required")
     fresh = subject(source=SubjectSource.PAIRING, expires_at=NOW + timedelta(days=1))
     assert check_user(channel(), fresh, False, DM, NOW).decision is Decision.ALLOW
     # Without a clock an expiring pairing is treated as expired.

@@ -1,0 +1,230 @@
+"""`authz doctor`: a security audit of one tenant, as a pure function.
+
+:func:`findings` takes a :class:`Snapshot` of the tenant (settings, channels,
+their users and group senders, pending pairing requests, the clock) and
+returns what an operator should look at, most severe first. Where a check is
+also a risk that `authz apply` wants acknowledged, it comes from
+:mod:`domain.risks`, so both agree on what "open DMs with tools" means.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from . import risks
+from .model import (
+    Approval,
+    ApprovalStatus,
+    Channel,
+    DmPolicy,
+    Subject,
+    SubjectSource,
+    SubjectStatus,
+)
+
+STALE_PAIRING_AGE = timedelta(days=90)
+
+
+class Severity(enum.StrEnum):
+    CRITICAL = "critical"
+    HIGH = "high"
+    MEDIUM = "medium"
+    LOW = "low"
+    INFO = "info"
+
+    @property
+    def rank(self) -> int:
+        """Higher is worse: info 0 ... critical 4."""
+        return _RANK[self]
+
+
+_RANK = {Severity.INFO: 0, Severity.LOW: 1, Severity.MEDIUM: 2, Severity.HIGH: 3, Severity.CRITICAL: 4}
+
+# Finding codes (stable: scripts may match on them).
+OPEN_DMS = risks.OPEN_DMS
+OPEN_DMS_NO_TOOLS = "open_dms_no_tools"
+OPEN_GROUPS = risks.OPEN_GROUPS
+OPEN_GROUPS_MENTION = "open_groups_mention"
+WILDCARD_GROUP_SENDER = risks.WILDCARD_GROUP_SENDER
+SEND_DEFAULT_ALLOW = risks.SEND_DEFAULT_ALLOW
+NO_SEND_POLICY = "no_send_policy"
+PAIRING_NO_APPROVER = "pairing_no_approver"
+PAIRING_SETTINGS_UNUSED = "pairing_settings_unused"
+QUORUM_UNREACHABLE = "quorum_unreachable"
+AUTO_APPROVE = risks.AUTO_APPROVE
+NO_RATE_LIMIT = "no_rate_limit"
+STALE_PAIRINGS = "stale_pairings"
+EXPIRED_PENDING = "expired_pending"
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    severity: Severity
+    code: str
+    channel_id: str  # empty for tenant-wide findings
+    message: str
+    fix: str
+
+
+@dataclass(frozen=True, slots=True)
+class TenantView:
+    approvers: tuple[str, ...] = ()
+    agent_approvers: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    timezone: str = "UTC"
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    tenant: TenantView
+    channels: tuple[Channel, ...]
+    # Per channel id: its users (allowlisted, paired, blocked) and group senders (group_id, user_id).
+    subjects: Mapping[str, tuple[Subject, ...]]
+    group_senders: Mapping[str, tuple[tuple[str, str], ...]]
+    # Pending pairing requests of the tenant (their expiry may have passed).
+    pending: tuple[Approval, ...]
+    now: datetime
+
+
+_RISK_SEVERITY = {
+    risks.OPEN_DMS: Severity.CRITICAL,
+    risks.OPEN_GROUPS: Severity.HIGH,
+    risks.WILDCARD_GROUP_SENDER: Severity.MEDIUM,
+    risks.SEND_DEFAULT_ALLOW: Severity.HIGH,
+    risks.AUTO_APPROVE: Severity.MEDIUM,
+}
+_RISK_FIX = {
+    risks.OPEN_DMS: "set dm_policy to pairing or allowlist, or deny every tool in the catch-all binding "
+    "(user_id '*', group_id '*', tools.denied ['*'])",
+    risks.OPEN_GROUPS: "set require_mention: true for the group (or '*'), or use group_policy allowlist",
+    risks.WILDCARD_GROUP_SENDER: "allow the user in the groups they need: "
+    "`authz group remove CHANNEL '*' USER` then `authz group allow CHANNEL GROUP USER`",
+    risks.SEND_DEFAULT_ALLOW: "use default: deny with an allow list (origin and the targets agents need)",
+    risks.AUTO_APPROVE: "keep the patterns as narrow as possible; every auto-approval is audited "
+    "(`authz audit --event pairing.`)",
+}
+
+
+def _voters(channel: Channel, tenant_approvers: Iterable[str]) -> set[str]:
+    """Who may resolve a pairing request from chat (domain.pairing.may_resolve)."""
+    p = channel.policy
+    prefix = f"{channel.platform.value}:"
+    out = {f"{prefix}{a}" for a in p.approvers}
+    if p.owner_id:
+        out.add(f"{prefix}{p.owner_id}")
+    out.update(a for a in tenant_approvers if a.startswith(prefix))
+    return out
+
+
+def _channel_findings(snapshot: Snapshot, channel: Channel) -> list[Finding]:
+    cid, p = channel.channel_id, channel.policy
+    out: list[Finding] = []
+
+    def add(severity: Severity, code: str, message: str, fix: str) -> None:
+        out.append(Finding(severity, code, cid, message, fix))
+
+    for r in risks.channel_risks(p, snapshot.group_senders.get(cid, ())):
+        add(_RISK_SEVERITY[r.code], r.code, r.message, _RISK_FIX[r.code])
+
+    if p.dm_policy is DmPolicy.OPEN and not risks.tools_possible(p):
+        add(Severity.LOW, OPEN_DMS_NO_TOOLS,
+            "anyone can DM the bot; the catch-all binding denies every tool",
+            "fine for a public bot: keep a rate_limit and a narrow send policy")  # fmt: skip
+    for scope in risks.open_group_scopes(p):
+        if scope.rule.require_mention:
+            add(Severity.MEDIUM, OPEN_GROUPS_MENTION,
+                f"{scope.label}: anyone who mentions the bot reaches the agent",
+                "use group_policy allowlist with group senders if only some members should reach it")  # fmt: skip
+
+    if p.dm_policy is DmPolicy.OPEN and p.rate_limit is None:
+        add(Severity.MEDIUM, NO_RATE_LIMIT, "DMs are open but there is no per-user rate limit",
+            "set rate_limit: {max_messages_per_hour: N}")  # fmt: skip
+    for scope in risks.open_group_scopes(p):
+        if scope.rule.rate_limit is None and p.rate_limit is None:
+            add(Severity.MEDIUM, NO_RATE_LIMIT,
+                f"{scope.label} are open but have no rate limit (per group or per user)"
+                if scope.group_id == risks.OTHER_GROUPS
+                else f"{scope.label} is open but has no rate limit (per group or per user)",
+                "set rate_limit on the channel (per user) or on the group rule (per group)")  # fmt: skip
+
+    if p.send_policy is None:
+        add(Severity.INFO, NO_SEND_POLICY,
+            "no send policy: agents without their own may only reply to the conversation they were asked in",
+            "set send_policy if agents should reach other targets")  # fmt: skip
+
+    if p.dm_policy is DmPolicy.PAIRING:
+        voters = _voters(channel, snapshot.tenant.approvers)
+        if not voters:
+            add(Severity.MEDIUM, PAIRING_NO_APPROVER,
+                "pairing channel with no owner, no channel approvers and no tenant approvers for "
+                f"{channel.platform.value}: requests can only be approved with the CLI or the admin API",
+                "set owner_id (gets Approve/Deny buttons) or approvers")  # fmt: skip
+        if p.required_approvals > 1 and p.required_approvals > len(voters):
+            add(Severity.HIGH, QUORUM_UNREACHABLE,
+                f"required_approvals is {p.required_approvals} but only {len(voters)} "
+                f"{'person' if len(voters) == 1 else 'people'} can approve pairing requests from chat "
+                "(owner, channel approvers, tenant approvers): pairing cannot complete from chat",
+                "add approvers or lower required_approvals")  # fmt: skip
+    else:
+        unused = [
+            name
+            for name, on in (
+                ("auto_approve", p.auto_approve.enabled),
+                ("required_approvals", p.required_approvals > 1),
+            )
+            if on
+        ]
+        if unused:
+            add(Severity.INFO, PAIRING_SETTINGS_UNUSED,
+                f"{' and '.join(unused)} {'have' if len(unused) > 1 else 'has'} no effect: "
+                f"dm_policy is {p.dm_policy.value}, and they apply to pairing requests only",
+                "remove them, or set dm_policy: pairing")  # fmt: skip
+
+    if p.pairing_ttl_seconds == 0:
+        cutoff = snapshot.now - STALE_PAIRING_AGE
+        stale = [
+            s
+            for s in snapshot.subjects.get(cid, ())
+            if s.source is SubjectSource.PAIRING
+            and s.status is SubjectStatus.ALLOWED
+            and s.expires_at is None
+            and s.updated_at is not None
+            and s.updated_at < cutoff
+        ]
+        if stale:
+            add(Severity.LOW, STALE_PAIRINGS,
+                f"{len(stale)} paired user{'s' if len(stale) != 1 else ''} paired more than "
+                f"{STALE_PAIRING_AGE.days} days ago, and pairings on this channel never expire",
+                "set pairing_ttl_seconds, and review with `authz users list CHANNEL --paired`")  # fmt: skip
+
+    expired = [
+        a
+        for a in snapshot.pending
+        if a.channel_id == cid and a.status is ApprovalStatus.PENDING and a.expires_at <= snapshot.now
+    ]
+    if expired:
+        add(Severity.INFO, EXPIRED_PENDING,
+            f"{len(expired)} pairing request{'s' if len(expired) != 1 else ''} past expiry still pending",
+            "nothing to do: they can no longer be approved, do not count against max_pending, "
+            "and are marked expired when next touched")  # fmt: skip
+    return out
+
+
+def findings(snapshot: Snapshot) -> list[Finding]:
+    """Every finding, most severe first, then by channel and code."""
+    out = [f for ch in snapshot.channels for f in _channel_findings(snapshot, ch)]
+    return sorted(out, key=lambda f: (-f.severity.rank, f.channel_id, f.code, f.message))
+
+
+def summary(found: Iterable[Finding]) -> dict[str, int]:
+    counts = {s.value: 0 for s in Severity}
+    for f in found:
+        counts[f.severity.value] += 1
+    return counts
+
+
+def fails(found: Iterable[Finding], threshold: Severity | None) -> bool:
+    """Whether any finding is at or above ``threshold`` (None: never)."""
+    return threshold is not None and any(f.severity.rank >= threshold.rank for f in found)

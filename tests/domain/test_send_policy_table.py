@@ -1,0 +1,429 @@
+"""Send policy, table-driven: precedence, target normalisation, aliases, time
+windows in the tenant's zone (DST included) and per-agent rules. Pure."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from authz_service.domain import policy as policy_codec
+from authz_service.domain import targets
+from authz_service.domain.errors import InvalidArgument
+from authz_service.domain.model import (
+    WEEKDAYS,
+    ChannelPolicy,
+    Platform,
+    SendDefault,
+    SendPolicy,
+    TimeRestriction,
+    TimeWindow,
+)
+from authz_service.domain.send import EVALUATION_ERROR, denial, evaluate, validate_timezone
+
+BERLIN = "Europe/Berlin"
+ALLOW, DENY = SendDefault.ALLOW, SendDefault.DENY
+
+
+def local(text: str, zone: str = BERLIN, weekday: str = "") -> datetime:
+    """'2026-03-06 12:00' in ``zone``, as a UTC instant (the evaluator converts back)."""
+    t = datetime.fromisoformat(text).replace(tzinfo=ZoneInfo(zone))
+    if weekday:
+        assert WEEKDAYS[t.weekday()] == weekday, f"{text} is not a {weekday}"
+    return t.astimezone(UTC)
+
+
+def utc(text: str) -> datetime:
+    return datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
+def window(start: str, end: str, *days: str) -> TimeWindow:
+    return TimeWindow(
+        days=days,
+        start_minute=policy_codec.minute_of(start, "start"),
+        end_minute=policy_codec.minute_of(end, "end"),
+    )
+
+
+def only(targets_: tuple[str, ...], *windows: TimeWindow) -> TimeRestriction:
+    return TimeRestriction(targets=targets_, windows=windows)
+
+
+BUSINESS = window("09:00", "18:00", "mon", "tue", "wed", "thu", "fri")
+FRI_NOON = local("2026-03-06 12:00", weekday="fri")
+SAT_NOON = local("2026-03-07 12:00", weekday="sat")
+
+
+@dataclass(frozen=True)
+class Row:
+    policy: SendPolicy | None
+    target: str
+    allow: bool
+    now: datetime | None = FRI_NOON
+    origin: str = "telegram:42"
+    agent: str = "a"
+    aliases: dict[str, str] = field(default_factory=dict)
+    zone: str = BERLIN
+    reason: str | None = None  # default: "" when allowed, the seed's denial otherwise
+
+
+def run(row: Row) -> None:
+    channel = ChannelPolicy(send_policy=row.policy, aliases=row.aliases)
+    d = evaluate(channel, row.agent, row.target, row.origin, listing=False, now=row.now, zone=row.zone)
+    expected = row.reason if row.reason is not None else ("" if row.allow else denial(row.target))
+    assert (d.allow, d.reason) == (row.allow, expected)
+
+
+# --- precedence -------------------------------------------------------------------------
+
+X = "slack:#exec"
+PRECEDENCE = {
+    "deny-beats-allow": Row(SendPolicy(ALLOW, allow=(X,), deny=(X,)), X, False),
+    "deny-beats-an-open-window": Row(
+        SendPolicy(ALLOW, allow=(X,), deny=(X,), time_restrictions=(only((X,), BUSINESS),)), X, False
+    ),
+    "outside-window-beats-allow": Row(
+        SendPolicy(DENY, allow=(X,), time_restrictions=(only((X,), BUSINESS),)), X, False, now=SAT_NOON
+    ),
+    "inside-window-then-allow": Row(
+        SendPolicy(DENY, allow=(X,), time_restrictions=(only((X,), BUSINESS),)), X, True
+    ),
+    "inside-window-never-allows-by-itself": Row(
+        SendPolicy(DENY, time_restrictions=(only((X,), BUSINESS),)), X, False
+    ),
+    "inside-window-then-default-allow": Row(
+        SendPolicy(ALLOW, time_restrictions=(only((X,), BUSINESS),)), X, True
+    ),
+    "outside-window-beats-default-allow": Row(
+        SendPolicy(ALLOW, time_restrictions=(only((X,), BUSINESS),)), X, False, now=SAT_NOON
+    ),
+    "restriction-not-covering-target": Row(
+        SendPolicy(ALLOW, time_restrictions=(only(("slack:#board",), BUSINESS),)), X, True, now=SAT_NOON
+    ),
+    "every-covering-restriction-must-hold": Row(
+        SendPolicy(
+            ALLOW,
+            time_restrictions=(only((X,), BUSINESS), only((X, "slack:#board"), window("13:00", "14:00"))),
+        ),
+        X,
+        False,
+    ),
+    "any-window-of-a-restriction-suffices": Row(
+        SendPolicy(ALLOW, time_restrictions=(only((X,), window("13:00", "14:00"), BUSINESS),)), X, True
+    ),
+    "origin-restricted-by-token": Row(
+        SendPolicy(ALLOW, time_restrictions=(only(("origin",), BUSINESS),)), "origin", False, now=SAT_NOON
+    ),
+    "origin-restricted-by-its-id": Row(
+        SendPolicy(ALLOW, time_restrictions=(only(("origin",), BUSINESS),)),
+        "Telegram:42",
+        False,
+        now=SAT_NOON,
+    ),
+    "restriction-named-by-alias": Row(
+        SendPolicy(ALLOW, time_restrictions=(only(("exec",), BUSINESS),)),
+        "slack:c0exec",
+        False,
+        now=SAT_NOON,
+        aliases={"exec": "slack:C0EXEC"},
+    ),
+    "allow-entry": Row(SendPolicy(DENY, allow=(X,)), X, True),
+    "default-deny": Row(SendPolicy(DENY, allow=("origin",)), X, False),
+    "default-allow": Row(SendPolicy(ALLOW, deny=("slack:#board",)), X, True),
+    "no-policy-origin-only": Row(None, "origin", True),
+    "no-policy-origin-by-id": Row(None, "telegram:42", True),
+    "no-policy-elsewhere": Row(None, X, False),
+    "no-clock-needed-without-restriction": Row(SendPolicy(ALLOW), X, True, now=None),
+    "no-clock-with-a-restriction": Row(
+        SendPolicy(ALLOW, time_restrictions=(only((X,), BUSINESS),)),
+        X,
+        False,
+        now=None,
+        reason=EVALUATION_ERROR,
+    ),
+    "naive-clock-with-a-restriction": Row(
+        SendPolicy(ALLOW, time_restrictions=(only((X,), BUSINESS),)),
+        X,
+        False,
+        now=datetime(2026, 3, 6, 12, 0),  # naive: the point of the row
+        reason=EVALUATION_ERROR,
+    ),
+    "unknown-zone": Row(SendPolicy(ALLOW), X, False, zone="Mars/Olympus", reason=EVALUATION_ERROR),
+    "zone-not-a-name": Row(SendPolicy(ALLOW), X, False, zone="../../etc/passwd", reason=EVALUATION_ERROR),
+}
+
+
+@pytest.mark.parametrize("row", PRECEDENCE.values(), ids=PRECEDENCE.keys())
+def test_precedence(row: Row) -> None:
+    run(row)
+
+
+def test_list_actions_are_never_gated() -> None:
+    c = ChannelPolicy(send_policy=SendPolicy(DENY, time_restrictions=(only((X,), BUSINESS),)))
+    assert evaluate(c, "a", X, "", listing=True, now=SAT_NOON, zone="Mars/Olympus").allow
+
+
+# --- time windows -----------------------------------------------------------------------
+
+WRAP_FRI = window("22:00", "02:00", "fri")
+WRAP_SUN = window("22:00", "02:00", "sun")
+WRAP_DAILY = window("22:00", "02:00")
+DST_HOUR = window("02:00", "03:00", "sun")
+WINDOWS = {
+    "weekday-inside": (BUSINESS, local("2026-03-06 12:00"), True),
+    "start-inclusive": (BUSINESS, local("2026-03-06 09:00"), True),
+    "minute-before-start": (BUSINESS, local("2026-03-06 08:59"), False),
+    "last-minute": (BUSINESS, local("2026-03-06 17:59:59"), True),
+    "end-exclusive": (BUSINESS, local("2026-03-06 18:00"), False),
+    "weekend": (BUSINESS, local("2026-03-07 12:00", weekday="sat"), False),
+    "every-day-when-no-days": (window("09:00", "18:00"), local("2026-03-08 12:00", weekday="sun"), True),
+    "wrap-start-day-evening": (WRAP_FRI, local("2026-03-06 23:00"), True),
+    "wrap-covers-next-morning": (WRAP_FRI, local("2026-03-07 01:00", weekday="sat"), True),
+    "wrap-end-exclusive": (WRAP_FRI, local("2026-03-07 02:00"), False),
+    "wrap-belongs-to-start-day": (WRAP_FRI, local("2026-03-06 01:00"), False),  # Thursday's night
+    "wrap-not-next-evening": (WRAP_FRI, local("2026-03-07 23:00"), False),
+    "wrap-sunday-into-monday": (WRAP_SUN, local("2026-03-09 01:00", weekday="mon"), True),
+    "wrap-daily-after-midnight": (WRAP_DAILY, local("2026-03-10 00:30", weekday="tue"), True),
+    "wrap-daily-afternoon": (WRAP_DAILY, local("2026-03-10 15:00"), False),
+    # Europe/Berlin springs forward on Sunday 2026-03-29: 02:00 CET becomes 03:00 CEST.
+    "dst-spring-local-time-is-cest": (window("09:00", "18:00", "sun"), utc("2026-03-29 07:30"), True),
+    "dst-spring-day-before-is-cet": (window("09:00", "18:00", "sat"), utc("2026-03-28 07:30"), False),
+    "dst-spring-missing-hour-before": (DST_HOUR, utc("2026-03-29 00:59"), False),
+    "dst-spring-missing-hour-never-occurs": (DST_HOUR, utc("2026-03-29 01:00"), False),
+    # ...and falls back on Sunday 2026-10-25: 02:00-03:00 happens twice, both inside.
+    "dst-autumn-first-pass": (DST_HOUR, utc("2026-10-25 00:30"), True),
+    "dst-autumn-second-pass": (DST_HOUR, utc("2026-10-25 01:30"), True),
+    "dst-autumn-after": (DST_HOUR, utc("2026-10-25 02:00"), False),
+}
+
+
+@pytest.mark.parametrize(("w", "now", "inside"), WINDOWS.values(), ids=WINDOWS.keys())
+def test_windows_in_the_tenant_zone(w: TimeWindow, now: datetime, inside: bool) -> None:
+    policy = SendPolicy(ALLOW, time_restrictions=(only((X,), w),))
+    run(Row(policy, X, inside, now=now))
+
+
+@pytest.mark.parametrize(
+    ("zone", "inside"), [("Europe/Berlin", True), ("UTC", False), ("America/New_York", False)]
+)
+def test_the_same_instant_in_different_zones(zone: str, inside: bool) -> None:
+    policy = SendPolicy(ALLOW, time_restrictions=(only((X,), BUSINESS),))
+    run(Row(policy, X, inside, now=utc("2026-01-05 08:30"), zone=zone))  # Berlin 09:30, UTC 08:30, NY 03:30
+
+
+def test_zone_may_be_a_tzinfo() -> None:
+    c = ChannelPolicy(send_policy=SendPolicy(ALLOW, time_restrictions=(only((X,), BUSINESS),)))
+    assert evaluate(c, "a", X, "", listing=False, now=utc("2026-01-05 08:30"), zone=ZoneInfo(BERLIN)).allow
+
+
+# --- normalisation ----------------------------------------------------------------------
+
+NORMALISED = {
+    "plain": ("slack:#exec", "slack:#exec"),
+    "case": ("Slack:#Exec", "slack:#exec"),
+    "spaces": ("  SLACK : #EXEC ", "slack:#exec"),
+    "slack-mention": ("slack:<#C0123|exec>", "slack:C0123"),
+    "slack-mention-bare": ("<#C0123|exec>", "slack:C0123"),
+    "slack-mention-no-label": ("<#c0123>", "slack:C0123"),
+    "slack-user-mention": ("slack:<@U0456|bob>", "slack:U0456"),
+    "slack-id-upper": ("slack:c0exec", "slack:C0EXEC"),
+    "slack-team-user": ("slack:T0123abc:U0456def", "slack:T0123ABC:U0456DEF"),
+    "slack-handle": ("slack:@Bob", "slack:@bob"),
+    "discord-mention": ("discord:<#123>", "discord:123"),
+    "discord-mention-bare": ("<#123>", "discord:123"),
+    "discord-user-mention": ("discord:<@!42>", "discord:42"),
+    "discord-name": ("Discord:#General", "discord:#general"),
+    "telegram-username": ("telegram:@Name", "telegram:@name"),
+    "telegram-id": ("telegram:-100123", "telegram:-100123"),
+    "whatsapp": ("WhatsApp:+4915112345678", "whatsapp:+4915112345678"),
+    "alias": ("Ops-Alerts", "ops-alerts"),
+    "unknown-prefix": ("Mailto:Boss@Example.com", "mailto:boss@example.com"),
+    "origin": (" Origin ", "origin"),
+}
+
+
+@pytest.mark.parametrize(("raw", "canonical"), NORMALISED.values(), ids=NORMALISED.keys())
+def test_normalise(raw: str, canonical: str) -> None:
+    assert targets.normalise(raw) == canonical
+    assert targets.normalise(canonical) == canonical  # idempotent
+
+
+SPELLED = {
+    "platform-target-canonical": ("Slack:#Exec", "slack:#exec"),
+    "mention-gets-its-platform": ("<#C0123|exec>", "slack:C0123"),
+    "bare-slack-id-keeps-case": ("DU0ALICE01", "DU0ALICE01"),
+    "alias-name-keeps-case": (" Ops-Alerts ", "Ops-Alerts"),
+    "origin": ("Origin", "origin"),
+}
+
+
+@pytest.mark.parametrize(("raw", "spelling"), SPELLED.values(), ids=SPELLED.keys())
+def test_spelling_for_delivery(raw: str, spelling: str) -> None:
+    assert targets.spelled(raw) == spelling
+    assert targets.normalise(raw) == targets.normalise(spelling)
+
+
+@pytest.mark.parametrize(
+    ("target", "aliases", "resolved"),
+    [
+        pytest.param("DU0ALICE01", {}, "DU0ALICE01", id="bare-id"),
+        pytest.param("du0alice01", {}, "du0alice01", id="bare-id-other-case-still-the-origin"),
+        pytest.param("Home", {"home": "DU0ALICE01"}, "DU0ALICE01", id="alias-to-bare-id"),
+        pytest.param("origin", {}, "DU0ALICE01", id="origin"),
+    ],
+)
+def test_bare_ids_are_delivered_as_written(target: str, aliases: dict[str, str], resolved: str) -> None:
+    """Connectors deliver bare ids (Slack's ``DU0ALICE01``) as they are: compared
+    case-insensitively, answered with their case."""
+    c = ChannelPolicy(send_policy=None, aliases=aliases)
+    d = evaluate(c, "a", target, "DU0ALICE01", listing=False, now=FRI_NOON)
+    assert (d.allow, d.resolved_target) == (True, resolved)
+
+
+EXEC_ALIASES = {"slack:#exec": "slack:C0EXEC", "Boss": "Slack:#EXEC"}
+ONE_TARGET = [
+    "slack:#exec",
+    "Slack:#Exec",
+    " slack:#EXEC ",
+    "slack:C0EXEC",
+    "slack:c0exec",
+    "<#C0EXEC|exec>",
+    "slack:<#C0EXEC>",
+    "boss",
+    "BOSS",
+]
+
+
+@pytest.mark.parametrize("deny_entry", ["slack:#exec", "SLACK:C0EXEC", "boss", "<#C0EXEC|whatever>"])
+@pytest.mark.parametrize("spelling", ONE_TARGET)
+def test_every_spelling_of_one_target_is_denied(deny_entry: str, spelling: str) -> None:
+    c = ChannelPolicy(send_policy=SendPolicy(ALLOW, deny=(deny_entry,)), aliases=EXEC_ALIASES)
+    d = evaluate(c, "a", spelling, "", listing=False, now=FRI_NOON, zone="UTC")
+    assert (d.allow, d.reason, d.resolved_target) == (False, denial(spelling), "slack:C0EXEC")
+
+
+def test_other_targets_stay_allowed_and_resolve_canonically() -> None:
+    c = ChannelPolicy(send_policy=SendPolicy(ALLOW, deny=("slack:#exec",)), aliases=EXEC_ALIASES)
+    d = evaluate(c, "a", "Slack:<#C0RANDOM|random>", "", listing=False, now=FRI_NOON)
+    assert (d.allow, d.reason, d.resolved_target) == (True, "", "slack:C0RANDOM")
+
+
+def test_origin_resolves_to_the_canonical_conversation() -> None:
+    c = ChannelPolicy(send_policy=SendPolicy(DENY, allow=("origin",)))
+    d = evaluate(c, "a", "ORIGIN", "Telegram:@Support", listing=False, now=FRI_NOON)
+    assert (d.allow, d.resolved_target) == (True, "telegram:@support")
+    assert evaluate(c, "a", "telegram:@SUPPORT", "Telegram:@Support", listing=False, now=FRI_NOON).allow
+
+
+# --- aliases: chains, loops, duplicates ---------------------------------------------------
+
+ALIAS_ROWS = {
+    "chain": (
+        {"Boss": "exec-room", "EXEC-ROOM": "slack:#Exec", "slack:#exec": "slack:C0EXEC"},
+        "boss",
+        False,
+        "",
+    ),
+    "chain-of-eight-hops": (
+        {f"x{i}": f"x{i + 1}" for i in range(7)} | {"x7": "slack:#exec"},
+        "x0",
+        False,
+        "",
+    ),
+    "chain-too-long": (
+        {f"x{i}": f"x{i + 1}" for i in range(8)} | {"x8": "slack:#exec"},
+        "x0",
+        False,
+        "error",
+    ),
+    "loop": ({"a": "b", "b": "A"}, "a", False, "error"),
+    "self-alias-after-normalisation": ({"Slack:#Exec": "slack:#exec"}, "slack:#exec", False, ""),
+    "duplicates-after-normalisation": ({"Exec": "slack:#a", "exec": "slack:#b"}, "slack:#z", False, "error"),
+    "alias-to-origin": ({"reply": "origin"}, "Reply", True, ""),
+}
+
+
+@pytest.mark.parametrize(("aliases", "target", "allow", "error"), ALIAS_ROWS.values(), ids=ALIAS_ROWS.keys())
+def test_aliases(aliases: dict[str, str], target: str, allow: bool, error: str) -> None:
+    policy = SendPolicy(DENY, allow=("origin",), deny=("slack:#exec",))
+    reason = EVALUATION_ERROR if error else None
+    run(Row(policy, target, allow, aliases=aliases, reason=reason))
+
+
+@pytest.mark.parametrize(
+    ("aliases", "message"),
+    [
+        pytest.param({"Exec": "slack:#a", "exec": "slack:#b"}, "same alias", id="duplicate-case"),
+        pytest.param({"<#C01|x>": "a", "slack:c01": "b"}, "same alias", id="duplicate-mention"),
+        pytest.param({"a": "b", "b": "a"}, "loop", id="loop"),
+        pytest.param({f"x{i}": f"x{i + 1}" for i in range(9)}, "loop", id="too-deep"),
+        pytest.param({"Origin": "slack:#ops"}, "reserved", id="origin-any-case"),
+    ],
+)
+def test_validation_rejects_ambiguous_aliases(aliases: dict[str, str], message: str) -> None:
+    with pytest.raises(InvalidArgument) as exc:
+        policy_codec.validate(Platform.SLACK, ChannelPolicy(aliases=aliases))
+    assert exc.value.field == "policy.aliases"
+    assert message in str(exc.value)
+
+
+def test_validation_keeps_aliases_as_written() -> None:
+    aliases = {"Boss": "Slack:#Exec", "Slack:#EXEC": "slack:c0exec", "Me": "me"}
+    assert policy_codec.validate(Platform.SLACK, ChannelPolicy(aliases=aliases)).aliases == aliases
+
+
+# --- per-agent rules (the seed's RBAC example) -----------------------------------------
+
+RBAC = {
+    "support-bot": SendPolicy(DENY, allow=("origin", "slack:#support")),
+    "ops-bot": SendPolicy(DENY, allow=("origin", "slack:#ops", "slack:#incidents")),
+}
+AGENT_ROWS = {
+    # No channel policy: an agent without its own list may reply to its origin only.
+    "support-own-list": (None, "support-bot", "slack:#support", True),
+    "support-not-ops": (None, "support-bot", "slack:#ops", False),
+    "support-origin": (None, "support-bot", "origin", True),
+    "ops-incidents": (None, "ops-bot", "Slack:#Incidents", True),
+    "ops-not-support": (None, "ops-bot", "slack:#support", False),
+    "unknown-agent-origin": (None, "web-bot", "origin", True),
+    "unknown-agent-origin-by-id": (None, "web-bot", "telegram:42", True),
+    "unknown-agent-elsewhere": (None, "web-bot", "slack:#support", False),
+    # A channel policy: agents without their own list fall back to it.
+    "fallback-channel-allows": (SendPolicy(ALLOW, deny=("slack:#exec",)), "web-bot", "slack:#support", True),
+    "fallback-channel-denies": (SendPolicy(ALLOW, deny=("slack:#exec",)), "web-bot", "slack:#exec", False),
+    "own-list-replaces-channel": (SendPolicy(ALLOW), "support-bot", "slack:#random", False),
+    "agent-id-is-exact": (None, "Support-Bot", "slack:#support", False),
+}
+
+
+@pytest.mark.parametrize(
+    ("channel_policy", "agent", "target", "allow"), AGENT_ROWS.values(), ids=AGENT_ROWS.keys()
+)
+def test_per_agent_rules(channel_policy: SendPolicy | None, agent: str, target: str, allow: bool) -> None:
+    c = ChannelPolicy(send_policy=channel_policy, agent_send_policies=RBAC)
+    d = evaluate(c, agent, target, "telegram:42", listing=False, now=FRI_NOON, zone=BERLIN)
+    assert (d.allow, d.reason) == (allow, "" if allow else denial(target))
+
+
+# --- the tenant zone setting ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "stored"),
+    [("", "UTC"), ("UTC", "UTC"), ("Europe/Berlin", "Europe/Berlin"), ("America/Argentina/Buenos_Aires", None),
+     ("Etc/GMT+5", None)],
+)  # fmt: skip
+def test_timezone_accepted(name: str, stored: str | None) -> None:
+    assert validate_timezone(name) == (stored or name)
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["europe/berlin", "Mars/Olympus", "Europe", "../../etc/passwd", "/etc/localtime", " UTC", "x" * 65],
+)
+def test_timezone_rejected(name: str) -> None:
+    with pytest.raises(InvalidArgument) as exc:
+        validate_timezone(name)
+    assert exc.value.field == "timezone"

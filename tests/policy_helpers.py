@@ -1,0 +1,59 @@
+"""Running `authz apply|export|doctor` in-process against the test service
+(``main([...])`` in a worker thread: the service runs on the test's event loop)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import pytest
+
+from authz_service.cli.main import main
+from authz_service.gen.authz.v1 import admin_pb2 as adm
+
+from .conftest import Service, Tenant
+
+
+@dataclass(frozen=True)
+class Result:
+    code: int
+    out: str
+    err: str
+
+    @property
+    def text(self) -> str:
+        return self.out + self.err
+
+
+Cli = Callable[..., Awaitable[Result]]
+
+
+def make_cli(service: Service, tenant: Tenant, capsys: pytest.CaptureFixture[str]) -> Cli:
+    """`authz ARGV... --address A --api-key K` with the tenant's admin key (or ``key=``)."""
+
+    async def run(*argv: str, key: str | None = None) -> Result:
+        capsys.readouterr()
+        args = [*argv, "--address", service.address, "--api-key", key or tenant.keys["admin"]]
+        code = await asyncio.to_thread(main, args)
+        out, err = capsys.readouterr()
+        return Result(code, out, err)
+
+    return run
+
+
+async def last_event_id(t: Tenant) -> int:
+    """The newest audit event's id (0 if none)."""
+    after, last = 0, 0
+    while True:
+        resp = await t.admin.admin.QueryAudit(adm.QueryAuditRequest(after_event_id=after, limit=1000))
+        if resp.events:
+            last = resp.events[-1].event_id
+        if not resp.next_after_event_id:
+            return last
+        after = resp.next_after_event_id
+
+
+async def events_after(t: Tenant, event_id: int) -> list[adm.AuditEvent]:
+    resp = await t.admin.admin.QueryAudit(adm.QueryAuditRequest(after_event_id=event_id, limit=1000))
+    return list(resp.events)

@@ -1,0 +1,337 @@
+"""Send policy over real gRPC and PostgreSQL: time windows judged in the
+tenant's time zone (set with SetTenantSettings), target normalisation and
+aliases end to end, the zone's validation and audit, the zone reaching another
+replica's cache, and `authz timezone`.
+
+Windows are built around the database's current time in the zone under test,
+an hour either side, so no assertion depends on the wall clock."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+import asyncpg
+import grpc
+import pytest
+
+from authz_service.cache import StateCache
+from authz_service.cli.main import main
+from authz_service.client import Client, connect
+from authz_service.config import Settings
+from authz_service.domain.model import Channel, ChannelPolicy, Platform
+from authz_service.gen.authz.v1 import admin_pb2 as adm
+from authz_service.gen.authz.v1 import authz_pb2 as az
+from authz_service.gen.authz.v1 import common_pb2 as cm
+from authz_service.server import RunningServer, start_server
+from authz_service.store.db import Database
+
+from .conftest import Dsns, Service, Tenant, eventually, rpc_error
+
+EXEC = "slack:#exec"
+# No DST in either, 14 hours apart: an hour-wide window around "now" in one is
+# far from "now" in the other.
+TOKYO, SEOUL, NEW_YORK = "Asia/Tokyo", "Asia/Seoul", "America/New_York"
+
+
+def denial(target: str) -> str:
+    return f"Failed to send to {target}: target '{target}' is not permitted by send_policy"
+
+
+async def db_now(dsns: Dsns) -> datetime:
+    conn = await asyncpg.connect(dsns.owner)
+    try:
+        value: datetime = await conn.fetchval("SELECT now()")
+        return value
+    finally:
+        await conn.close()
+
+
+def hhmm(minute: int) -> str:
+    minute %= 1440
+    return f"{minute // 60:02d}:{minute % 60:02d}"
+
+
+async def window_around_now(dsns: Dsns, zone: str) -> cm.TimeWindow:
+    """Every day, from an hour before to an hour after the current time in ``zone``
+    (wrapping past midnight when it must)."""
+    local = (await db_now(dsns)).astimezone(ZoneInfo(zone))
+    m = local.hour * 60 + local.minute
+    return cm.TimeWindow(start=hhmm(m - 60), end=hhmm(m + 60))
+
+
+async def restricted_channel(
+    t: Tenant, w: cm.TimeWindow, default: cm.SendDefault.ValueType = cm.SEND_DEFAULT_ALLOW
+) -> None:
+    await t.channel(
+        "sl",
+        cm.PLATFORM_SLACK,
+        send_policy=cm.SendPolicy(
+            default=default, time_restrictions=[cm.TimeRestriction(targets=[EXEC], windows=[w])]
+        ),
+    )
+
+
+async def send(
+    client: Client, target: str, agent: str = "support", channel: str = "sl"
+) -> az.EvaluateSendResponse:
+    return await client.authz.EvaluateSend(
+        az.EvaluateSendRequest(
+            channel_id=channel, agent_id=agent, session_id="s1", origin="slack:C0HOME", target=target
+        )
+    )
+
+
+async def set_zone(t: Tenant, zone: str) -> adm.TenantSettings:
+    settings = await t.admin.admin.GetTenantSettings(adm.GetTenantSettingsRequest())
+    settings.timezone = zone
+    return await t.admin.admin.SetTenantSettings(settings)
+
+
+async def test_windows_are_judged_in_the_tenant_zone(tenant: Tenant, dsns: Dsns) -> None:
+    await restricted_channel(tenant, await window_around_now(dsns, TOKYO))
+    assert (await tenant.admin.admin.GetTenantSettings(adm.GetTenantSettingsRequest())).timezone == "UTC"
+    # UTC: Tokyo's "now" is nine hours away, outside the window.
+    outside = await send(tenant.connector, "Slack:#Exec")
+    assert (outside.allow, outside.reason) == (False, denial("Slack:#Exec"))
+    assert outside.resolved_target == EXEC
+    assert (await send(tenant.connector, "slack:#random")).allow  # not restricted
+
+    assert (await set_zone(tenant, TOKYO)).timezone == TOKYO
+    inside = await send(tenant.connector, "Slack:#Exec")
+    assert (inside.allow, inside.reason, inside.resolved_target) == (True, "", EXEC)
+
+    await set_zone(tenant, NEW_YORK)
+    assert not (await send(tenant.connector, EXEC)).allow
+    await set_zone(tenant, "")  # empty: UTC
+    assert (await tenant.admin.admin.GetTenantSettings(adm.GetTenantSettingsRequest())).timezone == "UTC"
+
+    events = (
+        await tenant.admin.admin.QueryAudit(adm.QueryAuditRequest(event="tenant.timezone_updated"))
+    ).events
+    assert [json.loads(e.details_json) for e in events] == [
+        {"from": "UTC", "to": TOKYO},
+        {"from": TOKYO, "to": NEW_YORK},
+        {"from": NEW_YORK, "to": "UTC"},
+    ]
+    denied = (await tenant.admin.admin.QueryAudit(adm.QueryAuditRequest(event="send.denied"))).events
+    assert [e.subject for e in denied] == ["Slack:#Exec", EXEC]
+
+
+async def test_a_window_never_allows_by_itself(tenant: Tenant, dsns: Dsns) -> None:
+    await restricted_channel(tenant, await window_around_now(dsns, "UTC"), default=cm.SEND_DEFAULT_DENY)
+    resp = await send(tenant.connector, EXEC)
+    assert (resp.allow, resp.reason) == (False, denial(EXEC))
+
+
+async def test_the_zone_is_preserved_by_other_settings_changes(tenant: Tenant) -> None:
+    await set_zone(tenant, "Europe/Berlin")
+    settings = await tenant.admin.admin.GetTenantSettings(adm.GetTenantSettingsRequest())
+    del settings.approvers[:]
+    settings.approvers.append("telegram:42")
+    stored = await tenant.admin.admin.SetTenantSettings(settings)
+    assert (list(stored.approvers), stored.timezone) == (["telegram:42"], "Europe/Berlin")
+    details = json.loads(
+        (await tenant.admin.admin.QueryAudit(adm.QueryAuditRequest(event="tenant.approvers_updated")))
+        .events[-1]
+        .details_json
+    )
+    assert details["timezone"] == "Europe/Berlin"
+
+
+@pytest.mark.parametrize(
+    "zone", ["Mars/Olympus", "europe/berlin", "Europe", "../../etc/passwd", "UTC\x00", "x" * 100]
+)
+async def test_an_invalid_zone_is_rejected(tenant: Tenant, zone: str) -> None:
+    await set_zone(tenant, "Europe/Berlin")
+    err = await rpc_error(set_zone(tenant, zone))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "timezone" in (err.details() or "")
+    assert (
+        await tenant.admin.admin.GetTenantSettings(adm.GetTenantSettingsRequest())
+    ).timezone == "Europe/Berlin"
+
+
+async def test_zones_are_per_tenant(tenant: Tenant, other_tenant: Tenant) -> None:
+    await set_zone(tenant, TOKYO)
+    assert (
+        await other_tenant.admin.admin.GetTenantSettings(adm.GetTenantSettingsRequest())
+    ).timezone == "UTC"
+
+
+# --- normalisation and aliases ------------------------------------------------------------
+
+
+async def test_spellings_and_aliases_are_one_target(tenant: Tenant) -> None:
+    await tenant.channel(
+        "sl",
+        cm.PLATFORM_SLACK,
+        send_policy=cm.SendPolicy(default=cm.SEND_DEFAULT_ALLOW, deny=[EXEC]),
+        agent_send_policies={
+            "ops": cm.SendPolicy(default=cm.SEND_DEFAULT_DENY, allow=["Ops-Alerts", "origin"])
+        },
+        aliases={"slack:#exec": "slack:C0EXEC", "Boss": "Slack:#Exec", "ops-alerts": "slack:<#C0OPS|ops>"},
+    )
+    for spelling in (
+        "slack:#exec",
+        "Slack:#EXEC",
+        "slack:c0exec",
+        "<#C0EXEC|exec>",
+        "slack:<#C0EXEC>",
+        "BOSS",
+    ):
+        resp = await send(tenant.connector, spelling)
+        assert (resp.allow, resp.reason, resp.resolved_target) == (False, denial(spelling), "slack:C0EXEC")
+    ok = await send(tenant.connector, "Slack:#Random")
+    assert (ok.allow, ok.resolved_target) == (True, "slack:#random")
+    # Per-agent list, written with an alias in another case.
+    for target in ("ops-alerts", "slack:C0OPS", "<#c0ops>", "origin", "slack:c0home"):
+        assert (await send(tenant.connector, target, agent="ops")).allow, target
+    assert not (await send(tenant.connector, "slack:#random", agent="ops")).allow
+    origin = await send(tenant.connector, "Origin", agent="ops")
+    assert origin.resolved_target == "slack:C0HOME"
+    audit = (await tenant.admin.admin.QueryAudit(adm.QueryAuditRequest(event="send.denied"))).events
+    assert [e.subject for e in audit][:2] == ["slack:#exec", "Slack:#EXEC"]  # as the agent wrote it
+
+
+@pytest.mark.parametrize(
+    "aliases",
+    [
+        pytest.param({"Exec": "slack:#a", "exec": "slack:#b"}, id="case"),
+        pytest.param({"<#C01|x>": "a", "slack:c01": "b"}, id="mention"),
+        pytest.param({"a": "B", "b": "a"}, id="loop"),
+        pytest.param({"ORIGIN": "slack:#a"}, id="origin"),
+    ],
+)
+async def test_ambiguous_aliases_are_rejected(tenant: Tenant, aliases: dict[str, str]) -> None:
+    err = await rpc_error(tenant.channel("sl", cm.PLATFORM_SLACK, aliases=aliases))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "policy.aliases" in (err.details() or "")
+
+
+async def test_per_agent_rules_like_the_seeds_rbac(tenant: Tenant) -> None:
+    await tenant.channel(
+        "sl",
+        cm.PLATFORM_SLACK,
+        agent_send_policies={
+            "support-bot": cm.SendPolicy(default=cm.SEND_DEFAULT_DENY, allow=["origin", "slack:#support"]),
+            "ops-bot": cm.SendPolicy(
+                default=cm.SEND_DEFAULT_DENY, allow=["origin", "slack:#ops", "slack:#incidents"]
+            ),
+        },
+    )
+    table = [
+        ("support-bot", "slack:#support", True),
+        ("support-bot", "slack:#ops", False),
+        ("ops-bot", "slack:#incidents", True),
+        ("ops-bot", "slack:#support", False),
+        ("web-bot", "origin", True),  # unknown agent, no channel policy: origin only
+        ("web-bot", "slack:#support", False),
+    ]
+    got = [(a, t, (await send(tenant.connector, t, agent=a)).allow) for a, t, _ in table]
+    assert got == table
+
+
+# --- the zone on another replica's cache ---------------------------------------------------
+
+
+@pytest.fixture
+async def replica(dsns: Dsns, tenant: Tenant) -> AsyncIterator[tuple[RunningServer, Client]]:
+    """A second server with its own cache and change listener, on the same database."""
+    settings = Settings.from_env(
+        {"AUTHZ_DATABASE_URL": dsns.service, "AUTHZ_SECRET_KEY": "s" * 43, "AUTHZ_HOME": "/nonexistent"}
+    )
+    running = await start_server(await Database.connect(dsns.service), settings, listen="127.0.0.1:0")
+    client = connect(f"127.0.0.1:{running.port}", tenant.keys["connector"])
+    yield running, client
+    await client.close()
+    await running.stop(grace=0)
+
+
+async def test_a_zone_change_reaches_another_replicas_cache(
+    replica: tuple[RunningServer, Client], tenant: Tenant, dsns: Dsns
+) -> None:
+    running, client = replica
+    cache = running.cache
+    await restricted_channel(tenant, await window_around_now(dsns, TOKYO))
+    await set_zone(tenant, TOKYO)
+
+    async def listening() -> bool:
+        return cache.usable
+
+    await eventually(listening, timeout=20)
+    # CheckUser fills the replica's channel entry (with the zone); EvaluateSend then uses it.
+    await client.authz.CheckUser(
+        az.CheckUserRequest(channel_id="sl", user_id="T0A:U0B", chat_kind=cm.CHAT_KIND_DIRECT)
+    )
+    hits = cache.hits
+    assert (await send(client, EXEC)).allow
+    assert cache.hits == hits + 1  # from the cache, and the cached channel carries Tokyo
+
+    owner = await asyncpg.connect(dsns.owner)
+    try:  # change the zone behind the cache's back, unannounced
+        async with owner.transaction():
+            await owner.execute("ALTER TABLE tenants DISABLE TRIGGER tenants_timezone_changes")
+            await owner.execute("UPDATE tenants SET timezone = 'UTC' WHERE tenant_id = $1", tenant.tenant_id)
+            await owner.execute("ALTER TABLE tenants ENABLE TRIGGER tenants_timezone_changes")
+    finally:
+        await owner.close()
+    assert (await send(client, EXEC)).allow  # still Tokyo: the cache is really used
+
+    # Through the API on the other server: only the tenants trigger's NOTIFY can tell the replica.
+    await set_zone(tenant, NEW_YORK)
+
+    async def denied() -> bool:
+        return not (await send(client, EXEC)).allow
+
+    await eventually(denied)
+    # ...and back, so the entry was forgotten, not merely missed once.
+    await set_zone(tenant, SEOUL)
+
+    async def allowed() -> bool:
+        return (await send(client, EXEC)).allow
+
+    await eventually(allowed)
+
+
+def test_a_tenants_notification_forgets_only_that_tenant() -> None:
+    cache = StateCache()
+    cache.on_listener(True)
+    channel = Channel("t1", "sl", Platform.SLACK, ChannelPolicy(), "Asia/Tokyo")
+    for t in ("t1", "t2"):
+        cache.fill_channel(cache.generation, t, "sl", channel)
+    cache.on_change("tenants t1")
+    assert cache.channel("t1", "sl") == (False, None)
+    assert cache.channel("t2", "sl") == (True, channel)  # not a full clear
+
+
+# --- `authz timezone` ----------------------------------------------------------------------
+
+
+async def authz(
+    service: Service, tenant: Tenant, capsys: pytest.CaptureFixture[str], *argv: str
+) -> tuple[int, str, str]:
+    capsys.readouterr()
+    code = await asyncio.to_thread(
+        main, [*argv, "--address", service.address, "--api-key", tenant.keys["admin"]]
+    )
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+async def test_cli_timezone(service: Service, tenant: Tenant, capsys: pytest.CaptureFixture[str]) -> None:
+    assert await authz(service, tenant, capsys, "timezone") == (0, "UTC\n", "")
+    await tenant.admin.admin.SetTenantSettings(adm.TenantSettings(approvers=["telegram:7"]))
+    assert await authz(service, tenant, capsys, "timezone", "Europe/Berlin") == (0, "Europe/Berlin\n", "")
+    stored = await tenant.admin.admin.GetTenantSettings(adm.GetTenantSettingsRequest())
+    assert (stored.timezone, list(stored.approvers)) == ("Europe/Berlin", ["telegram:7"])  # the rest kept
+    assert json.loads((await authz(service, tenant, capsys, "timezone", "--json"))[1]) == {
+        "timezone": "Europe/Berlin"
+    }
+    code, out, err = await authz(service, tenant, capsys, "timezone", "Mars/Olympus")
+    assert (code, out) == (2, "")
+    assert "INVALID_ARGUMENT" in err and "timezone" in err
+    assert await authz(service, tenant, capsys, "timezone", "") == (0, "UTC\n", "")
