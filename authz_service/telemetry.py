@@ -73,6 +73,7 @@ def _names(enum: Any, prefix: str) -> dict[int, str]:
 _DECISION = _names(authz_pb2.Decision, "DECISION_")
 _OUTCOME = _names(authz_pb2.PairingOutcome, "PAIRING_OUTCOME_")
 _STATUS = _names(cm.ApprovalStatus, "APPROVAL_STATUS_")
+_INVITE = _names(authz_pb2.InviteOutcome, "INVITE_OUTCOME_")
 
 
 def _allow(resp: Any) -> str:
@@ -91,6 +92,7 @@ DECISION_OF: dict[type[Any], Callable[[Any], str]] = {
     authz_pb2.RequestPairingResponse: lambda r: _OUTCOME[r.outcome],
     authz_pb2.ResolveApprovalResponse: _approval,
     authz_pb2.RequestApprovalResponse: _approval,
+    authz_pb2.RedeemInviteResponse: lambda r: _INVITE[r.outcome],
 }
 
 # Server span status is ERROR only for these (OpenTelemetry gRPC conventions):

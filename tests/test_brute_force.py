@@ -9,7 +9,8 @@
   notification; a flood of unknown users fills one channel's cap and nothing
   else.
 
-Invite codes do not exist yet, so they have no limit to test.
+Invite codes have their own limits per channel and per user, tested with the
+invites in tests/test_invites.py.
 
 Most tests run their own in-process server with small limits (same database,
 same server key as the session's service, so codes issued there resolve here).

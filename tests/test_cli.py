@@ -139,9 +139,23 @@ def test_cli_channel_set_from_yaml_and_errors(dev_env: dict[str, str], tmp_path:
     authz(dev_env, "channel", "set", "ops", "--dm-policy", "pairing")  # flags change only what they name
     assert "owner_id: '100'" in authz(dev_env, "channel", "show", "ops")
 
-    policy.write_text("dm_policy: wide-open\n")
+    # The flat form takes every ChannelPolicy field, with the policy-file checks.
+    policy.write_text(
+        "required_approvals: 2\ngroups:\n  '*': {require_mention: false, denied_commands: [Deploy]}\n"
+        "send_policy: {default: deny, allow: [origin], time_restrictions: "
+        "[{targets: [origin], windows: [{start: '09:00', end: '17:00'}]}]}\n"
+    )
+    authz(dev_env, "channel", "set", "ops", "-f", str(policy))
+    shown = authz(dev_env, "channel", "show", "ops", "--json")
+    stored = json.loads(shown)
+    assert stored["required_approvals"] == 2 and stored["groups"]["*"]["denied_commands"] == ["deploy"]
+    assert stored["send_policy"]["time_restrictions"][0]["windows"][0]["end"] == "17:00"
+    assert stored["owner_id"] == "100"  # keys not in the file keep their stored values
+
+    policy.write_text("owner_id: '100'\ndm_policy: wide-open\nrequire_mentoin: true\n")
     err = authz(dev_env, "channel", "set", "ops", "-f", str(policy), ok=False)
-    assert "dm_policy must be one of" in err
+    assert f"{policy}:2: dm_policy: unknown value 'wide-open'" in err
+    assert f"{policy}:3: require_mentoin:" in err and "nothing was saved" in err
     err = authz(dev_env, "channel", "set", "ops", "--code-ttl", "5", ok=False)
     assert "INVALID_ARGUMENT" in err and "pairing_code_ttl_seconds" in err
     err = authz(dev_env, "pairing", "approve", "demo", "NOTACODE", ok=False)

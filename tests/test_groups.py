@@ -110,6 +110,12 @@ async def test_binding_routes_a_user_to_a_restricted_agent(tenant: Tenant) -> No
     assert (resp.decision, resp.agent_id, list(resp.permissions)) == (
         az.DECISION_ALLOW, "restricted", ["write", "read", "ask"])  # fmt: skip
     assert (list(resp.tools.allowed), list(resp.tools.denied)) == (["search"], ["shell", "deploy.*"])
+    typed = await tenant.connector.check_user("tg", "42", group_id="-100", text="hi")  # the SDK carries them
+    assert (typed.agent_id, typed.tools_allowed, typed.tools_denied) == (
+        "restricted",
+        ("search",),
+        ("shell", "deploy.*"),
+    )
     # Someone else in that group gets the catch-all binding: the channel's agent, no tool lists.
     other = await grp(tenant, user="43")
     assert (other.decision, other.agent_id, list(other.permissions)) == (az.DECISION_ALLOW, "main", ["chat"])

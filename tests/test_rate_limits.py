@@ -314,3 +314,24 @@ async def test_two_processes_admit_exactly_the_burst_between_them(
     finally:
         for c in (admin, on_a, on_b):
             await c.close()
+
+
+async def test_sdk_reports_retry_after_and_purge_forgets_the_bucket(
+    dsns: Dsns, tenant: Tenant
+) -> None:
+    """The typed client carries retry_after_seconds; PurgeUser deletes the
+    user's bucket (it holds their id), which also refills it."""
+    await configure(tenant, rate_limit=hourly(1))
+    first = await tenant.connector.check_user("tg", "42", text="hi")
+    second = await tenant.connector.check_user("tg", "42", text="hi")
+    assert first.allowed and (second.decision, second.reason) == ("rate_limited", "user_rate_limited")
+    assert second.retry_after_seconds > 0 and first.retry_after_seconds == 0
+    owner = await asyncpg.connect(dsns.owner)
+    try:
+        count = "SELECT count(*) FROM rate_buckets WHERE tenant_id = $1 AND scope = 'user:42'"
+        assert await owner.fetchval(count, tenant.tenant_id) == 1
+        await tenant.admin.admin.PurgeUser(adm.UserRef(channel_id="tg", user_id="42"))
+        assert await owner.fetchval(count, tenant.tenant_id) == 0
+    finally:
+        await owner.close()
+    assert (await tenant.connector.check_user("tg", "42", text="hi")).allowed

@@ -564,3 +564,25 @@ async def test_transaction_opening_inlines_only_safe_values(dsns: Dsns, tenant: 
             assert await conn.fetchval("SELECT current_setting('authz.tenant', true)") in (None, "")
     finally:
         await db.close()
+
+
+async def test_check_state_function_scopes_its_own_statement(
+    dsns: Dsns, tenant: Tenant, other_tenant: Tenant
+) -> None:
+    """CheckUser's one-round-trip read (migration 0009) sets the tenant inside
+    the function: it reads that tenant's rows only, and the setting is gone
+    when the statement ends."""
+    await tenant.channel("tg", dm_policy=cm.DM_POLICY_ALLOWLIST)
+    await tenant.admin.admin.AllowUser(adm.AllowUserRequest(channel_id="tg", user_id="42"))
+    db = await Database.connect(dsns.service, min_size=1, max_size=1)
+    sql = "SELECT * FROM authz_check_state($1, $2, $3, $4)"
+    try:
+        row = await db.fetchrow_as(tenant.tenant_id, sql, tenant.tenant_id, "tg", "42", "")
+        assert row is not None and (row["channel_id"], row["status"], row["in_group"]) == ("tg", "allowed", False)
+        assert await db.fetchrow_as(other_tenant.tenant_id, sql, other_tenant.tenant_id, "tg", "42", "") is None
+        async with db.pool.acquire() as conn:
+            assert not conn.is_in_transaction()
+            assert await conn.fetchval("SELECT current_setting('authz.tenant', true)") in (None, "")
+            assert await _counts(conn) == dict.fromkeys(TENANT_TABLES, 0)
+    finally:
+        await db.close()

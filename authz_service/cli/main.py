@@ -230,93 +230,38 @@ def cmd_key_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
-def _send_policy(data: dict[str, Any], where: str) -> cm.SendPolicy:
-    unknown = set(data) - {"default", "allow", "deny"}
-    if unknown:
-        raise CliError(f"{where}: unknown keys {sorted(unknown)}")
-    default = data.get("default", "deny")
-    if default not in ("allow", "deny"):
-        raise CliError(f"{where}.default must be 'allow' or 'deny', got {default!r}")
-    return cm.SendPolicy(
-        default=cm.SEND_DEFAULT_ALLOW if default == "allow" else cm.SEND_DEFAULT_DENY,
-        allow=[str(x) for x in data.get("allow") or []],
-        deny=[str(x) for x in data.get("deny") or []],
-    )
-
-
-POLICY_KEYS = {"platform", "dm_policy", "group_policy", "require_mention", "owner_id", "approvers",
-               "pairing_code_ttl_seconds", "max_pending", "pairing_ttl_seconds", "agent_id", "send_policy",
-               "agent_send_policies", "aliases"}  # fmt: skip
-
-
-def policy_from_yaml(data: dict[str, Any], base: cm.ChannelPolicy) -> cm.ChannelPolicy:
-    """Overlay a YAML mapping on ``base``. Unknown keys and values are errors."""
-    unknown = set(data) - POLICY_KEYS
-    if unknown:
-        raise CliError(f"unknown policy keys: {', '.join(sorted(unknown))}")
-    p = cm.ChannelPolicy()
-    p.CopyFrom(base)
-    for key, mapping in (("dm_policy", DM), ("group_policy", GROUP)):
-        if key in data:
-            if data[key] not in mapping:
-                raise CliError(f"{key} must be one of {', '.join(mapping)}; got {data[key]!r}")
-            setattr(p, key, mapping[data[key]])
-    if "require_mention" in data:
-        if not isinstance(data["require_mention"], bool):
-            raise CliError("require_mention must be true or false")
-        p.require_mention = data["require_mention"]
-    for key in ("owner_id", "agent_id"):
-        if key in data:
-            setattr(p, key, str(data[key] or ""))
-    for key in ("pairing_code_ttl_seconds", "max_pending", "pairing_ttl_seconds"):
-        if key in data:
-            if type(data[key]) is not int or data[key] < 0:
-                raise CliError(f"{key} must be a non-negative integer")
-            setattr(p, key, data[key])
-    if "approvers" in data:
-        if not isinstance(data["approvers"], list | type(None)):
-            raise CliError("approvers must be a list of platform user ids")
-        del p.approvers[:]
-        p.approvers.extend(str(a) for a in data["approvers"] or [])
-    if "send_policy" in data:
-        if data["send_policy"] is None:
-            p.ClearField("send_policy")
-        else:
-            p.send_policy.CopyFrom(_send_policy(data["send_policy"], "send_policy"))
-    for key in ("agent_send_policies", "aliases", "send_policy"):
-        if data.get(key) is not None and not isinstance(data[key], dict):
-            raise CliError(f"{key} must be a mapping")
-    if "agent_send_policies" in data:
-        p.agent_send_policies.clear()
-        for agent, sp in (data["agent_send_policies"] or {}).items():
-            p.agent_send_policies[str(agent)].CopyFrom(_send_policy(sp, f"agent_send_policies.{agent}"))
-    if "aliases" in data:
-        p.aliases.clear()
-        p.aliases.update({str(k): str(v) for k, v in (data["aliases"] or {}).items()})
-    return p
-
-
 def cmd_channel_set(args: argparse.Namespace) -> int:
     c = client(args)
-    data: dict[str, Any] = {}
+    from . import policyfile  # imports this module
+
+    given = cm.ChannelPolicy()
+    keys: list[str] = []
+    platform: str | None = None
     if args.file:
         try:
-            loaded = yaml.safe_load(Path(args.file).read_text())
-        except (OSError, yaml.YAMLError) as exc:
-            raise CliError(f"{args.file}: {exc}") from None
-        if not isinstance(loaded, dict):
-            raise CliError(f"{args.file}: expected a mapping of policy keys")
-        data.update(loaded)
-    flags = {"platform": args.platform, "dm_policy": args.dm_policy, "group_policy": args.group_policy,
-             "owner_id": args.owner, "agent_id": args.agent, "pairing_code_ttl_seconds": args.code_ttl,
-             "max_pending": args.max_pending, "pairing_ttl_seconds": args.pairing_ttl}  # fmt: skip
-    data.update({k: v for k, v in flags.items() if v is not None})
+            platform, given, keys = policyfile.read_policy_overlay(policyfile.read_text(args.file))
+        except policyfile.PolicyFileInvalid as exc:
+            lines = [e.format(args.file) for e in exc.errors]
+            raise CliError("\n".join([*lines, f"{args.file}: nothing was saved"])) from None
+    # Flags are applied after the file and win over it.
+    platform = args.platform or platform
+    for key, value in (("dm_policy", args.dm_policy and DM[args.dm_policy]),
+                       ("group_policy", args.group_policy and GROUP[args.group_policy]),
+                       ("owner_id", args.owner), ("agent_id", args.agent),
+                       ("pairing_code_ttl_seconds", args.code_ttl), ("max_pending", args.max_pending),
+                       ("pairing_ttl_seconds", args.pairing_ttl)):  # fmt: skip
+        if value is not None:
+            setattr(given, key, value)
+            keys.append(key)
     if args.require_mention is not None:
-        data["require_mention"] = args.require_mention == "true"
+        given.require_mention = args.require_mention == "true"
+        keys.append("require_mention")
     if args.approver:
-        data["approvers"] = args.approver
-    # Flags change only what they name: start from the stored policy if any.
-    base, platform = cm.ChannelPolicy(), data.pop("platform", None)
+        del given.approvers[:]
+        given.approvers.extend(args.approver)
+        keys.append("approvers")
+    # Keys given change only themselves: start from the stored policy if any.
+    base = cm.ChannelPolicy()
     try:
         current = c.admin.GetChannel(adm.GetChannelRequest(channel_id=args.channel), timeout=15)
         base, platform = (
@@ -328,7 +273,11 @@ def cmd_channel_set(args: argparse.Namespace) -> int:
             raise CliError(f"{exc.code().name}: {exc.details()}") from None
     if platform not in PLATFORMS:
         raise CliError(f"--platform is required for a new channel: one of {', '.join(PLATFORMS)}")
-    policy = policy_from_yaml(data, base)
+    policy = cm.ChannelPolicy()
+    policy.CopyFrom(base)
+    for key in keys:  # a key given replaces that field whole: lists and maps are not merged
+        policy.ClearField(key)  # type: ignore[arg-type]
+    policy.MergeFrom(given)
     resp = call(
         c.admin.SetChannel,
         adm.SetChannelRequest(channel_id=args.channel, platform=PLATFORMS[platform], policy=policy),

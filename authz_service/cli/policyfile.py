@@ -430,6 +430,33 @@ def read_policy_file(text: str) -> PolicyFile:
     return pf
 
 
+def read_policy_overlay(text: str) -> tuple[str | None, cm.ChannelPolicy, list[str]]:
+    """The flat form of `authz channel set -f`: ChannelPolicy fields plus an
+    optional ``platform``. Returns the platform, the fields as read and which
+    keys the file gives (a ``null`` key clears that field)."""
+    root = _compose(text)
+    if root is None:
+        raise PolicyFileInvalid([FileError(1, "", "the file is empty: expected policy keys")])
+    r = _Reader()
+    msg = cm.ChannelPolicy()
+    fields = cm.ChannelPolicy.DESCRIPTOR.fields_by_name
+    platform: str | None = None
+    keys: list[str] = []
+    for key, key_node, value in r.mapping(root, "") or []:
+        if key == "platform":
+            platform = r.string(value, key)
+            if platform is not None and platform not in PLATFORMS:
+                r.error(value, key, f"unknown platform {platform!r}: expected one of {', '.join(PLATFORMS)}")
+        elif key in fields:
+            keys.append(key)
+            r.field(fields[key], value, msg, key)
+        else:
+            r.error(key_node, key, _unknown(key, ["platform", *fields]))
+    if r.errors:
+        raise PolicyFileInvalid(r.errors)
+    return platform, msg, keys
+
+
 def _read_tenant(r: _Reader, node: Node) -> tuple[list[str], dict[str, list[str]], str] | None:
     if _is_null(node):
         return [], {}, ""
@@ -1010,7 +1037,7 @@ def _confirm(question: str) -> bool:
     return answer.strip().lower() in ("y", "yes")
 
 
-def _read_file(filename: str) -> str:
+def read_text(filename: str) -> str:
     try:
         return sys.stdin.read() if filename == "-" else Path(filename).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -1037,7 +1064,7 @@ def guarded(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Names
 def load(filename: str) -> PolicyFile | None:
     """Read and validate; print every error (and return None) or the warnings."""
     try:
-        pf = read_policy_file(_read_file(filename))
+        pf = read_policy_file(read_text(filename))
     except PolicyFileInvalid as exc:
         for e in exc.errors:
             print(e.format(filename), file=sys.stderr)

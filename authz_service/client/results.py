@@ -47,6 +47,11 @@ class CheckResult:
     agent_id: str
     permissions: tuple[str, ...]
     trace_id: str
+    # ALLOW: the binding's tool lists (empty: no restriction from the binding).
+    tools_allowed: tuple[str, ...] = ()
+    tools_denied: tuple[str, ...] = ()
+    # RATE_LIMITED: when the next message would be admitted.
+    retry_after_seconds: int = 0
 
     @property
     def allowed(self) -> bool:
@@ -109,6 +114,9 @@ def check_result(resp: authz_pb2.CheckUserResponse) -> CheckResult:
         agent_id=resp.agent_id,
         permissions=tuple(resp.permissions),
         trace_id=resp.trace_id,
+        tools_allowed=tuple(resp.tools.allowed),
+        tools_denied=tuple(resp.tools.denied),
+        retry_after_seconds=resp.retry_after_seconds,
     )
 
 

@@ -32,8 +32,7 @@ async def check(ctx: Context, channel_id: str, message: Inbound, *, consistent: 
         now = cache.db_now()
     else:
         generation = ctx.cache.generation if ctx.cache else 0
-        async with ctx.db.tenant(t) as conn:
-            row = await q.check_state(conn, t, channel_id, message.user_id, message.group_id)
+        row = await q.check_state(ctx.db, t, channel_id, message.user_id, message.group_id)
         now = row["now"] if row is not None else None
         try:
             state = _state_from_row(t, channel_id, message.user_id, row)

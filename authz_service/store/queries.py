@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
@@ -28,6 +28,9 @@ from ..domain.model import (
     ToolCall,
 )
 from .notify import APPROVALS as NOTIFY_CHANNEL
+
+if TYPE_CHECKING:
+    from .db import Database
 
 Conn = asyncpg.Connection
 
@@ -245,22 +248,13 @@ async def delete_channel(conn: Conn, tenant_id: str, channel_id: str) -> bool:
 
 
 async def check_state(
-    conn: Conn, tenant_id: str, channel_id: str, user_id: str, group_id: str
+    db: Database, tenant_id: str, channel_id: str, user_id: str, group_id: str
 ) -> asyncpg.Record | None:
-    """Everything CheckUser needs, in one round trip."""
-    return await conn.fetchrow(
-        f"""SELECT c.channel_id, c.platform, c.policy, now() AS now, {_TIMEZONE},
-                  s.status, s.source, s.display_name, s.permissions, s.expires_at, s.updated_at,
-                  ($4 <> '' AND EXISTS (
-                      SELECT 1 FROM group_senders g
-                      WHERE g.tenant_id = c.tenant_id AND g.channel_id = c.channel_id
-                        AND g.user_id = $3 AND g.group_id IN ($4, '*'))) AS in_group
-           FROM channels c
-           LEFT JOIN subjects s
-             ON s.tenant_id = c.tenant_id AND s.channel_id = c.channel_id AND s.user_id = $3
-           WHERE c.tenant_id = $1 AND c.channel_id = $2""",
-        tenant_id, channel_id, user_id, group_id,
-    )  # fmt: skip
+    """Everything CheckUser needs, in one round trip (migration 0009 sets the
+    tenant inside the function, so no explicit transaction is needed)."""
+    return await db.fetchrow_as(
+        tenant_id, "SELECT * FROM authz_check_state($1, $2, $3, $4)", tenant_id, channel_id, user_id, group_id
+    )
 
 
 async def send_channel(conn: Conn, tenant_id: str, channel_id: str) -> asyncpg.Record | None:
@@ -976,6 +970,11 @@ async def delete_user_rows(
     )  # fmt: skip
     for row in gone:
         await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, f"{tenant_id} {row['approval_id']}")
+    # The user's rate-limit bucket holds their id: it goes too (a missing bucket is a full one).
+    await conn.execute(
+        "DELETE FROM rate_buckets WHERE tenant_id = $1 AND channel_id = $2 AND scope = $3",
+        tenant_id, channel_id, f"user:{user_id}",
+    )  # fmt: skip
     return _count(subjects), _count(senders), [row["approval_id"] for row in gone]
 
 
