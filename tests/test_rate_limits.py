@@ -316,9 +316,7 @@ async def test_two_processes_admit_exactly_the_burst_between_them(
             await c.close()
 
 
-async def test_sdk_reports_retry_after_and_purge_forgets_the_bucket(
-    dsns: Dsns, tenant: Tenant
-) -> None:
+async def test_sdk_reports_retry_after_and_purge_forgets_the_bucket(dsns: Dsns, tenant: Tenant) -> None:
     """The typed client carries retry_after_seconds; PurgeUser deletes the
     user's bucket (it holds their id), which also refills it."""
     await configure(tenant, rate_limit=hourly(1))

@@ -578,8 +578,14 @@ async def test_check_state_function_scopes_its_own_statement(
     sql = "SELECT * FROM authz_check_state($1, $2, $3, $4)"
     try:
         row = await db.fetchrow_as(tenant.tenant_id, sql, tenant.tenant_id, "tg", "42", "")
-        assert row is not None and (row["channel_id"], row["status"], row["in_group"]) == ("tg", "allowed", False)
-        assert await db.fetchrow_as(other_tenant.tenant_id, sql, other_tenant.tenant_id, "tg", "42", "") is None
+        assert row is not None and (row["channel_id"], row["status"], row["in_group"]) == (
+            "tg",
+            "allowed",
+            False,
+        )
+        assert (
+            await db.fetchrow_as(other_tenant.tenant_id, sql, other_tenant.tenant_id, "tg", "42", "") is None
+        )
         async with db.pool.acquire() as conn:
             assert not conn.is_in_transaction()
             assert await conn.fetchval("SELECT current_setting('authz.tenant', true)") in (None, "")
