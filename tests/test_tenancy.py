@@ -14,7 +14,7 @@ from authz_service.client import connect
 from authz_service.gen.authz.v1 import admin_pb2 as adm
 from authz_service.gen.authz.v1 import authz_pb2 as az
 from authz_service.gen.authz.v1 import common_pb2 as cm
-from authz_service.store.db import Database
+from authz_service.store.db import Database, _opening
 
 from .conftest import Dsns, Service, Tenant, rpc_error
 
@@ -590,5 +590,50 @@ async def test_check_state_function_scopes_its_own_statement(
             assert not conn.is_in_transaction()
             assert await conn.fetchval("SELECT current_setting('authz.tenant', true)") in (None, "")
             assert await _counts(conn) == dict.fromkeys(TENANT_TABLES, 0)
+    finally:
+        await db.close()
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        ({"authz.tenant": "acme-1"}, "BEGIN; SELECT set_config('authz.tenant', 'acme-1', true)"),
+        (
+            {"authz.operator": "on", "authz.tenant": "t2"},
+            "BEGIN; SELECT set_config('authz.operator', 'on', true), set_config('authz.tenant', 't2', true)",
+        ),
+        ({}, "BEGIN"),
+        ({"authz.tenant": "it's"}, None),
+        ({"authz.tenant": "a\\b"}, None),
+        ({"authz.tenant": "x" * 129}, None),
+        ({"authz.tenant": "a b"}, None),
+        ({"authz.tenant'": "a"}, None),
+    ],
+    ids=["slug", "two", "none", "quote", "backslash", "too-long", "space", "odd-name"],
+)
+def test_transaction_opening_message(settings: dict[str, str], expected: str | None) -> None:
+    """Only plain slugs are inlined into the one-message opening; anything else
+    (None) goes through bound parameters."""
+    assert _opening(settings) == expected
+
+
+async def test_tenant_transaction_costs_three_round_trips(dsns: Dsns, tenant: Tenant) -> None:
+    """BEGIN + set_config in one message, the query, COMMIT; no reset on release.
+    Counted as statements the server saw, via the connection's query log."""
+    db = await Database.connect(dsns.service, min_size=1, max_size=1)
+    seen: list[str] = []
+    try:
+        async with db.pool.acquire() as conn:
+            conn.add_query_logger(lambda record: seen.append(record.query))
+        seen.clear()
+        async with db.tenant(tenant.tenant_id) as conn:
+            await conn.fetchval("SELECT 1")
+        async with db.pool.acquire():
+            pass
+        assert seen == [
+            f"BEGIN; SELECT set_config('authz.tenant', '{tenant.tenant_id}', true)",
+            "SELECT 1",
+            "COMMIT",
+        ]
     finally:
         await db.close()

@@ -9,7 +9,9 @@ simple-protocol message (``BEGIN; SELECT set_config(...)``) and a pooled
 connection is not reset on release: every setting is transaction-local, the
 pool's connections never LISTEN (the listener has its own) and never take
 session-level locks, so there is nothing to reset. asyncpg still rolls back a
-transaction left open on release.
+transaction left open on release. Because the transaction is opened by hand, a
+unit of work must not call ``conn.transaction()`` (asyncpg refuses savepoints
+in a transaction it did not start) nor change session-level settings.
 """
 
 from __future__ import annotations
@@ -147,8 +149,8 @@ class Database:
             with span:  # includes the wait for a pooled connection
                 async with self.pool.acquire() as pooled:
                     conn = cast(asyncpg.Connection, pooled)
-                    await _begin(conn, settings)
                     try:
+                        await _begin(conn, settings)
                         yield conn
                     except BaseException:
                         # Best effort: if this fails, the pool's release rolls back
