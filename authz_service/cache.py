@@ -19,7 +19,9 @@ Correctness rules (DESIGN §6):
   RPC that changed a tenant's state also forgets that tenant's entries here
   (``forget_tenant``, O(1): entries carry their tenant's generation) before
   it answers. The next call on this process reads the database; other
-  processes catch up through NOTIFY.
+  processes catch up through NOTIFY. API key records have a generation of
+  their own, bumped only by the RPCs that create or revoke keys, so a
+  tenant's pairing traffic does not make every call re-read its key.
 * The cache is bounded: past ``max_entries`` it is cleared (cheap, and a cold
   read is one round trip).
 """
@@ -64,6 +66,9 @@ class StateCache:
         self._groups: dict[tuple[str, str, str], tuple[int, dict[str, bool]]] = {}
         self._keys: dict[tuple[str, str], tuple[int, KeyRecord | None]] = {}
         self._tenant_generation: dict[str, int] = {}
+        # Keys change only through the key RPCs: a write to a tenant's policies
+        # or users leaves its cached keys alone (they have their own generation).
+        self._key_generation: dict[str, int] = {}
         self._clock_offset = timedelta(0)
 
     # --- invalidation ---------------------------------------------------------
@@ -74,14 +79,18 @@ class StateCache:
         self.usable = connected
         log.info("state cache %s", "on" if connected else "off (listener down): reading the database")
 
-    def forget_tenant(self, tenant_id: str) -> None:
-        """Invalidate every entry of one tenant at once (and any fill in flight)."""
+    def forget_tenant(self, tenant_id: str, *, keys: bool = False) -> None:
+        """Invalidate every state entry of one tenant at once (and any fill in
+        flight); with ``keys``, its API key records too."""
         self.generation += 1
         self._tenant_generation[tenant_id] = self._tenant_generation.get(tenant_id, 0) + 1
+        if keys:
+            self._key_generation[tenant_id] = self._key_generation.get(tenant_id, 0) + 1
 
     def clear(self) -> None:
         self.generation += 1
         self._tenant_generation.clear()
+        self._key_generation.clear()
         self._channels.clear()
         self._subjects.clear()
         self._groups.clear()
@@ -168,13 +177,13 @@ class StateCache:
     def key(self, tenant_id: str, key_id: str) -> tuple[bool, KeyRecord | None]:
         """(found in cache, record); a cached None means "no such key"."""
         entry = self._keys.get((tenant_id, key_id)) if self.usable else None
-        if entry is None or entry[0] != self._tenant_generation.get(tenant_id, 0):
+        if entry is None or entry[0] != self._key_generation.get(tenant_id, 0):
             return False, None
         return True, entry[1]
 
     def fill_key(self, generation: int, tenant_id: str, key_id: str, record: KeyRecord | None) -> None:
         if self._may_fill(generation):
-            self._keys[(tenant_id, key_id)] = (self._tenant_generation.get(tenant_id, 0), record)
+            self._keys[(tenant_id, key_id)] = (self._key_generation.get(tenant_id, 0), record)
 
     def _may_fill(self, generation: int) -> bool:
         if not self.usable or generation != self.generation:

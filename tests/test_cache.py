@@ -7,6 +7,7 @@ import dataclasses
 from collections.abc import AsyncIterator
 
 import asyncpg
+import grpc
 import pytest
 
 from authz_service.client import Client, connect
@@ -18,7 +19,7 @@ from authz_service.server import RunningServer, start_server
 from authz_service.store.db import Database
 from authz_service.store.notify import APPLICATION_NAME
 
-from .conftest import Dsns, Tenant, eventually
+from .conftest import Dsns, Tenant, eventually, rpc_error
 
 
 @dataclasses.dataclass
@@ -181,3 +182,29 @@ async def test_evaluate_send_uses_the_cached_channel_policy(
         return (await send("ops")).allow
 
     await eventually(allowed)
+
+
+async def test_state_writes_keep_cached_keys_and_key_revocation_drops_them(
+    cached: Cached, dsns: Dsns, tenant: Tenant
+) -> None:
+    """A write to a tenant's users leaves its cached API keys alone (pairing
+    traffic does not make every call re-read its key), while revoking a key
+    through this process refuses it at once, without waiting for NOTIFY (the
+    key trigger is switched off to prove it)."""
+    admin = connect(f"127.0.0.1:{cached.running.port}", tenant.keys["admin"])
+    key_id = tenant.keys["connector"].split(".")[2]
+    owner = await asyncpg.connect(dsns.owner)
+    try:
+        assert await check(cached) == az.DECISION_ALLOW  # the connector key is cached now
+        assert cached.running.cache.key(tenant.tenant_id, key_id)[0]
+        await admin.admin.AllowUser(adm.AllowUserRequest(channel_id="tg", user_id="43"))
+        assert cached.running.cache.key(tenant.tenant_id, key_id)[0]
+        await owner.execute("ALTER TABLE api_keys DISABLE TRIGGER api_keys_changes")
+        await admin.admin.RevokeApiKey(adm.RevokeApiKeyRequest(key_id=key_id))
+        assert not cached.running.cache.key(tenant.tenant_id, key_id)[0]
+        err = await rpc_error(check(cached))
+        assert err.code() == grpc.StatusCode.UNAUTHENTICATED
+    finally:
+        await owner.execute("ALTER TABLE api_keys ENABLE TRIGGER api_keys_changes")
+        await owner.close()
+        await admin.close()

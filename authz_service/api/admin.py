@@ -91,7 +91,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
 
     # --- tenants (operator) -----------------------------------------------------
 
-    @rpc(Role.OPERATOR)
+    @rpc(Role.OPERATOR, changes_keys=True)
     async def CreateTenant(self, request: adm.CreateTenantRequest, ctx: Context) -> adm.CreateTenantResponse:
         tenant_id = ids.tenant_id(request.tenant_id)
         name = convert.text(request.display_name, "display_name", 256)
@@ -127,7 +127,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
 
     # --- keys --------------------------------------------------------------------
 
-    @rpc(Role.ADMIN)
+    @rpc(Role.ADMIN, changes_keys=True)
     async def CreateApiKey(self, request: adm.CreateApiKeyRequest, ctx: Context) -> adm.CreateApiKeyResponse:
         role = convert.enum_in(convert.ROLE, request.role, "role")
         key = await flows.create_key(ctx, role, convert.text(request.name, "name", 128))
@@ -137,7 +137,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def ListApiKeys(self, request: adm.ListApiKeysRequest, ctx: Context) -> adm.ListApiKeysResponse:
         return adm.ListApiKeysResponse(keys=[_key(k) for k in await flows.list_keys(ctx)])
 
-    @rpc(Role.ADMIN)
+    @rpc(Role.ADMIN, changes_keys=True)
     async def RevokeApiKey(self, request: adm.RevokeApiKeyRequest, ctx: Context) -> adm.RevokeApiKeyResponse:
         key_id = ids.require(ids.KEY_ID, request.key_id, "key_id", "a key id (12 characters [a-z0-9])")
         return adm.RevokeApiKeyResponse(key=_key(await flows.revoke_key(ctx, key_id)))

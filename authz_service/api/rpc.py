@@ -119,7 +119,9 @@ async def _abort(
     await context.abort(grpc.StatusCode.INTERNAL, f"internal error (trace {trace_id})")
 
 
-def rpc(*roles: Role, read_only: bool = False) -> Callable[[Handler[Req, Resp]], Method[Req, Resp]]:
+def rpc(
+    *roles: Role, read_only: bool = False, changes_keys: bool = False
+) -> Callable[[Handler[Req, Resp]], Method[Req, Resp]]:
     """Authenticate, authorize by role, run, and map errors to status codes.
 
     ``Role.ADMIN`` may call any tenant RPC; the operator key only what lists
@@ -129,6 +131,7 @@ def rpc(*roles: Role, read_only: bool = False) -> Callable[[Handler[Req, Resp]],
     Unless ``read_only``, a successful call forgets its tenant's entries in this
     process's cache before answering, so the caller's next call here sees what
     it just wrote (other processes learn through NOTIFY; see authz_service.cache).
+    Cached API keys are forgotten only by calls marked ``changes_keys``.
     """
     allowed = set(roles)
 
@@ -150,7 +153,7 @@ def rpc(*roles: Role, read_only: bool = False) -> Callable[[Handler[Req, Resp]],
                 await _abort(context, exc, name, trace_id, call)
             cache: StateCache | None = self.runtime.cache
             if not read_only and cache is not None and ctx.tenant_id:
-                cache.forget_tenant(ctx.tenant_id)
+                cache.forget_tenant(ctx.tenant_id, keys=changes_keys)
             return response
 
         @functools.wraps(handler)
