@@ -185,3 +185,20 @@ async def test_reported_identities_are_validated(tenant: Tenant, field: str, val
     req = az.RequestPairingRequest(channel_id="tg", user_id="42", **{field: value})
     err = await rpc_error(tenant.connector.authz.RequestPairing(req))
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and field in (err.details() or "")
+
+
+@pytest.mark.parametrize(
+    ("pattern", "why"),
+    [
+        ("+*1*", "at least 4 digits after '+'"),  # every number with a 1 in it
+        ("+1*", "at least 4 digits after '+'"),  # all of North America
+        ("+*", "must contain digits"),
+    ],
+    ids=["star-digit-star", "country-code-only", "match-all"],
+)
+async def test_phone_patterns_that_admit_too_much_are_refused(tenant: Tenant, pattern: str, why: str) -> None:
+    err = await rpc_error(tenant.channel(auto_approve=cm.AutoApprove(phone_patterns=["+8498*", pattern])))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    details = err.details() or ""
+    assert "policy.auto_approve.phone_patterns" in details and why in details
+    assert (await tenant.admin.admin.ListChannels(adm.ListChannelsRequest())).channels == []

@@ -272,7 +272,7 @@ async def test_exhausted_channel_refuses_the_right_code_until_the_window_has_pas
     exceeded = [e for e in audit if e.event == "pairing.code_attempts_exceeded"]
     assert len(exceeded) == 1
     assert exceeded[0].channel_id == "tg" and exceeded[0].actor.startswith("key:")
-    assert json.loads(exceeded[0].details_json)["scopes"] == ["code:channel:tg"]
+    assert json.loads(exceeded[0].details_json)["scopes"] == ["code:channel"]  # the kind, no ids
     trail = " ".join(str(e) for e in audit)
     # Logged, but never with a code (guessed or real).
     logged = [r for r in caplog.records if r.getMessage() == "pairing code attempts exceeded"]

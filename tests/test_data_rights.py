@@ -422,6 +422,43 @@ async def test_purge_wakes_a_watcher_of_a_deleted_approval(tenant: Tenant, agent
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
 
 
+async def test_purge_leaves_no_invite_attempt_counter_or_audit_detail_with_the_number(
+    tenant: Tenant, owner: asyncpg.Connection
+) -> None:
+    """On WhatsApp the user id is the phone number. Wrong invite codes are counted
+    per user (scope ``invite:user:<channel>:<number>``) and the first refusal is
+    audited: after a purge neither the counter nor any audit detail holds it."""
+    t, number, other = tenant.tenant_id, "+4915734918265", "+4915700000001"
+    await tenant.channel("wa", platform=cm.PLATFORM_WHATSAPP)
+    made = await tenant.admin.admin.CreateInvite(adm.CreateInviteRequest(channel_id="wa"))
+    wrong = "2345-6789-ABCD-EFGH" if made.code != "2345-6789-ABCD-EFGH" else "3456-789A-BCDE-FGHJ"
+
+    async def redeem(user: str) -> int:
+        req = az.RedeemInviteRequest(channel_id="wa", user_id=user, code=wrong, display_name=NAME)
+        return (await tenant.connector.authz.RedeemInvite(req)).outcome
+
+    outcomes = [await redeem(number) for _ in range(11)]  # the default limit is 10 per window
+    assert outcomes == [az.INVITE_OUTCOME_INVALID] * 10 + [az.INVITE_OUTCOME_TOO_MANY_ATTEMPTS]
+    assert await redeem(other) == az.INVITE_OUTCOME_TOO_MANY_ATTEMPTS  # the channel is spent too
+    counters = "SELECT scope FROM attempt_limits WHERE tenant_id = $1"
+    assert {r["scope"] for r in await scoped(owner, t, counters, t)} == {
+        "invite:channel:wa", f"invite:user:wa:{number}", f"invite:user:wa:{other}",
+    }  # fmt: skip
+    [exceeded] = [a for a in await audit_rows(owner, t) if a["event"] == "invite.attempts_exceeded"]
+    assert (exceeded["subject"], exceeded["details"]["scopes"]) == (number, ["invite:channel", "invite:user"])
+    assert number not in json.dumps(exceeded["details"])  # the subject names the user, nothing else
+
+    r = await tenant.admin.admin.PurgeUser(adm.UserRef(channel_id="wa", user_id=number))
+    # The user's counter is gone; the channel's (no user in it) and another user's stay.
+    assert {r["scope"] for r in await scoped(owner, t, counters, t)} == {
+        "invite:channel:wa", f"invite:user:wa:{other}",
+    }  # fmt: skip
+    after = await audit_rows(owner, t)
+    assert [a["subject"] for a in after if a["event"] == "invite.attempts_exceeded"] == [r.pseudonym]
+    for row in after:
+        assert not mentions(row, number), row
+
+
 # --- anonymise ----------------------------------------------------------------------------
 
 

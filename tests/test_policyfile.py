@@ -176,7 +176,7 @@ DOMAIN_CASES = [
      "channels[0].policy.agent_send_policies[-x]: must be 1-64 characters"),
     ("quorum bound", "      required_approvals: 6\n", 6,
      "channels[0].policy.required_approvals: must be between 0 (one) and 5"),
-    ("phone pattern", '      auto_approve: {phone_patterns: ["+49*", "+*"]}\n', 6,
+    ("phone pattern", '      auto_approve: {phone_patterns: ["+4930*", "+*"]}\n', 6,
      "channels[0].policy.auto_approve.phone_patterns[1]: '+*' must contain digits"),
 ]  # fmt: skip
 

@@ -10,11 +10,12 @@ and a restart forgets none.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import secrets
 import signal
 import tempfile
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
 import pytest
@@ -24,7 +25,7 @@ from authz_service.gen.authz.v1 import admin_pb2 as adm
 from authz_service.gen.authz.v1 import authz_pb2 as az
 from authz_service.gen.authz.v1 import common_pb2 as cm
 
-from .conftest import Dsns, Tenant, rpc_error
+from .conftest import Dsns, Service, Tenant, rpc_error
 from .test_pairing import OWNER, button, check, events, pair, press
 from .test_replicas import Replica, free_port
 
@@ -84,6 +85,8 @@ async def test_same_approver_twice_counts_once(tenant: Tenant) -> None:
     assert all(a.approval.status == cm.APPROVAL_STATUS_PENDING for a in answers)
     assert {a.owner_text for a in answers} == {f"👍 1 of 2 approvals (by telegram:{OWNER})"}
     assert {tuple(a.approval.approved_by) for a in answers} == {(f"telegram:{OWNER}",)}
+    assert (await approval(tenant, req.approval_id)).status == cm.APPROVAL_STATUS_PENDING
+    assert (await check(tenant, consistent=True)).decision == az.DECISION_PAIRING_REQUIRED
     # An approver key is another actor: its approval completes the quorum.
     request = az.ResolveApprovalRequest(approval_id=req.approval_id, action=APPROVE)
     by_key = await tenant.approver.authz.ResolveApproval(request)
@@ -95,18 +98,6 @@ async def test_same_approver_twice_counts_once(tenant: Tenant) -> None:
     votes = await events(tenant, "pairing.vote")
     assert len(votes) == 1 and votes[0].actor == f"telegram:{OWNER}"
     assert len(await events(tenant, "pairing.approved")) == 1
-
-
-async def test_approving_twice_by_the_same_approver_never_approves(tenant: Tenant) -> None:
-    await quorum_channel(tenant, 2)
-    req = await pair(tenant)
-    for _ in range(2):
-        resp = await tenant.approver.authz.ResolveApproval(
-            az.ResolveApprovalRequest(approval_id=req.approval_id, action=APPROVE)
-        )
-        assert resp.approval.status == cm.APPROVAL_STATUS_PENDING and len(resp.approval.approved_by) == 1
-    assert (await approval(tenant, req.approval_id)).status == cm.APPROVAL_STATUS_PENDING
-    assert (await check(tenant, consistent=True)).decision == az.DECISION_PAIRING_REQUIRED
 
 
 @pytest.mark.parametrize(
@@ -127,6 +118,88 @@ async def test_one_deny_or_block_ends_it(tenant: Tenant, action: int, status: in
     err = await rpc_error(press(tenant, button(req, APPROVE), THIRD))
     assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert (await check(tenant, consistent=True)).decision == decision
+
+
+async def _remove_approver(t: Tenant) -> None:
+    await quorum_channel(t, 2, (THIRD,))  # SECOND is no longer a channel approver
+
+
+async def _revoke_key(t: Tenant, key_id: str) -> None:
+    await t.admin.admin.RevokeApiKey(adm.RevokeApiKeyRequest(key_id=key_id))
+
+
+async def _drop_tenant_approver(t: Tenant) -> None:
+    await t.admin.admin.SetTenantSettings(adm.TenantSettings(approvers=[]))
+
+
+@pytest.mark.parametrize(
+    ("voter", "withdraw"),
+    [
+        ("channel approver", lambda t, _key: _remove_approver(t)),
+        ("tenant approver", lambda t, _key: _drop_tenant_approver(t)),
+        ("approver key", _revoke_key),
+    ],
+    ids=["channel-approver-removed", "tenant-approver-removed", "key-revoked"],
+)
+async def test_deciding_vote_drops_votes_that_no_longer_qualify(
+    tenant: Tenant, service: Service, voter: str, withdraw: Callable[[Tenant, str], Awaitable[None]]
+) -> None:
+    """An earlier vote counts only while its voter may still resolve: the vote
+    that would reach the quorum checks them again against the channel's current
+    approvers and keys. Dropped votes leave the request pending."""
+    await quorum_channel(tenant, 2)
+    await tenant.admin.admin.SetTenantSettings(adm.TenantSettings(approvers=["telegram:400"]))
+    req = await pair(tenant)
+    payload = button(req, APPROVE)
+    made = await tenant.admin.admin.CreateApiKey(
+        adm.CreateApiKeyRequest(role=adm.ROLE_APPROVER, name="second")
+    )
+    key_id = made.key.key_id
+    if voter == "approver key":
+        async with connect(service.address, made.secret) as second:
+            request = az.ResolveApprovalRequest(approval_id=req.approval_id, action=APPROVE)
+            first = await second.authz.ResolveApproval(request)
+        early = f"key:{key_id}"
+    else:
+        early = f"telegram:{SECOND if voter == 'channel approver' else '400'}"
+        first = await press(tenant, payload, early.removeprefix("telegram:"))
+    assert list(first.approval.approved_by) == [early]
+
+    await withdraw(tenant, key_id)
+    deciding = await press(tenant, payload, THIRD)
+    assert deciding.approval.status == cm.APPROVAL_STATUS_PENDING
+    assert list(deciding.approval.approved_by) == [f"telegram:{THIRD}"]
+    assert deciding.owner_text == f"👍 1 of 2 approvals (by telegram:{THIRD})"
+    assert list((await approval(tenant, req.approval_id)).approved_by) == [f"telegram:{THIRD}"]
+    assert (await check(tenant, consistent=True)).decision == az.DECISION_PAIRING_REQUIRED
+    votes = await events(tenant, "pairing.vote")
+    assert [(e.actor, json.loads(e.details_json)) for e in votes] == [
+        (early, {"votes": 1, "required_approvals": 2}),
+        (f"telegram:{THIRD}", {"votes": 1, "required_approvals": 2, "dropped": [early]}),
+    ]
+    # A voter who still qualifies completes it.
+    final = await press(tenant, payload, OWNER)
+    assert final.approval.status == cm.APPROVAL_STATUS_APPROVED
+    assert list(final.approval.approved_by) == [f"telegram:{THIRD}", f"telegram:{OWNER}"]
+    assert (await check(tenant)).decision == az.DECISION_ALLOW
+
+
+async def test_deciding_vote_keeps_votes_that_still_qualify(tenant: Tenant) -> None:
+    await quorum_channel(tenant, 3)
+    req = await pair(tenant)
+    payload = button(req, APPROVE)
+    await press(tenant, payload, SECOND)
+    await quorum_channel(tenant, 3, (SECOND, THIRD, "400"))  # a policy change that keeps them
+    await press(tenant, payload, OWNER)
+    final = await press(tenant, payload, THIRD)
+    assert final.approval.status == cm.APPROVAL_STATUS_APPROVED
+    assert list(final.approval.approved_by) == [
+        f"telegram:{SECOND}",
+        f"telegram:{OWNER}",
+        f"telegram:{THIRD}",
+    ]
+    [approved] = await events(tenant, "pairing.approved")
+    assert "dropped" not in json.loads(approved.details_json)
 
 
 async def test_unauthorized_actor_cannot_vote(tenant: Tenant) -> None:

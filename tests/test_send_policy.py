@@ -97,12 +97,12 @@ async def test_windows_are_judged_in_the_tenant_zone(tenant: Tenant, dsns: Dsns)
     # UTC: Tokyo's "now" is nine hours away, outside the window.
     outside = await send(tenant.connector, "Slack:#Exec")
     assert (outside.allow, outside.reason) == (False, denial("Slack:#Exec"))
-    assert outside.resolved_target == EXEC
+    assert outside.resolved_target == "#exec"  # on the Slack channel: Slack's own spelling
     assert (await send(tenant.connector, "slack:#random")).allow  # not restricted
 
     assert (await set_zone(tenant, TOKYO)).timezone == TOKYO
     inside = await send(tenant.connector, "Slack:#Exec")
-    assert (inside.allow, inside.reason, inside.resolved_target) == (True, "", EXEC)
+    assert (inside.allow, inside.reason, inside.resolved_target) == (True, "", "#exec")
 
     await set_zone(tenant, NEW_YORK)
     assert not (await send(tenant.connector, EXEC)).allow
@@ -182,25 +182,109 @@ async def test_spellings_and_aliases_are_one_target(tenant: Tenant) -> None:
         "<#C0EXEC|exec>",
         "slack:<#C0EXEC>",
         "BOSS",
+        "C0EXEC",  # bare: on this Slack channel, slack:C0EXEC
+        "#exec",
     ):
         resp = await send(tenant.connector, spelling)
-        assert (resp.allow, resp.reason, resp.resolved_target) == (False, denial(spelling), "slack:C0EXEC")
+        assert (resp.allow, resp.reason, resp.resolved_target) == (False, denial(spelling), "C0EXEC")
     ok = await send(tenant.connector, "Slack:#Random")
-    assert (ok.allow, ok.resolved_target) == (True, "slack:#random")
+    assert (ok.allow, ok.resolved_target) == (True, "#random")
     # Per-agent list, written with an alias in another case.
-    for target in ("ops-alerts", "slack:C0OPS", "<#c0ops>", "origin", "slack:c0home"):
+    for target in ("ops-alerts", "slack:C0OPS", "C0OPS", "<#c0ops>", "origin", "slack:c0home", "C0HOME"):
         assert (await send(tenant.connector, target, agent="ops")).allow, target
     assert not (await send(tenant.connector, "slack:#random", agent="ops")).allow
     origin = await send(tenant.connector, "Origin", agent="ops")
-    assert origin.resolved_target == "slack:C0HOME"
+    assert origin.resolved_target == "C0HOME"
     audit = (await tenant.admin.admin.QueryAudit(adm.QueryAuditRequest(event="send.denied"))).events
     assert [e.subject for e in audit][:2] == ["slack:#exec", "Slack:#EXEC"]  # as the agent wrote it
+
+
+# Review findings: "origin" skipped a deny or window naming the conversation by id, and a
+# bare id skipped a deny written with the platform prefix (while still being delivered).
+ONE_CONVERSATION = [
+    # (platform, send policy, origin, target, allowed, resolved_target)
+    pytest.param(
+        cm.PLATFORM_SLACK, cm.SendPolicy(default=cm.SEND_DEFAULT_DENY, allow=["origin"], deny=[EXEC]),
+        "Slack:#Exec", "origin", False, "#exec", id="origin-vs-deny-by-name",
+    ),
+    pytest.param(
+        cm.PLATFORM_SLACK, cm.SendPolicy(default=cm.SEND_DEFAULT_ALLOW, deny=["slack:C0EXEC"]),
+        "C0EXEC", "origin", False, "C0EXEC", id="origin-vs-deny-by-id",
+    ),
+    pytest.param(
+        cm.PLATFORM_SLACK, cm.SendPolicy(default=cm.SEND_DEFAULT_ALLOW, deny=["slack:C0EXEC"]),
+        "DU0ALICE01", "C0EXEC", False, "C0EXEC", id="slack-bare-vs-prefixed",
+    ),
+    pytest.param(
+        cm.PLATFORM_SLACK, cm.SendPolicy(default=cm.SEND_DEFAULT_ALLOW, deny=["C0EXEC"]),
+        "DU0ALICE01", "slack:c0exec", False, "C0EXEC", id="slack-prefixed-vs-bare",
+    ),
+    pytest.param(
+        cm.PLATFORM_TELEGRAM, cm.SendPolicy(default=cm.SEND_DEFAULT_ALLOW, deny=["telegram:@Board"]),
+        "42", "@board", False, "@board", id="telegram-username-bare-vs-prefixed",
+    ),
+    pytest.param(
+        cm.PLATFORM_TELEGRAM, cm.SendPolicy(default=cm.SEND_DEFAULT_ALLOW, deny=["telegram:-100123"]),
+        "42", "-100123", False, "-100123", id="telegram-chat-bare-vs-prefixed",
+    ),
+    pytest.param(
+        cm.PLATFORM_TELEGRAM, cm.SendPolicy(default=cm.SEND_DEFAULT_DENY, allow=["telegram:-100123"]),
+        "42", "-100123", True, "-100123", id="telegram-allow-prefixed-delivered-bare",
+    ),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("platform", "policy", "origin", "target", "allow", "resolved"), ONE_CONVERSATION)
+async def test_one_conversation_has_one_name(
+    tenant: Tenant,
+    platform: cm.Platform.ValueType,
+    policy: cm.SendPolicy,
+    origin: str,
+    target: str,
+    allow: bool,
+    resolved: str,
+) -> None:
+    await tenant.channel("ch", platform, send_policy=policy)
+    resp = await tenant.connector.authz.EvaluateSend(
+        az.EvaluateSendRequest(channel_id="ch", agent_id="a", session_id="s", origin=origin, target=target)
+    )
+    assert (resp.allow, resp.reason, resp.resolved_target) == (
+        allow,
+        "" if allow else denial(target),
+        resolved,
+    )
+
+
+async def test_a_window_by_id_restricts_replies_to_origin(tenant: Tenant, dsns: Dsns) -> None:
+    """A restriction on the group's id, outside its window: replying to ``origin`` is denied."""
+    w = await window_around_now(dsns, TOKYO)  # UTC tenant: outside
+    await tenant.channel(
+        "tg",
+        cm.PLATFORM_TELEGRAM,
+        send_policy=cm.SendPolicy(
+            default=cm.SEND_DEFAULT_ALLOW,
+            time_restrictions=[cm.TimeRestriction(targets=["telegram:-100123"], windows=[w])],
+        ),
+    )
+
+    async def reply(target: str) -> az.EvaluateSendResponse:
+        return await tenant.connector.authz.EvaluateSend(
+            az.EvaluateSendRequest(channel_id="tg", agent_id="a", origin="-100123", target=target)
+        )
+
+    for target in ("origin", "-100123", "telegram:-100123"):
+        assert not (await reply(target)).allow, target
+    await set_zone(tenant, TOKYO)
+    for target in ("origin", "-100123", "telegram:-100123"):
+        resp = await reply(target)
+        assert (resp.allow, resp.resolved_target) == (True, "-100123"), target
 
 
 @pytest.mark.parametrize(
     "aliases",
     [
         pytest.param({"Exec": "slack:#a", "exec": "slack:#b"}, id="case"),
+        pytest.param({"C0EXEC": "slack:#a", "slack:c0exec": "slack:#b"}, id="bare-and-prefixed"),
         pytest.param({"<#C01|x>": "a", "slack:c01": "b"}, id="mention"),
         pytest.param({"a": "B", "b": "a"}, id="loop"),
         pytest.param({"ORIGIN": "slack:#a"}, id="origin"),

@@ -22,7 +22,6 @@ from ..gen.authz.v1 import common_pb2 as cm
 from . import convert
 from .rpc import Runtime, rpc, rpc_stream
 
-_PERMISSION = re.compile(r"[A-Za-z0-9_.:*-]{1,64}")
 _EVENT = re.compile(r"[a-z_]+(\.[a-z_]+)*\.?")
 _GRANT_ID = re.compile(r"grt_[A-Za-z0-9_-]{22}")
 _USER_FILTER = {
@@ -179,7 +178,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         if len(request.permissions) > 64:
             raise InvalidArgument("permissions", "at most 64 entries")
         for p in request.permissions:
-            ids.require(_PERMISSION, p, "permissions", "1-64 characters [A-Za-z0-9_.:*-]")
+            ids.permission(p)
         name = convert.text(request.display_name, "display_name", 256)
         return convert.subject_out(
             await flows.allow_user(ctx, channel_id, user_id, name, list(request.permissions))
@@ -321,7 +320,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         if len(request.permissions) > MAX_PERMISSIONS:
             raise InvalidArgument("permissions", f"at most {MAX_PERMISSIONS} entries")
         for p in request.permissions:
-            ids.require(_PERMISSION, p, "permissions", "1-64 characters [A-Za-z0-9_.:*-]")
+            ids.permission(p)
         created = await invites.create_invite(
             ctx,
             ids.channel_id(request.channel_id),

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from ..domain.invites import invite_status
 from ..gen.authz.v1 import admin_pb2 as adm
 
 _DURATION = re.compile(r"(\d+)([smhd]?)")
@@ -35,23 +36,18 @@ def parse_uses(text: str) -> int:
     return int(text)
 
 
-def _status(i: adm.Invite, now: datetime, ts: Callable[[Any, str], datetime | None]) -> str:
-    expires = ts(i, "expires_at")
-    if i.HasField("revoked_at"):
-        return "revoked"
-    if i.uses >= i.max_uses:
-        return "used up"
-    if expires is not None and expires <= now:
-        return "expired"
-    return "active"
-
-
 def _row(cli: Any, i: adm.Invite, now: datetime) -> dict[str, Any]:
     return {
         "invite_id": i.invite_id,
         "channel": i.channel_id,
         "uses": f"{i.uses}/{i.max_uses}",
-        "status": _status(i, now, cli.ts),
+        "status": invite_status(
+            revoked=i.HasField("revoked_at"),
+            uses=i.uses,
+            max_uses=i.max_uses,
+            expires_at=cli.ts(i, "expires_at"),
+            now=now,
+        ),
         "created": cli.ts(i, "created_at"),
         "expires": cli.ts(i, "expires_at"),
         "revoked": cli.ts(i, "revoked_at"),

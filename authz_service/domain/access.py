@@ -135,9 +135,11 @@ def _group_verdict(policy: ChannelPolicy, in_group_allowlist: bool, message: Inb
     if rule.allowed_commands or rule.denied_commands:
         command = mention.command_of(message.text)
         if command is not None:
+            # A malformed command ("") might be any command, a denied one too.
+            if not command:
+                return _deny("command_malformed")
             if command in rule.denied_commands:
                 return _deny("command_denied")
-            # A malformed command ("") is in no allowlist.
             if rule.allowed_commands and command not in rule.allowed_commands:
                 return _deny("command_not_allowed")
     if rule.policy is GroupPolicy.OPEN:

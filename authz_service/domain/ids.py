@@ -17,6 +17,8 @@ AGENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
 KEY_ID = re.compile(r"[a-z0-9]{12}")
 APPROVAL_ID = re.compile(r"apr_[A-Za-z0-9_-]{22}")
 GROUP_ID = re.compile(r"\*|[A-Za-z0-9_:.@+-]{1,128}")
+# Permission names, wherever they are given: bindings, AllowUser, CreateInvite.
+PERMISSION = re.compile(r"[A-Za-z0-9_.:*-]{1,64}")
 
 _USER_ID = {
     # Telegram user ids are positive integers (bots and users alike).
@@ -58,6 +60,12 @@ def approval_id(value: str, field: str = "approval_id") -> str:
 
 def group_id(value: str, field: str = "group_id") -> str:
     return require(GROUP_ID, value, field, "'*' or 1-128 characters [A-Za-z0-9_:.@+-]")
+
+
+def permission(value: str, field: str = "permissions") -> str:
+    if not PERMISSION.fullmatch(value):
+        raise InvalidArgument(field, f"{value[:80]!r} must be 1-64 characters [A-Za-z0-9_.:*-]")
+    return value
 
 
 def user_id_shape(value: str, field: str = "user_id") -> str:

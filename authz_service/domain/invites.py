@@ -93,13 +93,16 @@ def normalize_invite_code(raw: str) -> str:
     return code
 
 
-def invite_status(invite: Invite, now: datetime) -> str:
-    """``active``, or why it no longer admits anyone (revoked wins, then used up)."""
-    if invite.revoked_at is not None:
+def invite_status(
+    *, revoked: bool, uses: int, max_uses: int, expires_at: datetime | None, now: datetime
+) -> str:
+    """``active``, or why it no longer admits anyone: ``revoked`` wins, then
+    ``used_up``, then ``expired`` (as ``authz invites list`` shows it)."""
+    if revoked:
         return "revoked"
-    if invite.uses >= invite.max_uses:
+    if uses >= max_uses:
         return "used_up"
-    if invite.expires_at <= now:
+    if expires_at is not None and expires_at <= now:
         return "expired"
     return "active"
 

@@ -8,6 +8,7 @@ channels went open when ``mode`` went missing; ours go closed).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -33,7 +34,8 @@ MAX_LIST = 256
 MAX_TARGET = 256
 MAX_REQUIRED_APPROVALS = 5
 MAX_RATE = 1_000_000
-_NAME = re.compile(r"[A-Za-z0-9_.:*-]{1,128}")
+MIN_PHONE_PREFIX = 4  # auto-approve phone patterns: literal digits after "+"
+_TOOL_NAME = re.compile(r"[A-Za-z0-9_.:*-]{1,128}")  # permissions: ids.PERMISSION
 _PHONE_GLOB = re.compile(r"\+[0-9?*]{1,16}")
 _DOMAIN = re.compile(r"(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}")
 _HHMM = re.compile(r"([01][0-9]|2[0-3]):([0-5][0-9])")
@@ -57,13 +59,16 @@ def _bounded(values: tuple[object, ...], field: str, max_items: int = 64) -> Non
         raise InvalidArgument(field, f"at most {max_items} entries")
 
 
-def _names(values: tuple[str, ...], field: str) -> tuple[str, ...]:
-    """Permissions and tool names: 1-128 characters [A-Za-z0-9_.:*-]."""
+def _tool_name(value: str, field: str) -> str:
+    if not _TOOL_NAME.fullmatch(value):
+        raise InvalidArgument(field, f"{value[:80]!r} must be 1-128 characters [A-Za-z0-9_.:*-]")
+    return value
+
+
+def _names(values: tuple[str, ...], field: str, check: Callable[[str, str], str]) -> tuple[str, ...]:
+    """Permissions (``ids.permission``) or tool names (``_tool_name``), duplicates dropped."""
     _bounded(values, field, MAX_LIST)
-    for v in values:
-        if not _NAME.fullmatch(v):
-            raise InvalidArgument(field, f"{v!r} must be 1-128 characters [A-Za-z0-9_.:*-]")
-    return tuple(dict.fromkeys(values))
+    return tuple(dict.fromkeys(check(v, field) for v in values))
 
 
 def minute_of(value: str, field: str) -> int:
@@ -154,9 +159,9 @@ def validate_binding(platform: Platform, b: Binding, field: str) -> Binding:
         user_id=user,
         group_id=group,
         agent_id=b.agent_id,
-        permissions=_names(b.permissions, f"{field}.permissions"),
-        tools_allowed=_names(b.tools_allowed, f"{field}.tools.allowed"),
-        tools_denied=_names(b.tools_denied, f"{field}.tools.denied"),
+        permissions=_names(b.permissions, f"{field}.permissions", ids.permission),
+        tools_allowed=_names(b.tools_allowed, f"{field}.tools.allowed", _tool_name),
+        tools_denied=_names(b.tools_denied, f"{field}.tools.denied", _tool_name),
     )
 
 
@@ -169,6 +174,13 @@ def validate_auto_approve(a: AutoApprove, field: str) -> AutoApprove:
         if p.strip("+*?") == "":
             raise InvalidArgument(
                 f"{field}.phone_patterns", f"{p!r} must contain digits (no match-all pattern)"
+            )
+        rest = p[1:]
+        if len(rest) - len(rest.lstrip("0123456789")) < MIN_PHONE_PREFIX:
+            raise InvalidArgument(
+                f"{field}.phone_patterns",
+                f"{p!r} must start with at least {MIN_PHONE_PREFIX} digits after '+' before any '?' or '*'"
+                " (a shorter prefix admits a whole country or more)",
             )
     domains = []
     for d in a.email_domains:
@@ -203,10 +215,10 @@ def validate(platform: Platform, policy: ChannelPolicy) -> ChannelPolicy:
         _target(target, "policy.aliases")
         if targets.normalise(alias) == targets.ORIGIN:
             raise InvalidArgument("policy.aliases", "'origin' is reserved")
-    try:  # names are compared normalised (domain.targets): two spellings are one alias
-        normalised = targets.normalise_aliases(policy.aliases)
+    try:  # names are compared canonical on the platform (domain.targets): C0X is slack:C0X
+        normalised = targets.normalise_aliases(policy.aliases, platform)
         for alias in normalised:
-            targets.resolve(alias, normalised)
+            targets.resolve(alias, normalised, platform)
     except targets.DuplicateAlias as exc:
         raise InvalidArgument(
             "policy.aliases", f"{exc.first[:80]!r} and {exc.second[:80]!r} are the same alias once normalised"

@@ -4,9 +4,11 @@ Precedence, first match wins:
 
 1. ``list`` actions are never gated.
 2. The requested target, the origin, every policy entry and both sides of
-   every alias are normalised (``domain.targets``), then aliases resolve to a
-   canonical target, for the request and every policy entry alike, so neither
-   another spelling nor an alias can bypass a deny.
+   every alias are normalised (``domain.targets``) on the channel's platform
+   (a bare ``C0EXEC`` on a Slack channel is ``slack:C0EXEC``), then aliases
+   resolve to a canonical target, for the request and every policy entry
+   alike, so neither another spelling, a bare id nor an alias can bypass a
+   deny.
 3. The policy is the agent's own on the channel (``agent_send_policies``),
    else the channel's (``send_policy``). With no policy at all, only the origin
    conversation is allowed (the seed allows everything; we fail closed: a
@@ -19,8 +21,16 @@ Precedence, first match wins:
 6. An allow entry matching the target allows.
 7. ``default``.
 
+The origin conversation has two names: the token ``origin`` and its own
+canonical name. A request for either (``origin``, or a target that is the
+origin) is matched against entries written either way, so a deny or a time
+restriction naming the conversation by its id also covers ``origin``. Without
+an origin in the request, ``origin`` is matched only against entries written
+``origin`` (and answered with an empty ``resolved_target``: nothing to deliver to).
+
 Any evaluation error (an alias loop, two aliases that collapse into one name,
-an unknown time zone, no clock) denies with "send_policy evaluation error".
+an unknown time zone, no clock, no platform) denies with "send_policy evaluation
+error".
 """
 
 from __future__ import annotations
@@ -33,7 +43,7 @@ from zoneinfo import ZoneInfo
 
 from . import targets
 from .errors import InvalidArgument
-from .model import WEEKDAYS, ChannelPolicy, SendDefault, SendPolicy, TimeWindow
+from .model import WEEKDAYS, ChannelPolicy, Platform, SendDefault, SendPolicy, TimeWindow
 from .targets import ORIGIN
 
 EVALUATION_ERROR = "send_policy evaluation error"
@@ -100,43 +110,52 @@ def evaluate(
     target: str,
     origin: str,
     *,
+    platform: Platform | None,
     listing: bool,
     now: datetime | None = None,
     zone: tzinfo | str = DEFAULT_TIMEZONE,
 ) -> SendDecision:
-    """Pure: ``now`` is the current instant (timezone-aware; the database's
-    clock), ``zone`` the tenant's time zone (a tzinfo, or an IANA name). A time
-    restriction that covers the target without a usable ``now`` is an
-    evaluation error."""
+    """Pure: ``platform`` is the channel's (bare targets are on it), ``now`` the
+    current instant (timezone-aware; the database's clock), ``zone`` the
+    tenant's time zone (a tzinfo, or an IANA name). A time restriction that
+    covers the target without a usable ``now``, or a channel without a
+    platform, is an evaluation error."""
     if listing:
         return SendDecision(True, resolved_target=target)
     if channel is None:
         return SendDecision(False, denial(target), target)
     try:
-        return _evaluate(channel, agent_id, target, origin, now, zone)
+        if platform is None:
+            raise ValueError("no platform to read bare targets on")
+        return _evaluate(channel, Platform(platform), agent_id, target, origin, now, zone)
     except Exception:  # fail closed on anything, by the seed's contract
         return SendDecision(False, EVALUATION_ERROR, "")
 
 
 def _evaluate(
-    channel: ChannelPolicy, agent_id: str, target: str, origin: str, now: datetime | None, zone: tzinfo | str
+    channel: ChannelPolicy,
+    platform: Platform,
+    agent_id: str,
+    target: str,
+    origin: str,
+    now: datetime | None,
+    zone: tzinfo | str,
 ) -> SendDecision:
     tz = load_zone(zone) if isinstance(zone, str) else zone
-    aliases = targets.normalise_aliases(channel.aliases)
+    aliases = targets.normalise_aliases(channel.aliases, platform)
 
-    def key(t: str) -> str:  # compared: the normalised end of the alias chain
-        return targets.normalise(targets.resolve(t, aliases))
+    def key(t: str) -> str:  # compared: the canonical end of the alias chain
+        return targets.resolve(t, aliases, platform)
 
-    resolved = targets.resolve(target, aliases)  # answered: its canonical spelling
-    target_key = targets.normalise(resolved)
-    origin_spelled = targets.resolve(origin, aliases) if origin else ""
-    origin_key = targets.normalise(origin_spelled)
+    target_key = key(target)
+    origin_key = key(origin) if origin.strip() else ""
     if origin_key == ORIGIN:  # an origin naming "origin" names nothing
-        origin_spelled = origin_key = ""
+        origin_key = ""
     is_origin = target_key == ORIGIN or (origin_key != "" and target_key == origin_key)
-    if target_key == ORIGIN:
-        resolved = origin_spelled
-    names = {target_key, ORIGIN} if is_origin else {target_key}
+    # The origin conversation answers to both of its names, whichever was asked for.
+    names = {ORIGIN, origin_key} - {""} if is_origin else {target_key}
+    delivered = origin_key if target_key == ORIGIN else target_key
+    resolved = targets.deliverable(delivered, platform) if delivered else ""
 
     def matches(entries: tuple[str, ...]) -> bool:
         return any(key(e) in names for e in entries)

@@ -78,7 +78,7 @@ async def evaluate_send(
     database's ``now()``. Every denial is audited."""
     t = ctx.tenant_id
     if listing:
-        return send_policy.evaluate(None, agent_id, target, origin, listing=True)
+        return send_policy.evaluate(None, agent_id, target, origin, platform=None, listing=True)
     cache = ctx.cache
     found, channel = cache.channel(t, channel_id) if cache is not None else (False, None)
     if found:
@@ -112,9 +112,16 @@ def _send_decision(
     channel: Channel | None, agent_id: str, target: str, origin: str, now: datetime | None
 ) -> send_policy.SendDecision:
     if channel is None:
-        return send_policy.evaluate(None, agent_id, target, origin, listing=False)
+        return send_policy.evaluate(None, agent_id, target, origin, platform=None, listing=False)
     return send_policy.evaluate(
-        channel.policy, agent_id, target, origin, listing=False, now=now, zone=channel.timezone
+        channel.policy,
+        agent_id,
+        target,
+        origin,
+        platform=channel.platform,
+        listing=False,
+        now=now,
+        zone=channel.timezone,
     )
 
 

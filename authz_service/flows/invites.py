@@ -9,7 +9,8 @@ Redeeming, in one transaction:
 3. the attempt limits (migration 0005's counters, scopes
    ``invite:channel:<channel>`` and ``invite:user:<channel>:<user>``) are
    checked before the lookup: over a limit even the right code is refused
-   (TOO_MANY_ATTEMPTS), audited once per window;
+   (TOO_MANY_ATTEMPTS), audited once per window with the scope kinds only
+   (``invite:user``: never the user id, which the subject already names);
 4. the code's keyed hash is looked up and the invite row locked; unknown,
    expired, used-up and revoked codes all answer INVALID and count as a failure
    in both scopes;
@@ -24,11 +25,7 @@ Codes are never stored, logged or audited; only their keyed hash is stored.
 from __future__ import annotations
 
 import enum
-import logging
-import math
 from dataclasses import dataclass
-
-import asyncpg
 
 from ..domain import ids, messages
 from ..domain.errors import NotFound
@@ -43,9 +40,8 @@ from ..domain.model import DmPolicy, SubjectSource, SubjectStatus
 from ..domain.policy import CorruptPolicy
 from ..store import queries as q
 from . import Context
+from .attempts import over_limit
 from .pairing import load_channel
-
-log = logging.getLogger(__name__)
 
 
 class RedeemOutcome(enum.StrEnum):
@@ -147,7 +143,10 @@ async def redeem_invite(
             (f"invite:channel:{channel_id}", limits.per_channel),
             (f"invite:user:{channel_id}:{user_id}", limits.per_key),
         ]
-        wait = await _over_limit(ctx, conn, scopes, channel_id, user_id)
+        wait = await over_limit(
+            ctx, conn, scopes, event="invite.attempts_exceeded", message="invite attempts exceeded",
+            channel_id=channel_id, subject=user_id,
+        )  # fmt: skip
         if wait:
             return RedeemResult(
                 RedeemOutcome.TOO_MANY_ATTEMPTS,
@@ -177,26 +176,3 @@ async def redeem_invite(
     if ctx.cache is not None:  # read our own write: the next CheckUser here sees the subject
         ctx.cache.forget_tenant(t)
     return RedeemResult(RedeemOutcome.ACCEPTED, messages.INVITE_ACCEPTED)
-
-
-async def _over_limit(
-    ctx: Context, conn: asyncpg.Connection, scopes: list[tuple[str, int]], channel_id: str, user_id: str
-) -> int:
-    """Seconds to wait if a scope is over its limit (0: go ahead)."""
-    t = ctx.tenant_id
-    counts = await q.open_attempt_window(conn, t, [s for s, _ in scopes], ctx.code_limits.window_seconds)
-    over = {scope: counts[scope][1] for scope, limit in scopes if counts[scope][0] >= limit}
-    if not over:
-        return 0
-    wait = max(1, math.ceil(max(over.values())))
-    if await q.count_attempt_refused(conn, t, list(over)):  # audit once per window, not per refusal
-        details = {"scopes": sorted(over), "retry_after_seconds": wait}
-        await q.audit(
-            conn, t, "invite.attempts_exceeded", actor=ctx.principal.actor, channel_id=channel_id,
-            subject=user_id, trace_id=ctx.trace_id, details=details,
-        )  # fmt: skip
-        log.warning(
-            "invite attempts exceeded",
-            extra={"trace_id": ctx.trace_id, "tenant": t, "channel": channel_id, **details},
-        )
-    return wait

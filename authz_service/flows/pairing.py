@@ -16,7 +16,9 @@ Lifecycle (#5):
   (``approved_by``, changed under the row lock with a compare-and-set), so
   votes survive restarts and add up across processes; the vote that reaches
   the quorum approves. A repeat vote changes nothing. One DENY or BLOCK ends
-  the request at once.
+  the request at once. The deciding vote checks the earlier ones again
+  against the channel's current approvers and keys: votes that no longer
+  qualify are dropped, and the request stays pending with the rest.
 * Auto-approve: a matching rule (domain.autoapprove) approves at once, as
   ``auto:<rule>``, audited as ``pairing.auto_approved`` with the rule only.
 """
@@ -55,6 +57,7 @@ from ..domain.policy import CorruptPolicy
 from ..domain.tools import check_action
 from ..store import queries as q
 from . import Context
+from .attempts import over_limit
 
 log = logging.getLogger(__name__)
 
@@ -366,23 +369,13 @@ async def _approval_by_code(
 async def _over_limit(
     ctx: Context, conn: asyncpg.Connection, scopes: list[tuple[str, int]], channel_id: str
 ) -> ResourceExhausted | None:
-    t = ctx.tenant_id
-    counts = await q.open_attempt_window(conn, t, [s for s, _ in scopes], ctx.code_limits.window_seconds)
-    over = {scope: counts[scope][1] for scope, limit in scopes if counts[scope][0] >= limit}
-    if not over:
-        return None
-    wait = max(1, math.ceil(max(over.values())))
-    if await q.count_attempt_refused(conn, t, list(over)):  # audit once per window, not per refusal
-        details = {"scopes": sorted(over), "key": ctx.principal.key_id, "retry_after_seconds": wait}
-        await q.audit(
-            conn, t, "pairing.code_attempts_exceeded", actor=ctx.principal.actor, channel_id=channel_id,
-            trace_id=ctx.trace_id, details=details,
-        )  # fmt: skip
-        log.warning(
-            "pairing code attempts exceeded",
-            extra={"trace_id": ctx.trace_id, "tenant": t, "channel": channel_id, **details},
-        )
-    return ResourceExhausted(f"too many failed pairing code attempts; try again in {wait} s")
+    wait = await over_limit(
+        ctx, conn, scopes, event="pairing.code_attempts_exceeded", message="pairing code attempts exceeded",
+        channel_id=channel_id, details={"key": ctx.principal.key_id},
+    )  # fmt: skip
+    return (
+        ResourceExhausted(f"too many failed pairing code attempts; try again in {wait} s") if wait else None
+    )
 
 
 async def _resolve_pairing(
@@ -410,6 +403,32 @@ async def _resolve_pairing(
     return await _decide(ctx, conn, channel, approval, action, actor, reason)
 
 
+async def _stale_votes(
+    ctx: Context, conn: asyncpg.Connection, channel: Channel, voters: tuple[str, ...]
+) -> list[str]:
+    """The ``voters`` who may no longer resolve the channel's requests: a
+    ``<platform>:<user id>`` no longer its owner, a channel approver or a tenant
+    approver (``may_resolve``, on the current policy); a ``key:<key id>`` whose
+    key is revoked or gone; anything else (fail closed)."""
+    t = ctx.tenant_id
+    tenant_approvers: tuple[str, ...] | None = None
+    stale = []
+    for voter in voters:
+        kind, _, ident = voter.partition(":")
+        if kind == "key":
+            key = await q.get_key(conn, t, ident)
+            ok = key is not None and key["revoked_at"] is None
+        elif kind == channel.platform.value:
+            if tenant_approvers is None:
+                tenant_approvers = await q.tenant_approvers(conn, t)
+            ok = may_resolve(channel, tenant_approvers, ident)
+        else:
+            ok = False
+        if not ok:
+            stale.append(voter)
+    return stale
+
+
 async def _decide(
     ctx: Context,
     conn: asyncpg.Connection,
@@ -429,20 +448,36 @@ async def _decide(
         return FailedPrecondition("the user is blocked; unblock them first"), None
 
     required = approval.required_approvals
+    dropped: list[str] = []
     if action is ApprovalAction.APPROVE:
         vote = approve_vote(required, approval.approved_by, actor)
         if vote is Vote.REPEAT:  # idempotent: the same answer, nothing written
             text = messages.quorum_progress(len(approval.approved_by), required, actor)
             return None, ResolveResult(approval, "", text)
+        if vote is Vote.FINAL and approval.approved_by:
+            # The deciding vote: the earlier ones must still qualify (an approver
+            # removed, or a key revoked, since they voted no longer counts).
+            dropped = await _stale_votes(ctx, conn, channel, approval.approved_by)
+            if dropped:
+                kept = tuple(v for v in approval.approved_by if v not in dropped)
+                if not await q.replace_approval_votes(
+                    conn, t, approval.approval_id, approval.approved_by, kept
+                ):
+                    return FailedPrecondition("approval was resolved concurrently"), None
+                vote = approve_vote(required, kept, actor)
         if vote is Vote.RECORDED:
             voted = await q.add_approval_vote(conn, t, approval.approval_id, actor)
             if voted is None:
                 return FailedPrecondition("approval was resolved concurrently"), None
             votes = len(voted.approved_by)
+            details: dict[str, object] = {"votes": votes, "required_approvals": required}
+            if reason:
+                details["reason"] = reason
+            if dropped:
+                details["dropped"] = dropped
             await q.audit(
                 conn, t, "pairing.vote", actor=actor, channel_id=approval.channel_id, subject=approval.user_id,
-                approval_id=approval.approval_id, trace_id=ctx.trace_id,
-                details={"votes": votes, "required_approvals": required, **({"reason": reason} if reason else {})},
+                approval_id=approval.approval_id, trace_id=ctx.trace_id, details=details,
             )  # fmt: skip
             return None, ResolveResult(voted, "", messages.quorum_progress(votes, required, actor))
 
@@ -463,9 +498,11 @@ async def _decide(
             source=SubjectSource.ADMIN, display_name=approval.display_name, permissions=[],
         )  # fmt: skip
     # DENY writes nothing else: the code is consumed and no record is invented.
-    details: dict[str, object] = {"reason": reason} if reason else {}
+    details = {"reason": reason} if reason else {}
     if required > 1:
         details.update(required_approvals=required, approved_by=list(done.approved_by))
+    if dropped:
+        details["dropped"] = dropped
     await q.audit(
         conn, t, f"pairing.{done.status.value}", actor=actor, channel_id=approval.channel_id,
         subject=approval.user_id, approval_id=approval.approval_id, trace_id=ctx.trace_id, details=details,

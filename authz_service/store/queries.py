@@ -513,6 +513,21 @@ async def add_approval_vote(conn: Conn, tenant_id: str, approval_id: str, actor:
     return None if row is None else approval_from_row(row)
 
 
+async def replace_approval_votes(
+    conn: Conn, tenant_id: str, approval_id: str, expected: tuple[str, ...], votes: tuple[str, ...]
+) -> bool:
+    """Set the votes of a live pending request to ``votes`` (compare-and-set:
+    only if they are still ``expected``). False: the row changed under us."""
+    row = await conn.fetchrow(
+        """UPDATE approvals SET approved_by = $4::text[]
+           WHERE tenant_id = $1 AND approval_id = $2 AND status = 'pending' AND expires_at > now()
+             AND approved_by = $3::text[]
+           RETURNING approval_id""",
+        tenant_id, approval_id, list(expected), list(votes),
+    )  # fmt: skip
+    return row is not None
+
+
 async def get_approval(
     conn: Conn, tenant_id: str, approval_id: str, *, for_update: bool = False
 ) -> asyncpg.Record | None:
@@ -953,7 +968,8 @@ async def scrub_audit_details(
 async def delete_user_rows(
     conn: Conn, tenant_id: str, channel_id: str, user_id: str
 ) -> tuple[int, int, list[str]]:
-    """Delete the user's subject, group sender and approval rows on the channel:
+    """Delete the user's subject, group sender and approval rows, rate bucket and
+    invite attempt counter on the channel:
     (subjects deleted, group senders deleted, ids of the approvals deleted).
     Watchers of a deleted approval are woken, and find it gone."""
     subjects = await conn.execute(
@@ -974,6 +990,11 @@ async def delete_user_rows(
     await conn.execute(
         "DELETE FROM rate_buckets WHERE tenant_id = $1 AND channel_id = $2 AND scope = $3",
         tenant_id, channel_id, f"user:{user_id}",
+    )  # fmt: skip
+    # So does their invite attempt counter (flows.invites); a missing counter is an empty window.
+    await conn.execute(
+        "DELETE FROM attempt_limits WHERE tenant_id = $1 AND scope = $2",
+        tenant_id, f"invite:user:{channel_id}:{user_id}",
     )  # fmt: skip
     return _count(subjects), _count(senders), [row["approval_id"] for row in gone]
 

@@ -7,6 +7,7 @@ permissions and tool lists (non-ALLOW verdicts must carry none of them).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -295,12 +296,48 @@ COMMAND_ROWS = [
     pytest.param(grp(CMDS, D, "command_not_allowed", text="/reboot"), id="cmd-not-in-allowed"),
     pytest.param(grp(CMDS, A, "group_open", text="please deploy /deploy"), id="cmd-plain-text-passes"),
     pytest.param(grp(CMDS, A, "group_open", text="hello"), id="cmd-not-a-command"),
-    pytest.param(grp(CMDS, D, "command_not_allowed", text="/"), id="cmd-malformed-not-allowed"),
-    pytest.param(grp(CMDS, D, "command_not_allowed", text="/ status"), id="cmd-malformed-space-not-allowed"),
+    pytest.param(grp(CMDS, D, "command_malformed", text="/"), id="cmd-malformed-not-allowed"),
+    pytest.param(grp(CMDS, D, "command_malformed", text="/ status"), id="cmd-malformed-space-not-allowed"),
+    pytest.param(grp(CMDS, A, "group_open", text="\uff0f\uff53\uff54\uff41\uff54\uff55\uff53"),
+                 id="cmd-full-width-allowed-after-nfkc"),
+    pytest.param(grp(CMDS, A, "group_open", text="\u200b<@U0123> /status"), id="cmd-allowed-after-invisible-and-mention"),
     pytest.param(grp(DENY_ONLY, A, "group_open", text="/reboot"), id="cmd-deny-only-others-pass"),
-    pytest.param(grp(DENY_ONLY, A, "group_open", text="/"), id="cmd-deny-only-malformed-passes"),
+    # A malformed command might be a denied one: refused under any command list.
+    pytest.param(grp(DENY_ONLY, D, "command_malformed", text="/"), id="cmd-deny-only-malformed-refused"),
+    pytest.param(grp(DENY_ONLY, D, "command_malformed", text="/\u043f\u043e\u043c\u043e\u0449\u044c"),
+                 id="cmd-deny-only-non-ascii-name-refused"),
+    pytest.param(grp(DENY_ONLY, A, "group_open", text="x" * 5000 + " /deploy"), id="cmd-long-plain-text-passes"),
     pytest.param(grp(DENY_ONLY, D, "command_denied", text="/Deploy-now"), id="cmd-denied-despite-punctuation"),
     pytest.param(grp(DENY_ONLY, D, "command_denied", text="@MyBot /deploy"), id="cmd-denied-after-mention"),
+    # bypasses of a deny list: each is the command or malformed, never plain text
+    pytest.param(grp(DENY_ONLY, D, "command_malformed", text=" " * 5000 + "/deploy"),
+                 id="cmd-bypass-blanks-past-the-scan"),
+    pytest.param(grp(DENY_ONLY, D, "command_malformed", text="@MyBot " * 700 + "/deploy"),
+                 id="cmd-bypass-mentions-past-the-scan"),
+    pytest.param(grp(DENY_ONLY, D, "command_malformed", text="\u200b" * 5000 + "/deploy"),
+                 id="cmd-bypass-invisibles-past-the-scan"),
+    pytest.param(grp(DENY_ONLY, D, "command_denied", text="\u200b/deploy"), id="cmd-bypass-zero-width-space"),
+    pytest.param(grp(DENY_ONLY, D, "command_denied", text="\u2060\ufeff\u202e\u00ad/deploy"),
+                 id="cmd-bypass-format-characters"),
+    pytest.param(grp(DENY_ONLY, D, "command_denied", text="\u3164\u2800\u0301 /deploy"),
+                 id="cmd-bypass-blank-letters-and-marks"),
+    pytest.param(grp(DENY_ONLY, D, "command_denied", text="<!here> /deploy"), id="cmd-bypass-slack-here"),
+    pytest.param(grp(DENY_ONLY, D, "command_denied", text="<#C1> /deploy"), id="cmd-bypass-slack-channel"),
+    pytest.param(grp(DENY_ONLY, D, "command_denied", text="<#C1|eng>, <!subteam^S1>: /deploy"),
+                 id="cmd-bypass-slack-tokens"),
+    pytest.param(grp(DENY_ONLY, D, "command_denied", text="<:party:123> </deploy:456>"),
+                 id="cmd-bypass-discord-command-mention"),
+    pytest.param(grp(DENY_ONLY, D, "command_denied", text="\uff20MyBot\uff0c /deploy"),
+                 id="cmd-bypass-full-width-mention"),
+    pytest.param(grp(DENY_ONLY, D, "command_denied", text="\uff0fdeploy"), id="cmd-bypass-full-width-solidus"),
+    pytest.param(grp(DENY_ONLY, D, "command_denied", text="\u2044deploy"), id="cmd-bypass-fraction-slash"),
+    pytest.param(grp(DENY_ONLY, D, "command_denied", text="\u2215deploy"), id="cmd-bypass-division-slash"),
+    pytest.param(grp(DENY_ONLY, D, "command_denied", text="\u29f8deploy"), id="cmd-bypass-big-solidus"),
+    pytest.param(grp(DENY_ONLY, D, "command_denied", text="\uff0f\uff44\uff45\uff50\uff4c\uff4f\uff59"),
+                 id="cmd-bypass-full-width-letters"),
+    pytest.param(grp(DENY_ONLY, D, "command_malformed", text="/d\u0435ploy"), id="cmd-bypass-cyrillic-letter"),
+    pytest.param(grp(DENY_ONLY, D, "command_malformed", text="/deplo\u0443 now"), id="cmd-bypass-cyrillic-last-letter"),
+    pytest.param(grp(DENY_ONLY, D, "command_denied", text="/dep\u200bloy"), id="cmd-bypass-zero-width-in-name"),
     pytest.param(grp(pol(group_policy=OPEN, **NO_MENTION,
                          groups={"*": g(allowed_commands=("deploy",), denied_commands=("deploy",))}),
                      D, "command_denied", text="/deploy"), id="cmd-denied-wins-over-allowed"),
@@ -428,13 +465,73 @@ def test_binding_for_is_order_independent(user: str, group: str, expected: Bindi
         ("/ deploy", ""),
         ("/ü", ""),
         ("/" + "a" * 65, ""),
+        # the scan is bounded: what it cannot settle is malformed, never plain text
+        (" " * 5000 + "/deploy", ""),
+        ("@MyBot " * 700 + "/deploy", ""),
+        ("@a " * 1364 + "<@" + "U" * 10_000 + "> /deploy", ""),  # a token cut by the scan
+        (" " * (mention.MAX_SCAN - 1) + "/deploy now", "deploy"),  # the name is read past the scan
+        ("/" + "\u200b" * 100 + "deploy", ""),  # the name runs past its window
+        ("x" * 1_000_000, None),
+        ("hello " + "x" * 5000, None),
+        ("@alice", None),
+        ("<@U0123>", None),
+        # invisible characters, blanks and marks before the command
+        ("\u200b/deploy", "deploy"),
+        ("\u0378\ue000\u0301\u3164 /deploy", "deploy"),
+        ("\u00a8/deploy", None),  # a visible diaeresis
+        # Slack and Discord tokens, full-width mentions and separators
+        ("<!here> /deploy", "deploy"),
+        ("<#C1|eng> - /deploy", "deploy"),
+        ("<@U1|bob>: /deploy", "deploy"),
+        ("<:party:123> /deploy", "deploy"),
+        ("</deploy:123>", "deploy"),
+        ("\uff20MyBot\uff1a /deploy", "deploy"),
+        ("@Вася /deploy", "deploy"),
+        ("<3 /deploy", None),
+        ("please /deploy", None),
+        # slash look-alikes, NFKC and glued look-alike letters
+        ("\uff0fdeploy", "deploy"),
+        ("\u2215Deploy@MyBot", "deploy"),
+        ("/\U0001d41d\U0001d41e\U0001d429\U0001d425\U0001d428\U0001d432", "deploy"),  # mathematical bold
+        ("/d\u0435ploy", ""),
+        ("/deploy\u0301", ""),  # ý
+        ("/dep\u0336loy", ""),  # a combining mark
+        ("/dep\u200bloy", "deploy"),
+        ("/deploy\u2014now", "deploy"),
+        ("/deploy\U0001f680", "deploy"),
     ],
 )
 def test_command_of(text: str, command: str | None) -> None:
     assert mention.command_of(text) == command
 
 
-REASONS = {"group_open", "mention_required", "command_denied", "command_not_allowed"}
+_BLANK = st.sampled_from(
+    " \n\t\u00a0\u2003\u3000\u200b\u200e\u202e\u2060\ufeff\u00ad\u3164\u2800\u0301\ufe0f"
+)
+_LEAD = st.lists(
+    _BLANK
+    | st.characters(categories=["Cf", "Zs", "Mn", "Me", "Co"])
+    | st.sampled_from(
+        ["@MyBot", "@my_bot,", "<@U0123>", "<@!123>:", "<!here>", "<#C1|eng> -", "<:x:1>", "\uff20bot\uff0c"]
+    ),
+    max_size=30,
+)
+
+
+@given(_LEAD, st.sampled_from([0, 1000, mention.MAX_SCAN]),
+       st.sampled_from(["/", "\uff0f", "\u2044", "\u2215", "\u29f8"]),
+       st.sampled_from(["deploy", "Deploy", "\uff44\uff45\uff50\uff4c\uff4f\uff59"]),
+       st.sampled_from(["", " ", "@MyBot", "-", "\n"]), st.text(max_size=20))  # fmt: skip
+def test_nothing_before_a_command_hides_it(
+    lead: list[str], pad: int, slash: str, name: str, after: str, rest: str
+) -> None:
+    """Blanks, invisible characters and mentions in any number before a command
+    leave it the command or malformed, never plain text or another command."""
+    text = " " * pad + "".join(lead) + slash + name + (after + rest if after else "")
+    assert mention.command_of(text) in ("deploy", "")
+
+
+REASONS = {"group_open", "mention_required", "command_denied", "command_not_allowed", "command_malformed"}
 FUZZ_POLICY = pol(
     group_policy=OPEN,
     mention_patterns=(r"\bhey bot\b", "(a+)+$"),
@@ -447,7 +544,7 @@ FUZZ_POLICY = pol(
 def test_any_text_gets_a_group_verdict(text: str, mentioned: bool) -> None:
     """Commands and mentions parse any text without raising."""
     command = mention.command_of(text)
-    assert command is None or command == "" or command.isascii()
+    assert command is None or command == "" or re.fullmatch("[a-z0-9_]{1,64}", command)
     v = run(grp(FUZZ_POLICY, A, "", text=text, mentioned=mentioned))
     assert v.reason in REASONS
     assert (v.decision is Decision.ALLOW) == (v.reason == "group_open")

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import pytest
 
+from authz_service.domain import ids
 from authz_service.domain.autoapprove import (
     Requester,
     email_domain,
@@ -18,12 +21,13 @@ from authz_service.domain.invites import (
     format_invite_code,
     invite_code_in_message,
     invite_limits,
+    invite_status,
     new_invite_code,
     parse_invite_code,
 )
-from authz_service.domain.model import AutoApprove, Platform
+from authz_service.domain.model import AutoApprove, Binding, Platform
 from authz_service.domain.pairing import CODE_ALPHABET, Vote, approve_vote
-from authz_service.domain.policy import validate_auto_approve
+from authz_service.domain.policy import validate_auto_approve, validate_binding
 
 
 @pytest.mark.parametrize(
@@ -74,6 +78,37 @@ RULES = validate_auto_approve(
     AutoApprove(phone_patterns=("+8498*", "+1555???????"), email_domains=("@Company.com", "partner.org")),
     "policy.auto_approve",
 )
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    ["+8498*", "+1555???????", "+15551234567", "+4930123456*", "+1555*7", "+4420794600??"],
+)
+def test_phone_patterns_with_a_long_enough_prefix_are_accepted(pattern: str) -> None:
+    checked = validate_auto_approve(AutoApprove(phone_patterns=(pattern,)), "policy.auto_approve")
+    assert checked.phone_patterns == (pattern,)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "why"),
+    [
+        ("+*", "must contain digits"),
+        ("+???", "must contain digits"),
+        ("+*1*", r"at least 4 digits after '\+'"),  # every number with a 1 in it
+        ("+1*", r"at least 4 digits after '\+'"),  # all of North America
+        ("+49*", r"at least 4 digits after '\+'"),
+        ("+849*", r"at least 4 digits after '\+'"),  # three digits: one short
+        ("+84?8*", r"at least 4 digits after '\+'"),  # a '?' ends the prefix
+        ("+123", r"at least 4 digits after '\+'"),
+        ("8498*", r"must be '\+' then digits"),
+        ("+8498#", r"must be '\+' then digits"),
+    ],
+    ids=lambda v: str(v),
+)
+def test_phone_patterns_that_admit_too_much_are_refused(pattern: str, why: str) -> None:
+    with pytest.raises(InvalidArgument, match=why) as caught:
+        validate_auto_approve(AutoApprove(phone_patterns=("+8498*", pattern)), "policy.auto_approve")
+    assert caught.value.field == "policy.auto_approve.phone_patterns"
 
 
 @pytest.mark.parametrize(
@@ -228,6 +263,51 @@ def test_invite_limits_defaults_and_bounds(max_uses: int, ttl: int, expected: tu
 def test_invite_limits_refuse_out_of_range(max_uses: int, ttl: int, field: str) -> None:
     with pytest.raises(InvalidArgument, match=field):
         invite_limits(max_uses, ttl)
+
+
+NOW = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("revoked", "uses", "expires_at", "status"),
+    [
+        (False, 0, NOW + timedelta(seconds=1), "active"),
+        (False, 0, None, "active"),
+        (False, 2, NOW + timedelta(days=1), "used_up"),
+        (False, 1, NOW, "expired"),
+        (False, 2, NOW - timedelta(days=1), "used_up"),  # used up wins over expired
+        (True, 2, NOW - timedelta(days=1), "revoked"),  # revoked wins over both
+    ],
+)
+def test_invite_status(revoked: bool, uses: int, expires_at: datetime | None, status: str) -> None:
+    assert invite_status(revoked=revoked, uses=uses, max_uses=2, expires_at=expires_at, now=NOW) == status
+
+
+# --- permission names: one rule for bindings, AllowUser and CreateInvite ---------------
+
+
+@pytest.mark.parametrize(
+    ("name", "ok"), [("p" * 64, True), ("deploy:*", True), ("p" * 65, False), ("", False)]
+)
+def test_permission_names_have_one_limit(name: str, ok: bool) -> None:
+    binding = Binding(user_id="42", permissions=(name,))
+    if ok:
+        assert ids.permission(name) == name
+        assert validate_binding(Platform.TELEGRAM, binding, "policy.bindings[0]").permissions == (name,)
+        return
+    with pytest.raises(InvalidArgument, match="1-64 characters"):
+        ids.permission(name)
+    with pytest.raises(InvalidArgument, match="1-64 characters") as caught:
+        validate_binding(Platform.TELEGRAM, binding, "policy.bindings[0]")
+    assert caught.value.field == "policy.bindings[0].permissions"
+
+
+def test_binding_tool_names_keep_their_own_limit() -> None:
+    tool = "t" * 128  # tool names are longer than permissions (domain.tools.TOOL_NAME)
+    binding = Binding(tools_allowed=(tool,), tools_denied=("x" * 128,))
+    assert validate_binding(Platform.TELEGRAM, binding, "b").tools_allowed == (tool,)
+    with pytest.raises(InvalidArgument, match="1-128 characters"):
+        validate_binding(Platform.TELEGRAM, Binding(tools_denied=("x" * 129,)), "b")
 
 
 # --- quorum ---------------------------------------------------------------------------

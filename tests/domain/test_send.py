@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from authz_service.domain.model import ChannelPolicy, SendDefault, SendPolicy
+from authz_service.domain.model import ChannelPolicy, Platform, SendDefault, SendPolicy
 from authz_service.domain.send import EVALUATION_ERROR, denial, evaluate
+
+TG = Platform.TELEGRAM
 
 
 def ch(policy: SendPolicy | None = None, **kw: object) -> ChannelPolicy:
@@ -13,11 +15,11 @@ def ch(policy: SendPolicy | None = None, **kw: object) -> ChannelPolicy:
 
 
 def allowed(channel: ChannelPolicy, target: str, origin: str = "telegram:42", agent: str = "a") -> bool:
-    return evaluate(channel, agent, target, origin, listing=False).allow
+    return evaluate(channel, agent, target, origin, platform=TG, listing=False).allow
 
 
 def test_denial_string_is_exactly_the_seeds() -> None:
-    d = evaluate(ch(SendPolicy(SendDefault.DENY)), "a", "slack:#exec", "", listing=False)
+    d = evaluate(ch(SendPolicy(SendDefault.DENY)), "a", "slack:#exec", "", platform=TG, listing=False)
     assert not d.allow
     assert d.reason == "Failed to send to slack:#exec: target 'slack:#exec' is not permitted by send_policy"
     assert d.reason == denial("slack:#exec")
@@ -61,7 +63,7 @@ def test_aliases_cannot_bypass_a_deny() -> None:
     assert not allowed(c, "exec")
     assert not allowed(c, "boss")  # alias of an alias
     assert not allowed(c, "slack:C0EXEC")
-    d = evaluate(c, "a", "boss", "", listing=False)
+    d = evaluate(c, "a", "boss", "", platform=TG, listing=False)
     assert d.reason == denial("boss") and d.resolved_target == "slack:C0EXEC"
 
 
@@ -85,15 +87,39 @@ def test_no_policy_allows_only_origin() -> None:
     assert allowed(c, "origin")
     assert allowed(c, "telegram:42", origin="telegram:42")
     assert not allowed(c, "slack:#exec")
-    assert not evaluate(None, "a", "origin", "", listing=False).allow  # unknown channel
+    assert not evaluate(None, "a", "origin", "", platform=None, listing=False).allow  # unknown channel
 
 
 def test_list_actions_are_not_gated() -> None:
-    assert evaluate(ch(SendPolicy(SendDefault.DENY)), "a", "slack:#exec", "", listing=True).allow
+    assert evaluate(ch(SendPolicy(SendDefault.DENY)), "a", "slack:#exec", "", platform=TG, listing=True).allow
 
 
 @pytest.mark.parametrize("aliases", [{"a": "b", "b": "a"}, {f"x{i}": f"x{i + 1}" for i in range(20)}])
 def test_alias_loops_fail_closed(aliases: dict[str, str]) -> None:
     c = ch(SendPolicy(SendDefault.ALLOW), aliases=aliases)
-    d = evaluate(c, "a", next(iter(aliases)), "", listing=False)
+    d = evaluate(c, "a", next(iter(aliases)), "", platform=TG, listing=False)
     assert (d.allow, d.reason) == (False, EVALUATION_ERROR)
+
+
+def test_origin_is_denied_like_the_conversation_it_names() -> None:
+    """Review finding: ``origin`` skipped a deny naming the same conversation."""
+    c = ch(SendPolicy(SendDefault.DENY, allow=("origin",), deny=("slack:#exec",)))
+    for target in ("origin", "slack:#exec"):
+        d = evaluate(c, "a", target, "Slack:#Exec", platform=Platform.SLACK, listing=False)
+        assert (d.allow, d.reason, d.resolved_target) == (False, denial(target), "#exec")
+
+
+@pytest.mark.parametrize(
+    ("platform", "deny", "target"),
+    [
+        pytest.param(Platform.SLACK, "slack:C0EXEC", "C0EXEC", id="slack-bare"),
+        pytest.param(Platform.SLACK, "C0EXEC", "slack:c0exec", id="slack-prefixed"),
+        pytest.param(Platform.TELEGRAM, "telegram:@Board", "@board", id="telegram-username-bare"),
+        pytest.param(Platform.TELEGRAM, "telegram:-100123", "-100123", id="telegram-chat-bare"),
+        pytest.param(Platform.TELEGRAM, "-100123", "telegram:-100123", id="telegram-chat-prefixed"),
+    ],
+)
+def test_a_bare_id_is_the_prefixed_id(platform: Platform, deny: str, target: str) -> None:
+    """Review finding: a bare id bypassed a deny written with the platform prefix."""
+    c = ch(SendPolicy(SendDefault.ALLOW, deny=(deny,)))
+    assert not evaluate(c, "a", target, "", platform=platform, listing=False).allow

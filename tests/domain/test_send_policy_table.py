@@ -25,6 +25,7 @@ from authz_service.domain.send import EVALUATION_ERROR, denial, evaluate, valida
 
 BERLIN = "Europe/Berlin"
 ALLOW, DENY = SendDefault.ALLOW, SendDefault.DENY
+SL, TG, DC = Platform.SLACK, Platform.TELEGRAM, Platform.DISCORD
 
 
 def local(text: str, zone: str = BERLIN, weekday: str = "") -> datetime:
@@ -67,13 +68,20 @@ class Row:
     aliases: dict[str, str] = field(default_factory=dict)
     zone: str = BERLIN
     reason: str | None = None  # default: "" when allowed, the seed's denial otherwise
+    platform: Platform = Platform.SLACK
+    resolved: str | None = None  # checked when given
 
 
 def run(row: Row) -> None:
     channel = ChannelPolicy(send_policy=row.policy, aliases=row.aliases)
-    d = evaluate(channel, row.agent, row.target, row.origin, listing=False, now=row.now, zone=row.zone)
+    d = evaluate(
+        channel, row.agent, row.target, row.origin,
+        platform=row.platform, listing=False, now=row.now, zone=row.zone,
+    )  # fmt: skip
     expected = row.reason if row.reason is not None else ("" if row.allow else denial(row.target))
     assert (d.allow, d.reason) == (row.allow, expected)
+    if row.resolved is not None:
+        assert d.resolved_target == row.resolved
 
 
 # --- precedence -------------------------------------------------------------------------
@@ -162,7 +170,7 @@ def test_precedence(row: Row) -> None:
 
 def test_list_actions_are_never_gated() -> None:
     c = ChannelPolicy(send_policy=SendPolicy(DENY, time_restrictions=(only((X,), BUSINESS),)))
-    assert evaluate(c, "a", X, "", listing=True, now=SAT_NOON, zone="Mars/Olympus").allow
+    assert evaluate(c, "a", X, "", platform=SL, listing=True, now=SAT_NOON, zone="Mars/Olympus").allow
 
 
 # --- time windows -----------------------------------------------------------------------
@@ -215,7 +223,9 @@ def test_the_same_instant_in_different_zones(zone: str, inside: bool) -> None:
 
 def test_zone_may_be_a_tzinfo() -> None:
     c = ChannelPolicy(send_policy=SendPolicy(ALLOW, time_restrictions=(only((X,), BUSINESS),)))
-    assert evaluate(c, "a", X, "", listing=False, now=utc("2026-01-05 08:30"), zone=ZoneInfo(BERLIN)).allow
+    assert evaluate(
+        c, "a", X, "", platform=SL, listing=False, now=utc("2026-01-05 08:30"), zone=ZoneInfo(BERLIN)
+    ).allow
 
 
 # --- normalisation ----------------------------------------------------------------------
@@ -265,21 +275,38 @@ def test_spelling_for_delivery(raw: str, spelling: str) -> None:
     assert targets.normalise(raw) == targets.normalise(spelling)
 
 
-@pytest.mark.parametrize(
-    ("target", "aliases", "resolved"),
-    [
-        pytest.param("DU0ALICE01", {}, "DU0ALICE01", id="bare-id"),
-        pytest.param("du0alice01", {}, "du0alice01", id="bare-id-other-case-still-the-origin"),
-        pytest.param("Home", {"home": "DU0ALICE01"}, "DU0ALICE01", id="alias-to-bare-id"),
-        pytest.param("origin", {}, "DU0ALICE01", id="origin"),
-    ],
-)
-def test_bare_ids_are_delivered_as_written(target: str, aliases: dict[str, str], resolved: str) -> None:
-    """Connectors deliver bare ids (Slack's ``DU0ALICE01``) as they are: compared
-    case-insensitively, answered with their case."""
-    c = ChannelPolicy(send_policy=None, aliases=aliases)
-    d = evaluate(c, "a", target, "DU0ALICE01", listing=False, now=FRI_NOON)
-    assert (d.allow, d.resolved_target) == (True, resolved)
+# --- delivery: what resolved_target says ------------------------------------------------
+# Connectors deliver resolved_target as it is: a target on the channel's own platform is
+# answered platform-native (no prefix, canonical case); another platform's keeps its prefix.
+
+HOME = "DU0ALICE01"  # what the Slack connector sends as origin: a bare conversation id
+DELIVERY = {
+    "bare-id": Row(None, HOME, True, origin=HOME, resolved=HOME),
+    "bare-id-other-case-is-the-origin": Row(None, "du0alice01", True, origin=HOME, resolved=HOME),
+    "prefixed-id-delivered-bare": Row(None, "slack:du0alice01", True, origin=HOME, resolved=HOME),
+    "mention-delivered-bare": Row(None, f"<@{HOME}|alice>", True, origin=HOME, resolved=HOME),
+    "alias-to-bare-id": Row(None, "Home", True, origin=HOME, aliases={"home": HOME}, resolved=HOME),
+    "alias-to-prefixed-id": Row(
+        None, "Home", True, origin=HOME, aliases={"home": "slack:du0alice01"}, resolved=HOME
+    ),
+    "origin": Row(None, "origin", True, origin=HOME, resolved=HOME),
+    "origin-written-prefixed": Row(None, "ORIGIN", True, origin=f"Slack:{HOME}", resolved=HOME),
+    "slack-channel-name": Row(SendPolicy(ALLOW), "Slack:#Random", True, resolved="#random"),
+    "telegram-chat-id": Row(
+        None, "telegram:-100123", True, origin="-100123", platform=TG, resolved="-100123"
+    ),
+    "telegram-username": Row(None, "@Board", True, origin="telegram:@board", platform=TG, resolved="@board"),
+    "discord-mention": Row(None, "<#123>", True, origin="123", platform=DC, resolved="123"),
+    "another-platform-keeps-its-prefix": Row(
+        SendPolicy(ALLOW), "Slack:#Random", True, platform=TG, resolved="slack:#random"
+    ),
+    "no-origin-nothing-to-deliver": Row(None, "origin", True, origin="", resolved=""),
+}
+
+
+@pytest.mark.parametrize("row", DELIVERY.values(), ids=DELIVERY.keys())
+def test_resolved_target_is_deliverable(row: Row) -> None:
+    run(row)
 
 
 EXEC_ALIASES = {"slack:#exec": "slack:C0EXEC", "Boss": "Slack:#EXEC"}
@@ -287,34 +314,145 @@ ONE_TARGET = [
     "slack:#exec",
     "Slack:#Exec",
     " slack:#EXEC ",
+    "#exec",  # bare name on a Slack channel: slack:#exec, then the alias
     "slack:C0EXEC",
     "slack:c0exec",
+    "C0EXEC",  # bare id on a Slack channel
+    "c0exec",
     "<#C0EXEC|exec>",
     "slack:<#C0EXEC>",
     "boss",
     "BOSS",
+    "slack:boss",  # an alias name is on the channel's platform too
 ]
 
 
-@pytest.mark.parametrize("deny_entry", ["slack:#exec", "SLACK:C0EXEC", "boss", "<#C0EXEC|whatever>"])
+@pytest.mark.parametrize(
+    "deny_entry", ["slack:#exec", "SLACK:C0EXEC", "C0EXEC", "#Exec", "boss", "<#C0EXEC|whatever>"]
+)
 @pytest.mark.parametrize("spelling", ONE_TARGET)
 def test_every_spelling_of_one_target_is_denied(deny_entry: str, spelling: str) -> None:
     c = ChannelPolicy(send_policy=SendPolicy(ALLOW, deny=(deny_entry,)), aliases=EXEC_ALIASES)
-    d = evaluate(c, "a", spelling, "", listing=False, now=FRI_NOON, zone="UTC")
-    assert (d.allow, d.reason, d.resolved_target) == (False, denial(spelling), "slack:C0EXEC")
+    d = evaluate(c, "a", spelling, "", platform=SL, listing=False, now=FRI_NOON, zone="UTC")
+    assert (d.allow, d.reason, d.resolved_target) == (False, denial(spelling), "C0EXEC")
 
 
 def test_other_targets_stay_allowed_and_resolve_canonically() -> None:
     c = ChannelPolicy(send_policy=SendPolicy(ALLOW, deny=("slack:#exec",)), aliases=EXEC_ALIASES)
-    d = evaluate(c, "a", "Slack:<#C0RANDOM|random>", "", listing=False, now=FRI_NOON)
-    assert (d.allow, d.reason, d.resolved_target) == (True, "", "slack:C0RANDOM")
+    d = evaluate(c, "a", "Slack:<#C0RANDOM|random>", "", platform=SL, listing=False, now=FRI_NOON)
+    assert (d.allow, d.reason, d.resolved_target) == (True, "", "C0RANDOM")
 
 
 def test_origin_resolves_to_the_canonical_conversation() -> None:
     c = ChannelPolicy(send_policy=SendPolicy(DENY, allow=("origin",)))
-    d = evaluate(c, "a", "ORIGIN", "Telegram:@Support", listing=False, now=FRI_NOON)
-    assert (d.allow, d.resolved_target) == (True, "telegram:@support")
-    assert evaluate(c, "a", "telegram:@SUPPORT", "Telegram:@Support", listing=False, now=FRI_NOON).allow
+    d = evaluate(c, "a", "ORIGIN", "Telegram:@Support", platform=TG, listing=False, now=FRI_NOON)
+    assert (d.allow, d.resolved_target) == (True, "@support")
+    for spelling in ("telegram:@SUPPORT", "@Support"):
+        assert evaluate(c, "a", spelling, "Telegram:@Support", platform=TG, listing=False, now=FRI_NOON).allow
+
+
+def test_a_channel_without_a_platform_fails_closed() -> None:
+    c = ChannelPolicy(send_policy=SendPolicy(ALLOW))
+    d = evaluate(c, "a", "slack:#random", "", platform=None, listing=False, now=FRI_NOON)
+    assert (d.allow, d.reason) == (False, EVALUATION_ERROR)
+
+
+# --- bypasses: one conversation, two names -----------------------------------------------
+# Each row was allowed before the fix (review findings: "origin" skipped entries naming the
+# conversation by id; a bare id skipped entries written with the platform prefix).
+
+EXEC_DENIED = SendPolicy(DENY, allow=("origin",), deny=("slack:#exec",))
+BY_ID_DENIED = SendPolicy(ALLOW, deny=("slack:C0EXEC",))
+GROUP_HOURS = SendPolicy(ALLOW, time_restrictions=(only(("telegram:-100123",), BUSINESS),))
+ORIGIN_HOURS = SendPolicy(ALLOW, time_restrictions=(only(("origin",), BUSINESS),))
+BYPASSES = {
+    # "origin" answers to the conversation's real name: deny and windows by name/id apply.
+    "origin-vs-deny-by-name": Row(EXEC_DENIED, "origin", False, origin="Slack:#Exec"),
+    "origin-any-case-vs-deny-by-name": Row(EXEC_DENIED, " Origin ", False, origin="slack:#exec"),
+    "origin-vs-deny-by-bare-origin-id": Row(BY_ID_DENIED, "origin", False, origin="C0EXEC"),
+    "origin-vs-deny-by-alias": Row(
+        SendPolicy(ALLOW, deny=("exec",)), "origin", False, origin="C0EXEC", aliases={"exec": "slack:C0EXEC"}
+    ),
+    "origin-vs-window-by-id-outside": Row(
+        GROUP_HOURS, "origin", False, origin="telegram:-100123", platform=TG, now=SAT_NOON
+    ),
+    "origin-vs-window-by-id-bare-origin-outside": Row(
+        GROUP_HOURS, "origin", False, origin="-100123", platform=TG, now=SAT_NOON
+    ),
+    "origin-vs-window-by-id-inside": Row(
+        GROUP_HOURS, "origin", True, origin="-100123", platform=TG, resolved="-100123"
+    ),
+    "origin-elsewhere-not-over-blocked": Row(EXEC_DENIED, "origin", True, origin="slack:#random"),
+    # ...and the conversation's name answers to "origin".
+    "bare-origin-id-vs-deny-origin": Row(
+        SendPolicy(ALLOW, deny=("origin",)), "C0HOME", False, origin="slack:C0HOME"
+    ),
+    "prefixed-origin-id-vs-window-on-origin": Row(
+        ORIGIN_HOURS, "telegram:-100123", False, origin="-100123", platform=TG, now=SAT_NOON
+    ),
+    # No origin in the request: "origin" matches only entries written "origin" (fails closed there).
+    "no-origin-vs-deny-origin": Row(SendPolicy(ALLOW, deny=("origin",)), "origin", False, origin=""),
+    "no-origin-vs-window-on-origin": Row(ORIGIN_HOURS, "origin", False, origin="", now=SAT_NOON),
+    "no-origin-allow-origin": Row(EXEC_DENIED, "origin", True, origin="", resolved=""),
+    # A bare id is the prefixed id on the channel's platform, both ways.
+    "slack-bare-vs-prefixed-deny": Row(BY_ID_DENIED, "C0EXEC", False),
+    "slack-bare-lower-vs-prefixed-deny": Row(BY_ID_DENIED, "c0exec", False),
+    "slack-prefixed-vs-bare-deny": Row(SendPolicy(ALLOW, deny=("C0EXEC",)), "slack:c0exec", False),
+    "slack-bare-vs-prefixed-allow": Row(
+        SendPolicy(DENY, allow=("slack:C0OPS",)), "c0ops", True, resolved="C0OPS"
+    ),
+    "slack-prefixed-vs-bare-allow": Row(
+        SendPolicy(DENY, allow=("C0OPS",)), "slack:C0OPS", True, resolved="C0OPS"
+    ),
+    "slack-bare-vs-prefixed-window": Row(
+        SendPolicy(ALLOW, time_restrictions=(only(("slack:C0EXEC",), BUSINESS),)),
+        "C0EXEC",
+        False,
+        now=SAT_NOON,
+    ),
+    "slack-bare-name-vs-prefixed-deny": Row(SendPolicy(ALLOW, deny=("slack:#exec",)), "#Exec", False),
+    "telegram-bare-username-vs-prefixed-deny": Row(
+        SendPolicy(ALLOW, deny=("telegram:@Board",)), "@board", False, platform=TG
+    ),
+    "telegram-prefixed-username-vs-bare-deny": Row(
+        SendPolicy(ALLOW, deny=("@Board",)), "Telegram:@BOARD", False, platform=TG
+    ),
+    "telegram-bare-chat-vs-prefixed-deny": Row(
+        SendPolicy(ALLOW, deny=("telegram:-100123",)), "-100123", False, platform=TG
+    ),
+    "telegram-prefixed-chat-vs-bare-deny": Row(
+        SendPolicy(ALLOW, deny=("-100123",)), "telegram:-100123", False, platform=TG
+    ),
+    "discord-bare-vs-prefixed-deny": Row(SendPolicy(ALLOW, deny=("discord:123",)), "123", False, platform=DC),
+    "discord-mention-vs-bare-deny": Row(SendPolicy(ALLOW, deny=("123",)), "<#123>", False, platform=DC),
+    # Aliases: to a bare id, to a prefixed id, and names reached with or without the prefix.
+    "alias-to-bare-id-vs-prefixed-deny": Row(
+        BY_ID_DENIED, "exec", False, aliases={"exec": "C0EXEC"}, resolved="C0EXEC"
+    ),
+    "alias-to-prefixed-id-vs-bare-deny": Row(
+        SendPolicy(ALLOW, deny=("C0EXEC",)), "Exec", False, aliases={"exec": "slack:C0EXEC"}
+    ),
+    "deny-by-alias-to-bare-id-vs-prefixed": Row(
+        SendPolicy(ALLOW, deny=("exec",)), "slack:C0EXEC", False, aliases={"exec": "c0exec"}
+    ),
+    "prefixed-alias-name-reached-bare": Row(
+        BY_ID_DENIED, "#exec", False, aliases={"slack:#exec": "slack:C0EXEC"}, resolved="C0EXEC"
+    ),
+    "telegram-alias-to-bare-chat-vs-prefixed-deny": Row(
+        SendPolicy(ALLOW, deny=("telegram:-100123",)),
+        "board",
+        False,
+        aliases={"board": "-100123"},
+        platform=TG,
+    ),
+    # Only on the channel's own platform: a bare C0EXEC on Telegram is a Telegram target.
+    "bare-id-is-not-another-platforms": Row(BY_ID_DENIED, "C0EXEC", True, platform=TG, resolved="c0exec"),
+}
+
+
+@pytest.mark.parametrize("row", BYPASSES.values(), ids=BYPASSES.keys())
+def test_one_conversation_two_names(row: Row) -> None:
+    run(row)
 
 
 # --- aliases: chains, loops, duplicates ---------------------------------------------------
@@ -342,6 +480,13 @@ ALIAS_ROWS = {
     "self-alias-after-normalisation": ({"Slack:#Exec": "slack:#exec"}, "slack:#exec", False, ""),
     "duplicates-after-normalisation": ({"Exec": "slack:#a", "exec": "slack:#b"}, "slack:#z", False, "error"),
     "alias-to-origin": ({"reply": "origin"}, "Reply", True, ""),
+    "stored-alias-named-origin": ({"Origin": "slack:#ops"}, "origin", False, "error"),
+    "duplicates-bare-and-prefixed": (
+        {"C0A": "slack:#a", "slack:c0a": "slack:#b"},
+        "slack:#z",
+        False,
+        "error",
+    ),
 }
 
 
@@ -357,6 +502,8 @@ def test_aliases(aliases: dict[str, str], target: str, allow: bool, error: str) 
     [
         pytest.param({"Exec": "slack:#a", "exec": "slack:#b"}, "same alias", id="duplicate-case"),
         pytest.param({"<#C01|x>": "a", "slack:c01": "b"}, "same alias", id="duplicate-mention"),
+        pytest.param({"C01": "a", "slack:c01": "b"}, "same alias", id="duplicate-bare-and-prefixed"),
+        pytest.param({"#ops": "a", "Slack:#OPS": "b"}, "same alias", id="duplicate-bare-name-and-prefixed"),
         pytest.param({"a": "b", "b": "a"}, "loop", id="loop"),
         pytest.param({f"x{i}": f"x{i + 1}" for i in range(9)}, "loop", id="too-deep"),
         pytest.param({"Origin": "slack:#ops"}, "reserved", id="origin-any-case"),
@@ -372,6 +519,12 @@ def test_validation_rejects_ambiguous_aliases(aliases: dict[str, str], message: 
 def test_validation_keeps_aliases_as_written() -> None:
     aliases = {"Boss": "Slack:#Exec", "Slack:#EXEC": "slack:c0exec", "Me": "me"}
     assert policy_codec.validate(Platform.SLACK, ChannelPolicy(aliases=aliases)).aliases == aliases
+
+
+def test_a_bare_alias_name_is_on_the_channels_platform() -> None:
+    """``C01`` is ``slack:C01`` on Slack (a duplicate above) but ``telegram:c01`` on Telegram."""
+    aliases = {"C01": "-100123", "slack:c01": "telegram:-100123"}
+    assert policy_codec.validate(Platform.TELEGRAM, ChannelPolicy(aliases=aliases)).aliases == aliases
 
 
 # --- per-agent rules (the seed's RBAC example) -----------------------------------------
@@ -403,7 +556,7 @@ AGENT_ROWS = {
 )
 def test_per_agent_rules(channel_policy: SendPolicy | None, agent: str, target: str, allow: bool) -> None:
     c = ChannelPolicy(send_policy=channel_policy, agent_send_policies=RBAC)
-    d = evaluate(c, agent, target, "telegram:42", listing=False, now=FRI_NOON, zone=BERLIN)
+    d = evaluate(c, agent, target, "telegram:42", platform=SL, listing=False, now=FRI_NOON, zone=BERLIN)
     assert (d.allow, d.reason) == (allow, "" if allow else denial(target))
 
 
