@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import os
 import signal
@@ -222,11 +221,6 @@ async def serve(
         loop.add_signal_handler(sig, stop.set)
     if on_ready is not None:
         await on_ready(running)
-    # Everything allocated so far (modules, protobuf descriptors, the pool) lives
-    # as long as the process: take it out of the collector's view, so a full
-    # collection on the request path walks only request-era objects.
-    gc.collect()
-    gc.freeze()
     await stop.wait()
     print("shutting down: health NOT_SERVING, draining in-flight calls ...", flush=True)
     await running.stop()
