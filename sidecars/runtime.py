@@ -34,8 +34,7 @@ from typing import Literal, Protocol, TypeVar
 import aiohttp
 import grpc
 
-from authz_service.client import Client
-from authz_service.domain.invites import invite_code_in_message
+from authz_service.client import Client, invite_code_to_redeem
 from authz_service.gen.authz.v1 import authz_pb2 as az
 from authz_service.gen.authz.v1 import common_pb2 as cm
 
@@ -245,7 +244,7 @@ class Connector:
             az.Decision.Name(check.decision),
             check.reason,
         )
-        code = _invite_code(msg, check)
+        code = invite_code_to_redeem(check, direct=msg.chat_kind == "direct", text=msg.text)
         if check.decision == az.DECISION_ALLOW:
             await self._allowed(msg, check)
         elif code is not None:
@@ -404,17 +403,6 @@ class Connector:
                 log.warning("authz service %s; retrying in %.1fs", exc.code().name, delays[attempt])
                 await asyncio.sleep(delays[attempt])
                 attempt += 1
-
-
-def _invite_code(msg: Inbound, check: az.CheckUserResponse) -> str | None:
-    """The invite code a user who is not admitted sent in a direct message."""
-    if msg.chat_kind != "direct":
-        return None
-    if check.decision == az.DECISION_PAIRING_REQUIRED or (
-        check.decision == az.DECISION_DENY and check.reason == "not_allowlisted"
-    ):
-        return invite_code_in_message(msg.text)
-    return None
 
 
 def _refusal(code: grpc.StatusCode) -> str:

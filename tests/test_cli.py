@@ -109,6 +109,36 @@ def test_walkthrough_pairing_with_the_cli(dev_env: dict[str, str]) -> None:
     audit = authz(dev_env, "audit", "--event", "pairing.")
     assert "pairing.requested" in audit and "pairing.approved" in audit
 
+    # The walk-through's last two lines (run from the repository root, as the README says).
+    doctor = authz(dev_env, "doctor")
+    assert "pairing_no_approver" in doctor and "0 critical, 0 high" in doctor
+    repo = Path(__file__).resolve().parent.parent
+    plan = subprocess.run(
+        [*AUTHZ, "apply", "-f", "examples/policies/public-demo-admin.yaml", "--dry-run"],
+        env=dev_env, cwd=repo, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert plan.returncode == 0, plan.stderr
+    assert "+ channel demo-tg (telegram): create" in plan.stdout and "nothing was changed" in plan.stdout
+
+
+def test_simulate_redeems_invites_and_reports_rate_limits(dev_env: dict[str, str], tmp_path: Path) -> None:
+    """simulate does what a connector does: a DM that is an invite code is redeemed,
+    and a rate-limited message says when the next one is admitted."""
+    policy = tmp_path / "club.yaml"
+    policy.write_text(
+        "platform: telegram\ndm_policy: allowlist\nrate_limit: {max_messages_per_hour: 1, burst: 1}\n"
+    )
+    authz(dev_env, "channel", "set", "club", "-f", str(policy))
+    created = authz(dev_env, "invites", "create", "club")
+    code = re.search(r"\b([2-9A-Z]{4}-[2-9A-Z]{4}-[2-9A-Z]{4}-[2-9A-Z]{4})\b", created)
+    assert code, created
+    redeemed = authz(dev_env, "simulate", "message", "club", "777", f"/start {code.group(1).lower()}")
+    assert "RedeemInvite: accepted" in redeemed and "Invite accepted" in redeemed
+    assert "allow (allowlisted)" in authz(dev_env, "simulate", "message", "club", "777", "hi")
+    limited = authz(dev_env, "simulate", "message", "club", "777", "hi again")
+    assert "rate_limited (user_rate_limited)" in limited
+    assert re.search(r"admitted in [1-9][0-9]* s", limited), limited
+
 
 def test_cli_users_block_and_audit_export(dev_env: dict[str, str], tmp_path: Path) -> None:
     authz(dev_env, "users", "block", "demo", "5555", "--reason", "spam")

@@ -88,6 +88,9 @@ async def _bootstrap(settings: Settings, running: RunningServer) -> None:
    authz simulate message demo 4242 "hello again"  # → allowed, routed to the agent
    authz users list demo --paired
    authz audit
+   authz doctor                                     # security audit of the tenant
+   authz apply -f examples/policies/public-demo-admin.yaml --dry-run
+                                                    # policies as a file (docs/policies.md)
 
  Stop with Ctrl-C. Data lives in {settings.home} (delete it to start over).
 ────────────────────────────────────────────────────────────────────────""",

@@ -24,7 +24,7 @@ import yaml
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from ..client import DEFAULT_ADDRESS, SyncClient, TlsConfig, connect_sync
+from ..client import DEFAULT_ADDRESS, SyncClient, TlsConfig, connect_sync, invite_code_to_redeem
 from ..config import ConfigError, Settings
 from ..gen.authz.v1 import admin_pb2 as adm
 from ..gen.authz.v1 import authz_pb2 as az
@@ -848,12 +848,22 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     check = call(c.authz.CheckUser, req)
     decision = enum_name("DECISION_", az.Decision.Name(check.decision))
     print(f"CheckUser: {decision} ({check.reason})")
+    code = invite_code_to_redeem(check, direct=not group, text=args.text)
     if check.decision == az.DECISION_ALLOW:
         print(
             f"→ routed to agent '{check.agent_id}'"
             + (f" with permissions {list(check.permissions)}" if check.permissions else "")
         )
+        if check.tools.allowed or check.tools.denied:
+            print(f"  tools allowed {list(check.tools.allowed)}, denied {list(check.tools.denied)}")
         print(f"bot → {args.user}: (echo) {args.text}")
+    elif code is not None:
+        redeemed = call(c.authz.RedeemInvite, az.RedeemInviteRequest(channel_id=args.channel, user_id=args.user,
+                                                                     code=code, display_name=args.name or ""))  # fmt: skip
+        print(f"RedeemInvite: {enum_name('INVITE_OUTCOME_', az.InviteOutcome.Name(redeemed.outcome))}")
+        print(f"bot → {args.user}: {redeemed.text}" if redeemed.text else "(the bot stays silent)")
+    elif check.decision == az.DECISION_RATE_LIMITED:
+        print(f"(the bot stays silent; the next message is admitted in {check.retry_after_seconds} s)")
     elif check.decision == az.DECISION_PAIRING_REQUIRED:
         pr = call(c.authz.RequestPairing, az.RequestPairingRequest(channel_id=args.channel, user_id=args.user,
                                                                    display_name=args.name or "", first_message=args.text))  # fmt: skip

@@ -30,6 +30,7 @@ from typing import Any
 
 import grpc
 
+from ..domain.invites import invite_code_in_message
 from ..gen.authz.v1 import admin_pb2_grpc, authz_pb2, authz_pb2_grpc
 from ..gen.authz.v1 import common_pb2 as cm
 from .results import (
@@ -60,11 +61,26 @@ __all__ = [
     "TlsConfig",
     "connect",
     "connect_sync",
+    "invite_code_to_redeem",
     "is_idempotent",
 ]
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 DEFAULT_TIMEOUT = 5.0
+
+
+def invite_code_to_redeem(check: authz_pb2.CheckUserResponse, *, direct: bool, text: str) -> str | None:
+    """The invite code a connector should pass to RedeemInvite instead of
+    answering the message as usual: a direct message from a user who is not
+    admitted (PAIRING_REQUIRED, or DENY ``not_allowlisted``) whose text is a
+    code, optionally after ``/start``. None: handle the message as usual."""
+    if not direct:
+        return None
+    not_admitted = check.decision == authz_pb2.DECISION_PAIRING_REQUIRED or (
+        check.decision == authz_pb2.DECISION_DENY and check.reason == "not_allowlisted"
+    )
+    return invite_code_in_message(text) if not_admitted else None
+
 
 # Safe to repeat: reads, puts that converge, and calls the service makes
 # idempotent itself (RequestPairing returns the live request).
