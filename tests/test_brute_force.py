@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import re
 import secrets
 import signal
@@ -43,7 +42,7 @@ from authz_service.server import RunningServer, start_server
 from authz_service.store.db import Database
 
 from .conftest import Dsns, Service, Tenant, rpc_error
-from .test_replicas import AUTHZ, Replica, free_port
+from .test_replicas import AUTHZ, new_tenant, two_replicas
 
 OWNER = "100"
 EXHAUSTED = re.compile(r"too many failed pairing code attempts; try again in (\d+) s")
@@ -299,35 +298,14 @@ async def test_exhausted_channel_refuses_the_right_code_until_the_window_has_pas
 async def test_code_limit_holds_across_processes_and_restarts(dsns: Dsns) -> None:
     """PraisonAI's lockout was per process. Two `authz serve` processes share
     the counters; guesses alternate between them; a restart forgets nothing."""
-    with tempfile.TemporaryDirectory(prefix="authz-brute-") as home:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("AUTHZ_")}
-        env.update(
-            AUTHZ_HOME=home,
-            AUTHZ_DATABASE_URL=dsns.service,
-            AUTHZ_SECRET_KEY=secrets.token_urlsafe(32),
-            AUTHZ_OPERATOR_KEY=secrets.token_urlsafe(32),
-            AUTHZ_LOG_FORMAT="text",
-            AUTHZ_CODE_ATTEMPTS_PER_CHANNEL="4",
-            AUTHZ_CODE_ATTEMPTS_PER_KEY="1000",
-            AUTHZ_CODE_ATTEMPTS_PER_TENANT="1000",
-        )
-        a = Replica({**env, "AUTHZ_LISTEN": f"127.0.0.1:{free_port()}"})
-        b = Replica({**env, "AUTHZ_LISTEN": f"127.0.0.1:{free_port()}"})
-        await asyncio.gather(a.start(), b.start())
+    limits = {"AUTHZ_CODE_ATTEMPTS_PER_CHANNEL": "4", "AUTHZ_CODE_ATTEMPTS_PER_KEY": "1000",
+              "AUTHZ_CODE_ATTEMPTS_PER_TENANT": "1000"}  # fmt: skip
+    async with two_replicas(dsns, **limits) as pair:
+        a, b, env = pair.a, pair.b, pair.env
         clients: list[Client] = []
         try:
-            op = connect(a.address, env["AUTHZ_OPERATOR_KEY"])
-            created = await op.admin.CreateTenant(
-                adm.CreateTenantRequest(tenant_id="bf" + secrets.token_hex(5))
-            )
-            await op.close()
-            admin = connect(a.address, created.secret)
+            admin = await new_tenant(a, pair.operator_key, "bf")
             clients.append(admin)
-            await admin.admin.SetChannel(
-                adm.SetChannelRequest(
-                    channel_id="tg", platform=cm.PLATFORM_TELEGRAM, policy=cm.ChannelPolicy()
-                )
-            )
             conn_key = await admin.admin.CreateApiKey(adm.CreateApiKeyRequest(role=adm.ROLE_CONNECTOR))
             appr_key = await admin.admin.CreateApiKey(adm.CreateApiKeyRequest(role=adm.ROLE_APPROVER))
             connector = connect(b.address, conn_key.secret)
@@ -361,9 +339,6 @@ async def test_code_limit_holds_across_processes_and_restarts(dsns: Dsns) -> Non
         finally:
             for c in clients:
                 await c.close()
-            for r in (a, b):
-                if r.proc is not None and r.proc.returncode is None:
-                    await r.stop()
 
 
 def test_code_limit_settings_are_read_and_validated() -> None:

@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import secrets
 import signal
-import tempfile
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 
@@ -33,7 +31,7 @@ from authz_service.gen.authz.v1 import common_pb2 as cm
 
 from .conftest import Dsns, Service, Tenant, rpc_error
 from .test_brute_force import Limited, _limited
-from .test_replicas import Replica, free_port
+from .test_replicas import new_tenant, two_replicas
 
 CODE_SHAPE = re.compile(r"[2-9A-HJKMNP-Z]{4}(-[2-9A-HJKMNP-Z]{4}){3}")
 ACCEPTED, ALREADY, INVALID = (
@@ -372,30 +370,13 @@ async def test_wrong_codes_are_limited_per_channel(on_limited: On) -> None:
 
 
 async def test_invite_limits_hold_across_processes_and_restarts(dsns: Dsns) -> None:
-    with tempfile.TemporaryDirectory(prefix="authz-invites-") as home:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("AUTHZ_")}
-        env.update(
-            AUTHZ_HOME=home, AUTHZ_DATABASE_URL=dsns.service, AUTHZ_SECRET_KEY=secrets.token_urlsafe(32),
-            AUTHZ_OPERATOR_KEY=secrets.token_urlsafe(32), AUTHZ_LOG_FORMAT="text",
-            AUTHZ_CODE_ATTEMPTS_PER_CHANNEL="100", AUTHZ_CODE_ATTEMPTS_PER_KEY="4",
-        )  # fmt: skip
-        a = Replica({**env, "AUTHZ_LISTEN": f"127.0.0.1:{free_port()}"})
-        b = Replica({**env, "AUTHZ_LISTEN": f"127.0.0.1:{free_port()}"})
-        await asyncio.gather(a.start(), b.start())
+    settings = {"AUTHZ_CODE_ATTEMPTS_PER_CHANNEL": "100", "AUTHZ_CODE_ATTEMPTS_PER_KEY": "4"}
+    async with two_replicas(dsns, **settings) as pair:
+        a, b = pair.a, pair.b
         clients: list[Client] = []
         try:
-            op = connect(a.address, env["AUTHZ_OPERATOR_KEY"])
-            created = await op.admin.CreateTenant(
-                adm.CreateTenantRequest(tenant_id="iv" + secrets.token_hex(5))
-            )
-            await op.close()
-            admin = connect(a.address, created.secret)
+            admin = await new_tenant(a, pair.operator_key, "iv")
             clients.append(admin)
-            await admin.admin.SetChannel(
-                adm.SetChannelRequest(
-                    channel_id="tg", platform=cm.PLATFORM_TELEGRAM, policy=cm.ChannelPolicy()
-                )
-            )
             made = await admin.admin.CreateInvite(adm.CreateInviteRequest(channel_id="tg"))
             key = (await admin.admin.CreateApiKey(adm.CreateApiKeyRequest(role=adm.ROLE_CONNECTOR))).secret
             on_a, on_b = connect(a.address, key), connect(b.address, key)
@@ -415,9 +396,6 @@ async def test_invite_limits_hold_across_processes_and_restarts(dsns: Dsns) -> N
         finally:
             for c in clients:
                 await c.close()
-            for r in (a, b):
-                if r.proc is not None and r.proc.returncode is None:
-                    await r.stop()
 
 
 # --- CLI --------------------------------------------------------------------------------

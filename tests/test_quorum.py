@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import secrets
 import signal
-import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
@@ -27,7 +25,7 @@ from authz_service.gen.authz.v1 import common_pb2 as cm
 
 from .conftest import Dsns, Service, Tenant, rpc_error
 from .test_pairing import OWNER, button, check, events, pair, press
-from .test_replicas import Replica, free_port
+from .test_replicas import Replica, two_replicas
 
 APPROVE, DENY, BLOCK = cm.APPROVAL_ACTION_APPROVE, cm.APPROVAL_ACTION_DENY, cm.APPROVAL_ACTION_BLOCK
 SECOND, THIRD = "200", "300"
@@ -282,24 +280,8 @@ async def test_concurrent_votes_produce_exactly_one_final_approval(tenant: Tenan
 
 @pytest.fixture
 async def two_processes(dsns: Dsns) -> AsyncIterator[tuple[Replica, Replica, str]]:
-    with tempfile.TemporaryDirectory(prefix="authz-quorum-") as home:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("AUTHZ_")}
-        env.update(
-            AUTHZ_HOME=home,
-            AUTHZ_DATABASE_URL=dsns.service,
-            AUTHZ_SECRET_KEY=secrets.token_urlsafe(32),
-            AUTHZ_OPERATOR_KEY=secrets.token_urlsafe(32),
-            AUTHZ_LOG_FORMAT="text",
-        )
-        a = Replica({**env, "AUTHZ_LISTEN": f"127.0.0.1:{free_port()}"})
-        b = Replica({**env, "AUTHZ_LISTEN": f"127.0.0.1:{free_port()}"})
-        await asyncio.gather(a.start(), b.start())
-        try:
-            yield a, b, env["AUTHZ_OPERATOR_KEY"]
-        finally:
-            for r in (a, b):
-                if r.proc is not None and r.proc.returncode is None:
-                    await r.stop()
+    async with two_replicas(dsns) as pair:
+        yield pair.a, pair.b, pair.operator_key
 
 
 async def test_votes_are_shared_by_two_processes_and_survive_a_restart(

@@ -9,9 +9,7 @@ tokens a test takes within seconds: no assertion depends on timing.
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
-import tempfile
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -28,7 +26,7 @@ from authz_service.server import start_server
 from authz_service.store.db import Database
 
 from .conftest import Dsns, Service, Tenant, eventually, rpc_error
-from .test_replicas import Replica, free_port
+from .test_replicas import Replica, two_replicas
 
 LIMITED = az.DECISION_RATE_LIMITED
 ALLOW = az.DECISION_ALLOW
@@ -239,24 +237,8 @@ async def test_a_database_failure_fails_closed_even_for_a_cached_verdict(dsns: D
 @pytest.fixture
 async def replicas(dsns: Dsns) -> AsyncIterator[tuple[Replica, Replica, str]]:
     """Two `authz serve` processes on one database (as in test_replicas)."""
-    with tempfile.TemporaryDirectory(prefix="authz-rate-") as home:
-        base = {k: v for k, v in os.environ.items() if not k.startswith("AUTHZ_")}
-        base.update(
-            AUTHZ_HOME=home,
-            AUTHZ_DATABASE_URL=dsns.service,
-            AUTHZ_SECRET_KEY=secrets.token_urlsafe(32),
-            AUTHZ_OPERATOR_KEY=secrets.token_urlsafe(32),
-            AUTHZ_LOG_FORMAT="text",
-        )
-        a = Replica({**base, "AUTHZ_LISTEN": f"127.0.0.1:{free_port()}"})
-        b = Replica({**base, "AUTHZ_LISTEN": f"127.0.0.1:{free_port()}"})
-        await asyncio.gather(a.start(), b.start())
-        try:
-            yield a, b, base["AUTHZ_OPERATOR_KEY"]
-        finally:
-            for r in (a, b):
-                if r.proc is not None and r.proc.returncode is None:
-                    await r.stop()
+    async with two_replicas(dsns) as pair:
+        yield pair.a, pair.b, pair.operator_key
 
 
 async def test_two_processes_admit_exactly_the_burst_between_them(

@@ -17,6 +17,7 @@ import socket
 import sys
 import tempfile
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import grpc
@@ -82,30 +83,61 @@ class Replica:
 class Cluster:
     a: Replica
     b: Replica
-    operator_key: str
+    # The environment both share (without AUTHZ_LISTEN): for CLI runs against them.
+    env: dict[str, str]
+
+    @property
+    def operator_key(self) -> str:
+        return self.env["AUTHZ_OPERATOR_KEY"]
 
 
-@pytest.fixture
-async def cluster(dsns: Dsns) -> AsyncIterator[Cluster]:
+@asynccontextmanager
+async def two_replicas(dsns: Dsns, **settings: str) -> AsyncIterator[Cluster]:
+    """Two `authz serve` processes on the test database, with one server key and
+    operator key, plus ``settings`` (AUTHZ_* variables). Both are stopped
+    afterwards, also after a test killed and restarted them."""
     with tempfile.TemporaryDirectory(prefix="authz-replicas-") as home:
-        base = {k: v for k, v in os.environ.items() if not k.startswith("AUTHZ_")}
-        base.update(
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AUTHZ_")}
+        env.update(
             AUTHZ_HOME=home,
             AUTHZ_DATABASE_URL=dsns.service,
             AUTHZ_SECRET_KEY=secrets.token_urlsafe(32),
             AUTHZ_OPERATOR_KEY=secrets.token_urlsafe(32),
-            AUTHZ_WATCH_FALLBACK_SECONDS="600",
             AUTHZ_LOG_FORMAT="text",
+            **settings,
         )
-        a = Replica({**base, "AUTHZ_LISTEN": f"127.0.0.1:{free_port()}"})
-        b = Replica({**base, "AUTHZ_LISTEN": f"127.0.0.1:{free_port()}"})
+        a = Replica({**env, "AUTHZ_LISTEN": f"127.0.0.1:{free_port()}"})
+        b = Replica({**env, "AUTHZ_LISTEN": f"127.0.0.1:{free_port()}"})
         await asyncio.gather(a.start(), b.start())
         try:
-            yield Cluster(a, b, base["AUTHZ_OPERATOR_KEY"])
+            yield Cluster(a, b, env)
         finally:
             for r in (a, b):
                 if r.proc is not None and r.proc.returncode is None:
                     await r.stop()
+
+
+async def new_tenant(replica: Replica, operator_key: str, prefix: str) -> Client:
+    """A fresh tenant with a Telegram channel "tg" (default policy), made
+    through ``replica``; its admin client there (the caller closes it)."""
+    op = connect(replica.address, operator_key)
+    try:
+        created = await op.admin.CreateTenant(
+            adm.CreateTenantRequest(tenant_id=prefix + secrets.token_hex(5))
+        )
+    finally:
+        await op.close()
+    admin = connect(replica.address, created.secret)
+    await admin.admin.SetChannel(
+        adm.SetChannelRequest(channel_id="tg", platform=cm.PLATFORM_TELEGRAM, policy=cm.ChannelPolicy())
+    )
+    return admin
+
+
+@pytest.fixture
+async def cluster(dsns: Dsns) -> AsyncIterator[Cluster]:
+    async with two_replicas(dsns, AUTHZ_WATCH_FALLBACK_SECONDS="600") as pair:
+        yield pair
 
 
 @dataclass
