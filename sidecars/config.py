@@ -35,7 +35,7 @@ _TOP_KEYS = {
 }
 _SECTION_KEYS = {
     "telegram": {"token", "base_url"},
-    "slack": {"bot_token", "signing_secret", "listen", "base_url"},
+    "slack": {"bot_token", "signing_secret", "listen", "base_url", "lookup_email"},
     "discord": {"token"},
 }
 
@@ -59,6 +59,9 @@ class SlackSettings:
     listen: str = DEFAULT_SLACK_LISTEN
     # Web API root, e.g. "https://slack.com/api/"; "" = the library default.
     base_url: str = ""
+    # Look up a pairing requester's email (users.info; needs the users:read.email scope)
+    # and report it to the service for the channel's auto-approve email domains.
+    lookup_email: bool = False
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,9 @@ class ConnectorConfig:
     # Service outage handling: one try, then one retry after each delay, then give up.
     retry_delays: tuple[float, ...] = (0.2, 0.4, 0.8)
     rpc_timeout: float = 5.0
+    # A platform contact lookup before pairing (e.g. slack.lookup_email) slower than
+    # this is abandoned: the requester pairs without it.
+    contact_timeout: float = 3.0
 
     def secrets(self) -> tuple[str, ...]:
         """Every secret in this config, to scrub from error output."""
@@ -171,6 +177,7 @@ def build_config(
             signing_secret=secret("signing_secret", "SLACK_SIGNING_SECRET"),
             listen=listen,
             base_url=_opt_str(section, "base_url", "slack.base_url"),
+            lookup_email=_opt_bool(section, "lookup_email", "slack.lookup_email"),
         )
     else:
         settings["discord"] = DiscordSettings(token=secret("token", "DISCORD_BOT_TOKEN"))
@@ -210,6 +217,15 @@ def _opt_str(raw: Mapping[str, Any], key: str, name: str | None = None) -> str:
     if isinstance(value, bool) or not isinstance(value, str | int):
         raise ConfigError(f"{name or key}: must be a string")
     return str(value).strip()
+
+
+def _opt_bool(raw: Mapping[str, Any], key: str, name: str) -> bool:
+    value = raw.get(key)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name}: must be true or false")
+    return value
 
 
 def parse_listen(value: str) -> tuple[str, int]:

@@ -5,7 +5,9 @@ and button presses, and implements :class:`Transport`; every decision is made
 here by asking the authz service:
 
 - inbound message → ``CheckUser`` → agent (ALLOW), ``RequestPairing`` and the
-  owner's buttons (PAIRING_REQUIRED), or the service's text / silence; a direct
+  owner's buttons (PAIRING_REQUIRED; with the requester's platform-verified
+  email / phone number when the transport can look them up, for the channel's
+  auto-approve rules), or the service's text / silence; a direct
   message that is an invite code (optionally after ``/start``) from a user who
   would otherwise pair or be refused as not allowlisted → ``RedeemInvite``;
 - button press → ``ResolveApproval`` with the presser's platform id (the service
@@ -29,12 +31,14 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, TypeVar
+from typing import Literal, Protocol, TypeVar, runtime_checkable
 
 import aiohttp
 import grpc
 
 from authz_service.client import Client, invite_code_to_redeem
+from authz_service.domain.autoapprove import reported_email, reported_phone
+from authz_service.domain.errors import InvalidArgument
 from authz_service.gen.authz.v1 import authz_pb2 as az
 from authz_service.gen.authz.v1 import common_pb2 as cm
 
@@ -112,6 +116,41 @@ class Transport(Protocol):
     async def send_direct(self, user_id: str, text: str, buttons: Sequence[ButtonSpec] = ()) -> None:
         """DM a user by authz user id, rendering ``buttons`` natively if any."""
         ...
+
+
+@dataclass(frozen=True)
+class Contact:
+    """A requester's contact details as the platform verified them ("" = unknown).
+
+    Sent to the service only for the channel's auto-approve rules; never logged,
+    stored or cached (hidden from ``repr`` so a stray log line cannot show them).
+    """
+
+    email: str = field(default="", repr=False)
+    phone_number: str = field(default="", repr=False)  # E.164
+
+
+NO_CONTACT = Contact()
+
+
+@runtime_checkable
+class ContactLookup(Protocol):
+    """Optional :class:`Transport` capability: look up who asks to pair.
+
+    A transport that implements it is asked before each ``RequestPairing``;
+    one that doesn't (or returns ``NO_CONTACT``) pairs without contact details.
+    """
+
+    async def contact(self, user_id: str) -> Contact:
+        """The platform-verified email / phone of ``user_id`` (an authz user id).
+
+        Raise :class:`ContactUnavailable` (or anything else) when the lookup
+        fails: the requester then pairs without them."""
+        ...
+
+
+class ContactUnavailable(Exception):
+    """A contact lookup failed; the message names why and never contains the details."""
 
 
 class ServiceUnavailable(Exception):
@@ -281,6 +320,7 @@ class Connector:
             log.warning("reply in %s refused by send policy: %s", msg.chat_id, result.reason)
 
     async def _pair(self, msg: Inbound) -> None:
+        contact = await self._contact(msg.user_id)
         pairing = await self._call(
             self.client.authz.RequestPairing,
             az.RequestPairingRequest(
@@ -288,11 +328,15 @@ class Connector:
                 user_id=msg.user_id,
                 display_name=msg.display_name,
                 first_message=msg.text,
+                email=contact.email,
+                phone_number=contact.phone_number,
             ),
         )
         log.info("pairing for %s: %s", msg.user_id, az.PairingOutcome.Name(pairing.outcome))
         # The service leaves the text empty when the requester was already told
         # (a live request is returned again), and notifies the owner only once.
+        # AUTO_APPROVED (an auto-approve rule matched): the text tells the requester,
+        # and there is nothing for the owner (not ``created``, no notification).
         if pairing.text:
             await self.transport.send_text(msg.chat_id, pairing.text)
         if pairing.created and pairing.HasField("notification") and pairing.notification.owner_id:
@@ -303,6 +347,29 @@ class Connector:
                 if b.action in _ACTIONS
             ]
             await self.transport.send_direct(note.owner_id, note.text, buttons)
+
+    async def _contact(self, user_id: str) -> Contact:
+        """The requester's verified contact details if the transport can look them up.
+
+        Never blocks pairing: a failed, slow or malformed lookup pairs without
+        them (a warning names the user and the cause, never the details)."""
+        if not isinstance(self.transport, ContactLookup):
+            return NO_CONTACT
+        try:
+            async with asyncio.timeout(self.config.contact_timeout):
+                found = await self.transport.contact(user_id)
+        except ContactUnavailable as exc:
+            log.warning("contact lookup for %s failed (%s); pairing without it", user_id, exc)
+            return NO_CONTACT
+        except Exception as exc:  # a timeout included; the message may quote the details
+            log.warning("contact lookup for %s failed (%s); pairing without it", user_id, type(exc).__name__)
+            return NO_CONTACT
+        try:
+            # What the service would refuse with INVALID_ARGUMENT, failing the whole request.
+            return Contact(reported_email(found.email), reported_phone(found.phone_number))
+        except InvalidArgument as exc:
+            log.warning("contact lookup for %s: %s field malformed; pairing without it", user_id, exc.field)
+            return NO_CONTACT
 
     async def _redeem(self, msg: Inbound, code: str) -> None:
         redeemed = await self._call(

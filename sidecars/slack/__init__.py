@@ -44,7 +44,9 @@ async def run(config: ConnectorConfig, start: StartConnector) -> None:
     identity = await client.auth_test()
     team_id, bot_user_id = str(identity["team_id"]), str(identity["user_id"])
     log.info("slack bot %s in workspace %s", bot_user_id, team_id)
-    connector = await start(SlackTransport(client, team_id))
+    if settings.lookup_email:
+        log.info("pairing requesters' emails are looked up (users.info) for auto-approve rules")
+    connector = await start(SlackTransport(client, team_id, lookup_email=settings.lookup_email))
     bot = SlackBot(connector, client, settings.signing_secret, bot_user_id)
     try:
         await bot.start(settings.listen)

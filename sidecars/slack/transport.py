@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
+from typing import Any
 
+from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from ..runtime import ButtonSpec
+from ..runtime import NO_CONTACT, ButtonSpec, Contact, ContactUnavailable
 from .blocks import approval_blocks, escape
+
+log = logging.getLogger("sidecars.slack")
+# The users.info client's own logger: slack_sdk logs whole responses at DEBUG, and
+# these carry the email, which must never be logged.
+_USERS_LOG = logging.getLogger("sidecars.slack.users")
+_USERS_LOG.setLevel(logging.INFO)
 
 
 def slack_user(user_id: str, team_id: str) -> str:
@@ -29,13 +38,26 @@ class SlackTransport:
 
     Conversation ids (``chat_id``) are Slack channel ids: "C…" channels, "G…"
     private channels, "D…" direct messages.
+
+    With ``lookup_email`` it also implements :class:`~sidecars.runtime.ContactLookup`:
+    a pairing requester's confirmed email, from ``users.info``.
     """
 
     platform = "slack"
 
-    def __init__(self, client: AsyncWebClient, team_id: str) -> None:
+    def __init__(self, client: AsyncWebClient, team_id: str, *, lookup_email: bool = False) -> None:
         self.client = client
         self.team_id = team_id
+        self.lookup_email = lookup_email
+        self._users = AsyncWebClient(
+            token=client.token,
+            base_url=client.base_url,
+            timeout=client.timeout,
+            ssl=client.ssl,
+            proxy=client.proxy,
+            headers=client.headers,
+            logger=_USERS_LOG,
+        )
 
     async def send_text(self, chat_id: str, text: str) -> None:
         await self.client.chat_postMessage(channel=chat_id, text=escape(text))
@@ -50,3 +72,35 @@ class SlackTransport:
             )
         else:
             await self.client.chat_postMessage(channel=channel, text=escape(text))
+
+    async def contact(self, user_id: str) -> Contact:
+        """The requester's email from ``users.info``, if ``lookup_email`` is on.
+
+        Slack includes ``profile.email`` only with the ``users:read.email`` scope.
+        Reported only for an active human member of the bot's own workspace whose
+        email Slack marks confirmed; nothing is cached, and the address is never logged.
+        """
+        if not self.lookup_email:
+            return NO_CONTACT
+        try:
+            user = slack_user(user_id, self.team_id)
+        except ValueError:
+            # Another workspace's member (Slack Connect): not this workspace's to vouch for.
+            return NO_CONTACT
+        try:
+            found = await self._users.users_info(user=user)
+        except SlackApiError as exc:
+            raise ContactUnavailable(f"users.info: {exc.response.get('error')}") from exc
+        info: Any = found.get("user")
+        if not isinstance(info, dict) or info.get("id") != user:
+            raise ContactUnavailable("users.info: answered for another user")
+        if info.get("deleted") or info.get("is_bot"):
+            return NO_CONTACT
+        email = (info.get("profile") or {}).get("email")
+        if not email or not isinstance(email, str):
+            log.info("users.info gave no email for %s (is the users:read.email scope granted?)", user_id)
+            return NO_CONTACT
+        if info.get("is_email_confirmed") is not True:
+            log.info("the email of %s is not confirmed in Slack; not reported", user_id)
+            return NO_CONTACT
+        return Contact(email=email)

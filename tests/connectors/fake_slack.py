@@ -1,11 +1,18 @@
 """A local fake of the Slack Web API, and signed requests into a bolt app.
 
 `FakeSlack` is an aiohttp server on port 0 that the real ``AsyncWebClient``
-talks to (``base_url=fake.base_url``). It records every call in ``fake.log``
+talks to (POST, or GET as for ``users.info``) (``base_url=fake.base_url``). It records every call in ``fake.log``
 (query, form and JSON arguments merged), so tests assert on what the bot
 actually sent, and it refuses what Slack would refuse: a wrong bot token, a
 message without text, malformed Block Kit buttons, an update of a message that
 was never posted.
+
+``users.info`` answers for every member id: with ``profile.email`` (and
+``is_email_confirmed``) for users registered with ``add_user(id, email=...)``,
+without it for others, and for nobody when the token lacks the
+``users:read.email`` scope (``email_scope = False``). Any method can be made to
+fail (``fail(method, error)``: ``{"ok": false, "error": error}``) or to hang
+until the fake closes (``stall(method)``).
 
 The other half builds what Slack sends to the app: Events API callbacks (JSON)
 and ``block_actions`` interactions (form-encoded ``payload=``), signed with
@@ -14,6 +21,7 @@ the app's signing secret exactly as Slack signs them.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import itertools
@@ -47,12 +55,19 @@ class FakeSlack:
         self._ts = itertools.count(1)
         self._runner: web.AppRunner | None = None
         self.port = 0
+        # Slack user id -> fields of its users.info user object (profile.email included).
+        self.users: dict[str, dict[str, Any]] = {}
+        self.email_scope = True
+        self._failures: dict[str, str] = {}
+        self._stalled: set[str] = set()
+        self._release = asyncio.Event()
         self._methods: dict[str, Callable[[Mapping[str, Any]], dict[str, Any]]] = {
             "auth.test": self._auth_test,
             "conversations.open": self._conversations_open,
             "chat.postMessage": self._post_message,
             "chat.update": self._update,
             "chat.postEphemeral": self._post_ephemeral,
+            "users.info": self._users_info,
         }
 
     @property
@@ -62,6 +77,7 @@ class FakeSlack:
     async def start(self) -> None:
         app = web.Application()
         app.router.add_post("/api/{method}", self._handle)
+        app.router.add_get("/api/{method}", self._handle)  # users.info is a GET in slack_sdk
         self._runner = web.AppRunner(app)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -69,8 +85,22 @@ class FakeSlack:
         self.port = self._runner.addresses[0][1]
 
     async def close(self) -> None:
+        self._release.set()
         if self._runner is not None:
             await self._runner.cleanup()
+
+    def add_user(self, user_id: str, email: str = "", **fields: Any) -> None:
+        """A workspace member with ``email`` (confirmed unless ``is_email_confirmed=False``);
+        ``fields`` override the rest of the user object, e.g. ``deleted=True``."""
+        self.users[user_id] = {"email": email, "is_email_confirmed": bool(email), **fields}
+
+    def fail(self, method: str, error: str) -> None:
+        """From now on ``method`` answers ``{"ok": false, "error": error}``."""
+        self._failures[method] = error
+
+    def stall(self, method: str) -> None:
+        """From now on ``method`` never answers (until the fake closes)."""
+        self._stalled.add(method)
 
     def last_message(self, channel: str) -> dict[str, Any]:
         """The newest message the bot posted in ``channel``, with its ``channel``."""
@@ -88,8 +118,14 @@ class FakeSlack:
             args.update(await request.post())
         auth = request.headers.get("Authorization", "")
         token = auth.removeprefix("Bearer ") if auth.startswith("Bearer ") else str(args.pop("token", ""))
+        if method in self._stalled:
+            await self.log.record(method, args)
+            await self._release.wait()
+            return web.json_response({"ok": False, "error": "fatal_error"})
         if token != self.bot_token:
             result: dict[str, Any] = {"ok": False, "error": "invalid_auth"}
+        elif method in self._failures:
+            result = {"ok": False, "error": self._failures[method]}
         else:
             handler = self._methods.get(method)
             result = handler(args) if handler else {"ok": False, "error": "unknown_method"}
@@ -151,6 +187,31 @@ class FakeSlack:
         if blocks is not None:
             message["blocks"] = blocks
         return {"ok": True, "channel": key[0], "ts": key[1], "text": message["text"], "message": message}
+
+    def _users_info(self, args: Mapping[str, Any]) -> dict[str, Any]:
+        user = str(args.get("user", ""))
+        if not user.startswith(("U", "W")):
+            return {"ok": False, "error": "user_not_found"}
+        known = dict(self.users.get(user, {}))
+        email = known.pop("email", "")
+        profile: dict[str, Any] = {
+            "real_name": user.lower(),
+            "display_name": user.lower(),
+            "team": self.team_id,
+        }
+        if email and self.email_scope:
+            profile["email"] = email
+        member = {
+            "id": user,
+            "team_id": self.team_id,
+            "name": user.lower(),
+            "deleted": False,
+            "is_bot": False,
+            "is_email_confirmed": False,
+            "profile": profile,
+            **known,
+        }
+        return {"ok": True, "user": member}
 
     def _post_ephemeral(self, args: Mapping[str, Any]) -> dict[str, Any]:
         if not args.get("channel") or not args.get("user"):

@@ -101,6 +101,10 @@ def test_config_platform_sections(tmp_path: Path) -> None:
         "s",
         "0.0.0.0:3000",
     )
+    assert slack.lookup_email is False  # off unless asked for
+    lookup = write(tmp_path, "channel_id: c\nslack:\n  lookup_email: true\n", "lookup.yaml")
+    slack = load_config(lookup, "slack", {**env, "SLACK_BOT_TOKEN": "b"}).slack
+    assert slack is not None and slack.lookup_email is True
     discord = load_config(path, "discord", env).discord
     assert discord is not None and discord.token == "d"
 
@@ -133,6 +137,12 @@ def test_config_platform_sections(tmp_path: Path) -> None:
             "discord",
             {"AUTHZ_CONNECTOR_API_KEY": "k"},
             "discord.token: required (or set DISCORD_BOT_TOKEN)",
+        ),
+        (
+            "channel_id: c\nslack: {bot_token: b, signing_secret: s, lookup_email: 'yes'}\n",
+            "slack",
+            {"AUTHZ_CONNECTOR_API_KEY": "k"},
+            "slack.lookup_email: must be true or false",
         ),
         ("chanel_id: tg\n", "telegram", {}, "chanel_id: unknown key"),
         ("channel_id: tg\ntelegram: {tokn: t}\n", "telegram", {}, "telegram.tokn: unknown key"),

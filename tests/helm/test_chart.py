@@ -515,6 +515,18 @@ def test_connectors_render_one_deployment_each(chart: helm.Chart) -> None:
     assert deps["support-tg"]["spec"]["strategy"] == {"type": "Recreate"}
 
 
+def test_slack_lookup_email_reaches_the_config_only_when_on(chart: helm.Chart) -> None:
+    for on in (True, False):
+        values = production()
+        slack = next(c for c in values["connectors"] if c["name"] == "support-sl")
+        slack["slack"]["lookupEmail"] = on
+        docs = manifests(chart, values)
+        section = connector_config(docs, connector_deployments(docs)["support-sl"])["slack"]
+        assert section == (
+            {"listen": "0.0.0.0:3000", "lookup_email": True} if on else {"listen": "0.0.0.0:3000"}
+        )
+
+
 def test_connector_secrets_come_from_the_named_secrets(chart: helm.Chart) -> None:
     deps = connector_deployments(manifests(chart, production()))
 
@@ -617,6 +629,11 @@ BAD_CONNECTORS = [
         {"apiKeySecret": {"key": "k"}}, "/connectors/0/apiKeySecret", id="api-key-secret-without-name"
     ),
     pytest.param({"token": "123:abc"}, "/connectors/0", id="inline-token"),
+    pytest.param(
+        {"platform": "slack", "slack": {"lookupEmail": "yes"}},
+        "/connectors/0/slack/lookupEmail",
+        id="lookup-email-not-boolean",
+    ),
 ]
 
 
