@@ -172,13 +172,11 @@ def check_user(
     if subject is not None and subject.status is SubjectStatus.BLOCKED:
         return Verdict(Decision.BLOCKED, "user_blocked")
 
-    allowed = subject is not None and subject.status is SubjectStatus.ALLOWED
-    # Without the database clock an expiring pairing counts as expired (fail closed).
-    expires_at = subject.expires_at if subject is not None else None
-    expired = allowed and expires_at is not None and (now is None or expires_at <= now)
+    # Without the database clock an expiring entry counts as lapsed (fail closed).
+    admitted = subject is not None and subject.admitted(now)
 
     def allow(reason: str) -> Verdict:
-        own = subject.permissions if subject is not None and allowed and not expired else ()
+        own = subject.permissions if subject is not None and admitted else ()
         binding = binding_for(policy, message.user_id, message.group_id)
         if binding is None:
             return Verdict(Decision.ALLOW, reason, agent_id=policy.agent_id, permissions=own)
@@ -197,7 +195,7 @@ def check_user(
 
     if policy.dm_policy is DmPolicy.DISABLED:
         return _deny("dm_disabled")
-    if allowed and not expired:
+    if admitted:
         assert subject is not None
         return allow("paired" if subject.source is SubjectSource.PAIRING else "allowlisted")
     if policy.dm_policy is DmPolicy.OPEN:
@@ -206,5 +204,10 @@ def check_user(
         return _deny("not_allowlisted")
     # Pairing: the connector now calls RequestPairing and sends *its* text. A
     # lapsed time-limited pairing asks for a renewal rather than a first pairing.
-    renewal = expired and subject is not None and subject.source is SubjectSource.PAIRING
+    renewal = (
+        subject is not None
+        and subject.status is SubjectStatus.ALLOWED
+        and subject.source is SubjectSource.PAIRING
+        and subject.lapsed(now)
+    )
     return Verdict(Decision.PAIRING_REQUIRED, "renewal_required" if renewal else "pairing_required")

@@ -24,6 +24,7 @@ from .model import (
     SubjectSource,
     SubjectStatus,
 )
+from .pairing import chat_approvers
 
 STALE_PAIRING_AGE = timedelta(days=90)
 
@@ -107,17 +108,6 @@ _RISK_FIX = {
 }
 
 
-def _voters(channel: Channel, tenant_approvers: Iterable[str]) -> set[str]:
-    """Who may resolve a pairing request from chat (domain.pairing.may_resolve)."""
-    p = channel.policy
-    prefix = f"{channel.platform.value}:"
-    out = {f"{prefix}{a}" for a in p.approvers}
-    if p.owner_id:
-        out.add(f"{prefix}{p.owner_id}")
-    out.update(a for a in tenant_approvers if a.startswith(prefix))
-    return out
-
-
 def _channel_findings(snapshot: Snapshot, channel: Channel) -> list[Finding]:
     cid, p = channel.channel_id, channel.policy
     out: list[Finding] = []
@@ -155,7 +145,7 @@ def _channel_findings(snapshot: Snapshot, channel: Channel) -> list[Finding]:
             "set send_policy if agents should reach other targets")  # fmt: skip
 
     if p.dm_policy is DmPolicy.PAIRING:
-        voters = _voters(channel, snapshot.tenant.approvers)
+        voters = chat_approvers(channel, snapshot.tenant.approvers)
         if not voters:
             add(Severity.MEDIUM, PAIRING_NO_APPROVER,
                 "pairing channel with no owner, no channel approvers and no tenant approvers for "

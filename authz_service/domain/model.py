@@ -221,6 +221,15 @@ class Subject:
     expires_at: datetime | None = None
     updated_at: datetime | None = None
 
+    def lapsed(self, now: datetime | None) -> bool:
+        """An expiring entry past its expiry. Without a clock (``None``) an
+        expiring entry counts as lapsed: fail closed."""
+        return self.expires_at is not None and (now is None or self.expires_at <= now)
+
+    def admitted(self, now: datetime | None) -> bool:
+        """Allowed, and not lapsed."""
+        return self.status is SubjectStatus.ALLOWED and not self.lapsed(now)
+
 
 @dataclass(frozen=True, slots=True)
 class Approval:

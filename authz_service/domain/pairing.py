@@ -19,6 +19,7 @@ import enum
 import hashlib
 import hmac
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from .errors import InvalidArgument
@@ -148,16 +149,24 @@ def normalize_code(raw: str) -> str:
     return code
 
 
+def chat_approvers(channel: Channel, tenant_approvers: Iterable[str]) -> set[str]:
+    """Who may resolve the channel's pairing requests from chat, as qualified
+    actors ("telegram:42"): the owner, the channel's approvers, and the tenant's
+    approvers on the channel's platform."""
+    prefix = f"{channel.platform.value}:"
+    policy = channel.policy
+    out = {prefix + a for a in policy.approvers}
+    if policy.owner_id:
+        out.add(prefix + policy.owner_id)
+    out.update(a for a in tenant_approvers if a.startswith(prefix))
+    return out
+
+
 def may_resolve(channel: Channel, tenant_approvers: tuple[str, ...], actor_id: str) -> bool:
     """An actor (platform user id on the channel's platform) may resolve if they
-    are the channel's owner, a channel approver, or a tenant-level approver."""
-    if not actor_id:
-        return False
-    policy = channel.policy
-    return (
-        actor_id == policy.owner_id
-        or actor_id in policy.approvers
-        or f"{channel.platform.value}:{actor_id}" in tenant_approvers
+    are one of the channel's chat approvers."""
+    return bool(actor_id) and f"{channel.platform.value}:{actor_id}" in chat_approvers(
+        channel, tenant_approvers
     )
 
 

@@ -131,11 +131,7 @@ async def redeem_invite(
         if subject is not None and subject.status is SubjectStatus.BLOCKED:
             return RedeemResult(RedeemOutcome.REFUSED)
         now = await q.now(conn)
-        if (
-            subject is not None
-            and subject.status is SubjectStatus.ALLOWED
-            and (subject.expires_at is None or subject.expires_at > now)
-        ):
+        if subject is not None and subject.admitted(now):
             return RedeemResult(RedeemOutcome.ALREADY_ALLOWED, messages.ALREADY_ALLOWED)
 
         limits = ctx.code_limits

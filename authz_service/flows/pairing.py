@@ -144,7 +144,7 @@ async def request_pairing(
             return PairingResult(PairingOutcome.BLOCKED)
         renewal = False
         if subject is not None and subject.status is SubjectStatus.ALLOWED:
-            if subject.expires_at is not None and subject.expires_at <= now:
+            if subject.lapsed(now):
                 renewal = True  # allowed but past its expiry: this request renews the pairing
             else:
                 return PairingResult(PairingOutcome.ALREADY_ALLOWED, text=messages.ALREADY_ALLOWED)
