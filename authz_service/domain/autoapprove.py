@@ -24,6 +24,16 @@ from .errors import InvalidArgument
 from .model import AutoApprove, Platform
 
 _DIGITS = frozenset("0123456789")
+# Auto-approve phone patterns: literal digits after "+" before any wildcard.
+MIN_PHONE_PREFIX = 4
+
+
+def literal_prefix(pattern: str) -> int:
+    """How many literal digits follow the '+' before the first '?' or '*'."""
+    rest = pattern[1:]
+    return len(rest) - len(rest.lstrip("0123456789"))
+
+
 E164 = re.compile(r"\+[1-9][0-9]{6,14}")
 MAX_EMAIL = 254  # RFC 5321's path limit
 
@@ -105,7 +115,8 @@ def matching_rule(rules: AutoApprove, who: Requester) -> str | None:
     number = who.user_id if who.platform is Platform.WHATSAPP else who.phone_number
     if number:
         for pattern in rules.phone_patterns:
-            if phone_matches(pattern, number):
+            # A too-broad pattern stored before validation required the prefix never matches.
+            if literal_prefix(pattern) >= MIN_PHONE_PREFIX and phone_matches(pattern, number):
                 return f"phone_pattern:{pattern}"
     domain = email_domain(who.email) if who.email else ""
     if domain:

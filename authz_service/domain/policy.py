@@ -13,6 +13,7 @@ from dataclasses import replace
 from typing import Any
 
 from . import ids, mention, targets
+from .autoapprove import MIN_PHONE_PREFIX, literal_prefix
 from .errors import InvalidArgument
 from .model import (
     WEEKDAYS,
@@ -34,7 +35,6 @@ MAX_LIST = 256
 MAX_TARGET = 256
 MAX_REQUIRED_APPROVALS = 5
 MAX_RATE = 1_000_000
-MIN_PHONE_PREFIX = 4  # auto-approve phone patterns: literal digits after "+"
 _TOOL_NAME = re.compile(r"[A-Za-z0-9_.:*-]{1,128}")  # permissions: ids.PERMISSION
 _PHONE_GLOB = re.compile(r"\+[0-9?*]{1,16}")
 _DOMAIN = re.compile(r"(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}")
@@ -175,8 +175,7 @@ def validate_auto_approve(a: AutoApprove, field: str) -> AutoApprove:
             raise InvalidArgument(
                 f"{field}.phone_patterns", f"{p!r} must contain digits (no match-all pattern)"
             )
-        rest = p[1:]
-        if len(rest) - len(rest.lstrip("0123456789")) < MIN_PHONE_PREFIX:
+        if literal_prefix(p) < MIN_PHONE_PREFIX:
             raise InvalidArgument(
                 f"{field}.phone_patterns",
                 f"{p!r} must start with at least {MIN_PHONE_PREFIX} digits after '+' before any '?' or '*'"

@@ -144,6 +144,14 @@ def test_matching_rule(who: Requester, rule: str | None) -> None:
     assert matching_rule(RULES, who) == rule
 
 
+def test_stored_patterns_too_broad_for_validation_never_match() -> None:
+    """A pattern stored before the 4-digit prefix rule (it bypasses validation
+    here, as a stored policy does) approves nobody; the narrow one still works."""
+    stored = AutoApprove(phone_patterns=("+1*", "+*1*", "+8498*"))
+    assert matching_rule(stored, Requester(Platform.WHATSAPP, "+15551234567")) is None
+    assert matching_rule(stored, Requester(Platform.WHATSAPP, "+84981234567")) == "phone_pattern:+8498*"
+
+
 def test_no_rules_means_off() -> None:
     off = AutoApprove()
     assert not off.enabled
