@@ -1,10 +1,15 @@
 """The local send endpoint: how the agent runtime speaks outside a turn.
 
-``POST /send`` JSON ``{"target", "text", "session_id"?, "origin"?}``:
+``POST /send`` JSON ``{"target", "text", "session_id"?}``. The origin of the send
+(what the policy token ``origin`` means) is the chat of ``session_id`` if this
+connector handed that session to the agent, else there is none: the connector
+decides it, never the caller. An ``origin`` field is still accepted (older
+runtimes send one) and ignored, with an info log line when it differs.
 
 - 200 ``{"allow": true, "resolved_target": ...}``: delivered;
-- 403 ``{"allow": false, "reason": ...}``: the send policy refused; ``reason`` is
-  written for the model to read; nothing was delivered;
+- 403 ``{"allow": false, "reason": ...}``: the send policy refused (e.g. ``origin``
+  without a known session), or allowed without naming a conversation to deliver
+  to; ``reason`` is written for the model to read; nothing was delivered;
 - 400 ``{"allow": false, "reason": ...}``: malformed request (nothing delivered);
 - 502 ``{"allow": true, "resolved_target": ..., "reason": ...}``: allowed, but the
   platform rejected the message;
@@ -102,10 +107,17 @@ async def _send(request: web.Request) -> web.Response:
             return _reject(400, f"'{name}' is longer than {limit} characters")
         fields[name] = value
     connector = request.app[_CONNECTOR]
-    try:
-        result = await connector.send(
-            fields["target"], fields["text"], origin=fields["origin"], session_id=fields["session_id"]
+    session = fields["session_id"]
+    origin = connector.origin_of(session)
+    if fields["origin"] and fields["origin"] != origin:
+        log.info(
+            "POST /send: ignored the caller's origin %r for session %r (the connector's: %r)",
+            fields["origin"],
+            session,
+            origin or "none",
         )
+    try:
+        result = await connector.send(fields["target"], fields["text"], origin=origin, session_id=session)
     except ServiceUnavailable:
         return _reject(503, "the authorization service is unavailable; nothing was sent")
     except grpc.aio.AioRpcError as exc:

@@ -18,8 +18,16 @@ Texts that the *service* dictates (pairing codes, denials, outcomes) are sent
 directly: they are the connector speaking, not the agent, and the send policy
 gates what agents may say.
 
-The connector keeps no state besides its configuration, so it can restart at
-any time. When the service is unreachable it routes nothing: each call that is
+The connector decides the ``origin`` of every agent send itself: a session it
+handed to the agent (an inbound message from that chat was allowed and passed
+to the agent) maps to that chat, in a bounded in-memory map (the
+:data:`MAX_SESSIONS` most recently active sessions). The caller of ``POST /send``
+names a session, never an origin; an unknown session has none, so a send to
+``origin`` is refused. Besides that map the connector keeps no state but its
+configuration, so it can restart at any time (earlier sessions have no origin
+until their chat writes again).
+
+When the service is unreachable it routes nothing: each call that is
 safe to repeat is retried with a bounded backoff, then the message is dropped
 with a log line (a button press is not retried: the presser is asked to press
 again).
@@ -29,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, TypeVar, runtime_checkable
@@ -52,6 +61,8 @@ INVALID_BUTTON = "This button is not valid."
 ALREADY_RESOLVED = "This request was already resolved or has expired."
 UNAVAILABLE = "The authorization service is unavailable. Please try again later."
 FAILED = "This request could not be processed."
+MAX_SESSIONS = 10_000
+"""Sessions whose origin a connector remembers; the least recently active is forgotten first."""
 
 _RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 _COMMANDS = ("/start", "/pair")
@@ -246,11 +257,37 @@ def is_command(text: str) -> bool:
 class Connector:
     """The shared flow; one instance per connector process."""
 
-    def __init__(self, config: ConnectorConfig, transport: Transport, client: Client, agent: Agent) -> None:
+    def __init__(
+        self,
+        config: ConnectorConfig,
+        transport: Transport,
+        client: Client,
+        agent: Agent,
+        *,
+        max_sessions: int = MAX_SESSIONS,
+    ) -> None:
+        if max_sessions < 1:
+            raise ValueError("max_sessions must be at least 1")
         self.config = config
         self.transport = transport
         self.client = client
         self.agent = agent
+        self._max_sessions = max_sessions
+        # session id -> the chat it belongs to, oldest activity first
+        self._origins: OrderedDict[str, str] = OrderedDict()
+
+    # ---- sessions ------------------------------------------------------------------
+
+    def origin_of(self, session: str) -> str:
+        """The chat a session handed to the agent belongs to; "" if this process
+        never handed it out (or has forgotten it): no origin."""
+        return self._origins.get(session, "")
+
+    def _remember(self, session: str, chat_id: str) -> None:
+        self._origins[session] = chat_id
+        self._origins.move_to_end(session)
+        while len(self._origins) > self._max_sessions:
+            self._origins.popitem(last=False)
 
     # ---- inbound ---------------------------------------------------------------
 
@@ -300,6 +337,8 @@ class Connector:
         if is_command(msg.text):
             reply = START_REPLY
         else:
+            # Before the turn: the runtime may call POST /send with this session during it.
+            self._remember(session, msg.chat_id)
             reply = await self.agent.reply(
                 AgentTurn(
                     channel_id=self.config.channel_id,
@@ -422,8 +461,11 @@ class Connector:
     async def send(
         self, target: str, text: str, *, origin: str = "", session_id: str = "", agent_id: str = ""
     ) -> SendResult:
-        """Deliver an agent message if ``EvaluateSend`` allows it.
+        """Deliver an agent message if ``EvaluateSend`` allows it, to the target the
+        service resolved and nothing else (an allow without one is a refusal).
 
+        ``origin`` is trusted as given: it must come from the connector (the chat of
+        the turn, or :meth:`origin_of` a session), never from the agent's request.
         ``agent_id`` defaults to the configured one. Raises ServiceUnavailable (nothing
         sent), grpc errors for invalid requests, and DeliveryFailed.
         """
@@ -440,7 +482,12 @@ class Connector:
         if not decision.allow:
             log.info("send to %s denied: %s", target, decision.reason)
             return SendResult(False, decision.reason, decision.resolved_target)
-        resolved = decision.resolved_target or target
+        resolved = decision.resolved_target
+        if not resolved:
+            # The service denies such sends itself ("origin" without an origin); should one
+            # ever come back allowed, fail closed: never fall back to the raw target.
+            log.warning("send to %s allowed without a conversation to deliver to; not delivered", target)
+            return SendResult(False, no_destination(target), "")
         try:
             await self.transport.send_text(resolved, text)
         except Exception as exc:
@@ -470,6 +517,11 @@ class Connector:
                 log.warning("authz service %s; retrying in %.1fs", exc.code().name, delays[attempt])
                 await asyncio.sleep(delays[attempt])
                 attempt += 1
+
+
+def no_destination(target: str) -> str:
+    """The model-readable refusal when the service named no conversation to deliver to."""
+    return f"Failed to send to {target}: there is no conversation to deliver it to"
 
 
 def _refusal(code: grpc.StatusCode) -> str:

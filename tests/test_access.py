@@ -128,18 +128,18 @@ async def send(
 
 async def test_send_policy_end_to_end(tenant: Tenant) -> None:
     await tenant.channel(
-        send_policy=cm.SendPolicy(default=cm.SEND_DEFAULT_ALLOW, deny=["slack:C0EXEC"]),
+        send_policy=cm.SendPolicy(default=cm.SEND_DEFAULT_ALLOW, deny=["slack:C0EXEC1"]),
         agent_send_policies={
             "ops": cm.SendPolicy(default=cm.SEND_DEFAULT_DENY, allow=["origin", "incidents"])
         },
-        aliases={"exec": "slack:C0EXEC", "incidents": "slack:C0INC"},
+        aliases={"exec": "slack:C0EXEC1", "incidents": "slack:C0INC01"},
     )
     assert (await send(tenant, "slack:#random")).allow
     denied = await send(tenant, "exec")
     assert not denied.allow
     assert denied.reason == "Failed to send to exec: target 'exec' is not permitted by send_policy"
-    assert denied.resolved_target == "slack:C0EXEC"
-    assert (await send(tenant, "slack:C0INC", agent="ops")).allow
+    assert denied.resolved_target == "slack:C0EXEC1"
+    assert (await send(tenant, "slack:C0INC01", agent="ops")).allow
     assert not (await send(tenant, "slack:#random", agent="ops")).allow
     listing = await tenant.connector.authz.EvaluateSend(
         az.EvaluateSendRequest(channel_id="tg", agent_id="ops", target="slack:#random", action=az.SEND_ACTION_LIST))  # fmt: skip

@@ -80,7 +80,7 @@ async def send(
 ) -> az.EvaluateSendResponse:
     return await client.authz.EvaluateSend(
         az.EvaluateSendRequest(
-            channel_id=channel, agent_id=agent, session_id="s1", origin="slack:C0HOME", target=target
+            channel_id=channel, agent_id=agent, session_id="s1", origin="slack:C0HOME1", target=target
         )
     )
 
@@ -173,28 +173,40 @@ async def test_spellings_and_aliases_are_one_target(tenant: Tenant) -> None:
         agent_send_policies={
             "ops": cm.SendPolicy(default=cm.SEND_DEFAULT_DENY, allow=["Ops-Alerts", "origin"])
         },
-        aliases={"slack:#exec": "slack:C0EXEC", "Boss": "Slack:#Exec", "ops-alerts": "slack:<#C0OPS|ops>"},
+        aliases={"slack:#exec": "slack:C0EXEC1", "Boss": "Slack:#Exec", "ops-alerts": "slack:<#C0OPS01|ops>"},
     )
     for spelling in (
         "slack:#exec",
         "Slack:#EXEC",
-        "slack:c0exec",
-        "<#C0EXEC|exec>",
-        "slack:<#C0EXEC>",
+        "slack:exec",  # not id-shaped: a channel name
+        "EXEC",
+        "<#C0EXEC1|exec>",
+        "slack:<#C0EXEC1>",
         "BOSS",
-        "C0EXEC",  # bare: on this Slack channel, slack:C0EXEC
+        "C0EXEC1",  # bare: on this Slack channel, slack:C0EXEC1
         "#exec",
     ):
         resp = await send(tenant.connector, spelling)
-        assert (resp.allow, resp.reason, resp.resolved_target) == (False, denial(spelling), "C0EXEC")
+        assert (resp.allow, resp.reason, resp.resolved_target) == (False, denial(spelling), "C0EXEC1")
     ok = await send(tenant.connector, "Slack:#Random")
     assert (ok.allow, ok.resolved_target) == (True, "#random")
+    lower = await send(tenant.connector, "c0exec1")  # Slack ids are upper-case: this is a name
+    assert (lower.allow, lower.resolved_target) == (True, "#c0exec1")
     # Per-agent list, written with an alias in another case.
-    for target in ("ops-alerts", "slack:C0OPS", "C0OPS", "<#c0ops>", "origin", "slack:c0home", "C0HOME"):
+    for target in (
+        "ops-alerts",
+        "slack:C0OPS01",
+        "C0OPS01",
+        "<#C0OPS01>",
+        "origin",
+        "slack:C0HOME1",
+        "C0HOME1",
+    ):
         assert (await send(tenant.connector, target, agent="ops")).allow, target
-    assert not (await send(tenant.connector, "slack:#random", agent="ops")).allow
+    for target in ("slack:#random", "c0ops01", "slack:c0home1"):
+        assert not (await send(tenant.connector, target, agent="ops")).allow, target
     origin = await send(tenant.connector, "Origin", agent="ops")
-    assert origin.resolved_target == "C0HOME"
+    assert origin.resolved_target == "C0HOME1"
     audit = (await tenant.admin.admin.QueryAudit(adm.QueryAuditRequest(event="send.denied"))).events
     assert [e.subject for e in audit][:2] == ["slack:#exec", "Slack:#EXEC"]  # as the agent wrote it
 
@@ -208,16 +220,37 @@ ONE_CONVERSATION = [
         "Slack:#Exec", "origin", False, "#exec", id="origin-vs-deny-by-name",
     ),
     pytest.param(
-        cm.PLATFORM_SLACK, cm.SendPolicy(default=cm.SEND_DEFAULT_ALLOW, deny=["slack:C0EXEC"]),
-        "C0EXEC", "origin", False, "C0EXEC", id="origin-vs-deny-by-id",
+        cm.PLATFORM_SLACK, cm.SendPolicy(default=cm.SEND_DEFAULT_ALLOW, deny=["slack:C0EXEC1"]),
+        "C0EXEC1", "origin", False, "C0EXEC1", id="origin-vs-deny-by-id",
     ),
     pytest.param(
-        cm.PLATFORM_SLACK, cm.SendPolicy(default=cm.SEND_DEFAULT_ALLOW, deny=["slack:C0EXEC"]),
-        "DU0ALICE01", "C0EXEC", False, "C0EXEC", id="slack-bare-vs-prefixed",
+        cm.PLATFORM_SLACK, cm.SendPolicy(default=cm.SEND_DEFAULT_ALLOW, deny=["slack:C0EXEC1"]),
+        "DU0ALICE01", "C0EXEC1", False, "C0EXEC1", id="slack-bare-vs-prefixed",
     ),
     pytest.param(
-        cm.PLATFORM_SLACK, cm.SendPolicy(default=cm.SEND_DEFAULT_ALLOW, deny=["C0EXEC"]),
-        "DU0ALICE01", "slack:c0exec", False, "C0EXEC", id="slack-prefixed-vs-bare",
+        cm.PLATFORM_SLACK, cm.SendPolicy(default=cm.SEND_DEFAULT_ALLOW, deny=["C0EXEC1"]),
+        "DU0ALICE01", "slack:C0EXEC1", False, "C0EXEC1", id="slack-prefixed-vs-bare",
+    ),
+    # Second review: Slack names written bare, numbers spelled another way, no origin.
+    pytest.param(
+        cm.PLATFORM_SLACK, cm.SendPolicy(default=cm.SEND_DEFAULT_ALLOW, deny=[EXEC]),
+        "DU0ALICE01", "exec", False, "#exec", id="slack-bare-name-vs-deny-by-name",
+    ),
+    pytest.param(
+        cm.PLATFORM_SLACK, cm.SendPolicy(default=cm.SEND_DEFAULT_ALLOW, deny=[EXEC]),
+        "DU0ALICE01", "slack:EXEC", False, "#exec", id="slack-upper-name-vs-deny-by-name",
+    ),
+    pytest.param(
+        cm.PLATFORM_TELEGRAM, cm.SendPolicy(default=cm.SEND_DEFAULT_ALLOW, deny=["telegram:-100123"]),
+        "42", "-0100123", False, "-100123", id="telegram-leading-zero",
+    ),
+    pytest.param(
+        cm.PLATFORM_DISCORD, cm.SendPolicy(default=cm.SEND_DEFAULT_ALLOW, deny=["discord:123456789"]),
+        "223456789", "<#0123456789>", False, "123456789", id="discord-leading-zero",
+    ),
+    pytest.param(
+        cm.PLATFORM_TELEGRAM, cm.SendPolicy(default=cm.SEND_DEFAULT_DENY, allow=["origin"]),
+        "", "origin", False, "", id="no-origin-nothing-to-deliver",
     ),
     pytest.param(
         cm.PLATFORM_TELEGRAM, cm.SendPolicy(default=cm.SEND_DEFAULT_ALLOW, deny=["telegram:@Board"]),
@@ -232,6 +265,29 @@ ONE_CONVERSATION = [
         "42", "-100123", True, "-100123", id="telegram-allow-prefixed-delivered-bare",
     ),
 ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("platform", "target"),
+    [
+        pytest.param(cm.PLATFORM_TELEGRAM, "-١٠٠١٢٣", id="telegram-arabic-indic"),
+        pytest.param(cm.PLATFORM_TELEGRAM, "telegram:-١٠٠١٢٣", id="telegram-prefixed-arabic-indic"),
+        pytest.param(cm.PLATFORM_DISCORD, "１２３", id="discord-full-width"),
+        pytest.param(cm.PLATFORM_DISCORD, "<#１２３>", id="discord-full-width-mention"),
+    ],
+)
+async def test_a_non_ascii_digit_fails_closed(
+    tenant: Tenant, platform: cm.Platform.ValueType, target: str
+) -> None:
+    """Second review: int() reads these as 100123 / 123, past a deny on the number."""
+    deny = "telegram:-100123" if platform == cm.PLATFORM_TELEGRAM else "discord:123"
+    await tenant.channel(
+        "ch", platform, send_policy=cm.SendPolicy(default=cm.SEND_DEFAULT_ALLOW, deny=[deny])
+    )
+    resp = await tenant.connector.authz.EvaluateSend(
+        az.EvaluateSendRequest(channel_id="ch", agent_id="a", session_id="s", origin="42", target=target)
+    )
+    assert (resp.allow, resp.reason, resp.resolved_target) == (False, "send_policy evaluation error", "")
 
 
 @pytest.mark.parametrize(("platform", "policy", "origin", "target", "allow", "resolved"), ONE_CONVERSATION)
@@ -284,8 +340,9 @@ async def test_a_window_by_id_restricts_replies_to_origin(tenant: Tenant, dsns: 
     "aliases",
     [
         pytest.param({"Exec": "slack:#a", "exec": "slack:#b"}, id="case"),
-        pytest.param({"C0EXEC": "slack:#a", "slack:c0exec": "slack:#b"}, id="bare-and-prefixed"),
-        pytest.param({"<#C01|x>": "a", "slack:c01": "b"}, id="mention"),
+        pytest.param({"C0EXEC1": "slack:#a", "slack:C0EXEC1": "slack:#b"}, id="bare-and-prefixed"),
+        pytest.param({"<#C012345|x>": "a", "slack:C012345": "b"}, id="mention"),
+        pytest.param({"exec": "slack:#a", "slack:#Exec": "slack:#b"}, id="bare-name-and-hash"),
         pytest.param({"a": "B", "b": "a"}, id="loop"),
         pytest.param({"ORIGIN": "slack:#a"}, id="origin"),
     ],

@@ -45,6 +45,10 @@ def _target(value: str, field: str) -> str:
     if not value or len(value) > MAX_TARGET or value != value.strip():
         raise InvalidArgument(field, f"entries must be 1-{MAX_TARGET} characters without surrounding spaces")
     ids.bounded_text(value, field, MAX_TARGET)
+    try:
+        targets.check_digits(value)
+    except targets.ForeignDigit:
+        raise InvalidArgument(field, f"{value[:80]!r} has a digit outside ASCII (0-9)") from None
     return value
 
 

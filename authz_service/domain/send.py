@@ -5,7 +5,7 @@ Precedence, first match wins:
 1. ``list`` actions are never gated.
 2. The requested target, the origin, every policy entry and both sides of
    every alias are normalised (``domain.targets``) on the channel's platform
-   (a bare ``C0EXEC`` on a Slack channel is ``slack:C0EXEC``), then aliases
+   (a bare ``C0EXEC1`` on a Slack channel is ``slack:C0EXEC1``), then aliases
    resolve to a canonical target, for the request and every policy entry
    alike, so neither another spelling, a bare id nor an alias can bypass a
    deny.
@@ -26,11 +26,17 @@ canonical name. A request for either (``origin``, or a target that is the
 origin) is matched against entries written either way, so a deny or a time
 restriction naming the conversation by its id also covers ``origin``. Without
 an origin in the request, ``origin`` is matched only against entries written
-``origin`` (and answered with an empty ``resolved_target``: nothing to deliver to).
+``origin``, and is never allowed: there is nothing to deliver to.
+
+An allowed decision always has a target to deliver to: a target that names no
+conversation (``origin`` without an origin; ``slack:`` or ``telegram:`` with
+nothing after the prefix) is denied with the seed's string, so a connector
+never falls back to the raw text it was asked for.
 
 Any evaluation error (an alias loop, two aliases that collapse into one name,
-an unknown time zone, no clock, no platform) denies with "send_policy evaluation
-error".
+a digit outside ASCII in the target, the origin, an alias or an entry of the
+policy in force, an unknown time zone, no clock, no platform) denies with
+"send_policy evaluation error".
 """
 
 from __future__ import annotations
@@ -161,6 +167,9 @@ def _evaluate(
         return any(key(e) in names for e in entries)
 
     policy = policy_for(channel, agent_id)
+    if policy is not None:  # every entry, matched or not: a foreign digit fails closed
+        for entry in (*policy.allow, *policy.deny, *(t for r in policy.time_restrictions for t in r.targets)):
+            targets.check_digits(entry)
     if policy is None:
         allowed = is_origin
     elif matches(policy.deny) or _outside_windows(policy, matches, now, tz):  # deny first, then windows
@@ -169,6 +178,8 @@ def _evaluate(
         allowed = True
     else:
         allowed = policy.default is SendDefault.ALLOW
+    # Nothing to deliver to ("origin" without an origin, "slack:"): never allowed.
+    allowed = allowed and resolved != "" and delivered.partition(":")[2] != ""
     return SendDecision(allowed, "" if allowed else denial(target), resolved)
 
 

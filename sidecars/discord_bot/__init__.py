@@ -191,9 +191,15 @@ class DiscordTransport:
             await dm.send(part)
 
 
+# As the service spells snowflakes: ASCII digits, no leading zero. Not str.isdigit(), which
+# passes "１２３" (int() reads it as 123); not "0123": one snowflake, one spelling.
+_SNOWFLAKE = re.compile(r"[1-9][0-9]{0,19}")
+
+
 def _snowflake(value: str) -> int:
-    if not value.isdigit():
-        raise ValueError(f"not a Discord snowflake: {value!r}")
+    """Raises ValueError for anything but a canonical snowflake (a delivery error, nothing is sent)."""
+    if not (value.isascii() and _SNOWFLAKE.fullmatch(value)):
+        raise ValueError(f"not a canonical Discord snowflake: {value[:80]!r}")
     return int(value)
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Sequence
 from typing import Any, Literal, TypeAlias
 
@@ -52,9 +53,21 @@ MAX_TEXT = int(MessageLimit.MAX_TEXT_LENGTH)
 TelegramApp: TypeAlias = Application[Any, Any, Any, Any, Any, Any]
 
 
+# A chat id as the service spells it (ASCII, no leading zero, no "+"), and a public
+# "@username". Nothing else reaches Telegram: it would read "-0100123" or "-١٠٠١٢٣" as
+# the number -100123, a chat the send policy judged under another name.
+_CHAT_ID = re.compile(r"-?[1-9][0-9]{0,19}")
+_USERNAME = re.compile(r"@[A-Za-z][A-Za-z0-9_]{0,63}")
+
+
 def _chat(chat_id: str) -> int | str:
-    """Numeric ids go to Telegram as ints; "@channelname" targets stay strings."""
-    return int(chat_id) if chat_id.lstrip("-").isdigit() else chat_id
+    """Numeric ids go to Telegram as ints; "@channelname" targets stay strings.
+    Raises ValueError for anything else (a delivery error, nothing is sent)."""
+    if chat_id.isascii() and _CHAT_ID.fullmatch(chat_id):
+        return int(chat_id)
+    if chat_id.isascii() and _USERNAME.fullmatch(chat_id):
+        return chat_id
+    raise ValueError(f"not a canonical Telegram chat id or @username: {chat_id[:80]!r}")
 
 
 def split_text(text: str, limit: int = MAX_TEXT) -> list[str]:

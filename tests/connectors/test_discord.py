@@ -22,7 +22,14 @@ import yarl
 from authz_service.gen.authz.v1 import admin_pb2 as adm
 from authz_service.gen.authz.v1 import common_pb2 as cm
 from sidecars.config import ConnectorConfig, DiscordSettings
-from sidecars.discord_bot import CUSTOM_ID_PREFIX, DiscordBot, custom_id_for, prepare, run
+from sidecars.discord_bot import (
+    CUSTOM_ID_PREFIX,
+    DiscordBot,
+    DiscordTransport,
+    custom_id_for,
+    prepare,
+    run,
+)
 from sidecars.http import SendEndpoint
 from sidecars.runtime import NOT_ALLOWED, START_REPLY, Connector, StartConnector, Transport
 from tests.conftest import Tenant
@@ -307,24 +314,88 @@ async def test_non_owner_press_is_refused_and_the_approval_stays_pending(bot: Bo
 
 
 async def test_agent_send_is_gated_by_the_send_policy(bot: Bot, post_send: PostSend) -> None:
+    await configure_channel(bot.tenant, dm_policy=cm.DM_POLICY_OPEN)
     origin = bot.fake.dm_channel_of(USER)
-
-    status, body = await post_send(bot.endpoint.url, {"target": ELSEWHERE, "text": "leak", "origin": origin})
-
-    assert status == 403
-    assert body == {
+    session = f"discord:{origin}"
+    denied = {
         "allow": False,
         "reason": f"Failed to send to {ELSEWHERE}: target '{ELSEWHERE}' is not permitted by send_policy",
+    }
+
+    # A forged origin is ignored, with or without a session: ELSEWHERE never becomes "the origin".
+    for request in (
+        {"target": ELSEWHERE, "text": "leak", "origin": origin},
+        {"target": ELSEWHERE, "text": "leak", "origin": ELSEWHERE},
+        {"target": ELSEWHERE, "text": "leak", "origin": ELSEWHERE, "session_id": f"discord:{ELSEWHERE}"},
+    ):
+        assert await post_send(bot.endpoint.url, request) == (403, denied)
+    # The session was never handed to the agent: it has no origin.
+    status, _ = await post_send(bot.endpoint.url, {"target": "origin", "text": "x", "session_id": session})
+    assert status == 403
+    assert bot.fake.messages == []
+    assert not any(ELSEWHERE in c.params["path"] for c in bot.fake.log.calls)
+
+    await bot.dm(USER, "ping")  # allowed and handed to the agent
+    status, body = await post_send(
+        bot.endpoint.url, {"target": "origin", "text": "hello from the agent", "session_id": session}
+    )
+
+    assert (status, body) == (200, {"allow": True, "resolved_target": origin})
+    assert [m.content for m in bot.fake.sent_to(origin)] == ["echo: ping", "hello from the agent"]
+    assert bot.fake.sent_to(ELSEWHERE) == []
+
+
+# Second review: a snowflake is a number to the transport, and int() takes "0220..." and
+# full-width digits for it, so another spelling of a denied channel reached it.
+FULL_WIDTH = ELSEWHERE.translate({ord(d): 0xFF10 + int(d) for d in "0123456789"})
+OTHER_SPELLINGS = {
+    # (target, reason): every one denied by the service, nothing delivered.
+    "leading-zero": (f"0{ELSEWHERE}", ""),
+    "prefixed-leading-zero": (f"discord:0{ELSEWHERE}", ""),
+    "mention-leading-zero": (f"<#00{ELSEWHERE}>", ""),
+    "full-width-digits": (FULL_WIDTH, "send_policy evaluation error"),
+    "full-width-mention": (f"<#{FULL_WIDTH}>", "send_policy evaluation error"),
+}
+
+
+@pytest.mark.parametrize(("target", "reason"), OTHER_SPELLINGS.values(), ids=OTHER_SPELLINGS.keys())
+async def test_other_spellings_of_a_denied_channel_are_not_delivered(
+    bot: Bot, post_send: PostSend, target: str, reason: str
+) -> None:
+    await bot.tenant.channel(
+        CHANNEL,
+        cm.PLATFORM_DISCORD,
+        owner_id=OWNER,
+        send_policy=cm.SendPolicy(default=cm.SEND_DEFAULT_ALLOW, deny=[f"discord:{ELSEWHERE}"]),
+    )
+
+    status, body = await post_send(bot.endpoint.url, {"target": target, "text": "leak"})
+
+    assert status == 403, body
+    assert body == {
+        "allow": False,
+        "reason": reason or f"Failed to send to {target}: target '{target}' is not permitted by send_policy",
     }
     assert bot.fake.messages == []
     assert not any(ELSEWHERE in c.params["path"] for c in bot.fake.log.calls)
 
-    status, body = await post_send(
-        bot.endpoint.url, {"target": origin, "text": "hello from the agent", "origin": origin}
-    )
 
-    assert (status, body) == (200, {"allow": True, "resolved_target": origin})
-    assert [m.content for m in bot.fake.sent_to(origin)] == ["hello from the agent"]
+NOT_CANONICAL = [
+    f"0{ELSEWHERE}", FULL_WIDTH, f"+{ELSEWHERE}", f"-{ELSEWHERE}", f" {ELSEWHERE}", f"{ELSEWHERE}\n",
+    f"{ELSEWHERE[:9]}_{ELSEWHERE[9:]}", "0", "", f"<#{ELSEWHERE}>", f"discord:{ELSEWHERE}",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("snowflake", NOT_CANONICAL)
+async def test_the_transport_sends_only_to_canonical_snowflakes(bot: Bot, snowflake: str) -> None:
+    """Whatever reaches the transport, only the service's spelling of a snowflake goes to Discord."""
+    transport = DiscordTransport(bot.client)
+    with pytest.raises(ValueError, match="not a canonical Discord snowflake"):
+        await transport.send_text(snowflake, "x")
+    with pytest.raises(ValueError, match="not a canonical Discord snowflake"):
+        await transport.send_direct(snowflake, "x")
+    assert bot.fake.messages == []
+    assert not any(ELSEWHERE in c.params["path"] for c in bot.fake.log.calls)
 
 
 async def test_buttons_keep_working_after_a_restart(bot: Bot) -> None:

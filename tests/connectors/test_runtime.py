@@ -25,6 +25,7 @@ from tests.conftest import Tenant
 from tests.connectors.conftest import ConfigFactory, PostSend, RecordingAgent
 
 ALICE = "2002"
+SESSION = f"telegram:{ALICE}"  # the session of Alice's DM (session_id(platform, chat_id))
 SEND_POLICY = cm.SendPolicy(default=cm.SEND_DEFAULT_DENY, allow=["origin", "ops"])
 StartEndpoint = Callable[[Connector], Awaitable[SendEndpoint]]
 
@@ -208,26 +209,118 @@ async def make_connector(
 async def test_send_endpoint_gates_every_message(
     tenant: Tenant, connector_config: ConfigFactory, send_endpoint: StartEndpoint, post_send: PostSend
 ) -> None:
-    await tenant.channel("tg", cm.PLATFORM_TELEGRAM, send_policy=SEND_POLICY, aliases={"ops": "-100777"})
-    transport = RecordingTransport()
-    endpoint = await send_endpoint(await make_connector(tenant, connector_config, transport))
-
-    status, body = await post_send(
-        endpoint.url, {"target": "999", "text": "leak", "origin": ALICE, "session_id": "s"}
+    await tenant.channel(
+        "tg",
+        cm.PLATFORM_TELEGRAM,
+        dm_policy=cm.DM_POLICY_OPEN,
+        send_policy=SEND_POLICY,
+        aliases={"ops": "-100777"},
     )
+    transport = RecordingTransport()
+    connector = await make_connector(tenant, connector_config, transport)
+    endpoint = await send_endpoint(connector)
+    await connector.handle_message(dm("hello"))  # Alice's session now has her chat as its origin
+    assert transport.texts == [(ALICE, "echo: hello")]
+
+    status, body = await post_send(endpoint.url, {"target": "999", "text": "leak", "session_id": SESSION})
     assert status == 403 and body["allow"] is False
     assert body["reason"].startswith("Failed to send to 999")
-    assert transport.texts == []
+    assert len(transport.texts) == 1
 
-    status, body = await post_send(endpoint.url, {"target": ALICE, "text": "hi", "origin": ALICE})
+    status, body = await post_send(endpoint.url, {"target": ALICE, "text": "hi", "session_id": SESSION})
     assert (status, body) == (200, {"allow": True, "resolved_target": ALICE})
     status, body = await post_send(endpoint.url, {"target": "ops", "text": "deploy done"})
     assert (status, body) == (200, {"allow": True, "resolved_target": "-100777"})
-    assert transport.texts == [(ALICE, "hi"), ("-100777", "deploy done")]
+    assert transport.texts[1:] == [(ALICE, "hi"), ("-100777", "deploy done")]
 
-    status, body = await post_send(endpoint.url, {"target": ALICE, "text": "no origin"})
-    assert status == 403  # "origin" only matches the conversation the turn came from
-    assert len(transport.texts) == 2
+    status, body = await post_send(endpoint.url, {"target": ALICE, "text": "no session"})
+    assert status == 403  # "origin" only matches the chat of a session this connector handed out
+    assert len(transport.texts) == 3
+
+
+async def test_send_endpoint_takes_the_origin_from_the_session(
+    tenant: Tenant,
+    connector_config: ConfigFactory,
+    send_endpoint: StartEndpoint,
+    post_send: PostSend,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The caller's "origin" is ignored: a forged one cannot make a denied target the origin."""
+    await tenant.channel("tg", cm.PLATFORM_TELEGRAM, dm_policy=cm.DM_POLICY_OPEN, send_policy=SEND_POLICY)
+    transport = RecordingTransport()
+    connector = await make_connector(tenant, connector_config, transport)
+    endpoint = await send_endpoint(connector)
+    await connector.handle_message(dm("hello"))
+    delivered = [(ALICE, "echo: hello")]
+    assert transport.texts == delivered
+
+    with caplog.at_level(logging.INFO, logger="sidecars"):
+        for request in (
+            {"target": "999", "text": "secret", "origin": "999"},
+            {"target": "999", "text": "secret", "origin": "999", "session_id": SESSION},
+            {"target": "999", "text": "secret", "origin": "999", "session_id": "telegram:999"},
+            {"target": "origin", "text": "secret", "origin": "999", "session_id": "telegram:999"},
+        ):
+            status, body = await post_send(endpoint.url, request)
+            assert status == 403 and body["allow"] is False, request
+            assert body["reason"].startswith(f"Failed to send to {request['target']}:"), request
+    assert transport.texts == delivered
+    ignored = [r.getMessage() for r in caplog.records if "ignored the caller's origin" in r.getMessage()]
+    assert len(ignored) == 4 and f"session '{SESSION}'" in ignored[1]
+    assert not any("secret" in r.getMessage() for r in caplog.records)  # never the message text
+
+    # The session's own chat is the origin, by the token or by its id, whatever "origin" says.
+    for target, origin in (("origin", ""), ("origin", "999"), (ALICE, "")):
+        status, body = await post_send(
+            endpoint.url, {"target": target, "text": "later", "origin": origin, "session_id": SESSION}
+        )
+        assert (status, body) == (200, {"allow": True, "resolved_target": ALICE}), target
+    assert transport.texts == delivered + [(ALICE, "later")] * 3
+
+
+@pytest.mark.parametrize(
+    "session",
+    [pytest.param("", id="no-session"), pytest.param("telegram:3003", id="unknown-session")],
+)
+async def test_send_to_origin_without_a_known_session_is_refused(
+    tenant: Tenant,
+    connector_config: ConfigFactory,
+    send_endpoint: StartEndpoint,
+    post_send: PostSend,
+    session: str,
+) -> None:
+    await tenant.channel("tg", cm.PLATFORM_TELEGRAM, dm_policy=cm.DM_POLICY_OPEN, send_policy=SEND_POLICY)
+    transport = RecordingTransport()
+    connector = await make_connector(tenant, connector_config, transport)
+    endpoint = await send_endpoint(connector)
+    await connector.handle_message(dm("hello"))  # another chat's session is known; not this one
+
+    status, body = await post_send(endpoint.url, {"target": "origin", "text": "hi", "session_id": session})
+    assert status == 403 and body["allow"] is False
+    assert body["reason"].startswith("Failed to send to origin:")
+    assert transport.texts == [(ALICE, "echo: hello")]
+
+
+async def test_sessions_are_bounded_and_forgotten_oldest_first(
+    tenant: Tenant, connector_config: ConfigFactory, send_endpoint: StartEndpoint, post_send: PostSend
+) -> None:
+    await tenant.channel("tg", cm.PLATFORM_TELEGRAM, dm_policy=cm.DM_POLICY_OPEN, send_policy=SEND_POLICY)
+    transport = RecordingTransport()
+    connector = Connector(
+        connector_config("telegram", "tg"), transport, tenant.connector, RecordingAgent(), max_sessions=2
+    )
+    endpoint = await send_endpoint(connector)
+    for user in (ALICE, "3003", ALICE, "4004"):  # Alice wrote again: 3003 is the least recent
+        await connector.handle_message(dm("hello", user=user))
+    await connector.handle_message(dm("/start", user="5005"))  # not handed to the agent: no session
+
+    expected = {ALICE: 200, "3003": 403, "4004": 200, "5005": 403}
+    for user, code in expected.items():
+        status, _ = await post_send(
+            endpoint.url, {"target": "origin", "text": "ping", "session_id": f"telegram:{user}"}
+        )
+        assert status == code, user
+    assert [chat for chat, text in transport.texts if text == "ping"] == [ALICE, "4004"]
 
 
 async def test_send_endpoint_uses_the_configured_agent(

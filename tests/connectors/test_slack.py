@@ -542,24 +542,32 @@ async def test_channel_mention_reaches_the_agent_and_unmentioned_chatter_does_no
 
 
 async def test_agent_send_to_denied_target_is_refused_and_to_origin_delivered(
-    rig: Rig, post_send: PostSend
+    open_rig: OpenRig, post_send: PostSend
 ) -> None:
-    status, body = await post_send(
-        rig.endpoint.url, {"target": "C0SECRET", "text": "leak", "origin": "DU0ALICE01"}
-    )
-    assert status == 403
-    assert body == {
+    denied = {
         "allow": False,
         "reason": "Failed to send to C0SECRET: target 'C0SECRET' is not permitted by send_policy",
     }
-    assert rig.fake.log.of("chat.postMessage") == []
+    session = f"slack:{dm_channel(ALICE)}"
+    async with open_rig(dm_policy=cm.DM_POLICY_OPEN) as rig:  # no send policy: only the origin
+        # A forged origin is ignored: C0SECRET never becomes "the origin".
+        for origin in (dm_channel(ALICE), "C0SECRET"):
+            request = {"target": "C0SECRET", "text": "leak", "origin": origin}
+            assert await post_send(rig.endpoint.url, request) == (403, denied)
+        # Alice's session was not handed to the agent yet: no origin.
+        request = {"target": dm_channel(ALICE), "text": "x", "session_id": session}
+        assert (await post_send(rig.endpoint.url, request))[0] == 403
+        assert rig.fake.log.of("chat.postMessage") == []
 
-    status, body = await post_send(
-        rig.endpoint.url, {"target": "DU0ALICE01", "text": "<!channel> done", "origin": "DU0ALICE01"}
-    )
-    assert (status, body) == (200, {"allow": True, "resolved_target": "DU0ALICE01"})
-    sent: Call = await rig.fake.log.wait_for("chat.postMessage", to("DU0ALICE01"))
-    assert sent.params["text"] == "&lt;!channel&gt; done"  # shown literally: no @channel ping
+        await rig.say(ALICE, "hi")  # allowed and handed to the agent
+        await rig.fake.log.wait_for("chat.postMessage", to(dm_channel(ALICE)))
+        status, body = await post_send(
+            rig.endpoint.url, {"target": "origin", "text": "<!channel> done", "session_id": session}
+        )
+        assert (status, body) == (200, {"allow": True, "resolved_target": dm_channel(ALICE)})
+        sent: Call = await rig.fake.log.wait_for("chat.postMessage", to(dm_channel(ALICE)), count=2)
+        assert sent.params["text"] == "&lt;!channel&gt; done"  # shown literally: no @channel ping
+        assert rig.fake.log.of("chat.postMessage", to("C0SECRET")) == []
 
 
 # ---- the process: authz-connector slack ---------------------------------------------------

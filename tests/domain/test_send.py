@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from authz_service.domain.errors import InvalidArgument
 from authz_service.domain.model import ChannelPolicy, Platform, SendDefault, SendPolicy
+from authz_service.domain.policy import validate
 from authz_service.domain.send import EVALUATION_ERROR, denial, evaluate
 
 TG = Platform.TELEGRAM
@@ -47,7 +49,24 @@ def test_origin_token_matches_the_conversation_itself() -> None:
     c = ch(SendPolicy(SendDefault.DENY, allow=("origin",)))
     assert allowed(c, "telegram:42", origin="telegram:42")
     assert not allowed(c, "telegram:43", origin="telegram:42")
-    assert allowed(c, "origin", origin="")
+
+
+@pytest.mark.parametrize(
+    ("policy", "aliases"),
+    [
+        pytest.param(None, {}, id="no-policy"),
+        pytest.param(SendPolicy(SendDefault.DENY, allow=("origin",)), {}, id="allow-origin"),
+        pytest.param(SendPolicy(SendDefault.ALLOW), {}, id="default-allow"),
+        pytest.param(
+            SendPolicy(SendDefault.DENY, allow=("reply",)), {"reply": "origin"}, id="alias-to-origin"
+        ),
+    ],
+)
+def test_origin_without_an_origin_is_denied(policy: SendPolicy | None, aliases: dict[str, str]) -> None:
+    """Review finding: allowed with nothing to deliver to, the connector delivered to the text."""
+    target = "reply" if aliases else "origin"
+    d = evaluate(ch(policy, aliases=aliases), "a", target, "", platform=TG, listing=False)
+    assert (d.allow, d.reason, d.resolved_target) == (False, denial(target), "")
 
 
 def test_origin_in_deny_blocks_replies() -> None:
@@ -57,19 +76,19 @@ def test_origin_in_deny_blocks_replies() -> None:
 
 def test_aliases_cannot_bypass_a_deny() -> None:
     c = ch(
-        SendPolicy(SendDefault.ALLOW, deny=("slack:C0EXEC",)),
-        aliases={"exec": "slack:C0EXEC", "boss": "exec"},
+        SendPolicy(SendDefault.ALLOW, deny=("slack:C0EXEC1",)),
+        aliases={"exec": "slack:C0EXEC1", "boss": "exec"},
     )
     assert not allowed(c, "exec")
     assert not allowed(c, "boss")  # alias of an alias
-    assert not allowed(c, "slack:C0EXEC")
+    assert not allowed(c, "slack:C0EXEC1")
     d = evaluate(c, "a", "boss", "", platform=TG, listing=False)
-    assert d.reason == denial("boss") and d.resolved_target == "slack:C0EXEC"
+    assert d.reason == denial("boss") and d.resolved_target == "slack:C0EXEC1"
 
 
 def test_deny_entry_written_as_alias_covers_raw_target() -> None:
-    c = ch(SendPolicy(SendDefault.ALLOW, deny=("exec",)), aliases={"exec": "slack:C0EXEC"})
-    assert not allowed(c, "slack:C0EXEC")
+    c = ch(SendPolicy(SendDefault.ALLOW, deny=("exec",)), aliases={"exec": "slack:C0EXEC1"})
+    assert not allowed(c, "slack:C0EXEC1")
 
 
 def test_per_agent_policy_overrides_the_channels() -> None:
@@ -112,14 +131,34 @@ def test_origin_is_denied_like_the_conversation_it_names() -> None:
 @pytest.mark.parametrize(
     ("platform", "deny", "target"),
     [
-        pytest.param(Platform.SLACK, "slack:C0EXEC", "C0EXEC", id="slack-bare"),
-        pytest.param(Platform.SLACK, "C0EXEC", "slack:c0exec", id="slack-prefixed"),
+        pytest.param(Platform.SLACK, "slack:C0EXEC1", "C0EXEC1", id="slack-bare"),
+        pytest.param(Platform.SLACK, "C0EXEC1", "slack:C0EXEC1", id="slack-prefixed"),
+        pytest.param(Platform.SLACK, "slack:#exec", "exec", id="slack-bare-name"),
         pytest.param(Platform.TELEGRAM, "telegram:@Board", "@board", id="telegram-username-bare"),
         pytest.param(Platform.TELEGRAM, "telegram:-100123", "-100123", id="telegram-chat-bare"),
         pytest.param(Platform.TELEGRAM, "-100123", "telegram:-100123", id="telegram-chat-prefixed"),
+        pytest.param(Platform.TELEGRAM, "telegram:-100123", "-0100123", id="telegram-chat-leading-zero"),
+        pytest.param(Platform.DISCORD, "discord:123", "<#0123>", id="discord-leading-zero"),
     ],
 )
 def test_a_bare_id_is_the_prefixed_id(platform: Platform, deny: str, target: str) -> None:
     """Review finding: a bare id bypassed a deny written with the platform prefix."""
     c = ch(SendPolicy(SendDefault.ALLOW, deny=(deny,)))
     assert not evaluate(c, "a", target, "", platform=platform, listing=False).allow
+
+
+@pytest.mark.parametrize(
+    ("policy", "field"),
+    [
+        (ChannelPolicy(send_policy=SendPolicy(deny=("telegram:-١٠٠١٢٣",))), "policy.send_policy.deny"),
+        (ChannelPolicy(send_policy=SendPolicy(allow=("discord:１２３",))), "policy.send_policy.allow"),
+        (ChannelPolicy(aliases={"ops": "telegram:-１٠٠"}), "policy.aliases"),
+    ],
+    ids=["deny-arabic-indic", "allow-fullwidth", "alias-target"],
+)
+def test_targets_with_foreign_digits_are_refused_on_save(policy: ChannelPolicy, field: str) -> None:
+    """int() would read them as the ASCII number, so they are refused as
+    INVALID_ARGUMENT naming the field (never stored, never an internal error)."""
+    with pytest.raises(InvalidArgument) as exc:
+        validate(Platform.TELEGRAM, policy)
+    assert exc.value.field == field
