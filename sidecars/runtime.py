@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -62,6 +63,9 @@ ALREADY_RESOLVED = "This request was already resolved or has expired."
 UNAVAILABLE = "The authorization service is unavailable. Please try again later."
 FAILED = "This request could not be processed."
 MAX_SESSIONS = 10_000
+# A requester's contact lookup is reused this long (a stranger's repeated
+# messages must not turn into one platform API call each).
+CONTACT_MEMO_SECONDS = 600.0
 """Sessions whose origin a connector remembers; the least recently active is forgotten first."""
 
 _RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
@@ -275,6 +279,8 @@ class Connector:
         self._max_sessions = max_sessions
         # session id -> the chat it belongs to, oldest activity first
         self._origins: OrderedDict[str, str] = OrderedDict()
+        # user id -> (when looked up, what was found): memory only, never logged
+        self._contacts: OrderedDict[str, tuple[float, Contact]] = OrderedDict()
 
     # ---- sessions ------------------------------------------------------------------
 
@@ -394,9 +400,21 @@ class Connector:
         them (a warning names the user and the cause, never the details)."""
         if not isinstance(self.transport, ContactLookup):
             return NO_CONTACT
+        now = time.monotonic()
+        memo = self._contacts.get(user_id)
+        if memo is not None and now - memo[0] < CONTACT_MEMO_SECONDS:
+            return memo[1]
+        found = await self._look_up(self.transport, user_id)
+        self._contacts[user_id] = (now, found)  # failures too: retried after the memo expires
+        self._contacts.move_to_end(user_id)
+        while len(self._contacts) > self._max_sessions:
+            self._contacts.popitem(last=False)
+        return found
+
+    async def _look_up(self, transport: ContactLookup, user_id: str) -> Contact:
         try:
             async with asyncio.timeout(self.config.contact_timeout):
-                found = await self.transport.contact(user_id)
+                found = await transport.contact(user_id)
         except ContactUnavailable as exc:
             log.warning("contact lookup for %s failed (%s); pairing without it", user_id, exc)
             return NO_CONTACT

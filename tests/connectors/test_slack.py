@@ -419,6 +419,9 @@ async def test_requester_without_a_matching_confirmed_email_pairs_normally(
         else:  # a lookup that worked but found nothing to report is not a failure
             assert lookups == []
         assert "alice@" not in logged(caplog).lower()
+        # Her next message (the request is live: the bot stays quiet) is not another lookup.
+        await rig.say(ALICE, "hello again?")
+        assert len(rig.fake.log.of("users.info")) == 1
 
 
 async def test_without_lookup_email_users_info_is_never_called(open_rig: OpenRig) -> None:
