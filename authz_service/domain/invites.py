@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from .errors import InvalidArgument
-from .pairing import CODE_ALPHABET
+from .pairing import CODE_ALPHABET, canonical_code
 
 INVITE_CODE_LENGTH = 16
 INVITE_ID = re.compile(r"inv_[A-Za-z0-9_-]{22}")
@@ -68,10 +68,7 @@ def parse_invite_code(text: str) -> str | None:
     and dashes do not matter; nothing else may be there."""
     if len(text) > _MAX_CODE_TEXT:
         return None
-    code = "".join(text.split()).replace("-", "").upper()
-    if len(code) != INVITE_CODE_LENGTH or any(c not in CODE_ALPHABET for c in code):
-        return None
-    return code
+    return canonical_code(text, INVITE_CODE_LENGTH)
 
 
 def invite_code_in_message(text: str) -> str | None:

@@ -141,10 +141,19 @@ class Keyring:
         return approval_id, action
 
 
+def canonical_code(text: str, length: int) -> str | None:
+    """What people type, as a code of ``length`` characters from CODE_ALPHABET:
+    case, whitespace and dashes do not matter; None if it is not one."""
+    code = "".join(text.split()).replace("-", "").upper()
+    if len(code) != length or any(c not in CODE_ALPHABET for c in code):
+        return None
+    return code
+
+
 def normalize_code(raw: str) -> str:
-    """Accept what people type: lower case, spaces and dashes."""
-    code = raw.strip().upper().replace(" ", "").replace("-", "")
-    if len(code) != CODE_LENGTH or any(c not in CODE_ALPHABET for c in code):
+    """A pairing code as typed, or INVALID_ARGUMENT."""
+    code = canonical_code(raw, CODE_LENGTH)
+    if code is None:
         raise InvalidArgument("code", f"must be {CODE_LENGTH} characters from {CODE_ALPHABET}")
     return code
 

@@ -55,7 +55,9 @@ def buckets(policy: ChannelPolicy, message: Inbound) -> tuple[Bucket, ...]:
     found: list[Bucket] = []
     if policy.rate_limit is not None:
         found.append(Bucket(f"user:{message.user_id}", policy.rate_limit, USER_LIMITED))
-    if message.chat_kind is ChatKind.GROUP and message.group_id:
+    # Only group rules carry group limits: without any, skip resolving the rule
+    # (check_user resolved it already; this runs for every allowed message).
+    if message.chat_kind is ChatKind.GROUP and message.group_id and policy.groups:
         group_limit = effective_group(policy, message.group_id).rate_limit
         if group_limit is not None:
             found.append(Bucket(f"group:{message.group_id}", group_limit, GROUP_LIMITED))
