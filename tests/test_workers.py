@@ -44,14 +44,23 @@ async def workers(dsns: Dsns) -> AsyncIterator[tuple[asyncio.subprocess.Process,
         assert proc.stdout is not None
         pids: list[int] = []
         seen: list[str] = []
-        async with asyncio.timeout(60):
-            while len(pids) < 2:
-                line = (await proc.stdout.readline()).decode()
-                if not line:
-                    raise AssertionError("workers did not start:\n" + "".join(seen))
-                seen.append(line)
-                if m := re.search(r"listening on \S+ \(worker pid (\d+)\)", line):
-                    pids.append(int(m.group(1)))
+        try:
+            async with asyncio.timeout(60):
+                while len(pids) < 2:
+                    line = (await proc.stdout.readline()).decode()
+                    if not line:
+                        raise AssertionError("workers did not start:\n" + "".join(seen))
+                    seen.append(line)
+                    if m := re.search(r"listening on \S+ \(worker pid (\d+)\)", line):
+                        pids.append(int(m.group(1)))
+        except BaseException as exc:
+            # Never leave the parent (and its workers) running past a failed start.
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
+                await asyncio.wait_for(proc.wait(), 30)
+            if isinstance(exc, TimeoutError):
+                raise AssertionError("workers did not start within 60 s:\n" + "".join(seen)) from exc
+            raise
         drain = asyncio.create_task(proc.stdout.read())
         try:
             yield proc, pids, address, operator_key
