@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import asyncpg
 
@@ -128,6 +128,9 @@ async def request_pairing(
 ) -> PairingResult:
     """``email`` and ``phone_number``: as the connector reports them, only for
     auto-approve rules; never stored, logged or audited."""
+    fast = await _request_fresh(ctx, channel_id, user_id, display_name, first_message, email, phone_number)
+    if fast is not None:
+        return fast
     t = ctx.tenant_id
     async with ctx.db.tenant(t) as conn:
         channel = await load_channel(conn, t, channel_id, for_update=True)
@@ -175,13 +178,9 @@ async def request_pairing(
                 seed, ctx.keyring.code_hash(t, channel_id, code), policy.pairing_code_ttl_seconds,
                 required_approvals=policy.required_approvals,
             )  # fmt: skip
-            details: dict[str, object] = {
-                "display_name": display_name, "expires_at": approval.expires_at.isoformat(),
-            }  # fmt: skip
-            if renewal:
-                details["renewal"] = True
-            if approval.required_approvals > 1:
-                details["required_approvals"] = approval.required_approvals
+            details = _request_details(
+                display_name, approval.expires_at, approval.required_approvals, renewal=renewal
+            )
             await q.audit(
                 conn, t, "pairing.requested", actor=f"{channel.platform.value}:{user_id}", channel_id=channel_id,
                 subject=user_id, approval_id=approval.approval_id, trace_id=ctx.trace_id, details=details,
@@ -192,13 +191,31 @@ async def request_pairing(
             ctx.cache.forget_tenant(t)
         return auto
 
+    return _created(ctx, channel, approval, code, now, user_id, display_name, first_message, renewal=renewal)
+
+
+def _created(
+    ctx: Context,
+    channel: Channel,
+    approval: Approval,
+    code: str,
+    now: datetime,
+    user_id: str,
+    display_name: str,
+    first_message: str,
+    *,
+    renewal: bool,
+) -> PairingResult:
+    """A new request's answer: the requester's text and code, and the owner's
+    notification with its three buttons."""
+    t, policy = ctx.tenant_id, channel.policy
     minutes = _minutes(approval.expires_at, now)
     notification = None
     if policy.owner_id:
         notification = OwnerNotification(
             owner_id=policy.owner_id,
             text=messages.owner_notification(
-                channel_id, user_id, display_name, first_message, code, minutes, renewal=renewal
+                channel.channel_id, user_id, display_name, first_message, code, minutes, renewal=renewal
             ),
             buttons=tuple(
                 Button(a, messages.BUTTON_LABELS[a], ctx.keyring.callback_payload(t, approval.approval_id, a))
@@ -207,12 +224,71 @@ async def request_pairing(
         )
     return PairingResult(
         PairingOutcome.CREATED,
-        text=messages.pairing_code(code, minutes, channel_id, owner_notified=notification is not None),
+        text=messages.pairing_code(
+            code, minutes, channel.channel_id, owner_notified=notification is not None
+        ),
         code=code,
         approval_id=approval.approval_id,
         expires_at=approval.expires_at,
         notification=notification,
     )
+
+
+def _request_details(
+    display_name: str, expires_at: datetime, required: int, *, renewal: bool
+) -> dict[str, object]:
+    details: dict[str, object] = {"display_name": display_name, "expires_at": expires_at.isoformat()}
+    if renewal:
+        details["renewal"] = True
+    if required > 1:
+        details["required_approvals"] = required
+    return details
+
+
+async def _request_fresh(
+    ctx: Context,
+    channel_id: str,
+    user_id: str,
+    display_name: str,
+    first_message: str,
+    email: str,
+    phone_number: str,
+) -> PairingResult | None:
+    """The common case in two round trips: a stranger (no subject row, no
+    pending request) on a pairing channel with no matching auto-approve rule.
+    One read (``authz_check_state``), then one guarded write that refuses if
+    any of that moved (migration 0010). None: not this case, or the state
+    moved; the caller then runs the general path, which handles everything."""
+    t = ctx.tenant_id
+    row = await q.check_state(ctx.db, t, channel_id, user_id, "")
+    if row is None or row["status"] is not None:  # no such channel, or the user has a standing
+        return None
+    try:
+        channel = q.channel_from_row(t, row)
+    except CorruptPolicy:
+        return None
+    ids.user_id(channel.platform, user_id)
+    policy = channel.policy
+    requester = Requester(channel.platform, user_id, email, phone_number)
+    if policy.dm_policy is not DmPolicy.PAIRING or matching_rule(policy.auto_approve, requester) is not None:
+        return None
+    now: datetime = row["now"]
+    seed = new_code_seed()
+    code = ctx.keyring.code_from_seed(seed)
+    approval = Approval(
+        approval_id=new_approval_id(), channel_id=channel_id, user_id=user_id, status=ApprovalStatus.PENDING,
+        created_at=now, expires_at=now + timedelta(seconds=policy.pairing_code_ttl_seconds),
+        display_name=display_name, required_approvals=policy.required_approvals,
+    )  # fmt: skip
+    written = await q.pairing_create(
+        ctx.db, t, channel_id, row["policy"], user_id, approval.approval_id, display_name, seed,
+        ctx.keyring.code_hash(t, channel_id, code), approval.expires_at, policy.required_approvals,
+        policy.max_pending, f"{channel.platform.value}:{user_id}", ctx.trace_id,
+        _request_details(display_name, approval.expires_at, policy.required_approvals, renewal=False),
+    )  # fmt: skip
+    if not written:
+        return None
+    return _created(ctx, channel, approval, code, now, user_id, display_name, first_message, renewal=False)
 
 
 async def _auto_approve(
@@ -302,20 +378,24 @@ async def resolve(
     ctx: Context, target: ResolveTarget, action: ApprovalAction | None, actor_id: str, reason: str
 ) -> ResolveResult:
     t = ctx.tenant_id
+    approval_id = target.approval_id
+    if target.callback_payload:
+        approval_id, button_action = ctx.keyring.open_callback(t, target.callback_payload)
+        if action is not None and action is not button_action:
+            raise InvalidArgument("action", "does not match the button's action")
+        action = button_action
+    if approval_id and action is not None:
+        fast = await _decide_single(ctx, approval_id, action, actor_id, reason)
+        if fast is not None:
+            return fast
     deferred: AuthzError | None = None
     result: ResolveResult | None = None
     # Some refusals must be committed (the expiry, the audit of an unauthorized
     # actor, a failed code lookup's count) and still reach the caller as
     # errors: raise them after commit.
     async with ctx.db.tenant(t) as conn:
-        if target.callback_payload:
-            approval_id, button_action = ctx.keyring.open_callback(t, target.callback_payload)
-            if action is not None and action is not button_action:
-                raise InvalidArgument("action", "does not match the button's action")
-            action = button_action
+        if approval_id:
             row = await q.get_approval(conn, t, approval_id, for_update=True)
-        elif target.approval_id:
-            row = await q.get_approval(conn, t, target.approval_id, for_update=True)
         else:
             code = normalize_code(target.code)
             if action is None:  # before the lookup: a request that cannot succeed is no guess
@@ -337,6 +417,62 @@ async def resolve(
         raise deferred
     assert result is not None
     return result
+
+
+async def _decide_single(
+    ctx: Context, approval_id: str, action: ApprovalAction, actor_id: str, reason: str
+) -> ResolveResult | None:
+    """The common decision in two round trips: a live pairing request that needs
+    one approval and has no votes, decided by someone who may (no refusal to
+    audit). One read (``authz_approval_state``), then one guarded write that
+    refuses if the request, the channel's policy or the user's block moved
+    (migration 0010). None: not this case, or the state moved; the caller then
+    runs the general path, which handles (and audits) everything."""
+    t = ctx.tenant_id
+    row = await q.approval_state(ctx.db, t, approval_id)
+    if row is None:
+        return None
+    approval = q.approval_from_row(row["approval"])
+    if (
+        approval.kind != "pairing"
+        or approval.status is not ApprovalStatus.PENDING
+        or approval.expires_at <= row["now"]
+        or approval.required_approvals != 1
+        or approval.approved_by
+        or (action is ApprovalAction.APPROVE and row["subject_status"] == SubjectStatus.BLOCKED.value)
+    ):
+        return None
+    check_action("pairing", action)
+    try:
+        channel = q.channel_from_row(t, row)
+    except CorruptPolicy:
+        return None
+    if ctx.principal.role is Role.CONNECTOR:
+        if not may_resolve(channel, tuple(row["approvers"] or ()), actor_id):
+            return None
+        actor = f"{channel.platform.value}:{actor_id}"
+    else:
+        actor = ctx.principal.actor
+    subject = {
+        ApprovalAction.APPROVE: (
+            SubjectStatus.ALLOWED,
+            SubjectSource.PAIRING,
+            channel.policy.pairing_ttl_seconds,
+        ),
+        ApprovalAction.BLOCK: (SubjectStatus.BLOCKED, SubjectSource.ADMIN, 0),
+    }.get(action)
+    done = await q.pairing_decide(
+        ctx.db, t, approval_id, row["policy"], action.resulting_status, actor, reason, subject, ctx.trace_id,
+        {"reason": reason} if reason else {},
+    )  # fmt: skip
+    return None if done is None else _decided(action, actor, done)
+
+
+def _decided(action: ApprovalAction, actor: str, done: Approval) -> ResolveResult:
+    owner_text = messages.owner_outcome(action, actor)
+    if action is ApprovalAction.APPROVE and done.required_approvals > 1:
+        owner_text += f" ({len(done.approved_by)} of {done.required_approvals} approvals)"
+    return ResolveResult(done, messages.requester_outcome(action), owner_text)
 
 
 async def _approval_by_code(
@@ -507,7 +643,4 @@ async def _decide(
         conn, t, f"pairing.{done.status.value}", actor=actor, channel_id=approval.channel_id,
         subject=approval.user_id, approval_id=approval.approval_id, trace_id=ctx.trace_id, details=details,
     )  # fmt: skip
-    owner_text = messages.owner_outcome(action, actor)
-    if action is ApprovalAction.APPROVE and required > 1:
-        owner_text += f" ({len(done.approved_by)} of {required} approvals)"
-    return None, ResolveResult(done, messages.requester_outcome(action), owner_text)
+    return None, _decided(action, actor, done)

@@ -43,6 +43,7 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.CrashShutdownError,
     asyncpg.TooManyConnectionsError,
 )
+_CONFLICT = (asyncpg.SerializationError, asyncpg.DeadlockDetectedError)
 
 
 _NO_SPAN: nullcontext[None] = nullcontext()
@@ -161,23 +162,23 @@ class Database:
                         raise
                     await conn.execute("COMMIT")
         except _UNAVAILABLE as exc:
-            log.warning("database unavailable: %s", type(exc).__name__)
-            raise Unavailable("the authorization store is unavailable") from exc
-        except (asyncpg.SerializationError, asyncpg.DeadlockDetectedError) as exc:
+            raise _unavailable(exc) from exc
+        except _CONFLICT as exc:
             raise Conflict("a concurrent change won; retry") from exc
 
     async def fetchrow_as(self, tenant_id: str, sql: str, *args: object) -> asyncpg.Record | None:
         """One statement in its own (implicit) transaction: for functions that
-        set the tenant themselves before reading, such as ``authz_check_state``.
-        One round trip instead of three."""
+        set the tenant themselves, such as ``authz_check_state`` or the guarded
+        pairing writes (migration 0010). One round trip instead of three or more."""
         span = _NO_SPAN if self.telemetry is None else self.telemetry.transaction({"authz.tenant": tenant_id})
         try:
             with span:
                 async with self.pool.acquire() as conn:
                     return await conn.fetchrow(sql, *args)
         except _UNAVAILABLE as exc:
-            log.warning("database unavailable: %s", type(exc).__name__)
-            raise Unavailable("the authorization store is unavailable") from exc
+            raise _unavailable(exc) from exc
+        except _CONFLICT as exc:
+            raise Conflict("a concurrent change won; retry") from exc
 
     @asynccontextmanager
     async def tenant(self, tenant_id: str) -> AsyncIterator[asyncpg.Connection]:
@@ -194,6 +195,11 @@ class Database:
             settings["authz.tenant"] = tenant_id
         async with self._tx(settings) as conn:
             yield conn
+
+
+def _unavailable(exc: BaseException) -> Unavailable:
+    log.warning("database unavailable: %s", type(exc).__name__)
+    return Unavailable("the authorization store is unavailable")
 
 
 async def _begin(conn: asyncpg.Connection, settings: dict[str, str]) -> None:

@@ -1,6 +1,9 @@
 """SQL, and nothing else. Every function takes a connection already inside a
 tenant-scoped transaction and still filters by ``tenant_id`` explicitly:
-row-level security is the second lock, not the only one."""
+row-level security is the second lock, not the only one. The one-statement
+calls (``check_state``, ``pairing_create``, ``approval_state``,
+``pairing_decide``) take the Database instead: their SQL functions set the
+tenant themselves and run in the statement's own transaction."""
 
 from __future__ import annotations
 
@@ -303,15 +306,7 @@ async def put_subject(
     ttl_seconds: int = 0,
 ) -> Subject:
     row = await conn.fetchrow(
-        """INSERT INTO subjects (tenant_id, channel_id, user_id, status, source, display_name, permissions, expires_at)
-           VALUES ($1, $2, $3, $4, $5, $6, $7,
-                   CASE WHEN $8 > 0 THEN now() + make_interval(secs => $8) END)
-           ON CONFLICT (tenant_id, channel_id, user_id) DO UPDATE
-             SET status = EXCLUDED.status, source = EXCLUDED.source,
-                 display_name = CASE WHEN EXCLUDED.display_name = '' THEN subjects.display_name
-                                     ELSE EXCLUDED.display_name END,
-                 permissions = EXCLUDED.permissions, expires_at = EXCLUDED.expires_at, updated_at = now()
-           RETURNING *""",
+        "SELECT * FROM authz_put_subject($1, $2, $3, $4, $5, $6, $7, $8)",
         tenant_id, channel_id, user_id, status.value, source.value, display_name, permissions, ttl_seconds,
     )  # fmt: skip
     assert row is not None
@@ -567,6 +562,73 @@ async def finish_approval(
                   OR (cardinality(approved_by) + 1 >= required_approvals AND NOT ($4 = ANY(approved_by))))
            RETURNING *""",
         tenant_id, approval_id, status.value, actor, reason, live,
+    )  # fmt: skip
+    return None if row is None else approval_from_row(row)
+
+
+async def pairing_create(
+    db: Database,
+    tenant_id: str,
+    channel_id: str,
+    policy_json: str,
+    user_id: str,
+    approval_id: str,
+    display_name: str,
+    code_seed: bytes,
+    code_hash: bytes,
+    expires_at: datetime,
+    required_approvals: int,
+    max_pending: int,
+    actor: str,
+    trace_id: str,
+    details: dict[str, Any],
+) -> bool:
+    """RequestPairing's common case in one statement (migration 0010): the
+    request and its audit row, written only if the user still has no subject
+    row and no pending request, the channel's policy is still ``policy_json``
+    and under its cap. False: nothing was written."""
+    row = await db.fetchrow_as(
+        tenant_id,
+        "SELECT authz_pairing_create($1, $2, $3::jsonb, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14::jsonb)",
+        tenant_id, channel_id, policy_json, user_id, approval_id, display_name, code_seed, code_hash,
+        expires_at, required_approvals, max_pending, actor, trace_id, json.dumps(details),
+    )  # fmt: skip
+    return row is not None and row[0] is True
+
+
+async def approval_state(db: Database, tenant_id: str, approval_id: str) -> asyncpg.Record | None:
+    """ResolveApproval's read in one round trip (migration 0010): ``approval``
+    (the row), its channel (``channel_id``, ``platform``, ``policy``), ``now``,
+    the tenant's ``approvers`` and the requester's ``subject_status``."""
+    return await db.fetchrow_as(
+        tenant_id, "SELECT * FROM authz_approval_state($1, $2)", tenant_id, approval_id
+    )
+
+
+async def pairing_decide(
+    db: Database,
+    tenant_id: str,
+    approval_id: str,
+    policy_json: str,
+    status: ApprovalStatus,
+    actor: str,
+    reason: str,
+    subject: tuple[SubjectStatus, SubjectSource, int] | None,
+    trace_id: str,
+    details: dict[str, Any],
+) -> Approval | None:
+    """The single decision on a live pairing request with no votes that needs
+    one (migration 0010): the request, the requester's ``subject`` (status,
+    source, TTL in seconds) and the audit row in one statement. None: the state
+    moved (nothing was written)."""
+    status_, source, ttl = (
+        (None, None, 0) if subject is None else (subject[0].value, subject[1].value, subject[2])
+    )
+    row = await db.fetchrow_as(
+        tenant_id,
+        "SELECT * FROM authz_pairing_decide($1, $2, $3::jsonb, $4, $5, $6, $7, $8, $9, $10, $11::jsonb)",
+        tenant_id, approval_id, policy_json, status.value, actor, reason, status_, source, ttl, trace_id,
+        json.dumps(details),
     )  # fmt: skip
     return None if row is None else approval_from_row(row)
 

@@ -1,0 +1,268 @@
+"""Pairing's one-statement paths (migration 0010, issue #6).
+
+RequestPairing for a stranger and the single decision on a request are each
+one read and one guarded write. The write must refuse, writing nothing, when
+the state the service decided on has moved since the read; the service then
+runs the general path. These tests call the guarded writes directly on real
+PostgreSQL with state that moved, then check that the RPCs (which take these
+paths) still give the general path's answers and audit trail.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
+
+import asyncpg
+import grpc
+import pytest
+
+from authz_service.domain.model import ApprovalStatus, SubjectSource, SubjectStatus
+from authz_service.gen.authz.v1 import admin_pb2 as adm
+from authz_service.gen.authz.v1 import authz_pb2 as az
+from authz_service.gen.authz.v1 import common_pb2 as cm
+from authz_service.store import queries as q
+from authz_service.store.db import Database
+
+from .conftest import Dsns, Tenant, rpc_error
+
+OWNER = "100"
+
+
+@pytest.fixture
+async def db(dsns: Dsns) -> AsyncIterator[Database]:
+    database = await Database.connect(dsns.service, max_size=2)
+    yield database
+    await database.close()
+
+
+@pytest.fixture
+async def owner(dsns: Dsns) -> AsyncIterator[asyncpg.Connection]:
+    """The schema owner: to plant state the service's own RPCs would not leave."""
+    conn = await asyncpg.connect(dsns.owner)
+    yield conn
+    await conn.close()
+
+
+async def policy_and_now(db: Database, tenant_id: str, channel_id: str = "tg") -> tuple[str, datetime]:
+    row = await q.check_state(db, tenant_id, channel_id, "nobody", "")
+    assert row is not None
+    return row["policy"], row["now"]
+
+
+async def create(
+    db: Database, t: Tenant, policy: str, now: datetime, user: str, *, max_pending: int = 10
+) -> tuple[bool, str]:
+    approval_id = "ap" + secrets.token_hex(8)
+    written = await q.pairing_create(
+        db, t.tenant_id, "tg", policy, user, approval_id, "Name", b"seed" * 4, secrets.token_bytes(32),
+        now + timedelta(minutes=10), 1, max_pending, f"telegram:{user}", "trace", {"display_name": "Name"},
+    )  # fmt: skip
+    return written, approval_id
+
+
+async def rows(owner: asyncpg.Connection, t: Tenant, table: str, user: str) -> list[asyncpg.Record]:
+    column = "subject" if table == "audit_events" else "user_id"
+    return list(
+        await owner.fetch(f"SELECT * FROM {table} WHERE tenant_id = $1 AND {column} = $2", t.tenant_id, user)
+    )
+
+
+async def test_create_writes_the_request_and_its_audit_row(
+    tenant: Tenant, db: Database, owner: asyncpg.Connection
+) -> None:
+    await tenant.channel(owner_id=OWNER)
+    policy, now = await policy_and_now(db, tenant.tenant_id)
+    written, approval_id = await create(db, tenant, policy, now, "7")
+    assert written
+    [approval] = await rows(owner, tenant, "approvals", "7")
+    assert (approval["approval_id"], approval["status"], approval["kind"]) == (
+        approval_id,
+        "pending",
+        "pairing",
+    )
+    assert approval["expires_at"] == now + timedelta(minutes=10)
+    [event] = await rows(owner, tenant, "audit_events", "7")
+    assert (event["event"], event["actor"], event["approval_id"]) == (
+        "pairing.requested",
+        "telegram:7",
+        approval_id,
+    )
+    assert json.loads(event["details"]) == {"display_name": "Name"}
+
+
+async def test_create_refuses_and_writes_nothing_when_the_state_moved(
+    tenant: Tenant, db: Database, owner: asyncpg.Connection
+) -> None:
+    await tenant.channel(owner_id=OWNER)
+    policy, now = await policy_and_now(db, tenant.tenant_id)
+
+    # The channel's policy changed after the read.
+    await tenant.channel(owner_id=OWNER, max_pending=5)
+    assert not (await create(db, tenant, policy, now, "1"))[0]
+    policy, now = await policy_and_now(db, tenant.tenant_id)
+
+    # The user has a standing (allowed or blocked) by now.
+    await tenant.admin.admin.AllowUser(adm.AllowUserRequest(channel_id="tg", user_id="2"))
+    assert not (await create(db, tenant, policy, now, "2"))[0]
+
+    # The user has a pending request by now (even one past its expiry: the general path expires it).
+    assert (await create(db, tenant, policy, now, "3"))[0]
+    await owner.execute("UPDATE approvals SET expires_at = now() - interval '1 s' WHERE user_id = '3'")
+    assert not (await create(db, tenant, policy, now, "3"))[0]
+
+    # The channel is at its cap of live requests (user 3's request has expired: it does not count).
+    for user in ("4", "5", "6", "7"):
+        assert (await create(db, tenant, policy, now, user, max_pending=5))[0]
+    assert not (await create(db, tenant, policy, now, "8", max_pending=4))[0]
+    assert (await create(db, tenant, policy, now, "8", max_pending=5))[0]
+
+    # A code that would already have expired.
+    assert not (await create(db, tenant, policy, now - timedelta(minutes=11), "9"))[0]
+
+    for user in ("1", "9"):
+        assert await rows(owner, tenant, "approvals", user) == []
+        assert await rows(owner, tenant, "audit_events", user) == []
+    assert len(await rows(owner, tenant, "approvals", "3")) == 1
+    assert [e["event"] for e in await rows(owner, tenant, "audit_events", "2")] == ["user.allowed"]
+
+
+async def decide(
+    db: Database, t: Tenant, approval_id: str, policy: str, status: ApprovalStatus, ttl: int = 0
+) -> object:
+    subject = {
+        ApprovalStatus.APPROVED: (SubjectStatus.ALLOWED, SubjectSource.PAIRING, ttl),
+        ApprovalStatus.BLOCKED: (SubjectStatus.BLOCKED, SubjectSource.ADMIN, 0),
+    }.get(status)
+    return await q.pairing_decide(
+        db, t.tenant_id, approval_id, policy, status, "key:k1", "", subject, "trace", {}
+    )
+
+
+async def test_decide_approves_with_subject_and_audit_row(
+    tenant: Tenant, db: Database, owner: asyncpg.Connection
+) -> None:
+    await tenant.channel(owner_id=OWNER)
+    policy, now = await policy_and_now(db, tenant.tenant_id)
+    _, approval_id = await create(db, tenant, policy, now, "7")
+    done = await decide(db, tenant, approval_id, policy, ApprovalStatus.APPROVED, ttl=3600)
+    assert done is not None
+    [approval] = await rows(owner, tenant, "approvals", "7")
+    assert (approval["status"], approval["resolved_by"], approval["approved_by"]) == (
+        "approved",
+        "key:k1",
+        ["key:k1"],
+    )
+    [subject] = await rows(owner, tenant, "subjects", "7")
+    assert (subject["status"], subject["source"], subject["display_name"]) == ("allowed", "pairing", "Name")
+    assert subject["expires_at"] - approval["resolved_at"] == timedelta(hours=1)
+    events = [e["event"] for e in await rows(owner, tenant, "audit_events", "7")]
+    assert events == ["pairing.requested", "pairing.approved"]
+
+
+async def test_decide_refuses_and_writes_nothing_when_the_state_moved(
+    tenant: Tenant, db: Database, owner: asyncpg.Connection
+) -> None:
+    await tenant.channel(owner_id=OWNER)
+    policy, now = await policy_and_now(db, tenant.tenant_id)
+    ids = {}
+    for user in ("1", "2", "3", "4"):
+        written, ids[user] = await create(db, tenant, policy, now, user)
+        assert written
+
+    # Blocked after the read (the block's own cancel not yet done): an approve is refused ...
+    await owner.execute(
+        """INSERT INTO subjects (tenant_id, channel_id, user_id, status, source)
+           VALUES ($1, 'tg', '1', 'blocked', 'admin')""",
+        tenant.tenant_id,
+    )
+    assert await decide(db, tenant, ids["1"], policy, ApprovalStatus.APPROVED) is None
+    # ... and a deny is not.
+    assert await decide(db, tenant, ids["1"], policy, ApprovalStatus.DENIED) is not None
+
+    # Expired after the read.
+    await owner.execute(
+        "UPDATE approvals SET expires_at = now() - interval '1 s' WHERE approval_id = $1", ids["2"]
+    )
+    assert await decide(db, tenant, ids["2"], policy, ApprovalStatus.APPROVED) is None
+
+    # A vote was recorded after the read (the general path counts votes).
+    await owner.execute(
+        "UPDATE approvals SET required_approvals = 2, approved_by = '{telegram:9}' WHERE approval_id = $1",
+        ids["3"],
+    )
+    assert await decide(db, tenant, ids["3"], policy, ApprovalStatus.APPROVED) is None
+
+    # Decided already, or the channel's policy changed after the read.
+    assert await decide(db, tenant, ids["4"], policy, ApprovalStatus.DENIED) is not None
+    assert await decide(db, tenant, ids["4"], policy, ApprovalStatus.APPROVED) is None
+    written, ids["5"] = await create(db, tenant, policy, now, "5")
+    assert written
+    await tenant.channel(owner_id=OWNER, pairing_ttl_seconds=60)
+    assert await decide(db, tenant, ids["5"], policy, ApprovalStatus.APPROVED) is None
+
+    status = {r["user_id"]: r["status"] for r in await owner.fetch(
+        "SELECT user_id, status FROM approvals WHERE tenant_id = $1", tenant.tenant_id
+    )}  # fmt: skip
+    assert status == {"1": "denied", "2": "pending", "3": "pending", "4": "denied", "5": "pending"}
+    subjects = {r["user_id"]: r["status"] for r in await owner.fetch(
+        "SELECT user_id, status FROM subjects WHERE tenant_id = $1", tenant.tenant_id
+    )}  # fmt: skip
+    assert subjects == {"1": "blocked"}
+    decided = [r["approval_id"] for r in await owner.fetch(
+        "SELECT approval_id FROM audit_events WHERE tenant_id = $1 AND event LIKE 'pairing.%' AND event <> 'pairing.requested'",
+        tenant.tenant_id,
+    )]  # fmt: skip
+    assert sorted(decided) == sorted([ids["1"], ids["4"]])
+
+
+async def test_rpcs_fall_back_to_the_general_path_with_its_answers(tenant: Tenant) -> None:
+    """Cases the one-statement paths leave to the general path still answer as
+    before: a repeat request, an unauthorized press, a quorum vote."""
+    await tenant.channel(owner_id=OWNER, required_approvals=2)
+    request = az.RequestPairingRequest(
+        channel_id="tg", user_id="42", display_name="Alice", first_message="hi"
+    )
+    first = await tenant.connector.authz.RequestPairing(request)
+    again = await tenant.connector.authz.RequestPairing(request)
+    assert (first.outcome, again.outcome) == (az.PAIRING_OUTCOME_CREATED, az.PAIRING_OUTCOME_EXISTING)
+    assert again.code == first.code and again.approval_id == first.approval_id
+
+    def approve(actor: str = "") -> az.ResolveApprovalRequest:
+        return az.ResolveApprovalRequest(
+            approval_id=first.approval_id, action=cm.APPROVAL_ACTION_APPROVE, actor_id=actor
+        )
+
+    err = await rpc_error(tenant.connector.authz.ResolveApproval(approve("666")))
+    assert err.code() == grpc.StatusCode.PERMISSION_DENIED
+    one = await tenant.connector.authz.ResolveApproval(approve(OWNER))
+    assert one.approval.status == cm.APPROVAL_STATUS_PENDING and "1 of 2" in one.owner_text
+    two = await tenant.approver.authz.ResolveApproval(approve())
+    assert two.approval.status == cm.APPROVAL_STATUS_APPROVED
+    audit = await tenant.admin.admin.QueryAudit(adm.QueryAuditRequest())
+    events = [e.event for e in audit.events if e.event.startswith(("pairing.", "approval."))]
+    assert events == ["pairing.requested", "approval.unauthorized", "pairing.vote", "pairing.approved"]
+
+
+async def test_one_statement_paths_see_their_own_tenant_only(
+    tenant: Tenant, other_tenant: Tenant, db: Database, owner: asyncpg.Connection
+) -> None:
+    await tenant.channel(owner_id=OWNER)
+    policy, now = await policy_and_now(db, tenant.tenant_id)
+    written, approval_id = await create(db, tenant, policy, now, "7")
+    assert written
+    # Another tenant reaches neither the request nor the channel, even with their exact values.
+    assert await q.approval_state(db, other_tenant.tenant_id, approval_id) is None
+    assert await decide(db, other_tenant, approval_id, policy, ApprovalStatus.APPROVED) is None
+    assert not (await create(db, other_tenant, policy, now, "8"))[0]
+    state = await q.approval_state(db, tenant.tenant_id, approval_id)
+    assert state is not None and q.approval_from_row(state["approval"]).status is ApprovalStatus.PENDING
+    assert (state["channel_id"], state["platform"], state["subject_status"]) == ("tg", "telegram", None)
+    assert (
+        await owner.fetchval("SELECT count(*) FROM approvals WHERE tenant_id = $1", other_tenant.tenant_id)
+        == 0
+    )
+    async with db.pool.acquire() as conn:  # the tenant setting died with each statement
+        assert await conn.fetchval("SELECT current_setting('authz.tenant', true)") in (None, "")
