@@ -11,6 +11,7 @@ paths) still give the general path's answers and audit trail.
 from __future__ import annotations
 
 import json
+import re
 import secrets
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
@@ -19,7 +20,19 @@ import asyncpg
 import grpc
 import pytest
 
-from authz_service.domain.model import ApprovalStatus, SubjectSource, SubjectStatus
+from authz_service.cache import PairingMemo, StateCache
+from authz_service.domain.errors import PermissionDenied
+from authz_service.domain.model import (
+    ApprovalAction,
+    ApprovalStatus,
+    Principal,
+    Role,
+    SubjectSource,
+    SubjectStatus,
+)
+from authz_service.domain.pairing import Keyring
+from authz_service.flows import Context, pairing
+from authz_service.flows.pairing import PairingOutcome, ResolveTarget
 from authz_service.gen.authz.v1 import admin_pb2 as adm
 from authz_service.gen.authz.v1 import authz_pb2 as az
 from authz_service.gen.authz.v1 import common_pb2 as cm
@@ -53,14 +66,21 @@ async def policy_and_now(db: Database, tenant_id: str, channel_id: str = "tg") -
 
 
 async def create(
-    db: Database, t: Tenant, policy: str, now: datetime, user: str, *, max_pending: int = 10
-) -> tuple[bool, str]:
+    db: Database,
+    t: Tenant,
+    policy: str,
+    now: datetime,
+    user: str,
+    *,
+    max_pending: int = 10,
+    ttl: int = 600,
+) -> tuple[str, str]:
     approval_id = "ap" + secrets.token_hex(8)
-    written = await q.pairing_create(
+    outcome = await q.pairing_create(
         db, t.tenant_id, "tg", policy, user, approval_id, "Name", b"seed" * 4, secrets.token_bytes(32),
-        now + timedelta(minutes=10), 1, max_pending, f"telegram:{user}", "trace", {"display_name": "Name"},
+        now + timedelta(minutes=10), ttl, 1, max_pending, f"telegram:{user}", "trace", {"display_name": "Name"},
     )  # fmt: skip
-    return written, approval_id
+    return outcome, approval_id
 
 
 async def rows(owner: asyncpg.Connection, t: Tenant, table: str, user: str) -> list[asyncpg.Record]:
@@ -75,8 +95,8 @@ async def test_create_writes_the_request_and_its_audit_row(
 ) -> None:
     await tenant.channel(owner_id=OWNER)
     policy, now = await policy_and_now(db, tenant.tenant_id)
-    written, approval_id = await create(db, tenant, policy, now, "7")
-    assert written
+    outcome, approval_id = await create(db, tenant, policy, now, "7")
+    assert outcome == "created"
     [approval] = await rows(owner, tenant, "approvals", "7")
     assert (approval["approval_id"], approval["status"], approval["kind"]) == (
         approval_id,
@@ -101,26 +121,27 @@ async def test_create_refuses_and_writes_nothing_when_the_state_moved(
 
     # The channel's policy changed after the read.
     await tenant.channel(owner_id=OWNER, max_pending=5)
-    assert not (await create(db, tenant, policy, now, "1"))[0]
+    assert (await create(db, tenant, policy, now, "1"))[0] == "policy_changed"
     policy, now = await policy_and_now(db, tenant.tenant_id)
 
     # The user has a standing (allowed or blocked) by now.
     await tenant.admin.admin.AllowUser(adm.AllowUserRequest(channel_id="tg", user_id="2"))
-    assert not (await create(db, tenant, policy, now, "2"))[0]
+    assert (await create(db, tenant, policy, now, "2"))[0] == "state_changed"
 
     # The user has a pending request by now (even one past its expiry: the general path expires it).
-    assert (await create(db, tenant, policy, now, "3"))[0]
+    assert (await create(db, tenant, policy, now, "3"))[0] == "created"
     await owner.execute("UPDATE approvals SET expires_at = now() - interval '1 s' WHERE user_id = '3'")
-    assert not (await create(db, tenant, policy, now, "3"))[0]
+    assert (await create(db, tenant, policy, now, "3"))[0] == "state_changed"
 
     # The channel is at its cap of live requests (user 3's request has expired: it does not count).
     for user in ("4", "5", "6", "7"):
-        assert (await create(db, tenant, policy, now, user, max_pending=5))[0]
-    assert not (await create(db, tenant, policy, now, "8", max_pending=4))[0]
-    assert (await create(db, tenant, policy, now, "8", max_pending=5))[0]
+        assert (await create(db, tenant, policy, now, user, max_pending=5))[0] == "created"
+    assert (await create(db, tenant, policy, now, "8", max_pending=4))[0] == "state_changed"
+    assert (await create(db, tenant, policy, now, "8", max_pending=5))[0] == "created"
 
-    # A code that would already have expired.
-    assert not (await create(db, tenant, policy, now - timedelta(minutes=11), "9"))[0]
+    # The service's clock is off by more than 2 s from the database's: the expiry would be wrong.
+    for skew in (-3, 3):
+        assert (await create(db, tenant, policy, now + timedelta(seconds=skew), "9"))[0] == "clock_skew"
 
     for user in ("1", "9"):
         assert await rows(owner, tenant, "approvals", user) == []
@@ -130,14 +151,20 @@ async def test_create_refuses_and_writes_nothing_when_the_state_moved(
 
 
 async def decide(
-    db: Database, t: Tenant, approval_id: str, policy: str, status: ApprovalStatus, ttl: int = 0
+    db: Database,
+    t: Tenant,
+    approval_id: str,
+    policy: str,
+    status: ApprovalStatus,
+    ttl: int = 0,
+    approvers: tuple[str, ...] | None = None,
 ) -> object:
     subject = {
         ApprovalStatus.APPROVED: (SubjectStatus.ALLOWED, SubjectSource.PAIRING, ttl),
         ApprovalStatus.BLOCKED: (SubjectStatus.BLOCKED, SubjectSource.ADMIN, 0),
     }.get(status)
     return await q.pairing_decide(
-        db, t.tenant_id, approval_id, policy, status, "key:k1", "", subject, "trace", {}
+        db, t.tenant_id, approval_id, policy, approvers, status, "key:k1", "", subject, "trace", {}
     )
 
 
@@ -147,7 +174,7 @@ async def test_decide_approves_with_subject_and_audit_row(
     await tenant.channel(owner_id=OWNER)
     policy, now = await policy_and_now(db, tenant.tenant_id)
     _, approval_id = await create(db, tenant, policy, now, "7")
-    done = await decide(db, tenant, approval_id, policy, ApprovalStatus.APPROVED, ttl=3600)
+    done = await decide(db, tenant, approval_id, policy, ApprovalStatus.APPROVED, ttl=3600, approvers=())
     assert done is not None
     [approval] = await rows(owner, tenant, "approvals", "7")
     assert (approval["status"], approval["resolved_by"], approval["approved_by"]) == (
@@ -168,9 +195,9 @@ async def test_decide_refuses_and_writes_nothing_when_the_state_moved(
     await tenant.channel(owner_id=OWNER)
     policy, now = await policy_and_now(db, tenant.tenant_id)
     ids = {}
-    for user in ("1", "2", "3", "4"):
-        written, ids[user] = await create(db, tenant, policy, now, user)
-        assert written
+    for user in ("1", "2", "3", "4", "6"):
+        outcome, ids[user] = await create(db, tenant, policy, now, user)
+        assert outcome == "created"
 
     # Blocked after the read (the block's own cancel not yet done): an approve is refused ...
     await owner.execute(
@@ -198,15 +225,27 @@ async def test_decide_refuses_and_writes_nothing_when_the_state_moved(
     # Decided already, or the channel's policy changed after the read.
     assert await decide(db, tenant, ids["4"], policy, ApprovalStatus.DENIED) is not None
     assert await decide(db, tenant, ids["4"], policy, ApprovalStatus.APPROVED) is None
-    written, ids["5"] = await create(db, tenant, policy, now, "5")
-    assert written
+    outcome, ids["5"] = await create(db, tenant, policy, now, "5")
+    assert outcome == "created"
     await tenant.channel(owner_id=OWNER, pairing_ttl_seconds=60)
     assert await decide(db, tenant, ids["5"], policy, ApprovalStatus.APPROVED) is None
+
+    # The tenant's approvers changed after the read (they decide who may press, for connector keys).
+    policy, _ = await policy_and_now(db, tenant.tenant_id)
+    await tenant.admin.admin.SetTenantSettings(adm.TenantSettings(approvers=["telegram:500"]))
+    assert await decide(db, tenant, ids["6"], policy, ApprovalStatus.APPROVED, approvers=()) is None
 
     status = {r["user_id"]: r["status"] for r in await owner.fetch(
         "SELECT user_id, status FROM approvals WHERE tenant_id = $1", tenant.tenant_id
     )}  # fmt: skip
-    assert status == {"1": "denied", "2": "pending", "3": "pending", "4": "denied", "5": "pending"}
+    assert status == {
+        "1": "denied",
+        "2": "pending",
+        "3": "pending",
+        "4": "denied",
+        "5": "pending",
+        "6": "pending",
+    }
     subjects = {r["user_id"]: r["status"] for r in await owner.fetch(
         "SELECT user_id, status FROM subjects WHERE tenant_id = $1", tenant.tenant_id
     )}  # fmt: skip
@@ -251,12 +290,12 @@ async def test_one_statement_paths_see_their_own_tenant_only(
 ) -> None:
     await tenant.channel(owner_id=OWNER)
     policy, now = await policy_and_now(db, tenant.tenant_id)
-    written, approval_id = await create(db, tenant, policy, now, "7")
-    assert written
+    outcome, approval_id = await create(db, tenant, policy, now, "7")
+    assert outcome == "created"
     # Another tenant reaches neither the request nor the channel, even with their exact values.
     assert await q.approval_state(db, other_tenant.tenant_id, approval_id) is None
     assert await decide(db, other_tenant, approval_id, policy, ApprovalStatus.APPROVED) is None
-    assert not (await create(db, other_tenant, policy, now, "8"))[0]
+    assert (await create(db, other_tenant, policy, now, "8"))[0] == "policy_changed"
     state = await q.approval_state(db, tenant.tenant_id, approval_id)
     assert state is not None and q.approval_from_row(state["approval"]).status is ApprovalStatus.PENDING
     assert (state["channel_id"], state["platform"], state["subject_status"]) == ("tg", "telegram", None)
@@ -266,3 +305,114 @@ async def test_one_statement_paths_see_their_own_tenant_only(
     )
     async with db.pool.acquire() as conn:  # the tenant setting died with each statement
         assert await conn.fetchval("SELECT current_setting('authz.tenant', true)") in (None, "")
+
+
+@pytest.fixture
+async def logged(dsns: Dsns) -> AsyncIterator[tuple[Database, list[str]]]:
+    """A one-connection Database whose statements are logged, as the server saw them."""
+    database = await Database.connect(dsns.service, min_size=1, max_size=1)
+    seen: list[str] = []
+    async with database.pool.acquire() as conn:
+        conn.add_query_logger(lambda record: seen.append(record.query))
+    seen.clear()
+    yield database, seen
+    await database.close()
+
+
+def context(db: Database, t: Tenant, role: Role, memo: PairingMemo) -> Context:
+    principal = Principal(t.tenant_id, role, "k1")
+    return Context(db, Keyring(b"k" * 32), principal, "trace", StateCache(), memo=memo)
+
+
+def functions(seen: list[str]) -> list[str]:
+    """The statements, by the SQL function they call (or their first word);
+    without asyncpg's one-time type introspection."""
+    return [
+        m.group(0) if (m := re.search(r"authz_\w+", sql)) else sql.split()[0]
+        for sql in seen
+        if not any(marker in sql for marker in ("typeinfo_tree", "'jit'", "pg_catalog.pg_type"))
+    ]
+
+
+async def test_a_remembered_channel_saves_the_read_and_a_stale_one_is_never_used(
+    tenant: Tenant, owner: asyncpg.Connection, logged: tuple[Database, list[str]]
+) -> None:
+    db, seen = logged
+    await tenant.channel(owner_id=OWNER)
+    memo = PairingMemo()
+    ctx = context(db, tenant, Role.CONNECTOR, memo)
+
+    first = await pairing.request_pairing(ctx, "tg", "41", "A", "hi")
+    second = await pairing.request_pairing(ctx, "tg", "42", "B", "hi")
+    assert (first.outcome, second.outcome) == (PairingOutcome.CREATED, PairingOutcome.CREATED)
+    assert functions(seen) == ["authz_check_state", "authz_pairing_create", "authz_pairing_create"]
+    assert second.expires_at is not None and first.expires_at is not None
+    assert abs((second.expires_at - first.expires_at).total_seconds()) < 2
+
+    # Changed elsewhere (another replica; here, straight in the database): this
+    # process's memo is stale. The guarded write refuses and the general path
+    # answers on the current policy.
+    await owner.execute(
+        "UPDATE channels SET policy = jsonb_set(policy, '{dm_policy}', '\"allowlist\"') WHERE tenant_id = $1",
+        tenant.tenant_id,
+    )
+    seen.clear()
+    third = await pairing.request_pairing(ctx, "tg", "43", "C", "hi")
+    assert third.outcome == PairingOutcome.NOT_ACCEPTED
+    assert functions(seen)[:2] == ["authz_pairing_create", "BEGIN;"]
+    assert memo.channel(tenant.tenant_id, "tg") is None
+    assert (
+        await owner.fetchval(
+            "SELECT count(*) FROM approvals WHERE tenant_id = $1 AND user_id = '43'", tenant.tenant_id
+        )
+        == 0
+    )
+
+
+async def test_a_remembered_request_is_decided_in_one_statement_and_stale_approvers_are_not_used(
+    tenant: Tenant, owner: asyncpg.Connection, logged: tuple[Database, list[str]]
+) -> None:
+    db, seen = logged
+    await tenant.channel(owner_id=OWNER)
+    await tenant.admin.admin.SetTenantSettings(adm.TenantSettings(approvers=["telegram:500"]))
+    memo = PairingMemo()
+    requests = context(db, tenant, Role.CONNECTOR, memo)
+    created = [await pairing.request_pairing(requests, "tg", user, "N", "hi") for user in ("41", "42", "43")]
+
+    # An approver key: the request's channel is remembered, so one statement.
+    seen.clear()
+    by_key = await pairing.resolve(
+        context(db, tenant, Role.APPROVER, memo), ResolveTarget(approval_id=created[0].approval_id),
+        ApprovalAction.APPROVE, "", "",
+    )  # fmt: skip
+    assert by_key.approval.status is ApprovalStatus.APPROVED and by_key.approval.resolved_by == "key:k1"
+    assert functions(seen) == ["authz_pairing_decide"]
+
+    # A tenant approver in chat: the first press also reads the approvers, the next does not.
+    seen.clear()
+    for result in created[1:]:
+        pressed = await pairing.resolve(
+            requests, ResolveTarget(approval_id=result.approval_id), ApprovalAction.DENY, "500", ""
+        )
+        assert pressed.approval.status is ApprovalStatus.DENIED
+    assert functions(seen) == ["authz_approval_state", "authz_pairing_decide", "authz_pairing_decide"]
+
+    # The tenant approver is removed elsewhere: their next press is refused and audited.
+    fourth = await pairing.request_pairing(requests, "tg", "44", "N", "hi")
+    await owner.execute("UPDATE tenants SET approvers = '{}' WHERE tenant_id = $1", tenant.tenant_id)
+    with pytest.raises(PermissionDenied):
+        await pairing.resolve(
+            requests, ResolveTarget(approval_id=fourth.approval_id), ApprovalAction.APPROVE, "500", ""
+        )
+    row = await owner.fetchrow(
+        "SELECT status FROM approvals WHERE tenant_id = $1 AND approval_id = $2",
+        tenant.tenant_id,
+        fourth.approval_id,
+    )
+    assert row is not None and row["status"] == "pending"
+    assert memo.approvers(tenant.tenant_id) is None
+    audited = await owner.fetchval(
+        "SELECT count(*) FROM audit_events WHERE tenant_id = $1 AND event = 'approval.unauthorized'",
+        tenant.tenant_id,
+    )
+    assert audited == 1

@@ -254,40 +254,57 @@ async def _request_fresh(
     email: str,
     phone_number: str,
 ) -> PairingResult | None:
-    """The common case in two round trips: a stranger (no subject row, no
-    pending request) on a pairing channel with no matching auto-approve rule.
-    One read (``authz_check_state``), then one guarded write that refuses if
-    any of that moved (migration 0010). None: not this case, or the state
-    moved; the caller then runs the general path, which handles everything."""
-    t = ctx.tenant_id
-    row = await q.check_state(ctx.db, t, channel_id, user_id, "")
-    if row is None or row["status"] is not None:  # no such channel, or the user has a standing
-        return None
-    try:
-        channel = q.channel_from_row(t, row)
-    except CorruptPolicy:
-        return None
+    """The common case: a stranger (no subject row, no pending request) on a
+    pairing channel with no matching auto-approve rule. One guarded write
+    (migration 0010) that refuses if anything it was decided on moved, after
+    one read (``authz_check_state``), or none when this process remembers the
+    channel (``PairingMemo``; the clock is then the cache's estimate of the
+    database's). None: not this case, or the state moved; the caller then runs
+    the general path, which handles everything."""
+    t, memo = ctx.tenant_id, ctx.memo
+    known = memo.channel(t, channel_id) if memo is not None and ctx.cache is not None else None
+    if known is not None:
+        assert ctx.cache is not None
+        channel, policy_json = known
+        now = ctx.cache.db_now()
+    else:
+        row = await q.check_state(ctx.db, t, channel_id, user_id, "")
+        if row is None or row["status"] is not None:  # no such channel, or the user has a standing
+            return None
+        try:
+            channel = q.channel_from_row(t, row)
+        except CorruptPolicy:
+            return None
+        policy_json, now = row["policy"], row["now"]
+        if ctx.cache is not None:
+            ctx.cache.observe_db_clock(now)
+        if memo is not None:
+            memo.remember_channel(t, channel_id, channel, policy_json)
     ids.user_id(channel.platform, user_id)
     policy = channel.policy
     requester = Requester(channel.platform, user_id, email, phone_number)
     if policy.dm_policy is not DmPolicy.PAIRING or matching_rule(policy.auto_approve, requester) is not None:
         return None
-    now: datetime = row["now"]
     seed = new_code_seed()
     code = ctx.keyring.code_from_seed(seed)
+    ttl = policy.pairing_code_ttl_seconds
     approval = Approval(
         approval_id=new_approval_id(), channel_id=channel_id, user_id=user_id, status=ApprovalStatus.PENDING,
-        created_at=now, expires_at=now + timedelta(seconds=policy.pairing_code_ttl_seconds),
-        display_name=display_name, required_approvals=policy.required_approvals,
+        created_at=now, expires_at=now + timedelta(seconds=ttl), display_name=display_name,
+        required_approvals=policy.required_approvals,
     )  # fmt: skip
-    written = await q.pairing_create(
-        ctx.db, t, channel_id, row["policy"], user_id, approval.approval_id, display_name, seed,
-        ctx.keyring.code_hash(t, channel_id, code), approval.expires_at, policy.required_approvals,
+    outcome = await q.pairing_create(
+        ctx.db, t, channel_id, policy_json, user_id, approval.approval_id, display_name, seed,
+        ctx.keyring.code_hash(t, channel_id, code), approval.expires_at, ttl, policy.required_approvals,
         policy.max_pending, f"{channel.platform.value}:{user_id}", ctx.trace_id,
         _request_details(display_name, approval.expires_at, policy.required_approvals, renewal=False),
     )  # fmt: skip
-    if not written:
+    if outcome != "created":
+        if memo is not None and outcome != "state_changed":  # the user's state says nothing of the channel
+            memo.forget_channel(t, channel_id)
         return None
+    if memo is not None:
+        memo.remember_approval(t, approval.approval_id, channel_id)
     return _created(ctx, channel, approval, code, now, user_id, display_name, first_message, renewal=False)
 
 
@@ -422,33 +439,50 @@ async def resolve(
 async def _decide_single(
     ctx: Context, approval_id: str, action: ApprovalAction, actor_id: str, reason: str
 ) -> ResolveResult | None:
-    """The common decision in two round trips: a live pairing request that needs
-    one approval and has no votes, decided by someone who may (no refusal to
-    audit). One read (``authz_approval_state``), then one guarded write that
-    refuses if the request, the channel's policy or the user's block moved
-    (migration 0010). None: not this case, or the state moved; the caller then
-    runs the general path, which handles (and audits) everything."""
-    t = ctx.tenant_id
-    row = await q.approval_state(ctx.db, t, approval_id)
-    if row is None:
-        return None
-    approval = q.approval_from_row(row["approval"])
-    if (
-        approval.kind != "pairing"
-        or approval.status is not ApprovalStatus.PENDING
-        or approval.expires_at <= row["now"]
-        or approval.required_approvals != 1
-        or approval.approved_by
-        or (action is ApprovalAction.APPROVE and row["subject_status"] == SubjectStatus.BLOCKED.value)
-    ):
-        return None
+    """The common decision: a live pairing request that needs one approval and
+    has no votes, decided by someone who may (no refusal to audit). One
+    guarded write (migration 0010) that refuses if the request, the channel's
+    policy, the tenant's approvers or the user's block moved; after one read
+    (``authz_approval_state``), or none when this process created the request
+    and remembers its channel (``PairingMemo``). None: not this case, or the
+    state moved; the caller then runs the general path, which handles (and
+    audits) everything."""
+    t, memo = ctx.tenant_id, ctx.memo
+    connector = ctx.principal.role is Role.CONNECTOR
+    known = approvers = None
+    if memo is not None:
+        channel_id = memo.approval_channel(t, approval_id)
+        known = memo.channel(t, channel_id) if channel_id is not None else None
+        approvers = memo.approvers(t) if connector else ()
+    if known is not None and approvers is not None:
+        channel, policy_json = known
+    else:
+        known = None
+        row = await q.approval_state(ctx.db, t, approval_id)
+        if row is None:
+            return None
+        approval = q.approval_from_row(row["approval"])
+        if (
+            approval.kind != "pairing"
+            or approval.status is not ApprovalStatus.PENDING
+            or approval.expires_at <= row["now"]
+            or approval.required_approvals != 1
+            or approval.approved_by
+            or (action is ApprovalAction.APPROVE and row["subject_status"] == SubjectStatus.BLOCKED.value)
+        ):
+            return None
+        try:
+            channel = q.channel_from_row(t, row)
+        except CorruptPolicy:
+            return None
+        policy_json, approvers = row["policy"], tuple(row["approvers"] or ())
+        if memo is not None:
+            memo.remember_channel(t, channel.channel_id, channel, policy_json)
+            memo.remember_approvers(t, approvers)
     check_action("pairing", action)
-    try:
-        channel = q.channel_from_row(t, row)
-    except CorruptPolicy:
-        return None
-    if ctx.principal.role is Role.CONNECTOR:
-        if not may_resolve(channel, tuple(row["approvers"] or ()), actor_id):
+    if connector:
+        assert approvers is not None
+        if not may_resolve(channel, approvers, actor_id):
             return None
         actor = f"{channel.platform.value}:{actor_id}"
     else:
@@ -462,9 +496,14 @@ async def _decide_single(
         ApprovalAction.BLOCK: (SubjectStatus.BLOCKED, SubjectSource.ADMIN, 0),
     }.get(action)
     done = await q.pairing_decide(
-        ctx.db, t, approval_id, row["policy"], action.resulting_status, actor, reason, subject, ctx.trace_id,
-        {"reason": reason} if reason else {},
+        ctx.db, t, approval_id, policy_json, approvers if connector else None, action.resulting_status, actor,
+        reason, subject, ctx.trace_id, {"reason": reason} if reason else {},
     )  # fmt: skip
+    if memo is not None:
+        memo.forget_approval(t, approval_id)  # decided, or left to the general path: done with here
+        if done is None and known is not None:  # perhaps stale: read next time
+            memo.forget_channel(t, channel.channel_id)
+            memo.forget_approvers(t)
     return None if done is None else _decided(action, actor, done)
 
 

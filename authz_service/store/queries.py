@@ -577,23 +577,28 @@ async def pairing_create(
     code_seed: bytes,
     code_hash: bytes,
     expires_at: datetime,
+    ttl_seconds: int,
     required_approvals: int,
     max_pending: int,
     actor: str,
     trace_id: str,
     details: dict[str, Any],
-) -> bool:
+) -> str:
     """RequestPairing's common case in one statement (migration 0010): the
     request and its audit row, written only if the user still has no subject
-    row and no pending request, the channel's policy is still ``policy_json``
-    and under its cap. False: nothing was written."""
+    row and no pending request, the channel's policy is still ``policy_json``,
+    it is under its cap and ``expires_at`` is within 2 s of the database's
+    ``now()`` + ``ttl_seconds``. Returns ``created``, or why nothing was
+    written: ``policy_changed``, ``state_changed`` or ``clock_skew``."""
     row = await db.fetchrow_as(
         tenant_id,
-        "SELECT authz_pairing_create($1, $2, $3::jsonb, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14::jsonb)",
+        """SELECT authz_pairing_create($1, $2, $3::jsonb, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,
+                                       $15::jsonb)""",
         tenant_id, channel_id, policy_json, user_id, approval_id, display_name, code_seed, code_hash,
-        expires_at, required_approvals, max_pending, actor, trace_id, json.dumps(details),
+        expires_at, ttl_seconds, required_approvals, max_pending, actor, trace_id, json.dumps(details),
     )  # fmt: skip
-    return row is not None and row[0] is True
+    assert row is not None
+    return str(row[0])
 
 
 async def approval_state(db: Database, tenant_id: str, approval_id: str) -> asyncpg.Record | None:
@@ -610,6 +615,7 @@ async def pairing_decide(
     tenant_id: str,
     approval_id: str,
     policy_json: str,
+    approvers: tuple[str, ...] | None,
     status: ApprovalStatus,
     actor: str,
     reason: str,
@@ -619,16 +625,18 @@ async def pairing_decide(
 ) -> Approval | None:
     """The single decision on a live pairing request with no votes that needs
     one (migration 0010): the request, the requester's ``subject`` (status,
-    source, TTL in seconds) and the audit row in one statement. None: the state
-    moved (nothing was written)."""
+    source, TTL in seconds) and the audit row in one statement, written only if
+    the channel's policy is still ``policy_json`` and the tenant's approvers
+    still ``approvers`` (None: not checked). None: the state moved (nothing
+    was written)."""
     status_, source, ttl = (
         (None, None, 0) if subject is None else (subject[0].value, subject[1].value, subject[2])
     )
     row = await db.fetchrow_as(
         tenant_id,
-        "SELECT * FROM authz_pairing_decide($1, $2, $3::jsonb, $4, $5, $6, $7, $8, $9, $10, $11::jsonb)",
-        tenant_id, approval_id, policy_json, status.value, actor, reason, status_, source, ttl, trace_id,
-        json.dumps(details),
+        "SELECT * FROM authz_pairing_decide($1, $2, $3::jsonb, $4, $5, $6, $7, $8, $9, $10, $11, $12::jsonb)",
+        tenant_id, approval_id, policy_json, None if approvers is None else list(approvers), status.value, actor,
+        reason, status_, source, ttl, trace_id, json.dumps(details),
     )  # fmt: skip
     return None if row is None else approval_from_row(row)
 

@@ -35,13 +35,17 @@ $$;
 -- RequestPairing for a user with no subject row and no pending request, on a
 -- channel whose policy is still p_policy, under its cap of live requests.
 -- Locks the channel as the general path does (FOR NO KEY UPDATE: it
--- serializes the cap). Returns true when the request and its audit row were
--- written.
+-- serializes the cap). p_expires_at comes from the service's estimate of the
+-- database clock: it must be within 2 seconds of now() + p_ttl_seconds.
+-- Returns 'created' when the request and its audit row were written; else,
+-- having written nothing, 'policy_changed', 'state_changed' (the user's
+-- standing, a pending request, the cap) or 'clock_skew'.
 CREATE FUNCTION authz_pairing_create(
     p_tenant text, p_channel text, p_policy jsonb, p_user text, p_approval_id text,
     p_display_name text, p_code_seed bytea, p_code_hash bytea, p_expires_at timestamptz,
-    p_required integer, p_max_pending integer, p_actor text, p_trace text, p_details jsonb)
-RETURNS boolean
+    p_ttl_seconds integer, p_required integer, p_max_pending integer, p_actor text, p_trace text,
+    p_details jsonb)
+RETURNS text
 LANGUAGE plpgsql VOLATILE AS $$
 BEGIN
     PERFORM set_config('authz.tenant', p_tenant, true);
@@ -49,11 +53,13 @@ BEGIN
      WHERE c.tenant_id = p_tenant AND c.channel_id = p_channel AND c.policy = p_policy
        FOR NO KEY UPDATE;
     IF NOT FOUND THEN
-        RETURN false;
+        RETURN 'policy_changed';
     END IF;
-    IF p_expires_at <= now()
-       OR EXISTS (SELECT 1 FROM subjects s
-                   WHERE s.tenant_id = p_tenant AND s.channel_id = p_channel AND s.user_id = p_user)
+    IF abs(extract(epoch FROM p_expires_at - (now() + make_interval(secs => p_ttl_seconds)))) > 2 THEN
+        RETURN 'clock_skew';
+    END IF;
+    IF EXISTS (SELECT 1 FROM subjects s
+                WHERE s.tenant_id = p_tenant AND s.channel_id = p_channel AND s.user_id = p_user)
        OR EXISTS (SELECT 1 FROM approvals a
                    WHERE a.tenant_id = p_tenant AND a.channel_id = p_channel AND a.user_id = p_user
                      AND a.kind = 'pairing' AND a.status = 'pending')
@@ -61,7 +67,7 @@ BEGIN
             WHERE a.tenant_id = p_tenant AND a.channel_id = p_channel
               AND a.status = 'pending' AND a.expires_at > now()) >= p_max_pending
     THEN
-        RETURN false;
+        RETURN 'state_changed';
     END IF;
     INSERT INTO approvals (tenant_id, approval_id, kind, channel_id, user_id, display_name,
                            code_seed, code_hash, expires_at, required_approvals)
@@ -69,7 +75,7 @@ BEGIN
             p_code_seed, p_code_hash, p_expires_at, p_required);
     INSERT INTO audit_events (tenant_id, event, actor, channel_id, subject, approval_id, trace_id, details)
     VALUES (p_tenant, 'pairing.requested', p_actor, p_channel, p_user, p_approval_id, p_trace, p_details);
-    RETURN true;
+    RETURN 'created';
 END
 $$;
 
@@ -97,11 +103,13 @@ $$;
 -- has no votes yet: approve, deny or block, with the requester's subject
 -- (p_subject_status NULL: none, for deny) and the audit row. Locks the request
 -- as the general path does; refuses (no row) if the channel's policy is no
--- longer p_policy, the request is no longer pending and live, or an approve
--- meets a user who was blocked meanwhile. Returns the decided request.
+-- longer p_policy, the tenant's approvers are no longer p_approvers (NULL: not
+-- checked; the service passes them when they decided who may resolve), the
+-- request is no longer a live pairing request with no votes that needs one, or
+-- an approve meets a user who was blocked meanwhile. Returns the decided request.
 CREATE FUNCTION authz_pairing_decide(
-    p_tenant text, p_approval_id text, p_policy jsonb, p_status text, p_actor text, p_reason text,
-    p_subject_status text, p_subject_source text, p_ttl_seconds integer,
+    p_tenant text, p_approval_id text, p_policy jsonb, p_approvers text[], p_status text, p_actor text,
+    p_reason text, p_subject_status text, p_subject_source text, p_ttl_seconds integer,
     p_trace text, p_details jsonb)
 RETURNS SETOF approvals
 LANGUAGE plpgsql VOLATILE AS $$
@@ -121,6 +129,10 @@ BEGIN
     PERFORM 1 FROM channels c
      WHERE c.tenant_id = p_tenant AND c.channel_id = a.channel_id AND c.policy = p_policy;
     IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    IF p_approvers IS NOT NULL AND NOT EXISTS (
+        SELECT 1 FROM tenants t WHERE t.tenant_id = p_tenant AND t.approvers = p_approvers) THEN
         RETURN;
     END IF;
     -- Locked as the general path locks it: a concurrent block is seen, not overwritten.
@@ -148,13 +160,13 @@ $$;
 
 REVOKE ALL ON FUNCTION authz_put_subject(text, text, text, text, text, text, text[], integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION authz_pairing_create(text, text, jsonb, text, text, text, bytea, bytea, timestamptz,
-                                            integer, integer, text, text, jsonb) FROM PUBLIC;
+                                            integer, integer, integer, text, text, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION authz_approval_state(text, text) FROM PUBLIC;
-REVOKE ALL ON FUNCTION authz_pairing_decide(text, text, jsonb, text, text, text, text, text, integer, text,
-                                            jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION authz_pairing_decide(text, text, jsonb, text[], text, text, text, text, text, integer,
+                                            text, jsonb) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION authz_put_subject(text, text, text, text, text, text, text[], integer) TO authz_service;
 GRANT EXECUTE ON FUNCTION authz_pairing_create(text, text, jsonb, text, text, text, bytea, bytea, timestamptz,
-                                               integer, integer, text, text, jsonb) TO authz_service;
+                                               integer, integer, integer, text, text, jsonb) TO authz_service;
 GRANT EXECUTE ON FUNCTION authz_approval_state(text, text) TO authz_service;
-GRANT EXECUTE ON FUNCTION authz_pairing_decide(text, text, jsonb, text, text, text, text, text, integer, text,
-                                               jsonb) TO authz_service;
+GRANT EXECUTE ON FUNCTION authz_pairing_decide(text, text, jsonb, text[], text, text, text, text, text, integer,
+                                               text, jsonb) TO authz_service;
