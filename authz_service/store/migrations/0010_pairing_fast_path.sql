@@ -8,9 +8,13 @@
 -- handles every case. The decisions stay in the service: these functions only
 -- refuse to write on state that moved.
 
--- A channel's live requests, counted under its cap on every new request. The
--- count used to scan every approval the channel ever had (through
--- approvals_by_code), so RequestPairing slowed down as history grew.
+-- Live requests, per tenant and channel: counted under a channel's cap on
+-- every new request (that count used to scan every approval the channel ever
+-- had, through approvals_by_code, so RequestPairing slowed down as history
+-- grew) and per tenant for the pending gauge. Partial, so a decided request
+-- leaves it: the index stays as small as the live requests, and a decision
+-- writes one index entry less than with approvals_pending, which it replaces.
+DROP INDEX approvals_pending;
 CREATE INDEX approvals_pending_by_channel ON approvals (tenant_id, channel_id, expires_at)
     WHERE status = 'pending';
 
@@ -63,7 +67,8 @@ BEGIN
        OR EXISTS (SELECT 1 FROM approvals a
                    WHERE a.tenant_id = p_tenant AND a.channel_id = p_channel AND a.user_id = p_user
                      AND a.kind = 'pairing' AND a.status = 'pending')
-       OR (SELECT count(*) FROM approvals a
+       -- count(approval_id): see queries.count_live_pending.
+       OR (SELECT count(a.approval_id) FROM approvals a
             WHERE a.tenant_id = p_tenant AND a.channel_id = p_channel
               AND a.status = 'pending' AND a.expires_at > now()) >= p_max_pending
     THEN
