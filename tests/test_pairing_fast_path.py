@@ -21,10 +21,13 @@ import grpc
 import pytest
 
 from authz_service.cache import PairingMemo, StateCache
-from authz_service.domain.errors import PermissionDenied
+from authz_service.domain.errors import InvalidArgument, PermissionDenied
 from authz_service.domain.model import (
     ApprovalAction,
     ApprovalStatus,
+    Channel,
+    ChannelPolicy,
+    Platform,
     Principal,
     Role,
     SubjectSource,
@@ -59,6 +62,11 @@ async def owner(dsns: Dsns) -> AsyncIterator[asyncpg.Connection]:
     await conn.close()
 
 
+def channel(t: Tenant, channel_id: str = "tg", platform: Platform = Platform.TELEGRAM) -> Channel:
+    """The channel a guarded write was decided on (only its id and platform reach SQL)."""
+    return Channel(t.tenant_id, channel_id, platform, ChannelPolicy())
+
+
 async def policy_and_now(db: Database, tenant_id: str, channel_id: str = "tg") -> tuple[str, datetime]:
     row = await q.check_state(db, tenant_id, channel_id, "nobody", "")
     assert row is not None
@@ -74,10 +82,11 @@ async def create(
     *,
     max_pending: int = 10,
     ttl: int = 600,
+    platform: Platform = Platform.TELEGRAM,
 ) -> tuple[str, str]:
     approval_id = "ap" + secrets.token_hex(8)
     outcome = await q.pairing_create(
-        db, t.tenant_id, "tg", policy, user, approval_id, "Name", b"seed" * 4, secrets.token_bytes(32),
+        db, t.tenant_id, channel(t, platform=platform), policy, user, approval_id, "Name", b"seed" * 4, secrets.token_bytes(32),
         now + timedelta(minutes=10), ttl, 1, max_pending, f"telegram:{user}", "trace", {"display_name": "Name"},
     )  # fmt: skip
     return outcome, approval_id
@@ -139,11 +148,15 @@ async def test_create_refuses_and_writes_nothing_when_the_state_moved(
     assert (await create(db, tenant, policy, now, "8", max_pending=4))[0] == "state_changed"
     assert (await create(db, tenant, policy, now, "8", max_pending=5))[0] == "created"
 
+    # Decided for another platform (it qualifies user ids and approvers), or the
+    # platform changed after the read while the policy stayed the same.
+    assert (await create(db, tenant, policy, now, "10", platform=Platform.DISCORD))[0] == "policy_changed"
+
     # The service's clock is off by more than 2 s from the database's: the expiry would be wrong.
     for skew in (-3, 3):
         assert (await create(db, tenant, policy, now + timedelta(seconds=skew), "9"))[0] == "clock_skew"
 
-    for user in ("1", "9"):
+    for user in ("1", "9", "10"):
         assert await rows(owner, tenant, "approvals", user) == []
         assert await rows(owner, tenant, "audit_events", user) == []
     assert len(await rows(owner, tenant, "approvals", "3")) == 1
@@ -158,13 +171,25 @@ async def decide(
     status: ApprovalStatus,
     ttl: int = 0,
     approvers: tuple[str, ...] | None = None,
+    on: Channel | None = None,
 ) -> object:
     subject = {
         ApprovalStatus.APPROVED: (SubjectStatus.ALLOWED, SubjectSource.PAIRING, ttl),
         ApprovalStatus.BLOCKED: (SubjectStatus.BLOCKED, SubjectSource.ADMIN, 0),
     }.get(status)
     return await q.pairing_decide(
-        db, t.tenant_id, approval_id, policy, approvers, status, "key:k1", "", subject, "trace", {}
+        db,
+        t.tenant_id,
+        approval_id,
+        on or channel(t),
+        policy,
+        approvers,
+        status,
+        "key:k1",
+        "",
+        subject,
+        "trace",
+        {},
     )
 
 
@@ -230,8 +255,15 @@ async def test_decide_refuses_and_writes_nothing_when_the_state_moved(
     await tenant.channel(owner_id=OWNER, pairing_ttl_seconds=60)
     assert await decide(db, tenant, ids["5"], policy, ApprovalStatus.APPROVED) is None
 
-    # The tenant's approvers changed after the read (they decide who may press, for connector keys).
+    # Decided for another channel, or for another platform with the same policy.
     policy, _ = await policy_and_now(db, tenant.tenant_id)
+    assert (
+        await decide(db, tenant, ids["6"], policy, ApprovalStatus.APPROVED, on=channel(tenant, "dm")) is None
+    )
+    stale = channel(tenant, platform=Platform.DISCORD)
+    assert await decide(db, tenant, ids["6"], policy, ApprovalStatus.APPROVED, on=stale) is None
+
+    # The tenant's approvers changed after the read (they decide who may press, for connector keys).
     await tenant.admin.admin.SetTenantSettings(adm.TenantSettings(approvers=["telegram:500"]))
     assert await decide(db, tenant, ids["6"], policy, ApprovalStatus.APPROVED, approvers=()) is None
 
@@ -416,3 +448,38 @@ async def test_a_remembered_request_is_decided_in_one_statement_and_stale_approv
         tenant.tenant_id,
     )
     assert audited == 1
+
+
+async def test_a_remembered_platform_that_changed_is_never_used(
+    tenant: Tenant, owner: asyncpg.Connection, logged: tuple[Database, list[str]]
+) -> None:
+    """The platform qualifies user ids and approvers ("telegram:5000500"), and a
+    channel can change platform with its policy unchanged: the guarded writes
+    compare it too."""
+    db, _ = logged
+    await tenant.channel(owner_id="1000001")
+    await tenant.admin.admin.SetTenantSettings(adm.TenantSettings(approvers=["telegram:5000500"]))
+    memo = PairingMemo()
+    ctx = context(db, tenant, Role.CONNECTOR, memo)
+    first = await pairing.request_pairing(ctx, "tg", "41", "A", "hi")
+    second = await pairing.request_pairing(ctx, "tg", "42", "B", "hi")
+    denied = await pairing.resolve(
+        ctx, ResolveTarget(approval_id=first.approval_id), ApprovalAction.DENY, "5000500", ""
+    )
+    assert denied.approval.status is ApprovalStatus.DENIED  # the memo now holds the channel and the approvers
+
+    await tenant.channel(platform=cm.PLATFORM_DISCORD, owner_id="1000001")
+    with pytest.raises(PermissionDenied):  # discord:5000500 is nobody's approver
+        await pairing.resolve(
+            ctx, ResolveTarget(approval_id=second.approval_id), ApprovalAction.APPROVE, "5000500", ""
+        )
+    with pytest.raises(InvalidArgument):  # not a Discord user id
+        await pairing.request_pairing(ctx, "tg", "43", "C", "hi")
+    status = await owner.fetchval("SELECT status FROM approvals WHERE approval_id = $1", second.approval_id)
+    assert status == "pending"
+    assert (
+        await owner.fetchval(
+            "SELECT count(*) FROM approvals WHERE tenant_id = $1 AND user_id = '43'", tenant.tenant_id
+        )
+        == 0
+    )

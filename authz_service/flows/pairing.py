@@ -280,10 +280,20 @@ async def _request_fresh(
             ctx.cache.observe_db_clock(now)
         if memo is not None:
             memo.remember_channel(t, channel_id, channel, policy_json)
-    ids.user_id(channel.platform, user_id)
     policy = channel.policy
-    requester = Requester(channel.platform, user_id, email, phone_number)
-    if policy.dm_policy is not DmPolicy.PAIRING or matching_rule(policy.auto_approve, requester) is not None:
+    try:
+        ids.user_id(channel.platform, user_id)
+        requester = Requester(channel.platform, user_id, email, phone_number)
+        common = (
+            policy.dm_policy is DmPolicy.PAIRING and matching_rule(policy.auto_approve, requester) is None
+        )
+    except InvalidArgument:
+        if known is None:  # judged on the channel as stored now
+            raise
+        common = False
+    if not common:
+        if known is not None and memo is not None:  # perhaps stale: the general path reads
+            memo.forget_channel(t, channel_id)
         return None
     seed = new_code_seed()
     code = ctx.keyring.code_from_seed(seed)
@@ -294,7 +304,7 @@ async def _request_fresh(
         required_approvals=policy.required_approvals,
     )  # fmt: skip
     outcome = await q.pairing_create(
-        ctx.db, t, channel_id, policy_json, user_id, approval.approval_id, display_name, seed,
+        ctx.db, t, channel, policy_json, user_id, approval.approval_id, display_name, seed,
         ctx.keyring.code_hash(t, channel_id, code), approval.expires_at, ttl, policy.required_approvals,
         policy.max_pending, f"{channel.platform.value}:{user_id}", ctx.trace_id,
         _request_details(display_name, approval.expires_at, policy.required_approvals, renewal=False),
@@ -482,7 +492,10 @@ async def _decide_single(
     check_action("pairing", action)
     if connector:
         assert approvers is not None
-        if not may_resolve(channel, approvers, actor_id):
+        if not may_resolve(channel, approvers, actor_id):  # refused and audited by the general path
+            if known is not None and memo is not None:  # perhaps stale: the general path reads
+                memo.forget_channel(t, channel.channel_id)
+                memo.forget_approvers(t)
             return None
         actor = f"{channel.platform.value}:{actor_id}"
     else:
@@ -496,7 +509,7 @@ async def _decide_single(
         ApprovalAction.BLOCK: (SubjectStatus.BLOCKED, SubjectSource.ADMIN, 0),
     }.get(action)
     done = await q.pairing_decide(
-        ctx.db, t, approval_id, policy_json, approvers if connector else None, action.resulting_status, actor,
+        ctx.db, t, approval_id, channel, policy_json, approvers if connector else None, action.resulting_status, actor,
         reason, subject, ctx.trace_id, {"reason": reason} if reason else {},
     )  # fmt: skip
     if memo is not None:

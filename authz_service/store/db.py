@@ -42,6 +42,7 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.AdminShutdownError,
     asyncpg.CrashShutdownError,
     asyncpg.TooManyConnectionsError,
+    asyncpg.QueryCanceledError,  # the server's statement_timeout, or an operator's cancel
 )
 _CONFLICT = (asyncpg.SerializationError, asyncpg.DeadlockDetectedError)
 

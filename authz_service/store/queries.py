@@ -573,7 +573,7 @@ async def finish_approval(
 async def pairing_create(
     db: Database,
     tenant_id: str,
-    channel_id: str,
+    channel: Channel,
     policy_json: str,
     user_id: str,
     approval_id: str,
@@ -590,15 +590,15 @@ async def pairing_create(
 ) -> str:
     """RequestPairing's common case in one statement (migration 0010): the
     request and its audit row, written only if the user still has no subject
-    row and no pending request, the channel's policy is still ``policy_json``,
-    it is under its cap and ``expires_at`` is within 2 s of the database's
+    row and no pending request, the channel's platform is still
+    ``channel.platform`` and its policy ``policy_json``, it is under its cap and ``expires_at`` is within 2 s of the database's
     ``now()`` + ``ttl_seconds``. Returns ``created``, or why nothing was
     written: ``policy_changed``, ``state_changed`` or ``clock_skew``."""
     row = await db.fetchrow_as(
         tenant_id,
-        """SELECT authz_pairing_create($1, $2, $3::jsonb, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,
-                                       $15::jsonb)""",
-        tenant_id, channel_id, policy_json, user_id, approval_id, display_name, code_seed, code_hash,
+        """SELECT authz_pairing_create($1, $2, $3, $4::jsonb, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,
+                                       $15, $16::jsonb)""",
+        tenant_id, channel.channel_id, channel.platform.value, policy_json, user_id, approval_id, display_name, code_seed, code_hash,
         expires_at, ttl_seconds, required_approvals, max_pending, actor, trace_id, json.dumps(details),
     )  # fmt: skip
     assert row is not None
@@ -618,6 +618,7 @@ async def pairing_decide(
     db: Database,
     tenant_id: str,
     approval_id: str,
+    channel: Channel,
     policy_json: str,
     approvers: tuple[str, ...] | None,
     status: ApprovalStatus,
@@ -630,16 +631,18 @@ async def pairing_decide(
     """The single decision on a live pairing request with no votes that needs
     one (migration 0010): the request, the requester's ``subject`` (status,
     source, TTL in seconds) and the audit row in one statement, written only if
-    the channel's policy is still ``policy_json`` and the tenant's approvers
-    still ``approvers`` (None: not checked). None: the state moved (nothing
+    the request is on ``channel``, whose platform is still ``channel.platform``
+    and policy ``policy_json``, and the tenant's approvers are still
+    ``approvers`` (None: not checked). None: the state moved (nothing
     was written)."""
     status_, source, ttl = (
         (None, None, 0) if subject is None else (subject[0].value, subject[1].value, subject[2])
     )
     row = await db.fetchrow_as(
         tenant_id,
-        "SELECT * FROM authz_pairing_decide($1, $2, $3::jsonb, $4, $5, $6, $7, $8, $9, $10, $11, $12::jsonb)",
-        tenant_id, approval_id, policy_json, None if approvers is None else list(approvers), status.value, actor,
+        """SELECT * FROM authz_pairing_decide($1, $2, $3, $4, $5::jsonb, $6, $7, $8, $9, $10, $11, $12, $13,
+                                              $14::jsonb)""",
+        tenant_id, approval_id, channel.channel_id, channel.platform.value, policy_json, None if approvers is None else list(approvers), status.value, actor,
         reason, status_, source, ttl, trace_id, json.dumps(details),
     )  # fmt: skip
     return None if row is None else approval_from_row(row)

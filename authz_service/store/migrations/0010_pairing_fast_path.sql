@@ -37,7 +37,8 @@ LANGUAGE sql VOLATILE AS $$
 $$;
 
 -- RequestPairing for a user with no subject row and no pending request, on a
--- channel whose policy is still p_policy, under its cap of live requests.
+-- channel whose platform and policy are still p_platform and p_policy (the
+-- platform qualifies user ids and approvers), under its cap of live requests.
 -- Locks the channel as the general path does (FOR NO KEY UPDATE: it
 -- serializes the cap). p_expires_at comes from the service's estimate of the
 -- database clock: it must be within 2 seconds of now() + p_ttl_seconds.
@@ -45,7 +46,7 @@ $$;
 -- having written nothing, 'policy_changed', 'state_changed' (the user's
 -- standing, a pending request, the cap) or 'clock_skew'.
 CREATE FUNCTION authz_pairing_create(
-    p_tenant text, p_channel text, p_policy jsonb, p_user text, p_approval_id text,
+    p_tenant text, p_channel text, p_platform text, p_policy jsonb, p_user text, p_approval_id text,
     p_display_name text, p_code_seed bytea, p_code_hash bytea, p_expires_at timestamptz,
     p_ttl_seconds integer, p_required integer, p_max_pending integer, p_actor text, p_trace text,
     p_details jsonb)
@@ -54,7 +55,8 @@ LANGUAGE plpgsql VOLATILE AS $$
 BEGIN
     PERFORM set_config('authz.tenant', p_tenant, true);
     PERFORM 1 FROM channels c
-     WHERE c.tenant_id = p_tenant AND c.channel_id = p_channel AND c.policy = p_policy
+     WHERE c.tenant_id = p_tenant AND c.channel_id = p_channel AND c.platform = p_platform
+       AND c.policy = p_policy
        FOR NO KEY UPDATE;
     IF NOT FOUND THEN
         RETURN 'policy_changed';
@@ -107,13 +109,15 @@ $$;
 -- The one decision on a live pairing request that needs a single approval and
 -- has no votes yet: approve, deny or block, with the requester's subject
 -- (p_subject_status NULL: none, for deny) and the audit row. Locks the request
--- as the general path does; refuses (no row) if the channel's policy is no
--- longer p_policy, the tenant's approvers are no longer p_approvers (NULL: not
+-- as the general path does; refuses (no row) if the request is not on
+-- p_channel, the channel's platform and policy are no longer p_platform and
+-- p_policy, the tenant's approvers are no longer p_approvers (NULL: not
 -- checked; the service passes them when they decided who may resolve), the
 -- request is no longer a live pairing request with no votes that needs one, or
 -- an approve meets a user who was blocked meanwhile. Returns the decided request.
 CREATE FUNCTION authz_pairing_decide(
-    p_tenant text, p_approval_id text, p_policy jsonb, p_approvers text[], p_status text, p_actor text,
+    p_tenant text, p_approval_id text, p_channel text, p_platform text, p_policy jsonb, p_approvers text[],
+    p_status text, p_actor text,
     p_reason text, p_subject_status text, p_subject_source text, p_ttl_seconds integer,
     p_trace text, p_details jsonb)
 RETURNS SETOF approvals
@@ -124,15 +128,16 @@ DECLARE
 BEGIN
     PERFORM set_config('authz.tenant', p_tenant, true);
     SELECT * INTO a FROM approvals r
-     WHERE r.tenant_id = p_tenant AND r.approval_id = p_approval_id AND r.kind = 'pairing'
-       AND r.status = 'pending' AND r.expires_at > now()
+     WHERE r.tenant_id = p_tenant AND r.approval_id = p_approval_id AND r.channel_id = p_channel
+       AND r.kind = 'pairing' AND r.status = 'pending' AND r.expires_at > now()
        AND r.required_approvals = 1 AND cardinality(r.approved_by) = 0
        FOR UPDATE;
     IF NOT FOUND THEN
         RETURN;
     END IF;
     PERFORM 1 FROM channels c
-     WHERE c.tenant_id = p_tenant AND c.channel_id = a.channel_id AND c.policy = p_policy;
+     WHERE c.tenant_id = p_tenant AND c.channel_id = p_channel AND c.platform = p_platform
+       AND c.policy = p_policy;
     IF NOT FOUND THEN
         RETURN;
     END IF;
@@ -164,14 +169,14 @@ END
 $$;
 
 REVOKE ALL ON FUNCTION authz_put_subject(text, text, text, text, text, text, text[], integer) FROM PUBLIC;
-REVOKE ALL ON FUNCTION authz_pairing_create(text, text, jsonb, text, text, text, bytea, bytea, timestamptz,
+REVOKE ALL ON FUNCTION authz_pairing_create(text, text, text, jsonb, text, text, text, bytea, bytea, timestamptz,
                                             integer, integer, integer, text, text, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION authz_approval_state(text, text) FROM PUBLIC;
-REVOKE ALL ON FUNCTION authz_pairing_decide(text, text, jsonb, text[], text, text, text, text, text, integer,
+REVOKE ALL ON FUNCTION authz_pairing_decide(text, text, text, text, jsonb, text[], text, text, text, text, text, integer,
                                             text, jsonb) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION authz_put_subject(text, text, text, text, text, text, text[], integer) TO authz_service;
-GRANT EXECUTE ON FUNCTION authz_pairing_create(text, text, jsonb, text, text, text, bytea, bytea, timestamptz,
+GRANT EXECUTE ON FUNCTION authz_pairing_create(text, text, text, jsonb, text, text, text, bytea, bytea, timestamptz,
                                                integer, integer, integer, text, text, jsonb) TO authz_service;
 GRANT EXECUTE ON FUNCTION authz_approval_state(text, text) TO authz_service;
-GRANT EXECUTE ON FUNCTION authz_pairing_decide(text, text, jsonb, text[], text, text, text, text, text, integer,
+GRANT EXECUTE ON FUNCTION authz_pairing_decide(text, text, text, text, jsonb, text[], text, text, text, text, text, integer,
                                                text, jsonb) TO authz_service;
