@@ -56,7 +56,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from multiprocessing.synchronize import Event as MpEvent
 from pathlib import Path
 from typing import Any
@@ -148,6 +148,12 @@ AGENT = "default"
 SEND_TARGET = "telegram:100"
 OWNER = "1000"
 USER_BASE = 10_000_000
+# Decided pairing requests already on the pairing channels when the bench starts:
+# a database in service has history, and its statistics (ANALYZE) show it. On
+# empty tables PostgreSQL plans every lookup as if any index would do, and the
+# plans it caches then stay until autovacuum's first ANALYZE (a minute or more).
+PAIRING_HISTORY = 20_000
+HISTORY_USER_BASE = 90_000_000
 
 
 def tenant_name(i: int) -> str:
@@ -215,6 +221,17 @@ async def load_tenants(
             for u in range(users_per_tenant):
                 yield (t, CHANNEL, user_name(u), "allowed", "admin")
 
+    def history() -> Iterator[tuple[object, ...]]:
+        """Decided (approved) pairing requests, spread over the pairing channels."""
+        at = datetime.now(UTC) - timedelta(days=1)
+        for j in range(PAIRING_HISTORY if pair_channels else 0):
+            user = str(HISTORY_USER_BASE + j)
+            yield (
+                tenants[0], f"apr_bench{j:08d}", "pairing", data.pair_channels[j % pair_channels], user, "Bench",
+                secrets.token_bytes(32), "approved", at, at + timedelta(minutes=5), at, f"telegram:{OWNER}",
+                [f"telegram:{OWNER}"],
+            )  # fmt: skip
+
     conn = await asyncpg.connect(owner_dsn)
     try:
         async with conn.transaction():
@@ -232,6 +249,14 @@ async def load_tenants(
                 records=subjects(),
                 columns=["tenant_id", "channel_id", "user_id", "status", "source"],
             )
+            await conn.copy_records_to_table(
+                "approvals",
+                records=history(),
+                columns=[
+                    "tenant_id", "approval_id", "kind", "channel_id", "user_id", "display_name", "code_hash",
+                    "status", "created_at", "expires_at", "resolved_at", "resolved_by", "approved_by",
+                ],
+            )  # fmt: skip
     finally:
         await conn.close()
     data.tenants = max(data.tenants, first + count)
@@ -243,7 +268,7 @@ async def settle(owner_dsn: str) -> None:
     during a measurement."""
     conn = await asyncpg.connect(owner_dsn)
     try:
-        for table in ("tenants", "api_keys", "channels", "subjects"):
+        for table in ("tenants", "api_keys", "channels", "subjects", "approvals"):
             await conn.execute(f"VACUUM (ANALYZE) {table}")
         await conn.execute("CHECKPOINT")
     finally:

@@ -127,12 +127,14 @@ DECLARE
     standing text;
 BEGIN
     PERFORM set_config('authz.tenant', p_tenant, true);
+    -- By primary key only, checked after the lock (on the row as it is now): with
+    -- the conditions in the query, the planner may pick approvals_by_kind and
+    -- walk every pending request of the tenant, and their dead versions.
     SELECT * INTO a FROM approvals r
-     WHERE r.tenant_id = p_tenant AND r.approval_id = p_approval_id AND r.channel_id = p_channel
-       AND r.kind = 'pairing' AND r.status = 'pending' AND r.expires_at > now()
-       AND r.required_approvals = 1 AND cardinality(r.approved_by) = 0
+     WHERE r.tenant_id = p_tenant AND r.approval_id = p_approval_id
        FOR UPDATE;
-    IF NOT FOUND THEN
+    IF NOT FOUND OR a.channel_id <> p_channel OR a.kind <> 'pairing' OR a.status <> 'pending'
+       OR a.expires_at <= now() OR a.required_approvals <> 1 OR cardinality(a.approved_by) <> 0 THEN
         RETURN;
     END IF;
     PERFORM 1 FROM channels c
