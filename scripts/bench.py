@@ -751,6 +751,8 @@ class Measured:
     connections: DbConnections | None = None
     attempts: int = 1
     host_loop_ms: float = 0.0  # loop_ms() just before the run, on the idle machine
+    host_loop_ms_after: float = 0.0  # and just after it
+    slow_host: bool = False  # the host ran us markedly slower than at its fastest in this bench
     turn_cpu: list[tuple[float, float]] = field(
         default_factory=list
     )  # a mix: (server, postgres) cores per scenario
@@ -782,6 +784,7 @@ class Measured:
             out["db_connections"] = asdict(self.connections)
         if self.host_loop_ms:
             out["host_loop_ms"] = self.host_loop_ms
+            out["host_loop_ms_after"] = self.host_loop_ms_after
         return out
 
     def summaries(self, names: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -801,7 +804,9 @@ class Measured:
                     summary["rps_per_server_core"] = round(result.rps / server, 1)
             summary["mix"] = list(names)
             summary["run"] = {
-                k: v for k, v in whole.items() if k in ("cpu_cores", "db_connections", "host_loop_ms")
+                k: v
+                for k, v in whole.items()
+                if k in ("cpu_cores", "db_connections", "host_loop_ms", "host_loop_ms_after")
             }
             out[name] = summary
         return out
@@ -1346,6 +1351,7 @@ class Run:
 
 
 RETRY_BUDGET_S = 300  # no re-runs of disturbed scenarios after this long: stay under 10 minutes
+SLOW_HOST = 1.3  # a run whose host loop took this many times the bench's fastest is repeated
 
 
 class Bench:
@@ -1370,7 +1376,7 @@ class Bench:
         self.pg_settings: dict[str, str] = {}
         self.log_summary: dict[str, Any] = {}
         self.speed: dict[str, float] = {}
-        self.loops: list[float] = []  # loop_ms() before every run
+        self.loops: list[float] = []  # loop_ms() before and after every run
         self.spec: ServerSpec | None = None
         self.nonce = self.rng.randrange(100, 800)  # pairing user ids: unique across runs on one database
 
@@ -1441,13 +1447,17 @@ class Bench:
 
     def run_once(self, run: Run) -> Measured:
         """One measured run. On a shared machine, a single-scenario run that
-        another workload disturbed (``Cpu.disturbed``) is repeated, up to three
+        another workload disturbed (``Cpu.disturbed``), or that the host ran
+        markedly slower than at its fastest in this bench (``SLOW_HOST``: the
+        fixed loop before or after the run took that much longer; a VM's
+        neighbours do this, invisibly from inside), is repeated, up to three
         runs; the least disturbed one counts. A mix is not repeated: its
         scenarios took turns, so a disturbance hit them alike."""
         o, load = self.opts, run.load
         processes = run.processes or o.processes
         name = "+".join(run.names)
         best: Measured | None = None
+        best_disturbed = False
         for attempt in range(1, 2 if load.kinds > 1 else 4):
             # Past the retry budget, wait less for a busy machine: stay under 10 minutes.
             waited, busy = quiesce(15.0 if time.monotonic() - self.started < RETRY_BUDGET_S else 2.0)
@@ -1475,8 +1485,10 @@ class Bench:
                 postgres_pid=self.pg_pid,
                 db_dsn=self.owner_dsn,
             )
-            m.host_loop_ms = speed_before
-            self.loops.append(speed_before)
+            speed_after = loop_ms()
+            m.host_loop_ms, m.host_loop_ms_after = speed_before, speed_after
+            m.slow_host = max(speed_before, speed_after) > SLOW_HOST * min(self.loops, default=speed_before)
+            self.loops += [speed_before, speed_after]
             for scenario, s in m.summaries(run.names).items():
                 line = f"  {scenario}: {s['rps']:.0f}/s  p50 {s['p50_ms']:.2f} ms  p99 {s['p99_ms']:.2f} ms"
                 if "cpu_cores" in s:
@@ -1492,11 +1504,20 @@ class Bench:
             if m.result.errors:
                 raise RuntimeError(f"{name}: calls failed: {m.result.errors}")
             m.attempts = attempt
-            if best is None or m.noise < best.noise:
-                best = m
-            if m.cpu is None or not m.cpu.disturbed(strict=load.rate is not None):
+            disturbed = m.cpu is not None and m.cpu.disturbed(strict=load.rate is not None)
+            if best is None or (disturbed, m.slow_host, m.noise) < (
+                best_disturbed,
+                best.slow_host,
+                best.noise,
+            ):
+                best, best_disturbed = m, disturbed
+            if not disturbed and not m.slow_host:
                 break
-            log(f"WARNING: {name} run {attempt} disturbed: other processes used {m.noise:.2f} cores")
+            if disturbed:
+                log(f"WARNING: {name} run {attempt} disturbed: other processes used {m.noise:.2f} cores")
+            else:
+                log(f"WARNING: {name} run {attempt} on a slow host: the fixed loop took "
+                    f"{max(m.host_loop_ms, m.host_loop_ms_after):.0f} ms (fastest {min(self.loops):.0f} ms)")  # fmt: skip
             if time.monotonic() - self.started > RETRY_BUDGET_S:
                 break
         assert best is not None
