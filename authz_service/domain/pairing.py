@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import base64
 import enum
-import hashlib
 import hmac
 import secrets
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .errors import InvalidArgument
 from .model import ApprovalAction, Channel
@@ -55,6 +54,11 @@ def _unb64(text: str) -> bytes | None:
     return raw if _b64(raw) == text else None
 
 
+def _mac(key: bytes, msg: bytes) -> bytes:
+    """HMAC-SHA256 (the one-shot C implementation)."""
+    return hmac.digest(key, msg, "sha256")
+
+
 def new_approval_id() -> str:
     return "apr_" + _b64(secrets.token_bytes(16))
 
@@ -68,33 +72,38 @@ class Keyring:
     """Purpose-separated keys derived from the deployment's secret key."""
 
     secret: bytes
+    # Derived once per purpose: every code, lookup and button would otherwise derive its key again.
+    _subkeys: dict[str, bytes] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if len(self.secret) < 32:
             raise ValueError("the secret key must be at least 32 bytes")
 
     def _sub(self, purpose: str) -> bytes:
-        return hmac.new(self.secret, b"authz/v1/" + purpose.encode(), hashlib.sha256).digest()
+        key = self._subkeys.get(purpose)
+        if key is None:
+            key = self._subkeys[purpose] = _mac(self.secret, b"authz/v1/" + purpose.encode())
+        return key
 
     def code_from_seed(self, seed: bytes) -> str:
         key = self._sub("pairing-code")
         out: list[str] = []
         counter = 0
         while len(out) < CODE_LENGTH:
-            block = hmac.new(key, seed + counter.to_bytes(4, "big"), hashlib.sha256).digest()
+            block = _mac(key, seed + counter.to_bytes(4, "big"))
             out.extend(CODE_ALPHABET[b % len(CODE_ALPHABET)] for b in block if b < _REJECT_AT)
             counter += 1
         return "".join(out[:CODE_LENGTH])
 
     def code_hash(self, tenant_id: str, channel_id: str, code: str) -> bytes:
         msg = f"{tenant_id}\x00{channel_id}\x00{code}".encode()
-        return hmac.new(self._sub("pairing-code-lookup"), msg, hashlib.sha256).digest()
+        return _mac(self._sub("pairing-code-lookup"), msg)
 
     def invite_hash(self, tenant_id: str, channel_id: str, code: str) -> bytes:
         """The stored, searchable form of an invite code (canonical form, see
         domain.invites), bound to its tenant and channel."""
         msg = f"{tenant_id}\x00{channel_id}\x00{code}".encode()
-        return hmac.new(self._sub("invite-code-lookup"), msg, hashlib.sha256).digest()
+        return _mac(self._sub("invite-code-lookup"), msg)
 
     def pseudonym(self, tenant_id: str, platform: str, user_id: str) -> str:
         """A purged user's stand-in in the audit trail: ``anon:<16 hex>``.
@@ -105,11 +114,11 @@ class Keyring:
         the server key (a platform id space is small enough to enumerate, so a
         plain hash would not do)."""
         msg = f"{tenant_id}\x00{platform}\x00{user_id}".encode()
-        return "anon:" + hmac.new(self._sub("pseudonym"), msg, hashlib.sha256).hexdigest()[:16]
+        return "anon:" + _mac(self._sub("pseudonym"), msg).hex()[:16]
 
     def _callback_mac(self, tenant_id: str, approval_id: str, action: ApprovalAction) -> bytes:
         msg = f"{tenant_id}\x00{approval_id}\x00{action.value}".encode()
-        return hmac.new(self._sub("callback"), msg, hashlib.sha256).digest()[:16]
+        return _mac(self._sub("callback"), msg)[:16]
 
     def callback_payload(self, tenant_id: str, approval_id: str, action: ApprovalAction) -> str:
         token = approval_id.removeprefix("apr_")
