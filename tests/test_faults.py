@@ -93,7 +93,8 @@ class Serve:
         self._reader = asyncio.create_task(self._read(self.proc.stdout, ready))
         async with asyncio.timeout(60):
             await ready.wait()
-        if self._reader.done():
+        # Ready is also set at EOF, and the reader may not have finished yet: judge by the log.
+        if "authz service listening on" not in self.log():
             raise AssertionError("authz serve exited during start-up:\n" + self.log())
 
     async def _read(self, stream: asyncio.StreamReader, ready: asyncio.Event) -> None:
@@ -707,6 +708,9 @@ async def test_sigkill_mid_load_keeps_every_acknowledged_write_and_half_applies_
     assert len(writes) >= 20, "too little load before the kill"
     assert any(c.code in UNKNOWN for c in load.calls if c.started < killed_at), "nothing was in flight"
 
+    # A fresh port: the killed server's may have been handed out since (an ephemeral
+    # port of some other connection), and the restart would then fail to bind.
+    serve.env["AUTHZ_LISTEN"] = f"127.0.0.1:{free_port()}"
     await serve.start()
     connector, admin, agent, approver = clients()
     try:
