@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse, urlunparse
 
+import asyncpg
 import grpc
 import pytest
 
@@ -54,6 +55,15 @@ async def dsns() -> AsyncIterator[Dsns]:
         await embedded.ensure_database(emb)
         await migrate(emb.owner_dsn)
         yield Dsns(emb.owner_dsn, emb.service_dsn)
+
+
+@pytest.fixture
+async def owner(dsns: Dsns) -> AsyncIterator[asyncpg.Connection]:
+    """A connection as the schema owner (a superuser: row-level security does not
+    apply), to plant state the service would not leave and to read the evidence."""
+    conn = await asyncpg.connect(dsns.owner)
+    yield conn
+    await conn.close()
 
 
 @dataclass(frozen=True)

@@ -134,13 +134,6 @@ async def export(t: Tenant, user: str = USER, channel: str = "tg") -> dict[str, 
     return doc
 
 
-@pytest.fixture
-async def owner(dsns: Dsns) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(dsns.owner)
-    yield conn
-    await conn.close()
-
-
 async def scoped(conn: asyncpg.Connection, tenant_id: str, sql: str, *args: object) -> list[asyncpg.Record]:
     async with conn.transaction():
         await conn.execute("SELECT set_config('authz.tenant', $1, true)", tenant_id)

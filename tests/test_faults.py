@@ -159,13 +159,6 @@ async def proxy(dsns: Dsns) -> AsyncIterator[PgProxy]:
     await p.close()
 
 
-@pytest.fixture
-async def owner(dsns: Dsns) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(dsns.owner)
-    yield conn
-    await conn.close()
-
-
 # --- load: every call recorded ------------------------------------------------------
 
 

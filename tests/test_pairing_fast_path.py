@@ -54,14 +54,6 @@ async def db(dsns: Dsns) -> AsyncIterator[Database]:
     await database.close()
 
 
-@pytest.fixture
-async def owner(dsns: Dsns) -> AsyncIterator[asyncpg.Connection]:
-    """The schema owner: to plant state the service's own RPCs would not leave."""
-    conn = await asyncpg.connect(dsns.owner)
-    yield conn
-    await conn.close()
-
-
 def channel(t: Tenant, channel_id: str = "tg", platform: Platform = Platform.TELEGRAM) -> Channel:
     """The channel a guarded write was decided on (only its id and platform reach SQL)."""
     return Channel(t.tenant_id, channel_id, platform, ChannelPolicy())
