@@ -201,8 +201,8 @@ class StateCache:
 class PairingMemo:
     """What pairing's guarded writes (migration 0010) were last decided on, per
     process, kept without invalidation: each write checks in PostgreSQL that it
-    still holds (the channel's stored policy, the tenant's approvers) and
-    refuses otherwise. The caller then forgets the entry and takes the path
+    still holds (the channel, its platform and stored policy, the request's
+    channel, the tenant's approvers) and refuses otherwise. The caller then forgets the entry and takes the path
     that reads. A stale entry costs a round trip, never a wrong answer; unlike
     ``StateCache`` it needs neither NOTIFY nor the listener.
 

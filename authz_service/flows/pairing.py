@@ -21,6 +21,14 @@ Lifecycle (#5):
   qualify are dropped, and the request stays pending with the rest.
 * Auto-approve: a matching rule (domain.autoapprove) approves at once, as
   ``auto:<rule>``, audited as ``pairing.auto_approved`` with the rule only.
+
+One-statement paths (#6): a stranger's request (``_request_fresh``) and a
+decision on a live request that needs one approval and has no votes
+(``_decide_single``) are decided here and written by one guarded SQL function
+each (migration 0010), which takes the same locks and writes nothing if what
+the decision used has moved; what they decide on is read in one statement or
+remembered by the process (``cache.PairingMemo``). When they decline, the
+general path below runs, in one transaction, and handles every case.
 """
 
 from __future__ import annotations
