@@ -3,9 +3,9 @@
 -- guarded write: it sets the tenant (row-level security applies as in a
 -- transaction the service opens; SECURITY INVOKER), takes the same locks as
 -- the general path, checks that the state the service decided on still holds,
--- and only then writes. When anything differs it writes nothing and returns
--- no row; the service then runs the general path (flows/pairing.py), which
--- handles every case. The decisions stay in the service: these functions only
+-- and only then writes. When anything differs it writes nothing and says so
+-- (no row, or the reason); the service then runs the general path
+-- (flows/pairing.py), which handles every case. The decisions stay in the service: these functions only
 -- refuse to write on state that moved.
 
 -- Live requests, per tenant and channel: counted under a channel's cap on
