@@ -1,5 +1,5 @@
-"""Running `authz apply|export|doctor` in-process against the test service
-(``main([...])`` in a worker thread: the service runs on the test's event loop)."""
+"""Running `authz ...` in-process against the test service (``main([...])`` in a
+worker thread: the service runs on the test's event loop), and reading the audit trail."""
 
 from __future__ import annotations
 

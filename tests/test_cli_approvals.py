@@ -12,46 +12,29 @@ import re
 import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 
 import pytest
 
-from authz_service.cli.main import main
 from authz_service.client import connect
 from authz_service.gen.authz.v1 import admin_pb2 as adm
 from authz_service.gen.authz.v1 import authz_pb2 as az
 from authz_service.gen.authz.v1 import common_pb2 as cm
 
 from .conftest import Service, Tenant
+from .policy_helpers import Cli, make_cli
 
 UNKNOWN_APPROVAL = "apr_" + "A" * 22
 UNKNOWN_GRANT = "grt_" + "A" * 22
 AGENTS_HEADER = "agent approvers (tool calls of these agents; other agents use the tenant approvers):"
 
 
-@dataclass(frozen=True)
-class Result:
-    code: int
-    out: str
-    err: str
-
-
-Cli = Callable[..., Awaitable[Result]]
 Watch = Callable[..., Awaitable[asyncio.subprocess.Process]]
 
 
 @pytest.fixture
 def cli(service: Service, tenant: Tenant, capsys: pytest.CaptureFixture[str]) -> Cli:
     """Run `authz ARGV... --address A --api-key K` (the tenant's admin key unless `key=`)."""
-
-    async def run(*argv: str, key: str | None = None) -> Result:
-        capsys.readouterr()
-        args = [*argv, "--address", service.address, "--api-key", key or tenant.keys["admin"]]
-        code = await asyncio.to_thread(main, args)
-        out, err = capsys.readouterr()
-        return Result(code, out, err)
-
-    return run
+    return make_cli(service, tenant, capsys)
 
 
 def actor(secret: str) -> str:

@@ -508,17 +508,9 @@ async def _decide_single(
         actor = f"{channel.platform.value}:{actor_id}"
     else:
         actor = ctx.principal.actor
-    subject = {
-        ApprovalAction.APPROVE: (
-            SubjectStatus.ALLOWED,
-            SubjectSource.PAIRING,
-            channel.policy.pairing_ttl_seconds,
-        ),
-        ApprovalAction.BLOCK: (SubjectStatus.BLOCKED, SubjectSource.ADMIN, 0),
-    }.get(action)
     done = await q.pairing_decide(
         ctx.db, t, approval_id, channel, policy_json, approvers if connector else None, action.resulting_status, actor,
-        reason, subject, ctx.trace_id, {"reason": reason} if reason else {},
+        reason, _standing(action, channel), ctx.trace_id, {"reason": reason} if reason else {},
     )  # fmt: skip
     if memo is not None:
         memo.forget_approval(t, approval_id)  # decided, or left to the general path: done with here
@@ -526,6 +518,17 @@ async def _decide_single(
             memo.forget_channel(t, channel.channel_id)
             memo.forget_approvers(t)
     return None if done is None else _decided(action, actor, done)
+
+
+def _standing(action: ApprovalAction, channel: Channel) -> tuple[SubjectStatus, SubjectSource, int] | None:
+    """The requester's subject row a decision writes (status, source, TTL in
+    seconds; 0: none). DENY writes none: the code is consumed and no record is
+    invented."""
+    if action is ApprovalAction.APPROVE:
+        return SubjectStatus.ALLOWED, SubjectSource.PAIRING, channel.policy.pairing_ttl_seconds
+    if action is ApprovalAction.BLOCK:
+        return SubjectStatus.BLOCKED, SubjectSource.ADMIN, 0
+    return None
 
 
 def _decided(action: ApprovalAction, actor: str, done: Approval) -> ResolveResult:
@@ -682,18 +685,13 @@ async def _decide(
     )
     if done is None:
         return FailedPrecondition("approval was resolved concurrently"), None
-    if action is ApprovalAction.APPROVE:
+    standing = _standing(action, channel)
+    if standing is not None:
+        status, source, ttl = standing
         await q.put_subject(
-            conn, t, approval.channel_id, approval.user_id, status=SubjectStatus.ALLOWED,
-            source=SubjectSource.PAIRING, display_name=approval.display_name, permissions=[],
-            ttl_seconds=channel.policy.pairing_ttl_seconds,
+            conn, t, approval.channel_id, approval.user_id, status=status, source=source,
+            display_name=approval.display_name, permissions=[], ttl_seconds=ttl,
         )  # fmt: skip
-    elif action is ApprovalAction.BLOCK:
-        await q.put_subject(
-            conn, t, approval.channel_id, approval.user_id, status=SubjectStatus.BLOCKED,
-            source=SubjectSource.ADMIN, display_name=approval.display_name, permissions=[],
-        )  # fmt: skip
-    # DENY writes nothing else: the code is consumed and no record is invented.
     details = {"reason": reason} if reason else {}
     if required > 1:
         details.update(required_approvals=required, approved_by=list(done.approved_by))
