@@ -1,5 +1,5 @@
-"""Running `authz ...` in-process against the test service (``main([...])`` in a
-worker thread: the service runs on the test's event loop), and reading the audit trail."""
+"""Running `authz ...` in-process against the test service (click's ``CliRunner``
+in a worker thread: the service runs on the test's event loop), and reading the audit trail."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-import pytest
+from click.testing import CliRunner
 
-from authz_service.cli.main import main
+from authz_service.cli.main import cli
 from authz_service.gen.authz.v1 import admin_pb2 as adm
 
 from .conftest import Service, Tenant
@@ -29,15 +29,19 @@ class Result:
 Cli = Callable[..., Awaitable[Result]]
 
 
-def make_cli(service: Service, tenant: Tenant, capsys: pytest.CaptureFixture[str]) -> Cli:
+async def run_authz(*argv: str, stdin: str | None = None) -> Result:
+    """`authz ARGV...` as the console script runs it: exit code, stdout and stderr.
+    An exception the CLI does not report itself fails the test."""
+    result = await asyncio.to_thread(CliRunner().invoke, cli, list(argv), stdin, catch_exceptions=False)
+    return Result(result.exit_code, result.stdout, result.stderr)
+
+
+def make_cli(service: Service, tenant: Tenant) -> Cli:
     """`authz ARGV... --address A --api-key K` with the tenant's admin key (or ``key=``)."""
 
-    async def run(*argv: str, key: str | None = None) -> Result:
-        capsys.readouterr()
+    async def run(*argv: str, key: str | None = None, stdin: str | None = None) -> Result:
         args = [*argv, "--address", service.address, "--api-key", key or tenant.keys["admin"]]
-        code = await asyncio.to_thread(main, args)
-        out, err = capsys.readouterr()
-        return Result(code, out, err)
+        return await run_authz(*args, stdin=stdin)
 
     return run
 

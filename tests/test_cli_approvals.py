@@ -32,9 +32,9 @@ Watch = Callable[..., Awaitable[asyncio.subprocess.Process]]
 
 
 @pytest.fixture
-def cli(service: Service, tenant: Tenant, capsys: pytest.CaptureFixture[str]) -> Cli:
+def cli(service: Service, tenant: Tenant) -> Cli:
     """Run `authz ARGV... --address A --api-key K` (the tenant's admin key unless `key=`)."""
-    return make_cli(service, tenant, capsys)
+    return make_cli(service, tenant)
 
 
 def actor(secret: str) -> str:

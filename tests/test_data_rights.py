@@ -19,7 +19,6 @@ import asyncpg
 import grpc
 import pytest
 
-from authz_service.cli.main import main
 from authz_service.client import Client, connect
 from authz_service.domain.pairing import Keyring
 from authz_service.gen.authz.v1 import admin_pb2 as adm
@@ -27,6 +26,7 @@ from authz_service.gen.authz.v1 import authz_pb2 as az
 from authz_service.gen.authz.v1 import common_pb2 as cm
 
 from .conftest import Dsns, Service, Tenant, rpc_error
+from .policy_helpers import run_authz
 
 OWNER = "100"
 USER = "734918265"  # long enough not to turn up by chance in timestamps or ids
@@ -618,10 +618,8 @@ async def test_cli_export_delete_and_anonymize(
     monkeypatch.setenv("AUTHZ_API_KEY", tenant.keys["admin"])
 
     async def cli(*argv: str) -> tuple[int, str, str]:
-        capsys.readouterr()
-        code = await asyncio.to_thread(main, list(argv))
-        out, err = capsys.readouterr()
-        return code, out, err
+        r = await run_authz(*argv)
+        return r.code, r.out, r.err
 
     code, out, err = await cli("users", "export", "tg", USER)
     assert code == 0, err

@@ -16,8 +16,8 @@ from .policy_helpers import Cli, make_cli
 
 
 @pytest.fixture
-def cli(service: Service, tenant: Tenant, capsys: pytest.CaptureFixture[str]) -> Cli:
-    return make_cli(service, tenant, capsys)
+def cli(service: Service, tenant: Tenant) -> Cli:
+    return make_cli(service, tenant)
 
 
 NO_TOOLS = cm.Binding(user_id="*", group_id="*", tools=cm.ToolList(denied=["*"]))

@@ -22,7 +22,6 @@ import asyncpg
 import grpc
 import pytest
 
-from authz_service.cli.main import main
 from authz_service.client import Client, connect
 from authz_service.domain.invites import format_invite_code, new_invite_code
 from authz_service.gen.authz.v1 import admin_pb2 as adm
@@ -30,6 +29,7 @@ from authz_service.gen.authz.v1 import authz_pb2 as az
 from authz_service.gen.authz.v1 import common_pb2 as cm
 
 from .conftest import Dsns, Service, Tenant, rpc_error
+from .policy_helpers import run_authz
 from .test_brute_force import Limited, _limited
 from .test_replicas import new_tenant, two_replicas
 
@@ -401,18 +401,12 @@ async def test_invite_limits_hold_across_processes_and_restarts(dsns: Dsns) -> N
 # --- CLI --------------------------------------------------------------------------------
 
 
-async def test_cli_create_list_revoke(
-    service: Service, tenant: Tenant, capsys: pytest.CaptureFixture[str]
-) -> None:
+async def test_cli_create_list_revoke(service: Service, tenant: Tenant) -> None:
     await tenant.channel("tg")
 
     async def cli(*argv: str) -> tuple[int, str, str]:
-        capsys.readouterr()
-        code = await asyncio.to_thread(
-            main, [*argv, "--address", service.address, "--api-key", tenant.keys["admin"]]
-        )
-        out, err = capsys.readouterr()
-        return code, out, err
+        r = await run_authz(*argv, "--address", service.address, "--api-key", tenant.keys["admin"])
+        return r.code, r.out, r.err
 
     code, out, _ = await cli("invites", "create", "tg", "--max-uses", "5", "--ttl", "2d",
                              "--permission", "beta", "--note", "team")  # fmt: skip

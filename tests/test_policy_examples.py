@@ -16,8 +16,8 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "policies"
 
 
 @pytest.fixture
-def cli(service: Service, tenant: Tenant, capsys: pytest.CaptureFixture[str]) -> Cli:
-    return make_cli(service, tenant, capsys)
+def cli(service: Service, tenant: Tenant) -> Cli:
+    return make_cli(service, tenant)
 
 
 EXPECTED: dict[str, list[tuple[str, str, str]]] = {

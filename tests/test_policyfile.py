@@ -19,8 +19,8 @@ from .policy_helpers import Cli, events_after, last_event_id, make_cli
 
 
 @pytest.fixture
-def cli(service: Service, tenant: Tenant, capsys: pytest.CaptureFixture[str]) -> Cli:
-    return make_cli(service, tenant, capsys)
+def cli(service: Service, tenant: Tenant) -> Cli:
+    return make_cli(service, tenant)
 
 
 def write(tmp_path: Path, text: str, name: str = "policy.yaml") -> Path:

@@ -8,7 +8,6 @@ an hour either side, so no assertion depends on the wall clock."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from datetime import datetime
@@ -19,7 +18,6 @@ import grpc
 import pytest
 
 from authz_service.cache import StateCache
-from authz_service.cli.main import main
 from authz_service.client import Client, connect
 from authz_service.config import Settings
 from authz_service.domain.model import Channel, ChannelPolicy, Platform
@@ -30,6 +28,7 @@ from authz_service.server import RunningServer, start_server
 from authz_service.store.db import Database
 
 from .conftest import Dsns, Service, Tenant, eventually, rpc_error
+from .policy_helpers import run_authz
 
 EXEC = "slack:#exec"
 # No DST in either, 14 hours apart: an hour-wide window around "now" in one is
@@ -452,27 +451,21 @@ def test_a_tenants_notification_forgets_only_that_tenant() -> None:
 # --- `authz timezone` ----------------------------------------------------------------------
 
 
-async def authz(
-    service: Service, tenant: Tenant, capsys: pytest.CaptureFixture[str], *argv: str
-) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = await asyncio.to_thread(
-        main, [*argv, "--address", service.address, "--api-key", tenant.keys["admin"]]
-    )
-    out, err = capsys.readouterr()
-    return code, out, err
+async def authz(service: Service, tenant: Tenant, *argv: str) -> tuple[int, str, str]:
+    r = await run_authz(*argv, "--address", service.address, "--api-key", tenant.keys["admin"])
+    return r.code, r.out, r.err
 
 
-async def test_cli_timezone(service: Service, tenant: Tenant, capsys: pytest.CaptureFixture[str]) -> None:
-    assert await authz(service, tenant, capsys, "timezone") == (0, "UTC\n", "")
+async def test_cli_timezone(service: Service, tenant: Tenant) -> None:
+    assert await authz(service, tenant, "timezone") == (0, "UTC\n", "")
     await tenant.admin.admin.SetTenantSettings(adm.TenantSettings(approvers=["telegram:7"]))
-    assert await authz(service, tenant, capsys, "timezone", "Europe/Berlin") == (0, "Europe/Berlin\n", "")
+    assert await authz(service, tenant, "timezone", "Europe/Berlin") == (0, "Europe/Berlin\n", "")
     stored = await tenant.admin.admin.GetTenantSettings(adm.GetTenantSettingsRequest())
     assert (stored.timezone, list(stored.approvers)) == ("Europe/Berlin", ["telegram:7"])  # the rest kept
-    assert json.loads((await authz(service, tenant, capsys, "timezone", "--json"))[1]) == {
+    assert json.loads((await authz(service, tenant, "timezone", "--json"))[1]) == {
         "timezone": "Europe/Berlin"
     }
-    code, out, err = await authz(service, tenant, capsys, "timezone", "Mars/Olympus")
+    code, out, err = await authz(service, tenant, "timezone", "Mars/Olympus")
     assert (code, out) == (2, "")
     assert "INVALID_ARGUMENT" in err and "timezone" in err
-    assert await authz(service, tenant, capsys, "timezone", "") == (0, "UTC\n", "")
+    assert await authz(service, tenant, "timezone", "") == (0, "UTC\n", "")

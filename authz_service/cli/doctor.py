@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from datetime import UTC, datetime
 from typing import Any
+
+import click
 
 from ..api import convert
 from ..domain import doctor
@@ -20,8 +20,10 @@ from ..domain.model import (
 )
 from ..gen.authz.v1 import admin_pb2 as adm
 from ..gen.authz.v1 import common_pb2 as cm
-from . import policyfile
-from .main import client, ts
+from .errors import NOT_DONE
+from .output import ts
+from .plan import list_senders, rpc_call
+from .session import Session, pass_session, session_options
 
 FAIL_ON = [s.value for s in doctor.Severity] + ["never"]
 
@@ -55,7 +57,7 @@ def _approval(a: cm.Approval) -> Approval:
 
 def snapshot(c: Any, now: datetime) -> doctor.Snapshot:
     """Everything the checks look at, read with the admin API."""
-    rpc = policyfile.rpc_call
+    rpc = rpc_call
     settings = rpc(c.admin.GetTenantSettings, adm.GetTenantSettingsRequest())
     channels = []
     subjects: dict[str, tuple[Subject, ...]] = {}
@@ -67,7 +69,7 @@ def snapshot(c: Any, now: datetime) -> doctor.Snapshot:
         channels.append(Channel("", ch.channel_id, platform, convert.policy_in(ch.policy)))
         users = rpc(c.admin.ListUsers, adm.ListUsersRequest(channel_id=ch.channel_id)).users
         subjects[ch.channel_id] = tuple(_subject(s) for s in users)
-        senders[ch.channel_id] = policyfile.list_senders(c, ch.channel_id)
+        senders[ch.channel_id] = list_senders(c, ch.channel_id)
     pending = rpc(c.admin.ListApprovals, adm.ListApprovalsRequest(
         status=cm.APPROVAL_STATUS_PENDING, kind=cm.APPROVAL_KIND_PAIRING, limit=1000)).approvals  # fmt: skip
     return doctor.Snapshot(
@@ -102,29 +104,26 @@ def render(found: list[doctor.Finding], threshold: doctor.Severity | None) -> li
     return lines
 
 
-def cmd_doctor(args: argparse.Namespace) -> int:
-    threshold = None if args.fail_on == "never" else doctor.Severity(args.fail_on)
-    found = doctor.findings(snapshot(client(args), datetime.now(UTC)))
+@click.command("doctor", help="audit the tenant's policies for risky settings (exit 1 at or above --fail-on)")
+@click.option("--fail-on", type=click.Choice(FAIL_ON), default="high",
+              help="exit 1 when a finding is at or above this severity (default: high; never: always 0)")  # fmt: skip
+@session_options
+@pass_session
+def doctor_command(s: Session, fail_on: str) -> int:
+    threshold = None if fail_on == "never" else doctor.Severity(fail_on)
+    found = doctor.findings(snapshot(s.client(), datetime.now(UTC)))
     failed = doctor.fails(found, threshold)
-    if args.json:
+    if s.json:
         doc = {
             "findings": [
                 {"severity": f.severity.value, "code": f.code, "channel_id": f.channel_id,
                  "message": f.message, "fix": f.fix}
                 for f in found
             ],
-            "summary": {**doctor.summary(found), "total": len(found), "fail_on": args.fail_on, "failed": failed},
+            "summary": {**doctor.summary(found), "total": len(found), "fail_on": fail_on, "failed": failed},
         }  # fmt: skip
-        json.dump(doc, sys.stdout, indent=2)
-        print()
+        click.echo(json.dumps(doc, indent=2))
     else:
         for line in render(found, threshold):
-            print(line)
-    return 1 if failed else 0
-
-
-def add_commands(sub: Any, cmd: policyfile.Cmd) -> None:
-    sp = cmd(sub, "doctor", policyfile.guarded(cmd_doctor),
-             "audit the tenant's policies for risky settings (exit 1 at or above --fail-on)")  # fmt: skip
-    sp.add_argument("--fail-on", choices=FAIL_ON, default="high",
-                    help="exit 1 when a finding is at or above this severity (default: high; never: always 0)")  # fmt: skip
+            click.echo(line)
+    return NOT_DONE if failed else 0

@@ -1,42 +1,53 @@
-"""``authz invites``: create, list and revoke invite codes (admin key).
-
-Registered by ``cli.main.build_parser``, which passes itself in (``cli``) for
-the shared helpers (client, call, emit, ...): this module does not import
-``cli.main``, which also runs as ``python -m authz_service.cli.main``.
-"""
+"""``authz invites``: create, list and revoke invite codes (admin key)."""
 
 from __future__ import annotations
 
-import argparse
 import json
-import re
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+import click
+
 from ..domain.invites import invite_status
 from ..gen.authz.v1 import admin_pb2 as adm
+from .durations import EXAMPLES, parse_duration
+from .output import fmt, ts
+from .session import Session, call, pass_session, session_options
 
-_DURATION = re.compile(r"(\d+)([smhd]?)")
-_UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86_400}
 COLUMNS = ["invite_id", "channel", "uses", "status", "expires", "permissions", "note", "created_by"]
 
 
-def parse_ttl(text: str) -> int:
-    """``90``, ``90s``, ``30m``, ``12h`` or ``7d`` -> seconds."""
-    m = _DURATION.fullmatch(text.strip().lower())
-    if not m or len(m.group(1)) > 9:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 3600, 30m, 12h or 7d")
-    return int(m.group(1)) * _UNIT[m.group(2)]
+class Duration(click.ParamType[int]):
+    """A duration option, in whole seconds."""
+
+    name = "duration"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        try:
+            return int(parse_duration(str(value)).total_seconds())
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
 
 
-def parse_uses(text: str) -> int:
-    if not text.isdigit() or len(text) > 9:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of uses")
-    return int(text)
+class Uses(click.ParamType[int]):
+    name = "N"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        if not str(value).isdigit() or len(str(value)) > 9:
+            self.fail(f"{value!r} is not a number of uses", param, ctx)
+        return int(value)
 
 
-def _row(cli: Any, i: adm.Invite, now: datetime) -> dict[str, Any]:
+@click.group(help="invite codes: a user who sends one to the bot is allowed")
+def invites() -> None:
+    pass
+
+
+def _row(i: adm.Invite, now: datetime) -> dict[str, Any]:
     return {
         "invite_id": i.invite_id,
         "channel": i.channel_id,
@@ -45,82 +56,65 @@ def _row(cli: Any, i: adm.Invite, now: datetime) -> dict[str, Any]:
             revoked=i.HasField("revoked_at"),
             uses=i.uses,
             max_uses=i.max_uses,
-            expires_at=cli.ts(i, "expires_at"),
+            expires_at=ts(i, "expires_at"),
             now=now,
         ),
-        "created": cli.ts(i, "created_at"),
-        "expires": cli.ts(i, "expires_at"),
-        "revoked": cli.ts(i, "revoked_at"),
+        "created": ts(i, "created_at"),
+        "expires": ts(i, "expires_at"),
+        "revoked": ts(i, "revoked_at"),
         "permissions": list(i.permissions),
         "note": i.note,
         "created_by": i.created_by,
     }
 
 
-def cmd_create(args: argparse.Namespace, cli: Any) -> int:
-    req = adm.CreateInviteRequest(
-        channel_id=args.channel,
-        max_uses=args.max_uses,
-        ttl_seconds=args.ttl,
-        permissions=args.permission or [],
-        note=args.note or "",
-    )
-    resp = cli.call(
-        cli.client(args).admin.CreateInvite, req, what=f"cannot create an invite on {args.channel}"
-    )
+@invites.command(help="create an invite code for a channel and print it (once)")
+@click.argument("channel")
+@click.option("--max-uses", type=Uses(), default=0, help="users it admits, 1-10000 (default 1)")
+@click.option("--ttl", type=Duration(), default=0, help=f"lifetime: {EXAMPLES} (default 7d; 60s..90d)")
+@click.option("--permission", multiple=True, help="permission given to who redeems it (repeatable)")
+@click.option("--note", help="who it is for (admins only; at most 200 characters)")
+@session_options
+@pass_session
+def create(
+    s: Session, channel: str, max_uses: int, ttl: int, permission: tuple[str, ...], note: str | None
+) -> int:
+    req = adm.CreateInviteRequest(channel_id=channel, max_uses=max_uses, ttl_seconds=ttl,
+                                  permissions=list(permission), note=note or "")  # fmt: skip
+    resp = call(s.client().admin.CreateInvite, req, what=f"cannot create an invite on {channel}")
     i = resp.invite
-    if args.json:
-        print(json.dumps({**_row(cli, i, datetime.now(UTC)), "code": resp.code}, indent=2, default=cli._fmt))
+    if s.json:
+        click.echo(json.dumps({**_row(i, datetime.now(UTC)), "code": resp.code}, indent=2, default=fmt))
         return 0
     uses = "1 use" if i.max_uses == 1 else f"{i.max_uses} uses"
-    print(
-        f"invite {i.invite_id} for channel {i.channel_id}: {uses}, expires {cli._fmt(cli.ts(i, 'expires_at'))} UTC"
+    click.echo(
+        f"invite {i.invite_id} for channel {i.channel_id}: {uses}, expires {fmt(ts(i, 'expires_at'))} UTC"
     )
-    print("\nThe code is shown only this once (only its hash is stored):\n")
-    print(f"    {resp.code}\n")
-    print("The user sends it to the bot in a direct message (or opens the bot's /start link with it).")
+    click.echo("\nThe code is shown only this once (only its hash is stored):\n")
+    click.echo(f"    {resp.code}\n")
+    click.echo("The user sends it to the bot in a direct message (or opens the bot's /start link with it).")
     return 0
 
 
-def cmd_list(args: argparse.Namespace, cli: Any) -> int:
-    req = adm.ListInvitesRequest(channel_id=args.channel or "", include_inactive=args.all)
-    resp = cli.call(cli.client(args).admin.ListInvites, req)
+@invites.command("list", help="list invites, newest first (active ones unless --all)")
+@click.argument("channel", required=False)
+@click.option("--all", "all_", is_flag=True, help="include used-up, expired and revoked invites")
+@session_options
+@pass_session
+def list_(s: Session, channel: str | None, all_: bool) -> int:
+    req = adm.ListInvitesRequest(channel_id=channel or "", include_inactive=all_)
+    resp = call(s.client().admin.ListInvites, req)
     now = datetime.now(UTC)
-    cli.emit(args, [_row(cli, i, now) for i in resp.invites], COLUMNS)
+    s.emit([_row(i, now) for i in resp.invites], COLUMNS)
     return 0
 
 
-def cmd_revoke(args: argparse.Namespace, cli: Any) -> int:
-    i = cli.call(
-        cli.client(args).admin.RevokeInvite,
-        adm.RevokeInviteRequest(invite_id=args.invite_id),
-        what=f"cannot revoke {args.invite_id}",
-    )
-    print(f"revoked invite {i.invite_id} on {i.channel_id} (used {i.uses}/{i.max_uses})")
+@invites.command(help="revoke an invite (its code stops working at once)")
+@click.argument("invite_id")
+@session_options
+@pass_session
+def revoke(s: Session, invite_id: str) -> int:
+    i = call(s.client().admin.RevokeInvite, adm.RevokeInviteRequest(invite_id=invite_id),
+             what=f"cannot revoke {invite_id}")  # fmt: skip
+    click.echo(f"revoked invite {i.invite_id} on {i.channel_id} (used {i.uses}/{i.max_uses})")
     return 0
-
-
-def register(sub: Any, cmd: Callable[..., argparse.ArgumentParser], cli: Any) -> None:
-    """Add ``create``, ``list`` and ``revoke`` to the ``invites`` group ``sub``."""
-
-    def bind(fn: Callable[[argparse.Namespace, Any], int]) -> Callable[[argparse.Namespace], int]:
-        def run(args: argparse.Namespace) -> int:
-            return fn(args, cli)
-
-        return run
-
-    sp = cmd(sub, "create", bind(cmd_create), "create an invite code for a channel and print it (once)")
-    sp.add_argument("channel")
-    sp.add_argument(
-        "--max-uses", type=parse_uses, default=0, metavar="N", help="users it admits, 1-10000 (default 1)"
-    )
-    sp.add_argument(
-        "--ttl", type=parse_ttl, default=0, help="lifetime: 3600, 30m, 12h, 7d (default 7d; 60s..90d)"
-    )
-    sp.add_argument("--permission", action="append", help="permission given to who redeems it (repeatable)")
-    sp.add_argument("--note", help="who it is for (admins only; at most 200 characters)")
-    sp = cmd(sub, "list", bind(cmd_list), "list invites, newest first (active ones unless --all)")
-    sp.add_argument("channel", nargs="?")
-    sp.add_argument("--all", action="store_true", help="include used-up, expired and revoked invites")
-    sp = cmd(sub, "revoke", bind(cmd_revoke), "revoke an invite (its code stops working at once)")
-    sp.add_argument("invite_id")

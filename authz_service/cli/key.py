@@ -1,0 +1,51 @@
+"""``authz key``: the tenant's API keys (admin key)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from ..gen.authz.v1 import admin_pb2 as adm
+from .output import ROLES, label, ts
+from .session import Session, call, pass_session, session_options
+
+
+@click.group(help="manage the tenant's API keys")
+def key() -> None:
+    pass
+
+
+def _row(k: adm.ApiKey) -> dict[str, Any]:
+    return {"key_id": k.key_id, "role": label(adm.Role, k.role), "name": k.name,
+            "created": ts(k, "created_at"), "revoked": ts(k, "revoked_at")}  # fmt: skip
+
+
+@key.command(help="create a key (several may be live: rotate by create, deploy, revoke)")
+@click.argument("role", type=click.Choice(list(ROLES)))
+@click.option("--name")
+@session_options
+@pass_session
+def create(s: Session, role: str, name: str | None) -> int:
+    resp = call(s.client().admin.CreateApiKey, adm.CreateApiKeyRequest(role=ROLES[role], name=name or ""))
+    click.echo(f"created {role} key {resp.key.key_id} (shown once, store it now):\n{resp.secret}")
+    return 0
+
+
+@key.command("list", help="list keys")
+@session_options
+@pass_session
+def list_(s: Session) -> int:
+    resp = call(s.client().admin.ListApiKeys, adm.ListApiKeysRequest())
+    s.emit([_row(k) for k in resp.keys], ["key_id", "role", "name", "created", "revoked"])
+    return 0
+
+
+@key.command(help="revoke a key")
+@click.argument("key_id")
+@session_options
+@pass_session
+def revoke(s: Session, key_id: str) -> int:
+    resp = call(s.client().admin.RevokeApiKey, adm.RevokeApiKeyRequest(key_id=key_id))
+    click.echo(f"revoked key {resp.key.key_id}")
+    return 0

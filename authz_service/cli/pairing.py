@@ -1,0 +1,60 @@
+"""``authz pairing``: list pairing requests and resolve them by code (approver or admin key)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from ..gen.authz.v1 import admin_pb2 as adm
+from ..gen.authz.v1 import authz_pb2 as az
+from ..gen.authz.v1 import common_pb2 as cm
+from .output import STATUSES, label, ts
+from .session import Session, call, pass_session, session_options
+
+
+@click.group(help="pending pairing requests")
+def pairing() -> None:
+    pass
+
+
+def _row(a: cm.Approval) -> dict[str, Any]:
+    return {"approval_id": a.approval_id, "channel": a.channel_id, "user": a.user_id, "name": a.display_name,
+            "status": label(cm.ApprovalStatus, a.status), "created": ts(a, "created_at"),
+            "expires": ts(a, "expires_at"), "resolved_by": a.resolved_by}  # fmt: skip
+
+
+@pairing.command("list", help="list pairing requests")
+@click.argument("channel", required=False)
+@click.option("--status", type=click.Choice(list(STATUSES)), default="pending", show_default=True)
+@session_options
+@pass_session
+def list_(s: Session, channel: str | None, status: str) -> int:
+    req = adm.ListApprovalsRequest(channel_id=channel or "", status=STATUSES[status])
+    resp = call(s.client().admin.ListApprovals, req)
+    s.emit([_row(a) for a in resp.approvals], ["approval_id", "channel", "user", "name", "status", "expires"])
+    return 0
+
+
+def _resolver(name: str, action: cm.ApprovalAction.ValueType) -> click.Command:
+    @click.argument("channel")
+    @click.argument("code")
+    @click.option("--reason")
+    @session_options
+    @pass_session
+    def resolve(s: Session, channel: str, code: str, reason: str | None) -> int:
+        req = az.ResolveApprovalRequest(code=az.CodeRef(channel_id=channel, code=code), action=action,
+                                        reason=reason or "")  # fmt: skip
+        resp = call(s.client().authz.ResolveApproval, req)
+        a = resp.approval
+        click.echo(f"{resp.owner_text}: user {a.user_id} on {a.channel_id} ({a.approval_id})")
+        if resp.requester_text:
+            click.echo(f"the requester will be told: {resp.requester_text}")
+        return 0
+
+    return click.command(name, help=f"{name} the request with this code")(resolve)
+
+
+for _name, _action in (("approve", cm.APPROVAL_ACTION_APPROVE), ("deny", cm.APPROVAL_ACTION_DENY),
+                       ("block", cm.APPROVAL_ACTION_BLOCK)):  # fmt: skip
+    pairing.add_command(_resolver(_name, _action))

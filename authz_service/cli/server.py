@@ -1,0 +1,71 @@
+"""``authz serve``, ``authz dev`` and ``authz migrate``: the commands that run
+the service or touch its database, on this machine.
+
+They are the only commands that need the server's code (asyncpg, ``store``,
+``flows``, ``api``): it is imported inside each command, so the client
+commands never load it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import click
+
+from ..config import Settings
+from .session import session_options
+
+
+@click.command(help="run the gRPC service (embedded PostgreSQL when AUTHZ_DATABASE_URL is unset)")
+@click.option("--workers", type=click.IntRange(1, 64), metavar="N",
+              help="processes sharing the port with SO_REUSEPORT, 1-64 (default: AUTHZ_WORKERS or 1)")  # fmt: skip
+@session_options  # accepted and ignored, as by every command
+def serve(workers: int | None) -> int:
+    from ..logs import setup_logging
+    from ..server import serve as run_server
+
+    setup_logging()
+    settings = Settings.from_env()
+    workers = workers or settings.workers
+    if workers > 1 and not settings.reuseport:
+        from ..workers import run
+
+        return run(settings, workers)
+    asyncio.run(run_server(settings))
+    return 0
+
+
+@click.command(help="serve with a demo tenant and channel, and print how to try it (make run)")
+@session_options
+def dev() -> int:
+    from .dev import run_dev
+
+    return run_dev()
+
+
+@click.command(help="apply database migrations (AUTHZ_MIGRATE_DATABASE_URL or AUTHZ_DATABASE_URL)")
+@session_options
+def migrate() -> int:
+    from ..store import embedded
+    from ..store.migrate import migrate as apply_migrations
+
+    explicit = os.environ.get("AUTHZ_MIGRATE_DATABASE_URL") or os.environ.get("AUTHZ_DATABASE_URL")
+    settings = None if explicit else Settings.from_env()
+
+    async def run() -> None:
+        if settings is not None:
+            emb = await asyncio.to_thread(embedded.start, settings.home)
+            await embedded.ensure_database(emb)
+            dsn = emb.owner_dsn
+        else:
+            dsn = explicit or ""
+        applied = await apply_migrations(dsn)
+        if applied:
+            for m in applied:
+                click.echo(f"applied {m.version:04d}_{m.name}")
+        else:
+            click.echo("schema is up to date")
+
+    asyncio.run(run())
+    return 0

@@ -1,0 +1,100 @@
+"""The connection a client command uses: address, API key, TLS and ``--json``.
+
+The options belong to each command (``authz channel list --json``), so every
+client command is decorated with :func:`session_options`; their values land
+in one :class:`Session`, click's context object. A nested command (``audit
+export``) shares its group's session, and what it is given itself wins.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import grpc
+from google.protobuf.message import Message
+
+from ..client import DEFAULT_ADDRESS, SyncClient, TlsConfig, connect_sync
+from . import output
+from .errors import CliError, RpcFailed
+
+TIMEOUT = 15  # seconds, for every unary call
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _read_key(env_name: str, fallback: Path | None) -> str | None:
+    if os.environ.get(env_name):
+        return os.environ[env_name].strip()
+    file_name = os.environ.get(f"{env_name}_FILE")
+    for path in (Path(file_name) if file_name else None, fallback):
+        if path is not None and path.exists():
+            return path.read_text().strip()
+    return None
+
+
+@dataclass
+class Session:
+    address: str | None = None
+    api_key: str | None = None
+    json: bool = False
+
+    def key(self, *, operator: bool = False) -> str:
+        """The tenant key (``--api-key``, ``AUTHZ_API_KEY[_FILE]``) or the operator key."""
+        if operator:
+            home = Path(os.environ.get("AUTHZ_HOME") or Path.home() / ".authz")
+            key = _read_key("AUTHZ_OPERATOR_KEY", home / "operator.key")
+            missing = "set AUTHZ_OPERATOR_KEY (or AUTHZ_OPERATOR_KEY_FILE)"
+        else:
+            key = self.api_key or _read_key("AUTHZ_API_KEY", None)
+            missing = "set AUTHZ_API_KEY (or pass --api-key); `make run` prints one for the demo tenant"
+        if not key:
+            raise CliError(missing)
+        return key
+
+    def client(self, *, operator: bool = False) -> SyncClient:
+        try:
+            tls = TlsConfig.from_env(os.environ)
+        except (ValueError, OSError) as exc:
+            raise CliError(f"TLS settings: {exc}") from None
+        address = self.address or os.environ.get("AUTHZ_ADDRESS") or DEFAULT_ADDRESS
+        return connect_sync(address, self.key(operator=operator), tls=tls)
+
+    def emit(self, rows: list[dict[str, Any]], columns: list[str]) -> None:
+        output.emit(self.json, rows, columns)
+
+
+def call(fn: Callable[..., Any], request: Message, *, what: str = "") -> Any:
+    """One unary call; a refusal becomes ``<STATUS>: [what: ]<details>``."""
+    try:
+        return fn(request, timeout=TIMEOUT)
+    except grpc.RpcError as exc:
+        raise RpcFailed(exc, what) from None
+
+
+def _keep(name: str) -> Callable[[click.Context, click.Parameter, Any], None]:
+    def store(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+        if value:  # given here: wins over what an enclosing group was given
+            setattr(ctx.ensure_object(Session), name, value)
+
+    return store
+
+
+def session_options(f: F) -> F:
+    """``--address``, ``--api-key`` and ``--json``, stored in the context's Session."""
+    for option in (
+        click.option("--json", is_flag=True, expose_value=False, callback=_keep("json"),
+                     help="machine-readable output"),
+        click.option("--api-key", metavar="KEY", expose_value=False, callback=_keep("api_key"),
+                     help="API key (default: AUTHZ_API_KEY)"),
+        click.option("--address", expose_value=False, callback=_keep("address"),
+                     help="service address (AUTHZ_ADDRESS, default 127.0.0.1:50051)"),
+    ):  # fmt: skip
+        f = option(f)
+    return f
+
+
+pass_session = click.make_pass_decorator(Session, ensure=True)
