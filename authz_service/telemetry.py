@@ -40,9 +40,9 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import SpanKind, Status
 from opentelemetry.trace import StatusCode as SpanStatus
 
+from . import names
 from .domain.model import Principal
 from .gen.authz.v1 import admin_pb2, authz_pb2
-from .gen.authz.v1 import common_pb2 as cm
 
 if TYPE_CHECKING:
     from .cache import StateCache
@@ -66,14 +66,10 @@ SERVICE_OF = {
 }
 
 
-def _names(enum: Any, prefix: str) -> dict[int, str]:
-    return {number: name.removeprefix(prefix).lower() for name, number in enum.items()}
-
-
-_DECISION = _names(authz_pb2.Decision, "DECISION_")
-_OUTCOME = _names(authz_pb2.PairingOutcome, "PAIRING_OUTCOME_")
-_STATUS = _names(cm.ApprovalStatus, "APPROVAL_STATUS_")
-_INVITE = _names(authz_pb2.InviteOutcome, "INVITE_OUTCOME_")
+_DECISION = names.DECISION.label_map()
+_OUTCOME = names.PAIRING_OUTCOME.label_map()
+_STATUS = names.APPROVAL_STATUS.label_map()
+_INVITE = names.INVITE_OUTCOME.label_map()
 
 
 def _allow(resp: Any) -> str:
