@@ -3,7 +3,7 @@ the service's metrics; OTLP export and a Prometheus endpoint.
 
 Off unless ``AUTHZ_TELEMETRY=on``. When off, no ``Telemetry`` exists: the RPC
 decorators and ``Database._tx`` check one attribute (``runtime.telemetry``,
-``db.telemetry``) for ``None`` and run exactly the code they ran before.
+``db.observer``) for ``None`` and run exactly the code they ran before.
 
 Providers are never installed globally: a ``Telemetry`` owns the tracer and
 meter providers it is given, so tests build one with in-memory exporters.
@@ -40,9 +40,9 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import SpanKind, Status
 from opentelemetry.trace import StatusCode as SpanStatus
 
+from . import names
 from .domain.model import Principal
 from .gen.authz.v1 import admin_pb2, authz_pb2
-from .gen.authz.v1 import common_pb2 as cm
 
 if TYPE_CHECKING:
     from .cache import StateCache
@@ -66,14 +66,10 @@ SERVICE_OF = {
 }
 
 
-def _names(enum: Any, prefix: str) -> dict[int, str]:
-    return {number: name.removeprefix(prefix).lower() for name, number in enum.items()}
-
-
-_DECISION = _names(authz_pb2.Decision, "DECISION_")
-_OUTCOME = _names(authz_pb2.PairingOutcome, "PAIRING_OUTCOME_")
-_STATUS = _names(cm.ApprovalStatus, "APPROVAL_STATUS_")
-_INVITE = _names(authz_pb2.InviteOutcome, "INVITE_OUTCOME_")
+_DECISION = names.DECISION.label_map()
+_OUTCOME = names.PAIRING_OUTCOME.label_map()
+_STATUS = names.APPROVAL_STATUS.label_map()
+_INVITE = names.INVITE_OUTCOME.label_map()
 
 
 def _allow(resp: Any) -> str:
@@ -315,7 +311,7 @@ class Telemetry:
 
     def attach(self, db: Database, cache: StateCache | None = None) -> None:
         """Trace ``db``'s transactions, observe its pool and ``cache``, count pending approvals."""
-        db.telemetry = self
+        db.observer = self
         self._db = db
         self._cache = cache
 

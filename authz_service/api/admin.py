@@ -9,6 +9,7 @@ from typing import Any
 
 import asyncpg
 
+from .. import names
 from ..domain import ids
 from ..domain.errors import InvalidArgument
 from ..domain.invites import INVITE_ID, MAX_NOTE, MAX_PERMISSIONS
@@ -24,12 +25,7 @@ from .rpc import Runtime, rpc, rpc_stream
 
 _EVENT = re.compile(r"[a-z_]+(\.[a-z_]+)*\.?")
 _GRANT_ID = re.compile(r"grt_[A-Za-z0-9_-]{22}")
-_USER_FILTER = {
-    adm.USER_FILTER_UNSPECIFIED: "all",
-    adm.USER_FILTER_ALLOWLISTED: "allowlisted",
-    adm.USER_FILTER_PAIRED: "paired",
-    adm.USER_FILTER_BLOCKED: "blocked",
-}
+_USER_FILTER = {adm.USER_FILTER_UNSPECIFIED: "all", **names.USER_FILTER.label_map()}
 
 
 def _limit(value: int) -> int:

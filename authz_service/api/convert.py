@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from .. import names
 from ..domain import ids
 from ..domain.errors import InvalidArgument
 from ..domain.invites import Invite
@@ -16,18 +17,13 @@ from ..domain.model import (
     DEFAULT_MAX_PENDING,
     DEFAULT_PAIRING_CODE_TTL,
     Approval,
-    ApprovalAction,
-    ApprovalStatus,
     AutoApprove,
     Binding,
     ChannelPolicy,
-    ChatKind,
-    Decision,
     DmPolicy,
     Grant,
     GroupPolicy,
     GroupRule,
-    Platform,
     RateLimit,
     Risk,
     Role,
@@ -48,64 +44,21 @@ from ..gen.authz.v1 import common_pb2 as cm
 
 E = TypeVar("E")
 
-PLATFORM = {
-    cm.PLATFORM_TELEGRAM: Platform.TELEGRAM,
-    cm.PLATFORM_SLACK: Platform.SLACK,
-    cm.PLATFORM_DISCORD: Platform.DISCORD,
-    cm.PLATFORM_WHATSAPP: Platform.WHATSAPP,
-}
-CHAT_KIND = {cm.CHAT_KIND_DIRECT: ChatKind.DIRECT, cm.CHAT_KIND_GROUP: ChatKind.GROUP}
-DM_POLICY = {
-    cm.DM_POLICY_UNSPECIFIED: DmPolicy.PAIRING,  # never open by omission
-    cm.DM_POLICY_PAIRING: DmPolicy.PAIRING,
-    cm.DM_POLICY_ALLOWLIST: DmPolicy.ALLOWLIST,
-    cm.DM_POLICY_OPEN: DmPolicy.OPEN,
-    cm.DM_POLICY_DISABLED: DmPolicy.DISABLED,
-}
-GROUP_POLICY = {
-    cm.GROUP_POLICY_UNSPECIFIED: GroupPolicy.ALLOWLIST,
-    cm.GROUP_POLICY_OPEN: GroupPolicy.OPEN,
-    cm.GROUP_POLICY_ALLOWLIST: GroupPolicy.ALLOWLIST,
-    cm.GROUP_POLICY_DISABLED: GroupPolicy.DISABLED,
-}
-SEND_DEFAULT = {
-    cm.SEND_DEFAULT_UNSPECIFIED: SendDefault.DENY,
-    cm.SEND_DEFAULT_DENY: SendDefault.DENY,
-    cm.SEND_DEFAULT_ALLOW: SendDefault.ALLOW,
-}
-ACTION = {
-    cm.APPROVAL_ACTION_APPROVE: ApprovalAction.APPROVE,
-    cm.APPROVAL_ACTION_DENY: ApprovalAction.DENY,
-    cm.APPROVAL_ACTION_BLOCK: ApprovalAction.BLOCK,
-    cm.APPROVAL_ACTION_ALWAYS_ALLOW: ApprovalAction.ALWAYS_ALLOW,
-}
-RISK = {
-    cm.RISK_UNSPECIFIED: Risk.MEDIUM,
-    cm.RISK_LOW: Risk.LOW,
-    cm.RISK_MEDIUM: Risk.MEDIUM,
-    cm.RISK_HIGH: Risk.HIGH,
-    cm.RISK_CRITICAL: Risk.CRITICAL,
-}
-KIND = {cm.APPROVAL_KIND_UNSPECIFIED: "", cm.APPROVAL_KIND_PAIRING: "pairing", cm.APPROVAL_KIND_TOOL: "tool"}
-APPROVAL_STATUS = {
-    cm.APPROVAL_STATUS_PENDING: ApprovalStatus.PENDING,
-    cm.APPROVAL_STATUS_APPROVED: ApprovalStatus.APPROVED,
-    cm.APPROVAL_STATUS_DENIED: ApprovalStatus.DENIED,
-    cm.APPROVAL_STATUS_BLOCKED: ApprovalStatus.BLOCKED,
-    cm.APPROVAL_STATUS_EXPIRED: ApprovalStatus.EXPIRED,
-}
-ROLE = {
-    adm.ROLE_CONNECTOR: Role.CONNECTOR,
-    adm.ROLE_APPROVER: Role.APPROVER,
-    adm.ROLE_ADMIN: Role.ADMIN,
-    adm.ROLE_AGENT: Role.AGENT,
-}
+# Tables from the proto's names (authz_service.names); UNSPECIFIED means what the
+# contract documents for it, or is refused by enum_in.
+PLATFORM = names.PLATFORM.domain_map()
+CHAT_KIND = names.CHAT_KIND.domain_map()
+# Never open by omission.
+DM_POLICY = {cm.DM_POLICY_UNSPECIFIED: DmPolicy.PAIRING, **names.DM_POLICY.domain_map()}
+GROUP_POLICY = {cm.GROUP_POLICY_UNSPECIFIED: GroupPolicy.ALLOWLIST, **names.GROUP_POLICY.domain_map()}
+SEND_DEFAULT = {cm.SEND_DEFAULT_UNSPECIFIED: SendDefault.DENY, **names.SEND_DEFAULT.domain_map()}
+ACTION = names.APPROVAL_ACTION.domain_map()
+RISK = {cm.RISK_UNSPECIFIED: Risk.MEDIUM, **names.RISK.domain_map()}
+KIND = {cm.APPROVAL_KIND_UNSPECIFIED: "", **names.APPROVAL_KIND.label_map()}
+APPROVAL_STATUS = names.APPROVAL_STATUS.domain_map()
+ROLE = {number: Role(label) for number, label in names.ROLE.label_map().items()}
 DECISION = {
-    Decision.ALLOW: az.DECISION_ALLOW,
-    Decision.DENY: az.DECISION_DENY,
-    Decision.PAIRING_REQUIRED: az.DECISION_PAIRING_REQUIRED,
-    Decision.BLOCKED: az.DECISION_BLOCKED,
-    Decision.RATE_LIMITED: az.DECISION_RATE_LIMITED,
+    decision: az.Decision.ValueType(number) for number, decision in names.DECISION.domain_map().items()
 }
 
 
