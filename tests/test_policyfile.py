@@ -434,7 +434,7 @@ async def test_each_risk_points_at_its_setting(tmp_path: Path) -> None:
             group_senders:
               - {group_id: "*", user_id: "42"}
     """).lstrip()
-    from authz_service.cli.policyfile import PolicyFileInvalid
+    from authz_service.cli.schema import PolicyFileInvalid
 
     with pytest.raises(PolicyFileInvalid) as caught:
         read_policy_file(text)

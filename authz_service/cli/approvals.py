@@ -9,11 +9,12 @@ from typing import Any
 import click
 import grpc
 
+from .. import names
 from ..gen.authz.v1 import admin_pb2 as adm
 from ..gen.authz.v1 import authz_pb2 as az
 from ..gen.authz.v1 import common_pb2 as cm
 from .errors import CliError, RpcFailed
-from .output import KINDS, STATUSES, fmt, label, ts
+from .output import KINDS, STATUSES, fmt, ts
 from .session import Session, call, pass_session, session_options
 
 
@@ -51,10 +52,10 @@ def parse_arguments(arguments_json: str) -> Any:
 def approval_dict(a: cm.Approval) -> dict[str, Any]:
     """Every field of an approval (tool fields are empty for pairing requests)."""
     t = a.tool
-    return {"approval_id": a.approval_id, "kind": label(cm.ApprovalKind, a.kind),
-            "status": label(cm.ApprovalStatus, a.status),
+    return {"approval_id": a.approval_id, "kind": names.APPROVAL_KIND.label(a.kind),
+            "status": names.APPROVAL_STATUS.label(a.status),
             "tool": t.tool_name, "agent": t.agent_id, "session": t.session_id,
-            "risk": label(cm.Risk, t.risk) if a.HasField("tool") else "",
+            "risk": names.RISK.label(t.risk) if a.HasField("tool") else "",
             "channel": a.channel_id, "user": a.user_id, "name": a.display_name,
             "created": ts(a, "created_at"), "expires": ts(a, "expires_at"), "resolved": ts(a, "resolved_at"),
             "resolved_by": a.resolved_by, "reason": a.reason, "redeemed": ts(a, "redeemed_at"),
@@ -172,7 +173,7 @@ def deny(s: Session, approval_id: str, reason: str | None) -> int:
 
 def _watch_event(a: cm.Approval) -> tuple[str, str, datetime | None]:
     """(event, by whom, when) for one approval seen on the stream."""
-    status = label(cm.ApprovalStatus, a.status)
+    status = names.APPROVAL_STATUS.label(a.status)
     if a.status == cm.APPROVAL_STATUS_PENDING:
         return "new", "", ts(a, "created_at")
     if a.status == cm.APPROVAL_STATUS_APPROVED and a.HasField("redeemed_at"):
@@ -189,7 +190,7 @@ def _watch_line(a: cm.Approval) -> str:
     line = f"{fmt(when or datetime.now(UTC))}  {event.upper()}{' by ' + by if by else ''}  {a.approval_id}  "
     line += _describe(a)
     if a.HasField("tool"):
-        line += f" (risk {label(cm.Risk, a.tool.risk)}) {short(a.tool.arguments_json, 60)}"
+        line += f" (risk {names.RISK.label(a.tool.risk)}) {short(a.tool.arguments_json, 60)}"
     elif a.display_name:
         line += f" ({a.display_name})"
     return line + (f"; reason: {a.reason}" if a.reason and event != "new" else "")

@@ -9,10 +9,11 @@ import click
 import grpc
 import yaml
 
+from .. import names
 from ..gen.authz.v1 import admin_pb2 as adm
 from ..gen.authz.v1 import common_pb2 as cm
 from .errors import CliError, RpcFailed
-from .output import DM, GROUP, PLATFORMS, as_dict, label
+from .output import as_dict
 from .policyfile import read_policy_overlay, read_text
 from .schema import PolicyFileInvalid
 from .session import TIMEOUT, Session, call, pass_session, session_options
@@ -26,9 +27,9 @@ def channel() -> None:
 def channel_dict(ch: adm.Channel) -> dict[str, Any]:
     out: dict[str, Any] = {
         "channel_id": ch.channel_id,
-        "platform": label(cm.Platform, ch.platform),
-        "dm_policy": label(cm.DmPolicy, ch.policy.dm_policy),
-        "group_policy": label(cm.GroupPolicy, ch.policy.group_policy),
+        "platform": names.PLATFORM.label(ch.platform),
+        "dm_policy": names.DM_POLICY.label(ch.policy.dm_policy),
+        "group_policy": names.GROUP_POLICY.label(ch.policy.group_policy),
     }
     for k, v in as_dict(ch.policy).items():
         if k not in ("dm_policy", "group_policy"):
@@ -46,9 +47,9 @@ def _print(s: Session, ch: adm.Channel) -> None:
 @channel.command("set", help="create or update a channel's policy from flags and/or a YAML file")
 @click.argument("channel_id", metavar="CHANNEL")
 @click.option("-f", "--file", "file", help="YAML file with policy keys (see docs/configuration.md)")
-@click.option("--platform", type=click.Choice(list(PLATFORMS)))
-@click.option("--dm-policy", type=click.Choice(list(DM)))
-@click.option("--group-policy", type=click.Choice(list(GROUP)))
+@click.option("--platform", type=click.Choice(names.PLATFORM.labels))
+@click.option("--dm-policy", type=click.Choice(names.DM_POLICY.labels))
+@click.option("--group-policy", type=click.Choice(names.GROUP_POLICY.labels))
 @click.option("--require-mention", type=click.Choice(["true", "false"]))
 @click.option("--owner", help="owner's platform user id (gets Approve/Deny/Block buttons)")
 @click.option("--approver", multiple=True, help="channel approver's platform user id (repeatable)")
@@ -72,8 +73,8 @@ def set_(s: Session, channel_id: str, file: str | None, platform: str | None, dm
             raise CliError("\n".join([*lines, f"{file}: nothing was saved"])) from None
         platform = platform or platform_in_file
     # Flags are applied after the file and win over it.
-    for field, value in (("dm_policy", dm_policy and DM[dm_policy]),
-                         ("group_policy", group_policy and GROUP[group_policy]),
+    for field, value in (("dm_policy", dm_policy and names.DM_POLICY.number(dm_policy)),
+                         ("group_policy", group_policy and names.GROUP_POLICY.number(group_policy)),
                          ("owner_id", owner), ("agent_id", agent), ("pairing_code_ttl_seconds", code_ttl),
                          ("max_pending", max_pending), ("pairing_ttl_seconds", pairing_ttl)):  # fmt: skip
         if value is not None:
@@ -90,18 +91,20 @@ def set_(s: Session, channel_id: str, file: str | None, platform: str | None, dm
     base = cm.ChannelPolicy()
     try:
         current = c.admin.GetChannel(adm.GetChannelRequest(channel_id=channel_id), timeout=TIMEOUT)
-        base, platform = current.policy, platform or label(cm.Platform, current.platform)
+        base, platform = current.policy, platform or names.PLATFORM.label(current.platform)
     except grpc.RpcError as exc:
         if exc.code() != grpc.StatusCode.NOT_FOUND:
             raise RpcFailed(exc) from None
-    if platform not in PLATFORMS:
-        raise CliError(f"--platform is required for a new channel: one of {', '.join(PLATFORMS)}")
+    if platform not in names.PLATFORM.labels:
+        raise CliError(f"--platform is required for a new channel: one of {', '.join(names.PLATFORM.labels)}")
     policy = cm.ChannelPolicy()
     policy.CopyFrom(base)
     for field in keys:  # a key given replaces that field whole: lists and maps are not merged
         policy.ClearField(field)  # type: ignore[arg-type]
     policy.MergeFrom(given)
-    req = adm.SetChannelRequest(channel_id=channel_id, platform=PLATFORMS[platform], policy=policy)
+    req = adm.SetChannelRequest(
+        channel_id=channel_id, platform=cm.Platform.ValueType(names.PLATFORM.number(platform)), policy=policy
+    )
     resp = call(c.admin.SetChannel, req)
     click.echo(f"channel {resp.channel_id} saved")
     _print(s, resp)

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from ..api import convert
+from .. import names, policy_proto
 from ..domain import doctor
 from ..domain.model import (
     Approval,
@@ -47,7 +47,7 @@ def _approval(a: cm.Approval) -> Approval:
         approval_id=a.approval_id,
         channel_id=a.channel_id,
         user_id=a.user_id,
-        status=convert.APPROVAL_STATUS.get(a.status, ApprovalStatus.PENDING),
+        status=names.APPROVAL_STATUS.domain_map().get(a.status, ApprovalStatus.PENDING),
         created_at=created,
         expires_at=ts(a, "expires_at") or created,
         required_approvals=a.required_approvals or 1,
@@ -65,8 +65,8 @@ def snapshot(c: Any, now: datetime) -> doctor.Snapshot:
     for ch in sorted(
         rpc(c.admin.ListChannels, adm.ListChannelsRequest()).channels, key=lambda x: x.channel_id
     ):
-        platform = convert.PLATFORM[ch.platform]
-        channels.append(Channel("", ch.channel_id, platform, convert.policy_in(ch.policy)))
+        platform = names.PLATFORM.to_domain(ch.platform)
+        channels.append(Channel("", ch.channel_id, platform, policy_proto.policy_in(ch.policy)))
         users = rpc(c.admin.ListUsers, adm.ListUsersRequest(channel_id=ch.channel_id)).users
         subjects[ch.channel_id] = tuple(_subject(s) for s in users)
         senders[ch.channel_id] = list_senders(c, ch.channel_id)

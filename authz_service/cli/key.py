@@ -6,8 +6,9 @@ from typing import Any
 
 import click
 
+from .. import names
 from ..gen.authz.v1 import admin_pb2 as adm
-from .output import ROLES, label, ts
+from .output import ts
 from .session import Session, call, pass_session, session_options
 
 
@@ -17,17 +18,20 @@ def key() -> None:
 
 
 def _row(k: adm.ApiKey) -> dict[str, Any]:
-    return {"key_id": k.key_id, "role": label(adm.Role, k.role), "name": k.name,
+    return {"key_id": k.key_id, "role": names.ROLE.label(k.role), "name": k.name,
             "created": ts(k, "created_at"), "revoked": ts(k, "revoked_at")}  # fmt: skip
 
 
 @key.command(help="create a key (several may be live: rotate by create, deploy, revoke)")
-@click.argument("role", type=click.Choice(list(ROLES)))
+@click.argument("role", type=click.Choice(names.ROLE.labels))
 @click.option("--name")
 @session_options
 @pass_session
 def create(s: Session, role: str, name: str | None) -> int:
-    resp = call(s.client().admin.CreateApiKey, adm.CreateApiKeyRequest(role=ROLES[role], name=name or ""))
+    resp = call(
+        s.client().admin.CreateApiKey,
+        adm.CreateApiKeyRequest(role=adm.Role.ValueType(names.ROLE.number(role)), name=name or ""),
+    )
     click.echo(f"created {role} key {resp.key.key_id} (shown once, store it now):\n{resp.secret}")
     return 0
 

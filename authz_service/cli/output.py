@@ -11,39 +11,19 @@ import click
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from ..gen.authz.v1 import admin_pb2 as adm
+from .. import names
 from ..gen.authz.v1 import common_pb2 as cm
 
-# The CLI's spelling of proto enum values (the value name without its prefix, lower case).
-PLATFORMS = {"telegram": cm.PLATFORM_TELEGRAM, "slack": cm.PLATFORM_SLACK, "discord": cm.PLATFORM_DISCORD,
-             "whatsapp": cm.PLATFORM_WHATSAPP}  # fmt: skip
-DM = {"pairing": cm.DM_POLICY_PAIRING, "allowlist": cm.DM_POLICY_ALLOWLIST, "open": cm.DM_POLICY_OPEN,
-      "disabled": cm.DM_POLICY_DISABLED}  # fmt: skip
-GROUP = {
-    "open": cm.GROUP_POLICY_OPEN,
-    "allowlist": cm.GROUP_POLICY_ALLOWLIST,
-    "disabled": cm.GROUP_POLICY_DISABLED,
-}
-ROLES = {"connector": adm.ROLE_CONNECTOR, "approver": adm.ROLE_APPROVER, "admin": adm.ROLE_ADMIN,
-         "agent": adm.ROLE_AGENT}  # fmt: skip
+# `--kind all` asks for every kind: the request's UNSPECIFIED.
 KINDS = {
-    "tool": cm.APPROVAL_KIND_TOOL,
-    "pairing": cm.APPROVAL_KIND_PAIRING,
+    **{
+        kind: cm.ApprovalKind.ValueType(names.APPROVAL_KIND.number(kind))
+        for kind in names.APPROVAL_KIND.labels
+    },
     "all": cm.APPROVAL_KIND_UNSPECIFIED,
 }
-STATUSES = {
-    "pending": cm.APPROVAL_STATUS_PENDING,
-    "approved": cm.APPROVAL_STATUS_APPROVED,
-    "denied": cm.APPROVAL_STATUS_DENIED,
-    "blocked": cm.APPROVAL_STATUS_BLOCKED,
-    "expired": cm.APPROVAL_STATUS_EXPIRED,
-}
-
-
-def label(enum_type: Any, value: int) -> str:
-    """``DM_POLICY_OPEN`` -> ``open``: the value's name without its enum's prefix."""
-    prefix = str(enum_type.DESCRIPTOR.values_by_number[0].name).removesuffix("UNSPECIFIED")
-    return str(enum_type.Name(value)).removeprefix(prefix).lower()
+STATUSES = {status: cm.ApprovalStatus.ValueType(names.APPROVAL_STATUS.number(status))
+            for status in names.APPROVAL_STATUS.labels}  # fmt: skip
 
 
 def fmt(value: Any) -> str:

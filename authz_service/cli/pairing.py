@@ -6,10 +6,11 @@ from typing import Any
 
 import click
 
+from .. import names
 from ..gen.authz.v1 import admin_pb2 as adm
 from ..gen.authz.v1 import authz_pb2 as az
 from ..gen.authz.v1 import common_pb2 as cm
-from .output import STATUSES, label, ts
+from .output import STATUSES, ts
 from .session import Session, call, pass_session, session_options
 
 
@@ -20,7 +21,7 @@ def pairing() -> None:
 
 def _row(a: cm.Approval) -> dict[str, Any]:
     return {"approval_id": a.approval_id, "channel": a.channel_id, "user": a.user_id, "name": a.display_name,
-            "status": label(cm.ApprovalStatus, a.status), "created": ts(a, "created_at"),
+            "status": names.APPROVAL_STATUS.label(a.status), "created": ts(a, "created_at"),
             "expires": ts(a, "expires_at"), "resolved_by": a.resolved_by}  # fmt: skip
 
 

@@ -14,14 +14,13 @@ import grpc
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
-from ..api import convert
+from .. import names, policy_proto
 from ..domain.errors import InvalidArgument
 from ..domain.model import ChannelPolicy, Platform
 from ..gen.authz.v1 import admin_pb2 as adm
 from ..gen.authz.v1 import common_pb2 as cm
 from .errors import NOT_DONE, CliError
 from .policyfile import FileChannel, FileTenant, PolicyFile, normalise_policy
-from .schema import enum_prefix
 from .session import TIMEOUT
 
 # --- the normalised document form (export, diff) --------------------------------------
@@ -33,7 +32,7 @@ class Map(dict[str, Any]):
 
 def _doc_value(fd: Any, value: Any) -> Any:
     if fd.type == FieldDescriptor.TYPE_ENUM:
-        return str(fd.enum_type.values_by_number[value].name).removeprefix(enum_prefix(fd.enum_type)).lower()
+        return names.EnumNames(fd.enum_type).label(value)
     if fd.type == FieldDescriptor.TYPE_MESSAGE:
         return message_doc(value)
     return value
@@ -67,7 +66,7 @@ def message_doc(msg: Message, *, top: bool = False) -> dict[str, Any]:
 
 
 def policy_doc(policy: ChannelPolicy) -> dict[str, Any]:
-    return message_doc(convert.policy_out(policy), top=True)
+    return message_doc(policy_proto.policy_out(policy), top=True)
 
 
 def tenant_doc(t: FileTenant) -> dict[str, Any]:
@@ -131,7 +130,7 @@ def _stored_policy(platform: Platform, msg: cm.ChannelPolicy) -> ChannelPolicy:
     try:
         return normalise_policy(platform, msg)
     except InvalidArgument:  # stored under older rules: compare as stored
-        return convert.policy_in(msg)
+        return policy_proto.policy_in(msg)
 
 
 def tenant_from_proto(s: adm.TenantSettings) -> FileTenant:
@@ -150,7 +149,7 @@ def fetch_current(c: Any, sender_channels: list[str]) -> Current:
     settings = rpc_call(c.admin.GetTenantSettings, adm.GetTenantSettingsRequest())
     channels = {}
     for ch in rpc_call(c.admin.ListChannels, adm.ListChannelsRequest()).channels:
-        platform = convert.PLATFORM[ch.platform]
+        platform = names.PLATFORM.to_domain(ch.platform)
         channels[ch.channel_id] = (platform, _stored_policy(platform, ch.policy))
     cur = Current(tenant_from_proto(settings), channels)
     for cid in sender_channels:
@@ -330,8 +329,8 @@ def execute(c: Any, pf: PolicyFile, plan: Plan, filename: str) -> list[str]:
             if p.write_policy:
                 step = f"channel {p.channel_id}: SetChannel"
                 rpc_call(c.admin.SetChannel, adm.SetChannelRequest(
-                    channel_id=p.channel_id, platform=convert.enum_out(convert.PLATFORM, p.platform),
-                    policy=convert.policy_out(p.file.policy)))  # fmt: skip
+                    channel_id=p.channel_id, platform=cm.Platform.ValueType(names.PLATFORM.from_domain(p.platform)),
+                    policy=policy_proto.policy_out(p.file.policy)))  # fmt: skip
                 parts.append("created" if p.action == "create" else "policy updated")
             for g, u in p.remove:
                 step = f"channel {p.channel_id}: RemoveGroupSender {_sender((g, u))}"

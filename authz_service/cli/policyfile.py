@@ -16,7 +16,7 @@ Reading it takes three passes, all before the service is asked anything:
 1. schema: the YAML node tree is walked along the proto descriptors, so every
    unknown field, wrong type and unknown enum value is reported with its line;
 2. domain: each channel goes through the very conversion and validation the
-   server runs on SetChannel (``convert.policy_in`` then ``policy.validate``),
+   server runs on SetChannel (``policy_proto.policy_in`` then ``policy.validate``),
    and an InvalidArgument's field path is mapped back to the nearest line;
 3. risks: each channel's risky settings (``domain.risks``) must be listed in
    its ``acknowledge:``.
@@ -35,7 +35,7 @@ from typing import Any
 from google.protobuf.message import Message
 from yaml.nodes import Node, ScalarNode
 
-from ..api import convert
+from .. import policy_proto
 from ..domain import ids, risks
 from ..domain import policy as policy_codec
 from ..domain import send as send_domain
@@ -358,7 +358,7 @@ def _validate_tenant(
 
 def normalise_policy(platform: Platform, msg: cm.ChannelPolicy) -> ChannelPolicy:
     """What SetChannel stores for this proto (raises InvalidArgument like the server)."""
-    return policy_codec.validate(platform, convert.policy_in(msg))
+    return policy_codec.validate(platform, policy_proto.policy_in(msg))
 
 
 def _bad_entry(r: Reader, platform: Platform, msg: cm.ChannelPolicy, path: str, fld: str) -> str:

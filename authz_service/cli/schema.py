@@ -18,6 +18,8 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from .. import names
+
 _STR = "tag:yaml.org,2002:str"
 INT_TAG = "tag:yaml.org,2002:int"
 _BOOL = "tag:yaml.org,2002:bool"
@@ -74,14 +76,9 @@ def is_null(node: Node) -> bool:
     return isinstance(node, ScalarNode) and node.tag == NULL_TAG
 
 
-def enum_prefix(enum_type: Any) -> str:
-    return str(enum_type.values_by_number[0].name).removesuffix("UNSPECIFIED")
-
-
-def enum_names(enum_type: Any) -> list[str]:
+def enum_names(enum_type: Any) -> tuple[str, ...]:
     """The file's spelling of an enum's values: DM_POLICY_OPEN -> 'open' (UNSPECIFIED excluded)."""
-    prefix = enum_prefix(enum_type)
-    return [v.name.removeprefix(prefix).lower() for v in enum_type.values if v.number != 0]
+    return names.EnumNames(enum_type).labels
 
 
 class Reader:
@@ -148,11 +145,11 @@ class Reader:
             self.error(node, path, f"expected {self.expected(fd)}")
             return None
         if kind == FieldDescriptor.TYPE_ENUM:
-            names = enum_names(fd.enum_type)
-            if node.value not in names:
-                self.error(node, path, f"unknown value {node.value!r}: expected one of {', '.join(names)}")
+            labels = enum_names(fd.enum_type)
+            if node.value not in labels:
+                self.error(node, path, f"unknown value {node.value!r}: expected one of {', '.join(labels)}")
                 return None
-            return fd.enum_type.values_by_name[enum_prefix(fd.enum_type) + node.value.upper()].number
+            return names.EnumNames(fd.enum_type).number(node.value)
         if kind == FieldDescriptor.TYPE_BOOL:
             if node.tag != _BOOL:
                 self.error(node, path, "expected a boolean (true or false)")

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import click
 
+from .. import names
 from ..client import invite_code_to_redeem
 from ..gen.authz.v1 import authz_pb2 as az
 from ..gen.authz.v1 import common_pb2 as cm
-from .output import label
 from .session import Session, call, pass_session, session_options
 
 
@@ -33,7 +33,7 @@ def message(s: Session, channel: str, user: str, text: str, name: str | None, gr
                               chat_kind=cm.CHAT_KIND_GROUP if group else cm.CHAT_KIND_DIRECT, group_id=group,
                               mentioned=mention, display_name=name or "")  # fmt: skip
     check = call(c.authz.CheckUser, req)
-    click.echo(f"CheckUser: {label(az.Decision, check.decision)} ({check.reason})")
+    click.echo(f"CheckUser: {names.DECISION.label(check.decision)} ({check.reason})")
     code = invite_code_to_redeem(check, direct=not group, text=text)
     if check.decision == az.DECISION_ALLOW:
         click.echo(
@@ -46,7 +46,7 @@ def message(s: Session, channel: str, user: str, text: str, name: str | None, gr
     elif code is not None:
         redeemed = call(c.authz.RedeemInvite, az.RedeemInviteRequest(channel_id=channel, user_id=user, code=code,
                                                                      display_name=name or ""))  # fmt: skip
-        click.echo(f"RedeemInvite: {label(az.InviteOutcome, redeemed.outcome)}")
+        click.echo(f"RedeemInvite: {names.INVITE_OUTCOME.label(redeemed.outcome)}")
         click.echo(f"bot → {user}: {redeemed.text}" if redeemed.text else "(the bot stays silent)")
     elif check.decision == az.DECISION_RATE_LIMITED:
         click.echo(f"(the bot stays silent; the next message is admitted in {check.retry_after_seconds} s)")
@@ -54,7 +54,7 @@ def message(s: Session, channel: str, user: str, text: str, name: str | None, gr
         pr = call(c.authz.RequestPairing, az.RequestPairingRequest(channel_id=channel, user_id=user,
                                                                    display_name=name or "", first_message=text))  # fmt: skip
         click.echo(
-            f"RequestPairing: {label(az.PairingOutcome, pr.outcome)}"
+            f"RequestPairing: {names.PAIRING_OUTCOME.label(pr.outcome)}"
             + (f" (code {pr.code})" if pr.code else "")
         )
         if pr.text:
