@@ -116,13 +116,19 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         for agent, actors in request.agent_approvers.items():
             if len(actors.actors) > 256:
                 raise InvalidArgument(f"agent_approvers[{agent}]", "at most 256 entries")
-        settings = await flows.set_settings(
-            ctx,
-            list(request.approvers),
-            {agent: list(actors.actors) for agent, actors in request.agent_approvers.items()},
-            convert.text(request.timezone, "timezone", 64),
-        )
-        return _settings(settings)
+        approvers = list(request.approvers)
+        agent_approvers = {agent: list(actors.actors) for agent, actors in request.agent_approvers.items()}
+        timezone = convert.text(request.timezone, "timezone", 64)
+        if request.validate_only:
+            approvers, agent_approvers, timezone = flows.normalise_settings(
+                approvers, agent_approvers, timezone
+            )
+            return adm.TenantSettings(
+                approvers=approvers,
+                agent_approvers={a: adm.ActorList(actors=v) for a, v in agent_approvers.items()},
+                timezone=timezone,
+            )
+        return _settings(await flows.set_settings(ctx, approvers, agent_approvers, timezone))
 
     # --- keys --------------------------------------------------------------------
 
@@ -152,6 +158,11 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                 "policy", "is required (an empty policy means: pairing, groups by allowlist)"
             )
         policy = convert.policy_in(request.policy)
+        if request.validate_only:
+            policy = flows.normalise_channel(platform, policy)
+            return adm.Channel(
+                channel_id=channel_id, platform=request.platform, policy=convert.policy_out(policy)
+            )
         return _channel(await flows.set_channel(ctx, channel_id, platform, policy))
 
     @rpc(Role.ADMIN, read_only=True)

@@ -73,14 +73,14 @@ def validate_patterns(patterns: Iterable[str], field: str) -> tuple[str, ...]:
     out = tuple(patterns)
     if len(out) > MAX_PATTERNS:
         raise InvalidArgument(field, f"at most {MAX_PATTERNS} patterns")
-    for p in out:
+    for i, p in enumerate(out):
         if not p or len(p) > MAX_PATTERN_LEN:
-            raise InvalidArgument(field, f"patterns must be 1-{MAX_PATTERN_LEN} characters")
+            raise InvalidArgument(f"{field}[{i}]", f"patterns must be 1-{MAX_PATTERN_LEN} characters")
         try:
             compile_pattern(p)
         except re2.error as exc:
             detail = exc.args[0].decode() if exc.args and isinstance(exc.args[0], bytes) else str(exc)
-            raise InvalidArgument(field, f"{p!r} is not a valid RE2 pattern: {detail}") from None
+            raise InvalidArgument(f"{field}[{i}]", f"{p!r} is not a valid RE2 pattern: {detail}") from None
     return out
 
 

@@ -55,7 +55,7 @@ def _target(value: str, field: str) -> str:
 def _targets(values: tuple[str, ...], field: str) -> tuple[str, ...]:
     if len(values) > MAX_LIST:
         raise InvalidArgument(field, f"at most {MAX_LIST} entries")
-    return tuple(_target(v, field) for v in values)
+    return tuple(_target(v, f"{field}[{i}]") for i, v in enumerate(values))
 
 
 def _bounded(values: tuple[object, ...], field: str, max_items: int = 64) -> None:
@@ -72,7 +72,7 @@ def _tool_name(value: str, field: str) -> str:
 def _names(values: tuple[str, ...], field: str, check: Callable[[str, str], str]) -> tuple[str, ...]:
     """Permissions (``ids.permission``) or tool names (``_tool_name``), duplicates dropped."""
     _bounded(values, field, MAX_LIST)
-    return tuple(dict.fromkeys(check(v, field) for v in values))
+    return tuple(dict.fromkeys(check(v, f"{field}[{i}]") for i, v in enumerate(values)))
 
 
 def minute_of(value: str, field: str) -> int:
@@ -138,12 +138,14 @@ def validate_group_rule(rule: GroupRule, field: str) -> GroupRule:
         mention_patterns=mention.validate_patterns(rule.mention_patterns, f"{field}.mention_patterns"),
         allowed_commands=tuple(
             dict.fromkeys(
-                mention.normalise_command(c, f"{field}.allowed_commands") for c in rule.allowed_commands
+                mention.normalise_command(c, f"{field}.allowed_commands[{i}]")
+                for i, c in enumerate(rule.allowed_commands)
             )
         ),
         denied_commands=tuple(
             dict.fromkeys(
-                mention.normalise_command(c, f"{field}.denied_commands") for c in rule.denied_commands
+                mention.normalise_command(c, f"{field}.denied_commands[{i}]")
+                for i, c in enumerate(rule.denied_commands)
             )
         ),
         rate_limit=validate_rate_limit(rule.rate_limit, f"{field}.rate_limit"),
@@ -172,24 +174,28 @@ def validate_binding(platform: Platform, b: Binding, field: str) -> Binding:
 def validate_auto_approve(a: AutoApprove, field: str) -> AutoApprove:
     _bounded(a.phone_patterns, f"{field}.phone_patterns")
     _bounded(a.email_domains, f"{field}.email_domains")
-    for p in a.phone_patterns:
+    for i, p in enumerate(a.phone_patterns):
         if not _PHONE_GLOB.fullmatch(p):
-            raise InvalidArgument(f"{field}.phone_patterns", f"{p!r} must be '+' then digits, '?' or '*'")
+            raise InvalidArgument(
+                f"{field}.phone_patterns[{i}]", f"{p!r} must be '+' then digits, '?' or '*'"
+            )
         if p.strip("+*?") == "":
             raise InvalidArgument(
-                f"{field}.phone_patterns", f"{p!r} must contain digits (no match-all pattern)"
+                f"{field}.phone_patterns[{i}]", f"{p!r} must contain digits (no match-all pattern)"
             )
         if literal_prefix(p) < MIN_PHONE_PREFIX:
             raise InvalidArgument(
-                f"{field}.phone_patterns",
+                f"{field}.phone_patterns[{i}]",
                 f"{p!r} must start with at least {MIN_PHONE_PREFIX} digits after '+' before any '?' or '*'"
                 " (a shorter prefix admits a whole country or more)",
             )
     domains = []
-    for d in a.email_domains:
+    for i, d in enumerate(a.email_domains):
         norm = d.strip().removeprefix("@").lower()
         if not _DOMAIN.fullmatch(norm):
-            raise InvalidArgument(f"{field}.email_domains", f"{d!r} must be a domain such as company.com")
+            raise InvalidArgument(
+                f"{field}.email_domains[{i}]", f"{d!r} must be a domain such as company.com"
+            )
         domains.append(norm)
     return AutoApprove(
         phone_patterns=tuple(dict.fromkeys(a.phone_patterns)), email_domains=tuple(dict.fromkeys(domains))
@@ -202,8 +208,8 @@ def validate(platform: Platform, policy: ChannelPolicy) -> ChannelPolicy:
         ids.user_id(platform, policy.owner_id, "policy.owner_id")
     if len(policy.approvers) > MAX_LIST:
         raise InvalidArgument("policy.approvers", f"at most {MAX_LIST} entries")
-    for approver in policy.approvers:
-        ids.user_id(platform, approver, "policy.approvers")
+    for i, approver in enumerate(policy.approvers):
+        ids.user_id(platform, approver, f"policy.approvers[{i}]")
     if not 30 <= policy.pairing_code_ttl_seconds <= 86_400:
         raise InvalidArgument("policy.pairing_code_ttl_seconds", "must be between 30 and 86400")
     if not 1 <= policy.max_pending <= 10_000:
@@ -214,10 +220,10 @@ def validate(platform: Platform, policy: ChannelPolicy) -> ChannelPolicy:
     if len(policy.aliases) > MAX_LIST:
         raise InvalidArgument("policy.aliases", f"at most {MAX_LIST} entries")
     for alias, target in policy.aliases.items():
-        _target(alias, "policy.aliases")
-        _target(target, "policy.aliases")
+        _target(alias, f"policy.aliases[{alias}]")
+        _target(target, f"policy.aliases[{alias}]")
         if targets.normalise(alias) == targets.ORIGIN:
-            raise InvalidArgument("policy.aliases", "'origin' is reserved")
+            raise InvalidArgument(f"policy.aliases[{alias}]", "'origin' is reserved")
     try:  # names are compared canonical on the platform (domain.targets): C0X is slack:C0X
         normalised = targets.normalise_aliases(policy.aliases, platform)
         for alias in normalised:
@@ -233,7 +239,7 @@ def validate(platform: Platform, policy: ChannelPolicy) -> ChannelPolicy:
     if len(policy.agent_send_policies) > MAX_LIST:
         raise InvalidArgument("policy.agent_send_policies", f"at most {MAX_LIST} entries")
     per_agent = {
-        ids.agent_id(agent, "policy.agent_send_policies"): validate_send_policy(
+        ids.agent_id(agent, f"policy.agent_send_policies[{agent}]"): validate_send_policy(
             p, f"policy.agent_send_policies[{agent}]"
         )
         for agent, p in policy.agent_send_policies.items()
@@ -242,7 +248,7 @@ def validate(platform: Platform, policy: ChannelPolicy) -> ChannelPolicy:
     if len(policy.groups) > MAX_LIST:
         raise InvalidArgument("policy.groups", f"at most {MAX_LIST} entries")
     groups = {
-        ids.group_id(g, "policy.groups"): validate_group_rule(rule, f"policy.groups[{g}]")
+        ids.group_id(g, f"policy.groups[{g}]"): validate_group_rule(rule, f"policy.groups[{g}]")
         for g, rule in policy.groups.items()
     }
     if len(policy.bindings) > MAX_LIST:

@@ -87,19 +87,27 @@ async def get_settings(ctx: Context) -> TenantSettings:
         )
 
 
+def normalise_settings(
+    approvers: list[str], agent_approvers: dict[str, list[str]], timezone: str
+) -> tuple[list[str], dict[str, list[str]], str]:
+    """What ``set_settings`` stores: checked (InvalidArgument names the entry), sorted, de-duplicated.
+    Also what a ``validate_only`` SetTenantSettings returns."""
+    timezone = send_policy.validate_timezone(timezone)
+    for i, a in enumerate(approvers):
+        ids.qualified_actor(a, f"approvers[{i}]")
+    for agent, actors in agent_approvers.items():
+        ids.agent_id(agent, f"agent_approvers[{agent}]")
+        for j, a in enumerate(actors):
+            ids.qualified_actor(a, f"agent_approvers[{agent}][{j}]")
+    per_agent = {agent: sorted(set(actors)) for agent, actors in sorted(agent_approvers.items())}
+    return sorted(set(approvers)), per_agent, timezone
+
+
 async def set_settings(
     ctx: Context, approvers: list[str], agent_approvers: dict[str, list[str]], timezone: str = ""
 ) -> TenantSettings:
     """Replace the tenant's settings, all of them (an empty ``timezone`` is UTC)."""
-    timezone = send_policy.validate_timezone(timezone)
-    for a in approvers:
-        ids.qualified_actor(a)
-    for agent, actors in agent_approvers.items():
-        ids.agent_id(agent, "agent_approvers")
-        for a in actors:
-            ids.qualified_actor(a, f"agent_approvers[{agent}]")
-    approvers = sorted(set(approvers))
-    per_agent = {agent: sorted(set(actors)) for agent, actors in sorted(agent_approvers.items())}
+    approvers, per_agent, timezone = normalise_settings(approvers, agent_approvers, timezone)
     async with ctx.db.tenant(ctx.tenant_id) as conn:
         await q.set_tenant_approvers(conn, ctx.tenant_id, approvers)
         await q.set_agent_approvers(conn, ctx.tenant_id, per_agent)
@@ -156,10 +164,16 @@ def _stored(ctx: Context, row: asyncpg.Record) -> StoredChannel:
         ) from None
 
 
+def normalise_channel(platform: Platform, policy: ChannelPolicy) -> ChannelPolicy:
+    """What ``set_channel`` stores (raises InvalidArgument naming the field); also what a
+    ``validate_only`` SetChannel returns."""
+    return policy_codec.validate(platform, policy)
+
+
 async def set_channel(
     ctx: Context, channel_id: str, platform: Platform, policy: ChannelPolicy
 ) -> StoredChannel:
-    policy = policy_codec.validate(platform, policy)
+    policy = normalise_channel(platform, policy)
     async with ctx.db.tenant(ctx.tenant_id) as conn:
         row = await q.upsert_channel(conn, ctx.tenant_id, channel_id, platform, policy)
         await _audit(ctx, conn, "channel.updated", channel_id=channel_id,

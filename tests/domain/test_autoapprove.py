@@ -108,7 +108,7 @@ def test_phone_patterns_with_a_long_enough_prefix_are_accepted(pattern: str) -> 
 def test_phone_patterns_that_admit_too_much_are_refused(pattern: str, why: str) -> None:
     with pytest.raises(InvalidArgument, match=why) as caught:
         validate_auto_approve(AutoApprove(phone_patterns=("+8498*", pattern)), "policy.auto_approve")
-    assert caught.value.field == "policy.auto_approve.phone_patterns"
+    assert caught.value.field == "policy.auto_approve.phone_patterns[1]"  # the entry, by index
 
 
 @pytest.mark.parametrize(
@@ -307,7 +307,7 @@ def test_permission_names_have_one_limit(name: str, ok: bool) -> None:
         ids.permission(name)
     with pytest.raises(InvalidArgument, match="1-64 characters") as caught:
         validate_binding(Platform.TELEGRAM, binding, "policy.bindings[0]")
-    assert caught.value.field == "policy.bindings[0].permissions"
+    assert caught.value.field == "policy.bindings[0].permissions[0]"
 
 
 def test_binding_tool_names_keep_their_own_limit() -> None:

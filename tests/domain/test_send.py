@@ -150,9 +150,9 @@ def test_a_bare_id_is_the_prefixed_id(platform: Platform, deny: str, target: str
 @pytest.mark.parametrize(
     ("policy", "field"),
     [
-        (ChannelPolicy(send_policy=SendPolicy(deny=("telegram:-١٠٠١٢٣",))), "policy.send_policy.deny"),
-        (ChannelPolicy(send_policy=SendPolicy(allow=("discord:１２３",))), "policy.send_policy.allow"),
-        (ChannelPolicy(aliases={"ops": "telegram:-１٠٠"}), "policy.aliases"),
+        (ChannelPolicy(send_policy=SendPolicy(deny=("telegram:-١٠٠١٢٣",))), "policy.send_policy.deny[0]"),
+        (ChannelPolicy(send_policy=SendPolicy(allow=("discord:１２３",))), "policy.send_policy.allow[0]"),
+        (ChannelPolicy(aliases={"ops": "telegram:-１٠٠"}), "policy.aliases[ops]"),
     ],
     ids=["deny-arabic-indic", "allow-fullwidth", "alias-target"],
 )
