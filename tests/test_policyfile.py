@@ -10,7 +10,6 @@ import asyncpg
 import pytest
 import yaml
 
-from authz_service.cli.policyfile import read_policy_file
 from authz_service.gen.authz.v1 import admin_pb2 as adm
 from authz_service.gen.authz.v1 import common_pb2 as cm
 
@@ -195,34 +194,70 @@ async def test_server_validation_maps_to_the_line(
     assert await channel_ids(tenant) == []
 
 
-async def test_group_senders_and_tenant_are_validated(cli: Cli, tmp_path: Path) -> None:
+async def test_the_tenant_is_checked_by_the_service(cli: Cli, tmp_path: Path) -> None:
+    """The service answers for the first problem in each part (tenant, channel)."""
+    for tenant, expected in (
+        (
+            '  approvers: ["telegram:42", "42"]\n',
+            "3: tenant.approvers[1]: '42' must be '<platform>:<user id>'",
+        ),
+        (
+            '  agent_approvers:\n    ops: ["telegram:1", "x"]\n',
+            "4: tenant.agent_approvers[ops][1]: 'x' must be",
+        ),
+        ("  timezone: Mars/Olympus\n", "3: tenant.timezone: 'Mars/Olympus' must be an IANA time zone"),
+    ):
+        path = tmp_path / "policy.yaml"
+        text = (
+            "version: 1\ntenant:\n"
+            + tenant
+            + "channels:\n  - {id: c1, platform: slack, policy: {max_pending: 20000}}\n"
+        )
+        path.write_text(text)
+        r = await cli("apply", "-f", str(path), "--dry-run")
+        assert r.code == 2, r.text
+        assert f"{path}:{expected}" in r.err, r.err
+        channel_line = len(text.splitlines())
+        assert (
+            f"{path}:{channel_line}: channels[0].policy.max_pending: must be between 1 and 10000" in r.err
+        ), r.err
+        assert "2 errors; nothing was applied" in r.err
+
+
+async def test_group_senders_are_checked_when_written(cli: Cli, tenant: Tenant, tmp_path: Path) -> None:
     path = write(
         tmp_path,
         """
         version: 1
-        tenant:
-          approvers: ["telegram:42", "42"]
-          timezone: Mars/Olympus
         channels:
           - id: c1
             platform: telegram
             group_senders:
-              - {group_id: "g 1", user_id: "42"}
-              - {group_id: g2, user_id: "@bob"}
               - {group_id: g3, user_id: "7"}
               - {group_id: g3, user_id: "7"}
     """,
     )
     r = await cli("apply", "-f", str(path), "--dry-run")
-    assert r.code == 2
-    for expected in (
-        f"{path}:3: tenant.approvers[1]: '42' must be '<platform>:<user id>'",
-        f"{path}:4: tenant.timezone: 'Mars/Olympus' must be an IANA time zone",
-        f"{path}:9: channels[0].group_senders[0].group_id: must be",
-        f"{path}:10: channels[0].group_senders[1].user_id: must be a Telegram numeric user id",
-        f"{path}:12: channels[0].group_senders[3]: duplicate group sender (first at line 11)",
-    ):
-        assert expected in r.err, r.err
+    assert (r.code, r.out) == (2, "")
+    assert f"{path}:7: channels[0].group_senders[1]: duplicate group sender (first at line 6)" in r.err
+
+    # The ids are the service's to judge, when the sender is added.
+    path = write(
+        tmp_path,
+        """
+        version: 1
+        channels:
+          - id: c1
+            platform: telegram
+            group_senders:
+              - {group_id: g2, user_id: "@bob"}
+    """,
+    )
+    r = await cli("apply", "-f", str(path), "--yes")
+    assert r.code == 1, r.text
+    assert "apply stopped: channel c1: AllowGroupSender group g2 user @bob failed: INVALID_ARGUMENT" in r.err
+    assert "already applied: channel c1 (created)" in r.err
+    assert await channel_ids(tenant) == ["c1"]
 
 
 # --- apply ---------------------------------------------------------------------------
@@ -417,7 +452,7 @@ async def test_acknowledged_risk_warns_and_applies(cli: Cli, tenant: Tenant, tmp
     assert (await get(tenant, "public")).policy.dm_policy == cm.DM_POLICY_OPEN
 
 
-async def test_each_risk_points_at_its_setting(tmp_path: Path) -> None:
+async def test_each_risk_points_at_its_setting(cli: Cli, tmp_path: Path) -> None:
     text = dedent("""
         version: 1
         channels:
@@ -434,13 +469,14 @@ async def test_each_risk_points_at_its_setting(tmp_path: Path) -> None:
             group_senders:
               - {group_id: "*", user_id: "42"}
     """).lstrip()
-    from authz_service.cli.schema import PolicyFileInvalid
-
-    with pytest.raises(PolicyFileInvalid) as caught:
-        read_policy_file(text)
-    found = [
-        (e.line, e.path.removeprefix("channels[0]."), e.message.split(":")[0]) for e in caught.value.errors
-    ]
+    path = tmp_path / "policy.yaml"
+    path.write_text(text)
+    r = await cli("apply", "-f", str(path), "--dry-run")
+    assert r.code == 2
+    found = []
+    for line in r.err.splitlines()[:-1]:
+        where, at, problem = line.removeprefix(f"{path}:").split(": ", 2)
+        found.append((int(where), at.removeprefix("channels[0]."), problem.split(":")[0]))
     assert found == [
         (7, "policy.groups[-100].policy", "risk open_groups is not acknowledged"),
         (8, "policy.send_policy.default", "risk send_default_allow is not acknowledged"),

@@ -9,6 +9,7 @@ from typing import Any
 import click
 import yaml
 
+from ..client import SyncClient
 from ..domain import risks
 from ..domain.model import ChannelPolicy, Platform
 from .errors import NOT_DONE, CliError
@@ -22,7 +23,7 @@ from .plan import (
     render_plan,
     tenant_doc,
 )
-from .policyfile import FORMAT_VERSION, FileTenant, PolicyFile, read_policy_file, read_text
+from .policyfile import FORMAT_VERSION, FileTenant, PolicyFile, check, read_policy_file, read_text
 from .schema import PolicyFileInvalid
 from .session import Session, pass_session, session_options
 
@@ -35,20 +36,31 @@ def _confirm(question: str) -> bool:
     return answer.strip().lower() in ("y", "yes")
 
 
-def load(filename: str) -> PolicyFile:
-    """Read and validate, printing the warnings; every error is printed before the one that ends the command."""
+def _refused(filename: str, exc: PolicyFileInvalid) -> CliError:
+    """Print every error of the file; the returned error ends the command."""
+    for e in exc.errors:
+        click.echo(e.format(filename), err=True)
+    n = len(exc.errors)
+    return CliError(f"{filename}: {n} error{'s' if n != 1 else ''}; nothing was applied")
+
+
+def load(filename: str, s: Session) -> tuple[PolicyFile, SyncClient]:
+    """Read the file (its shape: no key needed to fail here), then have the service
+    check it; print the warnings."""
     try:
-        pf = read_policy_file(read_text(filename))
+        parsed = read_policy_file(read_text(filename))
     except PolicyFileInvalid as exc:
-        for e in exc.errors:
-            click.echo(e.format(filename), err=True)
-        n = len(exc.errors)
-        raise CliError(f"{filename}: {n} error{'s' if n != 1 else ''}; nothing was applied") from None
+        raise _refused(filename, exc) from None
+    c = s.client()
+    try:
+        pf = check(parsed, c)
+    except PolicyFileInvalid as exc:
+        raise _refused(filename, exc) from None
     for w in pf.warnings:
         click.echo(w.format(filename))
     for note in pf.notes:
         click.echo(note)
-    return pf
+    return pf, c
 
 
 @click.command(help="make the tenant match a policy file: show the changes, then write only what differs")
@@ -59,8 +71,7 @@ def load(filename: str) -> PolicyFile:
 @session_options
 @pass_session
 def apply(s: Session, file: str, dry_run: bool, prune: bool, yes: bool) -> int:
-    pf = load(file)
-    c = s.client()
+    pf, c = load(file, s)
     cur = fetch_current(c, [ch.channel_id for ch in pf.channels if ch.group_senders is not None])
     plan = make_plan(pf, cur, prune)
     for line in render_plan(plan):

@@ -15,12 +15,11 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from .. import names, policy_proto
-from ..domain.errors import InvalidArgument
 from ..domain.model import ChannelPolicy, Platform
 from ..gen.authz.v1 import admin_pb2 as adm
 from ..gen.authz.v1 import common_pb2 as cm
 from .errors import NOT_DONE, CliError
-from .policyfile import FileChannel, FileTenant, PolicyFile, normalise_policy
+from .policyfile import FileChannel, FileTenant, PolicyFile, tenant_from_proto
 from .session import TIMEOUT
 
 # --- the normalised document form (export, diff) --------------------------------------
@@ -126,21 +125,6 @@ class Current:
     senders: dict[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)
 
 
-def _stored_policy(platform: Platform, msg: cm.ChannelPolicy) -> ChannelPolicy:
-    try:
-        return normalise_policy(platform, msg)
-    except InvalidArgument:  # stored under older rules: compare as stored
-        return policy_proto.policy_in(msg)
-
-
-def tenant_from_proto(s: adm.TenantSettings) -> FileTenant:
-    return FileTenant(
-        approvers=tuple(sorted(set(s.approvers))),
-        agent_approvers={a: tuple(sorted(set(v.actors))) for a, v in sorted(s.agent_approvers.items())},
-        timezone=s.timezone,
-    )
-
-
 def rpc_call(fn: Callable[..., Any], request: Message) -> Any:
     return fn(request, timeout=TIMEOUT)
 
@@ -150,7 +134,7 @@ def fetch_current(c: Any, sender_channels: list[str]) -> Current:
     channels = {}
     for ch in rpc_call(c.admin.ListChannels, adm.ListChannelsRequest()).channels:
         platform = names.PLATFORM.to_domain(ch.platform)
-        channels[ch.channel_id] = (platform, _stored_policy(platform, ch.policy))
+        channels[ch.channel_id] = (platform, policy_proto.policy_in(ch.policy))
     cur = Current(tenant_from_proto(settings), channels)
     for cid in sender_channels:
         if cid in channels:

@@ -11,18 +11,21 @@ The format (``version: 1``, see docs/policies.md "Policy files")::
         policy: {...}            # the ChannelPolicy proto, field names as in common.proto
         group_senders: [...]     # optional; when present, the exact set
 
-Reading it takes three passes, all before the service is asked anything:
+Reading it takes three passes:
 
-1. schema: the YAML node tree is walked along the proto descriptors, so every
-   unknown field, wrong type and unknown enum value is reported with its line;
-2. domain: each channel goes through the very conversion and validation the
-   server runs on SetChannel (``policy_proto.policy_in`` then ``policy.validate``),
-   and an InvalidArgument's field path is mapped back to the nearest line;
+1. shape, here (:func:`read_policy_file`): the YAML node tree is walked along
+   the proto descriptors, so every unknown field, wrong type, unknown enum
+   value and duplicate is reported with its line, before the service is asked
+   anything;
+2. the service (:func:`check`): the tenant settings and each channel are sent
+   with ``validate_only``, so the service validates and normalises them exactly
+   as it would store them, and writes nothing; an INVALID_ARGUMENT's field path
+   (``policy.groups[g1].allowed_commands[2]``) is mapped back to its line;
 3. risks: each channel's risky settings (``domain.risks``) must be listed in
    its ``acknowledge:``.
 
-The validated, normalised policy is what gets compared with the tenant's
-current state, so a file applied twice changes nothing the second time.
+The normalised policy the service returns is what gets compared with the
+tenant's current state, so a file applied twice changes nothing the second time.
 """
 
 from __future__ import annotations
@@ -32,17 +35,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import grpc
 from google.protobuf.message import Message
 from yaml.nodes import Node, ScalarNode
 
-from .. import policy_proto
-from ..domain import ids, risks
-from ..domain import policy as policy_codec
-from ..domain import send as send_domain
-from ..domain.errors import InvalidArgument
+from .. import names, policy_proto
+from ..client import SyncClient
+from ..domain import risks
 from ..domain.model import ChannelPolicy, Platform
+from ..gen.authz.v1 import admin_pb2 as adm
 from ..gen.authz.v1 import common_pb2 as cm
-from .errors import CliError
+from .errors import CliError, RpcFailed
 from .schema import (
     INT_TAG,
     FileError,
@@ -54,10 +57,10 @@ from .schema import (
     parent_path,
     unknown_field,
 )
+from .session import TIMEOUT
 
 FORMAT_VERSION = 1
 PLATFORMS = {p.value: p for p in Platform}
-MAX_APPROVERS = 256
 
 
 @dataclass(frozen=True)
@@ -99,14 +102,11 @@ class FileChannel:
 
 
 @dataclass
-class PolicyFile:
-    tenant: FileTenant | None
-    channels: list[FileChannel]
-    warnings: list[RiskWarning]
-    notes: list[str]
-    lines: dict[str, int]
+class _Lines:
+    lines: dict[str, int]  # path -> line, for every node read
 
     def line_of(self, path: str) -> int:
+        """The line of ``path``, else of its nearest parent that has one."""
         p = path
         while p:
             if p in self.lines:
@@ -116,7 +116,17 @@ class PolicyFile:
 
 
 @dataclass
-class _RawChannel:
+class PolicyFile(_Lines):
+    """A policy file as the service would store it (the result of :func:`check`)."""
+
+    tenant: FileTenant | None = None
+    channels: list[FileChannel] = field(default_factory=list)
+    warnings: list[RiskWarning] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RawChannel:
     index: int
     node: Node
     channel_id: str | None = None
@@ -124,7 +134,18 @@ class _RawChannel:
     policy: cm.ChannelPolicy = field(default_factory=cm.ChannelPolicy)
     acknowledge: list[str] = field(default_factory=list)
     senders: list[tuple[str, str]] | None = None
-    clean: bool = True
+
+    @property
+    def path(self) -> str:
+        return f"channels[{self.index}]"
+
+
+@dataclass
+class ParsedFile(_Lines):
+    """A policy file as written: its shape checked, the service not yet asked."""
+
+    tenant: adm.TenantSettings | None = None
+    channels: list[RawChannel] = field(default_factory=list)
 
 
 # --- reading a file ----------------------------------------------------------------
@@ -135,8 +156,8 @@ _CHANNEL = ("id", "platform", "acknowledge", "policy", "group_senders")
 _SENDER = ("group_id", "user_id")
 
 
-def read_policy_file(text: str) -> PolicyFile:
-    """Parse and validate a policy file; raise PolicyFileInvalid with every error found."""
+def read_policy_file(text: str) -> ParsedFile:
+    """Parse a policy file and check its shape; raise PolicyFileInvalid with every error found."""
     root = compose(text)
     r = Reader()
     if root is None:
@@ -162,38 +183,29 @@ def read_policy_file(text: str) -> PolicyFile:
         r.error(version, "version", f"unsupported version {shown}: this authz reads version {FORMAT_VERSION}")
         raise PolicyFileInvalid(r.errors)
 
-    tenant_raw = _read_tenant(r, top["tenant"][1]) if "tenant" in top else None
-    raws: list[_RawChannel] = []
+    parsed = ParsedFile(r.lines)
+    if "tenant" in top:
+        parsed.tenant = _read_tenant(r, top["tenant"][1])
     if "channels" in top and not is_null(top["channels"][1]):
         for i, node in enumerate(r.sequence(top["channels"][1], "channels") or []):
             r.lines[f"channels[{i}]"] = node_line(node)
-            before = len(r.errors)
-            raw = _read_channel(r, i, node)
-            raw.clean = len(r.errors) == before
-            raws.append(raw)
-
-    lines = r.lines
-    pf = PolicyFile(tenant=None, channels=[], warnings=[], notes=[], lines=lines)
-    if tenant_raw is not None:
-        pf.tenant = _validate_tenant(r, pf, *tenant_raw)
+            parsed.channels.append(_read_channel(r, i, node))
     seen: dict[str, int] = {}
-    for raw in raws:
+    for raw in parsed.channels:
         if raw.channel_id is not None and raw.channel_id in seen:
-            r.error(
-                pf.line_of(f"channels[{raw.index}].id"),
-                f"channels[{raw.index}].id",
-                f"duplicate channel id {raw.channel_id!r} (first at line {seen[raw.channel_id]})",
-            )
-            continue
-        if raw.channel_id is not None:
-            seen[raw.channel_id] = pf.line_of(f"channels[{raw.index}].id")
-        if raw.clean:
-            ch = _validate_channel(r, pf, raw)
-            if ch is not None:
-                pf.channels.append(ch)
+            r.error(parsed.line_of(f"{raw.path}.id"), f"{raw.path}.id",
+                    f"duplicate channel id {raw.channel_id!r} (first at line {seen[raw.channel_id]})")  # fmt: skip
+        elif raw.channel_id is not None:
+            seen[raw.channel_id] = parsed.line_of(f"{raw.path}.id")
+        senders: dict[tuple[str, str], int] = {}
+        for j, sender in enumerate(raw.senders or []):
+            p = f"{raw.path}.group_senders[{j}]"
+            if sender in senders:
+                r.error(parsed.line_of(p), p, f"duplicate group sender (first at line {senders[sender]})")
+            senders.setdefault(sender, parsed.line_of(p))
     if r.errors:
         raise PolicyFileInvalid(r.errors)
-    return pf
+    return parsed
 
 
 def read_policy_overlay(text: str) -> tuple[str | None, cm.ChannelPolicy, list[str]]:
@@ -223,9 +235,9 @@ def read_policy_overlay(text: str) -> tuple[str | None, cm.ChannelPolicy, list[s
     return platform, msg, keys
 
 
-def _read_tenant(r: Reader, node: Node) -> tuple[list[str], dict[str, list[str]], str] | None:
+def _read_tenant(r: Reader, node: Node) -> adm.TenantSettings | None:
     if is_null(node):
-        return [], {}, ""
+        return adm.TenantSettings()
     entries = r.mapping(node, "tenant")
     if entries is None:
         return None
@@ -247,11 +259,15 @@ def _read_tenant(r: Reader, node: Node) -> tuple[list[str], dict[str, list[str]]
             timezone = r.string(value, path) or ""
         else:
             r.error(key_node, path, unknown_field(key, list(_TENANT)))
-    return approvers, per_agent, timezone
+    return adm.TenantSettings(
+        approvers=approvers,
+        agent_approvers={a: adm.ActorList(actors=v) for a, v in per_agent.items()},
+        timezone=timezone,
+    )
 
 
-def _read_channel(r: Reader, i: int, node: Node) -> _RawChannel:
-    raw = _RawChannel(i, node)
+def _read_channel(r: Reader, i: int, node: Node) -> RawChannel:
+    raw = RawChannel(i, node)
     base = f"channels[{i}]"
     entries = r.mapping(node, base)
     if entries is None:
@@ -312,142 +328,70 @@ def _read_channel(r: Reader, i: int, node: Node) -> _RawChannel:
     return raw
 
 
-def _invalid(r: Reader, pf: PolicyFile, base: str, exc: InvalidArgument) -> None:
-    path = f"{base}.{exc.field}" if base else exc.field
-    problem = exc.message.removeprefix(f"{exc.field}: ")
-    r.error(pf.line_of(path), path, problem)
+# How the service names a field -> where it is in the file (below the channel or tenant).
+_FILE_PATH = {"channel_id": "id"}
 
 
-def _validate_tenant(
-    r: Reader, pf: PolicyFile, approvers: list[str], per_agent: dict[str, list[str]], timezone: str
-) -> FileTenant | None:
-    before = len(r.errors)
-    if len(approvers) > MAX_APPROVERS:
-        r.error(pf.line_of("tenant.approvers"), "tenant.approvers", f"at most {MAX_APPROVERS} entries")
-    for i, a in enumerate(approvers):
-        try:
-            ids.qualified_actor(a, f"approvers[{i}]")
-        except InvalidArgument as exc:
-            _invalid(r, pf, "tenant", exc)
-    if len(per_agent) > MAX_APPROVERS:
-        r.error(
-            pf.line_of("tenant.agent_approvers"), "tenant.agent_approvers", f"at most {MAX_APPROVERS} agents"
-        )
-    for agent, actors in per_agent.items():
-        try:
-            ids.agent_id(agent, f"agent_approvers[{agent}]")
-            if len(actors) > MAX_APPROVERS:
-                raise InvalidArgument(f"agent_approvers[{agent}]", f"at most {MAX_APPROVERS} entries")
-            for j, a in enumerate(actors):
-                ids.qualified_actor(a, f"agent_approvers[{agent}][{j}]")
-        except InvalidArgument as exc:
-            _invalid(r, pf, "tenant", exc)
+def _validated(method: Any, request: Message, base: str, parsed: ParsedFile, errors: list[FileError]) -> Any:
+    """The service's answer to a ``validate_only`` request; None (and an error at
+    the line the field path names) when it refuses the content."""
     try:
-        timezone = send_domain.validate_timezone(timezone)
-    except InvalidArgument as exc:
-        _invalid(r, pf, "tenant", exc)
-    if len(r.errors) > before:
+        return method(request, timeout=TIMEOUT)
+    except grpc.RpcError as exc:
+        if exc.code() != grpc.StatusCode.INVALID_ARGUMENT:
+            raise RpcFailed(exc) from None
+        name, _, problem = (exc.details() or "").partition(": ")
+        path = f"{base}.{_FILE_PATH.get(name, name)}"
+        errors.append(FileError(parsed.line_of(path), path, problem))
         return None
-    # As the server stores them: sorted, without duplicates.
+
+
+def check(parsed: ParsedFile, c: SyncClient) -> PolicyFile:
+    """Have the service validate and normalise every part of the file (nothing is
+    written), then check the risks; raise PolicyFileInvalid with every error found."""
+    pf = PolicyFile(parsed.lines)
+    errors: list[FileError] = []
+    if parsed.tenant is not None:
+        settings_request = adm.TenantSettings()
+        settings_request.CopyFrom(parsed.tenant)
+        settings_request.validate_only = True
+        settings = _validated(c.admin.SetTenantSettings, settings_request, "tenant", parsed, errors)
+        pf.tenant = tenant_from_proto(settings) if settings is not None else None
+    for raw in parsed.channels:
+        assert raw.channel_id is not None and raw.platform is not None  # read_policy_file requires both
+        request = adm.SetChannelRequest(channel_id=raw.channel_id, policy=raw.policy, validate_only=True,
+                                        platform=cm.Platform.ValueType(names.PLATFORM.from_domain(raw.platform)))  # fmt: skip
+        checked = _validated(c.admin.SetChannel, request, raw.path, parsed, errors)
+        if checked is not None:
+            pf.channels.append(_with_risks(pf, raw, policy_proto.policy_in(checked.policy), errors))
+    if errors:
+        raise PolicyFileInvalid(errors)
+    return pf
+
+
+def tenant_from_proto(s: adm.TenantSettings) -> FileTenant:
     return FileTenant(
-        approvers=tuple(sorted(set(approvers))),
-        agent_approvers={a: tuple(sorted(set(v))) for a, v in sorted(per_agent.items())},
-        timezone=timezone,
+        approvers=tuple(sorted(set(s.approvers))),
+        agent_approvers={a: tuple(sorted(set(v.actors))) for a, v in sorted(s.agent_approvers.items())},
+        timezone=s.timezone,
     )
 
 
-def normalise_policy(platform: Platform, msg: cm.ChannelPolicy) -> ChannelPolicy:
-    """What SetChannel stores for this proto (raises InvalidArgument like the server)."""
-    return policy_codec.validate(platform, policy_proto.policy_in(msg))
-
-
-def _bad_entry(r: Reader, platform: Platform, msg: cm.ChannelPolicy, path: str, fld: str) -> str:
-    """For an error on a list or map field (the server names only the field),
-    the path of the one entry that causes it: the entry that fails alone."""
-    found = r.containers.get(path)
-    if found is None:
-        return path
-    parent, name = found
-    container = getattr(parent, name)
-    is_map = hasattr(container, "keys")
-    if is_map:
-        keys = list(container.keys())
-        saved: dict[str, Any] = {}
-        for k in keys:
-            v = container[k]
-            if isinstance(v, Message):
-                saved[k] = type(v)()
-                saved[k].CopyFrom(v)
-            else:
-                saved[k] = v
-    else:
-        keys = list(range(len(container)))
-        values = list(container)
-
-    def keep(only: list[Any]) -> None:
-        if is_map:
-            container.clear()
-            for k in only:
-                if isinstance(saved[k], Message):
-                    container[k].CopyFrom(saved[k])
-                else:
-                    container[k] = saved[k]
-        else:
-            del container[:]
-            container.extend(values[i] for i in only)
-
-    if len(keys) < 2:
-        return f"{path}[{keys[0]}]" if keys else path
-    try:
-        for k in keys:
-            keep([k])
-            try:
-                normalise_policy(platform, msg)
-            except InvalidArgument as exc:
-                if exc.field == fld:
-                    return f"{path}[{k}]"
-    finally:
-        keep(keys)
-    return path
-
-
-def _validate_channel(r: Reader, pf: PolicyFile, raw: _RawChannel) -> FileChannel | None:
-    base = f"channels[{raw.index}]"
-    assert raw.channel_id is not None and raw.platform is not None  # clean: both were read
-    before = len(r.errors)
-    try:
-        ids.channel_id(raw.channel_id, "id")
-    except InvalidArgument as exc:
-        _invalid(r, pf, base, exc)
-    try:
-        policy = normalise_policy(raw.platform, raw.policy)
-    except InvalidArgument as exc:
-        path = _bad_entry(r, raw.platform, raw.policy, f"{base}.{exc.field}", exc.field)
-        r.error(pf.line_of(path), path, exc.message.removeprefix(f"{exc.field}: "))
-        return None
-    seen: dict[tuple[str, str], int] = {}
-    for j, (group_id, user_id) in enumerate(raw.senders or []):
-        p = f"{base}.group_senders[{j}]"
-        try:
-            ids.group_id(group_id, f"group_senders[{j}].group_id")
-            ids.user_id(raw.platform, user_id, f"group_senders[{j}].user_id")
-        except InvalidArgument as exc:
-            _invalid(r, pf, base, exc)
-        if (group_id, user_id) in seen:
-            r.error(pf.line_of(p), p, f"duplicate group sender (first at line {seen[group_id, user_id]})")
-        seen.setdefault((group_id, user_id), pf.line_of(p))
-    if len(r.errors) > before:
-        return None
+def _with_risks(
+    pf: PolicyFile, raw: RawChannel, policy: ChannelPolicy, errors: list[FileError]
+) -> FileChannel:
+    """The channel as the service would store it; its unacknowledged risks are errors."""
+    assert raw.channel_id is not None and raw.platform is not None
     senders = tuple(raw.senders) if raw.senders is not None else None
     found = risks.channel_risks(policy, senders or ())
     for risk in found:
-        line = pf.line_of(f"{base}.{risk.field}")
+        path = f"{raw.path}.{risk.field}"
         if risk.code in raw.acknowledge:
-            pf.warnings.append(RiskWarning(line, raw.channel_id, risk))
+            pf.warnings.append(RiskWarning(pf.line_of(path), raw.channel_id, risk))
         else:
-            r.error(line, f"{base}.{risk.field}",
-                    f"risk {risk.code} is not acknowledged: {risk.message}. If this is intended, add "
-                    f"{risk.code} to the channel's acknowledge list")  # fmt: skip
+            errors.append(FileError(pf.line_of(path), path,
+                                    f"risk {risk.code} is not acknowledged: {risk.message}. If this is intended, "
+                                    f"add {risk.code} to the channel's acknowledge list"))  # fmt: skip
     present = {risk.code for risk in found}
     for code in dict.fromkeys(raw.acknowledge):
         if code not in present:

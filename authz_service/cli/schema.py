@@ -87,8 +87,6 @@ class Reader:
     def __init__(self) -> None:
         self.errors: list[FileError] = []
         self.lines: dict[str, int] = {}
-        # Repeated scalar and map fields by path, to find the one bad entry of a list or map.
-        self.containers: dict[str, tuple[Message, str]] = {}
 
     def error(self, node: Node | int, path: str, message: str) -> None:
         line = node if isinstance(node, int) else node_line(node)
@@ -205,7 +203,6 @@ class Reader:
         container = getattr(msg, fd.name)
         if fd.message_type is not None and fd.message_type.GetOptions().map_entry:
             value_fd = fd.message_type.fields_by_name["value"]
-            self.containers[path] = (msg, fd.name)
             for key, key_node, value in self.mapping(node, path) or []:
                 p = f"{path}[{key}]"
                 self.lines[p] = node_line(key_node)
@@ -216,8 +213,6 @@ class Reader:
                     if v is not None:
                         container[key] = v
         elif fd.is_repeated:
-            if fd.type != FieldDescriptor.TYPE_MESSAGE:
-                self.containers[path] = (msg, fd.name)
             for i, item in enumerate(self.sequence(node, path) or []):
                 p = f"{path}[{i}]"
                 self.lines[p] = node_line(item)
