@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -9,6 +10,9 @@ import pytest
 from authz_service.cli.audit import parse_when
 from authz_service.cli.durations import parse_duration
 from authz_service.cli.errors import CliError
+
+from .conftest import Service, Tenant
+from .policy_helpers import make_cli
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 
@@ -63,3 +67,34 @@ def test_since_reads_dates_and_durations_ago(text: str, expected: datetime) -> N
 def test_since_refuses_anything_else() -> None:
     with pytest.raises(CliError, match="cannot read 'yesterday'"):
         parse_when("yesterday", NOW)
+
+
+# --- through the CLI, against the service ------------------------------------------------
+
+
+async def test_invite_ttl_in_words(service: Service, tenant: Tenant) -> None:
+    await tenant.channel("tg")
+    cli = make_cli(service, tenant)
+    r = await cli("invites", "create", "tg", "--ttl", "2 days", "--json")
+    assert r.code == 0, r.text
+    expires = datetime.fromisoformat(json.loads(r.out)["expires"]).replace(tzinfo=UTC)
+    assert abs(expires - datetime.now(UTC) - timedelta(days=2)) < timedelta(minutes=1)
+
+    r = await cli("invites", "create", "tg", "--ttl", "2 fortnights")
+    assert r.code == 2 and "'2 fortnights' is not a duration such as" in r.err
+
+
+async def test_audit_filters_before_or_after_export(service: Service, tenant: Tenant) -> None:
+    """`audit --since 1 week export` and `audit export --since ...` read the same filters;
+    the ones given to `export` win."""
+    await tenant.channel("tg")
+    cli = make_cli(service, tenant)
+    after = await cli("audit", "export", "--format", "json", "--since", "1 week", "--event", "channel.")
+    before = await cli("audit", "--since", "1 week", "--event", "channel.", "export", "--format", "json")
+    assert after.code == before.code == 0, after.text + before.text
+    assert [e["event"] for e in json.loads(after.out)] == ["channel.updated"]
+    assert json.loads(before.out) == json.loads(after.out)
+    overridden = await cli("audit", "--event", "channel.", "export", "--format", "json", "--event", "key.")
+    assert {e["event"] for e in json.loads(overridden.out)} == {"key.created"}
+    future = await cli("audit", "--since", "2999-01-01", "--json")
+    assert (future.code, json.loads(future.out)) == (0, [])

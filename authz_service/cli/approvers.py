@@ -43,9 +43,9 @@ def _print_settings(s: Session, settings: adm.TenantSettings) -> None:
 @pass_session
 def approvers(s: Session, actors: tuple[str, ...], agent: str | None, set_: bool, unset: bool) -> int:
     if set_ and unset:
-        raise CliError("--set and --unset do not go together")
+        raise click.UsageError("--set and --unset do not go together")
     if actors and not set_:
-        raise CliError(f"unexpected {actors[0]!r}: actors follow --set")
+        raise click.UsageError(f"unexpected {actors[0]!r}: actors follow --set")
     if unset and not agent:
         raise CliError("--unset needs --agent AGENT")
     c = s.client()

@@ -38,16 +38,21 @@ FILTERS = {
 
 @users.command("list", help="list allowlisted, paired and blocked users")
 @click.argument("channel")
-@click.option("--paired", "which", flag_value="paired", help="only paired users")
-@click.option("--blocked", "which", flag_value="blocked", help="only blocked users")
-@click.option("--allowlisted", "which", flag_value="allowlisted", help="only allowlisted users")
+@click.option("--paired", is_flag=True, help="only paired users")
+@click.option("--blocked", is_flag=True, help="only blocked users")
+@click.option("--allowlisted", is_flag=True, help="only allowlisted users")
 @session_options
 @pass_session
-def list_(s: Session, channel: str, which: str | None) -> int:
-    req = adm.ListUsersRequest(
-        channel_id=channel, filter=FILTERS.get(which or "", adm.USER_FILTER_UNSPECIFIED)
-    )
-    resp = call(s.client().admin.ListUsers, req)
+def list_(s: Session, channel: str, paired: bool, blocked: bool, allowlisted: bool) -> int:
+    chosen = [
+        name
+        for name, given in (("paired", paired), ("blocked", blocked), ("allowlisted", allowlisted))
+        if given
+    ]
+    if len(chosen) > 1:
+        raise click.UsageError(f"--{chosen[0]} and --{chosen[1]} do not go together")
+    which = FILTERS[chosen[0]] if chosen else adm.USER_FILTER_UNSPECIFIED
+    resp = call(s.client().admin.ListUsers, adm.ListUsersRequest(channel_id=channel, filter=which))
     s.emit([_row(u) for u in resp.users], ["user", "name", "status", "permissions", "updated", "expires"])
     return 0
 
