@@ -55,6 +55,8 @@ from .server import (
 
 @dataclass
 class Options:
+    """The command line, parsed (``__main__.parse_args``)."""
+
     duration: float
     warmup: float
     processes: int
