@@ -49,7 +49,7 @@ test: $(GEN_STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(GEN_STAMP)
-	$(BIN)/python scripts/bench.py $(BENCH_ARGS)
+	PYTHONPATH=scripts$${PYTHONPATH:+:$$PYTHONPATH} $(BIN)/python -m bench $(BENCH_ARGS)
 
 chart: $(GEN_STAMP)
 	$(BIN)/python -m pytest tests/helm -q -p no:cacheprovider
