@@ -340,8 +340,11 @@ def _validated(method: Any, request: Message, base: str, parsed: ParsedFile, err
     except grpc.RpcError as exc:
         if exc.code() != grpc.StatusCode.INVALID_ARGUMENT:
             raise RpcFailed(exc) from None
-        name, _, problem = (exc.details() or "").partition(": ")
-        path = f"{base}.{_FILE_PATH.get(name, name)}"
+        details = exc.details() or ""
+        name, sep, problem = details.partition(": ")
+        if not sep:  # no field named: the part as a whole
+            name, problem = "", details
+        path = f"{base}.{_FILE_PATH.get(name, name)}" if name else base
         errors.append(FileError(parsed.line_of(path), path, problem))
         return None
 
