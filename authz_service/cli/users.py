@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from .. import names
 from ..gen.authz.v1 import admin_pb2 as adm
 from .errors import NOT_DONE, CliError
 from .output import ts
@@ -29,13 +30,6 @@ def _row(u: adm.Subject) -> dict[str, Any]:
             "updated": ts(u, "updated_at"), "expires": ts(u, "expires_at")}  # fmt: skip
 
 
-FILTERS = {
-    "paired": adm.USER_FILTER_PAIRED,
-    "blocked": adm.USER_FILTER_BLOCKED,
-    "allowlisted": adm.USER_FILTER_ALLOWLISTED,
-}
-
-
 @users.command("list", help="list allowlisted, paired and blocked users")
 @click.argument("channel")
 @click.option("--paired", is_flag=True, help="only paired users")
@@ -51,7 +45,7 @@ def list_(s: Session, channel: str, paired: bool, blocked: bool, allowlisted: bo
     ]
     if len(chosen) > 1:
         raise click.UsageError(f"--{chosen[0]} and --{chosen[1]} do not go together")
-    which = FILTERS[chosen[0]] if chosen else adm.USER_FILTER_UNSPECIFIED
+    which = adm.UserFilter.ValueType(names.USER_FILTER.number(chosen[0]) if chosen else 0)
     resp = call(s.client().admin.ListUsers, adm.ListUsersRequest(channel_id=channel, filter=which))
     s.emit([_row(u) for u in resp.users], ["user", "name", "status", "permissions", "updated", "expires"])
     return 0
