@@ -41,7 +41,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, TypeVar, runtime_checkable
+from typing import Literal, Protocol, TypeVar, get_args, runtime_checkable
 
 import aiohttp
 import grpc
@@ -51,6 +51,7 @@ from authz_service.domain.autoapprove import reported_email, reported_phone
 from authz_service.domain.errors import InvalidArgument
 from authz_service.gen.authz.v1 import authz_pb2 as az
 from authz_service.gen.authz.v1 import common_pb2 as cm
+from authz_service.names import APPROVAL_ACTION
 
 from .config import ConnectorConfig
 
@@ -71,11 +72,9 @@ CONTACT_MEMO_SECONDS = 600.0
 # After the client's own retries: the service is out of reach.
 _UNREACHABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 _COMMANDS = ("/start", "/pair")
-_ACTIONS: dict[int, Literal["approve", "deny", "block"]] = {
-    cm.APPROVAL_ACTION_APPROVE: "approve",
-    cm.APPROVAL_ACTION_DENY: "deny",
-    cm.APPROVAL_ACTION_BLOCK: "block",
-}
+ButtonAction = Literal["approve", "deny", "block"]
+# The owner's pairing buttons, by proto number (labels from ``names``).
+_ACTIONS: dict[int, ButtonAction] = {APPROVAL_ACTION.number(a): a for a in get_args(ButtonAction)}
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
@@ -96,7 +95,7 @@ class Inbound:
 
 @dataclass(frozen=True)
 class ButtonSpec:
-    action: Literal["approve", "deny", "block"]
+    action: ButtonAction
     label: str
     payload: str  # the service's callback_payload, passed verbatim as the platform's button data
 
