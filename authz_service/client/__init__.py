@@ -50,6 +50,7 @@ from .retry import (
     DEFAULT_RETRY,
     IDEMPOTENT_METHODS,
     NO_RETRY,
+    REWATCH_CODES,
     CallRetry,
     RetryPolicy,
     is_idempotent,
@@ -81,9 +82,6 @@ DEFAULT_ADDRESS = "127.0.0.1:50051"
 DEFAULT_TIMEOUT = 5.0
 
 log = logging.getLogger(__name__)
-
-# A watch that breaks with these is opened again by ``follow_approval``.
-_REWATCH = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 
 
 def invite_code_to_redeem(check: authz_pb2.CheckUserResponse, *, direct: bool, text: str) -> str | None:
@@ -356,7 +354,7 @@ class Client:
                 if self.retry.attempts <= 1:
                     raise ConnectionError(f"approval {approval_id}: {cause}")
             except grpc.aio.AioRpcError as exc:
-                if exc.code() not in _REWATCH or self.retry.attempts <= 1:
+                if exc.code() not in REWATCH_CODES or self.retry.attempts <= 1:
                     raise
                 cause = exc.code().name
             pause = next(waits)

@@ -39,6 +39,7 @@ __all__ = [
     "DEFAULT_RETRY",
     "IDEMPOTENT_METHODS",
     "NO_RETRY",
+    "REWATCH_CODES",
     "CallRetry",
     "RetryPolicy",
     "is_idempotent",
@@ -116,6 +117,11 @@ class RetryPolicy:
 
 DEFAULT_RETRY = RetryPolicy()
 NO_RETRY = RetryPolicy(attempts=1)
+
+# A WatchApproval (declared IDEMPOTENT) that breaks with these is opened again by
+# ``Client.follow_approval``. A stream's deadline is its own (``stream_timeout``),
+# so running out of it only means "watch again"; a unary deadline is final.
+REWATCH_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 
 
 @dataclass
