@@ -6,19 +6,19 @@
 # Deployment: docs/deploy.md (helm/authz-service).
 ARG PYTHON_IMAGE=python:3.11-slim
 
-# --- build: generate the gRPC code (not committed) and install the package into a venv -----
+# --- build: the locked dependencies, then the package (its build generates the gRPC code) ---
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
-# The code generators `make proto` uses (pinned as in pyproject.toml's dev extra).
-RUN pip install grpcio-tools==1.85.1 mypy-protobuf==5.1.0
-COPY . .
-# Same as `make proto`: proto/ -> authz_service/gen/.
-RUN python scripts/gen_proto.py
+COPY requirements.lock .
 RUN python -m venv /opt/authz \
- && /opt/authz/bin/pip install '.[connectors]'
+ && /opt/authz/bin/pip install -r requirements.lock
+COPY . .
+# setup.py runs scripts/gen_proto.py (proto/ -> authz_service/gen/) with the generators
+# pinned in pyproject.toml's [build-system].
+RUN /opt/authz/bin/pip install --no-deps '.[server,connectors]'
 
 # --- runtime ------------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE}

@@ -8,7 +8,7 @@ PROTOS := $(shell find proto -name '*.proto')
 GEN_STAMP := authz_service/gen/.stamp
 VENV_STAMP := $(VENV)/.installed
 
-.PHONY: run test proto lint fmt clean help chart bench
+.PHONY: run test proto lint fmt clean help chart bench lock
 
 help:
 	@echo "make run    start the service on an embedded PostgreSQL with a demo tenant"
@@ -17,14 +17,22 @@ help:
 	@echo "make lint   ruff + mypy --strict"
 	@echo "make chart  test the Helm chart and package it into dist/"
 	@echo "make bench  measure throughput and latency; prints bench/ratio lines, writes bench-report.json"
+	@echo "make lock   re-resolve pyproject.toml's ranges into requirements.lock and requirements-dev.lock"
 	@echo "make clean  remove the virtualenv, generated code and local data"
 
-$(VENV_STAMP): pyproject.toml
+# Exact versions from the lock, then the project itself (no dependency resolution).
+$(VENV_STAMP): pyproject.toml setup.py requirements-dev.lock
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (or set PYTHON=...)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -r requirements-dev.lock
+	$(BIN)/pip install --quiet --no-deps -e .
 	@touch $@
+
+LOCK := $(BIN)/uv pip compile pyproject.toml --universal --python-version 3.11 --quiet
+lock: $(VENV_STAMP)
+	$(LOCK) --extra server --extra connectors -o requirements.lock
+	$(LOCK) --extra dev -o requirements-dev.lock
 
 $(GEN_STAMP): $(VENV_STAMP) $(PROTOS) scripts/gen_proto.py
 	$(BIN)/python scripts/gen_proto.py

@@ -3,7 +3,7 @@ the service's metrics; OTLP export and a Prometheus endpoint.
 
 Off unless ``AUTHZ_TELEMETRY=on``. When off, no ``Telemetry`` exists: the RPC
 decorators and ``Database._tx`` check one attribute (``runtime.telemetry``,
-``db.telemetry``) for ``None`` and run exactly the code they ran before.
+``db.observer``) for ``None`` and run exactly the code they ran before.
 
 Providers are never installed globally: a ``Telemetry`` owns the tracer and
 meter providers it is given, so tests build one with in-memory exporters.
@@ -311,7 +311,7 @@ class Telemetry:
 
     def attach(self, db: Database, cache: StateCache | None = None) -> None:
         """Trace ``db``'s transactions, observe its pool and ``cache``, count pending approvals."""
-        db.telemetry = self
+        db.observer = self
         self._db = db
         self._cache = cache
 

@@ -19,17 +19,22 @@ PROTO = ROOT / "proto"
 OUT = ROOT / "authz_service" / "gen"
 
 
+def _plugin(name: str) -> str:
+    """mypy-protobuf's plugin: beside this interpreter (a venv), else on PATH (pip's build env)."""
+    beside = Path(sys.executable).parent / name
+    return str(beside) if beside.exists() else (shutil.which(name) or name)
+
+
 def main() -> int:
     if OUT.exists():
         shutil.rmtree(OUT)
     OUT.mkdir(parents=True)
     files = sorted(str(p.relative_to(PROTO)) for p in PROTO.rglob("*.proto"))
     well_known = Path(protoc.__file__).parent / "_proto"
-    bindir = Path(sys.executable).parent
     args = [
         "protoc",
-        f"--plugin=protoc-gen-mypy={bindir / 'protoc-gen-mypy'}",
-        f"--plugin=protoc-gen-mypy_grpc={bindir / 'protoc-gen-mypy_grpc'}",
+        f"--plugin=protoc-gen-mypy={_plugin('protoc-gen-mypy')}",
+        f"--plugin=protoc-gen-mypy_grpc={_plugin('protoc-gen-mypy_grpc')}",
         f"-I{PROTO}",
         f"-I{well_known}",
         f"--python_out={OUT}",

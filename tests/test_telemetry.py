@@ -332,7 +332,7 @@ async def test_telemetry_off_records_nothing_and_never_calls_opentelemetry(
 ) -> None:
     """The session server runs with the default settings: telemetry off."""
     assert not service.settings.telemetry and telemetry.from_settings(service.settings) is None
-    assert service.running.telemetry is None and service.running.db.telemetry is None
+    assert service.running.telemetry is None and service.running.db.observer is None
     started: list[str] = []
 
     def record(name: str) -> Any:

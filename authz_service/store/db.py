@@ -19,17 +19,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, nullcontext, suppress
-from typing import TYPE_CHECKING, cast
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AbstractContextManager, asynccontextmanager, nullcontext, suppress
+from typing import Protocol, cast
 
 import asyncpg
 
 from ..domain.errors import Conflict, Unavailable
 from .migrate import LATEST_VERSION, current_version
-
-if TYPE_CHECKING:
-    from ..telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +62,14 @@ async def _no_reset(conn: asyncpg.Connection) -> None:
     """See the module docstring: pooled connections carry no session state."""
 
 
+class TransactionObserver(Protocol):
+    """Watches each transaction (telemetry's spans); the store knows no more of it."""
+
+    def transaction(self, settings: Mapping[str, str]) -> AbstractContextManager[None]:
+        """Entered around one transaction; ``settings`` are its ``set_config`` values."""
+        ...
+
+
 class SchemaTooOld(RuntimeError):
     pass
 
@@ -85,7 +90,7 @@ class Database:
         # Kept for dedicated connections outside the pool (LISTEN).
         self.dsn = dsn
         # Set by Telemetry.attach: a span per transaction. None: telemetry off.
-        self.telemetry: Telemetry | None = None
+        self.observer: TransactionObserver | None = None
 
     @classmethod
     async def connect(
@@ -146,7 +151,7 @@ class Database:
 
     @asynccontextmanager
     async def _tx(self, settings: dict[str, str]) -> AsyncIterator[asyncpg.Connection]:
-        span = _NO_SPAN if self.telemetry is None else self.telemetry.transaction(settings)
+        span = _NO_SPAN if self.observer is None else self.observer.transaction(settings)
         try:
             with span:  # includes the wait for a pooled connection
                 async with self.pool.acquire() as pooled:
@@ -171,7 +176,7 @@ class Database:
         """One statement in its own (implicit) transaction: for functions that
         set the tenant themselves, such as ``authz_check_state`` or the guarded
         pairing writes (migration 0010). One round trip instead of three or more."""
-        span = _NO_SPAN if self.telemetry is None else self.telemetry.transaction({"authz.tenant": tenant_id})
+        span = _NO_SPAN if self.observer is None else self.observer.transaction({"authz.tenant": tenant_id})
         try:
             with span:
                 async with self.pool.acquire() as conn:
