@@ -61,9 +61,6 @@ AUTHZ_UNAVAILABLE = "authz_unavailable"
 MAX_TIMEOUT_SECONDS = 86400
 # Extra time to hear the service's own expiry before giving up locally.
 _EXPIRY_GRACE = 2.0
-# Pause before watching again after a stream broke (e.g. the service restarted).
-_REWATCH_DELAY = 0.5
-_REWATCH_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 
 
 def _describe(exc: BaseException) -> str:
@@ -210,7 +207,7 @@ class ApprovalBackend:
     ``request_approval`` returns an ``ApprovalDecision`` and never raises
     (except on cancellation): every error and timeout is ``approved=False``.
     The request is durable on the service; waiting survives a broken stream
-    (it watches again until ``timeout``).
+    (the client watches again, with its retry backoff, until ``timeout``).
 
     ``timeout``: seconds to wait for a decision (the service expires the
     request after ``ceil(timeout)`` seconds; expiry never approves).
@@ -326,23 +323,18 @@ class ApprovalBackend:
             log.warning("on_request for approval %s failed: %s", info.approval_id, _describe(exc))
 
     async def _wait(self, info: ApprovalInfo) -> ApprovalInfo:
-        """The decision, or the last state seen when time ran out."""
+        """The decision, or the last state seen when time ran out. A broken
+        stream is watched again by the client (``Client.follow_approval``)."""
         last = info
         try:
             async with asyncio.timeout(self.timeout + _EXPIRY_GRACE):
-                while True:
-                    try:
-                        async for update in self.client.watch_approval(info.approval_id):
-                            last = update
-                            if not update.pending:
-                                return update
-                    except grpc.aio.AioRpcError as exc:
-                        if exc.code() not in _REWATCH_CODES:
-                            raise
-                        log.info("watching approval %s again after %s", info.approval_id, exc.code().name)
-                    await asyncio.sleep(_REWATCH_DELAY)
+                async for update in self.client.follow_approval(info.approval_id):
+                    last = update
+                    if not update.pending:
+                        return update
         except TimeoutError:
-            return last
+            pass
+        return last
 
 
 class ApprovalRefused(PermissionError):

@@ -18,10 +18,15 @@ from urllib.parse import urlparse
 
 import yaml
 
+from authz_service.client import RetryPolicy
+
 PLATFORMS = ("telegram", "slack", "discord")
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 DEFAULT_SEND_LISTEN = "127.0.0.1:8787"
 DEFAULT_SLACK_LISTEN = "127.0.0.1:3000"
+# One try, then up to three more about 0.2 s, 0.4 s and 0.8 s apart (jittered down
+# to half), all within the call's deadline: a restarting service gets ~1.4 s.
+CONNECTOR_RETRY = RetryPolicy(attempts=4, initial_backoff=0.2, max_backoff=0.8)
 
 _TOP_KEYS = {
     "platform",
@@ -86,8 +91,8 @@ class ConnectorConfig:
     telegram: TelegramSettings | None = None
     slack: SlackSettings | None = None
     discord: DiscordSettings | None = None
-    # Service outage handling: one try, then one retry after each delay, then give up.
-    retry_delays: tuple[float, ...] = (0.2, 0.4, 0.8)
+    # Service outage handling: the client's retries of calls that are safe to repeat.
+    retry: RetryPolicy = CONNECTOR_RETRY
     rpc_timeout: float = 5.0
     # A platform contact lookup before pairing (e.g. slack.lookup_email) slower than
     # this is abandoned: the requester pairs without it.

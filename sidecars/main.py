@@ -42,7 +42,7 @@ import traceback
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-from authz_service.client import Client, RetryPolicy, TlsConfig, connect
+from authz_service.client import Client, TlsConfig, connect
 
 from .config import PLATFORMS, ConfigError, ConnectorConfig, load_config
 from .http import SendEndpoint, start_send_endpoint
@@ -67,14 +67,14 @@ def load_platform(platform: str) -> RunPlatform:
 
 
 def make_client(config: ConnectorConfig) -> Client:
-    """The authz client. The Connector retries by itself (bounded, logged, only
-    calls that are safe to repeat), so the client must not retry as well."""
+    """The authz client. It retries the calls the proto declares safe to repeat
+    (``config.retry``); the Connector adds no retries of its own."""
     return connect(
         config.address,
         config.api_key,
         tls=TlsConfig.from_env(os.environ),
         timeout=config.rpc_timeout,
-        retry=RetryPolicy(attempts=1),
+        retry=config.retry,
     )
 
 

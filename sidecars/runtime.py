@@ -27,10 +27,10 @@ names a session, never an origin; an unknown session has none, so a send to
 configuration, so it can restart at any time (earlier sessions have no origin
 until their chat writes again).
 
-When the service is unreachable it routes nothing: each call that is
-safe to repeat is retried with a bounded backoff, then the message is dropped
-with a log line (a button press is not retried: the presser is asked to press
-again).
+When the service is unreachable it routes nothing: the client retries each
+call the proto declares safe to repeat, with a bounded backoff within the
+call's deadline, then the message is dropped with a log line (a button press
+is not repeatable: the presser is asked to press again).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, TypeVar, runtime_checkable
+from typing import Literal, Protocol, TypeVar, get_args, runtime_checkable
 
 import aiohttp
 import grpc
@@ -51,6 +51,7 @@ from authz_service.domain.autoapprove import reported_email, reported_phone
 from authz_service.domain.errors import InvalidArgument
 from authz_service.gen.authz.v1 import authz_pb2 as az
 from authz_service.gen.authz.v1 import common_pb2 as cm
+from authz_service.names import APPROVAL_ACTION
 
 from .config import ConnectorConfig
 
@@ -68,13 +69,12 @@ MAX_SESSIONS = 10_000
 CONTACT_MEMO_SECONDS = 600.0
 """Sessions whose origin a connector remembers; the least recently active is forgotten first."""
 
-_RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+# After the client's own retries: the service is out of reach.
+_UNREACHABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 _COMMANDS = ("/start", "/pair")
-_ACTIONS: dict[int, Literal["approve", "deny", "block"]] = {
-    cm.APPROVAL_ACTION_APPROVE: "approve",
-    cm.APPROVAL_ACTION_DENY: "deny",
-    cm.APPROVAL_ACTION_BLOCK: "block",
-}
+ButtonAction = Literal["approve", "deny", "block"]
+# The owner's pairing buttons, by proto number (labels from ``names``).
+_ACTIONS: dict[int, ButtonAction] = {APPROVAL_ACTION.number(a): a for a in get_args(ButtonAction)}
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
@@ -95,7 +95,7 @@ class Inbound:
 
 @dataclass(frozen=True)
 class ButtonSpec:
-    action: Literal["approve", "deny", "block"]
+    action: ButtonAction
     label: str
     payload: str  # the service's callback_payload, passed verbatim as the platform's button data
 
@@ -437,7 +437,6 @@ class Connector:
                 code=code,
                 display_name=msg.display_name,
             ),
-            retry=False,  # a repeat would count as a second attempt
         )
         log.info("invite from %s: %s", msg.user_id, az.InviteOutcome.Name(redeemed.outcome))
         if redeemed.text:
@@ -451,7 +450,6 @@ class Connector:
             resolved = await self._call(
                 self.client.authz.ResolveApproval,
                 az.ResolveApprovalRequest(callback_payload=payload, actor_id=presser_id),
-                retry=False,  # not idempotent: the presser can simply press again
             )
         except ServiceUnavailable as exc:
             log.error("button press by %s not resolved: %s", presser_id, exc)
@@ -514,27 +512,16 @@ class Connector:
 
     # ---- service calls ------------------------------------------------------------
 
-    async def _call(
-        self, method: grpc.aio.UnaryUnaryMultiCallable[Req, Resp], request: Req, *, retry: bool = True
-    ) -> Resp:
-        """One RPC with bounded retries on UNAVAILABLE / DEADLINE_EXCEEDED.
-
-        Only for calls that are safe to repeat; ``retry=False`` gives up at once."""
-        delays = self.config.retry_delays if retry else ()
-        attempt = 0
-        while True:
-            try:
-                return await method(request, timeout=self.config.rpc_timeout)
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() not in _RETRYABLE:
-                    raise
-                if attempt == len(delays):
-                    raise ServiceUnavailable(
-                        f"authz service unavailable after {attempt + 1} attempts: {exc.code().name}"
-                    ) from exc
-                log.warning("authz service %s; retrying in %.1fs", exc.code().name, delays[attempt])
-                await asyncio.sleep(delays[attempt])
-                attempt += 1
+    async def _call(self, method: grpc.aio.UnaryUnaryMultiCallable[Req, Resp], request: Req) -> Resp:
+        """One RPC. The client has retried it if the proto declares it safe to
+        repeat (not ResolveApproval, not RedeemInvite); an outage left after that
+        is ServiceUnavailable."""
+        try:
+            return await method(request, timeout=self.config.rpc_timeout)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() not in _UNREACHABLE:
+                raise
+            raise ServiceUnavailable(f"authz service unavailable: {exc.code().name}") from exc
 
 
 def no_destination(target: str) -> str:

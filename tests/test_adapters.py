@@ -9,9 +9,7 @@ import logging
 import socket
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
-import grpc
 import pytest
 
 from authz_service.adapters import (
@@ -26,12 +24,13 @@ from authz_service.adapters import (
     ServiceSendPolicy,
     gated,
 )
-from authz_service.client import ApprovalInfo, Client, connect, connect_sync
+from authz_service.client import Client, connect, connect_sync
 from authz_service.gen.authz.v1 import admin_pb2 as adm
 from authz_service.gen.authz.v1 import authz_pb2 as az
 from authz_service.gen.authz.v1 import common_pb2 as cm
 
-from .conftest import Service, Tenant
+from .conftest import Service, Tenant, eventually
+from .grpc_faults import FaultProxy
 
 APPROVER = "telegram:42"
 SECRET = "not-a-real-key-but-must-never-be-logged"
@@ -281,32 +280,27 @@ async def test_unreachable_service_is_not_approved(caplog: pytest.LogCaptureFixt
     assert "UNAVAILABLE" in caplog.text and SECRET not in caplog.text
 
 
-@dataclass
-class BrokenFirstWatch(Client):
-    """The real client, whose first WatchApproval fails as in a service restart."""
-
-    watches: int = 0
-
-    async def watch_approval(self, approval_id: str) -> AsyncIterator[ApprovalInfo]:
-        self.watches += 1
-        if self.watches == 1:
-            raise grpc.aio.AioRpcError(
-                grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), "restarting", ""
-            )
-        async for info in super().watch_approval(approval_id):
-            yield info
-
-
-async def test_a_broken_watch_is_resumed(tenant: Tenant, agent: Client) -> None:
+async def test_a_broken_watch_is_resumed(tenant: Tenant, service: Service, agent_key: str) -> None:
+    """The stream ends under the wait, as when the service restarts: the client watches again."""
     await with_approvers(tenant)
-    flaky = BrokenFirstWatch(agent.channel, agent.authz, agent.admin)
-    backend = ApprovalBackend(flaky, agent_id="ops", timeout=30)
-    task = asyncio.create_task(backend.request_approval("shell", {"cmd": "uptime"}))
-    pending = await pending_tool_approval(tenant)
-    await resolve(tenant, pending.approval_id, cm.APPROVAL_ACTION_APPROVE)
-    decision = await asyncio.wait_for(task, 10)
+    watch = "/authz.v1.AuthzService/WatchApproval"
+
+    async def watches(n: int) -> None:
+        async def seen() -> bool:
+            return proxy.attempts[watch] >= n
+
+        await eventually(seen)
+
+    async with FaultProxy(service.address) as proxy, connect(proxy.address, agent_key) as agent:
+        backend = ApprovalBackend(agent, agent_id="ops", timeout=30)
+        task = asyncio.create_task(backend.request_approval("shell", {"cmd": "uptime"}))
+        pending = await pending_tool_approval(tenant)
+        await watches(1)
+        proxy.break_streams()
+        await watches(2)
+        await resolve(tenant, pending.approval_id, cm.APPROVAL_ACTION_APPROVE)
+        decision = await asyncio.wait_for(task, 10)
     assert decision.approved and decision.approval_id == pending.approval_id
-    assert flaky.watches >= 2
 
 
 async def test_arguments_changed_while_waiting_are_refused(tenant: Tenant, agent: Client) -> None:

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 
-from authz_service.client import NO_RETRY, Client, connect, is_idempotent
+from authz_service.client import NO_RETRY, Client, connect
 from authz_service.config import Settings
 from authz_service.gen.authz.v1 import admin_pb2 as adm
 from authz_service.gen.authz.v1 import authz_pb2 as az
@@ -355,15 +355,6 @@ async def test_watch_approvals_streams_new_requests_and_decisions(tenant: Tenant
     ids = [a for a, _ in seen]
     assert ids[0] == early.approval.approval_id
     assert (late.approval.approval_id, cm.APPROVAL_STATUS_APPROVED) in seen
-
-
-def test_only_idempotent_calls_are_retried() -> None:
-    assert is_idempotent("/authz.v1.AuthzService/CheckUser", az.CheckUserRequest())
-    assert not is_idempotent("/authz.v1.AuthzService/ResolveApproval", az.ResolveApprovalRequest())
-    assert not is_idempotent("/authz.v1.AuthzService/RedeemApproval", az.RedeemApprovalRequest())
-    assert not is_idempotent("/authz.v1.AuthzService/RequestApproval", az.RequestApprovalRequest())
-    assert is_idempotent("/authz.v1.AuthzService/RequestApproval", az.RequestApprovalRequest(request_key="k"))
-    assert not is_idempotent("/authz.v1.AdminService/CreateApiKey", adm.CreateApiKeyRequest())
 
 
 async def test_unreachable_store_never_yields_an_approval(tenant: Tenant, agent: Client, dsns: Dsns) -> None:

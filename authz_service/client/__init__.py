@@ -5,10 +5,12 @@ runtimes; ``connect_sync`` a thin blocking one for scripts and the CLI. Both:
 
 * send the API key as ``authorization: Bearer <key>`` on every call;
 * give every call a deadline (``timeout``, default 5 s) unless it sets one;
-* retry UNAVAILABLE, with exponential backoff and jitter, only for calls that
-  are safe to repeat (``is_idempotent``). ResolveApproval, RedeemApproval,
-  key, tenant and invite creation, RedeemInvite, and RequestApproval without
-  a ``request_key`` are never retried: a retry could act twice;
+* retry UNAVAILABLE, with exponential backoff and jitter within the call's
+  deadline, only for the calls the proto declares safe to repeat (its
+  ``idempotency_level``; see ``retry``). ResolveApproval, RedeemApproval,
+  key, tenant and invite creation and RedeemInvite are never retried: a
+  retry could act twice. Every RequestApproval carries a ``request_key``
+  (a random one if the caller gave none), so its retry finds the same request;
 * speak TLS when given a ``TlsConfig`` (mutual TLS with a client certificate).
 
 Raw generated stubs stay available as ``client.authz`` and ``client.admin``
@@ -20,10 +22,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
-import secrets
+import logging
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,9 +46,21 @@ from .results import (
     invite_result,
     resolve_result,
 )
+from .retry import (
+    DEFAULT_RETRY,
+    IDEMPOTENT_METHODS,
+    NO_RETRY,
+    REWATCH_CODES,
+    CallRetry,
+    RetryPolicy,
+    is_idempotent,
+    with_request_key,
+)
 
 __all__ = [
     "DEFAULT_ADDRESS",
+    "DEFAULT_RETRY",
+    "IDEMPOTENT_METHODS",
     "NO_RETRY",
     "ApprovalInfo",
     "CheckResult",
@@ -68,6 +81,8 @@ __all__ = [
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 DEFAULT_TIMEOUT = 5.0
 
+log = logging.getLogger(__name__)
+
 
 def invite_code_to_redeem(check: authz_pb2.CheckUserResponse, *, direct: bool, text: str) -> str | None:
     """The invite code a connector should pass to RedeemInvite instead of
@@ -80,72 +95,6 @@ def invite_code_to_redeem(check: authz_pb2.CheckUserResponse, *, direct: bool, t
         check.decision == authz_pb2.DECISION_DENY and check.reason == "not_allowlisted"
     )
     return invite_code_in_message(text) if not_admitted else None
-
-
-# Safe to repeat: reads, puts that converge, and calls the service makes
-# idempotent itself (RequestPairing returns the live request).
-_IDEMPOTENT = frozenset(
-    {
-        "CheckUser",
-        "EvaluateSend",
-        "RequestPairing",
-        "WatchApproval",
-        "ListTenants",
-        "GetTenantSettings",
-        "SetTenantSettings",
-        "ListApiKeys",
-        "RevokeApiKey",
-        "SetChannel",
-        "GetChannel",
-        "ListChannels",
-        "DeleteChannel",
-        "AllowUser",
-        "RemoveUser",
-        "BlockUser",
-        "UnblockUser",
-        "UnpairUser",
-        "ListUsers",
-        "AllowGroupSender",
-        "RemoveGroupSender",
-        "ListGroupSenders",
-        "ListApprovals",
-        "GetApproval",
-        "WatchApprovals",
-        "ListGrants",
-        "RevokeGrant",
-        "QueryAudit",
-        "ExportUser",
-        "PurgeUser",  # a second purge finds nothing left to delete
-        "AnonymizeUser",
-        "ListInvites",
-        "RevokeInvite",  # revoking a revoked invite changes nothing
-    }
-)
-
-
-def is_idempotent(method: str, request: Any) -> bool:
-    """Whether a call may be repeated after UNAVAILABLE without acting twice."""
-    name = method.rsplit("/", 1)[-1]
-    if name == "RequestApproval":
-        return bool(getattr(request, "request_key", ""))
-    return name in _IDEMPOTENT
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    attempts: int = 4
-    initial_backoff: float = 0.1
-    max_backoff: float = 2.0
-    multiplier: float = 2.0
-
-    def delays(self) -> Iterator[float]:
-        delay = self.initial_backoff
-        for _ in range(self.attempts - 1):
-            yield delay * random.uniform(0.5, 1.0)  # noqa: S311 - jitter so replicas do not retry in step
-            delay = min(delay * self.multiplier, self.max_backoff)
-
-
-NO_RETRY = RetryPolicy(attempts=1)
 
 
 @dataclass(frozen=True)
@@ -203,12 +152,12 @@ class _CallPolicy:
         timeout = details.timeout if deadline is None else max(0.0, deadline - time.monotonic())
         return details._replace(metadata=metadata, timeout=timeout)
 
-    def retry_delays(self, details: Any, request: Any) -> list[float]:
-        return list(self.retry.delays()) if is_idempotent(_method_name(details), request) else []
-
-
-def _deadline(details: Any, policy: _CallPolicy) -> float:
-    return time.monotonic() + (details.timeout if details.timeout is not None else policy.timeout)
+    def unary(self, details: Any, request: Any) -> tuple[CallRetry, Any]:
+        """The schedule of a unary call (its deadline covers every attempt),
+        and the request to send on each attempt."""
+        method = _method_name(details)
+        timeout = details.timeout if details.timeout is not None else self.timeout
+        return CallRetry(method, time.monotonic() + timeout, self.retry), with_request_key(method, request)
 
 
 class _AioUnary(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[type-arg]
@@ -216,19 +165,16 @@ class _AioUnary(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[type-arg]
         self.policy = policy
 
     async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        deadline = _deadline(details, self.policy)
-        delays = self.policy.retry_delays(details, request)
+        retry, request = self.policy.unary(details, request)
         while True:
-            call = await continuation(self.policy.details(details, deadline), request)
+            call = await continuation(self.policy.details(details, retry.deadline), request)
             try:
                 return await call
             except grpc.aio.AioRpcError as exc:
-                if exc.code() is not grpc.StatusCode.UNAVAILABLE or not delays:
+                pause = retry.pause_after(exc)
+                if pause is None:
                     raise
-                delay = delays.pop(0)
-                if time.monotonic() + delay >= deadline:
-                    raise
-                await asyncio.sleep(delay)
+                await asyncio.sleep(pause)
 
 
 class _AioStream(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[type-arg]
@@ -250,21 +196,13 @@ class _SyncInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientI
         self.stream_timeout = stream_timeout
 
     def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        deadline = _deadline(details, self.policy)
-        delays = self.policy.retry_delays(details, request)
+        retry, request = self.policy.unary(details, request)
         while True:
-            outcome = continuation(self.policy.details(details, deadline), request)
-            exc = outcome.exception()
-            if (
-                not isinstance(exc, grpc.RpcError)
-                or exc.code() is not grpc.StatusCode.UNAVAILABLE
-                or not delays
-            ):
+            outcome = continuation(self.policy.details(details, retry.deadline), request)
+            pause = retry.pause_after(outcome.exception())
+            if pause is None:
                 return outcome
-            delay = delays.pop(0)
-            if time.monotonic() + delay >= deadline:
-                return outcome
-            time.sleep(delay)
+            time.sleep(pause)
 
     def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
         if details.timeout is None:
@@ -298,19 +236,21 @@ def _approval_request(
         requester_id=requester_id,
         risk=risk,  # type: ignore[arg-type]
         timeout_seconds=timeout_seconds,
-        # A key makes the call idempotent, so it can be retried safely.
-        request_key=secrets.token_urlsafe(24) if request_key is None else request_key,
+        # None: the interceptor gives it a random key, so a retry finds the same request.
+        request_key=request_key or "",
         summary=summary,
     )
 
 
 @dataclass
 class Client:
-    """Async client. ``authz`` and ``admin`` are the raw stubs."""
+    """Async client. ``authz`` and ``admin`` are the raw stubs; ``retry`` is
+    the policy its calls were connected with (``follow_approval`` uses it too)."""
 
     channel: grpc.aio.Channel
     authz: authz_pb2_grpc.AuthzServiceAsyncStub
     admin: admin_pb2_grpc.AdminServiceAsyncStub
+    retry: RetryPolicy = DEFAULT_RETRY
 
     async def close(self) -> None:
         await self.channel.close(None)
@@ -392,16 +332,45 @@ class Client:
         async for msg in self.authz.WatchApproval(authz_pb2.WatchApprovalRequest(approval_id=approval_id)):
             yield approval_info(msg)
 
+    async def follow_approval(self, approval_id: str) -> AsyncIterator[ApprovalInfo]:
+        """``watch_approval`` until the decision or expiry, across broken streams.
+
+        When the stream breaks (UNAVAILABLE, DEADLINE_EXCEEDED: e.g. the service
+        restarted) or ends without a decision, it is opened again after the
+        retry policy's backoff (restarting after any news), for as long as the
+        caller waits: the request is a stored row, so nothing is lost meanwhile,
+        and each new stream starts with the current state. Bound it with a
+        timeout (``wait_for_decision`` does). With ``NO_RETRY`` a break raises.
+        """
+        waits = self.retry.backoff()
+        while True:
+            try:
+                async for info in self.watch_approval(approval_id):
+                    waits = self.retry.backoff()
+                    yield info
+                    if not info.pending:
+                        return
+                cause = "the stream ended before a decision"
+                if self.retry.attempts <= 1:
+                    raise ConnectionError(f"approval {approval_id}: {cause}")
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() not in REWATCH_CODES or self.retry.attempts <= 1:
+                    raise
+                cause = exc.code().name
+            pause = next(waits)
+            log.info("approval %s: %s; watching again in %.2fs", approval_id, cause, pause)
+            await asyncio.sleep(pause)
+
     async def wait_for_decision(self, approval_id: str, timeout: float | None = None) -> ApprovalInfo:
-        """Block until the approval leaves ``pending``. Raises TimeoutError
-        after ``timeout`` seconds (the service expires it on its own clock)."""
+        """Block until the approval leaves ``pending`` (``follow_approval``: a
+        broken stream is watched again). Raises TimeoutError after ``timeout``
+        seconds (the service expires it on its own clock)."""
 
         async def last() -> ApprovalInfo:
-            info: ApprovalInfo | None = None
-            async for info in self.watch_approval(approval_id):
+            async for info in self.follow_approval(approval_id):
                 if not info.pending:
                     return info
-            raise ConnectionError("the approval stream ended before a decision")
+            raise ConnectionError(f"approval {approval_id}: the stream ended before a decision")
 
         return await asyncio.wait_for(last(), timeout)
 
@@ -489,7 +458,7 @@ def connect(
     *,
     tls: TlsConfig | None = None,
     timeout: float = DEFAULT_TIMEOUT,
-    retry: RetryPolicy = RetryPolicy(),
+    retry: RetryPolicy = DEFAULT_RETRY,
     stream_timeout: float | None = None,
 ) -> Client:
     """An async client. ``timeout``: default deadline per unary call;
@@ -502,7 +471,9 @@ def connect(
         channel = grpc.aio.secure_channel(
             address, tls.credentials(), options=_options(), interceptors=interceptors
         )
-    return Client(channel, authz_pb2_grpc.AuthzServiceStub(channel), admin_pb2_grpc.AdminServiceStub(channel))
+    return Client(
+        channel, authz_pb2_grpc.AuthzServiceStub(channel), admin_pb2_grpc.AdminServiceStub(channel), retry
+    )
 
 
 def connect_sync(
@@ -511,7 +482,7 @@ def connect_sync(
     *,
     tls: TlsConfig | None = None,
     timeout: float = DEFAULT_TIMEOUT,
-    retry: RetryPolicy = RetryPolicy(),
+    retry: RetryPolicy = DEFAULT_RETRY,
     stream_timeout: float | None = None,
 ) -> SyncClient:
     policy = _CallPolicy(api_key, timeout, retry)

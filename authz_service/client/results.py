@@ -7,29 +7,11 @@ from datetime import UTC, datetime
 
 from ..gen.authz.v1 import authz_pb2
 from ..gen.authz.v1 import common_pb2 as cm
+from ..names import APPROVAL_KIND, APPROVAL_STATUS, DECISION, INVITE_OUTCOME
 
-_DECISION = {
-    authz_pb2.DECISION_ALLOW: "allow",
-    authz_pb2.DECISION_DENY: "deny",
-    authz_pb2.DECISION_PAIRING_REQUIRED: "pairing_required",
-    authz_pb2.DECISION_BLOCKED: "blocked",
-    authz_pb2.DECISION_RATE_LIMITED: "rate_limited",
-}
-_STATUS = {
-    cm.APPROVAL_STATUS_PENDING: "pending",
-    cm.APPROVAL_STATUS_APPROVED: "approved",
-    cm.APPROVAL_STATUS_DENIED: "denied",
-    cm.APPROVAL_STATUS_BLOCKED: "blocked",
-    cm.APPROVAL_STATUS_EXPIRED: "expired",
-}
-_KIND = {cm.APPROVAL_KIND_PAIRING: "pairing", cm.APPROVAL_KIND_TOOL: "tool"}
-_INVITE_OUTCOME = {
-    authz_pb2.INVITE_OUTCOME_ACCEPTED: "accepted",
-    authz_pb2.INVITE_OUTCOME_ALREADY_ALLOWED: "already_allowed",
-    authz_pb2.INVITE_OUTCOME_INVALID: "invalid",
-    authz_pb2.INVITE_OUTCOME_TOO_MANY_ATTEMPTS: "too_many_attempts",
-    authz_pb2.INVITE_OUTCOME_REFUSED: "refused",
-}
+# Labels come from the proto (``names``); a value this build does not know is
+# "unknown", which no caller treats as allowing anything.
+UNKNOWN = "unknown"
 
 
 def _time(msg: cm.Approval, name: str) -> datetime | None:
@@ -108,7 +90,7 @@ class ResolveResult:
 
 def check_result(resp: authz_pb2.CheckUserResponse) -> CheckResult:
     return CheckResult(
-        decision=_DECISION.get(resp.decision, "unknown"),
+        decision=DECISION.label(resp.decision, UNKNOWN),
         reason=resp.reason,
         text=resp.text,
         agent_id=resp.agent_id,
@@ -123,8 +105,8 @@ def check_result(resp: authz_pb2.CheckUserResponse) -> CheckResult:
 def approval_info(msg: cm.Approval) -> ApprovalInfo:
     return ApprovalInfo(
         approval_id=msg.approval_id,
-        kind=_KIND.get(msg.kind, "unknown"),
-        status=_STATUS.get(msg.status, "unknown"),
+        kind=APPROVAL_KIND.label(msg.kind, UNKNOWN),
+        status=APPROVAL_STATUS.label(msg.status, UNKNOWN),
         expires_at=_time(msg, "expires_at"),
         resolved_by=msg.resolved_by,
         reason=msg.reason,
@@ -163,7 +145,7 @@ class InviteResult:
 
 def invite_result(resp: authz_pb2.RedeemInviteResponse) -> InviteResult:
     return InviteResult(
-        outcome=_INVITE_OUTCOME.get(resp.outcome, "unknown"),
+        outcome=INVITE_OUTCOME.label(resp.outcome, UNKNOWN),
         text=resp.text,
         retry_after_seconds=resp.retry_after_seconds,
         trace_id=resp.trace_id,

@@ -24,12 +24,13 @@ from typing import Any
 import aiohttp
 import pytest
 
+from authz_service.client import RetryPolicy
 from sidecars.config import ConnectorConfig
 from sidecars.http import SendEndpoint, start_send_endpoint
 from sidecars.runtime import AgentTurn, Connector, EchoAgent
 from tests.conftest import Service, Tenant
 
-FAST_RETRIES = (0.01, 0.02, 0.04)
+FAST_RETRIES = RetryPolicy(attempts=4, initial_backoff=0.01, max_backoff=0.04)
 
 
 @dataclass
@@ -98,7 +99,7 @@ def connector_config(service: Service, tenant: Tenant) -> ConfigFactory:
             api_key=tenant.keys["connector"],
             address=service.address,
             send_listen="127.0.0.1:0",
-            retry_delays=FAST_RETRIES,
+            retry=FAST_RETRIES,
         )
         return replace(base, **overrides)
 
