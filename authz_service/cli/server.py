@@ -9,12 +9,28 @@ commands never load it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+from collections.abc import Iterator
 
 import click
 
 from ..config import Settings
+from .errors import CliError
 from .session import session_options
+
+
+@contextlib.contextmanager
+def _server_code(command: str) -> Iterator[None]:
+    """Import the service inside this block: on the plain (client) install its
+    dependencies are absent, and the operator is told which extra to add."""
+    try:
+        yield
+    except ModuleNotFoundError as exc:
+        raise CliError(
+            f"authz {command} runs the service, whose dependencies are not installed"
+            f" ({exc.name} is missing): pip install 'authz-service[server]'"
+        ) from None
 
 
 @click.command(help="run the gRPC service (embedded PostgreSQL when AUTHZ_DATABASE_URL is unset)")
@@ -22,8 +38,9 @@ from .session import session_options
               help="processes sharing the port with SO_REUSEPORT, 1-64 (default: AUTHZ_WORKERS or 1)")  # fmt: skip
 @session_options  # accepted and ignored, as by every command
 def serve(workers: int | None) -> int:
-    from ..logs import setup_logging
-    from ..server import serve as run_server
+    with _server_code("serve"):
+        from ..logs import setup_logging
+        from ..server import serve as run_server
 
     setup_logging()
     settings = Settings.from_env()
@@ -39,7 +56,8 @@ def serve(workers: int | None) -> int:
 @click.command(help="serve with a demo tenant and channel, and print how to try it (make run)")
 @session_options
 def dev() -> int:
-    from .dev import run_dev
+    with _server_code("dev"):
+        from .dev import run_dev
 
     return run_dev()
 
@@ -47,8 +65,9 @@ def dev() -> int:
 @click.command(help="apply database migrations (AUTHZ_MIGRATE_DATABASE_URL or AUTHZ_DATABASE_URL)")
 @session_options
 def migrate() -> int:
-    from ..store import embedded
-    from ..store.migrate import migrate as apply_migrations
+    with _server_code("migrate"):
+        from ..store import embedded
+        from ..store.migrate import migrate as apply_migrations
 
     explicit = os.environ.get("AUTHZ_MIGRATE_DATABASE_URL") or os.environ.get("AUTHZ_DATABASE_URL")
     settings = None if explicit else Settings.from_env()

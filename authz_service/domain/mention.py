@@ -13,8 +13,6 @@ import unicodedata
 from collections.abc import Iterable
 from typing import Any
 
-import re2
-
 from .errors import InvalidArgument
 
 MAX_PATTERNS = 32
@@ -51,12 +49,27 @@ _SEPARATOR = (
     r"[,:;.\p{Pd}\x{037E}\x{2024}\x{3001}\x{3002}\x{FE10}\x{FE13}\x{FE14}"
     r"\x{FE50}\x{FE52}\x{FE54}\x{FE55}\x{FF0C}\x{FF0E}\x{FF1A}\x{FF1B}]"
 )
-_LEADING = re2.compile("(?:" + _MENTION + "(?:" + _SEPARATOR + "|" + _IGNORABLE + ")*|" + _IGNORABLE + ")*")
-_FORMAT = re2.compile(r"\p{Cf}+")
+_LEADING = "(?:" + _MENTION + "(?:" + _SEPARATOR + "|" + _IGNORABLE + ")*|" + _IGNORABLE + ")*"
+_FORMAT = r"\p{Cf}+"
+
+
+@functools.cache
+def _re2() -> Any:
+    """RE2 (google-re2, the server extra), imported on first use: the client
+    install reads policies through this package without matching them."""
+    import re2
+
+    return re2
+
+
+@functools.cache
+def _compiled(pattern: str) -> Any:
+    """One of this module's own patterns."""
+    return _re2().compile(pattern)
 
 
 def _options() -> Any:
-    options = re2.Options()
+    options = _re2().Options()
     options.case_sensitive = False
     options.log_errors = False
     options.max_mem = 1 << 20  # bounds the compiled program, too
@@ -66,7 +79,7 @@ def _options() -> Any:
 @functools.lru_cache(maxsize=4096)
 def compile_pattern(pattern: str) -> Any:
     """Compile (cached); raises ``re2.error`` on syntax RE2 does not accept."""
-    return re2.compile(pattern, _options())
+    return _re2().compile(pattern, _options())
 
 
 def validate_patterns(patterns: Iterable[str], field: str) -> tuple[str, ...]:
@@ -78,7 +91,7 @@ def validate_patterns(patterns: Iterable[str], field: str) -> tuple[str, ...]:
             raise InvalidArgument(f"{field}[{i}]", f"patterns must be 1-{MAX_PATTERN_LEN} characters")
         try:
             compile_pattern(p)
-        except re2.error as exc:
+        except _re2().error as exc:
             detail = exc.args[0].decode() if exc.args and isinstance(exc.args[0], bytes) else str(exc)
             raise InvalidArgument(f"{field}[{i}]", f"{p!r} is not a valid RE2 pattern: {detail}") from None
     return out
@@ -129,7 +142,7 @@ def command_of(text: str) -> str | None:
     At most ``MAX_SCAN + _NAME_WINDOW`` characters are ever read.
     """
     head = text[:MAX_SCAN]
-    lead = _LEADING.match(head)
+    lead = _compiled(_LEADING).match(head)
     start = lead.end() if lead is not None else 0
     if start == len(head):
         # Blanks and mentions only: plain text, unless the scan stopped short.
@@ -139,7 +152,7 @@ def command_of(text: str) -> str | None:
     if head[start] not in _SLASHES:
         return None
     stop = start + 1 + _NAME_WINDOW
-    rest = unicodedata.normalize("NFKC", _FORMAT.sub("", text[start + 1 : stop]))
+    rest = unicodedata.normalize("NFKC", _compiled(_FORMAT).sub("", text[start + 1 : stop]))
     name = _NAME_RUN.match(rest)
     end = name.end() if name is not None else 0
     if len(text) > stop and end >= len(rest) - 1:
