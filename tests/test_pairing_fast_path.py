@@ -34,8 +34,9 @@ from authz_service.domain.model import (
     SubjectStatus,
 )
 from authz_service.domain.pairing import Keyring
-from authz_service.flows import Context, pairing
-from authz_service.flows.pairing import PairingOutcome, ResolveTarget
+from authz_service.flows import Context, pairing, resolve
+from authz_service.flows.approvals import ResolveTarget
+from authz_service.flows.pairing import PairingOutcome
 from authz_service.gen.authz.v1 import admin_pb2 as adm
 from authz_service.gen.authz.v1 import authz_pb2 as az
 from authz_service.gen.authz.v1 import common_pb2 as cm
@@ -405,7 +406,7 @@ async def test_a_remembered_request_is_decided_in_one_statement_and_stale_approv
 
     # An approver key: the request's channel is remembered, so one statement.
     seen.clear()
-    by_key = await pairing.resolve(
+    by_key = await resolve.resolve(
         context(db, tenant, Role.APPROVER, memo), ResolveTarget(approval_id=created[0].approval_id),
         ApprovalAction.APPROVE, "", "",
     )  # fmt: skip
@@ -415,7 +416,7 @@ async def test_a_remembered_request_is_decided_in_one_statement_and_stale_approv
     # A tenant approver in chat: the first press also reads the approvers, the next does not.
     seen.clear()
     for result in created[1:]:
-        pressed = await pairing.resolve(
+        pressed = await resolve.resolve(
             requests, ResolveTarget(approval_id=result.approval_id), ApprovalAction.DENY, "500", ""
         )
         assert pressed.approval.status is ApprovalStatus.DENIED
@@ -425,7 +426,7 @@ async def test_a_remembered_request_is_decided_in_one_statement_and_stale_approv
     fourth = await pairing.request_pairing(requests, "tg", "44", "N", "hi")
     await owner.execute("UPDATE tenants SET approvers = '{}' WHERE tenant_id = $1", tenant.tenant_id)
     with pytest.raises(PermissionDenied):
-        await pairing.resolve(
+        await resolve.resolve(
             requests, ResolveTarget(approval_id=fourth.approval_id), ApprovalAction.APPROVE, "500", ""
         )
     row = await owner.fetchrow(
@@ -455,14 +456,14 @@ async def test_a_remembered_platform_that_changed_is_never_used(
     ctx = context(db, tenant, Role.CONNECTOR, memo)
     first = await pairing.request_pairing(ctx, "tg", "41", "A", "hi")
     second = await pairing.request_pairing(ctx, "tg", "42", "B", "hi")
-    denied = await pairing.resolve(
+    denied = await resolve.resolve(
         ctx, ResolveTarget(approval_id=first.approval_id), ApprovalAction.DENY, "5000500", ""
     )
     assert denied.approval.status is ApprovalStatus.DENIED  # the memo now holds the channel and the approvers
 
     await tenant.channel(platform=cm.PLATFORM_DISCORD, owner_id="1000001")
     with pytest.raises(PermissionDenied):  # discord:5000500 is nobody's approver
-        await pairing.resolve(
+        await resolve.resolve(
             ctx, ResolveTarget(approval_id=second.approval_id), ApprovalAction.APPROVE, "5000500", ""
         )
     with pytest.raises(InvalidArgument):  # not a Discord user id

@@ -27,8 +27,8 @@ from ..domain.model import (
 from ..domain.policy import CorruptPolicy
 from ..store import queries as q
 from . import Context
+from .approvals import load_channel
 from .auth import new_key
-from .pairing import load_channel
 
 
 async def _audit(ctx: Context, conn: asyncpg.Connection, event: str, **kw: Any) -> None:

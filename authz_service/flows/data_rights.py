@@ -29,7 +29,7 @@ import asyncpg
 from ..domain import ids
 from ..store import queries as q
 from . import Context
-from .pairing import load_channel
+from .approvals import load_channel
 
 
 @dataclass(frozen=True)

@@ -40,8 +40,8 @@ from ..domain.model import DmPolicy, SubjectSource, SubjectStatus
 from ..domain.policy import CorruptPolicy
 from ..store import queries as q
 from . import Context
+from .approvals import load_channel
 from .attempts import over_limit
-from .pairing import load_channel
 
 
 class RedeemOutcome(enum.StrEnum):

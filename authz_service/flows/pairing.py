@@ -1,4 +1,5 @@
-"""RequestPairing and ResolveApproval.
+"""RequestPairing, and ResolveApproval's decision on a pairing request
+(``flows.resolve`` finds the request and calls ``decide``).
 
 Concurrency: RequestPairing locks the channel row, so the per-channel cap and
 the one-live-request-per-user rule hold under concurrent calls (backed by a
@@ -35,7 +36,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import asyncpg
@@ -60,11 +61,12 @@ from ..domain.model import (
     SubjectSource,
     SubjectStatus,
 )
-from ..domain.pairing import Vote, approve_vote, may_resolve, new_approval_id, new_code_seed, normalize_code
+from ..domain.pairing import Vote, approve_vote, may_resolve, new_approval_id, new_code_seed
 from ..domain.policy import CorruptPolicy
 from ..domain.tools import check_action
 from ..store import queries as q
 from . import Context
+from .approvals import Button, OwnerNotification, ResolveResult, expire, load_channel, refuse_unless_pending
 from .attempts import over_limit
 
 log = logging.getLogger(__name__)
@@ -81,20 +83,6 @@ class PairingOutcome:
 
 
 @dataclass(frozen=True)
-class Button:
-    action: ApprovalAction
-    label: str
-    callback_payload: str
-
-
-@dataclass(frozen=True)
-class OwnerNotification:
-    owner_id: str
-    text: str
-    buttons: tuple[Button, ...]
-
-
-@dataclass(frozen=True)
 class PairingResult:
     outcome: str
     text: str = ""
@@ -106,18 +94,6 @@ class PairingResult:
     @property
     def created(self) -> bool:
         return self.outcome == PairingOutcome.CREATED
-
-
-async def load_channel(
-    conn: asyncpg.Connection, tenant_id: str, channel_id: str, *, for_update: bool
-) -> Channel:
-    try:
-        channel = await q.get_channel(conn, tenant_id, channel_id, for_update=for_update)
-    except CorruptPolicy:
-        raise FailedPrecondition(f"channel {channel_id!r} has an unreadable policy; set it again") from None
-    if channel is None:
-        raise NotFound(f"channel {channel_id!r} not found")
-    return channel
 
 
 def _minutes(expires_at: datetime, now: datetime) -> int:
@@ -365,95 +341,6 @@ async def _auto_approve(
     )
 
 
-async def expire(ctx: Context, conn: asyncpg.Connection, approval: Approval) -> Approval | None:
-    """Move a pending approval whose time is up to ``expired`` (compare-and-set,
-    so it is audited once); None if it was not pending and past its expiry."""
-    done = await q.finish_approval(
-        conn, ctx.tenant_id, approval.approval_id, ApprovalStatus.EXPIRED, "system", "", live=False
-    )
-    if done is not None:
-        kind, subject = ("tool", approval.tool.tool_name) if approval.tool else ("pairing", approval.user_id)
-        await q.audit(
-            conn, ctx.tenant_id, f"{kind}.expired", actor="system", channel_id=approval.channel_id,
-            subject=subject, approval_id=approval.approval_id, trace_id=ctx.trace_id,
-        )  # fmt: skip
-    return done
-
-
-async def refuse_unless_pending(
-    ctx: Context, conn: asyncpg.Connection, approval: Approval
-) -> AuthzError | None:
-    """Why ``approval`` can no longer be decided (expiring it first if its time is
-    up), or None. The expiry must be committed, so it is returned, not raised."""
-    if approval.status is not ApprovalStatus.PENDING:
-        return FailedPrecondition(f"approval is already {approval.status.value}")
-    if approval.expires_at <= await q.now(conn):
-        await expire(ctx, conn, approval)
-        return FailedPrecondition("approval expired")
-    return None
-
-
-@dataclass(frozen=True)
-class ResolveTarget:
-    approval_id: str = ""
-    callback_payload: str = ""
-    channel_id: str = ""
-    code: str = ""
-
-
-@dataclass(frozen=True)
-class ResolveResult:
-    approval: Approval
-    requester_text: str
-    owner_text: str
-    extra: dict[str, str] = field(default_factory=dict)
-
-
-async def resolve(
-    ctx: Context, target: ResolveTarget, action: ApprovalAction | None, actor_id: str, reason: str
-) -> ResolveResult:
-    t = ctx.tenant_id
-    approval_id = target.approval_id
-    if target.callback_payload:
-        approval_id, button_action = ctx.keyring.open_callback(t, target.callback_payload)
-        if action is not None and action is not button_action:
-            raise InvalidArgument("action", "does not match the button's action")
-        action = button_action
-    if approval_id and action is not None:
-        fast = await _decide_single(ctx, approval_id, action, actor_id, reason)
-        if fast is not None:
-            return fast
-    deferred: AuthzError | None = None
-    result: ResolveResult | None = None
-    # Some refusals must be committed (the expiry, the audit of an unauthorized
-    # actor, a failed code lookup's count) and still reach the caller as
-    # errors: raise them after commit.
-    async with ctx.db.tenant(t) as conn:
-        if approval_id:
-            row = await q.get_approval(conn, t, approval_id, for_update=True)
-        else:
-            code = normalize_code(target.code)
-            if action is None:  # before the lookup: a request that cannot succeed is no guess
-                raise InvalidArgument("action", "is required")
-            row, deferred = await _approval_by_code(ctx, conn, target.channel_id, code)
-        if deferred is None:
-            if action is None:
-                raise InvalidArgument("action", "is required")
-            if row is None:
-                raise NotFound("no such approval")
-            approval = q.approval_from_row(row)
-            if approval.kind == "tool":
-                from . import tools  # tools builds on this module's types
-
-                deferred, result = await tools.decide(ctx, conn, approval, action, actor_id, reason)
-            else:
-                deferred, result = await _resolve_pairing(ctx, conn, approval, action, actor_id, reason)
-    if deferred is not None:
-        raise deferred
-    assert result is not None
-    return result
-
-
 async def _decide_single(
     ctx: Context, approval_id: str, action: ApprovalAction, actor_id: str, reason: str
 ) -> ResolveResult | None:
@@ -538,7 +425,7 @@ def _decided(action: ApprovalAction, actor: str, done: Approval) -> ResolveResul
     return ResolveResult(done, messages.requester_outcome(action), owner_text)
 
 
-async def _approval_by_code(
+async def approval_by_code(
     ctx: Context, conn: asyncpg.Connection, channel_id: str, code: str
 ) -> tuple[asyncpg.Record | None, AuthzError | None]:
     """Look a pairing code up under the brute-force limits (migration 0005).
@@ -577,7 +464,7 @@ async def _over_limit(
     )
 
 
-async def _resolve_pairing(
+async def decide(
     ctx: Context,
     conn: asyncpg.Connection,
     approval: Approval,
@@ -585,6 +472,9 @@ async def _resolve_pairing(
     actor_id: str,
     reason: str,
 ) -> tuple[AuthzError | None, ResolveResult | None]:
+    """ResolveApproval for a pairing request (called from ``flows.resolve``
+    inside its transaction, with the row locked). Errors that must be
+    committed first (expiry, the audit of an unauthorized actor) are returned."""
     check_action("pairing", action)
     t = ctx.tenant_id
     channel = await load_channel(conn, t, approval.channel_id, for_update=False)

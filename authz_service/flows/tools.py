@@ -25,7 +25,7 @@ from ..domain.pairing import new_approval_id
 from ..store import queries as q
 from ..store.notify import ApprovalNotifier
 from . import Context
-from .pairing import Button, OwnerNotification, ResolveResult, expire, load_channel, refuse_unless_pending
+from .approvals import Button, OwnerNotification, ResolveResult, expire, load_channel, refuse_unless_pending
 
 
 def new_grant_id() -> str:
@@ -194,7 +194,7 @@ async def decide(
     actor_id: str,
     reason: str,
 ) -> tuple[AuthzError | None, ResolveResult | None]:
-    """ResolveApproval for a tool approval (called from flows.pairing.resolve
+    """ResolveApproval for a tool approval (called from ``flows.resolve``
     inside its transaction, with the row locked). Errors that must be
     committed first (expiry, the audit of an unauthorized actor) are returned."""
     t = ctx.tenant_id
