@@ -40,8 +40,10 @@ from authz_service.flows.pairing import PairingOutcome
 from authz_service.gen.authz.v1 import admin_pb2 as adm
 from authz_service.gen.authz.v1 import authz_pb2 as az
 from authz_service.gen.authz.v1 import common_pb2 as cm
-from authz_service.store import queries as q
+from authz_service.store import channels
+from authz_service.store import pairing_fast as guarded
 from authz_service.store.db import Database
+from authz_service.store.pairing_fast import PairingCreateInput, PairingDecideInput
 
 from .conftest import Dsns, Tenant, rpc_error
 
@@ -61,9 +63,9 @@ def channel(t: Tenant, channel_id: str = "tg", platform: Platform = Platform.TEL
 
 
 async def policy_and_now(db: Database, tenant_id: str, channel_id: str = "tg") -> tuple[str, datetime]:
-    row = await q.check_state(db, tenant_id, channel_id, "nobody", "")
-    assert row is not None
-    return row["policy"], row["now"]
+    read = await channels.check_state(db, tenant_id, channel_id, "nobody", "")
+    assert read is not None
+    return read.channel.policy_json, read.now
 
 
 async def create(
@@ -78,10 +80,11 @@ async def create(
     platform: Platform = Platform.TELEGRAM,
 ) -> tuple[str, str]:
     approval_id = "ap" + secrets.token_hex(8)
-    outcome = await q.pairing_create(
-        db, t.tenant_id, channel(t, platform=platform), policy, user, approval_id, "Name", b"seed" * 4, secrets.token_bytes(32),
+    new = PairingCreateInput(
+        t.tenant_id, channel(t, platform=platform), policy, user, approval_id, "Name", b"seed" * 4, secrets.token_bytes(32),
         now + timedelta(minutes=10), ttl, 1, max_pending, f"telegram:{user}", "trace", {"display_name": "Name"},
     )  # fmt: skip
+    outcome = await guarded.create(db, new)
     return outcome, approval_id
 
 
@@ -170,19 +173,21 @@ async def decide(
         ApprovalStatus.APPROVED: (SubjectStatus.ALLOWED, SubjectSource.PAIRING, ttl),
         ApprovalStatus.BLOCKED: (SubjectStatus.BLOCKED, SubjectSource.ADMIN, 0),
     }.get(status)
-    return await q.pairing_decide(
+    return await guarded.decide(
         db,
-        t.tenant_id,
-        approval_id,
-        on or channel(t),
-        policy,
-        approvers,
-        status,
-        "key:k1",
-        "",
-        subject,
-        "trace",
-        {},
+        PairingDecideInput(
+            t.tenant_id,
+            approval_id,
+            on or channel(t),
+            policy,
+            approvers,
+            status,
+            "key:k1",
+            "",
+            subject,
+            "trace",
+            {},
+        ),
     )
 
 
@@ -318,12 +323,16 @@ async def test_one_statement_paths_see_their_own_tenant_only(
     outcome, approval_id = await create(db, tenant, policy, now, "7")
     assert outcome == "created"
     # Another tenant reaches neither the request nor the channel, even with their exact values.
-    assert await q.approval_state(db, other_tenant.tenant_id, approval_id) is None
+    assert await guarded.approval_state(db, other_tenant.tenant_id, approval_id) is None
     assert await decide(db, other_tenant, approval_id, policy, ApprovalStatus.APPROVED) is None
     assert (await create(db, other_tenant, policy, now, "8"))[0] == "policy_changed"
-    state = await q.approval_state(db, tenant.tenant_id, approval_id)
-    assert state is not None and q.approval_from_row(state["approval"]).status is ApprovalStatus.PENDING
-    assert (state["channel_id"], state["platform"], state["subject_status"]) == ("tg", "telegram", None)
+    state = await guarded.approval_state(db, tenant.tenant_id, approval_id)
+    assert state is not None and state.approval.status is ApprovalStatus.PENDING
+    assert (state.channel.channel_id, state.channel.platform, state.subject_status) == (
+        "tg",
+        "telegram",
+        None,
+    )
     assert (
         await owner.fetchval("SELECT count(*) FROM approvals WHERE tenant_id = $1", other_tenant.tenant_id)
         == 0

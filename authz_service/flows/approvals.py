@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import asyncpg
-
 from ..domain.errors import AuthzError, FailedPrecondition, NotFound
 from ..domain.model import Approval, ApprovalAction, ApprovalStatus, Channel
 from ..domain.policy import CorruptPolicy
-from ..store import queries as q
+from ..store import approvals, audit, channels, db
+from ..store.approvals import FinishInput
+from ..store.db import Connection
 from . import Context
 
 
@@ -53,11 +53,9 @@ class ResolveResult:
     extra: dict[str, str] = field(default_factory=dict)
 
 
-async def load_channel(
-    conn: asyncpg.Connection, tenant_id: str, channel_id: str, *, for_update: bool
-) -> Channel:
+async def load_channel(conn: Connection, tenant_id: str, channel_id: str, *, for_update: bool) -> Channel:
     try:
-        channel = await q.get_channel(conn, tenant_id, channel_id, for_update=for_update)
+        channel = await channels.get(conn, tenant_id, channel_id, for_update=for_update)
     except CorruptPolicy:
         raise FailedPrecondition(f"channel {channel_id!r} has an unreadable policy; set it again") from None
     if channel is None:
@@ -65,29 +63,27 @@ async def load_channel(
     return channel
 
 
-async def expire(ctx: Context, conn: asyncpg.Connection, approval: Approval) -> Approval | None:
+async def expire(ctx: Context, conn: Connection, approval: Approval) -> Approval | None:
     """Move a pending approval whose time is up to ``expired`` (compare-and-set,
     so it is audited once); None if it was not pending and past its expiry."""
-    done = await q.finish_approval(
-        conn, ctx.tenant_id, approval.approval_id, ApprovalStatus.EXPIRED, "system", "", live=False
+    done = await approvals.finish(
+        conn, FinishInput(ctx.tenant_id, approval.approval_id, ApprovalStatus.EXPIRED, "system", live=False)
     )
     if done is not None:
         kind, subject = ("tool", approval.tool.tool_name) if approval.tool else ("pairing", approval.user_id)
-        await q.audit(
+        await audit.record(
             conn, ctx.tenant_id, f"{kind}.expired", actor="system", channel_id=approval.channel_id,
             subject=subject, approval_id=approval.approval_id, trace_id=ctx.trace_id,
         )  # fmt: skip
     return done
 
 
-async def refuse_unless_pending(
-    ctx: Context, conn: asyncpg.Connection, approval: Approval
-) -> AuthzError | None:
+async def refuse_unless_pending(ctx: Context, conn: Connection, approval: Approval) -> AuthzError | None:
     """Why ``approval`` can no longer be decided (expiring it first if its time is
     up), or None. The expiry must be committed, so it is returned, not raised."""
     if approval.status is not ApprovalStatus.PENDING:
         return FailedPrecondition(f"approval is already {approval.status.value}")
-    if approval.expires_at <= await q.now(conn):
+    if approval.expires_at <= await db.now(conn):
         await expire(ctx, conn, approval)
         return FailedPrecondition("approval expired")
     return None

@@ -10,7 +10,7 @@ from __future__ import annotations
 from ..domain.errors import AuthzError, InvalidArgument, NotFound
 from ..domain.model import ApprovalAction
 from ..domain.pairing import normalize_code
-from ..store import queries as q
+from ..store import approvals
 from . import Context, pairing, tools
 from .approvals import ResolveResult, ResolveTarget
 
@@ -26,7 +26,7 @@ async def resolve(
             raise InvalidArgument("action", "does not match the button's action")
         action = button_action
     if approval_id and action is not None:
-        fast = await pairing._decide_single(ctx, approval_id, action, actor_id, reason)
+        fast = await pairing.decide_at_once(ctx, approval_id, action, actor_id, reason)
         if fast is not None:
             return fast
     deferred: AuthzError | None = None
@@ -36,18 +36,17 @@ async def resolve(
     # errors: raise them after commit.
     async with ctx.db.tenant(t) as conn:
         if approval_id:
-            row = await q.get_approval(conn, t, approval_id, for_update=True)
+            approval = await approvals.get(conn, t, approval_id, for_update=True)
         else:
             code = normalize_code(target.code)
             if action is None:  # before the lookup: a request that cannot succeed is no guess
                 raise InvalidArgument("action", "is required")
-            row, deferred = await pairing.approval_by_code(ctx, conn, target.channel_id, code)
+            approval, deferred = await pairing.approval_by_code(ctx, conn, target.channel_id, code)
         if deferred is None:
             if action is None:
                 raise InvalidArgument("action", "is required")
-            if row is None:
+            if approval is None:
                 raise NotFound("no such approval")
-            approval = q.approval_from_row(row)
             if approval.kind == "tool":
                 deferred, result = await tools.decide(ctx, conn, approval, action, actor_id, reason)
             else:

@@ -21,6 +21,7 @@ import logging
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, nullcontext, suppress
+from datetime import datetime
 from typing import TYPE_CHECKING, cast
 
 import asyncpg
@@ -32,6 +33,10 @@ if TYPE_CHECKING:
     from ..telemetry import Telemetry
 
 log = logging.getLogger(__name__)
+
+# The connection type flows pass between store calls: flows and api name it
+# through here and never import asyncpg (rows come back as dataclasses).
+Connection = asyncpg.Connection
 
 _UNAVAILABLE: tuple[type[BaseException], ...] = (
     OSError,
@@ -213,3 +218,14 @@ async def _begin(conn: asyncpg.Connection, settings: dict[str, str]) -> None:
         # is_local = true: the setting dies with the transaction, so a
         # pooled connection never carries it into the next request.
         await conn.execute("SELECT set_config($1, $2, true)", name, value)
+
+
+async def now(conn: Connection) -> datetime:
+    """The database's clock, which judges every expiry."""
+    value: datetime = await conn.fetchval("SELECT now()")
+    return value
+
+
+def row_count(status: str) -> int:
+    """The row count of a command tag such as ``DELETE 3`` or ``UPDATE 0``."""
+    return int(status.rsplit(" ", 1)[-1])
