@@ -22,12 +22,6 @@ Lifecycle (#5):
   qualify are dropped, and the request stays pending with the rest.
 * Auto-approve: a matching rule (domain.autoapprove) approves at once, as
   ``auto:<rule>``, audited as ``pairing.auto_approved`` with the rule only.
-
-One-statement paths (#6): a stranger's request and a decision on a live
-request that needs one approval and has no votes are tried first, in
-``flows.pairing_fast`` (``request``, ``decide``). When they answer
-``TAKE_GENERAL_PATH``, the general path below runs, in one transaction, and
-handles every case.
 """
 
 from __future__ import annotations
@@ -69,10 +63,9 @@ from ..store import approvals, attempts, audit, db, keys, subjects, tenants
 from ..store.approvals import AutoApprovedInput, FinishInput, PairingInsertInput, PendingPairing
 from ..store.db import Connection
 from ..store.subjects import PutSubjectInput
-from . import Context, pairing_fast
+from . import Context
 from .approvals import Button, OwnerNotification, ResolveResult, expire, load_channel, refuse_unless_pending
 from .attempts import over_limit
-from .pairing_fast import TAKE_GENERAL_PATH
 
 log = logging.getLogger(__name__)
 
@@ -117,10 +110,6 @@ async def request_pairing(
 ) -> PairingResult:
     """``email`` and ``phone_number``: as the connector reports them, only for
     auto-approve rules; never stored, logged or audited."""
-    fresh = await pairing_fast.request(ctx, channel_id, user_id, display_name, email, phone_number)
-    if fresh is not TAKE_GENERAL_PATH:
-        return _created(ctx, fresh.channel, fresh.approval, fresh.code, fresh.now, user_id, display_name,
-                        first_message, renewal=False)  # fmt: skip
     t = ctx.tenant_id
     async with ctx.db.tenant(t) as conn:
         channel = await load_channel(conn, t, channel_id, for_update=True)
@@ -270,15 +259,6 @@ async def _auto_approve(
     return PairingResult(
         PairingOutcome.AUTO_APPROVED, text=messages.AUTO_APPROVED, approval_id=approval.approval_id
     )
-
-
-async def decide_at_once(
-    ctx: Context, approval_id: str, action: ApprovalAction, actor_id: str, reason: str
-) -> ResolveResult | None:
-    """ResolveApproval's common case, tried before the row is locked
-    (``flows.pairing_fast``). None: the caller runs the general path."""
-    done = await pairing_fast.decide(ctx, approval_id, action, actor_id, reason)
-    return None if done is TAKE_GENERAL_PATH else _decided(action, done.actor, done.approval)
 
 
 def _decided(action: ApprovalAction, actor: str, done: Approval) -> ResolveResult:

@@ -25,10 +25,6 @@ async def resolve(
         if action is not None and action is not button_action:
             raise InvalidArgument("action", "does not match the button's action")
         action = button_action
-    if approval_id and action is not None:
-        fast = await pairing.decide_at_once(ctx, approval_id, action, actor_id, reason)
-        if fast is not None:
-            return fast
     deferred: AuthzError | None = None
     result: ResolveResult | None = None
     # Some refusals must be committed (the expiry, the audit of an unauthorized

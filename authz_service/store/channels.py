@@ -21,8 +21,8 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True, slots=True)
 class ChannelRow:
-    """A channel as stored. ``policy_json`` is the policy's JSON exactly as
-    stored (the one-statement pairing writes compare it); ``decode`` parses it."""
+    """A channel as stored, its policy not yet parsed: ``decode`` parses it
+    (admin reads report an unreadable policy instead of failing)."""
 
     channel_id: str
     platform: str

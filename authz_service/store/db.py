@@ -174,8 +174,8 @@ class Database:
 
     async def fetchrow_as(self, tenant_id: str, sql: str, *args: object) -> asyncpg.Record | None:
         """One statement in its own (implicit) transaction: for functions that
-        set the tenant themselves, such as ``authz_check_state`` or the guarded
-        pairing writes (migration 0010). One round trip instead of three or more."""
+        set the tenant themselves, such as ``authz_check_state`` (migration
+        0009). One round trip instead of three or more."""
         span = _NO_SPAN if self.telemetry is None else self.telemetry.transaction({"authz.tenant": tenant_id})
         try:
             with span:
