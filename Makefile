@@ -14,7 +14,7 @@ help:
 	@echo "make run    start the service on an embedded PostgreSQL with a demo tenant"
 	@echo "make test   run the test suite (real PostgreSQL, real gRPC)"
 	@echo "make proto  regenerate authz_service/gen from proto/"
-	@echo "make lint   ruff + mypy --strict"
+	@echo "make lint   ruff, mypy --strict, import rules (lint-imports)"
 	@echo "make chart  test the Helm chart and package it into dist/"
 	@echo "make bench  measure throughput and latency; prints bench/ratio lines, writes bench-report.json"
 	@echo "make lock   re-resolve pyproject.toml's ranges into requirements.lock and requirements-dev.lock"
@@ -59,6 +59,7 @@ lint: $(GEN_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 fmt: $(VENV_STAMP)
 	$(BIN)/ruff format .

@@ -31,7 +31,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from .domain.model import Channel, Role, Subject
 
@@ -196,59 +195,3 @@ class StateCache:
 
     def _size(self) -> int:
         return len(self._channels) + len(self._subjects) + len(self._groups) + len(self._keys)
-
-
-class PairingMemo:
-    """What pairing's guarded writes (migration 0010) were last decided on, per
-    process, kept without invalidation: each write checks in PostgreSQL that it
-    still holds (the channel, its platform and stored policy, the request's
-    channel, the tenant's approvers) and refuses otherwise. The caller then forgets the entry and takes the path
-    that reads. A stale entry costs a round trip, never a wrong answer; unlike
-    ``StateCache`` it needs neither NOTIFY nor the listener.
-
-    * ``channel``: a channel as parsed, with its policy exactly as stored (JSON).
-    * ``approval_channel``: the channel of a request this process created (a
-      request never changes channel), until it is decided.
-    * ``approvers``: a tenant's approvers.
-
-    Each map keeps its newest ``max_entries`` entries.
-    """
-
-    def __init__(self, max_entries: int = 10_000) -> None:
-        self.max_entries = max_entries
-        self._channels: dict[tuple[str, str], tuple[Channel, str]] = {}
-        self._approvals: dict[tuple[str, str], str] = {}
-        self._approvers: dict[str, tuple[str, ...]] = {}
-
-    def _put(self, entries: dict[Any, Any], key: Any, value: Any) -> None:
-        entries.pop(key, None)
-        if len(entries) >= self.max_entries:
-            del entries[next(iter(entries))]  # the oldest: dicts keep insertion order
-        entries[key] = value
-
-    def channel(self, tenant_id: str, channel_id: str) -> tuple[Channel, str] | None:
-        return self._channels.get((tenant_id, channel_id))
-
-    def remember_channel(self, tenant_id: str, channel_id: str, channel: Channel, policy_json: str) -> None:
-        self._put(self._channels, (tenant_id, channel_id), (channel, policy_json))
-
-    def forget_channel(self, tenant_id: str, channel_id: str) -> None:
-        self._channels.pop((tenant_id, channel_id), None)
-
-    def approval_channel(self, tenant_id: str, approval_id: str) -> str | None:
-        return self._approvals.get((tenant_id, approval_id))
-
-    def remember_approval(self, tenant_id: str, approval_id: str, channel_id: str) -> None:
-        self._put(self._approvals, (tenant_id, approval_id), channel_id)
-
-    def forget_approval(self, tenant_id: str, approval_id: str) -> None:
-        self._approvals.pop((tenant_id, approval_id), None)
-
-    def approvers(self, tenant_id: str) -> tuple[str, ...] | None:
-        return self._approvers.get(tenant_id)
-
-    def remember_approvers(self, tenant_id: str, approvers: tuple[str, ...]) -> None:
-        self._put(self._approvers, tenant_id, approvers)
-
-    def forget_approvers(self, tenant_id: str) -> None:
-        self._approvers.pop(tenant_id, None)

@@ -18,7 +18,7 @@ from grpc_reflection.v1alpha import reflection
 from .api.admin import AdminServicer
 from .api.authz import AuthzServicer
 from .api.rpc import Gate, Runtime
-from .cache import PairingMemo, StateCache
+from .cache import StateCache
 from .config import Settings
 from .domain.errors import Unavailable
 from .domain.pairing import Keyring
@@ -138,7 +138,6 @@ async def start_server(
         operator_key_hash=hash_secret(settings.operator_key) if settings.operator_key else None,
         notifier=notifier,
         cache=cache,
-        memo=PairingMemo(),
         telemetry=telemetry,
         code_limits=CodeAttemptLimits(
             per_channel=settings.code_attempts_per_channel,

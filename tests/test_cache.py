@@ -10,7 +10,6 @@ import asyncpg
 import grpc
 import pytest
 
-from authz_service.cache import PairingMemo
 from authz_service.client import Client, connect
 from authz_service.config import Settings
 from authz_service.gen.authz.v1 import admin_pb2 as adm
@@ -209,20 +208,3 @@ async def test_state_writes_keep_cached_keys_and_key_revocation_drops_them(
         await owner.execute("ALTER TABLE api_keys ENABLE TRIGGER api_keys_changes")
         await owner.close()
         await admin.close()
-
-
-def test_pairing_memo_keeps_its_newest_entries() -> None:
-    """Bounded per map: the oldest entry goes first, and remembering an entry
-    again makes it the newest."""
-    memo = PairingMemo(max_entries=2)
-    for approval in ("a1", "a2"):
-        memo.remember_approval("t", approval, "tg")
-    memo.remember_approval("t", "a1", "tg")  # a1 is the newest now
-    memo.remember_approval("t", "a3", "dm")
-    assert [memo.approval_channel("t", a) for a in ("a1", "a2", "a3")] == ["tg", None, "dm"]
-    assert memo.approval_channel("other", "a1") is None  # per tenant
-    memo.forget_approval("t", "a1")
-    assert memo.approval_channel("t", "a1") is None
-    memo.remember_approvers("t", ("telegram:1",))
-    memo.forget_approvers("t")
-    assert memo.approvers("t") is None

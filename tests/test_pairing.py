@@ -298,3 +298,52 @@ async def test_codes_are_stored_hashed(tenant: Tenant, dsns: Dsns) -> None:
     finally:
         await conn.close()
     assert row is not None and resp.code not in dump and resp.code.encode() not in bytes(row["code_hash"])
+
+
+async def test_repeat_requests_unauthorized_presses_and_quorum_votes_answer_and_audit(tenant: Tenant) -> None:
+    """A repeat request gets the same code, an unauthorized press is refused and
+    audited, and a quorum vote is recorded before the deciding one."""
+    await tenant.channel(owner_id=OWNER, required_approvals=2)
+    request = az.RequestPairingRequest(
+        channel_id="tg", user_id="42", display_name="Alice", first_message="hi"
+    )
+    first = await tenant.connector.authz.RequestPairing(request)
+    again = await tenant.connector.authz.RequestPairing(request)
+    assert (first.outcome, again.outcome) == (az.PAIRING_OUTCOME_CREATED, az.PAIRING_OUTCOME_EXISTING)
+    assert again.code == first.code and again.approval_id == first.approval_id
+
+    def approve(actor: str = "") -> az.ResolveApprovalRequest:
+        return az.ResolveApprovalRequest(
+            approval_id=first.approval_id, action=cm.APPROVAL_ACTION_APPROVE, actor_id=actor
+        )
+
+    err = await rpc_error(tenant.connector.authz.ResolveApproval(approve("666")))
+    assert err.code() == grpc.StatusCode.PERMISSION_DENIED
+    one = await tenant.connector.authz.ResolveApproval(approve(OWNER))
+    assert one.approval.status == cm.APPROVAL_STATUS_PENDING and "1 of 2" in one.owner_text
+    two = await tenant.approver.authz.ResolveApproval(approve())
+    assert two.approval.status == cm.APPROVAL_STATUS_APPROVED
+    audit = await tenant.admin.admin.QueryAudit(adm.QueryAuditRequest())
+    events = [e.event for e in audit.events if e.event.startswith(("pairing.", "approval."))]
+    assert events == ["pairing.requested", "approval.unauthorized", "pairing.vote", "pairing.approved"]
+
+
+async def test_a_channel_moved_to_another_platform_qualifies_ids_and_approvers_anew(tenant: Tenant) -> None:
+    """The platform qualifies user ids and approvers ("telegram:5000500"), and a
+    channel can change platform with its policy unchanged."""
+    await tenant.channel(owner_id="1000001")
+    await tenant.admin.admin.SetTenantSettings(adm.TenantSettings(approvers=["telegram:5000500"]))
+    pending = await tenant.connector.authz.RequestPairing(
+        az.RequestPairingRequest(channel_id="tg", user_id="42", display_name="B", first_message="hi")
+    )
+    await tenant.channel(platform=cm.PLATFORM_DISCORD, owner_id="1000001")
+    err = await rpc_error(tenant.connector.authz.ResolveApproval(az.ResolveApprovalRequest(
+        approval_id=pending.approval_id, action=cm.APPROVAL_ACTION_APPROVE, actor_id="5000500",
+    )))  # fmt: skip
+    assert err.code() == grpc.StatusCode.PERMISSION_DENIED  # discord:5000500 is nobody's approver
+    err = await rpc_error(tenant.connector.authz.RequestPairing(
+        az.RequestPairingRequest(channel_id="tg", user_id="43", display_name="C", first_message="hi")
+    ))  # fmt: skip
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT  # not a Discord user id
+    still = await tenant.admin.admin.GetApproval(adm.GetApprovalRequest(approval_id=pending.approval_id))
+    assert still.status == cm.APPROVAL_STATUS_PENDING

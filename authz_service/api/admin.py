@@ -7,8 +7,6 @@ import re
 from collections.abc import AsyncIterator
 from typing import Any
 
-import asyncpg
-
 from .. import names
 from ..domain import ids
 from ..domain.errors import InvalidArgument
@@ -16,7 +14,7 @@ from ..domain.invites import INVITE_ID, MAX_NOTE, MAX_PERMISSIONS
 from ..domain.model import Role, SubjectSource, SubjectStatus
 from ..flows import Context, data_rights, invites, tools
 from ..flows import admin as flows
-from ..flows.admin import IssuedKey, StoredChannel, TenantSettings
+from ..flows.admin import AuditQuery, GroupSender, IssuedKey, StoredChannel, TenantRow, TenantSettings
 from ..gen.authz.v1 import admin_pb2 as adm
 from ..gen.authz.v1 import admin_pb2_grpc
 from ..gen.authz.v1 import common_pb2 as cm
@@ -61,18 +59,13 @@ def _settings(s: TenantSettings) -> adm.TenantSettings:
     )
 
 
-def _tenant(row: asyncpg.Record) -> adm.Tenant:
-    return adm.Tenant(
-        tenant_id=row["tenant_id"], display_name=row["display_name"], created_at=convert.ts(row["created_at"])
-    )
+def _tenant(t: TenantRow) -> adm.Tenant:
+    return adm.Tenant(tenant_id=t.tenant_id, display_name=t.display_name, created_at=convert.ts(t.created_at))
 
 
-def _group_sender(row: asyncpg.Record) -> adm.GroupSender:
+def _group_sender(g: GroupSender) -> adm.GroupSender:
     return adm.GroupSender(
-        channel_id=row["channel_id"],
-        group_id=row["group_id"],
-        user_id=row["user_id"],
-        created_at=convert.ts(row["created_at"]),
+        channel_id=g.channel_id, group_id=g.group_id, user_id=g.user_id, created_at=convert.ts(g.created_at)
     )
 
 
@@ -363,29 +356,31 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                 "event", "must be an event name like 'pairing.approved' or a prefix like 'pairing.'"
             )
         limit = _limit(request.limit)
-        rows = await flows.query_audit(
+        found = await flows.query_audit(
             ctx,
-            since=convert.from_ts(request.since, request.HasField("since")),
-            until=convert.from_ts(request.until, request.HasField("until")),
-            channel_id=ids.channel_id(request.channel_id) if request.channel_id else "",
-            user_id=ids.user_id_shape(request.user_id) if request.user_id else "",
-            event=event,
-            after_event_id=request.after_event_id,
-            limit=limit,
+            AuditQuery(
+                since=convert.from_ts(request.since, request.HasField("since")),
+                until=convert.from_ts(request.until, request.HasField("until")),
+                channel_id=ids.channel_id(request.channel_id) if request.channel_id else "",
+                user_id=ids.user_id_shape(request.user_id) if request.user_id else "",
+                event=event,
+                after_event_id=request.after_event_id,
+                limit=limit,
+            ),
         )
         events = [
             adm.AuditEvent(
-                event_id=r["event_id"],
-                at=convert.ts(r["at"]),
-                event=r["event"],
-                actor=r["actor"],
-                channel_id=r["channel_id"],
-                subject=r["subject"],
-                approval_id=r["approval_id"],
-                trace_id=r["trace_id"],
-                details_json=r["details"] if isinstance(r["details"], str) else json.dumps(r["details"]),
+                event_id=e.event_id,
+                at=convert.ts(e.at),
+                event=e.event,
+                actor=e.actor,
+                channel_id=e.channel_id,
+                subject=e.subject,
+                approval_id=e.approval_id,
+                trace_id=e.trace_id,
+                details_json=e.details_json,
             )
-            for r in rows
+            for e in found
         ]
         next_after = events[-1].event_id if len(events) == limit else 0
         return adm.QueryAuditResponse(events=events, next_after_event_id=next_after)

@@ -11,7 +11,8 @@ from ..domain.autoapprove import reported_email, reported_phone
 from ..domain.errors import InvalidArgument
 from ..domain.invites import normalize_invite_code
 from ..domain.model import ChatKind, Role
-from ..flows import Context, access, invites, pairing, tools
+from ..flows import Context, access, invites, pairing, resolve, tools
+from ..flows.approvals import ResolveTarget
 from ..gen.authz.v1 import authz_pb2 as az
 from ..gen.authz.v1 import authz_pb2_grpc
 from ..gen.authz.v1 import common_pb2 as cm
@@ -109,13 +110,13 @@ class AuthzServicer(authz_pb2_grpc.AuthzServiceServicer):
     ) -> az.ResolveApprovalResponse:
         which = request.WhichOneof("target")
         if which == "approval_id":
-            target = pairing.ResolveTarget(approval_id=ids.approval_id(request.approval_id))
+            target = ResolveTarget(approval_id=ids.approval_id(request.approval_id))
         elif which == "callback_payload":
             if not request.callback_payload or len(request.callback_payload) > 64:
                 raise InvalidArgument("callback_payload", "is not a valid approval button payload")
-            target = pairing.ResolveTarget(callback_payload=request.callback_payload)
+            target = ResolveTarget(callback_payload=request.callback_payload)
         elif which == "code":
-            target = pairing.ResolveTarget(
+            target = ResolveTarget(
                 channel_id=ids.channel_id(request.code.channel_id, "code.channel_id"),
                 code=convert.text(request.code.code, "code.code", 32),
             )
@@ -132,7 +133,7 @@ class AuthzServicer(authz_pb2_grpc.AuthzServiceServicer):
                 "actor_id", "is required for connector keys: the platform id of who pressed"
             )
         reason = convert.text(request.reason, "reason", MAX_REASON)
-        result = await pairing.resolve(ctx, target, action, actor_id, reason)
+        result = await resolve.resolve(ctx, target, action, actor_id, reason)
         return az.ResolveApprovalResponse(
             approval=convert.approval_out(result.approval),
             requester_text=result.requester_text,

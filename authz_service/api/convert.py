@@ -19,7 +19,7 @@ from ..domain.model import (
     SubjectStatus,
     ToolCall,
 )
-from ..flows.pairing import OwnerNotification
+from ..flows.approvals import OwnerNotification
 from ..gen.authz.v1 import admin_pb2 as adm
 from ..gen.authz.v1 import authz_pb2 as az
 from ..gen.authz.v1 import common_pb2 as cm

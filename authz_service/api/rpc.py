@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import grpc
 
-from ..cache import PairingMemo, StateCache
+from ..cache import StateCache
 from ..domain import errors
 from ..domain.model import Principal, Role
 from ..domain.pairing import Keyring
@@ -58,7 +58,6 @@ class Runtime:
     operator_key_hash: bytes | None
     notifier: ApprovalNotifier
     cache: StateCache | None = None
-    memo: PairingMemo | None = None
     gate: Gate = field(default_factory=Gate)
     telemetry: Telemetry | None = None  # None: telemetry off
     code_limits: CodeAttemptLimits = field(default_factory=CodeAttemptLimits)
@@ -96,9 +95,7 @@ async def _authorize(
         call.authorized(principal)
     if principal.role not in allowed and not (principal.role is Role.ADMIN and Role.OPERATOR not in allowed):
         raise errors.PermissionDenied(f"{name} is not allowed for the {principal.role.value} role")
-    return Context(
-        runtime.db, runtime.keyring, principal, trace_id, runtime.cache, runtime.code_limits, runtime.memo
-    )
+    return Context(runtime.db, runtime.keyring, principal, trace_id, runtime.cache, runtime.code_limits)
 
 
 async def _abort(

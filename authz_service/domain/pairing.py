@@ -20,9 +20,10 @@ import hmac
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from .errors import InvalidArgument
-from .model import ApprovalAction, Channel
+from .model import ApprovalAction, Channel, ChannelPolicy, SubjectSource, SubjectStatus
 
 # No 0/O, 1/I/L: codes are read aloud and typed from screenshots.
 CODE_ALPHABET = "23456789ABCDEFGHJKMNPQRSTUVWXYZ"
@@ -202,3 +203,28 @@ def approve_vote(required: int, approved_by: tuple[str, ...], actor: str) -> Vot
     if actor in approved_by:
         return Vote.REPEAT
     return Vote.FINAL if len(approved_by) + 1 >= required else Vote.RECORDED
+
+
+def request_details(
+    display_name: str, expires_at: datetime, required: int, *, renewal: bool
+) -> dict[str, object]:
+    """The ``pairing.requested`` audit event's details."""
+    details: dict[str, object] = {"display_name": display_name, "expires_at": expires_at.isoformat()}
+    if renewal:
+        details["renewal"] = True
+    if required > 1:
+        details["required_approvals"] = required
+    return details
+
+
+def standing(
+    action: ApprovalAction, policy: ChannelPolicy
+) -> tuple[SubjectStatus, SubjectSource, int] | None:
+    """The requester's subject row a decision writes (status, source, TTL in
+    seconds; 0: none). DENY writes none: the code is consumed and no record is
+    invented."""
+    if action is ApprovalAction.APPROVE:
+        return SubjectStatus.ALLOWED, SubjectSource.PAIRING, policy.pairing_ttl_seconds
+    if action is ApprovalAction.BLOCK:
+        return SubjectStatus.BLOCKED, SubjectSource.ADMIN, 0
+    return None

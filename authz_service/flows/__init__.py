@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..cache import PairingMemo, StateCache
+from ..cache import StateCache
 from ..domain.model import Principal
 from ..domain.pairing import Keyring
 from ..store.db import Database
@@ -35,8 +35,6 @@ class Context:
     # The hot path's cache (None: always read the database).
     cache: StateCache | None = None
     code_limits: CodeAttemptLimits = CodeAttemptLimits()
-    # What pairing's one-statement writes were decided on (None: always read first).
-    memo: PairingMemo | None = None
 
     @property
     def tenant_id(self) -> str:

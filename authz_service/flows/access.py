@@ -5,15 +5,14 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 
-import asyncpg
-
 from ..cache import CheckState
 from ..domain import ids
 from ..domain import send as send_policy
 from ..domain.access import Inbound, Verdict, check_user
 from ..domain.model import Channel, Decision
 from ..domain.policy import CorruptPolicy
-from ..store import queries as q
+from ..store import audit, channels
+from ..store.db import Connection
 from . import Context
 from . import rate as rate_limits
 
@@ -32,10 +31,10 @@ async def check(ctx: Context, channel_id: str, message: Inbound, *, consistent: 
         now = cache.db_now()
     else:
         generation = ctx.cache.generation if ctx.cache else 0
-        row = await q.check_state(ctx.db, t, channel_id, message.user_id, message.group_id)
-        now = row["now"] if row is not None else None
+        read = await channels.check_state(ctx.db, t, channel_id, message.user_id, message.group_id)
+        now = read.now if read is not None else None
         try:
-            state = _state_from_row(t, channel_id, message.user_id, row)
+            state = _state(t, read)
         except CorruptPolicy:
             log.error("channel %s/%s has an unreadable policy; denying", t, channel_id)
             return _logged(ctx, channel_id, Verdict(Decision.DENY, "channel_policy_invalid"))
@@ -51,12 +50,10 @@ async def check(ctx: Context, channel_id: str, message: Inbound, *, consistent: 
     return _logged(ctx, channel_id, verdict)
 
 
-def _state_from_row(tenant_id: str, channel_id: str, user_id: str, row: asyncpg.Record | None) -> CheckState:
-    if row is None:
+def _state(tenant_id: str, read: channels.CheckState | None) -> CheckState:
+    if read is None:
         return CheckState(None, None, False)
-    channel = q.channel_from_row(tenant_id, row)
-    subject = q.subject_from_row(channel_id, user_id, row) if row["status"] else None
-    return CheckState(channel, subject, bool(row["in_group"]))
+    return CheckState(read.channel.decode(tenant_id), read.subject, read.in_group)
 
 
 def _logged(ctx: Context, channel_id: str, verdict: Verdict) -> Verdict:
@@ -91,13 +88,13 @@ async def evaluate_send(
         return decision
     generation = cache.generation if cache is not None else 0
     async with ctx.db.tenant(t) as conn:
-        row = await q.send_channel(conn, t, channel_id)
+        read = await channels.send_state(conn, t, channel_id)
         try:
-            channel = None if row is None else q.channel_from_row(t, row)
+            channel = None if read is None else read.channel.decode(t)
         except CorruptPolicy:
             decision = send_policy.SendDecision(False, send_policy.EVALUATION_ERROR)
         else:
-            now = row["now"] if row is not None else None
+            now = read.now if read is not None else None
             if cache is not None:
                 if now is not None:
                     cache.observe_db_clock(now)
@@ -127,7 +124,7 @@ def _send_decision(
 
 async def _audit_denied_send(
     ctx: Context,
-    conn: asyncpg.Connection,
+    conn: Connection,
     channel_id: str,
     agent_id: str,
     session_id: str,
@@ -135,7 +132,7 @@ async def _audit_denied_send(
     target: str,
     decision: send_policy.SendDecision,
 ) -> None:
-    await q.audit(
+    await audit.record(
         conn, ctx.tenant_id, "send.denied", actor=f"agent:{agent_id}", channel_id=channel_id, subject=target,
         trace_id=ctx.trace_id, details={"session_id": session_id, "origin": origin, "reason": decision.reason},
     )  # fmt: skip

@@ -7,8 +7,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import asyncpg
-
 from ..domain import ids
 from ..domain import policy as policy_codec
 from ..domain import send as send_policy
@@ -25,14 +23,24 @@ from ..domain.model import (
     SubjectStatus,
 )
 from ..domain.policy import CorruptPolicy
-from ..store import queries as q
+from ..store import approvals, audit, channels, keys, subjects, tenants
+
+# Re-exported: the rows and inputs of these flows are the store's dataclasses.
+from ..store.audit import AuditEvent as AuditEvent
+from ..store.audit import AuditQuery as AuditQuery
+from ..store.channels import ChannelRow
+from ..store.db import Connection
+from ..store.keys import KeyRow
+from ..store.subjects import GroupSender as GroupSender
+from ..store.subjects import PutSubjectInput
+from ..store.tenants import TenantRow as TenantRow
 from . import Context
+from .approvals import load_channel
 from .auth import new_key
-from .pairing import load_channel
 
 
-async def _audit(ctx: Context, conn: asyncpg.Connection, event: str, **kw: Any) -> None:
-    await q.audit(conn, ctx.tenant_id, event, actor=ctx.principal.actor, trace_id=ctx.trace_id, **kw)
+async def _audit(ctx: Context, conn: Connection, event: str, **kw: Any) -> None:
+    await audit.record(conn, ctx.tenant_id, event, actor=ctx.principal.actor, trace_id=ctx.trace_id, **kw)
 
 
 # --- tenants and keys ------------------------------------------------------------
@@ -48,27 +56,25 @@ class IssuedKey:
     secret: str = ""
 
 
-def _issued(row: asyncpg.Record, secret: str = "") -> IssuedKey:
-    return IssuedKey(
-        row["key_id"], Role(row["role"]), row["name"], row["created_at"], row["revoked_at"], secret
-    )
+def _issued(row: KeyRow, secret: str = "") -> IssuedKey:
+    return IssuedKey(row.key_id, row.role, row.name, row.created_at, row.revoked_at, secret)
 
 
-async def create_tenant(ctx: Context, tenant_id: str, display_name: str) -> tuple[asyncpg.Record, IssuedKey]:
+async def create_tenant(ctx: Context, tenant_id: str, display_name: str) -> tuple[TenantRow, IssuedKey]:
     # One transaction: a tenant never exists without its first admin key.
     async with ctx.db.operator(tenant_id) as conn:
-        tenant = await q.insert_tenant(conn, tenant_id, display_name)
+        tenant = await tenants.insert(conn, tenant_id, display_name)
         key_id, secret, digest = new_key(tenant_id)
-        row = await q.insert_key(conn, tenant_id, key_id, Role.ADMIN, "initial admin", digest)
-        await q.audit(conn, tenant_id, "tenant.created", actor="operator", trace_id=ctx.trace_id)
-        await q.audit(conn, tenant_id, "key.created", actor="operator", subject=key_id, trace_id=ctx.trace_id,
+        row = await keys.insert(conn, tenant_id, key_id, Role.ADMIN, "initial admin", digest)
+        await audit.record(conn, tenant_id, "tenant.created", actor="operator", trace_id=ctx.trace_id)
+        await audit.record(conn, tenant_id, "key.created", actor="operator", subject=key_id, trace_id=ctx.trace_id,
                       details={"role": "admin"})  # fmt: skip
     return tenant, _issued(row, secret)
 
 
-async def list_tenants(ctx: Context) -> list[asyncpg.Record]:
+async def list_tenants(ctx: Context) -> list[TenantRow]:
     async with ctx.db.operator() as conn:
-        return await q.list_tenants(conn)
+        return await tenants.list_all(conn)
 
 
 @dataclass(frozen=True)
@@ -81,9 +87,9 @@ class TenantSettings:
 async def get_settings(ctx: Context) -> TenantSettings:
     async with ctx.db.tenant(ctx.tenant_id) as conn:
         return TenantSettings(
-            await q.tenant_approvers(conn, ctx.tenant_id),
-            await q.agent_approvers(conn, ctx.tenant_id),
-            await q.tenant_timezone(conn, ctx.tenant_id),
+            await tenants.approvers(conn, ctx.tenant_id),
+            await tenants.agent_approvers(conn, ctx.tenant_id),
+            await tenants.timezone(conn, ctx.tenant_id),
         )
 
 
@@ -109,10 +115,10 @@ async def set_settings(
     """Replace the tenant's settings, all of them (an empty ``timezone`` is UTC)."""
     approvers, per_agent, timezone = normalise_settings(approvers, agent_approvers, timezone)
     async with ctx.db.tenant(ctx.tenant_id) as conn:
-        await q.set_tenant_approvers(conn, ctx.tenant_id, approvers)
-        await q.set_agent_approvers(conn, ctx.tenant_id, per_agent)
+        await tenants.set_approvers(conn, ctx.tenant_id, approvers)
+        await tenants.set_agent_approvers(conn, ctx.tenant_id, per_agent)
         # A changed zone is announced to every replica's cache (migration 0008).
-        old_timezone = await q.set_tenant_timezone(conn, ctx.tenant_id, timezone)
+        old_timezone = await tenants.set_timezone(conn, ctx.tenant_id, timezone)
         await _audit(
             ctx,
             conn,
@@ -127,19 +133,19 @@ async def set_settings(
 async def create_key(ctx: Context, role: Role, name: str) -> IssuedKey:
     async with ctx.db.tenant(ctx.tenant_id) as conn:
         key_id, secret, digest = new_key(ctx.tenant_id)
-        row = await q.insert_key(conn, ctx.tenant_id, key_id, role, name, digest)
+        row = await keys.insert(conn, ctx.tenant_id, key_id, role, name, digest)
         await _audit(ctx, conn, "key.created", subject=key_id, details={"role": role.value, "name": name})
     return _issued(row, secret)
 
 
 async def list_keys(ctx: Context) -> list[IssuedKey]:
     async with ctx.db.tenant(ctx.tenant_id) as conn:
-        return [_issued(r) for r in await q.list_keys(conn, ctx.tenant_id)]
+        return [_issued(r) for r in await keys.list_all(conn, ctx.tenant_id)]
 
 
 async def revoke_key(ctx: Context, key_id: str) -> IssuedKey:
     async with ctx.db.tenant(ctx.tenant_id) as conn:
-        row = await q.revoke_key(conn, ctx.tenant_id, key_id)
+        row = await keys.revoke(conn, ctx.tenant_id, key_id)
         if row is None:
             raise NotFound(f"key {key_id!r} not found")
         await _audit(ctx, conn, "key.revoked", subject=key_id)
@@ -155,12 +161,13 @@ class StoredChannel:
     updated_at: datetime
 
 
-def _stored(ctx: Context, row: asyncpg.Record) -> StoredChannel:
+def _stored(ctx: Context, row: ChannelRow) -> StoredChannel:
+    assert row.updated_at is not None
     try:
-        return StoredChannel(q.channel_from_row(ctx.tenant_id, row), row["updated_at"])
+        return StoredChannel(row.decode(ctx.tenant_id), row.updated_at)
     except CorruptPolicy:
         raise FailedPrecondition(
-            f"channel {row['channel_id']!r} has an unreadable policy (it denies everything); set it again"
+            f"channel {row.channel_id!r} has an unreadable policy (it denies everything); set it again"
         ) from None
 
 
@@ -175,7 +182,7 @@ async def set_channel(
 ) -> StoredChannel:
     policy = normalise_channel(platform, policy)
     async with ctx.db.tenant(ctx.tenant_id) as conn:
-        row = await q.upsert_channel(conn, ctx.tenant_id, channel_id, platform, policy)
+        row = await channels.upsert(conn, ctx.tenant_id, channel_id, platform, policy)
         await _audit(ctx, conn, "channel.updated", channel_id=channel_id,
                      details={"platform": platform.value, "policy": policy_codec.to_json(policy)})  # fmt: skip
     return _stored(ctx, row)
@@ -183,7 +190,7 @@ async def set_channel(
 
 async def get_channel(ctx: Context, channel_id: str) -> StoredChannel:
     async with ctx.db.tenant(ctx.tenant_id) as conn:
-        row = await q.get_channel_row(conn, ctx.tenant_id, channel_id)
+        row = await channels.get_row(conn, ctx.tenant_id, channel_id)
     if row is None:
         raise NotFound(f"channel {channel_id!r} not found")
     return _stored(ctx, row)
@@ -191,12 +198,12 @@ async def get_channel(ctx: Context, channel_id: str) -> StoredChannel:
 
 async def list_channels(ctx: Context) -> list[StoredChannel]:
     async with ctx.db.tenant(ctx.tenant_id) as conn:
-        return [_stored(ctx, r) for r in await q.list_channel_rows(conn, ctx.tenant_id)]
+        return [_stored(ctx, r) for r in await channels.list_rows(conn, ctx.tenant_id)]
 
 
 async def delete_channel(ctx: Context, channel_id: str) -> bool:
     async with ctx.db.tenant(ctx.tenant_id) as conn:
-        deleted = await q.delete_channel(conn, ctx.tenant_id, channel_id)
+        deleted = await channels.delete(conn, ctx.tenant_id, channel_id)
         if deleted:
             await _audit(ctx, conn, "channel.deleted", channel_id=channel_id)
     return deleted
@@ -211,13 +218,21 @@ async def allow_user(
     async with ctx.db.tenant(ctx.tenant_id) as conn:
         channel = await load_channel(conn, ctx.tenant_id, channel_id, for_update=False)
         ids.user_id(channel.platform, user_id)
-        current = await q.get_subject(conn, ctx.tenant_id, channel_id, user_id)
+        current = await subjects.get(conn, ctx.tenant_id, channel_id, user_id)
         if current is not None and current.status is SubjectStatus.BLOCKED:
             raise InvalidArgument("user_id", "is blocked on this channel; unblock first")
-        subject = await q.put_subject(
-            conn, ctx.tenant_id, channel_id, user_id, status=SubjectStatus.ALLOWED,
-            source=SubjectSource.ADMIN, display_name=display_name, permissions=permissions,
-        )  # fmt: skip
+        subject = await subjects.put(
+            conn,
+            PutSubjectInput(
+                ctx.tenant_id,
+                channel_id,
+                user_id,
+                status=SubjectStatus.ALLOWED,
+                source=SubjectSource.ADMIN,
+                display_name=display_name,
+                permissions=tuple(permissions),
+            ),
+        )
         await _audit(ctx, conn, "user.allowed", channel_id=channel_id, subject=user_id,
                      details={"permissions": permissions})  # fmt: skip
     return subject
@@ -227,12 +242,20 @@ async def block_user(ctx: Context, channel_id: str, user_id: str, reason: str) -
     async with ctx.db.tenant(ctx.tenant_id) as conn:
         channel = await load_channel(conn, ctx.tenant_id, channel_id, for_update=False)
         ids.user_id(channel.platform, user_id)
-        subject = await q.put_subject(
-            conn, ctx.tenant_id, channel_id, user_id, status=SubjectStatus.BLOCKED,
-            source=SubjectSource.ADMIN, display_name="", permissions=[],
-        )  # fmt: skip
+        subject = await subjects.put(
+            conn,
+            PutSubjectInput(
+                ctx.tenant_id,
+                channel_id,
+                user_id,
+                status=SubjectStatus.BLOCKED,
+                source=SubjectSource.ADMIN,
+                display_name="",
+                permissions=(),
+            ),
+        )
         # Blocked wins over a pairing in flight: its request can no longer be approved.
-        cancelled = await q.cancel_pending_for_user(
+        cancelled = await approvals.cancel_pending_for_user(
             conn, ctx.tenant_id, channel_id, user_id, ctx.principal.actor
         )
         await _audit(ctx, conn, "user.blocked", channel_id=channel_id, subject=user_id,
@@ -252,7 +275,7 @@ async def remove_subject(
     """Remove (any allow), unpair (pairing allows only) or unblock."""
     async with ctx.db.tenant(ctx.tenant_id) as conn:
         await load_channel(conn, ctx.tenant_id, channel_id, for_update=False)
-        removed = await q.delete_subject(
+        removed = await subjects.delete(
             conn, ctx.tenant_id, channel_id, user_id, status=status, source=source
         )
         if removed:
@@ -272,14 +295,14 @@ async def list_users(ctx: Context, channel_id: str, which: str) -> list[Subject]
     status, source = _FILTERS[which]
     async with ctx.db.tenant(ctx.tenant_id) as conn:
         await load_channel(conn, ctx.tenant_id, channel_id, for_update=False)
-        return await q.list_subjects(conn, ctx.tenant_id, channel_id, status, source)
+        return await subjects.list_for_channel(conn, ctx.tenant_id, channel_id, status, source)
 
 
-async def add_group_sender(ctx: Context, channel_id: str, group_id: str, user_id: str) -> asyncpg.Record:
+async def add_group_sender(ctx: Context, channel_id: str, group_id: str, user_id: str) -> GroupSender:
     async with ctx.db.tenant(ctx.tenant_id) as conn:
         channel = await load_channel(conn, ctx.tenant_id, channel_id, for_update=False)
         ids.user_id(channel.platform, user_id)
-        row = await q.add_group_sender(conn, ctx.tenant_id, channel_id, group_id, user_id)
+        row = await subjects.add_group_sender(conn, ctx.tenant_id, channel_id, group_id, user_id)
         await _audit(ctx, conn, "group_sender.added", channel_id=channel_id, subject=user_id,
                      details={"group_id": group_id})  # fmt: skip
     return row
@@ -287,17 +310,17 @@ async def add_group_sender(ctx: Context, channel_id: str, group_id: str, user_id
 
 async def remove_group_sender(ctx: Context, channel_id: str, group_id: str, user_id: str) -> bool:
     async with ctx.db.tenant(ctx.tenant_id) as conn:
-        removed = await q.remove_group_sender(conn, ctx.tenant_id, channel_id, group_id, user_id)
+        removed = await subjects.remove_group_sender(conn, ctx.tenant_id, channel_id, group_id, user_id)
         if removed:
             await _audit(ctx, conn, "group_sender.removed", channel_id=channel_id, subject=user_id,
                          details={"group_id": group_id})  # fmt: skip
     return removed
 
 
-async def list_group_senders(ctx: Context, channel_id: str, group_id: str) -> list[asyncpg.Record]:
+async def list_group_senders(ctx: Context, channel_id: str, group_id: str) -> list[GroupSender]:
     async with ctx.db.tenant(ctx.tenant_id) as conn:
         await load_channel(conn, ctx.tenant_id, channel_id, for_update=False)
-        return await q.list_group_senders(conn, ctx.tenant_id, channel_id, group_id)
+        return await subjects.list_group_senders(conn, ctx.tenant_id, channel_id, group_id)
 
 
 # --- approvals and audit ---------------------------------------------------------
@@ -307,18 +330,17 @@ async def list_approvals(
     ctx: Context, channel_id: str, status: ApprovalStatus, limit: int, kind: str = ""
 ) -> list[Approval]:
     async with ctx.db.tenant(ctx.tenant_id) as conn:
-        rows = await q.list_approvals(conn, ctx.tenant_id, channel_id, status, limit, kind)
-    return [q.approval_from_row(r) for r in rows]
+        return await approvals.list_recent(conn, ctx.tenant_id, channel_id, status, limit, kind)
 
 
 async def get_approval(ctx: Context, approval_id: str) -> Approval:
     async with ctx.db.tenant(ctx.tenant_id) as conn:
-        row = await q.get_approval(conn, ctx.tenant_id, approval_id)
-    if row is None:
+        approval = await approvals.get(conn, ctx.tenant_id, approval_id)
+    if approval is None:
         raise NotFound("no such approval")
-    return q.approval_from_row(row)
+    return approval
 
 
-async def query_audit(ctx: Context, **filters: Any) -> list[asyncpg.Record]:
+async def query_audit(ctx: Context, filters: AuditQuery) -> list[AuditEvent]:
     async with ctx.db.tenant(ctx.tenant_id) as conn:
-        return await q.query_audit(conn, ctx.tenant_id, **filters)
+        return await audit.query(conn, ctx.tenant_id, filters)

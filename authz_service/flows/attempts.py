@@ -14,9 +14,8 @@ import logging
 import math
 from collections.abc import Mapping
 
-import asyncpg
-
-from ..store import queries as q
+from ..store import attempts, audit
+from ..store.db import Connection
 from . import Context
 
 log = logging.getLogger(__name__)
@@ -29,7 +28,7 @@ def scope_kind(scope: str) -> str:
 
 async def over_limit(
     ctx: Context,
-    conn: asyncpg.Connection,
+    conn: Connection,
     scopes: list[tuple[str, int]],
     *,
     event: str,
@@ -42,18 +41,18 @@ async def over_limit(
     wait if one is over its limit (0: go ahead). The first refusal in a window
     is audited as ``event`` and logged as ``message``; later ones only counted."""
     t = ctx.tenant_id
-    counts = await q.open_attempt_window(conn, t, [s for s, _ in scopes], ctx.code_limits.window_seconds)
+    counts = await attempts.open_window(conn, t, [s for s, _ in scopes], ctx.code_limits.window_seconds)
     over = {scope: counts[scope][1] for scope, limit in scopes if counts[scope][0] >= limit}
     if not over:
         return 0
     wait = max(1, math.ceil(max(over.values())))
-    if await q.count_attempt_refused(conn, t, list(over)):  # audit once per window, not per refusal
+    if await attempts.count_refused(conn, t, list(over)):  # audit once per window, not per refusal
         audited = {
             "scopes": sorted({scope_kind(s) for s in over}),
             **(details or {}),
             "retry_after_seconds": wait,
         }
-        await q.audit(
+        await audit.record(
             conn, t, event, actor=ctx.principal.actor, channel_id=channel_id, subject=subject,
             trace_id=ctx.trace_id, details=audited,
         )  # fmt: skip

@@ -16,7 +16,7 @@ from ..cache import KeyRecord, StateCache
 from ..domain import ids
 from ..domain.errors import Unauthenticated
 from ..domain.model import Principal, Role
-from ..store import queries as q
+from ..store import keys
 from ..store.db import Database
 
 PREFIX = "azk"
@@ -45,12 +45,8 @@ async def _key(db: Database, cache: StateCache | None, tenant_id: str, key_id: s
             return record
         generation = cache.generation
     async with db.tenant(tenant_id) as conn:
-        row = await q.get_key(conn, tenant_id, key_id)
-    record = (
-        None
-        if row is None
-        else KeyRecord(bytes(row["secret_hash"]), Role(row["role"]), row["revoked_at"] is not None)
-    )
+        row = await keys.get(conn, tenant_id, key_id)
+    record = None if row is None else KeyRecord(row.secret_hash, row.role, row.revoked_at is not None)
     if cache is not None:
         cache.fill_key(generation, tenant_id, key_id, record)
     return record

@@ -20,16 +20,19 @@ removals then (migration 0003).
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from datetime import datetime
-from typing import Any
-
-import asyncpg
+from typing import TYPE_CHECKING, Any
 
 from ..domain import ids
-from ..store import queries as q
+from ..store import audit, db, users
+from ..store.audit import AuditEvent, UserScope
+from ..store.db import Connection
 from . import Context
-from .pairing import load_channel
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+from .approvals import load_channel
 
 
 @dataclass(frozen=True)
@@ -58,19 +61,19 @@ def _value(value: Any) -> Any:
     return value
 
 
-def _row(row: asyncpg.Record, *, drop: tuple[str, ...] = ()) -> dict[str, Any]:
-    return {k: _value(v) for k, v in row.items() if k not in drop}
+def _row(row: DataclassInstance) -> dict[str, Any]:
+    return {f.name: _value(getattr(row, f.name)) for f in fields(row)}
 
 
-def _event(row: asyncpg.Record) -> dict[str, Any]:
-    out = _row(row, drop=("tenant_id",))
-    details = row["details"]
-    out["details"] = json.loads(details) if isinstance(details, str) else details
+def _event(event: AuditEvent) -> dict[str, Any]:
+    out = _row(event)
+    del out["details_json"]
+    out["details"] = json.loads(event.details_json)
     return out
 
 
-async def _audit(ctx: Context, conn: asyncpg.Connection, event: str, **kw: Any) -> None:
-    await q.audit(conn, ctx.tenant_id, event, actor=ctx.principal.actor, trace_id=ctx.trace_id, **kw)
+async def _audit(ctx: Context, conn: Connection, event: str, **kw: Any) -> None:
+    await audit.record(conn, ctx.tenant_id, event, actor=ctx.principal.actor, trace_id=ctx.trace_id, **kw)
 
 
 async def export_user(ctx: Context, channel_id: str, user_id: str) -> dict[str, Any]:
@@ -83,12 +86,12 @@ async def export_user(ctx: Context, channel_id: str, user_id: str) -> dict[str, 
         channel = await load_channel(conn, t, channel_id, for_update=False)
         ids.user_id(channel.platform, user_id)
         actor = f"{channel.platform.value}:{user_id}"
-        subject = await q.user_subject_row(conn, t, channel_id, user_id)
-        senders = await q.user_group_senders(conn, t, channel_id, user_id)
-        approvals = await q.user_approvals(conn, t, channel_id, user_id)
-        approval_ids = [a["approval_id"] for a in approvals]
-        events = await q.user_audit_events(conn, t, channel_id, user_id, actor, approval_ids)
-        exported_at = await q.now(conn)
+        subject = await users.subject(conn, t, channel_id, user_id)
+        senders = await users.group_senders(conn, t, channel_id, user_id)
+        approvals = await users.approvals(conn, t, channel_id, user_id)
+        user = UserScope(t, channel_id, user_id, actor, tuple(a.approval_id for a in approvals))
+        events = await audit.user_events(conn, user)
+        exported_at = await db.now(conn)
         if subject is not None or senders or approvals or events:
             await _audit(ctx, conn, "user.exported", channel_id=channel_id, subject=user_id,
                          details={"audit_events": len(events), "approvals": len(approvals)})  # fmt: skip
@@ -115,9 +118,10 @@ async def purge_user(ctx: Context, channel_id: str, user_id: str) -> PurgeResult
         ids.user_id(channel.platform, user_id)
         actor = f"{channel.platform.value}:{user_id}"
         pseudonym = ctx.keyring.pseudonym(t, channel.platform.value, user_id)
-        subjects, senders, approval_ids = await q.delete_user_rows(conn, t, channel_id, user_id)
-        await q.enable_audit_anonymization(conn)
-        events = await q.pseudonymize_audit(conn, t, channel_id, user_id, actor, approval_ids, pseudonym)
+        subjects, senders, approval_ids = await users.delete_rows(conn, t, channel_id, user_id)
+        await audit.enable_anonymization(conn)
+        user = UserScope(t, channel_id, user_id, actor, tuple(approval_ids))
+        events = await audit.pseudonymize(conn, user, pseudonym)
         result = PurgeResult(subjects, senders, len(approval_ids), events, pseudonym)
         counts = {k: v for k, v in asdict(result).items() if k != "pseudonym"}
         # Never the raw id: the event that records the erasure must not undo it.
@@ -132,10 +136,10 @@ async def anonymize_user(ctx: Context, channel_id: str, user_id: str) -> Anonymi
         channel = await load_channel(conn, t, channel_id, for_update=False)
         ids.user_id(channel.platform, user_id)
         actor = f"{channel.platform.value}:{user_id}"
-        subjects, approvals = await q.scrub_user_rows(conn, t, channel_id, user_id)
-        approval_ids = [a["approval_id"] for a in await q.user_approvals(conn, t, channel_id, user_id)]
-        await q.enable_audit_anonymization(conn)
-        events = await q.scrub_audit_details(conn, t, channel_id, user_id, actor, approval_ids)
+        subjects, approvals = await users.scrub_rows(conn, t, channel_id, user_id)
+        approval_ids = tuple(a.approval_id for a in await users.approvals(conn, t, channel_id, user_id))
+        await audit.enable_anonymization(conn)
+        events = await audit.scrub_details(conn, UserScope(t, channel_id, user_id, actor, approval_ids))
         result = AnonymizeResult(subjects, approvals, events)
         await _audit(
             ctx, conn, "user.anonymized", channel_id=channel_id, subject=user_id, details=asdict(result)

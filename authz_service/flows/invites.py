@@ -38,10 +38,12 @@ from ..domain.invites import (
 )
 from ..domain.model import DmPolicy, SubjectSource, SubjectStatus
 from ..domain.policy import CorruptPolicy
-from ..store import queries as q
+from ..store import attempts, audit, channels, db, invites, subjects
+from ..store.invites import InviteInput
+from ..store.subjects import PutSubjectInput
 from . import Context
+from .approvals import load_channel
 from .attempts import over_limit
-from .pairing import load_channel
 
 
 class RedeemOutcome(enum.StrEnum):
@@ -79,11 +81,12 @@ async def create_invite(
     code = new_invite_code()
     async with ctx.db.tenant(t) as conn:
         await load_channel(conn, t, channel_id, for_update=False)
-        invite = await q.insert_invite(
-            conn, t, new_invite_id(), channel_id, ctx.keyring.invite_hash(t, channel_id, code),
-            max_uses=uses, ttl_seconds=ttl, permissions=permissions, note=note, created_by=ctx.principal.actor,
+        new = InviteInput(
+            t, new_invite_id(), channel_id, ctx.keyring.invite_hash(t, channel_id, code),
+            max_uses=uses, ttl_seconds=ttl, permissions=tuple(permissions), note=note, created_by=ctx.principal.actor,
         )  # fmt: skip
-        await q.audit(
+        invite = await invites.insert(conn, new)
+        await audit.record(
             conn, t, "invite.created", actor=ctx.principal.actor, channel_id=channel_id, trace_id=ctx.trace_id,
             details={
                 "invite_id": invite.invite_id, "max_uses": invite.max_uses,
@@ -95,19 +98,19 @@ async def create_invite(
 
 async def list_invites(ctx: Context, channel_id: str, include_inactive: bool) -> list[Invite]:
     async with ctx.db.tenant(ctx.tenant_id) as conn:
-        return await q.list_invites(conn, ctx.tenant_id, channel_id, include_inactive)
+        return await invites.list_recent(conn, ctx.tenant_id, channel_id, include_inactive)
 
 
 async def revoke_invite(ctx: Context, invite_id: str) -> Invite:
     """Idempotent: revoking a revoked invite returns it unchanged (audited once)."""
     t = ctx.tenant_id
     async with ctx.db.tenant(t) as conn:
-        found = await q.revoke_invite(conn, t, invite_id)
+        found = await invites.revoke(conn, t, invite_id)
         if found is None:
             raise NotFound("no such invite")
         invite, changed = found
         if changed:
-            await q.audit(
+            await audit.record(
                 conn, t, "invite.revoked", actor=ctx.principal.actor, channel_id=invite.channel_id,
                 trace_id=ctx.trace_id, details={"invite_id": invite_id, "uses": invite.uses},
             )  # fmt: skip
@@ -121,16 +124,16 @@ async def redeem_invite(
     t = ctx.tenant_id
     async with ctx.db.tenant(t) as conn:
         try:
-            channel = await q.get_channel(conn, t, channel_id)
+            channel = await channels.get(conn, t, channel_id)
         except CorruptPolicy:
             channel = None  # fail closed
         if channel is None or channel.policy.dm_policy is DmPolicy.DISABLED:
             return RedeemResult(RedeemOutcome.REFUSED)
         ids.user_id(channel.platform, user_id)
-        subject = await q.get_subject(conn, t, channel_id, user_id)
+        subject = await subjects.get(conn, t, channel_id, user_id)
         if subject is not None and subject.status is SubjectStatus.BLOCKED:
             return RedeemResult(RedeemOutcome.REFUSED)
-        now = await q.now(conn)
+        now = await db.now(conn)
         if subject is not None and subject.admitted(now):
             return RedeemResult(RedeemOutcome.ALREADY_ALLOWED, messages.ALREADY_ALLOWED)
 
@@ -150,18 +153,26 @@ async def redeem_invite(
                 retry_after_seconds=wait,
             )
 
-        invite = await q.invite_by_hash(conn, t, channel_id, ctx.keyring.invite_hash(t, channel_id, code))
-        used = await q.use_invite(conn, t, invite.invite_id) if invite is not None else None
+        invite = await invites.by_hash(conn, t, channel_id, ctx.keyring.invite_hash(t, channel_id, code))
+        used = await invites.use(conn, t, invite.invite_id) if invite is not None else None
         if used is None:
-            await q.count_attempt_failure(conn, t, [s for s, _ in scopes], limits.window_seconds)
+            await attempts.count_failure(conn, t, [s for s, _ in scopes], limits.window_seconds)
             return RedeemResult(RedeemOutcome.INVALID, messages.INVITE_INVALID)
 
-        await q.put_subject(
-            conn, t, channel_id, user_id, status=SubjectStatus.ALLOWED, source=SubjectSource.ADMIN,
-            display_name=display_name, permissions=list(used.permissions),
-            ttl_seconds=channel.policy.pairing_ttl_seconds,
-        )  # fmt: skip
-        await q.audit(
+        await subjects.put(
+            conn,
+            PutSubjectInput(
+                t,
+                channel_id,
+                user_id,
+                status=SubjectStatus.ALLOWED,
+                source=SubjectSource.ADMIN,
+                display_name=display_name,
+                permissions=tuple(used.permissions),
+                ttl_seconds=channel.policy.pairing_ttl_seconds,
+            ),
+        )
+        await audit.record(
             conn, t, "invite.redeemed", actor=f"{channel.platform.value}:{user_id}", channel_id=channel_id,
             subject=user_id, trace_id=ctx.trace_id,
             details={

@@ -1,4 +1,5 @@
-"""RequestPairing and ResolveApproval.
+"""RequestPairing, and ResolveApproval's decision on a pairing request
+(``flows.resolve`` finds the request and calls ``decide``).
 
 Concurrency: RequestPairing locks the channel row, so the per-channel cap and
 the one-live-request-per-user rule hold under concurrent calls (backed by a
@@ -21,31 +22,20 @@ Lifecycle (#5):
   qualify are dropped, and the request stays pending with the rest.
 * Auto-approve: a matching rule (domain.autoapprove) approves at once, as
   ``auto:<rule>``, audited as ``pairing.auto_approved`` with the rule only.
-
-One-statement paths (#6): a stranger's request (``_request_fresh``) and a
-decision on a live request that needs one approval and has no votes
-(``_decide_single``) are decided here and written by one guarded SQL function
-each (migration 0010), which takes the same locks and writes nothing if what
-the decision used has moved; what they decide on is read in one statement or
-remembered by the process (``cache.PairingMemo``). When they decline, the
-general path below runs, in one transaction, and handles every case.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
-
-import asyncpg
+from dataclasses import dataclass
+from datetime import datetime
 
 from ..domain import ids, messages
 from ..domain.autoapprove import Requester, matching_rule
 from ..domain.errors import (
     AuthzError,
     FailedPrecondition,
-    InvalidArgument,
     NotFound,
     PermissionDenied,
     ResourceExhausted,
@@ -53,18 +43,28 @@ from ..domain.errors import (
 from ..domain.model import (
     Approval,
     ApprovalAction,
-    ApprovalStatus,
     Channel,
     DmPolicy,
     Role,
     SubjectSource,
     SubjectStatus,
 )
-from ..domain.pairing import Vote, approve_vote, may_resolve, new_approval_id, new_code_seed, normalize_code
-from ..domain.policy import CorruptPolicy
+from ..domain.pairing import (
+    Vote,
+    approve_vote,
+    may_resolve,
+    new_approval_id,
+    new_code_seed,
+    request_details,
+    standing,
+)
 from ..domain.tools import check_action
-from ..store import queries as q
+from ..store import approvals, attempts, audit, db, keys, subjects, tenants
+from ..store.approvals import AutoApprovedInput, FinishInput, PairingInsertInput, PendingPairing
+from ..store.db import Connection
+from ..store.subjects import PutSubjectInput
 from . import Context
+from .approvals import Button, OwnerNotification, ResolveResult, expire, load_channel, refuse_unless_pending
 from .attempts import over_limit
 
 log = logging.getLogger(__name__)
@@ -81,20 +81,6 @@ class PairingOutcome:
 
 
 @dataclass(frozen=True)
-class Button:
-    action: ApprovalAction
-    label: str
-    callback_payload: str
-
-
-@dataclass(frozen=True)
-class OwnerNotification:
-    owner_id: str
-    text: str
-    buttons: tuple[Button, ...]
-
-
-@dataclass(frozen=True)
 class PairingResult:
     outcome: str
     text: str = ""
@@ -106,18 +92,6 @@ class PairingResult:
     @property
     def created(self) -> bool:
         return self.outcome == PairingOutcome.CREATED
-
-
-async def load_channel(
-    conn: asyncpg.Connection, tenant_id: str, channel_id: str, *, for_update: bool
-) -> Channel:
-    try:
-        channel = await q.get_channel(conn, tenant_id, channel_id, for_update=for_update)
-    except CorruptPolicy:
-        raise FailedPrecondition(f"channel {channel_id!r} has an unreadable policy; set it again") from None
-    if channel is None:
-        raise NotFound(f"channel {channel_id!r} not found")
-    return channel
 
 
 def _minutes(expires_at: datetime, now: datetime) -> int:
@@ -136,9 +110,6 @@ async def request_pairing(
 ) -> PairingResult:
     """``email`` and ``phone_number``: as the connector reports them, only for
     auto-approve rules; never stored, logged or audited."""
-    fast = await _request_fresh(ctx, channel_id, user_id, display_name, first_message, email, phone_number)
-    if fast is not None:
-        return fast
     t = ctx.tenant_id
     async with ctx.db.tenant(t) as conn:
         channel = await load_channel(conn, t, channel_id, for_update=True)
@@ -146,11 +117,11 @@ async def request_pairing(
         policy = channel.policy
         if policy.dm_policy is not DmPolicy.PAIRING:
             return PairingResult(PairingOutcome.NOT_ACCEPTED)
-        now = await q.now(conn)
+        now = await db.now(conn)
         # Lock the live request first: a concurrent approve holds it, so the
         # subject read below then sees that approve's outcome, not the old state.
-        existing = await q.pending_pairing_for_user(conn, t, channel_id, user_id)
-        subject = await q.get_subject(conn, t, channel_id, user_id)
+        existing = await approvals.pending_pairing_for_user(conn, t, channel_id, user_id)
+        subject = await subjects.get(conn, t, channel_id, user_id)
         if subject is not None and subject.status is SubjectStatus.BLOCKED:
             return PairingResult(PairingOutcome.BLOCKED)
         renewal = False
@@ -166,30 +137,31 @@ async def request_pairing(
         else:
             auto = None
             if existing is not None:
-                if existing["expires_at"] > now:
+                if existing.approval.expires_at > now:
                     # Same code again, and no second owner notification.
                     return PairingResult(
                         PairingOutcome.EXISTING,
-                        code=ctx.keyring.code_from_seed(bytes(existing["code_seed"])),
-                        approval_id=existing["approval_id"],
-                        expires_at=existing["expires_at"],
+                        code=ctx.keyring.code_from_seed(existing.code_seed),
+                        approval_id=existing.approval.approval_id,
+                        expires_at=existing.approval.expires_at,
                     )
-                await expire(ctx, conn, q.approval_from_row(existing))
+                await expire(ctx, conn, existing.approval)
 
-            if await q.count_live_pending(conn, t, channel_id) >= policy.max_pending:
+            if await approvals.count_live_pending(conn, t, channel_id) >= policy.max_pending:
                 return PairingResult(PairingOutcome.CAPACITY, text=messages.CAPACITY)
 
             seed = new_code_seed()
             code = ctx.keyring.code_from_seed(seed)
-            approval = await q.insert_pairing(
-                conn, t, new_approval_id(), channel_id, user_id, display_name,
-                seed, ctx.keyring.code_hash(t, channel_id, code), policy.pairing_code_ttl_seconds,
+            new = PairingInsertInput(
+                t, new_approval_id(), channel_id, user_id, display_name, seed,
+                ctx.keyring.code_hash(t, channel_id, code), policy.pairing_code_ttl_seconds,
                 required_approvals=policy.required_approvals,
             )  # fmt: skip
-            details = _request_details(
+            approval = await approvals.insert_pairing(conn, new)
+            details = request_details(
                 display_name, approval.expires_at, approval.required_approvals, renewal=renewal
             )
-            await q.audit(
+            await audit.record(
                 conn, t, "pairing.requested", actor=f"{channel.platform.value}:{user_id}", channel_id=channel_id,
                 subject=user_id, approval_id=approval.approval_id, trace_id=ctx.trace_id, details=details,
             )  # fmt: skip
@@ -242,95 +214,11 @@ def _created(
     )
 
 
-def _request_details(
-    display_name: str, expires_at: datetime, required: int, *, renewal: bool
-) -> dict[str, object]:
-    details: dict[str, object] = {"display_name": display_name, "expires_at": expires_at.isoformat()}
-    if renewal:
-        details["renewal"] = True
-    if required > 1:
-        details["required_approvals"] = required
-    return details
-
-
-async def _request_fresh(
-    ctx: Context,
-    channel_id: str,
-    user_id: str,
-    display_name: str,
-    first_message: str,
-    email: str,
-    phone_number: str,
-) -> PairingResult | None:
-    """The common case: a stranger (no subject row, no pending request) on a
-    pairing channel with no matching auto-approve rule. One guarded write
-    (migration 0010) that refuses if anything it was decided on moved, after
-    one read (``authz_check_state``), or none when this process remembers the
-    channel (``PairingMemo``; the clock is then the cache's estimate of the
-    database's). None: not this case, or the state moved; the caller then runs
-    the general path, which handles everything."""
-    t, memo = ctx.tenant_id, ctx.memo
-    known = memo.channel(t, channel_id) if memo is not None and ctx.cache is not None else None
-    if known is not None:
-        assert ctx.cache is not None
-        channel, policy_json = known
-        now = ctx.cache.db_now()
-    else:
-        row = await q.check_state(ctx.db, t, channel_id, user_id, "")
-        if row is None or row["status"] is not None:  # no such channel, or the user has a standing
-            return None
-        try:
-            channel = q.channel_from_row(t, row)
-        except CorruptPolicy:
-            return None
-        policy_json, now = row["policy"], row["now"]
-        if ctx.cache is not None:
-            ctx.cache.observe_db_clock(now)
-        if memo is not None:
-            memo.remember_channel(t, channel_id, channel, policy_json)
-    policy = channel.policy
-    try:
-        ids.user_id(channel.platform, user_id)
-        requester = Requester(channel.platform, user_id, email, phone_number)
-        common = (
-            policy.dm_policy is DmPolicy.PAIRING and matching_rule(policy.auto_approve, requester) is None
-        )
-    except InvalidArgument:
-        if known is None:  # judged on the channel as stored now
-            raise
-        common = False
-    if not common:
-        if known is not None and memo is not None:  # perhaps stale: the general path reads
-            memo.forget_channel(t, channel_id)
-        return None
-    seed = new_code_seed()
-    code = ctx.keyring.code_from_seed(seed)
-    ttl = policy.pairing_code_ttl_seconds
-    approval = Approval(
-        approval_id=new_approval_id(), channel_id=channel_id, user_id=user_id, status=ApprovalStatus.PENDING,
-        created_at=now, expires_at=now + timedelta(seconds=ttl), display_name=display_name,
-        required_approvals=policy.required_approvals,
-    )  # fmt: skip
-    outcome = await q.pairing_create(
-        ctx.db, t, channel, policy_json, user_id, approval.approval_id, display_name, seed,
-        ctx.keyring.code_hash(t, channel_id, code), approval.expires_at, ttl, policy.required_approvals,
-        policy.max_pending, f"{channel.platform.value}:{user_id}", ctx.trace_id,
-        _request_details(display_name, approval.expires_at, policy.required_approvals, renewal=False),
-    )  # fmt: skip
-    if outcome != "created":
-        if memo is not None and outcome != "state_changed":  # the user's state says nothing of the channel
-            memo.forget_channel(t, channel_id)
-        return None
-    if memo is not None:
-        memo.remember_approval(t, approval.approval_id, channel_id)
-    return _created(ctx, channel, approval, code, now, user_id, display_name, first_message, renewal=False)
-
-
 async def _auto_approve(
     ctx: Context,
-    conn: asyncpg.Connection,
+    conn: Connection,
     channel: Channel,
-    existing: asyncpg.Record | None,
+    existing: PendingPairing | None,
     user_id: str,
     display_name: str,
     rule: str,
@@ -340,19 +228,27 @@ async def _auto_approve(
     t, actor = ctx.tenant_id, f"auto:{rule}"
     approval = None
     if existing is not None:
-        approval = await q.auto_approve_pending(conn, t, existing["approval_id"], actor)
+        approval = await approvals.auto_approve_pending(conn, t, existing.approval.approval_id, actor)
         if approval is None:
-            await expire(ctx, conn, q.approval_from_row(existing))
+            await expire(ctx, conn, existing.approval)
     if approval is None:
-        approval = await q.insert_auto_approved_pairing(
-            conn, t, new_approval_id(), channel.channel_id, user_id, display_name, actor
-        )
-    await q.put_subject(
-        conn, t, channel.channel_id, user_id, status=SubjectStatus.ALLOWED, source=SubjectSource.PAIRING,
-        display_name=display_name, permissions=[], ttl_seconds=channel.policy.pairing_ttl_seconds,
-    )  # fmt: skip
+        new = AutoApprovedInput(t, new_approval_id(), channel.channel_id, user_id, display_name, actor)
+        approval = await approvals.insert_auto_approved_pairing(conn, new)
+    await subjects.put(
+        conn,
+        PutSubjectInput(
+            t,
+            channel.channel_id,
+            user_id,
+            status=SubjectStatus.ALLOWED,
+            source=SubjectSource.PAIRING,
+            display_name=display_name,
+            permissions=(),
+            ttl_seconds=channel.policy.pairing_ttl_seconds,
+        ),
+    )
     # The rule only: never the reported email or phone number.
-    await q.audit(
+    await audit.record(
         conn, t, "pairing.auto_approved", actor=actor, channel_id=channel.channel_id, subject=user_id,
         approval_id=approval.approval_id, trace_id=ctx.trace_id, details={"rule": rule},
     )  # fmt: skip
@@ -365,172 +261,6 @@ async def _auto_approve(
     )
 
 
-async def expire(ctx: Context, conn: asyncpg.Connection, approval: Approval) -> Approval | None:
-    """Move a pending approval whose time is up to ``expired`` (compare-and-set,
-    so it is audited once); None if it was not pending and past its expiry."""
-    done = await q.finish_approval(
-        conn, ctx.tenant_id, approval.approval_id, ApprovalStatus.EXPIRED, "system", "", live=False
-    )
-    if done is not None:
-        kind, subject = ("tool", approval.tool.tool_name) if approval.tool else ("pairing", approval.user_id)
-        await q.audit(
-            conn, ctx.tenant_id, f"{kind}.expired", actor="system", channel_id=approval.channel_id,
-            subject=subject, approval_id=approval.approval_id, trace_id=ctx.trace_id,
-        )  # fmt: skip
-    return done
-
-
-async def refuse_unless_pending(
-    ctx: Context, conn: asyncpg.Connection, approval: Approval
-) -> AuthzError | None:
-    """Why ``approval`` can no longer be decided (expiring it first if its time is
-    up), or None. The expiry must be committed, so it is returned, not raised."""
-    if approval.status is not ApprovalStatus.PENDING:
-        return FailedPrecondition(f"approval is already {approval.status.value}")
-    if approval.expires_at <= await q.now(conn):
-        await expire(ctx, conn, approval)
-        return FailedPrecondition("approval expired")
-    return None
-
-
-@dataclass(frozen=True)
-class ResolveTarget:
-    approval_id: str = ""
-    callback_payload: str = ""
-    channel_id: str = ""
-    code: str = ""
-
-
-@dataclass(frozen=True)
-class ResolveResult:
-    approval: Approval
-    requester_text: str
-    owner_text: str
-    extra: dict[str, str] = field(default_factory=dict)
-
-
-async def resolve(
-    ctx: Context, target: ResolveTarget, action: ApprovalAction | None, actor_id: str, reason: str
-) -> ResolveResult:
-    t = ctx.tenant_id
-    approval_id = target.approval_id
-    if target.callback_payload:
-        approval_id, button_action = ctx.keyring.open_callback(t, target.callback_payload)
-        if action is not None and action is not button_action:
-            raise InvalidArgument("action", "does not match the button's action")
-        action = button_action
-    if approval_id and action is not None:
-        fast = await _decide_single(ctx, approval_id, action, actor_id, reason)
-        if fast is not None:
-            return fast
-    deferred: AuthzError | None = None
-    result: ResolveResult | None = None
-    # Some refusals must be committed (the expiry, the audit of an unauthorized
-    # actor, a failed code lookup's count) and still reach the caller as
-    # errors: raise them after commit.
-    async with ctx.db.tenant(t) as conn:
-        if approval_id:
-            row = await q.get_approval(conn, t, approval_id, for_update=True)
-        else:
-            code = normalize_code(target.code)
-            if action is None:  # before the lookup: a request that cannot succeed is no guess
-                raise InvalidArgument("action", "is required")
-            row, deferred = await _approval_by_code(ctx, conn, target.channel_id, code)
-        if deferred is None:
-            if action is None:
-                raise InvalidArgument("action", "is required")
-            if row is None:
-                raise NotFound("no such approval")
-            approval = q.approval_from_row(row)
-            if approval.kind == "tool":
-                from . import tools  # tools builds on this module's types
-
-                deferred, result = await tools.decide(ctx, conn, approval, action, actor_id, reason)
-            else:
-                deferred, result = await _resolve_pairing(ctx, conn, approval, action, actor_id, reason)
-    if deferred is not None:
-        raise deferred
-    assert result is not None
-    return result
-
-
-async def _decide_single(
-    ctx: Context, approval_id: str, action: ApprovalAction, actor_id: str, reason: str
-) -> ResolveResult | None:
-    """The common decision: a live pairing request that needs one approval and
-    has no votes, decided by someone who may (no refusal to audit). One
-    guarded write (migration 0010) that refuses if the request, the channel's
-    policy, the tenant's approvers or the user's block moved; after one read
-    (``authz_approval_state``), or none when this process created the request
-    and remembers its channel (``PairingMemo``). None: not this case, or the
-    state moved; the caller then runs the general path, which handles (and
-    audits) everything."""
-    t, memo = ctx.tenant_id, ctx.memo
-    connector = ctx.principal.role is Role.CONNECTOR
-    known = approvers = None
-    if memo is not None:
-        channel_id = memo.approval_channel(t, approval_id)
-        known = memo.channel(t, channel_id) if channel_id is not None else None
-        approvers = memo.approvers(t) if connector else ()
-    if known is not None and approvers is not None:
-        channel, policy_json = known
-    else:
-        known = None
-        row = await q.approval_state(ctx.db, t, approval_id)
-        if row is None:
-            return None
-        approval = q.approval_from_row(row["approval"])
-        if (
-            approval.kind != "pairing"
-            or approval.status is not ApprovalStatus.PENDING
-            or approval.expires_at <= row["now"]
-            or approval.required_approvals != 1
-            or approval.approved_by
-            or (action is ApprovalAction.APPROVE and row["subject_status"] == SubjectStatus.BLOCKED.value)
-        ):
-            return None
-        try:
-            channel = q.channel_from_row(t, row)
-        except CorruptPolicy:
-            return None
-        policy_json, approvers = row["policy"], tuple(row["approvers"] or ())
-        if memo is not None:
-            memo.remember_channel(t, channel.channel_id, channel, policy_json)
-            memo.remember_approvers(t, approvers)
-    check_action("pairing", action)
-    if connector:
-        assert approvers is not None
-        if not may_resolve(channel, approvers, actor_id):  # refused and audited by the general path
-            if known is not None and memo is not None:  # perhaps stale: the general path reads
-                memo.forget_channel(t, channel.channel_id)
-                memo.forget_approvers(t)
-            return None
-        actor = f"{channel.platform.value}:{actor_id}"
-    else:
-        actor = ctx.principal.actor
-    done = await q.pairing_decide(
-        ctx.db, t, approval_id, channel, policy_json, approvers if connector else None, action.resulting_status, actor,
-        reason, _standing(action, channel), ctx.trace_id, {"reason": reason} if reason else {},
-    )  # fmt: skip
-    if memo is not None:
-        memo.forget_approval(t, approval_id)  # decided, or left to the general path: done with here
-        if done is None and known is not None:  # perhaps stale: read next time
-            memo.forget_channel(t, channel.channel_id)
-            memo.forget_approvers(t)
-    return None if done is None else _decided(action, actor, done)
-
-
-def _standing(action: ApprovalAction, channel: Channel) -> tuple[SubjectStatus, SubjectSource, int] | None:
-    """The requester's subject row a decision writes (status, source, TTL in
-    seconds; 0: none). DENY writes none: the code is consumed and no record is
-    invented."""
-    if action is ApprovalAction.APPROVE:
-        return SubjectStatus.ALLOWED, SubjectSource.PAIRING, channel.policy.pairing_ttl_seconds
-    if action is ApprovalAction.BLOCK:
-        return SubjectStatus.BLOCKED, SubjectSource.ADMIN, 0
-    return None
-
-
 def _decided(action: ApprovalAction, actor: str, done: Approval) -> ResolveResult:
     owner_text = messages.owner_outcome(action, actor)
     if action is ApprovalAction.APPROVE and done.required_approvals > 1:
@@ -538,12 +268,12 @@ def _decided(action: ApprovalAction, actor: str, done: Approval) -> ResolveResul
     return ResolveResult(done, messages.requester_outcome(action), owner_text)
 
 
-async def _approval_by_code(
-    ctx: Context, conn: asyncpg.Connection, channel_id: str, code: str
-) -> tuple[asyncpg.Record | None, AuthzError | None]:
+async def approval_by_code(
+    ctx: Context, conn: Connection, channel_id: str, code: str
+) -> tuple[Approval | None, AuthzError | None]:
     """Look a pairing code up under the brute-force limits (migration 0005).
 
-    Returns the approval row, or a refusal to raise after commit:
+    Returns the approval, or a refusal to raise after commit:
     RESOURCE_EXHAUSTED when the caller's key, the tenant or the channel is over
     its limit of failed lookups (checked before the lookup, so even the right
     code is refused: fail closed), NOT_FOUND for a miss, which is counted in all
@@ -558,15 +288,15 @@ async def _approval_by_code(
         scopes += channel_scope
     if refusal is not None:
         return None, refusal
-    row = await q.approval_by_code(conn, t, channel_id, ctx.keyring.code_hash(t, channel_id, code))
-    if row is None:
-        await q.count_attempt_failure(conn, t, [s for s, _ in scopes], limits.window_seconds)
+    approval = await approvals.by_code(conn, t, channel_id, ctx.keyring.code_hash(t, channel_id, code))
+    if approval is None:
+        await attempts.count_failure(conn, t, [s for s, _ in scopes], limits.window_seconds)
         return None, NotFound("no such approval")
-    return row, None
+    return approval, None
 
 
 async def _over_limit(
-    ctx: Context, conn: asyncpg.Connection, scopes: list[tuple[str, int]], channel_id: str
+    ctx: Context, conn: Connection, scopes: list[tuple[str, int]], channel_id: str
 ) -> ResourceExhausted | None:
     wait = await over_limit(
         ctx, conn, scopes, event="pairing.code_attempts_exceeded", message="pairing code attempts exceeded",
@@ -577,21 +307,24 @@ async def _over_limit(
     )
 
 
-async def _resolve_pairing(
+async def decide(
     ctx: Context,
-    conn: asyncpg.Connection,
+    conn: Connection,
     approval: Approval,
     action: ApprovalAction,
     actor_id: str,
     reason: str,
 ) -> tuple[AuthzError | None, ResolveResult | None]:
+    """ResolveApproval for a pairing request (called from ``flows.resolve``
+    inside its transaction, with the row locked). Errors that must be
+    committed first (expiry, the audit of an unauthorized actor) are returned."""
     check_action("pairing", action)
     t = ctx.tenant_id
     channel = await load_channel(conn, t, approval.channel_id, for_update=False)
     if ctx.principal.role is Role.CONNECTOR:
         actor = f"{channel.platform.value}:{actor_id}"
-        if not may_resolve(channel, await q.tenant_approvers(conn, t), actor_id):
-            await q.audit(
+        if not may_resolve(channel, await tenants.approvers(conn, t), actor_id):
+            await audit.record(
                 conn, t, "approval.unauthorized", actor=actor, channel_id=approval.channel_id,
                 subject=approval.user_id, approval_id=approval.approval_id, trace_id=ctx.trace_id,
                 details={"action": action.value, "key": ctx.principal.key_id},
@@ -603,7 +336,7 @@ async def _resolve_pairing(
 
 
 async def _stale_votes(
-    ctx: Context, conn: asyncpg.Connection, channel: Channel, voters: tuple[str, ...]
+    ctx: Context, conn: Connection, channel: Channel, voters: tuple[str, ...]
 ) -> list[str]:
     """The ``voters`` who may no longer resolve the channel's requests: a
     ``<platform>:<user id>`` no longer its owner, a channel approver or a tenant
@@ -615,11 +348,11 @@ async def _stale_votes(
     for voter in voters:
         kind, _, ident = voter.partition(":")
         if kind == "key":
-            key = await q.get_key(conn, t, ident)
-            ok = key is not None and key["revoked_at"] is None
+            key = await keys.get(conn, t, ident)
+            ok = key is not None and key.revoked_at is None
         elif kind == channel.platform.value:
             if tenant_approvers is None:
-                tenant_approvers = await q.tenant_approvers(conn, t)
+                tenant_approvers = await tenants.approvers(conn, t)
             ok = may_resolve(channel, tenant_approvers, ident)
         else:
             ok = False
@@ -630,7 +363,7 @@ async def _stale_votes(
 
 async def _decide(
     ctx: Context,
-    conn: asyncpg.Connection,
+    conn: Connection,
     channel: Channel,
     approval: Approval,
     action: ApprovalAction,
@@ -642,7 +375,7 @@ async def _decide(
     if refusal is not None:
         return refusal, None
 
-    subject = await q.get_subject(conn, t, approval.channel_id, approval.user_id)
+    subject = await subjects.get(conn, t, approval.channel_id, approval.user_id)
     if action is ApprovalAction.APPROVE and subject is not None and subject.status is SubjectStatus.BLOCKED:
         return FailedPrecondition("the user is blocked; unblock them first"), None
 
@@ -659,13 +392,13 @@ async def _decide(
             dropped = await _stale_votes(ctx, conn, channel, approval.approved_by)
             if dropped:
                 kept = tuple(v for v in approval.approved_by if v not in dropped)
-                if not await q.replace_approval_votes(
+                if not await approvals.replace_votes(
                     conn, t, approval.approval_id, approval.approved_by, kept
                 ):
                     return FailedPrecondition("approval was resolved concurrently"), None
                 vote = approve_vote(required, kept, actor)
         if vote is Vote.RECORDED:
-            voted = await q.add_approval_vote(conn, t, approval.approval_id, actor)
+            voted = await approvals.add_vote(conn, t, approval.approval_id, actor)
             if voted is None:
                 return FailedPrecondition("approval was resolved concurrently"), None
             votes = len(voted.approved_by)
@@ -674,30 +407,39 @@ async def _decide(
                 details["reason"] = reason
             if dropped:
                 details["dropped"] = dropped
-            await q.audit(
+            await audit.record(
                 conn, t, "pairing.vote", actor=actor, channel_id=approval.channel_id, subject=approval.user_id,
                 approval_id=approval.approval_id, trace_id=ctx.trace_id, details=details,
             )  # fmt: skip
             return None, ResolveResult(voted, "", messages.quorum_progress(votes, required, actor))
 
-    done = await q.finish_approval(
-        conn, t, approval.approval_id, action.resulting_status, actor, reason, live=True
+    done = await approvals.finish(
+        conn, FinishInput(t, approval.approval_id, action.resulting_status, actor, reason, live=True)
     )
     if done is None:
         return FailedPrecondition("approval was resolved concurrently"), None
-    standing = _standing(action, channel)
-    if standing is not None:
-        status, source, ttl = standing
-        await q.put_subject(
-            conn, t, approval.channel_id, approval.user_id, status=status, source=source,
-            display_name=approval.display_name, permissions=[], ttl_seconds=ttl,
-        )  # fmt: skip
+    written = standing(action, channel.policy)
+    if written is not None:
+        status, source, ttl = written
+        await subjects.put(
+            conn,
+            PutSubjectInput(
+                t,
+                approval.channel_id,
+                approval.user_id,
+                status=status,
+                source=source,
+                display_name=approval.display_name,
+                permissions=(),
+                ttl_seconds=ttl,
+            ),
+        )
     details = {"reason": reason} if reason else {}
     if required > 1:
         details.update(required_approvals=required, approved_by=list(done.approved_by))
     if dropped:
         details["dropped"] = dropped
-    await q.audit(
+    await audit.record(
         conn, t, f"pairing.{done.status.value}", actor=actor, channel_id=approval.channel_id,
         subject=approval.user_id, approval_id=approval.approval_id, trace_id=ctx.trace_id, details=details,
     )  # fmt: skip

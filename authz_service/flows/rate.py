@@ -8,10 +8,9 @@ error fails the call (UNAVAILABLE), never admits the message.
 
 from __future__ import annotations
 
-import asyncpg
-
 from ..domain import rate
 from ..domain.access import Inbound, Verdict
+from ..domain.errors import NotFound
 from ..domain.model import Channel, Decision
 from ..store import rate as store
 from . import Context
@@ -28,7 +27,7 @@ async def admit(ctx: Context, channel: Channel | None, message: Inbound, verdict
     try:
         async with ctx.db.tenant(ctx.tenant_id) as conn:
             refused = await store.take(conn, ctx.tenant_id, channel.channel_id, buckets)
-    except asyncpg.ForeignKeyViolationError:
+    except NotFound:
         # The channel was deleted after the (cached) read that allowed the message.
         return Verdict(Decision.DENY, "channel_not_configured")
     if not refused:

@@ -3,7 +3,7 @@
 Durability: a request is a row, written (and committed) before the response
 that lets anyone prompt a human, so a restart loses nothing and keeps the
 original expiry. Decisions are compare-and-set from ``pending`` (see
-``store.queries.finish_approval``); expiry is judged by the database clock and
+``store.approvals.finish``); expiry is judged by the database clock and
 turns a request ``expired``, never approved. Redeeming checks the exact call
 against the approved digest and succeeds once.
 """
@@ -15,17 +15,17 @@ import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-import asyncpg
-
 from ..domain import ids, messages
 from ..domain import tools as dt
 from ..domain.errors import AuthzError, FailedPrecondition, NotFound, PermissionDenied
 from ..domain.model import Approval, ApprovalAction, ApprovalStatus, Channel, Grant, Risk, Role, ToolCall
 from ..domain.pairing import new_approval_id
-from ..store import queries as q
+from ..store import approvals, audit, db, grants, tenants
+from ..store.approvals import FinishInput, ToolApprovalInput
+from ..store.db import Connection
 from ..store.notify import ApprovalNotifier
 from . import Context
-from .pairing import Button, OwnerNotification, ResolveResult, expire, load_channel, refuse_unless_pending
+from .approvals import Button, OwnerNotification, ResolveResult, expire, load_channel, refuse_unless_pending
 
 
 def new_grant_id() -> str:
@@ -61,9 +61,9 @@ class RedeemResult:
     approval: Approval
 
 
-async def _approvers(conn: asyncpg.Connection, tenant_id: str, agent_id: str) -> tuple[str, ...]:
+async def _approvers(conn: Connection, tenant_id: str, agent_id: str) -> tuple[str, ...]:
     return dt.tool_approvers(
-        await q.tenant_approvers(conn, tenant_id), await q.agent_approvers(conn, tenant_id), agent_id
+        await tenants.approvers(conn, tenant_id), await tenants.agent_approvers(conn, tenant_id), agent_id
     )
 
 
@@ -94,19 +94,26 @@ async def request_approval(ctx: Context, req: ToolRequest) -> ToolRequestResult:
                 ids.user_id(channel.platform, req.requester_id, "requester_id")
         approvers = await _approvers(conn, t, req.agent_id)
         if req.request_key:
-            existing = await q.tool_approval_by_key(conn, t, req.request_key)
+            existing = await approvals.tool_by_key(conn, t, req.request_key)
             if existing is not None:
-                return _replay(q.approval_from_row(existing), call, approvers)
-        grant = await q.live_grant(conn, t, req.agent_id, call.digest)
-        approval = await q.insert_tool_approval(
-            conn, t, new_approval_id(), req.channel_id, req.requester_id, call, req.request_key,
-            req.timeout_seconds, grant_id=grant.grant_id if grant else "",
-        )  # fmt: skip
+                return _replay(existing, call, approvers)
+        grant = await grants.live(conn, t, req.agent_id, call.digest)
+        new = ToolApprovalInput(
+            t,
+            new_approval_id(),
+            req.channel_id,
+            req.requester_id,
+            call,
+            req.request_key,
+            req.timeout_seconds,
+            grant_id=grant.grant_id if grant else "",
+        )
+        approval = await approvals.insert_tool(conn, new)
         if approval is None:  # a concurrent request with the same key committed first
-            raced = await q.tool_approval_by_key(conn, t, req.request_key)
+            raced = await approvals.tool_by_key(conn, t, req.request_key)
             assert raced is not None
-            return _replay(q.approval_from_row(raced), call, approvers)
-        await q.audit(
+            return _replay(raced, call, approvers)
+        await audit.record(
             conn, t, "tool.auto_approved" if grant else "tool.requested", actor=f"agent:{req.agent_id}",
             channel_id=req.channel_id, subject=req.tool_name, approval_id=approval.approval_id,
             trace_id=ctx.trace_id,
@@ -116,7 +123,7 @@ async def request_approval(ctx: Context, req: ToolRequest) -> ToolRequestResult:
                 **({"grant_id": grant.grant_id} if grant else {}),
             },
         )  # fmt: skip
-        now = await q.now(conn)
+        now = await db.now(conn)
     if grant is not None:
         return ToolRequestResult(approval, created=False, approvers=approvers)
     seconds = int((approval.expires_at - now).total_seconds())
@@ -142,11 +149,11 @@ def _replay(approval: Approval, call: ToolCall, approvers: tuple[str, ...]) -> T
 async def _current(ctx: Context, approval_id: str) -> tuple[Approval, float]:
     """The approval, expired first if its time is up; and its seconds left."""
     async with ctx.db.tenant(ctx.tenant_id) as conn:
-        row = await q.get_approval(conn, ctx.tenant_id, approval_id, for_update=True)
-        if row is None or row["kind"] != "tool":
+        found = await approvals.get(conn, ctx.tenant_id, approval_id, for_update=True)
+        if found is None or found.kind != "tool":
             raise NotFound("no such tool approval")
-        approval = q.approval_from_row(row)
-        now = await q.now(conn)
+        approval = found
+        now = await db.now(conn)
         if approval.status is ApprovalStatus.PENDING and approval.expires_at <= now:
             approval = await expire(ctx, conn, approval) or approval
         return approval, (approval.expires_at - now).total_seconds()
@@ -171,30 +178,30 @@ async def watch_tenant(ctx: Context, notifier: ApprovalNotifier, kind: str) -> A
     """Pending approvals first, then every change as it commits."""
     with notifier.subscribe(ctx.tenant_id) as sub:
         async with ctx.db.tenant(ctx.tenant_id) as conn:
-            rows = await q.list_approvals(conn, ctx.tenant_id, "", ApprovalStatus.PENDING, 1000, kind)
-        for row in reversed(rows):
-            yield q.approval_from_row(row)
+            pending = await approvals.list_recent(conn, ctx.tenant_id, "", ApprovalStatus.PENDING, 1000, kind)
+        for approval in reversed(pending):
+            yield approval
         while True:
             await sub.wait(notifier.fallback_interval)
             changed = sub.drain()
             if not changed:
                 continue
             async with ctx.db.tenant(ctx.tenant_id) as conn:
-                found = [await q.get_approval(conn, ctx.tenant_id, a) for a in sorted(changed)]
-            for changed_row in found:
-                if changed_row is not None and (not kind or changed_row["kind"] == kind):
-                    yield q.approval_from_row(changed_row)
+                found = [await approvals.get(conn, ctx.tenant_id, a) for a in sorted(changed)]
+            for changed_approval in found:
+                if changed_approval is not None and (not kind or changed_approval.kind == kind):
+                    yield changed_approval
 
 
 async def decide(
     ctx: Context,
-    conn: asyncpg.Connection,
+    conn: Connection,
     approval: Approval,
     action: ApprovalAction,
     actor_id: str,
     reason: str,
 ) -> tuple[AuthzError | None, ResolveResult | None]:
-    """ResolveApproval for a tool approval (called from flows.pairing.resolve
+    """ResolveApproval for a tool approval (called from ``flows.resolve``
     inside its transaction, with the row locked). Errors that must be
     committed first (expiry, the audit of an unauthorized actor) are returned."""
     t = ctx.tenant_id
@@ -209,7 +216,7 @@ async def decide(
         )
         actor = dt.qualify_actor(actor_id, channel.platform if channel else None)
         if not actor or actor not in await _approvers(conn, t, tool.agent_id):
-            await q.audit(
+            await audit.record(
                 conn, t, "approval.unauthorized", actor=actor or actor_id, channel_id=approval.channel_id,
                 subject=tool.tool_name, approval_id=approval.approval_id, trace_id=ctx.trace_id,
                 details={"action": action.value, "key": ctx.principal.key_id},
@@ -221,21 +228,21 @@ async def decide(
     refusal = await refuse_unless_pending(ctx, conn, approval)
     if refusal is not None:
         return refusal, None
-    done = await q.finish_approval(
-        conn, t, approval.approval_id, action.resulting_status, actor, reason, live=True
+    done = await approvals.finish(
+        conn, FinishInput(t, approval.approval_id, action.resulting_status, actor, reason, live=True)
     )
     if done is None:
         return FailedPrecondition("approval was resolved concurrently"), None
     details: dict[str, str] = {"reason": reason} if reason else {}
     if action is ApprovalAction.ALWAYS_ALLOW:
-        grant = await q.insert_grant(conn, t, new_grant_id(), tool, approval.approval_id, actor)
+        grant = await grants.insert(conn, t, new_grant_id(), tool, approval.approval_id, actor)
         details["grant_id"] = grant.grant_id
-        await q.audit(
+        await audit.record(
             conn, t, "grant.created", actor=actor, channel_id=approval.channel_id, subject=tool.tool_name,
             approval_id=approval.approval_id, trace_id=ctx.trace_id,
             details={"grant_id": grant.grant_id, "agent_id": tool.agent_id, "arguments": tool.arguments},
         )  # fmt: skip
-    await q.audit(
+    await audit.record(
         conn, t, f"tool.{done.status.value}", actor=actor, channel_id=approval.channel_id,
         subject=tool.tool_name, approval_id=approval.approval_id, trace_id=ctx.trace_id, details=details,
     )  # fmt: skip
@@ -247,13 +254,13 @@ async def redeem(ctx: Context, approval_id: str, tool_name: str, arguments_json:
     arguments = dt.canonical_arguments(arguments_json)
     digest = dt.call_digest(tool_name, arguments)
     async with ctx.db.tenant(t) as conn:
-        row = await q.get_approval(conn, t, approval_id, for_update=True)
-        if row is None or row["kind"] != "tool":
+        found = await approvals.get(conn, t, approval_id, for_update=True)
+        if found is None or found.kind != "tool":
             raise NotFound("no such tool approval")
-        approval = q.approval_from_row(row)
+        approval = found
         call = approval.tool
         assert call is not None
-        now = await q.now(conn)
+        now = await db.now(conn)
         if approval.status is ApprovalStatus.PENDING and approval.expires_at <= now:
             approval = await expire(ctx, conn, approval) or approval
         refusal = ""
@@ -264,12 +271,12 @@ async def redeem(ctx: Context, approval_id: str, tool_name: str, arguments_json:
         elif approval.redeemed_at is not None:
             refusal = dt.ALREADY_REDEEMED
         else:
-            done = await q.mark_redeemed(conn, t, approval_id)
+            done = await approvals.mark_redeemed(conn, t, approval_id)
             if done is None:
                 refusal = dt.ALREADY_REDEEMED
             else:
                 approval = done
-        await q.audit(
+        await audit.record(
             conn, t, "tool.redeem_refused" if refusal else "tool.redeemed",
             actor=f"agent:{call.agent_id}", channel_id=approval.channel_id, subject=tool_name,
             approval_id=approval_id, trace_id=ctx.trace_id,
@@ -280,16 +287,15 @@ async def redeem(ctx: Context, approval_id: str, tool_name: str, arguments_json:
 
 async def list_grants(ctx: Context, agent_id: str, include_revoked: bool) -> list[Grant]:
     async with ctx.db.tenant(ctx.tenant_id) as conn:
-        rows = await q.list_grants(conn, ctx.tenant_id, agent_id, include_revoked)
-    return [q.grant_from_row(r) for r in rows]
+        return await grants.list_for_agent(conn, ctx.tenant_id, agent_id, include_revoked)
 
 
 async def revoke_grant(ctx: Context, grant_id: str) -> Grant:
     async with ctx.db.tenant(ctx.tenant_id) as conn:
-        grant = await q.revoke_grant(conn, ctx.tenant_id, grant_id, ctx.principal.actor)
+        grant = await grants.revoke(conn, ctx.tenant_id, grant_id, ctx.principal.actor)
         if grant is None:
             raise NotFound("no such grant")
-        await q.audit(
+        await audit.record(
             conn, ctx.tenant_id, "grant.revoked", actor=ctx.principal.actor, subject=grant.tool.tool_name,
             approval_id=grant.approval_id, trace_id=ctx.trace_id,
             details={"grant_id": grant_id, "agent_id": grant.agent_id},

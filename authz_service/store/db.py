@@ -21,6 +21,7 @@ import logging
 import re
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractContextManager, asynccontextmanager, nullcontext, suppress
+from datetime import datetime
 from typing import Protocol, cast
 
 import asyncpg
@@ -29,6 +30,10 @@ from ..domain.errors import Conflict, Unavailable
 from .migrate import LATEST_VERSION, current_version
 
 log = logging.getLogger(__name__)
+
+# The connection type flows pass between store calls: flows and api name it
+# through here and never import asyncpg (rows come back as dataclasses).
+Connection = asyncpg.Connection
 
 _UNAVAILABLE: tuple[type[BaseException], ...] = (
     OSError,
@@ -174,8 +179,8 @@ class Database:
 
     async def fetchrow_as(self, tenant_id: str, sql: str, *args: object) -> asyncpg.Record | None:
         """One statement in its own (implicit) transaction: for functions that
-        set the tenant themselves, such as ``authz_check_state`` or the guarded
-        pairing writes (migration 0010). One round trip instead of three or more."""
+        set the tenant themselves, such as ``authz_check_state`` (migration
+        0009). One round trip instead of three or more."""
         span = _NO_SPAN if self.observer is None else self.observer.transaction({"authz.tenant": tenant_id})
         try:
             with span:
@@ -218,3 +223,14 @@ async def _begin(conn: asyncpg.Connection, settings: dict[str, str]) -> None:
         # is_local = true: the setting dies with the transaction, so a
         # pooled connection never carries it into the next request.
         await conn.execute("SELECT set_config($1, $2, true)", name, value)
+
+
+async def now(conn: Connection) -> datetime:
+    """The database's clock, which judges every expiry."""
+    value: datetime = await conn.fetchval("SELECT now()")
+    return value
+
+
+def row_count(status: str) -> int:
+    """The row count of a command tag such as ``DELETE 3`` or ``UPDATE 0``."""
+    return int(status.rsplit(" ", 1)[-1])

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import asyncpg
 
+from ..domain.errors import NotFound
 from ..domain.rate import Bucket
 
 Conn = asyncpg.Connection
@@ -90,9 +91,16 @@ async def take(conn: Conn, tenant_id: str, channel_id: str, buckets: Sequence[Bu
     Returns the refusing buckets (those holding less than one token) with the
     tokens they hold; empty: the message is admitted and every bucket gave one.
     One statement when admitted into existing buckets; creating a bucket also
-    prunes up to ``PRUNE_BATCH`` full ones of the tenant. Raises
-    ``asyncpg.ForeignKeyViolationError`` if the channel no longer exists.
+    prunes up to ``PRUNE_BATCH`` full ones of the tenant. Raises NotFound if
+    the channel no longer exists (the transaction is then aborted).
     """
+    try:
+        return await _take(conn, tenant_id, channel_id, buckets)
+    except asyncpg.ForeignKeyViolationError:
+        raise NotFound(f"channel {channel_id!r} not found") from None
+
+
+async def _take(conn: Conn, tenant_id: str, channel_id: str, buckets: Sequence[Bucket]) -> dict[str, float]:
     scopes = [b.scope for b in buckets]
     rows = await conn.fetch(
         _TAKE, tenant_id, channel_id, scopes, [b.rate for b in buckets], [b.burst for b in buckets]

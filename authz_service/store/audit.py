@@ -1,0 +1,157 @@
+"""The audit trail: one row per event, written in the transaction of the
+change it records; and the rewrites a user's data rights allow (migration
+0003's trigger permits only those, and only with ``enable_anonymization``)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from .db import Connection, row_count
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEvent:
+    """One event as stored; ``details_json`` is its JSON object as text."""
+
+    event_id: int
+    at: datetime
+    event: str
+    actor: str
+    channel_id: str
+    subject: str
+    approval_id: str
+    trace_id: str
+    details_json: str
+
+
+def _event(row: asyncpg.Record) -> AuditEvent:
+    details = row["details"]
+    return AuditEvent(
+        row["event_id"], row["at"], row["event"], row["actor"], row["channel_id"], row["subject"],
+        row["approval_id"], row["trace_id"], details if isinstance(details, str) else json.dumps(details),
+    )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class AuditQuery:
+    """QueryAudit's filters: '' (or None) matches anything; an ``event`` ending
+    in ``.`` is a prefix."""
+
+    since: datetime | None = None
+    until: datetime | None = None
+    channel_id: str = ""
+    user_id: str = ""
+    event: str = ""
+    after_event_id: int = 0
+    limit: int = 100
+
+
+@dataclass(frozen=True, slots=True)
+class UserScope:
+    """One user's events on one channel: those on the channel whose subject is
+    the user, whose actor is ``actor`` ("<platform>:<user id>") or whose
+    details name them as a tool call's requester; those without a channel that
+    they acted in (e.g. a tenant approver deciding a channel-less tool call);
+    and those about one of ``approval_ids``, their approvals."""
+
+    tenant_id: str
+    channel_id: str
+    user_id: str
+    actor: str
+    approval_ids: tuple[str, ...]
+
+    def args(self) -> tuple[object, ...]:
+        return self.tenant_id, self.channel_id, self.user_id, self.actor, list(self.approval_ids)
+
+
+async def record(
+    conn: Connection,
+    tenant_id: str,
+    event: str,
+    *,
+    actor: str = "",
+    channel_id: str = "",
+    subject: str = "",
+    approval_id: str = "",
+    trace_id: str = "",
+    details: dict[str, Any] | None = None,
+) -> None:
+    await conn.execute(
+        """INSERT INTO audit_events
+               (tenant_id, event, actor, channel_id, subject, approval_id, trace_id, details)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb)""",
+        tenant_id, event, actor, channel_id, subject, approval_id, trace_id, json.dumps(details or {}),
+    )  # fmt: skip
+
+
+async def query(conn: Connection, tenant_id: str, q: AuditQuery) -> list[AuditEvent]:
+    rows = await conn.fetch(
+        """SELECT * FROM audit_events
+           WHERE tenant_id = $1 AND event_id > $2
+             AND ($3::timestamptz IS NULL OR at >= $3)
+             AND ($4::timestamptz IS NULL OR at < $4)
+             AND ($5 = '' OR channel_id = $5)
+             AND ($6 = '' OR subject = $6)
+             AND ($7 = '' OR (CASE WHEN $8 THEN starts_with(event, $7) ELSE event = $7 END))
+           ORDER BY event_id LIMIT $9""",
+        tenant_id, q.after_event_id, q.since, q.until, q.channel_id, q.user_id, q.event, q.event.endswith("."),
+        q.limit,
+    )  # fmt: skip
+    return [_event(r) for r in rows]
+
+
+# Details that may name or describe a person: removed when a user is purged or anonymised.
+PERSONAL_DETAILS = ["display_name", "first_message", "arguments", "reason"]
+
+
+_USER_EVENTS = """tenant_id = $1 AND (
+        (channel_id = $2 AND (subject = $3 OR actor = $4 OR details ->> 'requester_id' = $3))
+        OR (channel_id = '' AND actor = $4)
+        OR (approval_id <> '' AND approval_id = ANY($5::text[])))"""
+
+
+async def user_events(conn: Connection, user: UserScope) -> list[AuditEvent]:
+    rows = await conn.fetch(
+        f"SELECT * FROM audit_events WHERE {_USER_EVENTS} ORDER BY event_id", *user.args()
+    )
+    return [_event(r) for r in rows]
+
+
+async def enable_anonymization(conn: Connection) -> None:
+    """Let this transaction (only) rewrite audit events as the trigger allows:
+    actor and subject to a pseudonym, personal details removed."""
+    await conn.execute("SELECT set_config('authz.anonymize', 'on', true)")
+
+
+async def pseudonymize(conn: Connection, user: UserScope, pseudonym: str) -> int:
+    """Replace the user's id by ``pseudonym`` (actor, subject, requester) and drop
+    personal details in their audit events. Returns the number of rows changed."""
+    status = await conn.execute(
+        f"""UPDATE audit_events SET
+                actor = CASE WHEN actor = $4 THEN $6 ELSE actor END,
+                subject = CASE WHEN channel_id = $2 AND subject = $3 THEN $6 ELSE subject END,
+                details = CASE
+                    WHEN channel_id = $2 AND details ->> 'requester_id' = $3
+                        THEN jsonb_set(details - $7::text[], '{{requester_id}}', to_jsonb($6::text))
+                    ELSE details - $7::text[] END
+            WHERE {_USER_EVENTS}
+              AND (actor = $4 OR (channel_id = $2 AND subject = $3) OR details ?| $7::text[]
+                   OR (channel_id = $2 AND details ->> 'requester_id' = $3))""",
+        *user.args(), pseudonym, PERSONAL_DETAILS,
+    )  # fmt: skip
+    return row_count(status)
+
+
+async def scrub_details(conn: Connection, user: UserScope) -> int:
+    """Drop personal details from the user's audit events; actor and subject stay."""
+    status = await conn.execute(
+        f"""UPDATE audit_events SET details = details - $6::text[]
+            WHERE {_USER_EVENTS} AND details ?| $6::text[]""",
+        *user.args(), PERSONAL_DETAILS,
+    )  # fmt: skip
+    return row_count(status)

@@ -1,0 +1,159 @@
+"""One user's rows on one channel, for their data rights (flows.data_rights):
+export, purge, anonymise. Their audit events are in ``store.audit``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+from .db import Connection, row_count
+from .notify import APPROVALS as NOTIFY_CHANNEL
+from .subjects import GroupSender, group_sender_from_row
+
+
+@dataclass(frozen=True, slots=True)
+class SubjectExport:
+    """The user's subject row, every column but the tenant (field order: the export's)."""
+
+    channel_id: str
+    user_id: str
+    status: str
+    source: str
+    display_name: str
+    permissions: tuple[str, ...]
+    expires_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovalExport:
+    """An approval row as exported: everything but key material (code seed and
+    keyed hash) and the agent's idempotency key (field order: the export's)."""
+
+    approval_id: str
+    kind: str
+    channel_id: str | None
+    user_id: str
+    display_name: str
+    status: str
+    created_at: datetime
+    expires_at: datetime
+    resolved_at: datetime | None
+    resolved_by: str
+    reason: str
+    tool_name: str | None
+    arguments: str | None
+    arguments_digest: bytes | None
+    agent_id: str | None
+    session_id: str | None
+    risk: str | None
+    summary: str | None
+    redeemed_at: datetime | None
+    grant_id: str | None
+    required_approvals: int
+    approved_by: tuple[str, ...]
+
+
+def _export(row: asyncpg.Record) -> ApprovalExport:
+    values = dict(row.items())
+    values["approved_by"] = tuple(values["approved_by"] or ())
+    return ApprovalExport(**values)
+
+
+_APPROVAL_EXPORT_COLUMNS = """approval_id, kind, channel_id, user_id, display_name, status, created_at,
+    expires_at, resolved_at, resolved_by, reason, tool_name, arguments, arguments_digest, agent_id, session_id,
+    risk, summary, redeemed_at, grant_id, required_approvals, approved_by"""
+
+
+async def subject(conn: Connection, tenant_id: str, channel_id: str, user_id: str) -> SubjectExport | None:
+    row = await conn.fetchrow(
+        """SELECT channel_id, user_id, status, source, display_name, permissions, expires_at, created_at,
+                  updated_at
+           FROM subjects WHERE tenant_id = $1 AND channel_id = $2 AND user_id = $3""",
+        tenant_id, channel_id, user_id,
+    )  # fmt: skip
+    if row is None:
+        return None
+    values = dict(row.items())
+    values["permissions"] = tuple(values["permissions"] or ())
+    return SubjectExport(**values)
+
+
+async def group_senders(conn: Connection, tenant_id: str, channel_id: str, user_id: str) -> list[GroupSender]:
+    rows = await conn.fetch(
+        """SELECT channel_id, group_id, user_id, created_at FROM group_senders
+           WHERE tenant_id = $1 AND channel_id = $2 AND user_id = $3 ORDER BY group_id""",
+        tenant_id, channel_id, user_id,
+    )  # fmt: skip
+    return [group_sender_from_row(r) for r in rows]
+
+
+async def approvals(conn: Connection, tenant_id: str, channel_id: str, user_id: str) -> list[ApprovalExport]:
+    """Pairing requests and tool calls the user requested on the channel, oldest first."""
+    rows = await conn.fetch(
+        f"""SELECT {_APPROVAL_EXPORT_COLUMNS} FROM approvals
+            WHERE tenant_id = $1 AND channel_id = $2 AND user_id = $3
+            ORDER BY created_at, approval_id""",
+        tenant_id, channel_id, user_id,
+    )  # fmt: skip
+    return [_export(r) for r in rows]
+
+
+async def delete_rows(
+    conn: Connection, tenant_id: str, channel_id: str, user_id: str
+) -> tuple[int, int, list[str]]:
+    """Delete the user's subject, group sender and approval rows, rate bucket and
+    invite attempt counter on the channel:
+    (subjects deleted, group senders deleted, ids of the approvals deleted).
+    Watchers of a deleted approval are woken, and find it gone."""
+    subjects = await conn.execute(
+        "DELETE FROM subjects WHERE tenant_id = $1 AND channel_id = $2 AND user_id = $3",
+        tenant_id, channel_id, user_id,
+    )  # fmt: skip
+    senders = await conn.execute(
+        "DELETE FROM group_senders WHERE tenant_id = $1 AND channel_id = $2 AND user_id = $3",
+        tenant_id, channel_id, user_id,
+    )  # fmt: skip
+    gone = await conn.fetch(
+        "DELETE FROM approvals WHERE tenant_id = $1 AND channel_id = $2 AND user_id = $3 RETURNING approval_id",
+        tenant_id, channel_id, user_id,
+    )  # fmt: skip
+    for row in gone:
+        await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, f"{tenant_id} {row['approval_id']}")
+    # The user's rate-limit bucket holds their id: it goes too (a missing bucket is a full one).
+    await conn.execute(
+        "DELETE FROM rate_buckets WHERE tenant_id = $1 AND channel_id = $2 AND scope = $3",
+        tenant_id, channel_id, f"user:{user_id}",
+    )  # fmt: skip
+    # So does their invite attempt counter (flows.invites); a missing counter is an empty window.
+    await conn.execute(
+        "DELETE FROM attempt_limits WHERE tenant_id = $1 AND scope = $2",
+        tenant_id, f"invite:user:{channel_id}:{user_id}",
+    )  # fmt: skip
+    return row_count(subjects), row_count(senders), [row["approval_id"] for row in gone]
+
+
+async def scrub_rows(conn: Connection, tenant_id: str, channel_id: str, user_id: str) -> tuple[int, int]:
+    """Remove the user's personal data from their subject and approval rows,
+    keeping every state: display names and the resolvers' reasons are blanked,
+    and so are the arguments and summary of their decided tool calls (a pending
+    one keeps them: an approver must see what they approve; redeeming needs
+    only the digest). Returns (subjects, approvals) changed."""
+    subjects = await conn.execute(
+        """UPDATE subjects SET display_name = '', updated_at = now()
+           WHERE tenant_id = $1 AND channel_id = $2 AND user_id = $3 AND display_name <> ''""",
+        tenant_id, channel_id, user_id,
+    )  # fmt: skip
+    approvals = await conn.execute(
+        """UPDATE approvals SET display_name = '', reason = '',
+                  arguments = CASE WHEN kind = 'tool' AND status <> 'pending' THEN '' ELSE arguments END,
+                  summary = CASE WHEN kind = 'tool' AND status <> 'pending' THEN '' ELSE summary END
+           WHERE tenant_id = $1 AND channel_id = $2 AND user_id = $3
+             AND (display_name <> '' OR reason <> ''
+                  OR (kind = 'tool' AND status <> 'pending' AND (arguments <> '' OR summary <> '')))""",
+        tenant_id, channel_id, user_id,
+    )  # fmt: skip
+    return row_count(subjects), row_count(approvals)
