@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+from .. import names
 from ..domain import ids
 from ..domain import tools as dt
 from ..domain.access import Inbound
@@ -24,22 +25,8 @@ MAX_DISPLAY_NAME = 256
 MAX_TARGET = 256
 MAX_REASON = 1024
 
-_OUTCOME = {
-    pairing.PairingOutcome.CREATED: az.PAIRING_OUTCOME_CREATED,
-    pairing.PairingOutcome.EXISTING: az.PAIRING_OUTCOME_EXISTING,
-    pairing.PairingOutcome.ALREADY_ALLOWED: az.PAIRING_OUTCOME_ALREADY_ALLOWED,
-    pairing.PairingOutcome.BLOCKED: az.PAIRING_OUTCOME_BLOCKED,
-    pairing.PairingOutcome.CAPACITY: az.PAIRING_OUTCOME_CAPACITY,
-    pairing.PairingOutcome.NOT_ACCEPTED: az.PAIRING_OUTCOME_NOT_ACCEPTED,
-    pairing.PairingOutcome.AUTO_APPROVED: az.PAIRING_OUTCOME_AUTO_APPROVED,
-}
-_INVITE_OUTCOME = {
-    invites.RedeemOutcome.ACCEPTED: az.INVITE_OUTCOME_ACCEPTED,
-    invites.RedeemOutcome.ALREADY_ALLOWED: az.INVITE_OUTCOME_ALREADY_ALLOWED,
-    invites.RedeemOutcome.INVALID: az.INVITE_OUTCOME_INVALID,
-    invites.RedeemOutcome.TOO_MANY_ATTEMPTS: az.INVITE_OUTCOME_TOO_MANY_ATTEMPTS,
-    invites.RedeemOutcome.REFUSED: az.INVITE_OUTCOME_REFUSED,
-}
+_OUTCOME = {o: az.PairingOutcome.ValueType(n) for n, o in names.PAIRING_OUTCOME.domain_map().items()}
+_INVITE_OUTCOME = {o: az.InviteOutcome.ValueType(n) for n, o in names.INVITE_OUTCOME.domain_map().items()}
 
 
 class AuthzServicer(authz_pb2_grpc.AuthzServiceServicer):

@@ -85,6 +85,28 @@ class Decision(enum.StrEnum):
     RATE_LIMITED = "rate_limited"
 
 
+class PairingOutcome(enum.StrEnum):
+    """What RequestPairing did (``authz.v1.PairingOutcome``)."""
+
+    CREATED = "created"
+    EXISTING = "existing"
+    ALREADY_ALLOWED = "already_allowed"
+    BLOCKED = "blocked"
+    CAPACITY = "capacity"
+    NOT_ACCEPTED = "not_accepted"
+    AUTO_APPROVED = "auto_approved"
+
+
+class RedeemOutcome(enum.StrEnum):
+    """What RedeemInvite did (``authz.v1.InviteOutcome``)."""
+
+    ACCEPTED = "accepted"
+    ALREADY_ALLOWED = "already_allowed"
+    INVALID = "invalid"
+    TOO_MANY_ATTEMPTS = "too_many_attempts"
+    REFUSED = "refused"
+
+
 class SendDefault(enum.StrEnum):
     DENY = "deny"
     ALLOW = "allow"

@@ -24,7 +24,6 @@ Codes are never stored, logged or audited; only their keyed hash is stored.
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 
 from ..domain import ids, messages
@@ -36,7 +35,7 @@ from ..domain.invites import (
     new_invite_code,
     new_invite_id,
 )
-from ..domain.model import DmPolicy, SubjectSource, SubjectStatus
+from ..domain.model import DmPolicy, RedeemOutcome, SubjectSource, SubjectStatus
 from ..domain.policy import CorruptPolicy
 from ..store import attempts, audit, channels, db, invites, subjects
 from ..store.invites import InviteInput
@@ -44,14 +43,6 @@ from ..store.subjects import PutSubjectInput
 from . import Context
 from .approvals import load_channel
 from .attempts import over_limit
-
-
-class RedeemOutcome(enum.StrEnum):
-    ACCEPTED = "accepted"
-    ALREADY_ALLOWED = "already_allowed"
-    INVALID = "invalid"
-    TOO_MANY_ATTEMPTS = "too_many_attempts"
-    REFUSED = "refused"
 
 
 @dataclass(frozen=True)

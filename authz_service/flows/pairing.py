@@ -45,6 +45,7 @@ from ..domain.model import (
     ApprovalAction,
     Channel,
     DmPolicy,
+    PairingOutcome,
     Role,
     SubjectSource,
     SubjectStatus,
@@ -70,19 +71,9 @@ from .attempts import over_limit
 log = logging.getLogger(__name__)
 
 
-class PairingOutcome:
-    CREATED = "created"
-    EXISTING = "existing"
-    ALREADY_ALLOWED = "already_allowed"
-    BLOCKED = "blocked"
-    CAPACITY = "capacity"
-    NOT_ACCEPTED = "not_accepted"
-    AUTO_APPROVED = "auto_approved"
-
-
 @dataclass(frozen=True)
 class PairingResult:
-    outcome: str
+    outcome: PairingOutcome
     text: str = ""
     code: str = ""
     approval_id: str = ""
