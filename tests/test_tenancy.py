@@ -8,34 +8,13 @@ from collections.abc import AsyncIterator
 import asyncpg
 import grpc
 import pytest
-from asyncpg.pool import PoolConnectionProxy
 
-from authz_service.client import connect
 from authz_service.gen.authz.v1 import admin_pb2 as adm
 from authz_service.gen.authz.v1 import authz_pb2 as az
 from authz_service.gen.authz.v1 import common_pb2 as cm
-from authz_service.store.db import Database, _opening
-
-from .conftest import Dsns, Service, Tenant, rpc_error
-
-TENANT_TABLES = ("tenants", "api_keys", "channels", "subjects", "group_senders", "approvals", "audit_events")
-DIRECT = cm.CHAT_KIND_DIRECT
-OWNER = "100"
-Conn = asyncpg.Connection | PoolConnectionProxy
-
-
-async def _populate(t: Tenant) -> az.RequestPairingResponse:
-    """A channel, an allowlisted user, a group sender, a pending pairing and a send denial."""
-    await t.channel("tg", cm.PLATFORM_TELEGRAM, owner_id=OWNER)
-    await t.admin.admin.AllowUser(adm.AllowUserRequest(channel_id="tg", user_id="7", display_name="Alice"))
-    await t.admin.admin.AllowGroupSender(adm.GroupSenderRef(channel_id="tg", group_id="-1001", user_id="7"))
-    created = await t.connector.authz.RequestPairing(az.RequestPairingRequest(channel_id="tg", user_id="42"))
-    assert created.outcome == az.PAIRING_OUTCOME_CREATED
-    denied = await t.connector.authz.EvaluateSend(
-        az.EvaluateSendRequest(channel_id="tg", agent_id="default", target="slack:#ops")
-    )
-    assert not denied.allow
-    return created
+from authz_service.store.db import Database
+from tests.conftest import Dsns, Tenant, rpc_error
+from tests.tenant_rows import DIRECT, OWNER, TENANT_TABLES, _counts, _populate, _scoped, _tenants_seen
 
 
 @pytest.fixture
@@ -43,22 +22,6 @@ async def raw(dsns: Dsns) -> AsyncIterator[asyncpg.Connection]:
     conn = await asyncpg.connect(dsns.service)
     yield conn
     await conn.close()
-
-
-async def _tenants_seen(conn: Conn, table: str) -> list[str]:
-    rows = await conn.fetch(f"SELECT DISTINCT tenant_id FROM {table} ORDER BY 1")
-    return [r["tenant_id"] for r in rows]
-
-
-async def _counts(conn: Conn) -> dict[str, int]:
-    return {t: await conn.fetchval(f"SELECT count(*) FROM {t}") for t in TENANT_TABLES}
-
-
-async def _scoped(conn: asyncpg.Connection, tenant_id: str, sql: str, *args: object) -> str:
-    """Run one statement in a transaction scoped to ``tenant_id``, as the store does."""
-    async with conn.transaction():
-        await conn.execute("SELECT set_config('authz.tenant', $1, true)", tenant_id)
-        return await conn.execute(sql, *args)
 
 
 # --- row-level security ---------------------------------------------------------------
@@ -454,186 +417,3 @@ async def test_same_channel_name_in_two_tenants_stays_separate(tenant: Tenant, o
     assert b_approval.status != cm.APPROVAL_STATUS_APPROVED
     a_users = (await a.admin.admin.ListUsers(adm.ListUsersRequest(channel_id="tg"))).users
     assert [(u.user_id, u.status) for u in a_users] == [("42", adm.SUBJECT_STATUS_ALLOWED)]
-
-
-# --- keys ----------------------------------------------------------------------------
-
-
-async def test_tampered_tenant_key_is_unauthenticated(
-    service: Service, tenant: Tenant, other_tenant: Tenant
-) -> None:
-    await tenant.channel("tg")
-    await other_tenant.channel("tg")
-    prefix, tenant_part, key_id, secret = tenant.keys["connector"].split(".")
-    assert (prefix, tenant_part) == ("azk", tenant.tenant_id)
-    _, b_tenant, b_key_id, b_secret = other_tenant.keys["connector"].split(".")
-    forged = {
-        "tenant swapped": f"azk.{other_tenant.tenant_id}.{key_id}.{secret}",
-        "B key id, A secret": f"azk.{b_tenant}.{b_key_id}.{secret}",
-        "A key id, B secret": f"azk.{tenant_part}.{key_id}.{b_secret}",
-        "unknown tenant": f"azk.zz-no-such-tenant.{key_id}.{secret}",
-        "secret truncated": f"azk.{tenant_part}.{key_id}.{secret[:-1]}",
-    }
-    req = az.CheckUserRequest(channel_id="tg", user_id="42", chat_kind=DIRECT)
-    for label, key in forged.items():
-        client = connect(service.address, key)
-        try:
-            err = await rpc_error(client.authz.CheckUser(req))
-            assert err.code() == grpc.StatusCode.UNAUTHENTICATED, (label, err.code(), err.details())
-            err = await rpc_error(client.admin.ListChannels(adm.ListChannelsRequest()))
-            assert err.code() == grpc.StatusCode.UNAUTHENTICATED, (label, err.code(), err.details())
-        finally:
-            await client.close()
-    # The genuine key still works.
-    genuine = connect(service.address, tenant.keys["connector"])
-    try:
-        assert (await genuine.authz.CheckUser(req)).decision == az.DECISION_PAIRING_REQUIRED
-    finally:
-        await genuine.close()
-
-
-async def test_tenant_keys_cannot_manage_tenants(service: Service, tenant: Tenant) -> None:
-    for role in ("admin", "approver", "connector"):
-        client = getattr(tenant, role)
-        err = await rpc_error(
-            client.admin.CreateTenant(adm.CreateTenantRequest(tenant_id=f"{tenant.tenant_id}-x"))
-        )
-        assert err.code() == grpc.StatusCode.PERMISSION_DENIED, (role, err.code(), err.details())
-        err = await rpc_error(client.admin.ListTenants(adm.ListTenantsRequest()))
-        assert err.code() == grpc.StatusCode.PERMISSION_DENIED, (role, err.code(), err.details())
-    op = connect(service.address, service.operator_key)
-    try:
-        listed = {t.tenant_id for t in (await op.admin.ListTenants(adm.ListTenantsRequest())).tenants}
-    finally:
-        await op.close()
-    assert tenant.tenant_id in listed
-    assert f"{tenant.tenant_id}-x" not in listed
-
-
-async def test_operator_key_cannot_call_tenant_rpcs(service: Service, tenant: Tenant) -> None:
-    await tenant.channel("tg")
-    op = connect(service.address, service.operator_key)
-    try:
-        calls = {
-            "ListChannels": op.admin.ListChannels(adm.ListChannelsRequest()),
-            "GetChannel": op.admin.GetChannel(adm.GetChannelRequest(channel_id="tg")),
-            "SetChannel": op.admin.SetChannel(
-                adm.SetChannelRequest(
-                    channel_id="tg", platform=cm.PLATFORM_TELEGRAM, policy=cm.ChannelPolicy()
-                )
-            ),
-            "ListApiKeys": op.admin.ListApiKeys(adm.ListApiKeysRequest()),
-            "CreateApiKey": op.admin.CreateApiKey(adm.CreateApiKeyRequest(role=adm.ROLE_ADMIN, name="x")),
-            "GetTenantSettings": op.admin.GetTenantSettings(adm.GetTenantSettingsRequest()),
-            "ListApprovals": op.admin.ListApprovals(adm.ListApprovalsRequest()),
-            "QueryAudit": op.admin.QueryAudit(adm.QueryAuditRequest()),
-            "CheckUser": op.authz.CheckUser(
-                az.CheckUserRequest(channel_id="tg", user_id="42", chat_kind=DIRECT)
-            ),
-            "EvaluateSend": op.authz.EvaluateSend(
-                az.EvaluateSendRequest(channel_id="tg", agent_id="default", target="x")
-            ),
-        }
-        for name, call in calls.items():
-            err = await rpc_error(call)
-            assert err.code() == grpc.StatusCode.PERMISSION_DENIED, (name, err.code(), err.details())
-        # The operator key itself is fine: it can do operator things.
-        assert tenant.tenant_id in {
-            t.tenant_id for t in (await op.admin.ListTenants(adm.ListTenantsRequest())).tenants
-        }
-    finally:
-        await op.close()
-
-
-async def test_transaction_opening_inlines_only_safe_values(dsns: Dsns, tenant: Tenant) -> None:
-    """Tenant ids are inlined into the one-message ``BEGIN; set_config`` opening;
-    any other value goes through a bound parameter and reads back verbatim.
-    A statement that fails inside the transaction leaves the pooled connection usable."""
-    db = await Database.connect(dsns.service, min_size=1, max_size=1)
-    try:
-        odd = "x'); SELECT 1; --"
-        async with db._tx({"authz.tenant": odd}) as conn:
-            assert await conn.fetchval("SELECT current_setting('authz.tenant', true)") == odd
-        with pytest.raises(asyncpg.DivisionByZeroError):
-            async with db.tenant(tenant.tenant_id) as conn:
-                await conn.fetchval("SELECT 1 / 0")
-        async with db.tenant(tenant.tenant_id) as conn:
-            assert await conn.fetchval("SELECT current_setting('authz.tenant', true)") == tenant.tenant_id
-        async with db.pool.acquire() as conn:
-            assert not conn.is_in_transaction()
-            assert await conn.fetchval("SELECT current_setting('authz.tenant', true)") in (None, "")
-    finally:
-        await db.close()
-
-
-async def test_check_state_function_scopes_its_own_statement(
-    dsns: Dsns, tenant: Tenant, other_tenant: Tenant
-) -> None:
-    """CheckUser's one-round-trip read (migration 0009) sets the tenant inside
-    the function: it reads that tenant's rows only, and the setting is gone
-    when the statement ends."""
-    await tenant.channel("tg", dm_policy=cm.DM_POLICY_ALLOWLIST)
-    await tenant.admin.admin.AllowUser(adm.AllowUserRequest(channel_id="tg", user_id="42"))
-    db = await Database.connect(dsns.service, min_size=1, max_size=1)
-    sql = "SELECT * FROM authz_check_state($1, $2, $3, $4)"
-    try:
-        row = await db.fetchrow_as(tenant.tenant_id, sql, tenant.tenant_id, "tg", "42", "")
-        assert row is not None and (row["channel_id"], row["status"], row["in_group"]) == (
-            "tg",
-            "allowed",
-            False,
-        )
-        assert (
-            await db.fetchrow_as(other_tenant.tenant_id, sql, other_tenant.tenant_id, "tg", "42", "") is None
-        )
-        async with db.pool.acquire() as conn:
-            assert not conn.is_in_transaction()
-            assert await conn.fetchval("SELECT current_setting('authz.tenant', true)") in (None, "")
-            assert await _counts(conn) == dict.fromkeys(TENANT_TABLES, 0)
-    finally:
-        await db.close()
-
-
-@pytest.mark.parametrize(
-    ("settings", "expected"),
-    [
-        ({"authz.tenant": "acme-1"}, "BEGIN; SELECT set_config('authz.tenant', 'acme-1', true)"),
-        (
-            {"authz.operator": "on", "authz.tenant": "t2"},
-            "BEGIN; SELECT set_config('authz.operator', 'on', true), set_config('authz.tenant', 't2', true)",
-        ),
-        ({}, "BEGIN"),
-        ({"authz.tenant": "it's"}, None),
-        ({"authz.tenant": "a\\b"}, None),
-        ({"authz.tenant": "x" * 129}, None),
-        ({"authz.tenant": "a b"}, None),
-        ({"authz.tenant'": "a"}, None),
-    ],
-    ids=["slug", "two", "none", "quote", "backslash", "too-long", "space", "odd-name"],
-)
-def test_transaction_opening_message(settings: dict[str, str], expected: str | None) -> None:
-    """Only plain slugs are inlined into the one-message opening; anything else
-    (None) goes through bound parameters."""
-    assert _opening(settings) == expected
-
-
-async def test_tenant_transaction_costs_three_round_trips(dsns: Dsns, tenant: Tenant) -> None:
-    """BEGIN + set_config in one message, the query, COMMIT; no reset on release.
-    Counted as statements the server saw, via the connection's query log."""
-    db = await Database.connect(dsns.service, min_size=1, max_size=1)
-    seen: list[str] = []
-    try:
-        async with db.pool.acquire() as conn:
-            conn.add_query_logger(lambda record: seen.append(record.query))
-        seen.clear()
-        async with db.tenant(tenant.tenant_id) as conn:
-            await conn.fetchval("SELECT 1")
-        async with db.pool.acquire():
-            pass
-        assert seen == [
-            f"BEGIN; SELECT set_config('authz.tenant', '{tenant.tenant_id}', true)",
-            "SELECT 1",
-            "COMMIT",
-        ]
-    finally:
-        await db.close()

@@ -4,18 +4,16 @@
 network. Every rendered manifest is validated against the Kubernetes JSON schemas shipped by
 ``kubernetes-validate`` (strict: unknown fields are errors) for several Kubernetes versions,
 then the wiring that matters is asserted: the migration hook, gRPC probes, secrets by
-reference only, the security context, the NetworkPolicy selectors and the connectors.
+reference only, the security context and the NetworkPolicy selectors. The connectors are in
+``test_chart_connectors.py``, the values schema in ``test_chart_values.py``.
 """
 
 from __future__ import annotations
 
 import base64
-import copy
 import json
-import re
 import tomllib
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import helm_python as helm
@@ -23,120 +21,32 @@ import kubernetes_validate
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
-CHART_DIR = ROOT / "helm" / "authz-service"
-PRODUCTION_VALUES = Path(__file__).with_name("production-values.yaml")
-DEPLOY_DOC = ROOT / "docs" / "deploy.md"
-RELEASE, NAMESPACE = "authz", "authz"
-# Oldest supported by the chart's probes (1.30 is the oldest still maintained upstream),
-# a middle one, and the newest kubernetes-validate ships.
-KUBE_VERSIONS = ("1.30", "1.33", kubernetes_validate.latest_version())
-# Custom resources: no schema in kubernetes-validate, checked by hand below.
-CUSTOM_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
-
-DATABASE_URL = "postgresql://authz_service:service-pw-1@db.internal:5432/authz"
-MIGRATE_URL = "postgresql://authz_owner:owner-pw-2@db.internal:5432/authz"
-SECRET_KEY = "sk-" + "s" * 45
-OPERATOR_KEY = "op-" + "o" * 29
-# The least an install needs: an image and the secret values (no existingSecret).
-MINIMAL: dict[str, Any] = {
-    "image": {"repository": "registry.example.com/authz-service"},
-    "secrets": {
-        "databaseUrl": DATABASE_URL,
-        "migrateDatabaseUrl": MIGRATE_URL,
-        "secretKey": SECRET_KEY,
-        "operatorKey": OPERATOR_KEY,
-    },
-}
-SECRET_LOOKING = re.compile(r"DATABASE_URL|SECRET|KEY|TOKEN|PASSWORD", re.IGNORECASE)
-
-Manifest = dict[str, Any]
-
-
-@pytest.fixture(scope="module")
-def chart() -> Iterator[helm.Chart]:
-    with helm.Chart.load(CHART_DIR) as loaded:
-        yield loaded
-
-
-def production() -> dict[str, Any]:
-    values: dict[str, Any] = yaml.safe_load(PRODUCTION_VALUES.read_text())
-    return values
-
-
-def with_values(base: dict[str, Any], **overrides: Any) -> dict[str, Any]:
-    """A deep copy of ``base`` with dotted-path overrides: ``with_values(v, **{"a.b": 1})``."""
-    values = copy.deepcopy(base)
-    for path, value in overrides.items():
-        node = values
-        *parents, leaf = path.split(".")
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[leaf] = value
-    return values
-
-
-def render(chart: helm.Chart, values: dict[str, Any]) -> dict[str, str]:
-    return chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
-
-
-def manifests(chart: helm.Chart, values: dict[str, Any]) -> list[Manifest]:
-    docs: list[Manifest] = []
-    for path, text in sorted(render(chart, values).items()):
-        if path.endswith("NOTES.txt"):
-            continue
-        docs.extend(doc for doc in yaml.safe_load_all(text) if doc)
-    return docs
-
-
-def only(docs: list[Manifest], kind: str, name: str | None = None) -> Manifest:
-    found = [d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
-    assert len(found) == 1, f"expected one {kind} {name or ''}, got {[d['metadata']['name'] for d in found]}"
-    return found[0]
-
-
-def of_kind(docs: list[Manifest], kind: str) -> list[Manifest]:
-    return [d for d in docs if d["kind"] == kind]
-
-
-def pod_specs(docs: list[Manifest]) -> list[tuple[str, dict[str, Any]]]:
-    specs = []
-    for d in docs:
-        if d["kind"] in ("Deployment", "Job"):
-            specs.append((f"{d['kind']}/{d['metadata']['name']}", d["spec"]["template"]["spec"]))
-    return specs
-
-
-def env_of(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {e["name"]: e for e in container.get("env", [])}
-
-
-def server_deployment(docs: list[Manifest]) -> Manifest:
-    (dep,) = [
-        d
-        for d in of_kind(docs, "Deployment")
-        if d["metadata"]["labels"]["app.kubernetes.io/component"] == "server"
-    ]
-    return dep
-
-
-def server_container(docs: list[Manifest]) -> dict[str, Any]:
-    (container,) = server_deployment(docs)["spec"]["template"]["spec"]["containers"]
-    assert container["name"] == "authz"
-    return dict(container)
-
-
-def connector_deployments(docs: list[Manifest]) -> dict[str, Manifest]:
-    return {
-        d["metadata"]["labels"]["authz.connector/name"]: d
-        for d in of_kind(docs, "Deployment")
-        if d["metadata"]["labels"]["app.kubernetes.io/component"] == "connector"
-    }
-
-
-def matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
-    return all(labels.get(k) == v for k, v in selector.items())
-
+from tests.helm.rendering import (
+    CHART_DIR,
+    CUSTOM_KINDS,
+    DATABASE_URL,
+    DEPLOY_DOC,
+    KUBE_VERSIONS,
+    MIGRATE_URL,
+    MINIMAL,
+    NAMESPACE,
+    OPERATOR_KEY,
+    ROOT,
+    SECRET_KEY,
+    SECRET_LOOKING,
+    connector_deployments,
+    env_of,
+    manifests,
+    matches,
+    of_kind,
+    only,
+    pod_specs,
+    production,
+    render,
+    server_container,
+    server_deployment,
+    with_values,
+)
 
 # --- rendering, lint, Kubernetes schemas --------------------------------------------------------
 
@@ -472,209 +382,6 @@ def test_service_monitor_is_off_by_default_and_scrapes_the_metrics_port_when_on(
     env = env_of(server_container(docs))
     assert env["AUTHZ_TELEMETRY"]["value"] == "on"
     assert env["AUTHZ_METRICS_LISTEN"]["value"] == "0.0.0.0:9464"
-
-
-# --- connectors ---------------------------------------------------------------------------------
-
-
-def connector_config(docs: list[Manifest], dep: Manifest) -> dict[str, Any]:
-    spec = dep["spec"]["template"]["spec"]
-    (volume,) = [v for v in spec["volumes"] if "configMap" in v]
-    config_map = only(docs, "ConfigMap", volume["configMap"]["name"])
-    mount = next(m for m in spec["containers"][0]["volumeMounts"] if m["name"] == volume["name"])
-    command = spec["containers"][0]["command"]
-    assert command[command.index("--config") + 1] == f"{mount['mountPath']}/config.yaml"
-    config: dict[str, Any] = yaml.safe_load(config_map["data"]["config.yaml"])
-    return config
-
-
-def test_connectors_render_one_deployment_each(chart: helm.Chart) -> None:
-    docs = manifests(chart, production())
-    deps = connector_deployments(docs)
-    assert set(deps) == {"support-tg", "support-sl"}
-    for name, platform in (("support-tg", "telegram"), ("support-sl", "slack")):
-        dep = deps[name]
-        assert dep["spec"]["replicas"] == 1
-        (container,) = dep["spec"]["template"]["spec"]["containers"]
-        assert container["command"][:4] == [
-            "authz-connector",
-            platform,
-            "--config",
-            "/etc/authz-connector/config.yaml",
-        ]
-        config = connector_config(docs, dep)
-        assert config["platform"] == platform
-        assert config["address"] == f"authz.{NAMESPACE}.svc:50051"
-        assert config["send_listen"] == "127.0.0.1:8787"
-        assert config["agent_url"] == "http://support-agent.agents.svc:9000/turn"
-        assert config["agent_id"] == "support"
-        assert "api_key_file" not in config
-    assert connector_config(docs, deps["support-tg"])["channel_id"] == "tg-support"
-    assert connector_config(docs, deps["support-sl"])["slack"] == {"listen": "0.0.0.0:3000"}
-    # Telegram allows one poller per token: never two pods at once.
-    assert deps["support-tg"]["spec"]["strategy"] == {"type": "Recreate"}
-
-
-def test_slack_lookup_email_reaches_the_config_only_when_on(chart: helm.Chart) -> None:
-    for on in (True, False):
-        values = production()
-        slack = next(c for c in values["connectors"] if c["name"] == "support-sl")
-        slack["slack"]["lookupEmail"] = on
-        docs = manifests(chart, values)
-        section = connector_config(docs, connector_deployments(docs)["support-sl"])["slack"]
-        assert section == (
-            {"listen": "0.0.0.0:3000", "lookup_email": True} if on else {"listen": "0.0.0.0:3000"}
-        )
-
-
-def test_connector_secrets_come_from_the_named_secrets(chart: helm.Chart) -> None:
-    deps = connector_deployments(manifests(chart, production()))
-
-    def refs(name: str) -> dict[str, dict[str, Any]]:
-        env = env_of(deps[name]["spec"]["template"]["spec"]["containers"][0])
-        return {k: v["valueFrom"]["secretKeyRef"] for k, v in env.items()}
-
-    assert refs("support-tg") == {
-        "AUTHZ_CONNECTOR_API_KEY": {"name": "support-tg-connector", "key": "api-key"},
-        "TELEGRAM_BOT_TOKEN": {"name": "support-tg-bot", "key": "token"},
-    }
-    assert refs("support-sl") == {
-        "AUTHZ_CONNECTOR_API_KEY": {"name": "support-sl-connector", "key": "api-key"},
-        "SLACK_BOT_TOKEN": {"name": "support-sl-bot", "key": "bot-token"},
-        "SLACK_SIGNING_SECRET": {"name": "support-sl-bot", "key": "signing-secret"},
-    }
-
-
-def test_slack_connector_gets_a_service_for_its_events(chart: helm.Chart) -> None:
-    docs = manifests(chart, production())
-    deps = connector_deployments(docs)
-    services = [s for s in of_kind(docs, "Service") if s["metadata"]["name"] != "authz"]
-    (service,) = services
-    assert service["metadata"]["name"] == "authz-support-sl"
-    assert matches(service["spec"]["selector"], deps["support-sl"]["spec"]["template"]["metadata"]["labels"])
-    assert not matches(
-        service["spec"]["selector"], deps["support-tg"]["spec"]["template"]["metadata"]["labels"]
-    )
-    (port,) = service["spec"]["ports"]
-    container = deps["support-sl"]["spec"]["template"]["spec"]["containers"][0]
-    named = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert named[port["targetPort"]] == 3000 == port["port"]
-    assert container["readinessProbe"]["tcpSocket"] == {"port": port["targetPort"]}
-
-
-def test_discord_connector(chart: helm.Chart) -> None:
-    connector = {
-        "name": "ops-dc",
-        "platform": "discord",
-        "channelId": "ops-dc",
-        "sendPort": 9100,
-        "tokenSecret": {"name": "ops-dc-bot"},
-        "apiKeySecret": {"name": "ops-dc-connector", "key": "key"},
-    }
-    docs = manifests(chart, with_values(MINIMAL, connectors=[connector]))
-    dep = connector_deployments(docs)["ops-dc"]
-    container = dep["spec"]["template"]["spec"]["containers"][0]
-    assert container["command"][:2] == ["authz-connector", "discord"]
-    assert env_of(container)["DISCORD_BOT_TOKEN"]["valueFrom"]["secretKeyRef"] == {
-        "name": "ops-dc-bot",
-        "key": "token",
-    }
-    config = connector_config(docs, dep)
-    assert config["agent_url"] == "echo"
-    assert config["send_listen"] == "127.0.0.1:9100"
-    assert "9100/healthz" in " ".join(container["livenessProbe"]["exec"]["command"])
-    assert [s["metadata"]["name"] for s in of_kind(docs, "Service")] == ["authz-authz-service"]
-
-
-def test_duplicate_connector_names_are_refused(chart: helm.Chart) -> None:
-    tg = production()["connectors"][0]
-    with pytest.raises(helm.HelmError, match="two connectors map to the object name"):
-        render(chart, with_values(MINIMAL, connectors=[tg, tg]))
-
-
-# --- values.schema.json -------------------------------------------------------------------------
-
-
-BAD_VALUES = [
-    pytest.param({"replicaCount": 0}, "/replicaCount", id="zero-replicas"),
-    pytest.param({"replicaCount": "three"}, "/replicaCount", id="replicas-not-integer"),
-    pytest.param({"service.port": "grpc"}, "/service/port", id="port-not-integer"),
-    pytest.param({"autoscaling.enabled": "yes"}, "/autoscaling/enabled", id="enabled-not-boolean"),
-    pytest.param({"replicas": 3}, "replicas", id="unknown-key"),
-    pytest.param({"secrets.secretKey": "short"}, "/secrets/secretKey", id="short-secret-key"),
-    pytest.param({"secrets.operatorKey": "azk." + "x" * 30}, "/secrets/operatorKey", id="operator-key-azk"),
-    pytest.param({"secrets.databaseUrl": "mysql://x"}, "/secrets/databaseUrl", id="database-url-scheme"),
-    pytest.param(
-        {"secrets.existingSecret": "authz-secrets"}, "/secrets/databaseUrl", id="existing-and-inline"
-    ),
-    pytest.param({"extraEnv": {"MY_API_TOKEN": "x"}}, "/extraEnv/MY_API_TOKEN", id="secret-in-extra-env"),
-    pytest.param({"podAntiAffinity": "always"}, "/podAntiAffinity", id="anti-affinity-enum"),
-    pytest.param({"config.logLevel": "TRACE"}, "/config/logLevel", id="log-level-enum"),
-    pytest.param({"probes.liveness": {"grpc": {"port": 1}}}, "/probes/liveness", id="probe-not-timing"),
-]
-CONNECTOR = {
-    "name": "support-tg",
-    "platform": "telegram",
-    "channelId": "tg-support",
-    "tokenSecret": {"name": "bot"},
-    "apiKeySecret": {"name": "key"},
-}
-BAD_CONNECTORS = [
-    pytest.param({"platform": "irc"}, "/connectors/0/platform", id="unknown-platform"),
-    pytest.param({"name": "Support_TG"}, "/connectors/0/name", id="name-not-dns"),
-    pytest.param({"channelId": 42}, "/connectors/0/channelId", id="channel-not-string"),
-    pytest.param({"agentUrl": "ftp://agent"}, "/connectors/0/agentUrl", id="agent-url"),
-    pytest.param({"tokenSecret": None}, "/connectors/0", id="missing-token-secret"),
-    pytest.param(
-        {"apiKeySecret": {"key": "k"}}, "/connectors/0/apiKeySecret", id="api-key-secret-without-name"
-    ),
-    pytest.param({"token": "123:abc"}, "/connectors/0", id="inline-token"),
-    pytest.param(
-        {"platform": "slack", "slack": {"lookupEmail": "yes"}},
-        "/connectors/0/slack/lookupEmail",
-        id="lookup-email-not-boolean",
-    ),
-]
-
-
-@pytest.mark.parametrize(("overrides", "field"), BAD_VALUES)
-def test_schema_rejects_bad_values_naming_the_field(
-    chart: helm.Chart, overrides: dict[str, Any], field: str
-) -> None:
-    values = with_values(MINIMAL, **overrides)
-    with pytest.raises(helm.HelmValuesError, match=re.escape(field)):
-        render(chart, values)
-    with pytest.raises(helm.HelmValuesError, match=re.escape(field)):
-        chart.validate_schema(values)
-
-
-@pytest.mark.parametrize(("change", "field"), BAD_CONNECTORS)
-def test_schema_rejects_bad_connectors_naming_the_field(
-    chart: helm.Chart, change: dict[str, Any], field: str
-) -> None:
-    connector = {**CONNECTOR, **change}
-    connector = {k: v for k, v in connector.items() if v is not None}
-    chart.validate_schema(with_values(MINIMAL, connectors=[CONNECTOR]))  # the baseline passes
-    with pytest.raises(helm.HelmValuesError, match=re.escape(field)):
-        render(chart, with_values(MINIMAL, connectors=[connector]))
-
-
-@pytest.mark.parametrize(
-    ("overrides", "message"),
-    [
-        (
-            {"config.dbPoolMin": 20, "config.dbPoolMax": 10},
-            "config.dbPoolMax (10) must be at least config.dbPoolMin (20)",
-        ),
-        (
-            {"autoscaling.enabled": True, "autoscaling.minReplicas": 5, "autoscaling.maxReplicas": 2},
-            "autoscaling.maxReplicas (2) must be at least autoscaling.minReplicas (5)",
-        ),
-    ],
-)
-def test_cross_field_checks(chart: helm.Chart, overrides: dict[str, Any], message: str) -> None:
-    with pytest.raises(helm.HelmError, match=re.escape(message)):
-        render(chart, with_values(MINIMAL, **overrides))
 
 
 # --- NOTES.txt and docs --------------------------------------------------------------------------

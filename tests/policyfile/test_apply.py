@@ -1,4 +1,6 @@
-"""`authz apply -f FILE` and `authz export` against the real service."""
+"""`authz apply -f FILE` against the real service: schema errors, the server's validation,
+what is applied, and a failure in the middle.
+"""
 
 from __future__ import annotations
 
@@ -8,57 +10,12 @@ from textwrap import dedent
 
 import asyncpg
 import pytest
-import yaml
 
 from authz_service.gen.authz.v1 import admin_pb2 as adm
 from authz_service.gen.authz.v1 import common_pb2 as cm
-
-from .conftest import Dsns, Service, Tenant
-from .policy_helpers import Cli, events_after, last_event_id, make_cli
-
-
-@pytest.fixture
-def cli(service: Service, tenant: Tenant) -> Cli:
-    return make_cli(service, tenant)
-
-
-def write(tmp_path: Path, text: str, name: str = "policy.yaml") -> Path:
-    path = tmp_path / name
-    path.write_text(dedent(text).lstrip())
-    return path
-
-
-async def channel_ids(t: Tenant) -> list[str]:
-    return sorted(
-        c.channel_id for c in (await t.admin.admin.ListChannels(adm.ListChannelsRequest())).channels
-    )
-
-
-async def get(t: Tenant, channel_id: str) -> adm.Channel:
-    return await t.admin.admin.GetChannel(adm.GetChannelRequest(channel_id=channel_id))
-
-
-async def senders(t: Tenant, channel_id: str) -> set[tuple[str, str]]:
-    resp = await t.admin.admin.ListGroupSenders(adm.ListGroupSendersRequest(channel_id=channel_id))
-    return {(s.group_id, s.user_id) for s in resp.senders}
-
-
-SUPPORT = """
-    version: 1
-    channels:
-      - id: support-tg
-        platform: telegram
-        policy:
-          dm_policy: pairing
-          owner_id: "100"
-          groups: {"*": {require_mention: true, allowed_commands: [/Help, status]}}
-          bindings: [{user_id: "42", agent_id: admin, tools: {allowed: ["*"]}}]
-          send_policy: {default: deny, allow: [origin, ops-alerts]}
-          rate_limit: {max_messages_per_hour: 60}
-        group_senders:
-          - {group_id: "-1001234", user_id: "42"}
-"""
-
+from tests.conftest import Dsns, Tenant
+from tests.policy_helpers import Cli, events_after, last_event_id
+from tests.policyfile.files import SUPPORT, channel_ids, get, senders, write
 
 # --- schema errors -------------------------------------------------------------------
 
@@ -413,148 +370,6 @@ async def test_tenant_settings_are_applied_exactly(cli: Cli, tenant: Tenant, tmp
     r = await cli("apply", "-f", str(path), "--yes")
     assert r.out.strip() == "no changes", r.text
     assert await events_after(tenant, before) == []
-
-
-# --- risks and acknowledgements ----------------------------------------------------------
-
-OPEN_DMS = """
-    version: 1
-    channels:
-      - id: public
-        platform: telegram{ack}
-        policy:
-          dm_policy: open
-          rate_limit: {{max_messages_per_hour: 30}}
-"""
-
-
-async def test_risky_setting_without_acknowledgement_is_refused(
-    cli: Cli, tenant: Tenant, tmp_path: Path
-) -> None:
-    path = write(tmp_path, OPEN_DMS.format(ack=""))
-    r = await cli("apply", "-f", str(path), "--yes")
-    assert r.code == 2
-    assert (
-        f"{path}:6: channels[0].policy.dm_policy: risk open_dms is not acknowledged: anyone can DM" in r.err
-    )
-    assert "add open_dms to the channel's acknowledge list" in r.err
-    assert await channel_ids(tenant) == []
-    # A dry run refuses too: the file is not appliable.
-    assert (await cli("apply", "-f", str(path), "--dry-run")).code == 2
-
-
-async def test_acknowledged_risk_warns_and_applies(cli: Cli, tenant: Tenant, tmp_path: Path) -> None:
-    path = write(tmp_path, OPEN_DMS.format(ack="\n        acknowledge: [open_dms, auto_approve]"))
-    r = await cli("apply", "-f", str(path), "--yes")
-    assert r.code == 0, r.text
-    assert f"WARNING: {path}:7: channel public: open_dms (acknowledged): anyone can DM the bot" in r.out
-    assert "note: channel public acknowledges auto_approve, but has no such risk" in r.out
-    assert (await get(tenant, "public")).policy.dm_policy == cm.DM_POLICY_OPEN
-
-
-async def test_each_risk_points_at_its_setting(cli: Cli, tmp_path: Path) -> None:
-    text = dedent("""
-        version: 1
-        channels:
-          - id: risky
-            platform: telegram
-            policy:
-              groups:
-                "-100": {policy: open, require_mention: false}
-              send_policy: {default: allow}
-              agent_send_policies:
-                ops: {default: allow}
-              auto_approve:
-                phone_patterns: ["+4930*"]
-            group_senders:
-              - {group_id: "*", user_id: "42"}
-    """).lstrip()
-    path = tmp_path / "policy.yaml"
-    path.write_text(text)
-    r = await cli("apply", "-f", str(path), "--dry-run")
-    assert r.code == 2
-    found = []
-    for line in r.err.splitlines()[:-1]:
-        where, at, problem = line.removeprefix(f"{path}:").split(": ", 2)
-        found.append((int(where), at.removeprefix("channels[0]."), problem.split(":")[0]))
-    assert found == [
-        (7, "policy.groups[-100].policy", "risk open_groups is not acknowledged"),
-        (8, "policy.send_policy.default", "risk send_default_allow is not acknowledged"),
-        (10, "policy.agent_send_policies[ops].default", "risk send_default_allow is not acknowledged"),
-        (11, "policy.auto_approve", "risk auto_approve is not acknowledged"),
-        (14, "group_senders[0]", "risk wildcard_group_sender is not acknowledged"),
-    ]
-
-
-# --- export ----------------------------------------------------------------------------
-
-
-async def test_export_then_apply_is_a_no_op(cli: Cli, tenant: Tenant, tmp_path: Path) -> None:
-    # State made with the admin API, not with a file: everything export must capture.
-    await tenant.admin.admin.SetTenantSettings(
-        adm.TenantSettings(
-            approvers=["telegram:42"], agent_approvers={"ops": adm.ActorList(actors=["telegram:7"])}
-        )
-    )
-    await tenant.channel(
-        "wa", platform=cm.PLATFORM_WHATSAPP, dm_policy=cm.DM_POLICY_OPEN, owner_id="+4915112345678",
-        agent_send_policies={"ops": cm.SendPolicy(default=cm.SEND_DEFAULT_ALLOW, deny=["slack:#exec"])},
-        aliases={"ops-alerts": "slack:#ops"},
-        auto_approve=cm.AutoApprove(phone_patterns=["+4930*"], email_domains=["@Acme.com"]),
-        send_policy=cm.SendPolicy(
-            default=cm.SEND_DEFAULT_DENY, allow=["origin"],
-            time_restrictions=[cm.TimeRestriction(targets=["slack:#exec"], windows=[
-                cm.TimeWindow(days=["mon", "fri"], start="09:00", end="18:00")])]),
-        groups={"*": cm.GroupRule(require_mention=False, policy=cm.GROUP_POLICY_OPEN,
-                                  rate_limit=cm.RateLimit(max_messages_per_hour=5))},
-    )  # fmt: skip
-    await tenant.channel("tg", dm_policy=cm.DM_POLICY_PAIRING)
-    await tenant.admin.admin.AllowGroupSender(adm.GroupSenderRef(channel_id="tg", group_id="*", user_id="42"))
-    await tenant.admin.admin.AllowGroupSender(
-        adm.GroupSenderRef(channel_id="tg", group_id="-5", user_id="43")
-    )
-
-    out = tmp_path / "export.yaml"
-    r = await cli("export", "-o", str(out))
-    assert r.code == 0, r.text
-    assert f"wrote the tenant settings and 2 channels to {out}" in r.err
-    text = out.read_text()
-    doc = yaml.safe_load(text)
-    assert doc["version"] == 1
-    assert [c["id"] for c in doc["channels"]] == ["tg", "wa"]  # sorted
-    wa, tg = doc["channels"][1], doc["channels"][0]
-    assert wa["acknowledge"] == ["open_dms", "open_groups", "send_default_allow", "auto_approve"]
-    assert tg["acknowledge"] == ["wildcard_group_sender"]
-    assert tg["group_senders"] == [{"group_id": "*", "user_id": "42"}, {"group_id": "-5", "user_id": "43"}]
-    assert wa["policy"]["dm_policy"] == "open"
-    assert wa["policy"]["pairing_code_ttl_seconds"] == 300  # defaults written out
-    assert wa["policy"]["auto_approve"]["email_domains"] == ["acme.com"]
-    assert wa["policy"]["send_policy"]["time_restrictions"][0]["windows"][0] == {
-        "days": ["mon", "fri"], "start": "09:00", "end": "18:00"}  # fmt: skip
-    assert doc["tenant"]["approvers"] == ["telegram:42"]
-
-    before = await last_event_id(tenant)
-    r = await cli("apply", "-f", str(out), "--yes")
-    assert r.code == 0, r.text
-    assert r.out.strip().endswith("no changes")
-    assert await events_after(tenant, before) == []
-
-    # Stable: a second export is byte for byte the same.
-    r = await cli("export")
-    assert r.out == text
-
-
-async def test_export_of_an_applied_file_matches_it(cli: Cli, tenant: Tenant, tmp_path: Path) -> None:
-    path = write(tmp_path, SUPPORT)
-    assert (await cli("apply", "-f", str(path), "--yes")).code == 0
-    r = await cli("export")
-    exported = yaml.safe_load(r.out)["channels"][0]
-    assert exported["policy"]["groups"] == {
-        "*": {"require_mention": True, "allowed_commands": ["help", "status"]}
-    }
-    assert exported["policy"]["bindings"] == [{"user_id": "42", "group_id": "*", "agent_id": "admin",
-                                               "tools": {"allowed": ["*"]}}]  # fmt: skip
-    assert "acknowledge" not in exported
 
 
 # --- a failure in the middle ---------------------------------------------------------------

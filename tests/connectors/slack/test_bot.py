@@ -15,10 +15,6 @@ import os
 import signal
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass
-from typing import Any
 
 import aiohttp
 import pytest
@@ -26,27 +22,21 @@ from slack_sdk.errors import SlackApiError
 
 from authz_service.domain.model import ApprovalAction
 from authz_service.domain.pairing import Keyring
-from authz_service.gen.authz.v1 import admin_pb2 as adm
-from authz_service.gen.authz.v1 import authz_pb2 as az
 from authz_service.gen.authz.v1 import common_pb2 as cm
 from sidecars.config import SlackSettings
-from sidecars.http import SendEndpoint
 from sidecars.main import serve
 from sidecars.runtime import (
     ALREADY_RESOLVED,
     INVALID_BUTTON,
     NOT_ALLOWED,
     Connector,
-    Inbound,
     Transport,
 )
-from sidecars.slack import EVENTS_PATH, SlackBot, SlackTransport, run, web_client
-from sidecars.slack.blocks import ACTION_PREFIX
+from sidecars.slack import EVENTS_PATH, run
 from tests.conftest import Service, Tenant
-from tests.connectors.conftest import Call, ConfigFactory, PostSend, RecordingAgent
+from tests.connectors.conftest import Call, ConfigFactory, PostSend
 from tests.connectors.fake_slack import (
     BOT_USER_ID,
-    TEAM_ID,
     FakeSlack,
     app_mention,
     block_actions,
@@ -54,168 +44,21 @@ from tests.connectors.fake_slack import (
     message,
     sign,
 )
-
-TOKEN = "xoxb-test-bot-token"
-SECRET = "test-signing-secret"
-CHANNEL = "sl"
-OWNER, ALICE, MALLORY = "U0OWNER01", "U0ALICE01", "U0MALLORY"
-FORM = "application/x-www-form-urlencoded"
-
-
-def uid(user: str) -> str:
-    """The authz identity of a Slack user of the fake workspace."""
-    return f"{TEAM_ID}:{user}"
-
-
-class ObservedConnector(Connector):
-    """The real flow, counting finished messages: Slack messages are handled
-    after the HTTP response, so silence is only meaningful once they are done."""
-
-    def __init__(self, *args: Any) -> None:
-        super().__init__(*args)
-        self.received: list[Inbound] = []
-        self.handled = 0
-        self._done = asyncio.Condition()
-
-    async def handle_message(self, msg: Inbound) -> None:
-        self.received.append(msg)
-        try:
-            await super().handle_message(msg)
-        finally:
-            async with self._done:
-                self.handled += 1
-                self._done.notify_all()
-
-    async def wait_handled(self, count: int, timeout: float = 5.0) -> None:
-        async with asyncio.timeout(timeout), self._done:
-            await self._done.wait_for(lambda: self.handled >= count)
-
-
-@dataclass
-class Rig:
-    tenant: Tenant
-    fake: FakeSlack
-    connector: ObservedConnector
-    agent: RecordingAgent
-    endpoint: SendEndpoint
-    events_url: str
-    session: aiohttp.ClientSession
-
-    async def post(
-        self,
-        body: str,
-        content_type: str = "application/json",
-        *,
-        secret: str = SECRET,
-        ts: int | None = None,
-        signed: str | None = None,
-    ) -> int:
-        """POST ``body`` to /slack/events, signed (over ``signed`` if given) like Slack does."""
-        headers = {"Content-Type": content_type, **sign(secret, body if signed is None else signed, ts)}
-        async with self.session.post(self.events_url, data=body.encode(), headers=headers) as resp:
-            return resp.status
-
-    async def say(self, user: str, text: str) -> None:
-        """``user`` DMs the bot; returns once the connector has handled it."""
-        before = self.connector.handled
-        assert await self.post(message(user, text)) == 200
-        await self.connector.wait_handled(before + 1)
-
-    async def press(
-        self, presser: str, action: str, posted: dict[str, Any] | None = None, **change: str
-    ) -> int:
-        """``presser`` clicks the ``action`` button on the owner's notification."""
-        posted = posted or self.fake.last_message(dm_channel(OWNER))
-        button = dict(find_button(posted, action), **change)
-        return await self.post(block_actions(presser, posted, button), FORM)
-
-    def sent_to(self, user: str) -> list[str]:
-        return [c.params["text"] for c in self.fake.log.of("chat.postMessage", to(dm_channel(user)))]
-
-    async def pending(self) -> list[cm.Approval]:
-        found = await self.tenant.admin.admin.ListApprovals(adm.ListApprovalsRequest(channel_id=CHANNEL))
-        return list(found.approvals)
-
-    async def status(self, approval_id: str) -> int:
-        got = await self.tenant.admin.admin.GetApproval(adm.GetApprovalRequest(approval_id=approval_id))
-        return got.status
-
-
-def to(channel: str) -> Callable[[Call], bool]:
-    return lambda c: c.params.get("channel") == channel
-
-
-def find_button(posted: dict[str, Any], action: str) -> dict[str, Any]:
-    return next(
-        e
-        for b in posted["blocks"]
-        if b["type"] == "actions"
-        for e in b["elements"]
-        if e["action_id"] == ACTION_PREFIX + action
-    )
-
-
-OpenRig = Callable[..., AbstractAsyncContextManager[Rig]]
-
-
-@pytest.fixture
-def open_rig(
-    tenant: Tenant,
-    connector_config: ConfigFactory,
-    agent: RecordingAgent,
-    send_endpoint: Callable[[Connector], Awaitable[SendEndpoint]],
-) -> OpenRig:
-    """``async with open_rig(lookup_email=..., contact_timeout=..., **policy) as rig``: the
-    channel (owner, open groups, plus ``policy``), the fake Slack and the bot serving it.
-    ``prepare(fake)`` runs before the bot starts."""
-
-    @asynccontextmanager
-    async def open_(
-        *,
-        lookup_email: bool = False,
-        contact_timeout: float = 3.0,
-        prepare: Callable[[FakeSlack], None] = lambda fake: None,
-        **policy: Any,
-    ) -> AsyncIterator[Rig]:
-        await tenant.channel(
-            CHANNEL, cm.PLATFORM_SLACK, owner_id=uid(OWNER), group_policy=cm.GROUP_POLICY_OPEN, **policy
-        )
-        fake = FakeSlack(TOKEN)
-        prepare(fake)
-        await fake.start()
-        settings = SlackSettings(TOKEN, SECRET, "127.0.0.1:0", fake.base_url, lookup_email=lookup_email)
-        config = connector_config("slack", CHANNEL, slack=settings, contact_timeout=contact_timeout)
-        client = web_client(settings)
-        transport = SlackTransport(client, TEAM_ID, lookup_email=settings.lookup_email)
-        connector = ObservedConnector(config, transport, tenant.connector, agent)
-        endpoint = await send_endpoint(connector)
-        bot = SlackBot(connector, client, SECRET, BOT_USER_ID)
-        port = await bot.start(settings.listen)
-        try:
-            async with aiohttp.ClientSession() as session:
-                events_url = f"http://127.0.0.1:{port}{EVENTS_PATH}"
-                yield Rig(tenant, fake, connector, agent, endpoint, events_url, session)
-        finally:
-            await bot.close()
-            await fake.close()
-
-    return open_
-
-
-@pytest.fixture
-async def rig(open_rig: OpenRig) -> AsyncIterator[Rig]:
-    async with open_rig() as opened:
-        yield opened
-
-
-async def start_pairing(rig: Rig) -> cm.Approval:
-    """Alice, a stranger, DMs the bot: she gets a code, the owner gets the buttons."""
-    await rig.say(ALICE, "hello there")
-    assert len(rig.sent_to(ALICE)) == 1 and "Pairing code" in rig.sent_to(ALICE)[0]
-    await rig.fake.log.wait_for("chat.postMessage", to(dm_channel(OWNER)))
-    [approval] = await rig.pending()
-    return approval
-
+from tests.connectors.slack.rig import (
+    ALICE,
+    CHANNEL,
+    FORM,
+    MALLORY,
+    OWNER,
+    SECRET,
+    TOKEN,
+    OpenRig,
+    Rig,
+    find_button,
+    start_pairing,
+    to,
+    uid,
+)
 
 # ---- pairing ----------------------------------------------------------------------
 
@@ -302,135 +145,6 @@ async def test_owner_blocks_and_the_user_is_silenced(rig: Rig) -> None:
     assert len(rig.fake.log.of("chat.postMessage", to(dm_channel(OWNER)))) == owner_posts
     assert await rig.pending() == []
     assert rig.agent.turns == []
-
-
-# ---- auto-approve by email domain (slack.lookup_email) ---------------------------------
-
-COMPANY = cm.AutoApprove(email_domains=["company.com"])
-APPROVED = "✅ You're approved. You can chat now."
-
-
-async def audit(rig: Rig, prefix: str = "") -> list[adm.AuditEvent]:
-    found = await rig.tenant.admin.admin.QueryAudit(adm.QueryAuditRequest(event=prefix))
-    return list(found.events)
-
-
-def logged(caplog: pytest.LogCaptureFixture) -> str:
-    return "\n".join(f"{r.getMessage()} {r.__dict__}" for r in caplog.records)
-
-
-def company_alice(fake: FakeSlack) -> None:
-    fake.add_user(ALICE, "alice@Company.com")  # domains match case-insensitively
-
-
-async def test_requester_with_a_company_email_is_auto_approved(
-    open_rig: OpenRig, caplog: pytest.LogCaptureFixture
-) -> None:
-    caplog.set_level(logging.DEBUG)  # slack_sdk logs whole responses at DEBUG: not this one
-    async with open_rig(lookup_email=True, prepare=company_alice, auto_approve=COMPANY) as rig:
-        await rig.say(ALICE, "hello there")
-
-        # users.info was asked about the bare member id, once, before pairing.
-        assert [c.params["user"] for c in rig.fake.log.of("users.info")] == [ALICE]
-        # Alice is told she is in; the owner hears nothing and nothing is pending.
-        assert rig.sent_to(ALICE) == [APPROVED]
-        assert rig.fake.log.of("conversations.open") == []
-        assert rig.fake.log.of("chat.postMessage", to(dm_channel(OWNER))) == []
-        assert await rig.pending() == []
-
-        check = await rig.tenant.connector.authz.CheckUser(
-            az.CheckUserRequest(channel_id=CHANNEL, user_id=uid(ALICE), chat_kind=cm.CHAT_KIND_DIRECT)
-        )
-        assert (check.decision, check.reason) == (az.DECISION_ALLOW, "paired")
-        await rig.say(ALICE, "what is 2+2?")
-        assert rig.sent_to(ALICE)[-1] == "echo: what is 2+2?"
-        assert len(rig.fake.log.of("users.info")) == 1  # an allowed user is not looked up
-
-        [event] = await audit(rig, "pairing.")
-        assert (event.event, event.actor, event.subject) == (
-            "pairing.auto_approved",
-            "auto:email_domain:company.com",
-            uid(ALICE),
-        )
-        assert json.loads(event.details_json) == {"rule": "email_domain:company.com"}
-        # The address went to the service for the match only: not audited, not logged.
-        assert "alice@" not in " ".join(str(e) for e in await audit(rig)).lower()
-        assert "alice@" not in logged(caplog).lower()
-
-
-def other_domain(fake: FakeSlack) -> None:
-    fake.add_user(ALICE, "alice@other.com")
-
-
-def no_email_scope(fake: FakeSlack) -> None:
-    fake.add_user(ALICE, "alice@company.com")
-    fake.email_scope = False
-
-
-def unconfirmed(fake: FakeSlack) -> None:
-    fake.add_user(ALICE, "alice@company.com", is_email_confirmed=False)
-
-
-def deactivated(fake: FakeSlack) -> None:
-    fake.add_user(ALICE, "alice@company.com", deleted=True)
-
-
-def malformed(fake: FakeSlack) -> None:
-    fake.add_user(ALICE, "alice@@company.com")  # the service would refuse the whole request
-
-
-def failing(fake: FakeSlack) -> None:
-    fake.add_user(ALICE, "alice@company.com")
-    fake.fail("users.info", "ratelimited")
-
-
-def hanging(fake: FakeSlack) -> None:
-    fake.add_user(ALICE, "alice@company.com")
-    fake.stall("users.info")
-
-
-@pytest.mark.parametrize(
-    ("prepare", "warning"),
-    [
-        pytest.param(other_domain, "", id="other-domain"),
-        pytest.param(no_email_scope, "", id="no-users-read-email-scope"),
-        pytest.param(unconfirmed, "", id="email-not-confirmed"),
-        pytest.param(deactivated, "", id="deactivated-member"),
-        pytest.param(malformed, "email field malformed", id="malformed-email"),
-        pytest.param(failing, "(users.info: ratelimited)", id="users-info-fails"),
-        pytest.param(hanging, "(TimeoutError)", id="users-info-times-out"),
-    ],
-)
-async def test_requester_without_a_matching_confirmed_email_pairs_normally(
-    open_rig: OpenRig,
-    caplog: pytest.LogCaptureFixture,
-    prepare: Callable[[FakeSlack], None],
-    warning: str,
-) -> None:
-    caplog.set_level(logging.DEBUG)
-    async with open_rig(lookup_email=True, contact_timeout=0.2, prepare=prepare, auto_approve=COMPANY) as rig:
-        approval = await start_pairing(rig)  # the code for Alice, the buttons for the owner
-        assert [c.params["user"] for c in rig.fake.log.of("users.info")] == [ALICE]
-        assert approval.user_id == uid(ALICE) and approval.status == cm.APPROVAL_STATUS_PENDING
-        assert await audit(rig, "pairing.auto_approved") == []
-        lookups = [r.getMessage() for r in caplog.records if "contact lookup" in r.getMessage()]
-        if warning:  # the failure is logged, naming the user and the cause
-            assert len(lookups) == 1 and uid(ALICE) in lookups[0] and warning in lookups[0]
-        else:  # a lookup that worked but found nothing to report is not a failure
-            assert lookups == []
-        assert "alice@" not in logged(caplog).lower()
-        # Her next message (the request is live: the bot stays quiet) is not another lookup.
-        await rig.say(ALICE, "hello again?")
-        assert len(rig.fake.log.of("users.info")) == 1
-
-
-async def test_without_lookup_email_users_info_is_never_called(open_rig: OpenRig) -> None:
-    async with open_rig(prepare=company_alice, auto_approve=COMPANY) as rig:
-        approval = await start_pairing(rig)
-        assert approval.status == cm.APPROVAL_STATUS_PENDING
-        await rig.say(ALICE, "hello again?")
-        assert rig.fake.log.of("users.info") == []
-        assert await audit(rig, "pairing.auto_approved") == []
 
 
 # ---- presses that must change nothing -----------------------------------------------

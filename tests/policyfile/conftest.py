@@ -1,0 +1,5 @@
+"""The policy file tests' ``cli`` fixture."""
+
+from .files import cli
+
+__all__ = ["cli"]
