@@ -137,3 +137,22 @@ async def test_stale_pairings_and_expired_requests(cli: Cli, tenant: Tenant, dsn
         "no longer be approved, do not count against max_pending, and are marked expired when next touched",
         "2 findings: 0 critical, 0 high, 0 medium, 1 low, 1 info",
     ]
+
+
+async def test_name_only_deny_under_default_allow_is_reported(cli: Cli, tenant: Tenant) -> None:
+    allow_but = cm.SendPolicy(default=cm.SEND_DEFAULT_ALLOW, deny=["#exec", "C0HR0001"])
+    await tenant.channel(
+        "sl", platform=cm.PLATFORM_SLACK, dm_policy=cm.DM_POLICY_ALLOWLIST, send_policy=allow_but
+    )
+    r = await cli("doctor", "--fail-on", "never")
+    assert r.code == 0, r.text
+    [line] = [ln for ln in r.out.splitlines() if "name_only_deny" in ln]
+    assert line.split()[:3] == ["MEDIUM", "sl", "name_only_deny:"]
+    assert "deny '#exec' by name only" in line and "C0HR0001" not in line
+    assert 'fix: join each name to its id with an alias (aliases: {"slack:#exec": "slack:C0EXEC1"})' in line
+
+    # Joined to its id by an alias, the deny covers every spelling: nothing to report.
+    await tenant.channel("sl", platform=cm.PLATFORM_SLACK, dm_policy=cm.DM_POLICY_ALLOWLIST,
+                         send_policy=allow_but, aliases={"slack:#exec": "slack:C0EXEC1"})  # fmt: skip
+    r = await cli("doctor", "--json", "--fail-on", "never")
+    assert [f["code"] for f in json.loads(r.out)["findings"]] == ["send_default_allow"]

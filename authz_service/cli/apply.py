@@ -24,7 +24,7 @@ from .plan import (
     tenant_doc,
 )
 from .policyfile import FORMAT_VERSION, FileTenant, PolicyFile, check, read_policy_file, read_text
-from .schema import PolicyFileInvalid
+from .schema import NestedTooDeeply, PolicyFileInvalid
 from .session import Session, pass_session, session_options
 
 
@@ -38,6 +38,8 @@ def _confirm(question: str) -> bool:
 
 def _refused(filename: str, exc: PolicyFileInvalid) -> CliError:
     """Print every error of the file; the returned error ends the command."""
+    if isinstance(exc, NestedTooDeeply):  # the only error: the file was not read further
+        return CliError(f"{filename}: line {exc.line}: {exc.errors[0].message}; nothing was applied")
     for e in exc.errors:
         click.echo(e.format(filename), err=True)
     n = len(exc.errors)

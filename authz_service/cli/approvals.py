@@ -10,6 +10,7 @@ import click
 import grpc
 
 from .. import names
+from ..domain.display import visible
 from ..gen.authz.v1 import admin_pb2 as adm
 from ..gen.authz.v1 import authz_pb2 as az
 from ..gen.authz.v1 import common_pb2 as cm
@@ -39,6 +40,10 @@ def _relative(when: datetime | None, now: datetime) -> str:
 
 
 def short(text: str, width: int = 40) -> str:
+    """A column's view of agent- or user-written text: hidden characters made
+    visible (docs/security.md), then cut. Never what an approval is decided on:
+    `authz approvals show` prints the call in full."""
+    text = visible(text)
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
@@ -120,13 +125,14 @@ def show(s: Session, approval_id: str) -> int:
     now = datetime.now(UTC)
     width = max(map(len, d)) + 1
     for key, value in d.items():
-        text = fmt(value) or "-"
+        text = visible(fmt(value)) or "-"
         if key in ("created", "expires") and value is not None:
             text += f" ({_relative(value, now)})"
         click.echo(f"{key + ':':<{width}} {text}")
     if a.HasField("tool"):
+        # In full, never cut; hidden characters escaped (still JSON for the same value).
         pretty = json.dumps(arguments, indent=2, sort_keys=True, ensure_ascii=False)
-        click.echo("arguments:\n  " + pretty.replace("\n", "\n  "))
+        click.echo("arguments:\n  " + "\n  ".join(visible(line) for line in pretty.split("\n")))
     return 0
 
 
@@ -193,7 +199,7 @@ def _watch_line(a: cm.Approval) -> str:
         line += f" (risk {names.RISK.label(a.tool.risk)}) {short(a.tool.arguments_json, 60)}"
     elif a.display_name:
         line += f" ({a.display_name})"
-    return line + (f"; reason: {a.reason}" if a.reason and event != "new" else "")
+    return visible(line + (f"; reason: {a.reason}" if a.reason and event != "new" else ""))
 
 
 @approvals.command(help="print approvals as they are requested and resolved")

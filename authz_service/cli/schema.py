@@ -236,8 +236,36 @@ def unknown_field(key: str, known: list[str]) -> str:
     return f"unknown field {key!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
 
 
+# Far deeper than any policy file; PyYAML's composer recurses once per level,
+# so a file nested thousands of levels deep would end in a RecursionError.
+MAX_NESTING = 64
+
+
+class NestedTooDeeply(PolicyFileInvalid):
+    """The file nests mappings and sequences deeper than MAX_NESTING."""
+
+    def __init__(self, line: int) -> None:
+        super().__init__([FileError(line, "", f"YAML nested too deeply (more than {MAX_NESTING} levels)")])
+        self.line = line
+
+
+def _check_nesting(text: str) -> None:
+    """Refuse deep nesting before composing: the parser keeps an explicit stack
+    (no recursion), the composer does not."""
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_NESTING:
+                mark = event.start_mark
+                raise NestedTooDeeply(int(mark.line) + 1 if mark is not None else 1)
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+
+
 def compose(text: str) -> Node | None:
     try:
+        _check_nesting(text)
         return yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark

@@ -14,12 +14,15 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from . import risks
+from . import risks, targets
 from .model import (
     Approval,
     ApprovalStatus,
     Channel,
     DmPolicy,
+    Platform,
+    SendDefault,
+    SendPolicy,
     Subject,
     SubjectSource,
     SubjectStatus,
@@ -59,6 +62,7 @@ AUTO_APPROVE = risks.AUTO_APPROVE
 NO_RATE_LIMIT = "no_rate_limit"
 STALE_PAIRINGS = "stale_pairings"
 EXPIRED_PENDING = "expired_pending"
+NAME_ONLY_DENY = "name_only_deny"
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +112,34 @@ _RISK_FIX = {
 }
 
 
+def _is_name(key: str) -> bool:
+    """A canonical target naming a conversation by name (``slack:#exec``,
+    ``telegram:@board``), not by id: the service cannot tell which id it is."""
+    return key.partition(":")[2].startswith(("#", "@"))
+
+
+def name_only_denies(policy: SendPolicy, aliases: Mapping[str, str], platform: Platform) -> list[str]:
+    """The deny entries of a ``default: allow`` policy that name a conversation
+    only by name: the same conversation by its id (bare, prefixed, or as a
+    copied mention) is another target, so it is allowed. An alias joining an
+    id to the name (either way) covers it."""
+    if policy.default is not SendDefault.ALLOW:
+        return []
+    try:
+        keys = targets.normalise_aliases(aliases, platform)
+    except ValueError:  # two aliases that are one name, or "origin": every send fails closed
+        return []
+
+    def end(target: str) -> str:  # "" where evaluating fails closed (a loop, a foreign digit)
+        try:
+            return targets.resolve(target, keys, platform)
+        except ValueError:
+            return ""
+
+    joined = {end(a) for a in keys if not _is_name(a)}
+    return [entry for entry in policy.deny if _is_name(key := end(entry)) and key not in joined]
+
+
 def _channel_findings(snapshot: Snapshot, channel: Channel) -> list[Finding]:
     cid, p = channel.channel_id, channel.policy
     out: list[Finding] = []
@@ -138,6 +170,19 @@ def _channel_findings(snapshot: Snapshot, channel: Channel) -> list[Finding]:
                 if scope.group_id == risks.OTHER_GROUPS
                 else f"{scope.label} is open but has no rate limit (per group or per user)",
                 "set rate_limit on the channel (per user) or on the group rule (per group)")  # fmt: skip
+
+    policies = [("send_policy", p.send_policy)] + [
+        (f"agent_send_policies[{a}]", p.agent_send_policies[a]) for a in sorted(p.agent_send_policies)
+    ]
+    for where, policy in policies:
+        names = name_only_denies(policy, p.aliases, channel.platform) if policy is not None else []
+        if names:
+            listed = ", ".join(repr(n) for n in names)
+            add(Severity.MEDIUM, NAME_ONLY_DENY,
+                f"{where}: default allow, and deny {listed} by name only: the same conversation by its id "
+                "(bare, prefixed or a copied mention) is another target, so agents can still send there",
+                'join each name to its id with an alias (aliases: {"slack:#exec": "slack:C0EXEC1"}), or use '
+                "default: deny with an allow list")  # fmt: skip
 
     if p.send_policy is None:
         add(Severity.INFO, NO_SEND_POLICY,

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from .model import ApprovalAction
+from dataclasses import dataclass
+
+from . import display
+from .model import ApprovalAction, ToolCall
 
 PAIRED = "✅ Paired! You can chat now."
 DENIED = "❌ Your pairing request was denied."
@@ -33,7 +36,7 @@ def owner_notification(
     *,
     renewal: bool = False,
 ) -> str:
-    who = f"{display_name} ({user_id})" if display_name else user_id
+    who = f"{display.visible(display_name)} ({user_id})" if display_name else user_id
     if renewal:
         lines = [f"🔁 Pairing renewal on {channel_id}", f"From: {who}", "Their previous pairing expired."]
     else:
@@ -58,20 +61,52 @@ def requester_outcome(action: ApprovalAction) -> str:
     return {ApprovalAction.APPROVE: PAIRED, ApprovalAction.DENY: DENIED}.get(action, "")
 
 
-def tool_notification(
-    tool: str, arguments: str, agent_id: str, risk: str, summary: str, requester_id: str, seconds: int
-) -> str:
-    args = arguments if len(arguments) <= 500 else arguments[:499] + "…"
-    lines = [f"🛠️ Approval needed: {tool} ({risk} risk)"]
-    if agent_id:
-        lines.append(f"Agent: {agent_id}")
+# Every tool notification fits one message on every platform: Discord's 2000
+# characters (UTF-16 units) is the smallest limit (Slack's section: 3000,
+# Telegram: 4096 UTF-16 units). A connector never has to cut it.
+MAX_NOTIFICATION = 2000
+# The agent's "why" is its own words, not part of the call: shown cut, marked.
+SUMMARY_SHOWN = 300
+
+
+@dataclass(frozen=True, slots=True)
+class ToolNotice:
+    """The approver's notification of a tool call. ``in_full``: the whole call
+    (tool name and every argument, escaped) is in ``text``, so it may be
+    decided from chat; otherwise it carries no buttons and points to where the
+    call can be read in full."""
+
+    text: str
+    in_full: bool
+
+
+def tool_notification(call: ToolCall, approval_id: str, requester_id: str, seconds: int) -> ToolNotice:
+    """What the approver reads before pressing Approve: the call exactly as it
+    will run (never cut), hidden characters made visible, and the agent's own
+    claims (risk, why) labelled as such: the service does not classify risk."""
+    head = [f"🛠️ Approval needed: {call.tool_name}"]
+    if call.agent_id:
+        head.append(f"Agent: {call.agent_id}")
     if requester_id:
-        lines.append(f"For: {requester_id}")
-    if summary:
-        lines.append(f"Why: {summary}")
-    lines.append(f"Arguments: {args}")
-    lines.append(f"Expires in {max(1, seconds)} s")
-    return "\n".join(lines)
+        head.append(f"For: {requester_id}")
+    head.append(f"Risk (the agent's claim): {call.risk.value}")
+    if call.summary:
+        head.append(f"Why (the agent's words): {display.visible_prefix(call.summary, SUMMARY_SHOWN)}")
+    show = f"authz approvals show {approval_id}"
+    tail = f"Expires in {max(1, seconds)} s. In full: {show}"
+    text = "\n".join([*head, f"Arguments (in full): {display.visible(call.arguments)}", tail])
+    if display.utf16_length(text) <= MAX_NOTIFICATION:
+        return ToolNotice(text, in_full=True)
+    size = display.utf16_length(call.arguments)
+    lines = [
+        *head,
+        f"⚠️ The arguments ({size} characters) are too long to show here, so this call cannot be "
+        "approved from chat. Read it in full and decide with:",
+        show,
+        f"authz approvals approve {approval_id}  (or deny)",
+        f"Expires in {max(1, seconds)} s",
+    ]
+    return ToolNotice("\n".join(lines), in_full=False)
 
 
 def owner_outcome(action: ApprovalAction, actor: str) -> str:

@@ -7,8 +7,10 @@ Precedence, first match wins:
    every alias are normalised (``domain.targets``) on the channel's platform
    (a bare ``C0EXEC1`` on a Slack channel is ``slack:C0EXEC1``), then aliases
    resolve to a canonical target, for the request and every policy entry
-   alike, so neither another spelling, a bare id nor an alias can bypass a
-   deny.
+   alike, so neither another spelling of what a deny names (bare or
+   prefixed, any case, a mention) nor an alias of it can bypass the deny. A
+   name and an id stay two targets unless an alias joins them: a deny of
+   ``#exec`` does not cover ``C0EXEC1`` (``domain.doctor.name_only_denies``).
 3. The policy is the agent's own on the channel (``agent_send_policies``),
    else the channel's (``send_policy``). With no policy at all, only the origin
    conversation is allowed (the seed allows everything; we fail closed: a

@@ -127,14 +127,18 @@ async def request_approval(ctx: Context, req: ToolRequest) -> ToolRequestResult:
     if grant is not None:
         return ToolRequestResult(approval, created=False, approvers=approvers)
     seconds = int((approval.expires_at - now).total_seconds())
+    notice = messages.tool_notification(call, approval.approval_id, req.requester_id, seconds)
+    # Buttons only when the approver can read the whole call: a call too long
+    # for one message stays pending for `authz approvals` or the admin API.
+    actions = (
+        (ApprovalAction.APPROVE, ApprovalAction.DENY, ApprovalAction.ALWAYS_ALLOW) if notice.in_full else ()
+    )
     notification = OwnerNotification(
         owner_id=channel.policy.owner_id if channel else "",
-        text=messages.tool_notification(
-            req.tool_name, arguments, req.agent_id, req.risk.value, req.summary, req.requester_id, seconds
-        ),
+        text=notice.text,
         buttons=tuple(
             Button(a, messages.BUTTON_LABELS[a], ctx.keyring.callback_payload(t, approval.approval_id, a))
-            for a in (ApprovalAction.APPROVE, ApprovalAction.DENY, ApprovalAction.ALWAYS_ALLOW)
+            for a in actions
         ),
     )
     return ToolRequestResult(approval, created=True, approvers=approvers, notification=notification)

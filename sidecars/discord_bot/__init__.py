@@ -184,9 +184,12 @@ class DiscordTransport:
     async def send_direct(self, user_id: str, text: str, buttons: Sequence[ButtonSpec] = ()) -> None:
         user = await self.bot.fetch_user(_snowflake(user_id))
         dm = await user.create_dm()
-        if buttons:
-            await dm.send(text[:MAX_CONTENT], view=approval_view(buttons))
+        if buttons and len(text) <= MAX_CONTENT:
+            await dm.send(text, view=approval_view(buttons))
             return
+        if buttons:  # never a decision on a cut text: the whole text, and no buttons
+            log.warning("notification to %s too long for one message (%d characters): sent without buttons",
+                        user_id, len(text))  # fmt: skip
         for part in _parts(text):
             await dm.send(part)
 

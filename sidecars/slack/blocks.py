@@ -41,6 +41,11 @@ def _section(text: str, block_id: str) -> Block:
     }
 
 
+def fits_one_section(text: str) -> bool:
+    """Whether ``text`` is shown whole in one section: buttons go only under a whole text."""
+    return len(text) <= _SECTION_MAX
+
+
 def approval_blocks(text: str, buttons: Sequence[ButtonSpec]) -> list[Block]:
     """The owner's notification: the service's text, then Approve / Deny / Block.
 

