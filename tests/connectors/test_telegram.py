@@ -157,7 +157,7 @@ async def test_pairing_approve_then_chat(make_bot: MakeBot, tenant: Tenant) -> N
 
     await bot.say(ALICE, "what's up?")
     assert [t.text for t in bot.agent.turns] == ["what's up?"]
-    assert bot.agent.turns[0].session_id == f"telegram:{ALICE}"
+    assert bot.connector.origin_of(bot.agent.turns[0].session_id) == str(ALICE)
     assert bot.fake.texts(ALICE)[-1] == "echo: what's up?"
     assert await pending(tenant) == []
 
@@ -281,7 +281,7 @@ async def test_group_messages_need_a_mention(make_bot: MakeBot) -> None:
     await bot.say(ALICE, mention, chat_id=GROUP, chat_type="supergroup", entities=[entity])
     await bot.say(ALICE, "pong?", chat_id=GROUP, chat_type="group", reply_to_bot=True)
     assert bot.fake.texts(GROUP) == [f"echo: {mention}", "echo: pong?"]
-    assert bot.agent.turns[0].session_id == f"telegram:{GROUP}"
+    assert bot.connector.origin_of(bot.agent.turns[0].session_id) == str(GROUP)
 
 
 async def test_agent_send_is_gated(
@@ -289,7 +289,7 @@ async def test_agent_send_is_gated(
 ) -> None:
     bot = await make_bot(dm_policy=cm.DM_POLICY_OPEN, send_policy=SEND_POLICY)
     endpoint = await send_endpoint(bot.connector)
-    session = f"telegram:{ALICE}"
+    guessed = f"telegram:{ALICE}"  # the chat's name is no session id
 
     status, body = await post_send(endpoint.url, {"target": "5555", "text": "leak", "origin": str(ALICE)})
     assert status == 403
@@ -299,11 +299,14 @@ async def test_agent_send_is_gated(
     status, body = await post_send(endpoint.url, {"target": "5555", "text": "leak", "origin": "5555"})
     assert status == 403 and body["reason"].startswith("Failed to send to 5555")
     # No session handed out yet: there is no origin to send to.
-    status, body = await post_send(endpoint.url, {"target": "origin", "text": "leak", "session_id": session})
+    status, body = await post_send(endpoint.url, {"target": "origin", "text": "leak", "session_id": guessed})
     assert status == 403 and body["reason"].startswith("Failed to send to origin")
     assert bot.fake.log.of("sendMessage") == []
 
     await bot.say(ALICE, "hello")  # allowed and handed to the agent: the session's origin is Alice's chat
+    session = bot.agent.turns[-1].session_id
+    status, _ = await post_send(endpoint.url, {"target": "origin", "text": "leak", "session_id": guessed})
+    assert status == 403  # still: only the id the agent was handed names the session
     status, body = await post_send(
         endpoint.url, {"target": "origin", "text": "hello from the agent", "session_id": session}
     )
