@@ -24,7 +24,7 @@ from sidecars.config import ConfigError, load_config
 from sidecars.http import SendEndpoint, is_loopback_host, start_send_endpoint
 from sidecars.main import make_client
 from sidecars.runtime import ButtonSpec, Connector, HttpAgent, Inbound, is_command
-from tests.conftest import Tenant
+from tests.conftest import Service, Tenant
 from tests.connectors.conftest import SEND_TOKEN, ConfigFactory, PostSend, RecordingAgent
 
 ALICE = "2002"
@@ -586,6 +586,30 @@ async def test_service_outage_routes_nothing(
         await client.close()
     assert agent.turns == []
     assert transport.texts == [] and transport.directs == []
+
+
+async def test_connector_warns_once_when_its_key_travels_in_the_clear(
+    service: Service, tenant: Tenant, connector_config: ConfigFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """0.0.0.0 reaches the local service (Linux) but is no loopback address."""
+    await tenant.channel("tg", cm.PLATFORM_TELEGRAM, dm_policy=cm.DM_POLICY_OPEN, send_policy=SEND_POLICY)
+    remote = "0.0.0.0:" + service.address.rpartition(":")[2]
+    config = connector_config("telegram", "tg", address=remote)
+    transport = RecordingTransport()
+    with caplog.at_level(logging.WARNING, logger="authz_service.client"):
+        client = make_client(config)
+        try:
+            connector = Connector(config, transport, client, RecordingAgent())
+            for text in ("one", "two"):
+                await connector.handle_message(dm(text))
+        finally:
+            await client.close()
+        local = make_client(connector_config("telegram", "tg"))
+        await local.close()
+    assert transport.texts == [(ALICE, "echo: one"), (ALICE, "echo: two")]  # the calls went through
+    warned = [r.getMessage() for r in caplog.records if "without TLS" in r.getMessage()]
+    assert len(warned) == 1 and remote in warned[0]
+    assert config.api_key not in caplog.text
 
 
 async def test_reply_denied_by_send_policy_is_not_delivered(
