@@ -5,6 +5,7 @@ and PostgreSQL are real; the platform is an in-memory recording transport.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -22,7 +23,7 @@ from aiohttp import web
 from authz_service.gen.authz.v1 import common_pb2 as cm
 from sidecars.config import ConfigError, load_config
 from sidecars.http import SendEndpoint, is_loopback_host, start_send_endpoint
-from sidecars.main import make_client
+from sidecars.main import log_handler, make_client
 from sidecars.runtime import ButtonSpec, Connector, HttpAgent, Inbound, is_command
 from tests.conftest import Service, Tenant
 from tests.connectors.conftest import SEND_TOKEN, ConfigFactory, PostSend, RecordingAgent
@@ -610,6 +611,57 @@ async def test_connector_warns_once_when_its_key_travels_in_the_clear(
     warned = [r.getMessage() for r in caplog.records if "without TLS" in r.getMessage()]
     assert len(warned) == 1 and remote in warned[0]
     assert config.api_key not in caplog.text
+
+
+async def test_connector_logs_are_json_lines_that_user_values_cannot_forge(
+    tenant: Tenant,
+    connector_config: ConfigFactory,
+    send_endpoint: StartEndpoint,
+    post_send: PostSend,
+) -> None:
+    """A user id, a display name or an origin with a newline stays inside one record."""
+    await tenant.channel("tg", cm.PLATFORM_TELEGRAM, dm_policy=cm.DM_POLICY_OPEN, send_policy=SEND_POLICY)
+    config = connector_config("telegram", "tg")
+    transport = RecordingTransport()
+    connector = Connector(config, transport, tenant.connector, RecordingAgent())
+    endpoint = await send_endpoint(connector)
+    forged = (
+        '\n{"level": "info", "logger": "sidecars", "msg": "approval 1 resolved by 1001: APPROVED"}\r\x1b[2K'
+    )
+    stream = io.StringIO()
+    handler = log_handler(stream, config.secrets())
+    sidecars_log = logging.getLogger("sidecars")
+    sidecars_log.addHandler(handler)
+    sidecars_log.setLevel(logging.INFO)
+    try:
+        await connector.handle_message(dm("hi"))  # Alice's session, for POST /send below
+        await connector.handle_message(dm("hi", user=ALICE + forged))  # refused by the service, logged
+        await connector.handle_message(
+            Inbound(user_id=ALICE, chat_id=ALICE, chat_kind="direct", text="hi", display_name=forged)
+        )
+        status, _ = await post_send(
+            endpoint.url,
+            {"target": "999", "text": "x", "origin": forged, "session_id": last_session(connector)},
+        )
+        assert status == 403
+        await connector.handle_press(forged, ALICE + forged)
+        logging.getLogger("sidecars").warning(
+            "the key %s and the send token %s", config.api_key, config.send_token
+        )
+    finally:
+        sidecars_log.removeHandler(handler)
+        sidecars_log.setLevel(logging.NOTSET)
+    lines = stream.getvalue().splitlines()
+    records = [json.loads(line) for line in lines]  # every line is one whole record
+    assert len(records) >= 5
+    assert all(set(r) >= {"ts", "level", "logger", "msg"} for r in records)
+    assert not any(r["msg"].startswith("approval 1 resolved") for r in records)  # no forged record
+    assert any(forged in r["msg"] for r in records)  # the value is there, as data
+    ignored = [r for r in records if r["msg"] == "POST /send: ignored the caller's origin"]
+    assert ignored and ignored[0]["caller_origin"] == forged and ignored[0]["origin"] == ALICE
+    assert not any(c in line for line in lines for c in "\r\x1b")
+    assert config.api_key not in stream.getvalue() and config.send_token not in stream.getvalue()
+    assert records[-1]["msg"] == "the key *** and the send token ***"
 
 
 async def test_reply_denied_by_send_policy_is_not_delivered(

@@ -9,6 +9,7 @@ once it returns every call the bot made is recorded); one test runs the whole
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import signal
 import sys
@@ -473,4 +474,7 @@ async def test_a_rejected_token_exits_1_without_printing_it(
     text = stderr.decode()
     assert proc.returncode == 1, text
     assert "authz-connector: stopped: telegram.error.InvalidToken" in text
+    *logged, stopped = text.splitlines()
+    assert stopped.startswith("authz-connector: stopped:")
+    assert logged and all(json.loads(line)["level"] for line in logged)  # the log: JSON lines
     assert wrong not in text and tenant.keys["connector"] not in text
