@@ -22,9 +22,9 @@ The connector decides the ``origin`` of every agent send itself: a session it
 handed to the agent (an inbound message from that chat was allowed and passed
 to the agent) maps to that chat, in a bounded in-memory map (the
 :data:`MAX_SESSIONS` most recently active sessions; ``sessions.py``). Session
-ids are random, so only the agent runtime that was handed one can name it. The caller of ``POST /send``
-names a session, never an origin; an unknown session has none, so a send to
-``origin`` is refused. Besides that map the connector keeps no state but its
+ids are random, so only the agent runtime that was handed one can name it. The
+caller of ``POST /send`` names a session, never an origin; an unknown session
+has none, so a send to ``origin`` is refused. Besides that map the connector keeps no state but its
 configuration, so it can restart at any time (earlier sessions have no origin
 until their chat writes again).
 
