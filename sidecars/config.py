@@ -9,9 +9,11 @@ rather than guess (fail closed).
 
 from __future__ import annotations
 
+import logging
 import os
+import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -20,6 +22,8 @@ import yaml
 
 from authz_service.client import RetryPolicy
 
+log = logging.getLogger("sidecars")
+
 PLATFORMS = ("telegram", "slack", "discord")
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 DEFAULT_SEND_LISTEN = "127.0.0.1:8787"
@@ -27,6 +31,10 @@ DEFAULT_SLACK_LISTEN = "127.0.0.1:3000"
 # One try, then up to three more about 0.2 s, 0.4 s and 0.8 s apart (jittered down
 # to half), all within the call's deadline: a restarting service gets ~1.4 s.
 CONNECTOR_RETRY = RetryPolicy(attempts=4, initial_backoff=0.2, max_backoff=0.8)
+SEND_TOKEN_ENV = "AUTHZ_CONNECTOR_SEND_TOKEN"  # noqa: S105 (a variable name)
+SEND_TOKEN_SUFFIX = ".send-token"  # noqa: S105 (a file name)
+# A token the operator chose must be as hard to guess as a generated one (43 characters).
+MIN_SEND_TOKEN = 32
 
 _TOP_KEYS = {
     "platform",
@@ -36,6 +44,7 @@ _TOP_KEYS = {
     "agent_url",
     "agent_id",
     "send_listen",
+    "send_token_file",
     *PLATFORMS,
 }
 _SECTION_KEYS = {
@@ -88,6 +97,8 @@ class ConnectorConfig:
     # the agent id CheckUser returned). Set it to the channel's agent id.
     agent_id: str = "default"
     send_listen: str = DEFAULT_SEND_LISTEN
+    # The bearer secret POST /send requires ("" = the endpoint refuses to start).
+    send_token: str = field(default="", repr=False)
     telegram: TelegramSettings | None = None
     slack: SlackSettings | None = None
     discord: DiscordSettings | None = None
@@ -100,7 +111,7 @@ class ConnectorConfig:
 
     def secrets(self) -> tuple[str, ...]:
         """Every secret in this config, to scrub from error output."""
-        values = [self.api_key]
+        values = [self.api_key, self.send_token]
         if self.telegram is not None:
             values.append(self.telegram.token)
         if self.slack is not None:
@@ -123,7 +134,54 @@ def load_config(path: str | Path, platform: str, env: Mapping[str, str] | None =
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {path} must be a mapping of keys to values")
-    return build_config(raw, platform, env, Path(path).parent)
+    config = build_config(raw, platform, env, Path(path).parent)
+    # Last: a config that is wrong otherwise must not leave a token file behind.
+    return replace(config, send_token=send_token(raw, env, Path(path)))
+
+
+def send_token(raw: Mapping[str, Any], env: Mapping[str, str], config_path: Path) -> str:
+    """The send endpoint's bearer secret: ``AUTHZ_CONNECTOR_SEND_TOKEN``, else the file
+    ``send_token_file`` (default ``<config name>.send-token`` next to the config).
+
+    On first start the file does not exist: a random token is written to it, readable
+    by its owner only, for the agent runtime to read. An existing file that others may
+    read or write is refused, like ssh refuses such a key."""
+    token = env.get(SEND_TOKEN_ENV, "").strip()
+    if token:
+        return _checked_token(token, SEND_TOKEN_ENV)
+    name = _opt_str(raw, "send_token_file") or config_path.stem + SEND_TOKEN_SUFFIX
+    path = config_path.parent / name
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        return _read_token(path, name)
+    except OSError as exc:
+        raise ConfigError(f"send_token_file: cannot create {name}: {exc.strerror}") from exc
+    token = secrets.token_urlsafe(32)
+    with os.fdopen(fd, "w", encoding="ascii") as out:
+        out.write(token + "\n")
+    log.info("generated the send endpoint's token in %s", path)
+    return token
+
+
+def _read_token(path: Path, name: str) -> str:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(fd, encoding="utf-8") as source:
+            if os.fstat(source.fileno()).st_mode & 0o077:
+                raise ConfigError(f"send_token_file: {name} is accessible by other users (chmod 600 {name})")
+            token = source.read().strip()
+    except OSError as exc:
+        raise ConfigError(f"send_token_file: cannot read {name}: {exc.strerror}") from exc
+    return _checked_token(token, f"send_token_file: {name}")
+
+
+def _checked_token(token: str, name: str) -> str:
+    if len(token) < MIN_SEND_TOKEN:
+        raise ConfigError(f"{name}: the send token must be at least {MIN_SEND_TOKEN} characters")
+    if not (token.isascii() and token.isprintable()) or " " in token:
+        raise ConfigError(f"{name}: the send token must be printable ASCII without spaces")
+    return token
 
 
 def build_config(

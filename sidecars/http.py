@@ -18,13 +18,26 @@ runtimes send one) and ignored, with an info log line when it differs.
 
 ``GET /healthz`` answers 200 ``{"ok": true}``.
 
-It listens on loopback by default: anything that can reach it can make the bot
-speak, within the send policy.
+Who may call it. Anything that can reach it could make the bot speak (within
+the send policy), and a browser on the same machine can reach loopback, so:
+
+- ``POST /send`` needs ``Authorization: Bearer <send token>`` (the config's
+  ``send_token``, compared in constant time), else 401;
+- a request with an ``Origin`` header (what browsers send with every cross-site
+  ``fetch`` or form post) is refused with 403: the agent runtime is no browser;
+- so is one whose ``Host`` is not loopback (``localhost``, 127.0.0.0/8, ``[::1]``)
+  or the literal address the endpoint listens on: DNS rebinding, a web page that
+  renames itself to 127.0.0.1, still sends its own name;
+- the body must be ``Content-Type: application/json`` (415 otherwise), which a
+  page cannot send cross-site without a preflight that it would fail.
 """
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,11 +52,18 @@ log = logging.getLogger("sidecars.http")
 MAX_TEXT = 16_384
 MAX_FIELD = 256
 _CONNECTOR = web.AppKey("connector", Connector)
+_LISTEN_HOST = web.AppKey("listen_host", str)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def build_app(connector: Connector) -> web.Application:
-    app = web.Application(client_max_size=64 * 1024)
+def build_app(connector: Connector, listen_host: str = "127.0.0.1") -> web.Application:
+    """The endpoint's routes; ``listen_host`` is the address it is bound to (a request
+    naming that literal address in ``Host`` is accepted besides loopback names)."""
+    if not connector.config.send_token:
+        raise ValueError("the send endpoint needs a send token (ConnectorConfig.send_token)")
+    app = web.Application(client_max_size=64 * 1024, middlewares=[_local_callers_only])
     app[_CONNECTOR] = connector
+    app[_LISTEN_HOST] = listen_host
     app.router.add_post("/send", _send)
     app.router.add_get("/healthz", _healthz)
     return app
@@ -67,7 +87,7 @@ class SendEndpoint:
 async def start_send_endpoint(connector: Connector, listen: str) -> SendEndpoint:
     """Serve the endpoint on ``listen`` ("host:port"; port 0 picks a free port)."""
     host, port = parse_listen(listen)
-    runner = web.AppRunner(build_app(connector), access_log=None)
+    runner = web.AppRunner(build_app(connector, host), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
@@ -76,8 +96,59 @@ async def start_send_endpoint(connector: Connector, listen: str) -> SendEndpoint
     return SendEndpoint(runner, host, bound)
 
 
-def _reject(status: int, reason: str) -> web.Response:
-    return web.json_response({"allow": False, "reason": reason}, status=status)
+def _reject(status: int, reason: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response({"allow": False, "reason": reason}, status=status, headers=headers)
+
+
+def is_loopback_host(host: str) -> bool:
+    """``localhost`` or a loopback IP literal (``Host`` header form: IPv6 in brackets, a port)."""
+    name = _host_name(host)
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def _host_name(host: str) -> str:
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1:].partition("]")[0]
+    name, sep, port = host.rpartition(":")
+    return name if sep and port.isdigit() and ":" not in name else host
+
+
+@web.middleware
+async def _local_callers_only(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Refuse browsers (``Origin``) and foreign names (``Host``) before anything else."""
+    if "Origin" in request.headers:
+        log.warning(
+            "%s %s refused: the request has an Origin header (a browser)", request.method, request.path
+        )
+        return _reject(403, "requests from browsers are not accepted")
+    host = request.headers.get("Host", "")
+    listen = request.app[_LISTEN_HOST]
+    if not (is_loopback_host(host) or (_is_ip(listen) and _host_name(host) == _host_name(listen))):
+        log.warning("%s %s refused: Host is not a loopback address", request.method, request.path)
+        return _reject(403, "the Host header must name a loopback address")
+    return await handler(request)
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        address = ipaddress.ip_address(_host_name(host))
+    except ValueError:
+        return False
+    return not address.is_unspecified  # 0.0.0.0 and :: are no name a client uses
+
+
+def _authorized(request: web.Request) -> bool:
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    expected = request.app[_CONNECTOR].config.send_token
+    # compare_digest always runs, on bytes, so timing tells nothing about the token.
+    match = hmac.compare_digest(given.strip().encode("utf-8", "replace"), expected.encode())
+    return match and scheme.lower() == "bearer"
 
 
 async def _healthz(request: web.Request) -> web.Response:
@@ -85,6 +156,11 @@ async def _healthz(request: web.Request) -> web.Response:
 
 
 async def _send(request: web.Request) -> web.Response:
+    if not _authorized(request):
+        log.warning("POST /send refused: missing or wrong bearer token")
+        return _reject(401, "a valid send token is required", {"WWW-Authenticate": "Bearer"})
+    if request.content_type != "application/json":
+        return _reject(415, "the body must be JSON (Content-Type: application/json)")
     try:
         body: Any = await request.json()
     except ValueError:
@@ -110,11 +186,10 @@ async def _send(request: web.Request) -> web.Response:
     session = fields["session_id"]
     origin = connector.origin_of(session)
     if fields["origin"] and fields["origin"] != origin:
+        # Never the session id: it is what lets a caller speak as that chat.
         log.info(
-            "POST /send: ignored the caller's origin %r for session %r (the connector's: %r)",
-            fields["origin"],
-            session,
-            origin or "none",
+            "POST /send: ignored the caller's origin",
+            extra={"caller_origin": fields["origin"], "origin": origin or "none"},
         )
     try:
         result = await connector.send(fields["target"], fields["text"], origin=origin, session_id=session)

@@ -34,15 +34,17 @@ import argparse
 import asyncio
 import contextlib
 import importlib
+import json
 import logging
 import os
 import signal
 import sys
 import traceback
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any
+from typing import IO, Any
 
 from authz_service.client import Client, TlsConfig, connect
+from authz_service.logs import JsonFormatter
 
 from .config import PLATFORMS, ConfigError, ConnectorConfig, load_config
 from .http import SendEndpoint, start_send_endpoint
@@ -124,17 +126,28 @@ def _scrub(text: str, secrets: Sequence[str]) -> str:
     return text
 
 
-class _ScrubbingFormatter(logging.Formatter):
-    """Libraries log tokens (python-telegram-bot puts the bot token in URLs and in
-    InvalidToken's message): remove every configured secret from every record."""
+class _ScrubbingFormatter(JsonFormatter):
+    """One JSON object per record (the service's format): a user-supplied value with a
+    newline (a display name, an id) stays inside its string and cannot forge a record.
 
-    def __init__(self, inner: logging.Formatter | None, secrets: Sequence[str]) -> None:
+    Libraries log tokens (python-telegram-bot puts the bot token in URLs and in
+    InvalidToken's message): every configured secret is removed from every record,
+    as written and as JSON escapes it."""
+
+    def __init__(self, secrets: Sequence[str] = ()) -> None:
         super().__init__()
-        self._inner = inner or logging.Formatter()
-        self._secrets = secrets
+        forms = {form for secret in secrets for form in (secret, json.dumps(secret)[1:-1])}
+        self._secrets = sorted(forms, key=len, reverse=True)
 
     def format(self, record: logging.LogRecord) -> str:
-        return _scrub(self._inner.format(record), self._secrets)
+        return _scrub(super().format(record), self._secrets)
+
+
+def log_handler(stream: IO[str], secrets: Sequence[str] = ()) -> logging.Handler:
+    """The connector's log handler: JSON lines on ``stream``, scrubbed of ``secrets``."""
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(_ScrubbingFormatter(secrets))
+    return handler
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -145,7 +158,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--config", required=True, metavar="FILE", help="YAML connector config")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler = log_handler(sys.stderr)
+    logging.basicConfig(level=args.log_level, handlers=[handler], force=True)
     # httpx (python-telegram-bot) logs full request URLs, and those contain the bot token.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
@@ -153,8 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"authz-connector: configuration error: {exc}", file=sys.stderr)
         return 2
-    for handler in logging.getLogger().handlers:
-        handler.setFormatter(_ScrubbingFormatter(handler.formatter, config.secrets()))
+    handler.setFormatter(_ScrubbingFormatter(config.secrets()))
     try:
         run_platform = load_platform(config.platform)
     except ImportError as exc:

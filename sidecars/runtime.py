@@ -21,9 +21,10 @@ gates what agents may say.
 The connector decides the ``origin`` of every agent send itself: a session it
 handed to the agent (an inbound message from that chat was allowed and passed
 to the agent) maps to that chat, in a bounded in-memory map (the
-:data:`MAX_SESSIONS` most recently active sessions). The caller of ``POST /send``
-names a session, never an origin; an unknown session has none, so a send to
-``origin`` is refused. Besides that map the connector keeps no state but its
+:data:`MAX_SESSIONS` most recently active sessions; ``sessions.py``). Session
+ids are random, so only the agent runtime that was handed one can name it. The
+caller of ``POST /send`` names a session, never an origin; an unknown session
+has none, so a send to ``origin`` is refused. Besides that map the connector keeps no state but its
 configuration, so it can restart at any time (earlier sessions have no origin
 until their chat writes again).
 
@@ -54,6 +55,7 @@ from authz_service.gen.authz.v1 import common_pb2 as cm
 from authz_service.names import APPROVAL_ACTION
 
 from .config import ConnectorConfig
+from .sessions import Sessions
 
 log = logging.getLogger("sidecars")
 
@@ -248,10 +250,6 @@ def make_agent(agent_url: str) -> Agent:
     return EchoAgent() if agent_url == "echo" else HttpAgent(agent_url)
 
 
-def session_id(platform: str, chat_id: str) -> str:
-    return f"{platform}:{chat_id}"
-
-
 def is_command(text: str) -> bool:
     """``/start`` or ``/pair``, with or without a Telegram ``@botname`` suffix or arguments."""
     head = text.strip().split(maxsplit=1)[0] if text.strip() else ""
@@ -277,8 +275,7 @@ class Connector:
         self.client = client
         self.agent = agent
         self._max_sessions = max_sessions
-        # session id -> the chat it belongs to, oldest activity first
-        self._origins: OrderedDict[str, str] = OrderedDict()
+        self._sessions = Sessions(max_sessions)
         # user id -> (when looked up, what was found): memory only, never logged
         self._contacts: OrderedDict[str, tuple[float, Contact]] = OrderedDict()
 
@@ -287,13 +284,7 @@ class Connector:
     def origin_of(self, session: str) -> str:
         """The chat a session handed to the agent belongs to; "" if this process
         never handed it out (or has forgotten it): no origin."""
-        return self._origins.get(session, "")
-
-    def _remember(self, session: str, chat_id: str) -> None:
-        self._origins[session] = chat_id
-        self._origins.move_to_end(session)
-        while len(self._origins) > self._max_sessions:
-            self._origins.popitem(last=False)
+        return self._sessions.chat_of(session)
 
     # ---- inbound ---------------------------------------------------------------
 
@@ -339,12 +330,12 @@ class Connector:
             await self.transport.send_text(msg.chat_id, check.text)
 
     async def _allowed(self, msg: Inbound, check: az.CheckUserResponse) -> None:
-        session = session_id(self.transport.platform, msg.chat_id)
+        session = ""  # /start and /pair do not reach the agent: no session
         if is_command(msg.text):
             reply = START_REPLY
         else:
             # Before the turn: the runtime may call POST /send with this session during it.
-            self._remember(session, msg.chat_id)
+            session = self._sessions.open(msg.chat_id)
             reply = await self.agent.reply(
                 AgentTurn(
                     channel_id=self.config.channel_id,

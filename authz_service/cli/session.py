@@ -18,7 +18,7 @@ import click
 import grpc
 from google.protobuf.message import Message
 
-from ..client import DEFAULT_ADDRESS, SyncClient, TlsConfig, connect_sync
+from ..client import DEFAULT_ADDRESS, SyncClient, TlsConfig, connect_sync, is_loopback, plaintext_warning
 from . import output
 from .errors import CliError, RpcFailed
 
@@ -41,6 +41,7 @@ class Session:
     address: str | None = None
     api_key: str | None = None
     json: bool = False
+    warned_plaintext: bool = False
 
     def key(self, *, operator: bool = False) -> str:
         """The tenant key (``--api-key``, ``AUTHZ_API_KEY[_FILE]``) or the operator key."""
@@ -61,7 +62,12 @@ class Session:
         except (ValueError, OSError) as exc:
             raise CliError(f"TLS settings: {exc}") from None
         address = self.address or os.environ.get("AUTHZ_ADDRESS") or DEFAULT_ADDRESS
-        return connect_sync(address, self.key(operator=operator), tls=tls)
+        key = self.key(operator=operator)
+        if tls is None and not is_loopback(address) and not self.warned_plaintext:
+            # Once per command, on stderr: --json output on stdout stays parseable.
+            click.echo(f"authz: warning: {plaintext_warning(address)}", err=True)
+            self.warned_plaintext = True
+        return connect_sync(address, key, tls=tls, warn_plaintext=False)
 
     def emit(self, rows: list[dict[str, Any]], columns: list[str]) -> None:
         output.emit(self.json, rows, columns)

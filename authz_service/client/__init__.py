@@ -34,6 +34,7 @@ import grpc
 from ..domain.invites import invite_code_in_message
 from ..gen.authz.v1 import admin_pb2_grpc, authz_pb2, authz_pb2_grpc
 from ..gen.authz.v1 import common_pb2 as cm
+from .plaintext import is_loopback, plaintext_warning
 from .results import (
     ApprovalInfo,
     CheckResult,
@@ -76,6 +77,8 @@ __all__ = [
     "connect_sync",
     "invite_code_to_redeem",
     "is_idempotent",
+    "is_loopback",
+    "plaintext_warning",
 ]
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
@@ -448,6 +451,11 @@ class SyncClient:
         return SendResult(resp.allow, resp.reason, resp.resolved_target)
 
 
+def _check_plaintext(address: str, tls: TlsConfig | None, warn: bool) -> None:
+    if warn and tls is None and not is_loopback(address):
+        log.warning("%s", plaintext_warning(address), extra={"address": address})
+
+
 def _options() -> list[tuple[str, Any]]:
     return [("grpc.max_receive_message_length", 4 * 1024 * 1024)]
 
@@ -460,9 +468,15 @@ def connect(
     timeout: float = DEFAULT_TIMEOUT,
     retry: RetryPolicy = DEFAULT_RETRY,
     stream_timeout: float | None = None,
+    warn_plaintext: bool = True,
 ) -> Client:
     """An async client. ``timeout``: default deadline per unary call;
-    ``stream_timeout``: default deadline of streams (None: none)."""
+    ``stream_timeout``: default deadline of streams (None: none).
+
+    Without ``tls`` to an address that is not loopback or a unix socket, the key
+    travels in the clear: one warning is logged (logger ``authz_service.client``)
+    unless ``warn_plaintext`` is False (a caller that tells the user itself)."""
+    _check_plaintext(address, tls, warn_plaintext)
     policy = _CallPolicy(api_key, timeout, retry)
     interceptors: list[Any] = [_AioUnary(policy), _AioStream(policy, stream_timeout)]
     if tls is None:
@@ -484,7 +498,10 @@ def connect_sync(
     timeout: float = DEFAULT_TIMEOUT,
     retry: RetryPolicy = DEFAULT_RETRY,
     stream_timeout: float | None = None,
+    warn_plaintext: bool = True,
 ) -> SyncClient:
+    """A blocking client; the arguments are :func:`connect`'s."""
+    _check_plaintext(address, tls, warn_plaintext)
     policy = _CallPolicy(api_key, timeout, retry)
     base = (
         grpc.insecure_channel(address, options=_options())

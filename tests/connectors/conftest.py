@@ -31,6 +31,7 @@ from sidecars.runtime import AgentTurn, Connector, EchoAgent
 from tests.conftest import Service, Tenant
 
 FAST_RETRIES = RetryPolicy(attempts=4, initial_backoff=0.01, max_backoff=0.04)
+SEND_TOKEN = "test-send-token-" + "s" * 32  # every test connector's; post_send sends it
 
 
 @dataclass
@@ -99,6 +100,7 @@ def connector_config(service: Service, tenant: Tenant) -> ConfigFactory:
             api_key=tenant.keys["connector"],
             address=service.address,
             send_listen="127.0.0.1:0",
+            send_token=SEND_TOKEN,
             retry=FAST_RETRIES,
         )
         return replace(base, **overrides)
@@ -126,12 +128,16 @@ PostSend = Callable[..., Awaitable[tuple[int, Any]]]
 
 @pytest.fixture
 async def post_send() -> AsyncIterator[PostSend]:
-    """``status, body = await post_send(endpoint.url, {"target": ..., "text": ...})``."""
+    """``status, body = await post_send(endpoint.url, {"target": ..., "text": ...})``, as the
+    agent runtime sends it (the bearer token, JSON); ``headers`` adds or replaces headers."""
     async with aiohttp.ClientSession() as session:
 
-        async def post(url: str, payload: Any = None, *, data: str | None = None) -> tuple[int, Any]:
+        async def post(
+            url: str, payload: Any = None, *, data: str | None = None, headers: dict[str, str] | None = None
+        ) -> tuple[int, Any]:
             kwargs: dict[str, Any] = {"data": data} if data is not None else {"json": payload}
-            async with session.post(url + "/send", **kwargs) as resp:
+            sent = {"Authorization": f"Bearer {SEND_TOKEN}", "Content-Type": "application/json"}
+            async with session.post(url + "/send", headers=sent | (headers or {}), **kwargs) as resp:
                 return resp.status, await resp.json()
 
         yield post

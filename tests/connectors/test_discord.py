@@ -216,7 +216,7 @@ async def test_unknown_user_is_paired_by_the_owner_then_reaches_the_agent(bot: B
     (turn,) = bot.agent.turns
     dm_channel = bot.fake.dm_channel_of(USER)
     assert (turn.user_id, turn.chat_id, turn.text) == (USER, dm_channel, "ping")
-    assert turn.session_id == f"discord:{dm_channel}"
+    assert dm_channel not in turn.session_id and len(turn.session_id) >= 22  # random, 128 bits
     assert len(bot.fake.sent_to(bot.fake.dm_channel_of(OWNER))) == 1, "the owner was asked again"
 
     await bot.dm(USER, "/start")
@@ -316,7 +316,7 @@ async def test_non_owner_press_is_refused_and_the_approval_stays_pending(bot: Bo
 async def test_agent_send_is_gated_by_the_send_policy(bot: Bot, post_send: PostSend) -> None:
     await configure_channel(bot.tenant, dm_policy=cm.DM_POLICY_OPEN)
     origin = bot.fake.dm_channel_of(USER)
-    session = f"discord:{origin}"
+    guessed = f"discord:{origin}"  # the chat's name is no session id
     denied = {
         "allow": False,
         "reason": f"Failed to send to {ELSEWHERE}: target '{ELSEWHERE}' is not permitted by send_policy",
@@ -330,12 +330,15 @@ async def test_agent_send_is_gated_by_the_send_policy(bot: Bot, post_send: PostS
     ):
         assert await post_send(bot.endpoint.url, request) == (403, denied)
     # The session was never handed to the agent: it has no origin.
-    status, _ = await post_send(bot.endpoint.url, {"target": "origin", "text": "x", "session_id": session})
+    status, _ = await post_send(bot.endpoint.url, {"target": "origin", "text": "x", "session_id": guessed})
     assert status == 403
     assert bot.fake.messages == []
     assert not any(ELSEWHERE in c.params["path"] for c in bot.fake.log.calls)
 
     await bot.dm(USER, "ping")  # allowed and handed to the agent
+    status, _ = await post_send(bot.endpoint.url, {"target": "origin", "text": "x", "session_id": guessed})
+    assert status == 403  # still: only the id the agent was handed names the session
+    session = bot.agent.turns[-1].session_id
     status, body = await post_send(
         bot.endpoint.url, {"target": "origin", "text": "hello from the agent", "session_id": session}
     )

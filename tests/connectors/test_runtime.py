@@ -5,7 +5,11 @@ and PostgreSQL are real; the platform is an in-memory recording transport.
 
 from __future__ import annotations
 
+import io
+import json
 import logging
+import os
+import stat
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -18,14 +22,14 @@ from aiohttp import web
 
 from authz_service.gen.authz.v1 import common_pb2 as cm
 from sidecars.config import ConfigError, load_config
-from sidecars.http import SendEndpoint
-from sidecars.main import make_client
+from sidecars.http import SendEndpoint, is_loopback_host, start_send_endpoint
+from sidecars.main import log_handler, make_client
 from sidecars.runtime import ButtonSpec, Connector, HttpAgent, Inbound, is_command
-from tests.conftest import Tenant
-from tests.connectors.conftest import ConfigFactory, PostSend, RecordingAgent
+from tests.conftest import Service, Tenant
+from tests.connectors.conftest import SEND_TOKEN, ConfigFactory, PostSend, RecordingAgent
 
 ALICE = "2002"
-SESSION = f"telegram:{ALICE}"  # the session of Alice's DM (session_id(platform, chat_id))
+GUESSED = f"telegram:{ALICE}"  # what a session id used to be: the chat's name, anyone could guess it
 SEND_POLICY = cm.SendPolicy(default=cm.SEND_DEFAULT_DENY, allow=["origin", "ops"])
 StartEndpoint = Callable[[Connector], Awaitable[SendEndpoint]]
 
@@ -169,6 +173,67 @@ def test_config_errors_name_the_key(
     assert message in str(err.value)
 
 
+def test_send_token_is_generated_once_owner_only(tmp_path: Path) -> None:
+    path = write(tmp_path, "channel_id: tg\n", "bot.yaml")
+    env = {"AUTHZ_CONNECTOR_API_KEY": "k", "TELEGRAM_BOT_TOKEN": "t"}
+    token_file = tmp_path / "bot.send-token"
+    assert not token_file.exists()
+    first = load_config(path, "telegram", env)
+    assert token_file.read_text().strip() == first.send_token and len(first.send_token) >= 43
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    assert first.send_token not in repr(first) and first.send_token in first.secrets()
+    assert load_config(path, "telegram", env).send_token == first.send_token  # kept across restarts
+    other = write(tmp_path, "channel_id: tg2\n", "other.yaml")  # a second connector: its own token
+    assert load_config(other, "telegram", env).send_token != first.send_token
+
+    mine = "m" * 40
+    named = write(tmp_path, "channel_id: tg\nsend_token_file: secret/send.token\n", "named.yaml")
+    (tmp_path / "secret").mkdir()
+    (tmp_path / "secret" / "send.token").write_text(mine + "\n")
+    (tmp_path / "secret" / "send.token").chmod(0o600)
+    assert load_config(named, "telegram", env).send_token == mine
+    assert (
+        load_config(named, "telegram", {**env, "AUTHZ_CONNECTOR_SEND_TOKEN": "e" * 32}).send_token == "e" * 32
+    )
+
+
+@pytest.mark.parametrize(
+    ("content", "mode", "env_token", "message"),
+    [
+        ("x" * 40, 0o644, "", "send_token_file: bot.send-token is accessible by other users"),
+        ("x" * 40, 0o620, "", "is accessible by other users"),
+        (
+            "short",
+            0o600,
+            "",
+            "send_token_file: bot.send-token: the send token must be at least 32 characters",
+        ),
+        ("", 0o600, "", "the send token must be at least 32 characters"),
+        (None, None, "too-short", "AUTHZ_CONNECTOR_SEND_TOKEN: the send token must be at least 32"),
+        (None, None, "a b" * 20, "the send token must be printable ASCII without spaces"),
+    ],
+)
+def test_send_token_refused(
+    tmp_path: Path, content: str | None, mode: int | None, env_token: str, message: str
+) -> None:
+    path = write(tmp_path, "channel_id: tg\n", "bot.yaml")
+    if content is not None and mode is not None:
+        token_file = tmp_path / "bot.send-token"
+        token_file.write_text(content)
+        os.chmod(token_file, mode)
+    env = {"AUTHZ_CONNECTOR_API_KEY": "k", "TELEGRAM_BOT_TOKEN": "t", "AUTHZ_CONNECTOR_SEND_TOKEN": env_token}
+    with pytest.raises(ConfigError) as err:
+        load_config(path, "telegram", env)
+    assert message in str(err.value)
+
+
+def test_broken_config_leaves_no_token_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "channel_id: tg\n", "bot.yaml")
+    with pytest.raises(ConfigError):
+        load_config(path, "telegram", {"AUTHZ_CONNECTOR_API_KEY": "k"})  # no bot token
+    assert not (tmp_path / "bot.send-token").exists()
+
+
 def test_cli_config_error_exits_2_without_leaking_secrets(tmp_path: Path) -> None:
     path = write(tmp_path, "telegram:\n  token: 123:very-secret\n")
     cli = Path(sys.executable).parent / "authz-connector"
@@ -206,6 +271,13 @@ async def make_connector(
     return Connector(config, transport, tenant.connector, RecordingAgent())
 
 
+def last_session(connector: Connector) -> str:
+    """The session id the agent was handed with its latest turn."""
+    agent = connector.agent
+    assert isinstance(agent, RecordingAgent)
+    return agent.turns[-1].session_id
+
+
 async def test_send_endpoint_gates_every_message(
     tenant: Tenant, connector_config: ConfigFactory, send_endpoint: StartEndpoint, post_send: PostSend
 ) -> None:
@@ -221,13 +293,14 @@ async def test_send_endpoint_gates_every_message(
     endpoint = await send_endpoint(connector)
     await connector.handle_message(dm("hello"))  # Alice's session now has her chat as its origin
     assert transport.texts == [(ALICE, "echo: hello")]
+    session = last_session(connector)
 
-    status, body = await post_send(endpoint.url, {"target": "999", "text": "leak", "session_id": SESSION})
+    status, body = await post_send(endpoint.url, {"target": "999", "text": "leak", "session_id": session})
     assert status == 403 and body["allow"] is False
     assert body["reason"].startswith("Failed to send to 999")
     assert len(transport.texts) == 1
 
-    status, body = await post_send(endpoint.url, {"target": ALICE, "text": "hi", "session_id": SESSION})
+    status, body = await post_send(endpoint.url, {"target": ALICE, "text": "hi", "session_id": session})
     assert (status, body) == (200, {"allow": True, "resolved_target": ALICE})
     status, body = await post_send(endpoint.url, {"target": "ops", "text": "deploy done"})
     assert (status, body) == (200, {"allow": True, "resolved_target": "-100777"})
@@ -253,11 +326,12 @@ async def test_send_endpoint_takes_the_origin_from_the_session(
     await connector.handle_message(dm("hello"))
     delivered = [(ALICE, "echo: hello")]
     assert transport.texts == delivered
+    session = last_session(connector)
 
     with caplog.at_level(logging.INFO, logger="sidecars"):
         for request in (
             {"target": "999", "text": "secret", "origin": "999"},
-            {"target": "999", "text": "secret", "origin": "999", "session_id": SESSION},
+            {"target": "999", "text": "secret", "origin": "999", "session_id": session},
             {"target": "999", "text": "secret", "origin": "999", "session_id": "telegram:999"},
             {"target": "origin", "text": "secret", "origin": "999", "session_id": "telegram:999"},
         ):
@@ -266,13 +340,14 @@ async def test_send_endpoint_takes_the_origin_from_the_session(
             assert body["reason"].startswith(f"Failed to send to {request['target']}:"), request
     assert transport.texts == delivered
     ignored = [r.getMessage() for r in caplog.records if "ignored the caller's origin" in r.getMessage()]
-    assert len(ignored) == 4 and f"session '{SESSION}'" in ignored[1]
-    assert not any("secret" in r.getMessage() for r in caplog.records)  # never the message text
+    assert len(ignored) == 4
+    # Never the message text, nor the session id (a capability to speak as that chat).
+    assert not any("secret" in r.getMessage() or session in r.getMessage() for r in caplog.records)
 
     # The session's own chat is the origin, by the token or by its id, whatever "origin" says.
     for target, origin in (("origin", ""), ("origin", "999"), (ALICE, "")):
         status, body = await post_send(
-            endpoint.url, {"target": target, "text": "later", "origin": origin, "session_id": SESSION}
+            endpoint.url, {"target": target, "text": "later", "origin": origin, "session_id": session}
         )
         assert (status, body) == (200, {"allow": True, "resolved_target": ALICE}), target
     assert transport.texts == delivered + [(ALICE, "later")] * 3
@@ -280,7 +355,11 @@ async def test_send_endpoint_takes_the_origin_from_the_session(
 
 @pytest.mark.parametrize(
     "session",
-    [pytest.param("", id="no-session"), pytest.param("telegram:3003", id="unknown-session")],
+    [
+        pytest.param("", id="no-session"),
+        pytest.param("telegram:3003", id="unknown-session"),
+        pytest.param(GUESSED, id="guessed-session"),  # Alice's chat has a session; this is not its id
+    ],
 )
 async def test_send_to_origin_without_a_known_session_is_refused(
     tenant: Tenant,
@@ -310,15 +389,18 @@ async def test_sessions_are_bounded_and_forgotten_oldest_first(
         connector_config("telegram", "tg"), transport, tenant.connector, RecordingAgent(), max_sessions=2
     )
     endpoint = await send_endpoint(connector)
+    sessions: dict[str, str] = {}
     for user in (ALICE, "3003", ALICE, "4004"):  # Alice wrote again: 3003 is the least recent
         await connector.handle_message(dm("hello", user=user))
+        assert sessions.setdefault(user, last_session(connector)) == last_session(connector)
     await connector.handle_message(dm("/start", user="5005"))  # not handed to the agent: no session
+    assert len(connector.agent.turns) == 4  # type: ignore[attr-defined]
+    assert len(set(sessions.values())) == 3  # one per chat, the same on every turn of a chat
 
     expected = {ALICE: 200, "3003": 403, "4004": 200, "5005": 403}
     for user, code in expected.items():
-        status, _ = await post_send(
-            endpoint.url, {"target": "origin", "text": "ping", "session_id": f"telegram:{user}"}
-        )
+        session = sessions.get(user, f"telegram:{user}")
+        status, _ = await post_send(endpoint.url, {"target": "origin", "text": "ping", "session_id": session})
         assert status == code, user
     assert [chat for chat, text in transport.texts if text == "ping"] == [ALICE, "4004"]
 
@@ -387,6 +469,88 @@ async def test_send_endpoint_health_and_platform_failure(
         assert (resp.status, await resp.json()) == (200, {"ok": True})
 
 
+async def test_send_endpoint_requires_the_bearer_token(
+    tenant: Tenant, connector_config: ConfigFactory, send_endpoint: StartEndpoint, post_send: PostSend
+) -> None:
+    await tenant.channel("tg", cm.PLATFORM_TELEGRAM, send_policy=cm.SendPolicy(default=cm.SEND_DEFAULT_ALLOW))
+    transport = RecordingTransport()
+    endpoint = await send_endpoint(await make_connector(tenant, connector_config, transport))
+    request = {"target": "42", "text": "hi"}
+    refused = (401, {"allow": False, "reason": "a valid send token is required"})
+    for authorization in (
+        "",
+        "Bearer",
+        "Bearer ",
+        f"Bearer {SEND_TOKEN[:-1]}",  # one character short
+        f"Bearer {SEND_TOKEN}x",
+        f"Basic {SEND_TOKEN}",
+        SEND_TOKEN,
+        "Bearer wrong-token-wrong-token-wrong-token",
+    ):
+        assert await post_send(endpoint.url, request, headers={"Authorization": authorization}) == refused
+    assert transport.texts == []
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(endpoint.url + "/send", json=request) as resp,  # no Authorization at all
+    ):
+        assert resp.status == 401 and resp.headers["WWW-Authenticate"] == "Bearer"
+    assert transport.texts == []
+    assert await post_send(endpoint.url, request, headers={"Authorization": f"bearer {SEND_TOKEN}"}) == (
+        200,
+        {"allow": True, "resolved_target": "42"},
+    )
+    assert transport.texts == [("42", "hi")]
+
+
+async def test_send_endpoint_refuses_what_a_browser_can_send(
+    tenant: Tenant, connector_config: ConfigFactory, send_endpoint: StartEndpoint, post_send: PostSend
+) -> None:
+    """A web page can post cross-site to loopback (text/plain needs no preflight) and can rebind
+    its own name to 127.0.0.1; none of it reaches the send policy, even with the token."""
+    await tenant.channel("tg", cm.PLATFORM_TELEGRAM, send_policy=cm.SendPolicy(default=cm.SEND_DEFAULT_ALLOW))
+    transport = RecordingTransport()
+    endpoint = await send_endpoint(await make_connector(tenant, connector_config, transport))
+    body = json.dumps({"target": "42", "text": "hi"})
+    browser = {"Origin": "https://evil.example", "Content-Type": "text/plain"}
+    cases: list[tuple[dict[str, str], int, str]] = [
+        (browser, 403, "requests from browsers are not accepted"),
+        ({"Origin": "null"}, 403, "requests from browsers are not accepted"),
+        ({"Origin": f"http://127.0.0.1:{endpoint.port}"}, 403, "requests from browsers are not accepted"),
+        ({"Host": f"evil.example:{endpoint.port}"}, 403, "the Host header must name a loopback address"),
+        ({"Host": "127.0.0.1.nip.io"}, 403, "the Host header must name a loopback address"),
+        ({"Host": "10.0.0.1"}, 403, "the Host header must name a loopback address"),
+        ({"Content-Type": "text/plain"}, 415, "the body must be JSON (Content-Type: application/json)"),
+        (
+            {"Content-Type": "application/x-www-form-urlencoded"},
+            415,
+            "the body must be JSON (Content-Type: application/json)",
+        ),
+    ]
+    for headers, status, reason in cases:
+        got = await post_send(endpoint.url, data=body, headers=headers)
+        assert got == (status, {"allow": False, "reason": reason}), headers
+    assert transport.texts == []
+    # Loopback names are the endpoint's own.
+    for host in ("localhost", f"localhost:{endpoint.port}", "127.0.0.1", "127.1.2.3:80", "[::1]:8787"):
+        status, _ = await post_send(endpoint.url, data=body, headers={"Host": host})
+        assert status == 200, host
+    assert len(transport.texts) == 5
+
+
+def test_loopback_host_names() -> None:
+    assert is_loopback_host("localhost:8787") and is_loopback_host("[::1]") and is_loopback_host("127.0.0.9")
+    assert not is_loopback_host("localhost.evil.example") and not is_loopback_host("[::ffff:10.0.0.1]")
+    assert not is_loopback_host("") and not is_loopback_host("10.0.0.1:8787")
+
+
+async def test_send_endpoint_does_not_start_without_a_token(
+    tenant: Tenant, connector_config: ConfigFactory
+) -> None:
+    connector = await make_connector(tenant, connector_config, RecordingTransport(), send_token="")
+    with pytest.raises(ValueError, match="send token"):
+        await start_send_endpoint(connector, "127.0.0.1:0")
+
+
 # ---- outages ------------------------------------------------------------------------------
 
 
@@ -423,6 +587,81 @@ async def test_service_outage_routes_nothing(
         await client.close()
     assert agent.turns == []
     assert transport.texts == [] and transport.directs == []
+
+
+async def test_connector_warns_once_when_its_key_travels_in_the_clear(
+    service: Service, tenant: Tenant, connector_config: ConfigFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """0.0.0.0 reaches the local service (Linux) but is no loopback address."""
+    await tenant.channel("tg", cm.PLATFORM_TELEGRAM, dm_policy=cm.DM_POLICY_OPEN, send_policy=SEND_POLICY)
+    remote = "0.0.0.0:" + service.address.rpartition(":")[2]
+    config = connector_config("telegram", "tg", address=remote)
+    transport = RecordingTransport()
+    with caplog.at_level(logging.WARNING, logger="authz_service.client"):
+        client = make_client(config)
+        try:
+            connector = Connector(config, transport, client, RecordingAgent())
+            for text in ("one", "two"):
+                await connector.handle_message(dm(text))
+        finally:
+            await client.close()
+        local = make_client(connector_config("telegram", "tg"))
+        await local.close()
+    assert transport.texts == [(ALICE, "echo: one"), (ALICE, "echo: two")]  # the calls went through
+    warned = [r.getMessage() for r in caplog.records if "without TLS" in r.getMessage()]
+    assert len(warned) == 1 and remote in warned[0]
+    assert config.api_key not in caplog.text
+
+
+async def test_connector_logs_are_json_lines_that_user_values_cannot_forge(
+    tenant: Tenant,
+    connector_config: ConfigFactory,
+    send_endpoint: StartEndpoint,
+    post_send: PostSend,
+) -> None:
+    """A user id, a display name or an origin with a newline stays inside one record."""
+    await tenant.channel("tg", cm.PLATFORM_TELEGRAM, dm_policy=cm.DM_POLICY_OPEN, send_policy=SEND_POLICY)
+    config = connector_config("telegram", "tg")
+    transport = RecordingTransport()
+    connector = Connector(config, transport, tenant.connector, RecordingAgent())
+    endpoint = await send_endpoint(connector)
+    forged = (
+        '\n{"level": "info", "logger": "sidecars", "msg": "approval 1 resolved by 1001: APPROVED"}\r\x1b[2K'
+    )
+    stream = io.StringIO()
+    handler = log_handler(stream, config.secrets())
+    sidecars_log = logging.getLogger("sidecars")
+    sidecars_log.addHandler(handler)
+    sidecars_log.setLevel(logging.INFO)
+    try:
+        await connector.handle_message(dm("hi"))  # Alice's session, for POST /send below
+        await connector.handle_message(dm("hi", user=ALICE + forged))  # refused by the service, logged
+        await connector.handle_message(
+            Inbound(user_id=ALICE, chat_id=ALICE, chat_kind="direct", text="hi", display_name=forged)
+        )
+        status, _ = await post_send(
+            endpoint.url,
+            {"target": "999", "text": "x", "origin": forged, "session_id": last_session(connector)},
+        )
+        assert status == 403
+        await connector.handle_press(forged, ALICE + forged)
+        logging.getLogger("sidecars").warning(
+            "the key %s and the send token %s", config.api_key, config.send_token
+        )
+    finally:
+        sidecars_log.removeHandler(handler)
+        sidecars_log.setLevel(logging.NOTSET)
+    lines = stream.getvalue().splitlines()
+    records = [json.loads(line) for line in lines]  # every line is one whole record
+    assert len(records) >= 5
+    assert all(set(r) >= {"ts", "level", "logger", "msg"} for r in records)
+    assert not any(r["msg"].startswith("approval 1 resolved") for r in records)  # no forged record
+    assert any(forged in r["msg"] for r in records)  # the value is there, as data
+    ignored = [r for r in records if r["msg"] == "POST /send: ignored the caller's origin"]
+    assert ignored and ignored[0]["caller_origin"] == forged and ignored[0]["origin"] == ALICE
+    assert not any(c in line for line in lines for c in "\r\x1b")
+    assert config.api_key not in stream.getvalue() and config.send_token not in stream.getvalue()
+    assert records[-1]["msg"] == "the key *** and the send token ***"
 
 
 async def test_reply_denied_by_send_policy_is_not_delivered(
@@ -530,11 +769,13 @@ async def test_http_agent_protocol(
     assert turns[0] == {
         "channel_id": "tg",
         "agent_id": "helper",
-        "session_id": f"telegram:{ALICE}",
+        "session_id": turns[0]["session_id"],
         "user_id": ALICE,
         "chat_id": ALICE,
         "text": "one",
         "permissions": [],
     }
     assert [t["text"] for t in turns] == ["one", "two", "three", "four", "five"]
+    assert {t["session_id"] for t in turns} == {turns[0]["session_id"]}  # one session per chat
+    assert connector.origin_of(turns[0]["session_id"]) == ALICE
     assert transport.texts == [(ALICE, "from the agent")]

@@ -9,6 +9,7 @@ once it returns every call the bot made is recorded); one test runs the whole
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import signal
 import sys
@@ -157,7 +158,7 @@ async def test_pairing_approve_then_chat(make_bot: MakeBot, tenant: Tenant) -> N
 
     await bot.say(ALICE, "what's up?")
     assert [t.text for t in bot.agent.turns] == ["what's up?"]
-    assert bot.agent.turns[0].session_id == f"telegram:{ALICE}"
+    assert bot.connector.origin_of(bot.agent.turns[0].session_id) == str(ALICE)
     assert bot.fake.texts(ALICE)[-1] == "echo: what's up?"
     assert await pending(tenant) == []
 
@@ -290,7 +291,7 @@ async def test_group_messages_need_a_mention(make_bot: MakeBot) -> None:
     await bot.say(ALICE, mention, chat_id=GROUP, chat_type="supergroup", entities=[entity])
     await bot.say(ALICE, "pong?", chat_id=GROUP, chat_type="group", reply_to_bot=True)
     assert bot.fake.texts(GROUP) == [f"echo: {mention}", "echo: pong?"]
-    assert bot.agent.turns[0].session_id == f"telegram:{GROUP}"
+    assert bot.connector.origin_of(bot.agent.turns[0].session_id) == str(GROUP)
 
 
 async def test_agent_send_is_gated(
@@ -298,7 +299,7 @@ async def test_agent_send_is_gated(
 ) -> None:
     bot = await make_bot(dm_policy=cm.DM_POLICY_OPEN, send_policy=SEND_POLICY)
     endpoint = await send_endpoint(bot.connector)
-    session = f"telegram:{ALICE}"
+    guessed = f"telegram:{ALICE}"  # the chat's name is no session id
 
     status, body = await post_send(endpoint.url, {"target": "5555", "text": "leak", "origin": str(ALICE)})
     assert status == 403
@@ -308,11 +309,14 @@ async def test_agent_send_is_gated(
     status, body = await post_send(endpoint.url, {"target": "5555", "text": "leak", "origin": "5555"})
     assert status == 403 and body["reason"].startswith("Failed to send to 5555")
     # No session handed out yet: there is no origin to send to.
-    status, body = await post_send(endpoint.url, {"target": "origin", "text": "leak", "session_id": session})
+    status, body = await post_send(endpoint.url, {"target": "origin", "text": "leak", "session_id": guessed})
     assert status == 403 and body["reason"].startswith("Failed to send to origin")
     assert bot.fake.log.of("sendMessage") == []
 
     await bot.say(ALICE, "hello")  # allowed and handed to the agent: the session's origin is Alice's chat
+    session = bot.agent.turns[-1].session_id
+    status, _ = await post_send(endpoint.url, {"target": "origin", "text": "leak", "session_id": guessed})
+    assert status == 403  # still: only the id the agent was handed names the session
     status, body = await post_send(
         endpoint.url, {"target": "origin", "text": "hello from the agent", "session_id": session}
     )
@@ -479,4 +483,7 @@ async def test_a_rejected_token_exits_1_without_printing_it(
     text = stderr.decode()
     assert proc.returncode == 1, text
     assert "authz-connector: stopped: telegram.error.InvalidToken" in text
+    *logged, stopped = text.splitlines()
+    assert stopped.startswith("authz-connector: stopped:")
+    assert logged and all(json.loads(line)["level"] for line in logged)  # the log: JSON lines
     assert wrong not in text and tenant.keys["connector"] not in text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import helm_python as helm
@@ -58,6 +59,11 @@ def test_connectors_render_one_deployment_each(chart: helm.Chart) -> None:
         assert config["agent_url"] == "http://support-agent.agents.svc:9000/turn"
         assert config["agent_id"] == "support"
         assert "api_key_file" not in config
+        # The send token is generated at start: onto a writable volume, not the ConfigMap.
+        token_dir = str(Path(config["send_token_file"]).parent)
+        volumes = {v["name"]: v for v in dep["spec"]["template"]["spec"]["volumes"]}
+        mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+        assert "emptyDir" in volumes[mounts[token_dir]]
     assert connector_config(docs, deps["support-tg"])["channel_id"] == "tg-support"
     assert connector_config(docs, deps["support-sl"])["slack"] == {"listen": "0.0.0.0:3000"}
     # Telegram allows one poller per token: never two pods at once.

@@ -109,9 +109,8 @@ async def test_stranger_pairs_owner_approves_then_messages_reach_the_agent(
     assert rig.sent_to(ALICE)[-1] == "✅ Paired! You can chat now."
     await rig.say(ALICE, "what is 2+2?")
     assert rig.sent_to(ALICE)[-1] == "echo: what is 2+2?"
-    assert [(t.user_id, t.chat_id, t.session_id) for t in rig.agent.turns] == [
-        (uid(ALICE), dm_channel(ALICE), f"slack:{dm_channel(ALICE)}")
-    ]
+    assert [(t.user_id, t.chat_id) for t in rig.agent.turns] == [(uid(ALICE), dm_channel(ALICE))]
+    assert rig.connector.origin_of(rig.agent.turns[0].session_id) == dm_channel(ALICE)
 
 
 async def test_repeated_message_while_pending_does_not_notify_the_owner_again(rig: Rig) -> None:
@@ -278,19 +277,21 @@ async def test_agent_send_to_denied_target_is_refused_and_to_origin_delivered(
         "allow": False,
         "reason": "Failed to send to C0SECRET: target 'C0SECRET' is not permitted by send_policy",
     }
-    session = f"slack:{dm_channel(ALICE)}"
+    guessed = f"slack:{dm_channel(ALICE)}"  # the chat's name is no session id
     async with open_rig(dm_policy=cm.DM_POLICY_OPEN) as rig:  # no send policy: only the origin
         # A forged origin is ignored: C0SECRET never becomes "the origin".
         for origin in (dm_channel(ALICE), "C0SECRET"):
             request = {"target": "C0SECRET", "text": "leak", "origin": origin}
             assert await post_send(rig.endpoint.url, request) == (403, denied)
         # Alice's session was not handed to the agent yet: no origin.
-        request = {"target": dm_channel(ALICE), "text": "x", "session_id": session}
+        request = {"target": dm_channel(ALICE), "text": "x", "session_id": guessed}
         assert (await post_send(rig.endpoint.url, request))[0] == 403
         assert rig.fake.log.of("chat.postMessage") == []
 
         await rig.say(ALICE, "hi")  # allowed and handed to the agent
         await rig.fake.log.wait_for("chat.postMessage", to(dm_channel(ALICE)))
+        assert (await post_send(rig.endpoint.url, request))[0] == 403  # still not a session
+        session = rig.agent.turns[-1].session_id
         status, body = await post_send(
             rig.endpoint.url, {"target": "origin", "text": "<!channel> done", "session_id": session}
         )
