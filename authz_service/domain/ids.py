@@ -78,6 +78,14 @@ def user_id(platform: Platform, value: str, field: str = "user_id") -> str:
     return require(pattern, value, field, what)
 
 
+def token_pattern(value: str) -> str:
+    """A regular expression (Python's and PostgreSQL's alike) that finds ``value``
+    as a whole token of a composite id an agent chose, such as the session id
+    ``agent:main:telegram:dm:734918265``: not inside a longer run of letters and
+    digits, so user 42 is not found in session 1425."""
+    return rf"(^|[^A-Za-z0-9]){re.escape(value)}($|[^A-Za-z0-9])"
+
+
 def qualified_actor(value: str, field: str = "approvers") -> str:
     """A tenant-level approver: '<platform>:<user id>'."""
     head, sep, rest = value.partition(":")
