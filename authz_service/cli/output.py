@@ -1,8 +1,16 @@
-"""How commands print: tables, JSON, UTC timestamps and enum labels."""
+"""How commands print: tables, JSON, UTC timestamps and enum labels.
+
+Every value from the server that a command prints for people goes through
+``safe``: names, targets, reasons and the like are chosen by chat users and
+agents, and a newline in one would forge a row, an ANSI or bidi control would
+rewrite what the operator reads. JSON output is exact JSON (``json.dumps``
+escapes what needs escaping); CSV cells are neutralised by ``csv_cell``.
+"""
 
 from __future__ import annotations
 
 import json
+import unicodedata
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -26,13 +34,48 @@ STATUSES = {status: cm.ApprovalStatus.ValueType(names.APPROVAL_STATUS.number(sta
             for status in names.APPROVAL_STATUS.labels}  # fmt: skip
 
 
+# Control (Cc: C0, DEL, C1), format (Cf: bidi embeddings, overrides and isolates
+# U+202A-202E and U+2066-2069, zero-width characters, tags) and line or paragraph
+# separators (Zl, Zp).
+_UNSAFE = frozenset({"Cc", "Cf", "Zl", "Zp"})
+_SHORT = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(ch: str) -> str:
+    if ch in _SHORT:
+        return _SHORT[ch]
+    n = ord(ch)
+    return f"\\x{n:02x}" if n < 0x100 else f"\\u{n:04x}" if n < 0x10000 else f"\\U{n:08x}"
+
+
+def safe(text: str) -> str:
+    """``text`` as one inert line for a terminal: control, format and line
+    separator characters are written as Python-style escapes (``\\n``,
+    ``\\x1b``, ``\\u202e``), everything else as it is. For every value from
+    the server in a human-readable line or table; never for JSON."""
+    if text.isprintable():
+        return text
+    return "".join(_escape(ch) if unicodedata.category(ch) in _UNSAFE else ch for ch in text)
+
+
+# Spreadsheets run a cell that starts with one of these as a formula (OWASP, CSV injection).
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: str) -> str:
+    """A CSV cell a spreadsheet shows as text: one starting with ``= + - @``, a tab
+    or a carriage return gets a leading ``'`` (OWASP's rule); the rest is exact."""
+    return "'" + value if value.startswith(_FORMULA_START) else value
+
+
 def fmt(value: Any) -> str:
-    """One cell: times in UTC as ``YYYY-MM-DD HH:MM:SS``, lists comma-separated."""
+    """One cell: times in UTC as ``YYYY-MM-DD HH:MM:SS``, lists comma-separated,
+    text made ``safe``."""
     if isinstance(value, datetime):
         return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
     if isinstance(value, list | tuple):
-        return ",".join(map(str, value))
-    return "" if value is None else str(value)
+        return safe(",".join(map(str, value)))
+    return "" if value is None else safe(str(value))
 
 
 def table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:

@@ -105,3 +105,18 @@ def bounded_text(value: str, field: str, max_len: int) -> str:
     if any(ord(c) < 32 and c not in "\n\t" for c in value) or "\x7f" in value:
         raise InvalidArgument(field, "must not contain control characters")
     return value
+
+
+# Line breaks beyond C0's: NEL (C1), the line and paragraph separators.
+_BREAKS = frozenset("\x85\u2028\u2029")
+
+
+def one_line(value: str, field: str, max_len: int) -> str:
+    """Text that names one thing and is shown on one line: a send target, an
+    origin, a session id, a display name. Like ``bounded_text``, but a line
+    break (LF, CR, NEL, U+2028, U+2029), a tab or any C1 control is refused
+    too: in a log, a table or a chat message it would start a forged line."""
+    bounded_text(value, field, max_len)
+    if any(c in "\n\t" or "\x80" <= c <= "\x9f" or c in _BREAKS for c in value):
+        raise InvalidArgument(field, "must be one line: no line breaks, tabs or control characters")
+    return value
