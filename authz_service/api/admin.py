@@ -82,7 +82,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     @rpc(Role.OPERATOR)
     async def CreateTenant(self, request: adm.CreateTenantRequest, ctx: Context) -> adm.CreateTenantResponse:
         tenant_id = ids.tenant_id(request.tenant_id)
-        name = convert.text(request.display_name, "display_name", 256)
+        name = ids.one_line(request.display_name, "display_name", 256)
         row, key = await flows.create_tenant(ctx, tenant_id, name)
         if ctx.cache is not None:
             # The operator has no tenant of its own for @rpc to forget: forget the
@@ -183,7 +183,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             raise InvalidArgument("permissions", "at most 64 entries")
         for p in request.permissions:
             ids.permission(p)
-        name = convert.text(request.display_name, "display_name", 256)
+        name = ids.one_line(request.display_name, "display_name", 256)
         return convert.subject_out(
             await flows.allow_user(ctx, channel_id, user_id, name, list(request.permissions))
         )

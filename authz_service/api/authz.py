@@ -47,7 +47,7 @@ class AuthzServicer(authz_pb2_grpc.AuthzServiceServicer):
         else:
             group_id = ""
         convert.text(request.text, "text", MAX_MESSAGE_TEXT)
-        convert.text(request.display_name, "display_name", MAX_DISPLAY_NAME)
+        ids.one_line(request.display_name, "display_name", MAX_DISPLAY_NAME)
         verdict = await access.check(
             ctx,
             channel_id,
@@ -73,7 +73,7 @@ class AuthzServicer(authz_pb2_grpc.AuthzServiceServicer):
             ctx,
             ids.channel_id(request.channel_id),
             ids.user_id_shape(request.user_id),
-            convert.text(request.display_name, "display_name", MAX_DISPLAY_NAME),
+            ids.one_line(request.display_name, "display_name", MAX_DISPLAY_NAME),
             convert.text(request.first_message, "first_message", MAX_MESSAGE_TEXT),
             email=reported_email(request.email),
             phone_number=reported_phone(request.phone_number),
@@ -136,7 +136,7 @@ class AuthzServicer(authz_pb2_grpc.AuthzServiceServicer):
             ids.channel_id(request.channel_id),
             ids.user_id_shape(request.user_id),
             normalize_invite_code(convert.text(request.code, "code", 64)),
-            convert.text(request.display_name, "display_name", MAX_DISPLAY_NAME),
+            ids.one_line(request.display_name, "display_name", MAX_DISPLAY_NAME),
         )
         return az.RedeemInviteResponse(
             outcome=_INVITE_OUTCOME[result.outcome],
@@ -149,9 +149,9 @@ class AuthzServicer(authz_pb2_grpc.AuthzServiceServicer):
     async def EvaluateSend(self, request: az.EvaluateSendRequest, ctx: Context) -> az.EvaluateSendResponse:
         channel_id = ids.channel_id(request.channel_id)
         agent_id = ids.agent_id(request.agent_id)
-        session_id = convert.text(request.session_id, "session_id", 256)
-        origin = convert.text(request.origin, "origin", MAX_TARGET)
-        target = convert.text(request.target, "target", MAX_TARGET)
+        session_id = ids.one_line(request.session_id, "session_id", 256)
+        origin = ids.one_line(request.origin, "origin", MAX_TARGET)
+        target = ids.one_line(request.target, "target", MAX_TARGET)
         if not target.strip():
             raise InvalidArgument("target", "is required")
         if request.action not in (az.SEND_ACTION_UNSPECIFIED, az.SEND_ACTION_SEND, az.SEND_ACTION_LIST):
@@ -185,7 +185,7 @@ class AuthzServicer(authz_pb2_grpc.AuthzServiceServicer):
             tool_name=dt.tool_name(request.tool_name),
             arguments_json=request.arguments_json,
             agent_id=ids.agent_id(request.agent_id) if request.agent_id else "",
-            session_id=convert.text(request.session_id, "session_id", 256),
+            session_id=ids.one_line(request.session_id, "session_id", 256),
             channel_id=ids.channel_id(request.channel_id) if request.channel_id else "",
             requester_id=ids.user_id_shape(request.requester_id, "requester_id")
             if request.requester_id

@@ -10,12 +10,11 @@ import click
 import grpc
 
 from .. import names
-from ..domain.display import visible
 from ..gen.authz.v1 import admin_pb2 as adm
 from ..gen.authz.v1 import authz_pb2 as az
 from ..gen.authz.v1 import common_pb2 as cm
 from .errors import CliError, RpcFailed
-from .output import KINDS, STATUSES, fmt, ts
+from .output import KINDS, STATUSES, fmt, safe, ts
 from .session import Session, call, pass_session, session_options
 
 
@@ -40,10 +39,10 @@ def _relative(when: datetime | None, now: datetime) -> str:
 
 
 def short(text: str, width: int = 40) -> str:
-    """A column's view of agent- or user-written text: hidden characters made
-    visible (docs/security.md), then cut. Never what an approval is decided on:
+    """A column's view of agent- or user-written text: hidden characters
+    escaped (docs/security.md), then cut. Never what an approval is decided on:
     `authz approvals show` prints the call in full."""
-    text = visible(text)
+    text = safe(text)
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
@@ -119,20 +118,20 @@ def show(s: Session, approval_id: str) -> int:
              what=f"approval {approval_id}")  # fmt: skip
     d = approval_dict(a)
     if s.json:
-        click.echo(json.dumps(d, indent=2, default=fmt, ensure_ascii=False))
+        click.echo(json.dumps(d, indent=2, default=fmt))
         return 0
     arguments = d.pop("arguments")
     now = datetime.now(UTC)
     width = max(map(len, d)) + 1
     for key, value in d.items():
-        text = visible(fmt(value)) or "-"
+        text = fmt(value) or "-"
         if key in ("created", "expires") and value is not None:
             text += f" ({_relative(value, now)})"
         click.echo(f"{key + ':':<{width}} {text}")
     if a.HasField("tool"):
         # In full, never cut; hidden characters escaped (still JSON for the same value).
         pretty = json.dumps(arguments, indent=2, sort_keys=True, ensure_ascii=False)
-        click.echo("arguments:\n  " + "\n  ".join(visible(line) for line in pretty.split("\n")))
+        click.echo("arguments:" + "".join("\n  " + safe(line) for line in pretty.split("\n")))
     return 0
 
 
@@ -143,9 +142,9 @@ def _resolve(s: Session, approval_id: str, action: cm.ApprovalAction.ValueType, 
     req = az.ResolveApprovalRequest(approval_id=approval_id, action=action, reason=reason or "")
     resp = call(c.authz.ResolveApproval, req, what=f"cannot {verb} {approval_id}")
     a = resp.approval
-    click.echo(f"{resp.owner_text}: {_describe(a)} ({a.approval_id})")
+    click.echo(safe(f"{resp.owner_text}: {_describe(a)} ({a.approval_id})"))
     if resp.requester_text:
-        click.echo(f"the requester will be told: {resp.requester_text}")
+        click.echo(f"the requester will be told: {safe(resp.requester_text)}")
     if action == cm.APPROVAL_ACTION_ALWAYS_ALLOW:
         grants = call(c.admin.ListGrants, adm.ListGrantsRequest(agent_id=a.tool.agent_id)).grants
         for g in grants:
@@ -199,7 +198,7 @@ def _watch_line(a: cm.Approval) -> str:
         line += f" (risk {names.RISK.label(a.tool.risk)}) {short(a.tool.arguments_json, 60)}"
     elif a.display_name:
         line += f" ({a.display_name})"
-    return visible(line + (f"; reason: {a.reason}" if a.reason and event != "new" else ""))
+    return safe(line + (f"; reason: {a.reason}" if a.reason and event != "new" else ""))
 
 
 @approvals.command(help="print approvals as they are requested and resolved")
@@ -214,8 +213,7 @@ def watch(s: Session, kind: str) -> int:
             for a in stream:
                 if s.json:
                     event, by, _ = _watch_event(a)
-                    line = json.dumps({"event": event, "by": by, **approval_dict(a)}, default=fmt,
-                                      ensure_ascii=False)  # fmt: skip
+                    line = json.dumps({"event": event, "by": by, **approval_dict(a)}, default=fmt)
                 else:
                     line = _watch_line(a)
                 click.echo(line)  # flushed: a watch is read as it happens
@@ -261,6 +259,6 @@ def grants(s: Session, agent: str | None, all_: bool) -> int:
 def revoke_grant(s: Session, grant_id: str) -> int:
     g = call(s.client().admin.RevokeGrant, adm.RevokeGrantRequest(grant_id=grant_id),
              what=f"cannot revoke {grant_id}")  # fmt: skip
-    click.echo(f"revoked grant {g.grant_id}: tool {g.tool.tool_name} for agent {g.agent_id or '-'} "
-               f"(revoked {fmt(ts(g, 'revoked_at'))} by {g.revoked_by})")  # fmt: skip
+    click.echo(safe(f"revoked grant {g.grant_id}: tool {g.tool.tool_name} for agent {g.agent_id or '-'} "
+                    f"(revoked {fmt(ts(g, 'revoked_at'))} by {g.revoked_by})"))  # fmt: skip
     return 0

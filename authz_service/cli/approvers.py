@@ -12,6 +12,7 @@ import click
 
 from ..gen.authz.v1 import admin_pb2 as adm
 from .errors import NOT_DONE, CliError
+from .output import safe
 from .session import Session, call, pass_session, session_options
 
 
@@ -22,14 +23,14 @@ def _print_settings(s: Session, settings: adm.TenantSettings) -> None:
     if s.json:
         click.echo(json.dumps({"approvers": list(settings.approvers), "agent_approvers": agents}, indent=2))
         return
-    click.echo("tenant approvers:" + "".join(f"\n  {a}" for a in settings.approvers) if settings.approvers
+    click.echo("tenant approvers:" + "".join(f"\n  {safe(a)}" for a in settings.approvers) if settings.approvers
                else "tenant approvers: (none)")  # fmt: skip
     if not agents:
         click.echo("agent approvers: (none: every agent's tool calls go to the tenant approvers)")
         return
     click.echo("agent approvers (tool calls of these agents; other agents use the tenant approvers):")
     for agent, actors in agents.items():
-        click.echo(f"  {agent}: {' '.join(actors) or '(nobody)'}")
+        click.echo(safe(f"  {agent}: {' '.join(actors) or '(nobody)'}"))
 
 
 @click.command(help="show or set tenant-level and per-agent approvers ('<platform>:<user id>')")

@@ -14,7 +14,7 @@ import click
 from ..gen.authz.v1 import admin_pb2 as adm
 from .durations import EXAMPLES, parse_duration
 from .errors import CliError
-from .output import fmt, ts
+from .output import csv_cell, fmt, ts
 from .session import Session, call, pass_session, session_options
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -116,7 +116,7 @@ def export(ctx: click.Context, s: Session, format_: str, output: str | None) -> 
                 row = _row(e)
                 row["at"] = fmt(row["at"])
                 row["details"] = json.dumps(row["details"], sort_keys=True)
-                writer.writerow(row)
+                writer.writerow({k: csv_cell(str(v)) for k, v in row.items()})
     finally:
         if output:
             out.close()

@@ -21,7 +21,7 @@ from ..domain.model import (
 from ..gen.authz.v1 import admin_pb2 as adm
 from ..gen.authz.v1 import common_pb2 as cm
 from .errors import NOT_DONE
-from .output import ts
+from .output import safe, ts
 from .plan import list_senders, rpc_call
 from .session import Session, pass_session, session_options
 
@@ -125,5 +125,5 @@ def doctor_command(s: Session, fail_on: str) -> int:
         click.echo(json.dumps(doc, indent=2))
     else:
         for line in render(found, threshold):
-            click.echo(line)
+            click.echo(safe(line))  # a finding quotes policy text: targets, aliases, names
     return NOT_DONE if failed else 0

@@ -11,7 +11,7 @@ import click
 from ..domain.invites import invite_status
 from ..gen.authz.v1 import admin_pb2 as adm
 from .durations import EXAMPLES, parse_duration
-from .output import fmt, ts
+from .output import fmt, safe, ts
 from .session import Session, call, pass_session, session_options
 
 COLUMNS = ["invite_id", "channel", "uses", "status", "expires", "permissions", "note", "created_by"]
@@ -88,7 +88,9 @@ def create(
         return 0
     uses = "1 use" if i.max_uses == 1 else f"{i.max_uses} uses"
     click.echo(
-        f"invite {i.invite_id} for channel {i.channel_id}: {uses}, expires {fmt(ts(i, 'expires_at'))} UTC"
+        safe(
+            f"invite {i.invite_id} for channel {i.channel_id}: {uses}, expires {fmt(ts(i, 'expires_at'))} UTC"
+        )
     )
     click.echo("\nThe code is shown only this once (only its hash is stored):\n")
     click.echo(f"    {resp.code}\n")
@@ -116,5 +118,5 @@ def list_(s: Session, channel: str | None, all_: bool) -> int:
 def revoke(s: Session, invite_id: str) -> int:
     i = call(s.client().admin.RevokeInvite, adm.RevokeInviteRequest(invite_id=invite_id),
              what=f"cannot revoke {invite_id}")  # fmt: skip
-    click.echo(f"revoked invite {i.invite_id} on {i.channel_id} (used {i.uses}/{i.max_uses})")
+    click.echo(safe(f"revoked invite {i.invite_id} on {i.channel_id} (used {i.uses}/{i.max_uses})"))
     return 0

@@ -33,6 +33,7 @@ from . import (
     users,
 )
 from .errors import HANDLED, outcome
+from .output import safe
 
 
 class Authz(click.Group):
@@ -44,7 +45,8 @@ class Authz(click.Group):
         except HANDLED as exc:
             message, code = outcome(exc)
             if message:
-                click.echo(f"authz: {message}", err=True)
+                # A refusal may quote what a request carried: escaped, line by line.
+                click.echo("authz: " + "\n".join(map(safe, message.split("\n"))), err=True)
         except BrokenPipeError:  # `authz audit export | head`
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             code = 0

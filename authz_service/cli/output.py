@@ -1,4 +1,11 @@
-"""How commands print: tables, JSON, UTC timestamps and enum labels."""
+"""How commands print: tables, JSON, UTC timestamps and enum labels.
+
+Every value from the server that a command prints for people goes through
+``safe``: names, targets, reasons and the like are chosen by chat users and
+agents, and a newline in one would forge a row, an ANSI or bidi control would
+rewrite what the operator reads. JSON output is exact JSON (``json.dumps``
+escapes what needs escaping); CSV cells are neutralised by ``csv_cell``.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +19,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from .. import names
+from ..domain.display import visible
 from ..gen.authz.v1 import common_pb2 as cm
 
 # `--kind all` asks for every kind: the request's UNSPECIFIED.
@@ -26,13 +34,33 @@ STATUSES = {status: cm.ApprovalStatus.ValueType(names.APPROVAL_STATUS.number(sta
             for status in names.APPROVAL_STATUS.labels}  # fmt: skip
 
 
+def safe(text: str) -> str:
+    """``text`` as one inert line for a terminal: every control, format and
+    line separator character is shown as an escape (``\\n``, ``\\u001b``,
+    ``\\u202e``), by the same rule approvers see in chat
+    (``domain.display.visible``). For every value from the server in a
+    human-readable line or table; never for JSON."""
+    return visible(text)
+
+
+# Spreadsheets run a cell that starts with one of these as a formula (OWASP, CSV injection).
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: str) -> str:
+    """A CSV cell a spreadsheet shows as text: one starting with ``= + - @``, a tab
+    or a carriage return gets a leading ``'`` (OWASP's rule); the rest is exact."""
+    return "'" + value if value.startswith(_FORMULA_START) else value
+
+
 def fmt(value: Any) -> str:
-    """One cell: times in UTC as ``YYYY-MM-DD HH:MM:SS``, lists comma-separated."""
+    """One cell: times in UTC as ``YYYY-MM-DD HH:MM:SS``, lists comma-separated,
+    text made ``safe``."""
     if isinstance(value, datetime):
         return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
     if isinstance(value, list | tuple):
-        return ",".join(map(str, value))
-    return "" if value is None else str(value)
+        return safe(",".join(map(str, value)))
+    return "" if value is None else safe(str(value))
 
 
 def table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:

@@ -10,7 +10,7 @@ from .. import names
 from ..gen.authz.v1 import admin_pb2 as adm
 from ..gen.authz.v1 import authz_pb2 as az
 from ..gen.authz.v1 import common_pb2 as cm
-from .output import STATUSES, ts
+from .output import STATUSES, safe, ts
 from .session import Session, call, pass_session, session_options
 
 
@@ -48,9 +48,9 @@ def _resolver(name: str, action: cm.ApprovalAction.ValueType) -> click.Command:
                                         reason=reason or "")  # fmt: skip
         resp = call(s.client().authz.ResolveApproval, req)
         a = resp.approval
-        click.echo(f"{resp.owner_text}: user {a.user_id} on {a.channel_id} ({a.approval_id})")
+        click.echo(safe(f"{resp.owner_text}: user {a.user_id} on {a.channel_id} ({a.approval_id})"))
         if resp.requester_text:
-            click.echo(f"the requester will be told: {resp.requester_text}")
+            click.echo(f"the requester will be told: {safe(resp.requester_text)}")
         return 0
 
     return click.command(name, help=f"{name} the request with this code")(resolve)

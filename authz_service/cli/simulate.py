@@ -8,6 +8,7 @@ from .. import names
 from ..client import invite_code_to_redeem
 from ..gen.authz.v1 import authz_pb2 as az
 from ..gen.authz.v1 import common_pb2 as cm
+from .output import safe
 from .session import Session, call, pass_session, session_options
 
 
@@ -33,11 +34,11 @@ def message(s: Session, channel: str, user: str, text: str, name: str | None, gr
                               chat_kind=cm.CHAT_KIND_GROUP if group else cm.CHAT_KIND_DIRECT, group_id=group,
                               mentioned=mention, display_name=name or "")  # fmt: skip
     check = call(c.authz.CheckUser, req)
-    click.echo(f"CheckUser: {names.DECISION.label(check.decision)} ({check.reason})")
+    click.echo(safe(f"CheckUser: {names.DECISION.label(check.decision)} ({check.reason})"))
     code = invite_code_to_redeem(check, direct=not group, text=text)
     if check.decision == az.DECISION_ALLOW:
         click.echo(
-            f"→ routed to agent '{check.agent_id}'"
+            f"→ routed to agent '{safe(check.agent_id)}'"
             + (f" with permissions {list(check.permissions)}" if check.permissions else "")
         )
         if check.tools.allowed or check.tools.denied:
@@ -47,7 +48,7 @@ def message(s: Session, channel: str, user: str, text: str, name: str | None, gr
         redeemed = call(c.authz.RedeemInvite, az.RedeemInviteRequest(channel_id=channel, user_id=user, code=code,
                                                                      display_name=name or ""))  # fmt: skip
         click.echo(f"RedeemInvite: {names.INVITE_OUTCOME.label(redeemed.outcome)}")
-        click.echo(f"bot → {user}: {redeemed.text}" if redeemed.text else "(the bot stays silent)")
+        click.echo(safe(f"bot → {user}: {redeemed.text}") if redeemed.text else "(the bot stays silent)")
     elif check.decision == az.DECISION_RATE_LIMITED:
         click.echo(f"(the bot stays silent; the next message is admitted in {check.retry_after_seconds} s)")
     elif check.decision == az.DECISION_PAIRING_REQUIRED:
@@ -58,15 +59,18 @@ def message(s: Session, channel: str, user: str, text: str, name: str | None, gr
             + (f" (code {pr.code})" if pr.code else "")
         )
         if pr.text:
-            click.echo(f"bot → {user}:\n  " + pr.text.replace("\n", "\n  "))
+            click.echo(safe(f"bot → {user}:") + "".join("\n  " + safe(line) for line in pr.text.split("\n")))
         elif pr.outcome == az.PAIRING_OUTCOME_EXISTING:
             click.echo(f"(request already pending with code {pr.code}; the bot stays quiet)")
         if pr.HasField("notification"):
             n = pr.notification
-            click.echo(f"bot → owner {n.owner_id}:\n  " + n.text.replace("\n", "\n  "))
-            click.echo("  buttons: " + "  ".join(f"[{b.label}]" for b in n.buttons))
+            click.echo(
+                safe(f"bot → owner {n.owner_id}:")
+                + "".join("\n  " + safe(line) for line in n.text.split("\n"))
+            )
+            click.echo(safe("  buttons: " + "  ".join(f"[{b.label}]" for b in n.buttons)))
     elif check.text:
-        click.echo(f"bot → {user}: {check.text}")
+        click.echo(safe(f"bot → {user}: {check.text}"))
     else:
         click.echo("(the bot stays silent)")
     return 0

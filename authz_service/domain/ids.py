@@ -78,6 +78,14 @@ def user_id(platform: Platform, value: str, field: str = "user_id") -> str:
     return require(pattern, value, field, what)
 
 
+def token_pattern(value: str) -> str:
+    """A regular expression (Python's and PostgreSQL's alike) that finds ``value``
+    as a whole token of a composite id an agent chose, such as the session id
+    ``agent:main:telegram:dm:734918265``: not inside a longer run of letters and
+    digits, so user 42 is not found in session 1425."""
+    return rf"(^|[^A-Za-z0-9]){re.escape(value)}($|[^A-Za-z0-9])"
+
+
 def qualified_actor(value: str, field: str = "approvers") -> str:
     """A tenant-level approver: '<platform>:<user id>'."""
     head, sep, rest = value.partition(":")
@@ -96,4 +104,19 @@ def bounded_text(value: str, field: str, max_len: int) -> str:
         raise InvalidArgument(field, f"must be at most {max_len} characters")
     if any(ord(c) < 32 and c not in "\n\t" for c in value) or "\x7f" in value:
         raise InvalidArgument(field, "must not contain control characters")
+    return value
+
+
+# Line breaks beyond C0's: NEL (C1), the line and paragraph separators.
+_BREAKS = frozenset("\x85\u2028\u2029")
+
+
+def one_line(value: str, field: str, max_len: int) -> str:
+    """Text that names one thing and is shown on one line: a send target, an
+    origin, a session id, a display name. Like ``bounded_text``, but a line
+    break (LF, CR, NEL, U+2028, U+2029), a tab or any C1 control is refused
+    too: in a log, a table or a chat message it would start a forged line."""
+    bounded_text(value, field, max_len)
+    if any(c in "\n\t" or "\x80" <= c <= "\x9f" or c in _BREAKS for c in value):
+        raise InvalidArgument(field, "must be one line: no line breaks, tabs or control characters")
     return value

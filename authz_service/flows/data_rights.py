@@ -6,6 +6,8 @@
 * Purge: the rows are deleted; the audit events stay, so the trail is intact,
   but name the user by a pseudonym (``Keyring.pseudonym``) and lose their
   personal details (display name, first message, tool arguments, reason text).
+  Every other field of the channel's rows that holds their id (a resolver, a
+  voter, a grant's maker, a session id) names the pseudonym instead.
 * Anonymise: the access state stays (the subject row keeps the user allowed or
   blocked, and needs their platform id for that); display names, resolvers'
   reasons and the arguments of decided tool calls are blanked, and the audit
@@ -119,9 +121,12 @@ async def purge_user(ctx: Context, channel_id: str, user_id: str) -> PurgeResult
         actor = f"{channel.platform.value}:{user_id}"
         pseudonym = ctx.keyring.pseudonym(t, channel.platform.value, user_id)
         subjects, senders, approval_ids = await users.delete_rows(conn, t, channel_id, user_id)
+        # Where they were not the subject: a resolver, voter or grant maker, a session.
+        sessions = ids.token_pattern(user_id)
+        await users.pseudonymize_rows(conn, users.PseudonymScope(t, channel_id, actor, pseudonym, sessions))
         await audit.enable_anonymization(conn)
         user = UserScope(t, channel_id, user_id, actor, tuple(approval_ids))
-        events = await audit.pseudonymize(conn, user, pseudonym)
+        events = await audit.pseudonymize(conn, user, pseudonym, sessions)
         result = PurgeResult(subjects, senders, len(approval_ids), events, pseudonym)
         counts = {k: v for k, v in asdict(result).items() if k != "pseudonym"}
         # Never the raw id: the event that records the erasure must not undo it.

@@ -128,21 +128,41 @@ async def enable_anonymization(conn: Connection) -> None:
     await conn.execute("SELECT set_config('authz.anonymize', 'on', true)")
 
 
-async def pseudonymize(conn: Connection, user: UserScope, pseudonym: str) -> int:
-    """Replace the user's id by ``pseudonym`` (actor, subject, requester) and drop
-    personal details in their audit events. Returns the number of rows changed."""
+# Details whose value is a list of voters (``approved_by``, ``dropped``): one naming
+# the user is removed, since the trigger allows no rewrite inside a list; each
+# vote stays on record as its own event, whose actor is pseudonymised.
+VOTER_LISTS = ["approved_by", "dropped"]
+
+
+async def pseudonymize(conn: Connection, user: UserScope, pseudonym: str, session_pattern: str) -> int:
+    """Replace the user's id by ``pseudonym`` and drop personal details in their
+    audit events; and, in every event of the channel or without one, replace
+    each field that still names them: an actor or a detail equal to
+    ``<platform>:<user id>`` (or, on the channel, to the user id), a session id
+    matching ``session_pattern`` (the id as a token of it). A voter list naming
+    them is removed (``VOTER_LISTS``). Returns the number of rows changed."""
+    named = """jsonb_typeof(d.v) = 'string' AND (d.v #>> '{}' = $4 OR (s.channel_id = $2 AND d.v #>> '{}' = $3)
+                   OR (d.k = 'session_id' AND d.v #>> '{}' ~ $8))"""
+    voters = """d.k = ANY($9::text[]) AND jsonb_typeof(d.v) = 'array'
+                   AND (d.v ? $4 OR (s.channel_id = $2 AND d.v ? $3))"""
     status = await conn.execute(
-        f"""UPDATE audit_events SET
-                actor = CASE WHEN actor = $4 THEN $6 ELSE actor END,
-                subject = CASE WHEN channel_id = $2 AND subject = $3 THEN $6 ELSE subject END,
-                details = CASE
-                    WHEN channel_id = $2 AND details ->> 'requester_id' = $3
-                        THEN jsonb_set(details - $7::text[], '{{requester_id}}', to_jsonb($6::text))
-                    ELSE details - $7::text[] END
-            WHERE {_USER_EVENTS}
-              AND (actor = $4 OR (channel_id = $2 AND subject = $3) OR details ?| $7::text[]
-                   OR (channel_id = $2 AND details ->> 'requester_id' = $3))""",
-        *user.args(), pseudonym, PERSONAL_DETAILS,
+        f"""UPDATE audit_events e SET actor = n.actor, subject = n.subject, details = n.details
+            FROM (
+                SELECT s.event_id,
+                       CASE WHEN s.actor = $4 THEN $6 ELSE s.actor END AS actor,
+                       CASE WHEN s.channel_id = $2 AND s.subject = $3 THEN $6 ELSE s.subject END AS subject,
+                       (SELECT coalesce(jsonb_object_agg(d.k, CASE WHEN {named} THEN to_jsonb($6::text)
+                                                                   ELSE d.v END), '{{}}'::jsonb)
+                          FROM jsonb_each(CASE WHEN s.mine THEN s.details - $7::text[] ELSE s.details END)
+                               AS d(k, v)
+                         WHERE NOT ({voters})) AS details
+                FROM (SELECT event_id, actor, subject, channel_id, details, ({_USER_EVENTS}) AS mine
+                      FROM audit_events
+                      WHERE tenant_id = $1 AND (channel_id IN ($2, '') OR ({_USER_EVENTS}))) s
+            ) n
+            WHERE e.tenant_id = $1 AND e.event_id = n.event_id
+              AND (e.actor, e.subject, e.details) IS DISTINCT FROM (n.actor, n.subject, n.details)""",
+        *user.args(), pseudonym, PERSONAL_DETAILS, session_pattern, VOTER_LISTS,
     )  # fmt: skip
     return row_count(status)
 

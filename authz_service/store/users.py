@@ -157,3 +157,48 @@ async def scrub_rows(conn: Connection, tenant_id: str, channel_id: str, user_id:
         tenant_id, channel_id, user_id,
     )  # fmt: skip
     return row_count(subjects), row_count(approvals)
+
+
+@dataclass(frozen=True, slots=True)
+class PseudonymScope:
+    """Where a purged user's id may still stand in rows that are not theirs:
+    ``actor`` ("<platform>:<user id>") as the resolver or a voter of other
+    users' approvals on the channel or without one, or as the maker or revoker
+    of a standing grant from such an approval; and session ids an agent chose
+    that hold the user id as a token (``session_pattern``)."""
+
+    tenant_id: str
+    channel_id: str
+    actor: str
+    pseudonym: str
+    session_pattern: str
+
+
+async def pseudonymize_rows(conn: Connection, scope: PseudonymScope) -> tuple[int, int]:
+    """Replace the user's id by the pseudonym in other users' approvals
+    (``resolved_by``, ``approved_by``, ``session_id``) and in standing grants
+    (``created_by``, ``revoked_by``). The rows and their state stay: a grant
+    keeps working, a decision stands. A vote of theirs on a request still
+    pending no longer qualifies when the deciding vote comes (a pseudonym is no
+    approver: fail closed). Returns (approvals, grants) changed."""
+    approvals = await conn.execute(
+        """UPDATE approvals SET
+                  resolved_by = CASE WHEN resolved_by = $3 THEN $4 ELSE resolved_by END,
+                  approved_by = array_replace(approved_by, $3, $4),
+                  session_id = CASE WHEN session_id ~ $5 THEN $4 ELSE session_id END
+           WHERE tenant_id = $1 AND (channel_id = $2 OR channel_id IS NULL)
+             AND (resolved_by = $3 OR $3 = ANY(approved_by) OR session_id ~ $5)""",
+        scope.tenant_id, scope.channel_id, scope.actor, scope.pseudonym, scope.session_pattern,
+    )  # fmt: skip
+    # A grant is tenant-wide; it is the channel's when the approval it came from
+    # was (or had no channel, or is gone: the user's own, deleted just before).
+    grants = await conn.execute(
+        """UPDATE tool_grants g SET
+                  created_by = CASE WHEN created_by = $3 THEN $4 ELSE created_by END,
+                  revoked_by = CASE WHEN revoked_by = $3 THEN $4 ELSE revoked_by END
+           WHERE tenant_id = $1 AND (created_by = $3 OR revoked_by = $3)
+             AND NOT EXISTS (SELECT 1 FROM approvals a
+                             WHERE a.tenant_id = $1 AND a.approval_id = g.approval_id AND a.channel_id <> $2)""",
+        scope.tenant_id, scope.channel_id, scope.actor, scope.pseudonym,
+    )  # fmt: skip
+    return row_count(approvals), row_count(grants)
