@@ -38,6 +38,9 @@ from authz_service.store.migrate import migrate
 class Dsns:
     owner: str
     service: str
+    home: Path | None = None
+    """AUTHZ_HOME of the embedded server; None with AUTHZ_TEST_DATABASE_URL."""
+    server: embedded.EmbeddedDatabase | None = None
 
 
 @pytest.fixture(scope="session")
@@ -52,9 +55,12 @@ async def dsns() -> AsyncIterator[Dsns]:
         return
     with tempfile.TemporaryDirectory(prefix="authz-test-") as home:
         emb = await asyncio.to_thread(embedded.start, Path(home))
-        await embedded.ensure_database(emb)
-        await migrate(emb.owner_dsn)
-        yield Dsns(emb.owner_dsn, emb.service_dsn)
+        try:
+            await embedded.ensure_database(emb)
+            await migrate(emb.owner_dsn)
+            yield Dsns(emb.owner_dsn, emb.service_dsn, Path(home), emb)
+        finally:
+            await asyncio.to_thread(embedded.release, Path(home))
 
 
 @pytest.fixture
