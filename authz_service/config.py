@@ -26,6 +26,15 @@ def _int(env: dict[str, str], name: str, default: int, lo: int, hi: int) -> int:
     return value
 
 
+def _switch(env: dict[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if raw == "":
+        return default
+    if raw not in ("on", "off"):
+        raise ConfigError(f"{name} must be 'on' or 'off', got {raw!r}")
+    return raw == "on"
+
+
 def _secret(env: dict[str, str], name: str) -> str | None:
     """A secret from NAME, or from the file named by NAME_FILE (Kubernetes Secrets)."""
     if env.get(name):
@@ -193,6 +202,14 @@ class Settings:
     """AUTHZ_CODE_ATTEMPTS_PER_TENANT: failed pairing code lookups per tenant per window."""
     code_attempt_window_seconds: int = 600
     """AUTHZ_CODE_ATTEMPT_WINDOW_SECONDS: the window those limits count in (stored in PostgreSQL)."""
+    auth_failure_burst: int = 30
+    """AUTHZ_AUTH_FAILURE_BURST: failed authentications one peer address may make in a row
+    before its calls that need the database are refused (RESOURCE_EXHAUSTED); per process."""
+    auth_failures_per_minute: int = 60
+    """AUTHZ_AUTH_FAILURES_PER_MINUTE: how fast that allowance refills."""
+    legacy_api_keys: bool = True
+    """AUTHZ_LEGACY_API_KEYS=on|off: accept four-part API keys made before keys carried a
+    check (they cost a database read when unknown); off once every such key is replaced."""
 
     @property
     def embedded(self) -> bool:
@@ -241,4 +258,7 @@ class Settings:
             code_attempts_per_key=_int(env, "AUTHZ_CODE_ATTEMPTS_PER_KEY", 10, 1, 100_000),
             code_attempts_per_tenant=_int(env, "AUTHZ_CODE_ATTEMPTS_PER_TENANT", 50, 1, 1_000_000),
             code_attempt_window_seconds=_int(env, "AUTHZ_CODE_ATTEMPT_WINDOW_SECONDS", 600, 1, 86_400),
+            auth_failure_burst=_int(env, "AUTHZ_AUTH_FAILURE_BURST", 30, 1, 1_000_000),
+            auth_failures_per_minute=_int(env, "AUTHZ_AUTH_FAILURES_PER_MINUTE", 60, 1, 1_000_000),
+            legacy_api_keys=_switch(env, "AUTHZ_LEGACY_API_KEYS", True),
         )
