@@ -24,11 +24,15 @@ Correctness rules (DESIGN §6):
   tenant's pairing traffic does not make every call re-read its key.
 * The cache is bounded: past ``max_entries`` it is cleared (cheap, and a cold
   read is one round trip).
+* "No such API key" is remembered apart, in a small LRU of its own
+  (``max_unknown_keys``): a flood of made-up key ids evicts only other
+  made-up key ids, never a real entry, and never clears the cache.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -54,8 +58,9 @@ class CheckState:
 
 
 class StateCache:
-    def __init__(self, max_entries: int = 500_000) -> None:
+    def __init__(self, max_entries: int = 500_000, max_unknown_keys: int = 10_000) -> None:
         self.max_entries = max_entries
+        self.max_unknown_keys = max_unknown_keys
         self.usable = False
         self.generation = 0
         self.hits = 0
@@ -64,7 +69,9 @@ class StateCache:
         self._channels: dict[tuple[str, str], tuple[int, Channel | None]] = {}
         self._subjects: dict[tuple[str, str, str], tuple[int, Subject | None]] = {}
         self._groups: dict[tuple[str, str, str], tuple[int, dict[str, bool]]] = {}
-        self._keys: dict[tuple[str, str], tuple[int, KeyRecord | None]] = {}
+        self._keys: dict[tuple[str, str], tuple[int, KeyRecord]] = {}
+        # Unknown key ids, with their tenant's key generation at fill time.
+        self._unknown_keys: OrderedDict[tuple[str, str], int] = OrderedDict()
         self._tenant_generation: dict[str, int] = {}
         # Keys change only through the key RPCs: a write to a tenant's policies
         # or users leaves its cached keys alone (they have their own generation).
@@ -95,6 +102,7 @@ class StateCache:
         self._subjects.clear()
         self._groups.clear()
         self._keys.clear()
+        self._unknown_keys.clear()
 
     def on_change(self, payload: str) -> None:
         self.generation += 1
@@ -108,6 +116,7 @@ class StateCache:
             self._groups.pop((parts[0], parts[1], parts[2]), None)
         elif table == "api_keys" and len(parts) == 2:
             self._keys.pop((parts[0], parts[1]), None)
+            self._unknown_keys.pop((parts[0], parts[1]), None)
         elif table == "tenants" and len(parts) == 1:  # its time zone: cached on every channel
             self.forget_tenant(parts[0])
         else:  # unknown shape: be safe
@@ -176,14 +185,28 @@ class StateCache:
 
     def key(self, tenant_id: str, key_id: str) -> tuple[bool, KeyRecord | None]:
         """(found in cache, record); a cached None means "no such key"."""
-        entry = self._keys.get((tenant_id, key_id)) if self.usable else None
-        if entry is None or entry[0] != self._key_generation.get(tenant_id, 0):
+        if not self.usable:
             return False, None
-        return True, entry[1]
+        kgen = self._key_generation.get(tenant_id, 0)
+        entry = self._keys.get((tenant_id, key_id))
+        if entry is not None and entry[0] == kgen:
+            return True, entry[1]
+        unknown = self._unknown_keys.get((tenant_id, key_id))
+        if unknown is not None and unknown == kgen:
+            self._unknown_keys.move_to_end((tenant_id, key_id))
+            return True, None
+        return False, None
 
     def fill_key(self, generation: int, tenant_id: str, key_id: str, record: KeyRecord | None) -> None:
-        if self._may_fill(generation):
-            self._keys[(tenant_id, key_id)] = (self._key_generation.get(tenant_id, 0), record)
+        kgen = self._key_generation.get(tenant_id, 0)
+        if record is None:
+            if self.usable and generation == self.generation:
+                self._unknown_keys[(tenant_id, key_id)] = kgen
+                self._unknown_keys.move_to_end((tenant_id, key_id))
+                if len(self._unknown_keys) > self.max_unknown_keys:
+                    self._unknown_keys.popitem(last=False)
+        elif self._may_fill(generation):
+            self._keys[(tenant_id, key_id)] = (kgen, record)
 
     def _may_fill(self, generation: int) -> bool:
         if not self.usable or generation != self.generation:

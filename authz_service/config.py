@@ -26,6 +26,15 @@ def _int(env: dict[str, str], name: str, default: int, lo: int, hi: int) -> int:
     return value
 
 
+def _switch(env: dict[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if raw == "":
+        return default
+    if raw not in ("on", "off"):
+        raise ConfigError(f"{name} must be 'on' or 'off', got {raw!r}")
+    return raw == "on"
+
+
 def _secret(env: dict[str, str], name: str) -> str | None:
     """A secret from NAME, or from the file named by NAME_FILE (Kubernetes Secrets)."""
     if env.get(name):
@@ -39,13 +48,46 @@ def _secret(env: dict[str, str], name: str) -> str | None:
     return None
 
 
-def _home_secret(home: Path, filename: str, nbytes: int) -> str:
-    """Dev mode only: a secret generated once and kept under AUTHZ_HOME."""
-    path = home / filename
-    if not path.exists():
-        home.mkdir(parents=True, exist_ok=True)
-        path.write_text(secrets.token_urlsafe(nbytes) + "\n")
-        path.chmod(0o600)
+def private_home(home: Path) -> Path:
+    """Create AUTHZ_HOME 0700 (parents as the umask says), or take group and other
+    bits away from an existing one; group search alone stays (the embedded
+    PostgreSQL's account, run as root: store/embedded.py). Nothing above is touched."""
+    home.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.mkdir(home, 0o700)
+    except FileExistsError:
+        if not home.is_dir():
+            raise ConfigError(f"AUTHZ_HOME {home} is not a folder") from None
+        if home.stat().st_mode & 0o067:
+            home.chmod(0o700)
+    return home
+
+
+def write_private(path: Path, text: str, *, replace: bool = False) -> bool:
+    """Write ``path`` 0600 from its creation, atomically: readers see the whole file
+    or none. Without ``replace``, returns False (and writes nothing) when it exists."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)  # fails if another process published first
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink(missing_ok=True)
+    return True
+
+
+def home_secret(home: Path, filename: str, nbytes: int) -> str:
+    """Dev mode only: a secret from the CSPRNG, generated once and kept 0600 under AUTHZ_HOME."""
+    path = private_home(home) / filename
+    write_private(path, secrets.token_urlsafe(nbytes) + "\n")
+    if path.stat().st_mode & 0o077:
+        path.chmod(0o600)  # written by an older build
     return path.read_text().strip()
 
 
@@ -160,6 +202,14 @@ class Settings:
     """AUTHZ_CODE_ATTEMPTS_PER_TENANT: failed pairing code lookups per tenant per window."""
     code_attempt_window_seconds: int = 600
     """AUTHZ_CODE_ATTEMPT_WINDOW_SECONDS: the window those limits count in (stored in PostgreSQL)."""
+    auth_failure_burst: int = 30
+    """AUTHZ_AUTH_FAILURE_BURST: failed authentications one peer address may make in a row
+    before its calls that need the database are refused (RESOURCE_EXHAUSTED); per process."""
+    auth_failures_per_minute: int = 60
+    """AUTHZ_AUTH_FAILURES_PER_MINUTE: how fast that allowance refills."""
+    legacy_api_keys: bool = True
+    """AUTHZ_LEGACY_API_KEYS=on|off: accept four-part API keys made before keys carried a
+    check (they cost a database read when unknown); off once every such key is replaced."""
 
     @property
     def embedded(self) -> bool:
@@ -174,8 +224,8 @@ class Settings:
         operator_key = _secret(env, "AUTHZ_OPERATOR_KEY")
         if database_url is None:
             # Embedded (development) mode: generate what is missing, once.
-            secret_key = secret_key or _home_secret(home, "secret.key", 32)
-            operator_key = operator_key or _home_secret(home, "operator.key", 32)
+            secret_key = secret_key or home_secret(home, "secret.key", 32)
+            operator_key = operator_key or home_secret(home, "operator.key", 32)
         elif secret_key is None:
             raise ConfigError(
                 "AUTHZ_SECRET_KEY (or AUTHZ_SECRET_KEY_FILE) is required with AUTHZ_DATABASE_URL"
@@ -208,4 +258,7 @@ class Settings:
             code_attempts_per_key=_int(env, "AUTHZ_CODE_ATTEMPTS_PER_KEY", 10, 1, 100_000),
             code_attempts_per_tenant=_int(env, "AUTHZ_CODE_ATTEMPTS_PER_TENANT", 50, 1, 1_000_000),
             code_attempt_window_seconds=_int(env, "AUTHZ_CODE_ATTEMPT_WINDOW_SECONDS", 600, 1, 86_400),
+            auth_failure_burst=_int(env, "AUTHZ_AUTH_FAILURE_BURST", 30, 1, 1_000_000),
+            auth_failures_per_minute=_int(env, "AUTHZ_AUTH_FAILURES_PER_MINUTE", 60, 1, 1_000_000),
+            legacy_api_keys=_switch(env, "AUTHZ_LEGACY_API_KEYS", True),
         )

@@ -23,7 +23,7 @@ from .config import Settings
 from .domain.errors import Unavailable
 from .domain.pairing import Keyring
 from .flows import CodeAttemptLimits
-from .flows.auth import hash_secret
+from .flows.auth import FailureThrottle, hash_secret
 from .gen.authz.v1 import admin_pb2, admin_pb2_grpc, authz_pb2, authz_pb2_grpc
 from .store import embedded
 from .store.db import Database, schema_message
@@ -145,6 +145,8 @@ async def start_server(
             per_tenant=settings.code_attempts_per_tenant,
             window_seconds=settings.code_attempt_window_seconds,
         ),
+        auth_throttle=FailureThrottle(settings.auth_failure_burst, settings.auth_failures_per_minute),
+        legacy_keys=settings.legacy_api_keys,
     )
     server = grpc.aio.server(
         options=[

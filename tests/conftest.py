@@ -33,11 +33,18 @@ from authz_service.store import embedded
 from authz_service.store.db import Database
 from authz_service.store.migrate import migrate
 
+SECRET_KEY = secrets.token_urlsafe(32)
+"""The deployment's AUTHZ_SECRET_KEY: every server the tests start shares it, as
+replicas must (API keys carry a MAC under it, flows/auth.py)."""
+
 
 @dataclass(frozen=True)
 class Dsns:
     owner: str
     service: str
+    home: Path | None = None
+    """AUTHZ_HOME of the embedded server; None with AUTHZ_TEST_DATABASE_URL."""
+    server: embedded.EmbeddedDatabase | None = None
 
 
 @pytest.fixture(scope="session")
@@ -52,9 +59,12 @@ async def dsns() -> AsyncIterator[Dsns]:
         return
     with tempfile.TemporaryDirectory(prefix="authz-test-") as home:
         emb = await asyncio.to_thread(embedded.start, Path(home))
-        await embedded.ensure_database(emb)
-        await migrate(emb.owner_dsn)
-        yield Dsns(emb.owner_dsn, emb.service_dsn)
+        try:
+            await embedded.ensure_database(emb)
+            await migrate(emb.owner_dsn)
+            yield Dsns(emb.owner_dsn, emb.service_dsn, Path(home), emb)
+        finally:
+            await asyncio.to_thread(embedded.release, Path(home))
 
 
 @pytest.fixture
@@ -80,7 +90,10 @@ async def service(dsns: Dsns) -> AsyncIterator[Service]:
     settings = Settings.from_env(
         {
             "AUTHZ_DATABASE_URL": dsns.service,
-            "AUTHZ_SECRET_KEY": secrets.token_urlsafe(32),
+            "AUTHZ_SECRET_KEY": SECRET_KEY,
+            # Every test calls from 127.0.0.1, many with bad keys on purpose: the per-peer
+            # failure throttle is tested on servers of its own (test_key_check.py).
+            "AUTHZ_AUTH_FAILURE_BURST": "1000000",
             "AUTHZ_OPERATOR_KEY": operator_key,
             "AUTHZ_HOME": tempfile.gettempdir(),
         }

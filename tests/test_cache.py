@@ -19,7 +19,7 @@ from authz_service.server import RunningServer, start_server
 from authz_service.store.db import Database
 from authz_service.store.notify import APPLICATION_NAME
 
-from .conftest import Dsns, Tenant, eventually, rpc_error
+from .conftest import SECRET_KEY, Dsns, Tenant, eventually, rpc_error
 
 
 @dataclasses.dataclass
@@ -32,7 +32,7 @@ class Cached:
 async def cached(dsns: Dsns, tenant: Tenant) -> AsyncIterator[Cached]:
     """A server of its own, so this test owns its cache and its listener."""
     settings = Settings.from_env(
-        {"AUTHZ_DATABASE_URL": dsns.service, "AUTHZ_SECRET_KEY": "c" * 43, "AUTHZ_HOME": "/nonexistent"}
+        {"AUTHZ_DATABASE_URL": dsns.service, "AUTHZ_SECRET_KEY": SECRET_KEY, "AUTHZ_HOME": "/nonexistent"}
     )
     running = await start_server(await Database.connect(dsns.service), settings, listen="127.0.0.1:0")
     client = connect(f"127.0.0.1:{running.port}", tenant.keys["connector"])

@@ -20,7 +20,7 @@ from authz_service.server import LIVENESS, RunningServer, start_server
 from authz_service.store.db import Database
 from authz_service.store.migrate import LATEST_VERSION, migrate
 
-from .conftest import Dsns, Tenant, rpc_error
+from .conftest import SECRET_KEY, Dsns, Tenant, rpc_error
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -28,7 +28,7 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 def settings(dsn: str) -> Settings:
     base = Settings.from_env(
-        {"AUTHZ_DATABASE_URL": dsn, "AUTHZ_SECRET_KEY": "s" * 43, "AUTHZ_HOME": "/nonexistent"}
+        {"AUTHZ_DATABASE_URL": dsn, "AUTHZ_SECRET_KEY": SECRET_KEY, "AUTHZ_HOME": "/nonexistent"}
     )
     return dataclasses.replace(base, readiness_interval_seconds=0.2)
 

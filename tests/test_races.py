@@ -35,7 +35,7 @@ from authz_service.gen.authz.v1 import common_pb2 as cm
 from authz_service.server import RunningServer, start_server
 from authz_service.store.db import Database
 
-from .conftest import Dsns, Service, Tenant, eventually
+from .conftest import SECRET_KEY, Dsns, Service, Tenant, eventually
 from .pgproxy import PgProxy
 
 OWNER = "100"
@@ -299,7 +299,7 @@ async def own_cache(dsns: Dsns) -> AsyncIterator[RunningServer]:
     await slow.start()
     slow.delay = 0.005
     settings = Settings.from_env(
-        {"AUTHZ_DATABASE_URL": dsns.service, "AUTHZ_SECRET_KEY": "r" * 43, "AUTHZ_HOME": "/nonexistent"}
+        {"AUTHZ_DATABASE_URL": dsns.service, "AUTHZ_SECRET_KEY": SECRET_KEY, "AUTHZ_HOME": "/nonexistent"}
     )
     db = await Database.connect(slow.dsn)
     db.dsn = dsns.service  # the listener's own connection, outside the pool: the fast path

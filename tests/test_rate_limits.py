@@ -25,7 +25,7 @@ from authz_service.gen.authz.v1 import common_pb2 as cm
 from authz_service.server import start_server
 from authz_service.store.db import Database
 
-from .conftest import Dsns, Service, Tenant, eventually, rpc_error
+from .conftest import SECRET_KEY, Dsns, Service, Tenant, eventually, rpc_error
 from .test_replicas import Replica, two_replicas
 
 LIMITED = az.DECISION_RATE_LIMITED
@@ -202,7 +202,7 @@ async def test_a_database_failure_fails_closed_even_for_a_cached_verdict(dsns: D
     """A server of its own whose queries time out after a second: with the
     bucket table locked, a verdict the cache holds still gets no answer."""
     settings = Settings.from_env(
-        {"AUTHZ_DATABASE_URL": dsns.service, "AUTHZ_SECRET_KEY": "r" * 43, "AUTHZ_HOME": "/nonexistent"}
+        {"AUTHZ_DATABASE_URL": dsns.service, "AUTHZ_SECRET_KEY": SECRET_KEY, "AUTHZ_HOME": "/nonexistent"}
     )
     running = await start_server(
         await Database.connect(dsns.service, timeout=1), settings, listen="127.0.0.1:0"

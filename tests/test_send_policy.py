@@ -27,7 +27,7 @@ from authz_service.gen.authz.v1 import common_pb2 as cm
 from authz_service.server import RunningServer, start_server
 from authz_service.store.db import Database
 
-from .conftest import Dsns, Service, Tenant, eventually, rpc_error
+from .conftest import SECRET_KEY, Dsns, Service, Tenant, eventually, rpc_error
 from .policy_helpers import run_authz
 
 EXEC = "slack:#exec"
@@ -382,7 +382,7 @@ async def test_per_agent_rules_like_the_seeds_rbac(tenant: Tenant) -> None:
 async def replica(dsns: Dsns, tenant: Tenant) -> AsyncIterator[tuple[RunningServer, Client]]:
     """A second server with its own cache and change listener, on the same database."""
     settings = Settings.from_env(
-        {"AUTHZ_DATABASE_URL": dsns.service, "AUTHZ_SECRET_KEY": "s" * 43, "AUTHZ_HOME": "/nonexistent"}
+        {"AUTHZ_DATABASE_URL": dsns.service, "AUTHZ_SECRET_KEY": SECRET_KEY, "AUTHZ_HOME": "/nonexistent"}
     )
     running = await start_server(await Database.connect(dsns.service), settings, listen="127.0.0.1:0")
     client = connect(f"127.0.0.1:{running.port}", tenant.keys["connector"])

@@ -37,7 +37,7 @@ from authz_service.server import RunningServer, start_server
 from authz_service.store.db import Database
 from authz_service.telemetry import PrometheusEndpoint, Telemetry
 
-from .conftest import Dsns, Service, Tenant, rpc_error
+from .conftest import SECRET_KEY, Dsns, Service, Tenant, rpc_error
 
 OWNER = "100"
 MESSAGE = "please wire 5000 to account 12345 -- message text"
@@ -49,7 +49,7 @@ SERVICE = "authz.v1.AuthzService"
 
 def settings(dsn: str, **env: str) -> Settings:
     return Settings.from_env(
-        {"AUTHZ_DATABASE_URL": dsn, "AUTHZ_SECRET_KEY": "s" * 43, "AUTHZ_HOME": "/nonexistent", **env}
+        {"AUTHZ_DATABASE_URL": dsn, "AUTHZ_SECRET_KEY": SECRET_KEY, "AUTHZ_HOME": "/nonexistent", **env}
     )
 
 

@@ -7,10 +7,11 @@ from __future__ import annotations
 import grpc
 
 from authz_service.client import connect
+from authz_service.domain.pairing import Keyring
 from authz_service.gen.authz.v1 import admin_pb2 as adm
 from authz_service.gen.authz.v1 import authz_pb2 as az
 from authz_service.gen.authz.v1 import common_pb2 as cm
-from tests.conftest import Service, Tenant, rpc_error
+from tests.conftest import SECRET_KEY, Service, Tenant, rpc_error
 from tests.tenant_rows import DIRECT
 
 # --- keys ----------------------------------------------------------------------------
@@ -21,16 +22,24 @@ async def test_tampered_tenant_key_is_unauthenticated(
 ) -> None:
     await tenant.channel("tg")
     await other_tenant.channel("tg")
-    prefix, tenant_part, key_id, secret = tenant.keys["connector"].split(".")
+    prefix, tenant_part, key_id, secret, _check = tenant.keys["connector"].split(".")
     assert (prefix, tenant_part) == ("azk", tenant.tenant_id)
-    _, b_tenant, b_key_id, b_secret = other_tenant.keys["connector"].split(".")
-    forged = {
-        "tenant swapped": f"azk.{other_tenant.tenant_id}.{key_id}.{secret}",
-        "B key id, A secret": f"azk.{b_tenant}.{b_key_id}.{secret}",
-        "A key id, B secret": f"azk.{tenant_part}.{key_id}.{b_secret}",
-        "unknown tenant": f"azk.zz-no-such-tenant.{key_id}.{secret}",
-        "secret truncated": f"azk.{tenant_part}.{key_id}.{secret[:-1]}",
+    _, b_tenant, b_key_id, b_secret, _ = other_tenant.keys["connector"].split(".")
+    parts = {
+        "tenant swapped": (other_tenant.tenant_id, key_id, secret),
+        "B key id, A secret": (b_tenant, b_key_id, secret),
+        "A key id, B secret": (tenant_part, key_id, b_secret),
+        "unknown tenant": ("zz-no-such-tenant", key_id, secret),
+        "secret truncated": (tenant_part, key_id, secret[:-1]),
     }
+    # Each with a check that holds (so the stored hash decides), and in the
+    # check-less form of keys made by older builds.
+    keyring = Keyring(SECRET_KEY.encode())
+    forged = {
+        f"{label}, checked": f"azk.{t}.{k}.{s}.{keyring.api_key_check(t, k)}"
+        for label, (t, k, s) in parts.items()
+    }
+    forged |= {f"{label}, legacy": f"azk.{t}.{k}.{s}" for label, (t, k, s) in parts.items()}
     req = az.CheckUserRequest(channel_id="tg", user_id="42", chat_kind=DIRECT)
     for label, key in forged.items():
         client = connect(service.address, key)

@@ -23,7 +23,7 @@ from authz_service.gen.authz.v1 import admin_pb2 as adm
 from authz_service.server import RunningServer, start_server
 from authz_service.store.db import Database
 
-from .conftest import Dsns, Tenant, rpc_error
+from .conftest import SECRET_KEY, Dsns, Tenant, rpc_error
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,7 @@ def pki() -> Pki:
 
 async def _serve(dsns: Dsns, tls: ServerTls) -> RunningServer:
     settings = Settings.from_env(
-        {"AUTHZ_DATABASE_URL": dsns.service, "AUTHZ_SECRET_KEY": "k" * 43, "AUTHZ_HOME": "/nonexistent"}
+        {"AUTHZ_DATABASE_URL": dsns.service, "AUTHZ_SECRET_KEY": SECRET_KEY, "AUTHZ_HOME": "/nonexistent"}
     )
     settings = dataclasses.replace(settings, tls=tls)
     return await start_server(await Database.connect(dsns.service), settings, listen="127.0.0.1:0")
@@ -167,7 +167,7 @@ def test_server_tls_settings_fail_closed(tmp_path: Path, pki: Pki) -> None:
     cert.write_bytes(pki.server_cert)
     base = {
         "AUTHZ_DATABASE_URL": "postgresql://x/y",
-        "AUTHZ_SECRET_KEY": "k" * 43,
+        "AUTHZ_SECRET_KEY": SECRET_KEY,
         "AUTHZ_HOME": str(tmp_path),
     }
     with pytest.raises(ConfigError, match="together"):

@@ -18,7 +18,7 @@ from authz_service.gen.authz.v1 import common_pb2 as cm
 from authz_service.server import start_server
 from authz_service.store.db import Database
 
-from .conftest import Dsns, Service, Tenant, rpc_error
+from .conftest import SECRET_KEY, Dsns, Service, Tenant, rpc_error
 
 APPROVER = "telegram:42"
 
@@ -368,7 +368,7 @@ async def test_unreachable_store_never_yields_an_approval(tenant: Tenant, agent:
     key = await tenant.admin.admin.CreateApiKey(adm.CreateApiKeyRequest(role=adm.ROLE_AGENT, name="cut"))
     db = await Database.connect(dsns.service)
     settings = Settings.from_env(
-        {"AUTHZ_DATABASE_URL": dsns.service, "AUTHZ_SECRET_KEY": "x" * 43, "AUTHZ_HOME": "/nonexistent"}
+        {"AUTHZ_DATABASE_URL": dsns.service, "AUTHZ_SECRET_KEY": SECRET_KEY, "AUTHZ_HOME": "/nonexistent"}
     )
     replica = await start_server(db, settings, listen="127.0.0.1:0")
     cut = connect(f"127.0.0.1:{replica.port}", key.secret, retry=NO_RETRY)

@@ -18,7 +18,7 @@ from ..domain import errors
 from ..domain.model import Principal, Role
 from ..domain.pairing import Keyring
 from ..flows import CodeAttemptLimits, Context
-from ..flows.auth import authenticate
+from ..flows.auth import Credentials, FailureThrottle, authenticate
 from ..store.db import Database
 from ..store.notify import ApprovalNotifier
 
@@ -61,6 +61,23 @@ class Runtime:
     gate: Gate = field(default_factory=Gate)
     telemetry: Telemetry | None = None  # None: telemetry off
     code_limits: CodeAttemptLimits = field(default_factory=CodeAttemptLimits)
+    auth_throttle: FailureThrottle = field(default_factory=FailureThrottle)
+    legacy_keys: bool = True
+    """AUTHZ_LEGACY_API_KEYS: accept API keys made before they carried a check."""
+
+
+PEER = ":peer"
+"""The caller's address (``peer_of``) in the metadata dict: a pseudo-header
+name, which no client metadata can carry."""
+
+
+def peer_of(peer: str) -> str:
+    """``ipv4:10.0.0.7:51234`` → ``ipv4:10.0.0.7``: failures count per address,
+    not per connection (a new connection must not reset a peer's allowance)."""
+    kind, _, rest = peer.partition(":")
+    if kind in ("ipv4", "ipv6"):
+        return f"{kind}:{rest.rpartition(':')[0]}"
+    return peer
 
 
 def _metadata(context: grpc.aio.ServicerContext[Any, Any]) -> dict[str, str]:
@@ -68,6 +85,7 @@ def _metadata(context: grpc.aio.ServicerContext[Any, Any]) -> dict[str, str]:
     for key, value in context.invocation_metadata() or ():
         if isinstance(value, str):
             out[key.lower()] = value
+    out[PEER] = peer_of(context.peer() or "")
     return out
 
 
@@ -219,4 +237,12 @@ async def _principal(runtime: Runtime, md: dict[str, str]) -> Principal:
     token = token.strip()
     if len(token) > 256:
         raise errors.Unauthenticated("invalid API key")
-    return await authenticate(runtime.db, token, runtime.operator_key_hash, runtime.cache)
+    creds = Credentials(
+        token,
+        runtime.keyring,
+        runtime.operator_key_hash,
+        peer=md.get(PEER, ""),
+        throttle=runtime.auth_throttle,
+        legacy_keys=runtime.legacy_keys,
+    )
+    return await authenticate(runtime.db, creds, runtime.cache)

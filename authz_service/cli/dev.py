@@ -12,7 +12,7 @@ from pathlib import Path
 import grpc
 
 from ..client import TlsConfig, connect
-from ..config import Settings
+from ..config import Settings, write_private
 from ..gen.authz.v1 import admin_pb2 as adm
 from ..gen.authz.v1 import common_pb2 as cm
 from ..logs import setup_logging
@@ -33,8 +33,7 @@ async def _bootstrap(settings: Settings, running: RunningServer) -> None:
             resp = await op.admin.CreateTenant(
                 adm.CreateTenantRequest(tenant_id=DEMO_TENANT, display_name="Demo")
             )
-            key_file.write_text(resp.secret + "\n")
-            key_file.chmod(0o600)
+            write_private(key_file, resp.secret + "\n", replace=True)
         except grpc.aio.AioRpcError as exc:
             if exc.code() != grpc.StatusCode.ALREADY_EXISTS:
                 raise
@@ -66,13 +65,14 @@ async def _bootstrap(settings: Settings, running: RunningServer) -> None:
 
     venv_bin = Path(sys.executable).parent
     env_file = settings.home / "env"
-    env_file.write_text(
+    write_private(
+        env_file,
         f"export AUTHZ_ADDRESS={address}\n"
         f"export AUTHZ_API_KEY={shlex.quote(admin_key)}\n"
         f"export AUTHZ_HOME={shlex.quote(str(settings.home))}\n"
-        f"export PATH={shlex.quote(str(venv_bin))}:$PATH\n"
+        f"export PATH={shlex.quote(str(venv_bin))}:$PATH\n",
+        replace=True,
     )
-    env_file.chmod(0o600)
     print(
         f"""
 ────────────────────────────────────────────────────────────────────────

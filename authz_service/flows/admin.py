@@ -64,7 +64,7 @@ async def create_tenant(ctx: Context, tenant_id: str, display_name: str) -> tupl
     # One transaction: a tenant never exists without its first admin key.
     async with ctx.db.operator(tenant_id) as conn:
         tenant = await tenants.insert(conn, tenant_id, display_name)
-        key_id, secret, digest = new_key(tenant_id)
+        key_id, secret, digest = new_key(tenant_id, ctx.keyring)
         row = await keys.insert(conn, tenant_id, key_id, Role.ADMIN, "initial admin", digest)
         await audit.record(conn, tenant_id, "tenant.created", actor="operator", trace_id=ctx.trace_id)
         await audit.record(conn, tenant_id, "key.created", actor="operator", subject=key_id, trace_id=ctx.trace_id,
@@ -132,7 +132,7 @@ async def set_settings(
 
 async def create_key(ctx: Context, role: Role, name: str) -> IssuedKey:
     async with ctx.db.tenant(ctx.tenant_id) as conn:
-        key_id, secret, digest = new_key(ctx.tenant_id)
+        key_id, secret, digest = new_key(ctx.tenant_id, ctx.keyring)
         row = await keys.insert(conn, ctx.tenant_id, key_id, role, name, digest)
         await _audit(ctx, conn, "key.created", subject=key_id, details={"role": role.value, "name": name})
     return _issued(row, secret)

