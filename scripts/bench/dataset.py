@@ -5,7 +5,6 @@ more tenants with 1,000 users each (1,000,000 subjects, the scale run).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import secrets
 from collections.abc import Iterator
@@ -17,6 +16,8 @@ import asyncpg
 
 from authz_service.domain import policy as policy_codec
 from authz_service.domain.model import ChannelPolicy, DmPolicy, Platform, SendDefault, SendPolicy
+from authz_service.domain.pairing import Keyring
+from authz_service.flows.auth import new_key
 
 MAIN_TENANT = "bench-0000"
 CHANNEL = "tg"
@@ -40,12 +41,10 @@ def user_name(i: int) -> str:
     return str(USER_BASE + i)
 
 
-def new_api_key(tenant_id: str) -> tuple[str, str, bytes]:
-    """(key id, full key, stored hash), exactly as authz_service.flows.auth makes them."""
-    alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
-    key_id = "".join(secrets.choice(alphabet) for _ in range(12))
-    secret = secrets.token_urlsafe(32)
-    return key_id, f"azk.{tenant_id}.{key_id}.{secret}", hashlib.sha256(secret.encode()).digest()
+def new_api_key(tenant_id: str, secret_key: str) -> tuple[str, str, bytes]:
+    """(key id, full key, stored hash), made by the service's own code under the
+    bench server's secret key (so the key's check holds)."""
+    return new_key(tenant_id, Keyring(secret_key.encode()))
 
 
 def _policy_json(**kwargs: Any) -> str:
@@ -67,7 +66,13 @@ class DataSet:
 
 
 async def load_tenants(
-    owner_dsn: str, data: DataSet, first: int, count: int, users_per_tenant: int, pair_channels: int = 0
+    owner_dsn: str,
+    secret_key: str,
+    data: DataSet,
+    first: int,
+    count: int,
+    users_per_tenant: int,
+    pair_channels: int = 0,
 ) -> None:
     """Tenants ``first``..``first+count-1``, each with a connector key, channel
     ``tg`` and ``users_per_tenant`` allowlisted subjects, loaded with COPY as
@@ -81,12 +86,12 @@ async def load_tenants(
     tenants = [tenant_name(i) for i in range(first, first + count)]
     keys: list[tuple[str, str, str, str, bytes]] = []
     for t in tenants:
-        key_id, key, digest = new_api_key(t)
+        key_id, key, digest = new_api_key(t, secret_key)
         keys.append((t, key_id, "connector", "bench", digest))
         data.connector_keys[t] = key
     channels = [(t, CHANNEL, "telegram", channel_policy) for t in tenants]
     if pair_channels:
-        key_id, key, digest = new_api_key(tenants[0])
+        key_id, key, digest = new_api_key(tenants[0], secret_key)
         keys.append((tenants[0], key_id, "approver", "bench", digest))
         data.approver_key = key
         data.pair_channels = [f"pair-{j:03d}" for j in range(pair_channels)]

@@ -145,10 +145,19 @@ class Bench:
             os.sched_setaffinity(0, self.client_cpus)  # this process only coordinates
         self.loops.append(loop_ms())
 
+    def _secret_key(self) -> str:
+        """The bench server's secret key: API keys are checked under it."""
+        assert self.spec is not None, "start_database first"
+        return self.spec.secret_key
+
     def load_small(self) -> None:
         t = time.monotonic()
         channels = self.opts.processes * self.opts.concurrency
-        asyncio.run(load_tenants(self.owner_dsn, self.data, 0, 1, self.opts.users, pair_channels=channels))
+        asyncio.run(
+            load_tenants(
+                self.owner_dsn, self._secret_key(), self.data, 0, 1, self.opts.users, pair_channels=channels
+            )
+        )
         asyncio.run(settle(self.owner_dsn))
         log(f"small data set: 1 tenant, {self.opts.users:,} users ({time.monotonic() - t:.1f} s)")
 
@@ -156,7 +165,9 @@ class Bench:
         t = time.monotonic()
         for first in range(1, self.opts.scale_tenants, 100):
             count = min(100, self.opts.scale_tenants - first)
-            asyncio.run(load_tenants(self.owner_dsn, self.data, first, count, self.opts.users))
+            asyncio.run(
+                load_tenants(self.owner_dsn, self._secret_key(), self.data, first, count, self.opts.users)
+            )
             log(f"  loaded tenants {first}..{first + count - 1}")
         asyncio.run(settle(self.owner_dsn))
         log(f"scale data set: {self.data.tenants:,} tenants, {self.data.subjects:,} subjects "
