@@ -160,6 +160,11 @@ class Settings:
     """AUTHZ_CODE_ATTEMPTS_PER_TENANT: failed pairing code lookups per tenant per window."""
     code_attempt_window_seconds: int = 600
     """AUTHZ_CODE_ATTEMPT_WINDOW_SECONDS: the window those limits count in (stored in PostgreSQL)."""
+    pending_tool_approvals_per_agent: int = 20
+    """AUTHZ_PENDING_TOOL_APPROVALS_PER_AGENT: live pending tool approvals one agent may have;
+    RequestApproval beyond is RESOURCE_EXHAUSTED."""
+    pending_tool_approvals_per_tenant: int = 200
+    """AUTHZ_PENDING_TOOL_APPROVALS_PER_TENANT: the same, for all agents of a tenant together."""
 
     @property
     def embedded(self) -> bool:
@@ -208,4 +213,10 @@ class Settings:
             code_attempts_per_key=_int(env, "AUTHZ_CODE_ATTEMPTS_PER_KEY", 10, 1, 100_000),
             code_attempts_per_tenant=_int(env, "AUTHZ_CODE_ATTEMPTS_PER_TENANT", 50, 1, 1_000_000),
             code_attempt_window_seconds=_int(env, "AUTHZ_CODE_ATTEMPT_WINDOW_SECONDS", 600, 1, 86_400),
+            pending_tool_approvals_per_agent=_int(
+                env, "AUTHZ_PENDING_TOOL_APPROVALS_PER_AGENT", 20, 1, 100_000
+            ),
+            pending_tool_approvals_per_tenant=_int(
+                env, "AUTHZ_PENDING_TOOL_APPROVALS_PER_TENANT", 200, 1, 1_000_000
+            ),
         )

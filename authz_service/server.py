@@ -22,7 +22,7 @@ from .cache import StateCache
 from .config import Settings
 from .domain.errors import Unavailable
 from .domain.pairing import Keyring
-from .flows import CodeAttemptLimits
+from .flows import CodeAttemptLimits, ToolApprovalLimits
 from .flows.auth import hash_secret
 from .gen.authz.v1 import admin_pb2, admin_pb2_grpc, authz_pb2, authz_pb2_grpc
 from .store import embedded
@@ -144,6 +144,10 @@ async def start_server(
             per_key=settings.code_attempts_per_key,
             per_tenant=settings.code_attempts_per_tenant,
             window_seconds=settings.code_attempt_window_seconds,
+        ),
+        tool_limits=ToolApprovalLimits(
+            per_agent=settings.pending_tool_approvals_per_agent,
+            per_tenant=settings.pending_tool_approvals_per_tenant,
         ),
     )
     server = grpc.aio.server(

@@ -17,7 +17,7 @@ from ..cache import StateCache
 from ..domain import errors
 from ..domain.model import Principal, Role
 from ..domain.pairing import Keyring
-from ..flows import CodeAttemptLimits, Context
+from ..flows import CodeAttemptLimits, Context, ToolApprovalLimits
 from ..flows.auth import authenticate
 from ..store.db import Database
 from ..store.notify import ApprovalNotifier
@@ -61,6 +61,7 @@ class Runtime:
     gate: Gate = field(default_factory=Gate)
     telemetry: Telemetry | None = None  # None: telemetry off
     code_limits: CodeAttemptLimits = field(default_factory=CodeAttemptLimits)
+    tool_limits: ToolApprovalLimits = field(default_factory=ToolApprovalLimits)
 
 
 def _metadata(context: grpc.aio.ServicerContext[Any, Any]) -> dict[str, str]:
@@ -95,7 +96,15 @@ async def _authorize(
         call.authorized(principal)
     if principal.role not in allowed and not (principal.role is Role.ADMIN and Role.OPERATOR not in allowed):
         raise errors.PermissionDenied(f"{name} is not allowed for the {principal.role.value} role")
-    return Context(runtime.db, runtime.keyring, principal, trace_id, runtime.cache, runtime.code_limits)
+    return Context(
+        runtime.db,
+        runtime.keyring,
+        principal,
+        trace_id,
+        runtime.cache,
+        runtime.code_limits,
+        runtime.tool_limits,
+    )
 
 
 async def _abort(

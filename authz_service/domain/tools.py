@@ -116,3 +116,22 @@ def redeem_refusal(status: ApprovalStatus, resolved_by: str, tool: str) -> str:
 
 ARGUMENTS_MISMATCH = "the arguments differ from the approved call; request a new approval"
 ALREADY_REDEEMED = "this approval was already used; request a new approval"
+
+
+def pending_cap_refusal(
+    agent_id: str, agent_pending: int, tenant_pending: int, per_agent: int, per_tenant: int
+) -> str:
+    """Why a new pending tool approval is refused ('' when it is not): the
+    agent's cap first (the narrower scope names the culprit), then the tenant's.
+    Counts are live pending approvals, before this one."""
+    if agent_pending >= per_agent:
+        return (
+            f"agent {agent_id or '(none)'} has {agent_pending} pending tool approvals, the limit per agent"
+            f" (AUTHZ_PENDING_TOOL_APPROVALS_PER_AGENT={per_agent}); decide or let some expire first"
+        )
+    if tenant_pending >= per_tenant:
+        return (
+            f"the tenant has {tenant_pending} pending tool approvals, the limit per tenant"
+            f" (AUTHZ_PENDING_TOOL_APPROVALS_PER_TENANT={per_tenant}); decide or let some expire first"
+        )
+    return ""

@@ -3,7 +3,7 @@ same transaction as the change itself."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -13,7 +13,6 @@ from ..domain import send as send_policy
 from ..domain.errors import FailedPrecondition, InvalidArgument, NotFound
 from ..domain.model import (
     Approval,
-    ApprovalStatus,
     Channel,
     ChannelPolicy,
     Platform,
@@ -26,6 +25,7 @@ from ..domain.policy import CorruptPolicy
 from ..store import approvals, audit, channels, keys, subjects, tenants
 
 # Re-exported: the rows and inputs of these flows are the store's dataclasses.
+from ..store.approvals import ApprovalPage as ApprovalPage
 from ..store.audit import AuditEvent as AuditEvent
 from ..store.audit import AuditQuery as AuditQuery
 from ..store.channels import ChannelRow
@@ -326,11 +326,10 @@ async def list_group_senders(ctx: Context, channel_id: str, group_id: str) -> li
 # --- approvals and audit ---------------------------------------------------------
 
 
-async def list_approvals(
-    ctx: Context, channel_id: str, status: ApprovalStatus, limit: int, kind: str = ""
-) -> list[Approval]:
+async def list_approvals(ctx: Context, page: ApprovalPage) -> tuple[list[Approval], bool]:
+    """One page of ``page.tenant_id``'s approvals (the caller's tenant), and whether more follow."""
     async with ctx.db.tenant(ctx.tenant_id) as conn:
-        return await approvals.list_recent(conn, ctx.tenant_id, channel_id, status, limit, kind)
+        return await approvals.list_page(conn, replace(page, tenant_id=ctx.tenant_id))
 
 
 async def get_approval(ctx: Context, approval_id: str) -> Approval:

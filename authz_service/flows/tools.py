@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from ..domain import ids, messages
 from ..domain import tools as dt
-from ..domain.errors import AuthzError, FailedPrecondition, NotFound, PermissionDenied
+from ..domain.errors import AuthzError, FailedPrecondition, NotFound, PermissionDenied, ResourceExhausted
 from ..domain.model import Approval, ApprovalAction, ApprovalStatus, Channel, Grant, Risk, Role, ToolCall
 from ..domain.pairing import new_approval_id
 from ..store import approvals, audit, db, grants, tenants
@@ -98,6 +98,15 @@ async def request_approval(ctx: Context, req: ToolRequest) -> ToolRequestResult:
             if existing is not None:
                 return _replay(existing, call, approvers)
         grant = await grants.live(conn, t, req.agent_id, call.digest)
+        if grant is None:  # a standing grant approves at once: nothing pending to cap
+            await approvals.lock_tool_requests(conn, t)
+            agent_pending, tenant_pending = await approvals.count_pending_tools(conn, t, req.agent_id)
+            limits = ctx.tool_limits
+            refusal = dt.pending_cap_refusal(
+                req.agent_id, agent_pending, tenant_pending, limits.per_agent, limits.per_tenant
+            )
+            if refusal:
+                raise ResourceExhausted(refusal)
         new = ToolApprovalInput(
             t,
             new_approval_id(),
