@@ -337,7 +337,7 @@ async def test_purge_erases_the_user_and_keeps_the_trail_under_a_pseudonym(
     assert "reason" not in approved["details"]
     tool_requested = by_event["tool.requested"]
     assert tool_requested["details"]["requester_id"] == r.pseudonym
-    assert "arguments" not in tool_requested["details"] and tool_requested["subject"] == "email.send"
+    assert "arguments_excerpt" not in tool_requested["details"] and tool_requested["subject"] == "email.send"
     assert tool_requested["approval_id"] == built.tool_id
     unauthorized = by_event["approval.unauthorized"]
     assert (unauthorized["actor"], unauthorized["subject"]) == (r.pseudonym, OTHER)

@@ -5,11 +5,13 @@ aggregated denied sends, and pruning the audit by whole partitions."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+import asyncpg
 import grpc
 import pytest
 
@@ -209,3 +211,49 @@ async def test_cli_lists_35_big_tool_approvals(service: Service, tenant: Tenant)
     )
     assert r.code == 0, r.err
     assert [row["approval_id"] for row in json.loads(r.out)] == made[::-1][:8:2]
+
+
+# --- c. the audit keeps a digest and an excerpt -------------------------------------------
+
+
+async def test_audit_keeps_a_digest_and_an_excerpt_not_the_call(
+    tenant: Tenant, owner: asyncpg.Connection
+) -> None:
+    await tenant.admin.admin.SetTenantSettings(adm.TenantSettings(approvers=[APPROVER]))
+    arguments = json.dumps({"blob": "é" * 60_000, "cmd": "upload"}, ensure_ascii=False)
+    canonical = json.dumps(json.loads(arguments), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    resp = await tenant.connector.authz.RequestApproval(
+        az.RequestApprovalRequest(
+            tool_name="upload", arguments_json=arguments, agent_id="ops", timeout_seconds=600
+        )
+    )
+    aid = resp.approval.approval_id
+    # The approval row keeps the whole call (what a decision binds to) ...
+    assert resp.approval.tool.arguments_json == canonical
+    await tenant.admin.authz.ResolveApproval(
+        az.ResolveApprovalRequest(approval_id=aid, action=cm.APPROVAL_ACTION_ALWAYS_ALLOW)
+    )
+    refused = await tenant.connector.authz.RedeemApproval(
+        az.RedeemApprovalRequest(approval_id=aid, tool_name="upload", arguments_json=canonical[:-2] + 'x"}')
+    )
+    assert not refused.allow
+    # ... the audit only its digest, size and a bounded excerpt, in every event that names it.
+    found = await tenant.admin.admin.QueryAudit(adm.QueryAuditRequest(event="tool."))
+    grants = await tenant.admin.admin.QueryAudit(adm.QueryAuditRequest(event="grant.created"))
+    by_event = {e.event: json.loads(e.details_json) for e in [*found.events, *grants.events]}
+    for name in ("tool.requested", "grant.created"):
+        details = by_event[name]
+        assert "arguments" not in details
+        assert details["arguments_sha256"] == hashlib.sha256(canonical.encode()).hexdigest()
+        assert details["arguments_bytes"] == len(canonical.encode())
+        assert canonical.startswith(details["arguments_excerpt"].removesuffix("…"))
+        assert len(details["arguments_excerpt"].encode()) <= 512 + len("…".encode())
+    assert (
+        by_event["tool.redeem_refused"]["arguments_sha256"] != by_event["tool.requested"]["arguments_sha256"]
+    )
+    # As stored: no audit row of this tenant carries the call.
+    sizes = await owner.fetch(
+        "SELECT event, octet_length(details::text) AS n FROM audit_events WHERE tenant_id = $1",
+        tenant.tenant_id,
+    )
+    assert sizes and max(r["n"] for r in sizes) < 2048, sizes

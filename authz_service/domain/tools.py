@@ -135,3 +135,20 @@ def pending_cap_refusal(
             f" (AUTHZ_PENDING_TOOL_APPROVALS_PER_TENANT={per_tenant}); decide or let some expire first"
         )
     return ""
+
+
+AUDIT_EXCERPT_BYTES = 512
+
+
+def audit_arguments(canonical_args: str) -> dict[str, Any]:
+    """What the audit keeps of a call's arguments: their SHA-256 (of the
+    canonical JSON, so it identifies the exact call), their size, and the first
+    AUDIT_EXCERPT_BYTES bytes. The full call lives once, in the approval row;
+    repeating it in every event made a big call cost its size twice or more."""
+    raw = canonical_args.encode()
+    excerpt = raw[:AUDIT_EXCERPT_BYTES].decode(errors="ignore")
+    return {
+        "arguments_sha256": hashlib.sha256(raw).hexdigest(),
+        "arguments_bytes": len(raw),
+        "arguments_excerpt": excerpt + ("…" if len(raw) > AUDIT_EXCERPT_BYTES else ""),
+    }

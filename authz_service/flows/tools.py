@@ -127,7 +127,7 @@ async def request_approval(ctx: Context, req: ToolRequest) -> ToolRequestResult:
             channel_id=req.channel_id, subject=req.tool_name, approval_id=approval.approval_id,
             trace_id=ctx.trace_id,
             details={
-                "arguments": arguments, "session_id": req.session_id, "risk": req.risk.value,
+                **dt.audit_arguments(arguments), "session_id": req.session_id, "risk": req.risk.value,
                 "requester_id": req.requester_id, "expires_at": approval.expires_at.isoformat(),
                 **({"grant_id": grant.grant_id} if grant else {}),
             },
@@ -249,7 +249,7 @@ async def decide(
         await audit.record(
             conn, t, "grant.created", actor=actor, channel_id=approval.channel_id, subject=tool.tool_name,
             approval_id=approval.approval_id, trace_id=ctx.trace_id,
-            details={"grant_id": grant.grant_id, "agent_id": tool.agent_id, "arguments": tool.arguments},
+            details={"grant_id": grant.grant_id, "agent_id": tool.agent_id, **dt.audit_arguments(tool.arguments)},
         )  # fmt: skip
     await audit.record(
         conn, t, f"tool.{done.status.value}", actor=actor, channel_id=approval.channel_id,
@@ -289,7 +289,7 @@ async def redeem(ctx: Context, approval_id: str, tool_name: str, arguments_json:
             conn, t, "tool.redeem_refused" if refusal else "tool.redeemed",
             actor=f"agent:{call.agent_id}", channel_id=approval.channel_id, subject=tool_name,
             approval_id=approval_id, trace_id=ctx.trace_id,
-            details={"reason": refusal, "arguments": arguments} if refusal else {},
+            details={"reason": refusal, **dt.audit_arguments(arguments)} if refusal else {},
         )  # fmt: skip
     return RedeemResult(not refusal, refusal, approval)
 

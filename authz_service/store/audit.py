@@ -106,7 +106,8 @@ async def query(conn: Connection, tenant_id: str, q: AuditQuery) -> list[AuditEv
 
 
 # Details that may name or describe a person: removed when a user is purged or anonymised.
-PERSONAL_DETAILS = ["display_name", "first_message", "arguments", "reason"]
+# ("arguments": events written before the audit kept only an excerpt.)
+PERSONAL_DETAILS = ["display_name", "first_message", "arguments", "arguments_excerpt", "reason"]
 
 
 _USER_EVENTS = """tenant_id = $1 AND (
