@@ -257,3 +257,115 @@ async def test_audit_keeps_a_digest_and_an_excerpt_not_the_call(
         tenant.tenant_id,
     )
     assert sizes and max(r["n"] for r in sizes) < 2048, sizes
+
+
+# --- a. denied sends, counted and aggregated ----------------------------------------------
+
+
+async def deny_channel(t: Tenant) -> None:
+    await t.channel("sl", cm.PLATFORM_SLACK, send_policy=cm.SendPolicy(default=cm.SEND_DEFAULT_DENY))
+
+
+async def denied_send(t: Tenant, target: str, agent: str = "ops") -> None:
+    resp = await t.connector.authz.EvaluateSend(
+        az.EvaluateSendRequest(
+            channel_id="sl", agent_id=agent, session_id="s1", origin="slack:C0HOME1", target=target
+        )
+    )
+    assert not resp.allow
+
+
+async def clear_of_a_bucket_edge(owner: asyncpg.Connection) -> None:
+    """Start a burst well inside one 60 s bucket of the database clock (not a
+    timing assertion: a burst that straddles two buckets is two aggregates)."""
+    left = float(await owner.fetchval("SELECT 60 - extract(epoch FROM now())::numeric % 60"))
+    if left < 15:
+        await asyncio.sleep(left + 0.5)
+
+
+async def audit_of(t: Tenant, event: str) -> list[tuple[str, dict[str, object]]]:
+    found = await t.admin.admin.QueryAudit(adm.QueryAuditRequest(event=event, limit=1000))
+    return [(e.subject, json.loads(e.details_json)) for e in found.events]
+
+
+async def test_a_flood_of_denied_sends_is_one_event_and_a_count(
+    tenant: Tenant, owner: asyncpg.Connection
+) -> None:
+    await deny_channel(tenant)
+    await clear_of_a_bucket_edge(owner)
+    await asyncio.gather(*(denied_send(tenant, "slack:#exec") for _ in range(50)))
+    events = await audit_of(tenant, "send.denied")
+    assert len(events) == 1
+    subject, details = events[0]
+    assert subject == "slack:#exec" and details["count"] == 1 and details["interval_seconds"] == 60
+    assert details["reason"] and details["key"] == tenant.keys["connector"].split(".")[2]
+    # Every denial counted, committed with its decision.
+    rows = await owner.fetch("SELECT * FROM send_denials WHERE tenant_id = $1", tenant.tenant_id)
+    assert [(r["target"], r["agent_id"], r["denials"]) for r in rows] == [("slack:#exec", "ops", 50)]
+    # Another agent, or another target, is its own event.
+    await denied_send(tenant, "slack:#exec", agent="build")
+    await denied_send(tenant, "slack:#random")
+    assert sorted(s for s, _ in await audit_of(tenant, "send.denied")) == [
+        "slack:#exec",
+        "slack:#exec",
+        "slack:#random",
+    ]
+
+
+async def test_a_closed_bucket_becomes_one_summary_with_its_total(
+    tenant: Tenant, owner: asyncpg.Connection
+) -> None:
+    await deny_channel(tenant)
+    await clear_of_a_bucket_edge(owner)
+    for _ in range(7):
+        await denied_send(tenant, "slack:#exec")
+    assert await audit_of(tenant, "send.denied_summary") == []  # still open: nothing but the first event
+    # Plant the evidence of time passing: the bucket is two intervals old.
+    await owner.execute(
+        """UPDATE send_denials SET bucket_start = bucket_start - interval '120 s',
+                  first_at = first_at - interval '120 s', last_at = last_at - interval '120 s'
+           WHERE tenant_id = $1""",
+        tenant.tenant_id,
+    )
+    # The next denials open a new bucket: the old one is summarised once, then gone.
+    await asyncio.gather(*(denied_send(tenant, "slack:#exec") for _ in range(10)))
+    summaries = await audit_of(tenant, "send.denied_summary")
+    assert len(summaries) == 1
+    subject, details = summaries[0]
+    assert (subject, details["count"]) == ("slack:#exec", 7)
+    assert details["first_at"] <= details["last_at"]  # type: ignore[operator]
+    rows = await owner.fetch("SELECT denials FROM send_denials WHERE tenant_id = $1", tenant.tenant_id)
+    assert [r["denials"] for r in rows] == [10]
+    assert len(await audit_of(tenant, "send.denied")) == 2  # one per bucket
+
+
+async def test_spraying_targets_is_bounded_per_key_and_agent(
+    tenant: Tenant, owner: asyncpg.Connection
+) -> None:
+    await deny_channel(tenant)
+    await clear_of_a_bucket_edge(owner)
+    for i in range(26):
+        await denied_send(tenant, f"slack:#t{i}")
+    events = await audit_of(tenant, "send.denied")
+    assert len(events) == 21  # 20 targets, then one '*' for the rest
+    assert events[-1][0] == "*" and events[-1][1]["target"] == "slack:#t20"
+    star = await owner.fetchval(
+        "SELECT denials FROM send_denials WHERE tenant_id = $1 AND target = '*'", tenant.tenant_id
+    )
+    assert star == 6
+
+
+async def test_the_service_role_cannot_forge_the_counts_of_another_tenant(
+    tenant: Tenant, other_tenant: Tenant, dsns: Dsns
+) -> None:
+    await deny_channel(tenant)
+    await denied_send(tenant, "slack:#exec")
+    conn = await asyncpg.connect(dsns.service)
+    try:
+        async with conn.transaction():
+            await conn.execute("SELECT set_config('authz.tenant', $1, true)", other_tenant.tenant_id)
+            assert await conn.fetchval("SELECT count(*) FROM send_denials") == 0
+            status = await conn.execute("UPDATE send_denials SET denials = 1")
+            assert status == "UPDATE 0"
+    finally:
+        await conn.close()
