@@ -25,7 +25,7 @@ from .domain.pairing import Keyring
 from .flows import CodeAttemptLimits, ToolApprovalLimits
 from .flows.auth import hash_secret
 from .gen.authz.v1 import admin_pb2, admin_pb2_grpc, authz_pb2, authz_pb2_grpc
-from .store import embedded
+from .store import audit, embedded
 from .store.db import Database, schema_message
 from .store.migrate import LATEST_VERSION, migrate
 from .store.notify import CHANGES, ApprovalNotifier, Listener
@@ -130,6 +130,7 @@ async def start_server(
     listener.on(CHANGES, cache.on_change)
     listener.on_state(cache.on_listener)
     await listener.start()
+    await audit.prepare_partitions(db)
     gate = Gate()
     runtime = Runtime(
         gate=gate,

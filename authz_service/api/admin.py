@@ -6,7 +6,7 @@ import base64
 import json
 import re
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any, TypeVar
 
 from google.protobuf.message import Message
@@ -373,6 +373,25 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         if not _GRANT_ID.fullmatch(request.grant_id):
             raise InvalidArgument("grant_id", "must be a grant id (grt_...)")
         return convert.grant_out(await tools.revoke_grant(ctx, request.grant_id))
+
+    @rpc(Role.OPERATOR)
+    async def PruneAudit(self, request: adm.PruneAuditRequest, ctx: Context) -> adm.PruneAuditResponse:
+        try:
+            before = date.fromisoformat(request.before)
+        except ValueError:
+            raise InvalidArgument("before", "must be a date, YYYY-MM-DD") from None
+        pruned = await flows.prune_audit(ctx, before)
+        return adm.PruneAuditResponse(
+            partitions=[
+                adm.PrunedPartition(
+                    partition=p.partition,
+                    range_from=convert.ts(p.range_from),
+                    range_to=convert.ts(p.range_to),
+                    events=p.events,
+                )
+                for p in pruned
+            ]
+        )
 
     # --- invites ----------------------------------------------------------------------
 

@@ -3,8 +3,9 @@ same transaction as the change itself."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 from ..domain import ids
@@ -28,6 +29,7 @@ from ..store import approvals, audit, channels, keys, subjects, tenants
 from ..store.approvals import ApprovalPage as ApprovalPage
 from ..store.audit import AuditEvent as AuditEvent
 from ..store.audit import AuditQuery as AuditQuery
+from ..store.audit import PrunedPartition as PrunedPartition
 from ..store.channels import ChannelRow
 from ..store.db import Connection
 from ..store.keys import KeyRow
@@ -37,6 +39,8 @@ from ..store.tenants import TenantRow as TenantRow
 from . import Context
 from .approvals import load_channel
 from .auth import new_key
+
+log = logging.getLogger(__name__)
 
 
 async def _audit(ctx: Context, conn: Connection, event: str, **kw: Any) -> None:
@@ -343,3 +347,14 @@ async def get_approval(ctx: Context, approval_id: str) -> Approval:
 async def query_audit(ctx: Context, filters: AuditQuery) -> list[AuditEvent]:
     async with ctx.db.tenant(ctx.tenant_id) as conn:
         return await audit.query(conn, ctx.tenant_id, filters)
+
+
+async def prune_audit(ctx: Context, before: date) -> list[PrunedPartition]:
+    """Retention across tenants (the operator key): whole months of audit go,
+    each affected tenant's trail says so (``audit.pruned``)."""
+    async with ctx.db.operator() as conn:
+        pruned = await audit.prune(conn, before)
+    log.info(
+        "audit pruned", extra={"before": before.isoformat(), "partitions": [p.partition for p in pruned]}
+    )
+    return pruned
