@@ -165,6 +165,9 @@ class Settings:
     RequestApproval beyond is RESOURCE_EXHAUSTED."""
     pending_tool_approvals_per_tenant: int = 200
     """AUTHZ_PENDING_TOOL_APPROVALS_PER_TENANT: the same, for all agents of a tenant together."""
+    denied_send_sweep_seconds: int = 60
+    """AUTHZ_DENIED_SEND_SWEEP_SECONDS: how often a process moves closed buckets of denied
+    sends into the audit (migration 0015), for every tenant."""
 
     @property
     def embedded(self) -> bool:
@@ -216,6 +219,7 @@ class Settings:
             pending_tool_approvals_per_agent=_int(
                 env, "AUTHZ_PENDING_TOOL_APPROVALS_PER_AGENT", 20, 1, 100_000
             ),
+            denied_send_sweep_seconds=_int(env, "AUTHZ_DENIED_SEND_SWEEP_SECONDS", 60, 1, 3600),
             pending_tool_approvals_per_tenant=_int(
                 env, "AUTHZ_PENDING_TOOL_APPROVALS_PER_TENANT", 200, 1, 1_000_000
             ),

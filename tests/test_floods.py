@@ -27,7 +27,7 @@ from authz_service.server import RunningServer, start_server
 from authz_service.store.db import Database
 from authz_service.store.migrate import load_migrations
 
-from .conftest import Dsns, Service, Tenant, rpc_error
+from .conftest import Dsns, Service, Tenant, eventually, rpc_error
 from .policy_helpers import make_cli, run_authz
 
 APPROVER = "telegram:42"
@@ -139,14 +139,17 @@ def test_pending_cap_settings_are_read_and_validated() -> None:
         20,
         200,
     )
+    assert defaults.denied_send_sweep_seconds == 60
     custom = Settings.from_env(
         {
             **base,
             "AUTHZ_PENDING_TOOL_APPROVALS_PER_AGENT": "7",
             "AUTHZ_PENDING_TOOL_APPROVALS_PER_TENANT": "9",
+            "AUTHZ_DENIED_SEND_SWEEP_SECONDS": "5",
         }
     )
     assert (custom.pending_tool_approvals_per_agent, custom.pending_tool_approvals_per_tenant) == (7, 9)
+    assert custom.denied_send_sweep_seconds == 5
     with pytest.raises(ConfigError):
         Settings.from_env({**base, "AUTHZ_PENDING_TOOL_APPROVALS_PER_AGENT": "0"})
 
@@ -341,6 +344,33 @@ async def test_a_closed_bucket_becomes_one_summary_with_its_total(
     rows = await owner.fetch("SELECT denials FROM send_denials WHERE tenant_id = $1", tenant.tenant_id)
     assert [r["denials"] for r in rows] == [10]
     assert len(await audit_of(tenant, "send.denied")) == 2  # one per bucket
+
+
+async def test_the_sweep_summarises_a_burst_that_nothing_follows(
+    tenant: Tenant, dsns: Dsns, service: Service, owner: asyncpg.Connection
+) -> None:
+    await deny_channel(tenant)
+    await clear_of_a_bucket_edge(owner)
+    for _ in range(4):
+        await denied_send(tenant, "slack:#exec")
+    await owner.execute(
+        "UPDATE send_denials SET bucket_start = bucket_start - interval '120 s' WHERE tenant_id = $1",
+        tenant.tenant_id,
+    )
+    # No further denial: a process sweeping every second writes the summary by itself.
+    sweeper = await _limited(dsns, service, denied_send_sweep_seconds=1)
+    try:
+
+        async def summarised() -> bool:
+            return bool(await audit_of(tenant, "send.denied_summary"))
+
+        await eventually(summarised, timeout=15)
+    finally:
+        await sweeper.running.stop(grace=1)
+    assert [(s, d["count"]) for s, d in await audit_of(tenant, "send.denied_summary")] == [("slack:#exec", 4)]
+    assert (
+        await owner.fetchval("SELECT count(*) FROM send_denials WHERE tenant_id = $1", tenant.tenant_id) == 0
+    )
 
 
 async def test_spraying_targets_is_bounded_per_key_and_agent(

@@ -153,12 +153,4 @@ async def _audit_denied_send(
                  "count": 1, "interval_seconds": interval, "bucket_start": bucket.bucket_start.isoformat(),
                  **({"target": target} if bucket.target != target else {})},
     )  # fmt: skip
-    for closed in await denials.take_closed(conn, t, interval):
-        if closed.denials > 1:
-            await audit.record(
-                conn, t, "send.denied_summary", actor=f"agent:{closed.agent_id}", channel_id=closed.channel_id,
-                subject=closed.target, trace_id=ctx.trace_id,
-                details={"count": closed.denials, "key": closed.key_id, "interval_seconds": interval,
-                         "bucket_start": closed.bucket_start.isoformat(), "first_at": closed.first_at.isoformat(),
-                         "last_at": closed.last_at.isoformat(), "reason": closed.reason},
-            )  # fmt: skip
+    await denials.summarise_closed(conn, t, interval)

@@ -8,7 +8,7 @@ from datetime import datetime
 
 import asyncpg
 
-from .db import Connection
+from .db import Connection, Database
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,16 +73,22 @@ async def count(conn: Connection, d: Denial) -> Bucket:
     return _bucket(row)
 
 
-async def take_closed(conn: Connection, tenant_id: str, interval_seconds: int) -> list[Bucket]:
-    """Delete and return the tenant's buckets whose interval has ended (each
-    row locked: a concurrent taker waits, then finds it gone)."""
-    rows = await conn.fetch(
-        """DELETE FROM send_denials
-           WHERE tenant_id = $1 AND bucket_start + make_interval(secs => $2) <= now()
-           RETURNING *""",
-        tenant_id, interval_seconds,
-    )  # fmt: skip
-    return sorted((_bucket(r) for r in rows), key=lambda b: (b.bucket_start, b.first_at))
+async def summarise_closed(conn: Connection, tenant_id: str | None, interval_seconds: int) -> int:
+    """Move closed buckets into the audit (one ``send.denied_summary`` each
+    that counted more than its first denial) and delete them; ``tenant_id``
+    None: every tenant (needs an operator transaction). Each row is locked by
+    the DELETE: a concurrent sweep waits, then finds it gone, so a bucket is
+    summarised once across replicas. Returns the summaries written."""
+    return int(
+        await conn.fetchval("SELECT authz_summarise_send_denials($1, $2)", tenant_id, interval_seconds)
+    )
+
+
+async def sweep(db: Database, interval_seconds: int) -> int:
+    """The periodic sweep over every tenant, so a burst's total reaches the
+    audit even when no denial follows it."""
+    async with db.operator() as conn:
+        return await summarise_closed(conn, None, interval_seconds)
 
 
 def _bucket(r: asyncpg.Record) -> Bucket:

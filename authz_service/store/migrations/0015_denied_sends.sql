@@ -37,3 +37,42 @@ CREATE POLICY tenant_isolation ON send_denials
     USING (tenant_id = current_setting('authz.tenant', true))
     WITH CHECK (tenant_id = current_setting('authz.tenant', true));
 GRANT SELECT, INSERT, UPDATE, DELETE ON send_denials TO authz_service;
+
+-- Move closed buckets into the audit: one `send.denied_summary` per bucket that
+-- counted more than its first (already audited) denial; every closed bucket
+-- is deleted. p_tenant: that tenant only (the caller's, from the denial path);
+-- NULL: every tenant (the service's periodic sweep, in an operator
+-- transaction so that tenants are visible). Returns the summaries written.
+-- SECURITY DEFINER only so the sweep can set each tenant in turn; row-level
+-- security still applies to every statement.
+CREATE FUNCTION authz_summarise_send_denials(p_tenant text, p_interval_seconds integer) RETURNS integer
+LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
+DECLARE
+    t text;
+    prior text := current_setting('authz.tenant', true);
+    written integer := 0;
+    n integer;
+BEGIN
+    FOR t IN SELECT tenant_id FROM tenants WHERE p_tenant IS NULL OR tenant_id = p_tenant LOOP
+        PERFORM set_config('authz.tenant', t, true);
+        WITH closed AS (
+            DELETE FROM send_denials
+            WHERE tenant_id = t AND bucket_start + make_interval(secs => p_interval_seconds) <= now()
+            RETURNING *
+        )
+        INSERT INTO audit_events (tenant_id, event, actor, channel_id, subject, details)
+        SELECT tenant_id, 'send.denied_summary', 'agent:' || agent_id, channel_id, target,
+               jsonb_build_object('count', denials, 'key', key_id, 'interval_seconds', p_interval_seconds,
+                                  'bucket_start', bucket_start, 'first_at', first_at, 'last_at', last_at,
+                                  'reason', reason)
+        FROM closed WHERE denials > 1
+        ORDER BY bucket_start, first_at;
+        GET DIAGNOSTICS n = ROW_COUNT;
+        written := written + n;
+    END LOOP;
+    PERFORM set_config('authz.tenant', coalesce(prior, ''), true);
+    RETURN written;
+END
+$$;
+REVOKE ALL ON FUNCTION authz_summarise_send_denials(text, integer) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION authz_summarise_send_denials(text, integer) TO authz_service;
