@@ -210,6 +210,14 @@ class Settings:
     legacy_api_keys: bool = True
     """AUTHZ_LEGACY_API_KEYS=on|off: accept four-part API keys made before keys carried a
     check (they cost a database read when unknown); off once every such key is replaced."""
+    pending_tool_approvals_per_agent: int = 20
+    """AUTHZ_PENDING_TOOL_APPROVALS_PER_AGENT: live pending tool approvals one agent may have;
+    RequestApproval beyond is RESOURCE_EXHAUSTED."""
+    pending_tool_approvals_per_tenant: int = 200
+    """AUTHZ_PENDING_TOOL_APPROVALS_PER_TENANT: the same, for all agents of a tenant together."""
+    denied_send_sweep_seconds: int = 60
+    """AUTHZ_DENIED_SEND_SWEEP_SECONDS: how often a process moves closed buckets of denied
+    sends into the audit (migration 0015), for every tenant."""
 
     @property
     def embedded(self) -> bool:
@@ -261,4 +269,11 @@ class Settings:
             auth_failure_burst=_int(env, "AUTHZ_AUTH_FAILURE_BURST", 30, 1, 1_000_000),
             auth_failures_per_minute=_int(env, "AUTHZ_AUTH_FAILURES_PER_MINUTE", 60, 1, 1_000_000),
             legacy_api_keys=_switch(env, "AUTHZ_LEGACY_API_KEYS", True),
+            pending_tool_approvals_per_agent=_int(
+                env, "AUTHZ_PENDING_TOOL_APPROVALS_PER_AGENT", 20, 1, 100_000
+            ),
+            denied_send_sweep_seconds=_int(env, "AUTHZ_DENIED_SEND_SWEEP_SECONDS", 60, 1, 3600),
+            pending_tool_approvals_per_tenant=_int(
+                env, "AUTHZ_PENDING_TOOL_APPROVALS_PER_TENANT", 200, 1, 1_000_000
+            ),
         )

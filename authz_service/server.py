@@ -21,11 +21,12 @@ from .api.rpc import Gate, Runtime
 from .cache import StateCache
 from .config import Settings
 from .domain.errors import Unavailable
+from .domain.floods import DENIED_SEND_INTERVAL_SECONDS
 from .domain.pairing import Keyring
-from .flows import CodeAttemptLimits
+from .flows import CodeAttemptLimits, ToolApprovalLimits
 from .flows.auth import FailureThrottle, hash_secret
 from .gen.authz.v1 import admin_pb2, admin_pb2_grpc, authz_pb2, authz_pb2_grpc
-from .store import embedded
+from .store import audit, denials, embedded
 from .store.db import Database, schema_message
 from .store.migrate import LATEST_VERSION, migrate
 from .store.notify import CHANGES, ApprovalNotifier, Listener
@@ -94,6 +95,34 @@ class Readiness:
                 await self._task
 
 
+class DenialSweep:
+    """Every ``interval`` seconds, move the closed buckets of denied sends of
+    every tenant into the audit (store.denials.sweep): a burst's total is
+    written even when no denial follows it. Replicas may sweep at once; each
+    bucket is still summarised once."""
+
+    def __init__(self, db: Database, interval: float) -> None:
+        self.db, self.interval = db, interval
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="denial-sweep")
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                await denials.sweep(self.db, DENIED_SEND_INTERVAL_SECONDS)
+            except Exception:  # the next round retries; the counts wait in the database
+                log.warning("denied-send sweep failed", exc_info=True)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
 @dataclass
 class RunningServer:
     server: grpc.aio.Server
@@ -104,12 +133,15 @@ class RunningServer:
     cache: StateCache
     readiness: Readiness
     telemetry: Telemetry | None = None
+    sweep: DenialSweep | None = None
 
     async def stop(self, grace: float = 5.0) -> None:
         """NOT_SERVING first (every name, liveness too), so load balancers drain
         us; then refuse new calls and let in-flight ones finish within ``grace``;
         then flush telemetry."""
         await self.readiness.stop()
+        if self.sweep is not None:
+            await self.sweep.stop()
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
         await self.listener.close()
@@ -130,6 +162,7 @@ async def start_server(
     listener.on(CHANGES, cache.on_change)
     listener.on_state(cache.on_listener)
     await listener.start()
+    await audit.prepare_partitions(db)
     gate = Gate()
     runtime = Runtime(
         gate=gate,
@@ -147,6 +180,10 @@ async def start_server(
         ),
         auth_throttle=FailureThrottle(settings.auth_failure_burst, settings.auth_failures_per_minute),
         legacy_keys=settings.legacy_api_keys,
+        tool_limits=ToolApprovalLimits(
+            per_agent=settings.pending_tool_approvals_per_agent,
+            per_tenant=settings.pending_tool_approvals_per_tenant,
+        ),
     )
     server = grpc.aio.server(
         options=[
@@ -183,7 +220,9 @@ async def start_server(
         telemetry.start()
     await server.start()
     readiness.start()
-    return RunningServer(server, port, health_servicer, db, listener, cache, readiness, telemetry)
+    sweep = DenialSweep(db, settings.denied_send_sweep_seconds)
+    sweep.start()
+    return RunningServer(server, port, health_servicer, db, listener, cache, readiness, telemetry, sweep)
 
 
 async def prepare_database(settings: Settings, *, announce: Callable[[str], None] = print) -> str:

@@ -132,7 +132,9 @@ async def test_argument_tampering_after_approval_is_refused(tenant: Tenant, agen
     other_tool = await agent.redeem_approval(aid, "python", {"cmd": "rm -rf /tmp/cache"})
     assert not other_tool.allow
     refused = await events(tenant, "tool.redeem_refused")
-    assert len(refused) == 2 and json.loads(refused[0].details_json)["arguments"] == '{"cmd":"rm -rf /"}'
+    assert (
+        len(refused) == 2 and json.loads(refused[0].details_json)["arguments_excerpt"] == '{"cmd":"rm -rf /"}'
+    )
     # The honest call still works: the tampering did not consume the approval.
     assert (await agent.redeem_approval(aid, "shell", {"cmd": "rm -rf /tmp/cache"})).allow
 

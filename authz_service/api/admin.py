@@ -2,19 +2,31 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from collections.abc import AsyncIterator
-from typing import Any
+from datetime import UTC, date, datetime
+from typing import Any, TypeVar
+
+from google.protobuf.message import Message
 
 from .. import names
 from ..domain import ids
 from ..domain.errors import InvalidArgument
 from ..domain.invites import INVITE_ID, MAX_NOTE, MAX_PERMISSIONS
-from ..domain.model import Role, SubjectSource, SubjectStatus
+from ..domain.model import Approval, Role, SubjectSource, SubjectStatus
 from ..flows import Context, data_rights, invites, tools
 from ..flows import admin as flows
-from ..flows.admin import AuditQuery, GroupSender, IssuedKey, StoredChannel, TenantRow, TenantSettings
+from ..flows.admin import (
+    ApprovalPage,
+    AuditQuery,
+    GroupSender,
+    IssuedKey,
+    StoredChannel,
+    TenantRow,
+    TenantSettings,
+)
 from ..gen.authz.v1 import admin_pb2 as adm
 from ..gen.authz.v1 import admin_pb2_grpc
 from ..gen.authz.v1 import common_pb2 as cm
@@ -30,6 +42,42 @@ def _limit(value: int) -> int:
     if value > 1000:
         raise InvalidArgument("limit", "must be at most 1000")
     return value or 100
+
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 1000
+# A page stops before this many bytes (clients receive 4 MiB by default).
+MAX_PAGE_BYTES = 2 * 1024 * 1024
+
+_Message = TypeVar("_Message", bound=Message)
+
+
+def _bounded(items: list[_Message]) -> list[_Message]:
+    """The longest prefix within MAX_PAGE_BYTES; at least one item."""
+    total = 0
+    for i, item in enumerate(items):
+        total += item.ByteSize() + 8  # field tag and length
+        if total > MAX_PAGE_BYTES and i > 0:
+            return items[:i]
+    return items
+
+
+def _approval_token(a: Approval) -> str:
+    at = a.created_at
+    raw = f"{int(at.timestamp())}.{at.microsecond:06d}.{a.approval_id}"
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def _approval_cursor(token: str) -> tuple[datetime, str] | None:
+    if not token:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+        seconds, micros, approval_id = raw.split(".", 2)
+        at = datetime.fromtimestamp(int(seconds), UTC).replace(microsecond=int(micros))
+        return at, ids.approval_id(approval_id)
+    except (ValueError, UnicodeDecodeError, InvalidArgument, OverflowError):
+        raise InvalidArgument("page_token", "is not a token from a previous page") from None
 
 
 def _key(k: IssuedKey) -> adm.ApiKey:
@@ -290,8 +338,17 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             else convert.enum_in(convert.APPROVAL_STATUS, request.status, "status")
         )
         kind = convert.enum_in(convert.KIND, request.kind, "kind")
-        approvals = await flows.list_approvals(ctx, channel_id, status, _limit(request.limit), kind)
-        return adm.ListApprovalsResponse(approvals=[convert.approval_out(a) for a in approvals])
+        if request.page_size > MAX_PAGE_SIZE:
+            raise InvalidArgument("page_size", f"must be at most {MAX_PAGE_SIZE}")
+        size = request.page_size or (_limit(request.limit) if request.limit else DEFAULT_PAGE_SIZE)
+        page = ApprovalPage(
+            ctx.tenant_id, channel_id, status, kind, size, _approval_cursor(request.page_token)
+        )
+        found, more = await flows.list_approvals(ctx, page)
+        out = _bounded([convert.approval_out(a) for a in found])
+        last = found[len(out) - 1] if out else None
+        token = _approval_token(last) if last is not None and (more or len(out) < len(found)) else ""
+        return adm.ListApprovalsResponse(approvals=out, next_page_token=token)
 
     @rpc(Role.APPROVER, read_only=True)
     async def GetApproval(self, request: adm.GetApprovalRequest, ctx: Context) -> cm.Approval:
@@ -316,6 +373,25 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         if not _GRANT_ID.fullmatch(request.grant_id):
             raise InvalidArgument("grant_id", "must be a grant id (grt_...)")
         return convert.grant_out(await tools.revoke_grant(ctx, request.grant_id))
+
+    @rpc(Role.OPERATOR)
+    async def PruneAudit(self, request: adm.PruneAuditRequest, ctx: Context) -> adm.PruneAuditResponse:
+        try:
+            before = date.fromisoformat(request.before)
+        except ValueError:
+            raise InvalidArgument("before", "must be a date, YYYY-MM-DD") from None
+        pruned = await flows.prune_audit(ctx, before)
+        return adm.PruneAuditResponse(
+            partitions=[
+                adm.PrunedPartition(
+                    partition=p.partition,
+                    range_from=convert.ts(p.range_from),
+                    range_to=convert.ts(p.range_to),
+                    events=p.events,
+                )
+                for p in pruned
+            ]
+        )
 
     # --- invites ----------------------------------------------------------------------
 
@@ -382,5 +458,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             )
             for e in found
         ]
-        next_after = events[-1].event_id if len(events) == limit else 0
+        page = _bounded(events)
+        next_after = page[-1].event_id if len(events) == limit or len(page) < len(events) else 0
+        events = page
         return adm.QueryAuditResponse(events=events, next_after_event_id=next_after)

@@ -17,7 +17,7 @@ from ..cache import StateCache
 from ..domain import errors
 from ..domain.model import Principal, Role
 from ..domain.pairing import Keyring
-from ..flows import CodeAttemptLimits, Context
+from ..flows import CodeAttemptLimits, Context, ToolApprovalLimits
 from ..flows.auth import Credentials, FailureThrottle, authenticate
 from ..store.db import Database
 from ..store.notify import ApprovalNotifier
@@ -64,6 +64,7 @@ class Runtime:
     auth_throttle: FailureThrottle = field(default_factory=FailureThrottle)
     legacy_keys: bool = True
     """AUTHZ_LEGACY_API_KEYS: accept API keys made before they carried a check."""
+    tool_limits: ToolApprovalLimits = field(default_factory=ToolApprovalLimits)
 
 
 PEER = ":peer"
@@ -113,7 +114,15 @@ async def _authorize(
         call.authorized(principal)
     if principal.role not in allowed and not (principal.role is Role.ADMIN and Role.OPERATOR not in allowed):
         raise errors.PermissionDenied(f"{name} is not allowed for the {principal.role.value} role")
-    return Context(runtime.db, runtime.keyring, principal, trace_id, runtime.cache, runtime.code_limits)
+    return Context(
+        runtime.db,
+        runtime.keyring,
+        principal,
+        trace_id,
+        runtime.cache,
+        runtime.code_limits,
+        runtime.tool_limits,
+    )
 
 
 async def _abort(

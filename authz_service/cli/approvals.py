@@ -84,14 +84,24 @@ def list_(s: Session, status: str, kind: str, agent: str | None, limit: int) -> 
     if not 1 <= limit <= 1000:
         raise CliError("--limit must be between 1 and 1000")
     c = s.client()
-    # The service filters by one status and no agent: merge and filter here.
-    fetch = 1000 if agent is not None else limit
+    # The service filters by one status and no agent: merge and filter here,
+    # following pages (each bounded in bytes by the service) until ``limit`` match.
     found: list[cm.Approval] = []
     for name in STATUSES if status == "all" else (status,):
-        req = adm.ListApprovalsRequest(status=STATUSES[name], limit=fetch, kind=KINDS[kind])
-        found.extend(call(c.admin.ListApprovals, req).approvals)
-    if agent is not None:
-        found = [a for a in found if a.HasField("tool") and a.tool.agent_id == agent]
+        matched = 0
+        token = ""
+        while True:
+            req = adm.ListApprovalsRequest(
+                status=STATUSES[name], kind=KINDS[kind], page_size=min(limit, 100), page_token=token
+            )
+            page = call(c.admin.ListApprovals, req)
+            for a in page.approvals:
+                if agent is None or (a.HasField("tool") and a.tool.agent_id == agent):
+                    found.append(a)
+                    matched += 1
+            token = page.next_page_token
+            if not token or matched >= limit:
+                break
     found.sort(key=lambda a: (a.created_at.seconds, a.created_at.nanos), reverse=True)  # newest first
     found = found[:limit]
     columns = ["approval_id", "status", "tool", "agent", "risk", "age", "expires", "arguments"]

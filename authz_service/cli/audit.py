@@ -123,3 +123,15 @@ def export(ctx: click.Context, s: Session, format_: str, output: str | None) -> 
     if output:
         click.echo(f"wrote {count} events to {output}", err=True)
     return 0
+
+
+@audit.command(help="drop whole months of audit, all tenants, ending on or before DATE (operator key)")
+@click.option("--before", required=True, help="a date, YYYY-MM-DD (UTC); the current month is always kept")
+@session_options
+@pass_session
+def prune(s: Session, before: str) -> int:
+    resp = call(s.client(operator=True).admin.PruneAudit, adm.PruneAuditRequest(before=before))
+    rows = [{"partition": p.partition, "from": ts(p, "range_from"), "until": ts(p, "range_to"), "events": p.events}
+            for p in resp.partitions]  # fmt: skip
+    s.emit(rows, ["partition", "from", "until", "events"])
+    return 0

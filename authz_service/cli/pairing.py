@@ -31,9 +31,16 @@ def _row(a: cm.Approval) -> dict[str, Any]:
 @session_options
 @pass_session
 def list_(s: Session, channel: str | None, status: str) -> int:
-    req = adm.ListApprovalsRequest(channel_id=channel or "", status=STATUSES[status])
-    resp = call(s.client().admin.ListApprovals, req)
-    s.emit([_row(a) for a in resp.approvals], ["approval_id", "channel", "user", "name", "status", "expires"])
+    c, token = s.client(), ""
+    found: list[cm.Approval] = []
+    while len(found) < 100:  # the first 100, newest first, page by page
+        req = adm.ListApprovalsRequest(channel_id=channel or "", status=STATUSES[status], page_token=token)
+        resp = call(c.admin.ListApprovals, req)
+        found.extend(resp.approvals)
+        token = resp.next_page_token
+        if not token:
+            break
+    s.emit([_row(a) for a in found[:100]], ["approval_id", "channel", "user", "name", "status", "expires"])
     return 0
 
 

@@ -116,3 +116,39 @@ def redeem_refusal(status: ApprovalStatus, resolved_by: str, tool: str) -> str:
 
 ARGUMENTS_MISMATCH = "the arguments differ from the approved call; request a new approval"
 ALREADY_REDEEMED = "this approval was already used; request a new approval"
+
+
+def pending_cap_refusal(
+    agent_id: str, agent_pending: int, tenant_pending: int, per_agent: int, per_tenant: int
+) -> str:
+    """Why a new pending tool approval is refused ('' when it is not): the
+    agent's cap first (the narrower scope names the culprit), then the tenant's.
+    Counts are live pending approvals, before this one."""
+    if agent_pending >= per_agent:
+        return (
+            f"agent {agent_id or '(none)'} has {agent_pending} pending tool approvals, the limit per agent"
+            f" (AUTHZ_PENDING_TOOL_APPROVALS_PER_AGENT={per_agent}); decide or let some expire first"
+        )
+    if tenant_pending >= per_tenant:
+        return (
+            f"the tenant has {tenant_pending} pending tool approvals, the limit per tenant"
+            f" (AUTHZ_PENDING_TOOL_APPROVALS_PER_TENANT={per_tenant}); decide or let some expire first"
+        )
+    return ""
+
+
+AUDIT_EXCERPT_BYTES = 512
+
+
+def audit_arguments(canonical_args: str) -> dict[str, Any]:
+    """What the audit keeps of a call's arguments: their SHA-256 (of the
+    canonical JSON, so it identifies the exact call), their size, and the first
+    AUDIT_EXCERPT_BYTES bytes. The full call lives once, in the approval row;
+    repeating it in every event made a big call cost its size twice or more."""
+    raw = canonical_args.encode()
+    excerpt = raw[:AUDIT_EXCERPT_BYTES].decode(errors="ignore")
+    return {
+        "arguments_sha256": hashlib.sha256(raw).hexdigest(),
+        "arguments_bytes": len(raw),
+        "arguments_excerpt": excerpt + ("…" if len(raw) > AUDIT_EXCERPT_BYTES else ""),
+    }

@@ -25,6 +25,15 @@ class CodeAttemptLimits:
 
 
 @dataclass(frozen=True)
+class ToolApprovalLimits:
+    """Live pending tool approvals allowed per agent and per tenant
+    (AUTHZ_PENDING_TOOL_APPROVALS_*; see flows.tools)."""
+
+    per_agent: int = 20
+    per_tenant: int = 200
+
+
+@dataclass(frozen=True)
 class Context:
     """Everything a use case needs besides its request."""
 
@@ -35,6 +44,7 @@ class Context:
     # The hot path's cache (None: always read the database).
     cache: StateCache | None = None
     code_limits: CodeAttemptLimits = CodeAttemptLimits()
+    tool_limits: ToolApprovalLimits = ToolApprovalLimits()
 
     @property
     def tenant_id(self) -> str:

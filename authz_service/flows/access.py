@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from datetime import datetime
 
 from ..cache import CheckState
-from ..domain import ids
+from ..domain import floods, ids
 from ..domain import send as send_policy
 from ..domain.access import Inbound, Verdict, check_user
 from ..domain.model import Channel, Decision
 from ..domain.policy import CorruptPolicy
-from ..store import audit, channels
+from ..store import audit, channels, denials
 from ..store.db import Connection
 from . import Context
 from . import rate as rate_limits
@@ -132,7 +133,24 @@ async def _audit_denied_send(
     target: str,
     decision: send_policy.SendDecision,
 ) -> None:
+    """Count the denial (migration 0015); audit it only if it opens a bucket,
+    and then also summarise the tenant's closed buckets."""
+    t, interval = ctx.tenant_id, floods.DENIED_SEND_INTERVAL_SECONDS
+    key_id = ctx.principal.key_id
+    denial = denials.Denial(
+        t, key_id, agent_id, channel_id, target, session_id, origin, decision.reason, interval
+    )
+    known, targets = await denials.targets(conn, denial)
+    bucket = await denials.count(
+        conn, replace(denial, target=floods.denied_send_target(target, known, targets))
+    )
+    if bucket.denials > 1:
+        return
     await audit.record(
-        conn, ctx.tenant_id, "send.denied", actor=f"agent:{agent_id}", channel_id=channel_id, subject=target,
-        trace_id=ctx.trace_id, details={"session_id": session_id, "origin": origin, "reason": decision.reason},
+        conn, t, "send.denied", actor=f"agent:{agent_id}", channel_id=channel_id, subject=bucket.target,
+        trace_id=ctx.trace_id,
+        details={"session_id": session_id, "origin": origin, "reason": decision.reason, "key": key_id,
+                 "count": 1, "interval_seconds": interval, "bucket_start": bucket.bucket_start.isoformat(),
+                 **({"target": target} if bucket.target != target else {})},
     )  # fmt: skip
+    await denials.summarise_closed(conn, t, interval)

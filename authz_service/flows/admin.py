@@ -3,8 +3,9 @@ same transaction as the change itself."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime
+import logging
+from dataclasses import dataclass, replace
+from datetime import date, datetime
 from typing import Any
 
 from ..domain import ids
@@ -13,7 +14,6 @@ from ..domain import send as send_policy
 from ..domain.errors import FailedPrecondition, InvalidArgument, NotFound
 from ..domain.model import (
     Approval,
-    ApprovalStatus,
     Channel,
     ChannelPolicy,
     Platform,
@@ -26,8 +26,10 @@ from ..domain.policy import CorruptPolicy
 from ..store import approvals, audit, channels, keys, subjects, tenants
 
 # Re-exported: the rows and inputs of these flows are the store's dataclasses.
+from ..store.approvals import ApprovalPage as ApprovalPage
 from ..store.audit import AuditEvent as AuditEvent
 from ..store.audit import AuditQuery as AuditQuery
+from ..store.audit import PrunedPartition as PrunedPartition
 from ..store.channels import ChannelRow
 from ..store.db import Connection
 from ..store.keys import KeyRow
@@ -37,6 +39,8 @@ from ..store.tenants import TenantRow as TenantRow
 from . import Context
 from .approvals import load_channel
 from .auth import new_key
+
+log = logging.getLogger(__name__)
 
 
 async def _audit(ctx: Context, conn: Connection, event: str, **kw: Any) -> None:
@@ -326,11 +330,10 @@ async def list_group_senders(ctx: Context, channel_id: str, group_id: str) -> li
 # --- approvals and audit ---------------------------------------------------------
 
 
-async def list_approvals(
-    ctx: Context, channel_id: str, status: ApprovalStatus, limit: int, kind: str = ""
-) -> list[Approval]:
+async def list_approvals(ctx: Context, page: ApprovalPage) -> tuple[list[Approval], bool]:
+    """One page of ``page.tenant_id``'s approvals (the caller's tenant), and whether more follow."""
     async with ctx.db.tenant(ctx.tenant_id) as conn:
-        return await approvals.list_recent(conn, ctx.tenant_id, channel_id, status, limit, kind)
+        return await approvals.list_page(conn, replace(page, tenant_id=ctx.tenant_id))
 
 
 async def get_approval(ctx: Context, approval_id: str) -> Approval:
@@ -344,3 +347,14 @@ async def get_approval(ctx: Context, approval_id: str) -> Approval:
 async def query_audit(ctx: Context, filters: AuditQuery) -> list[AuditEvent]:
     async with ctx.db.tenant(ctx.tenant_id) as conn:
         return await audit.query(conn, ctx.tenant_id, filters)
+
+
+async def prune_audit(ctx: Context, before: date) -> list[PrunedPartition]:
+    """Retention across tenants (the operator key): whole months of audit go,
+    each affected tenant's trail says so (``audit.pruned``)."""
+    async with ctx.db.operator() as conn:
+        pruned = await audit.prune(conn, before)
+    log.info(
+        "audit pruned", extra={"before": before.isoformat(), "partitions": [p.partition for p in pruned]}
+    )
+    return pruned

@@ -123,7 +123,9 @@ async def purge_user(ctx: Context, channel_id: str, user_id: str) -> PurgeResult
         subjects, senders, approval_ids = await users.delete_rows(conn, t, channel_id, user_id)
         # Where they were not the subject: a resolver, voter or grant maker, a session.
         sessions = ids.token_pattern(user_id)
-        await users.pseudonymize_rows(conn, users.PseudonymScope(t, channel_id, actor, pseudonym, sessions))
+        scope = users.PseudonymScope(t, channel_id, actor, pseudonym, sessions)
+        await users.pseudonymize_rows(conn, scope)
+        await users.forget_send_denials(conn, scope)
         await audit.enable_anonymization(conn)
         user = UserScope(t, channel_id, user_id, actor, tuple(approval_ids))
         events = await audit.pseudonymize(conn, user, pseudonym, sessions)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from ..domain import ids, messages
 from ..domain import tools as dt
-from ..domain.errors import AuthzError, FailedPrecondition, NotFound, PermissionDenied
+from ..domain.errors import AuthzError, FailedPrecondition, NotFound, PermissionDenied, ResourceExhausted
 from ..domain.model import Approval, ApprovalAction, ApprovalStatus, Channel, Grant, Risk, Role, ToolCall
 from ..domain.pairing import new_approval_id
 from ..store import approvals, audit, db, grants, tenants
@@ -98,6 +98,15 @@ async def request_approval(ctx: Context, req: ToolRequest) -> ToolRequestResult:
             if existing is not None:
                 return _replay(existing, call, approvers)
         grant = await grants.live(conn, t, req.agent_id, call.digest)
+        if grant is None:  # a standing grant approves at once: nothing pending to cap
+            await approvals.lock_tool_requests(conn, t)
+            agent_pending, tenant_pending = await approvals.count_pending_tools(conn, t, req.agent_id)
+            limits = ctx.tool_limits
+            refusal = dt.pending_cap_refusal(
+                req.agent_id, agent_pending, tenant_pending, limits.per_agent, limits.per_tenant
+            )
+            if refusal:
+                raise ResourceExhausted(refusal)
         new = ToolApprovalInput(
             t,
             new_approval_id(),
@@ -118,7 +127,7 @@ async def request_approval(ctx: Context, req: ToolRequest) -> ToolRequestResult:
             channel_id=req.channel_id, subject=req.tool_name, approval_id=approval.approval_id,
             trace_id=ctx.trace_id,
             details={
-                "arguments": arguments, "session_id": req.session_id, "risk": req.risk.value,
+                **dt.audit_arguments(arguments), "session_id": req.session_id, "risk": req.risk.value,
                 "requester_id": req.requester_id, "expires_at": approval.expires_at.isoformat(),
                 **({"grant_id": grant.grant_id} if grant else {}),
             },
@@ -244,7 +253,7 @@ async def decide(
         await audit.record(
             conn, t, "grant.created", actor=actor, channel_id=approval.channel_id, subject=tool.tool_name,
             approval_id=approval.approval_id, trace_id=ctx.trace_id,
-            details={"grant_id": grant.grant_id, "agent_id": tool.agent_id, "arguments": tool.arguments},
+            details={"grant_id": grant.grant_id, "agent_id": tool.agent_id, **dt.audit_arguments(tool.arguments)},
         )  # fmt: skip
     await audit.record(
         conn, t, f"tool.{done.status.value}", actor=actor, channel_id=approval.channel_id,
@@ -284,7 +293,7 @@ async def redeem(ctx: Context, approval_id: str, tool_name: str, arguments_json:
             conn, t, "tool.redeem_refused" if refusal else "tool.redeemed",
             actor=f"agent:{call.agent_id}", channel_id=approval.channel_id, subject=tool_name,
             approval_id=approval_id, trace_id=ctx.trace_id,
-            details={"reason": refusal, "arguments": arguments} if refusal else {},
+            details={"reason": refusal, **dt.audit_arguments(arguments)} if refusal else {},
         )  # fmt: skip
     return RedeemResult(not refusal, refusal, approval)
 

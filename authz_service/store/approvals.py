@@ -5,6 +5,7 @@ database clock."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 import asyncpg
 
@@ -273,11 +274,57 @@ async def list_recent(
     return [approval_from_row(r) for r in rows]
 
 
+@dataclass(frozen=True, slots=True)
+class ApprovalPage:
+    """ListApprovals' filters and position: newest first, after the approval
+    ``after`` (its created_at and id; None: from the newest)."""
+
+    tenant_id: str
+    channel_id: str = ""
+    status: ApprovalStatus | None = None
+    kind: str = ""
+    size: int = 50
+    after: tuple[datetime, str] | None = None
+
+
+async def list_page(conn: Connection, page: ApprovalPage) -> tuple[list[Approval], bool]:
+    """One page, and whether more follow."""
+    after_at, after_id = page.after if page.after else (None, "")
+    rows = await conn.fetch(
+        """SELECT * FROM approvals WHERE tenant_id = $1 AND ($2 = '' OR channel_id = $2)
+             AND ($3::text IS NULL OR status = $3) AND ($4 = '' OR kind = $4)
+             AND ($6::timestamptz IS NULL OR (created_at, approval_id) < ($6, $7))
+           ORDER BY created_at DESC, approval_id DESC LIMIT $5 + 1""",
+        page.tenant_id, page.channel_id, None if page.status is None else page.status.value, page.kind,
+        page.size, after_at, after_id,
+    )  # fmt: skip
+    return [approval_from_row(r) for r in rows[: page.size]], len(rows) > page.size
+
+
 async def tool_by_key(conn: Connection, tenant_id: str, request_key: str) -> Approval | None:
     row = await conn.fetchrow(
         "SELECT * FROM approvals WHERE tenant_id = $1 AND request_key = $2 FOR UPDATE", tenant_id, request_key
     )
     return None if row is None else approval_from_row(row)
+
+
+async def lock_tool_requests(conn: Connection, tenant_id: str) -> None:
+    """Serialize new tool approvals of one tenant until the transaction ends,
+    so two concurrent requests cannot both pass the pending caps."""
+    await conn.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended('authz:tool-pending:' || $1, 0))", tenant_id
+    )
+
+
+async def count_pending_tools(conn: Connection, tenant_id: str, agent_id: str) -> tuple[int, int]:
+    """Live pending tool approvals: the agent's, and the tenant's."""
+    row = await conn.fetchrow(
+        """SELECT count(approval_id) FILTER (WHERE agent_id = $2) AS agent, count(approval_id) AS tenant
+           FROM approvals WHERE tenant_id = $1 AND status = 'pending' AND expires_at > now() AND kind = 'tool'""",
+        tenant_id, agent_id,
+    )  # fmt: skip
+    assert row is not None
+    return int(row["agent"]), int(row["tenant"])
 
 
 async def insert_tool(conn: Connection, new: ToolApprovalInput) -> Approval | None:

@@ -5,13 +5,17 @@ change it records; and the rewrites a user's data rights allow (migration
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 import asyncpg
 
-from .db import Connection, row_count
+from ..domain.errors import Unavailable
+from .db import Connection, Database, row_count
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +110,8 @@ async def query(conn: Connection, tenant_id: str, q: AuditQuery) -> list[AuditEv
 
 
 # Details that may name or describe a person: removed when a user is purged or anonymised.
-PERSONAL_DETAILS = ["display_name", "first_message", "arguments", "reason"]
+# ("arguments": events written before the audit kept only an excerpt.)
+PERSONAL_DETAILS = ["display_name", "first_message", "arguments", "arguments_excerpt", "reason"]
 
 
 _USER_EVENTS = """tenant_id = $1 AND (
@@ -175,3 +180,39 @@ async def scrub_details(conn: Connection, user: UserScope) -> int:
         *user.args(), PERSONAL_DETAILS,
     )  # fmt: skip
     return row_count(status)
+
+
+@dataclass(frozen=True, slots=True)
+class PrunedPartition:
+    partition: str
+    range_from: datetime
+    range_to: datetime
+    events: int
+
+
+async def ensure_partitions(conn: Connection, months_ahead: int = 3) -> int:
+    """Create the audit's monthly partitions up to ``months_ahead`` months
+    ahead (migration 0016); returns how many were made."""
+    return int(await conn.fetchval("SELECT authz_audit_partitions($1)", months_ahead))
+
+
+async def prepare_partitions(db: Database) -> bool:
+    """At start-up: this month's partition and the next three. Failing here
+    loses nothing (rows outside them land in the default partition), so it is
+    logged, not raised: e.g. a schema behind this build, which readiness reports."""
+    try:
+        async with db.operator() as conn:
+            await ensure_partitions(conn)
+    except (asyncpg.PostgresError, Unavailable) as exc:
+        log.warning("could not create audit partitions: %s", exc)
+        return False
+    return True
+
+
+async def prune(conn: Connection, before: date) -> list[PrunedPartition]:
+    """Drop the whole monthly partitions that end on or before ``before``
+    (never the current month's), auditing each tenant that had events there.
+    The only removal of audit events there is: by month, never by row."""
+    await ensure_partitions(conn)
+    rows = await conn.fetch("SELECT * FROM authz_audit_prune($1)", before)
+    return [PrunedPartition(r["partition_name"], r["range_from"], r["range_to"], r["events"]) for r in rows]

@@ -202,3 +202,18 @@ async def pseudonymize_rows(conn: Connection, scope: PseudonymScope) -> tuple[in
         scope.tenant_id, scope.channel_id, scope.actor, scope.pseudonym,
     )  # fmt: skip
     return row_count(approvals), row_count(grants)
+
+
+async def forget_send_denials(conn: Connection, scope: PseudonymScope) -> int:
+    """Drop the channel's counts of denied sends (``send_denials``, working
+    state until summarised) whose target, origin, session or reason name the
+    user. The first denial of each bucket is already an audit event, which the
+    purge pseudonymises; the rest of a bucket's count for this user is erased
+    with them rather than summarised under their id. Returns the rows dropped."""
+    done = await conn.execute(
+        """DELETE FROM send_denials
+           WHERE tenant_id = $1 AND channel_id = $2
+             AND (target ~ $3 OR origin ~ $3 OR session_id ~ $3 OR reason ~ $3)""",
+        scope.tenant_id, scope.channel_id, scope.session_pattern,
+    )  # fmt: skip
+    return row_count(done)

@@ -27,6 +27,13 @@ async def _list_tenants(r: Run, b: B) -> None:
         await r.unary(role, client.admin.ListTenants, adm.ListTenantsRequest())
 
 
+@case("AdminService.PruneAudit")
+async def _prune_audit(r: Run, b: B) -> None:
+    # Operator only; a date before any audit, so even a wrong answer drops nothing.
+    for role, client in b.roles.items():
+        await r.unary(role, client.admin.PruneAudit, adm.PruneAuditRequest(before="1900-01-01"))
+
+
 @case("AdminService.GetTenantSettings")
 async def _get_tenant_settings(r: Run, b: B) -> None:
     await r.unary("admin", b.tenant.admin.admin.GetTenantSettings, adm.GetTenantSettingsRequest())
