@@ -160,6 +160,14 @@ class Settings:
     """AUTHZ_CODE_ATTEMPTS_PER_TENANT: failed pairing code lookups per tenant per window."""
     code_attempt_window_seconds: int = 600
     """AUTHZ_CODE_ATTEMPT_WINDOW_SECONDS: the window those limits count in (stored in PostgreSQL)."""
+    streams_per_key: int = 100
+    """AUTHZ_STREAMS_PER_KEY: open WatchApproval/WatchApprovals streams one API key may hold in this process."""
+    streams_per_tenant: int = 1000
+    """AUTHZ_STREAMS_PER_TENANT: open streams one tenant (all its keys) may hold in this process."""
+    streams_per_process: int = 10_000
+    """AUTHZ_STREAMS_PER_PROCESS: open streams this process holds at most, all tenants together."""
+    stream_max_seconds: float = 3600.0
+    """AUTHZ_STREAM_MAX_SECONDS: a stream ends (UNAVAILABLE, open it again) after this long."""
 
     @property
     def embedded(self) -> bool:
@@ -208,4 +216,8 @@ class Settings:
             code_attempts_per_key=_int(env, "AUTHZ_CODE_ATTEMPTS_PER_KEY", 10, 1, 100_000),
             code_attempts_per_tenant=_int(env, "AUTHZ_CODE_ATTEMPTS_PER_TENANT", 50, 1, 1_000_000),
             code_attempt_window_seconds=_int(env, "AUTHZ_CODE_ATTEMPT_WINDOW_SECONDS", 600, 1, 86_400),
+            streams_per_key=_int(env, "AUTHZ_STREAMS_PER_KEY", 100, 1, 1_000_000),
+            streams_per_tenant=_int(env, "AUTHZ_STREAMS_PER_TENANT", 1000, 1, 1_000_000),
+            streams_per_process=_int(env, "AUTHZ_STREAMS_PER_PROCESS", 10_000, 1, 1_000_000),
+            stream_max_seconds=float(_int(env, "AUTHZ_STREAM_MAX_SECONDS", 3600, 1, 86_400)),
         )

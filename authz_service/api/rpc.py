@@ -21,6 +21,7 @@ from ..flows import CodeAttemptLimits, Context
 from ..flows.auth import authenticate
 from ..store.db import Database
 from ..store.notify import ApprovalNotifier
+from .streams import Streams
 
 if TYPE_CHECKING:
     from ..telemetry import RpcCall, Telemetry
@@ -61,6 +62,7 @@ class Runtime:
     gate: Gate = field(default_factory=Gate)
     telemetry: Telemetry | None = None  # None: telemetry off
     code_limits: CodeAttemptLimits = field(default_factory=CodeAttemptLimits)
+    streams: Streams | None = None  # None: streaming RPCs answer UNAVAILABLE
 
 
 def _metadata(context: grpc.aio.ServicerContext[Any, Any]) -> dict[str, str]:
@@ -154,6 +156,9 @@ def rpc(
             cache: StateCache | None = self.runtime.cache
             if not read_only and cache is not None and ctx.tenant_id:
                 cache.forget_tenant(ctx.tenant_id, keys=changes_keys)
+            streams: Streams | None = self.runtime.streams
+            if changes_keys and streams is not None and ctx.tenant_id:
+                streams.recheck_tenant(ctx.tenant_id)  # a revoke here ends its streams now, not at NOTIFY
             return response
 
         @functools.wraps(handler)
@@ -171,7 +176,13 @@ def rpc(
 
 
 def rpc_stream(*roles: Role) -> Callable[[StreamHandler[Req, Resp]], StreamMethod[Req, Resp]]:
-    """``rpc`` for server-streaming methods (the handler is an async generator)."""
+    """``rpc`` for server-streaming methods (the handler is an async generator).
+
+    The stream counts against the caps of ``api.streams`` (``RESOURCE_EXHAUSTED``
+    beyond), its key is checked again before every message, and it ends when the
+    key is revoked or changed (``UNAUTHENTICATED``, ``PERMISSION_DENIED``) or its
+    maximum lifetime is up (``UNAVAILABLE``: open it again).
+    """
     allowed = set(roles)
 
     def wrap(handler: StreamHandler[Req, Resp]) -> StreamMethod[Req, Resp]:
@@ -187,8 +198,12 @@ def rpc_stream(*roles: Role) -> Callable[[StreamHandler[Req, Resp]], StreamMetho
         ) -> AsyncIterator[Resp]:
             try:
                 ctx = await _authorize(self.runtime, md, allowed, name, trace_id, call)
-                async for item in handler(self, request, ctx):
-                    yield item
+                streams: Streams | None = self.runtime.streams
+                if streams is None:
+                    raise errors.Unavailable("streams are not served here")
+                with streams.open(ctx.principal, _token(md)) as stream:
+                    async for item in stream.guard(handler(self, request, ctx), streams.limits):
+                        yield item
             except Exception as exc:
                 await _abort(context, exc, name, trace_id, call)
 
@@ -211,7 +226,7 @@ def rpc_stream(*roles: Role) -> Callable[[StreamHandler[Req, Resp]], StreamMetho
     return wrap
 
 
-async def _principal(runtime: Runtime, md: dict[str, str]) -> Principal:
+def _token(md: dict[str, str]) -> str:
     auth = md.get("authorization", "")
     scheme, _, token = auth.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
@@ -219,4 +234,8 @@ async def _principal(runtime: Runtime, md: dict[str, str]) -> Principal:
     token = token.strip()
     if len(token) > 256:
         raise errors.Unauthenticated("invalid API key")
-    return await authenticate(runtime.db, token, runtime.operator_key_hash, runtime.cache)
+    return token
+
+
+async def _principal(runtime: Runtime, md: dict[str, str]) -> Principal:
+    return await authenticate(runtime.db, _token(md), runtime.operator_key_hash, runtime.cache)
