@@ -25,6 +25,7 @@ from .domain.errors import Unavailable
 from .domain.pairing import Keyring
 from .flows import CodeAttemptLimits
 from .flows.auth import hash_secret
+from .flows.watch import ApprovalFeed
 from .gen.authz.v1 import admin_pb2, admin_pb2_grpc, authz_pb2, authz_pb2_grpc
 from .store import embedded
 from .store.db import Database, schema_message
@@ -156,7 +157,7 @@ async def start_server(
         db=db,
         keyring=Keyring(settings.secret_key.encode()),
         operator_key_hash=operator_key_hash,
-        notifier=notifier,
+        feed=ApprovalFeed(db, notifier),
         streams=streams,
         cache=cache,
         telemetry=telemetry,

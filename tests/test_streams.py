@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -27,6 +27,7 @@ from authz_service.store.db import Database
 from authz_service.store.notify import APPLICATION_NAME
 
 from .conftest import Dsns, Service, Tenant, eventually
+from .pgproxy import PgProxy
 
 
 @dataclass
@@ -230,6 +231,146 @@ async def test_streams_end_at_their_maximum_lifetime(tenant: Tenant, dsns: Dsns)
     finally:
         await client.close()
         await running.stop(grace=0)
+
+
+# --- one read per change, bounded reads ---------------------------------------------------
+
+
+class CountingObserver:
+    """Counts a server's database transactions (the store's TransactionObserver
+    seam, which telemetry uses for its spans): how many, and most at once."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.open = 0
+        self.most = 0
+
+    @contextlib.contextmanager
+    def transaction(self, settings: Mapping[str, str]) -> Iterator[None]:
+        self.count += 1
+        self.open += 1
+        self.most = max(self.most, self.open)
+        try:
+            yield
+        finally:
+            self.open -= 1
+
+
+async def test_a_change_is_read_once_for_every_watcher_of_the_tenant(
+    tenant: Tenant, replica: RunningServer
+) -> None:
+    """Before, each WatchApprovals stream re-read every change in a transaction
+    of its own: N streams, N transactions per change."""
+    await tenant.channel("tg")
+    client = connect(f"127.0.0.1:{replica.port}", tenant.keys["approver"], retry=NO_RETRY)
+    observer = CountingObserver()
+    replica.db.observer = observer
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            watches = [await stack.enter_async_context(watching(client)) for _ in range(40)]
+            first = await pair(tenant, "5001")  # through the session's server, not the replica
+            for w in watches:
+                await delivered(w, first)
+            before = observer.count
+            second = await pair(tenant, "5002")
+            for w in watches:
+                await delivered(w, second)
+            # One read of the change (two if the notification arrived in two
+            # wake-ups), however many streams watch.
+            assert observer.count - before <= 2, observer.count - before
+    finally:
+        replica.db.observer = None
+        await client.close()
+
+
+async def test_watch_reads_leave_half_the_pool_to_decisions(
+    tenant: Tenant, service: Service, dsns: Dsns, owner: asyncpg.Connection
+) -> None:
+    """Many single-approval watchers woken at once, on a slow path to the
+    database: their re-reads hold at most half of the pool, and a consistent
+    CheckUser is answered meanwhile."""
+    proxy = PgProxy(dsns.service)
+    await proxy.start()
+    settings = Settings.from_env(
+        {
+            "AUTHZ_DATABASE_URL": proxy.dsn,
+            "AUTHZ_SECRET_KEY": secrets.token_urlsafe(32),
+            "AUTHZ_HOME": "/nonexistent",
+        }
+    )
+    running = await start_server(
+        await Database.connect(proxy.dsn, max_size=4), settings, listen="127.0.0.1:0"
+    )
+    address = f"127.0.0.1:{running.port}"
+    approver = connect(address, tenant.keys["approver"], retry=NO_RETRY)
+    connector = connect(address, tenant.keys["connector"], retry=NO_RETRY, timeout=20)
+    observer = CountingObserver()
+    tenant_address = service.address
+    tasks: list[asyncio.Task[list[cm.Approval]]] = []
+    try:
+        await tenant.channel("tg")
+        await tenant.admin.admin.AllowUser(adm.AllowUserRequest(channel_id="tg", user_id="42"))
+        await tenant.admin.admin.SetTenantSettings(adm.TenantSettings(approvers=["telegram:42"]))
+        agent_key = await tenant.admin.admin.CreateApiKey(
+            adm.CreateApiKeyRequest(role=adm.ROLE_AGENT, name="a")
+        )
+        agent = connect(tenant_address, agent_key.secret, retry=NO_RETRY)
+        try:
+            ids = [
+                (
+                    await agent.authz.RequestApproval(
+                        az.RequestApprovalRequest(
+                            tool_name="shell",
+                            arguments_json=f'{{"n": {i}}}',
+                            agent_id="ops",
+                            timeout_seconds=300,
+                        )
+                    )
+                ).approval.approval_id
+                for i in range(12)
+            ]
+        finally:
+            await agent.close()
+
+        async def follow(approval_id: str) -> list[cm.Approval]:
+            call = approver.authz.WatchApproval(az.WatchApprovalRequest(approval_id=approval_id))
+            return [a async for a in call]
+
+        tasks = [asyncio.create_task(follow(a)) for a in ids]
+        streams = running.streams
+        assert streams is not None
+
+        async def all_open() -> bool:
+            return streams.open_count == len(ids)
+
+        await eventually(all_open, timeout=20)
+        await asyncio.sleep(0.5)  # each has read its approval once
+        running.db.observer = observer
+        proxy.delay = 0.3  # every answer from the database takes 0.3 s now
+        await owner.execute(
+            "UPDATE approvals SET status = 'denied', resolved_at = now(), resolved_by = 'test'"
+            " WHERE tenant_id = $1 AND approval_id = ANY($2)",
+            tenant.tenant_id,
+            ids,
+        )
+        await asyncio.sleep(0.2)  # the watchers are re-reading now
+        resp = await connector.authz.CheckUser(
+            az.CheckUserRequest(channel_id="tg", user_id="42", chat_kind=cm.CHAT_KIND_DIRECT, consistent=True)
+        )
+        assert resp.decision == az.DECISION_ALLOW
+        done = await asyncio.wait_for(asyncio.gather(*tasks), 60)
+        assert all(seen[-1].status == cm.APPROVAL_STATUS_DENIED for seen in done)
+        # 12 re-reads and the decision went through a pool of 4: never more than
+        # 2 watch reads at once, so at most 3 transactions with the decision.
+        assert observer.most <= 3, observer.most
+    finally:
+        for t in tasks:
+            t.cancel()
+        proxy.delay = 0.0
+        await approver.close()
+        await connector.close()
+        await running.stop(grace=0)
+        await proxy.close()
 
 
 # --- caps -------------------------------------------------------------------------------

@@ -19,8 +19,8 @@ from ..domain.model import Principal, Role
 from ..domain.pairing import Keyring
 from ..flows import CodeAttemptLimits, Context
 from ..flows.auth import authenticate
+from ..flows.watch import ApprovalFeed
 from ..store.db import Database
-from ..store.notify import ApprovalNotifier
 from .streams import Streams
 
 if TYPE_CHECKING:
@@ -57,7 +57,7 @@ class Runtime:
     db: Database
     keyring: Keyring
     operator_key_hash: bytes | None
-    notifier: ApprovalNotifier
+    feed: ApprovalFeed
     cache: StateCache | None = None
     gate: Gate = field(default_factory=Gate)
     telemetry: Telemetry | None = None  # None: telemetry off
