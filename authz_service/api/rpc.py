@@ -202,7 +202,7 @@ def rpc_stream(*roles: Role) -> Callable[[StreamHandler[Req, Resp]], StreamMetho
                 if streams is None:
                     raise errors.Unavailable("streams are not served here")
                 with streams.open(ctx.principal, _token(md)) as stream:
-                    async for item in stream.guard(handler(self, request, ctx), streams.limits):
+                    async for item in stream.guard(handler(self, request, ctx)):
                         yield item
             except Exception as exc:
                 await _abort(context, exc, name, trace_id, call)

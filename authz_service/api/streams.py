@@ -26,7 +26,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from ..cache import StateCache
 from ..domain import errors
@@ -54,63 +54,70 @@ class StreamLimits:
 
 
 class Stream:
-    """One open stream. ``guard`` ends it when its key changes or its time is up."""
+    """One open stream. ``guard`` ends it when its key changes or its time is up.
 
-    def __init__(self, key: _KeyStreams, deadline: float) -> None:
+    Ending interrupts the handler only while it waits for its next item: the
+    stream's own task is cancelled there (and the cancellation taken back), so
+    a stream costs no extra task per message, only one timer for its lifetime.
+    """
+
+    def __init__(self, key: _KeyStreams, max_seconds: float) -> None:
         self._key = key
-        self._deadline = deadline
-        self._ended: asyncio.Future[errors.AuthzError] = asyncio.get_running_loop().create_future()
+        self._max_seconds = max_seconds
+        self._error: errors.AuthzError | None = None
+        self._task: asyncio.Task[Any] | None = None
+        self._waiting = False  # the handler is producing the next item
+        self._interrupted = False
 
     @property
     def principal(self) -> Principal:
         return self._key.principal
 
     def end(self, error: errors.AuthzError) -> None:
-        if not self._ended.done():
-            self._ended.set_result(error)
+        if self._error is not None:
+            return
+        self._error = error
+        if self._waiting and self._task is not None and not self._interrupted:
+            self._interrupted = True
+            self._task.cancel()
 
-    async def guard(self, items: AsyncIterator[T], limits: StreamLimits) -> AsyncIterator[T]:
-        """``items``, until the stream must end: then the reason is raised
-        (a handler waiting for its next item is cancelled, not waited for)."""
-        loop = asyncio.get_running_loop()
+    def _expire(self) -> None:
+        self.end(
+            errors.Unavailable(
+                f"stream reached its maximum lifetime of {self._max_seconds:g} s; open it again"
+            )
+        )
+
+    async def guard(self, items: AsyncIterator[T]) -> AsyncIterator[T]:
+        """``items``, until the stream must end: then the reason is raised."""
+        self._task = asyncio.current_task()
+        timer = asyncio.get_running_loop().call_later(self._max_seconds, self._expire)
         try:
             while True:
-                step = asyncio.ensure_future(_step(items))
+                if self._error is not None:
+                    raise self._error
+                self._waiting = True
                 try:
-                    await asyncio.wait(
-                        (step, self._ended),
-                        timeout=max(0.0, self._deadline - loop.time()),
-                        return_when=asyncio.FIRST_COMPLETED,
-                    )
-                finally:
-                    if not step.done():
-                        step.cancel()
-                        with contextlib.suppress(asyncio.CancelledError):
-                            await step
-                if self._ended.done():
-                    raise self._ended.result()
-                if not step.done() or step.cancelled():
-                    raise errors.Unavailable(
-                        f"stream reached its maximum lifetime of {limits.max_seconds:g} s; open it again"
-                    )
-                more, item = step.result()
-                if not more:
+                    item = await anext(items)
+                except StopAsyncIteration:
                     return
+                except asyncio.CancelledError:
+                    if not self._interrupted or self._task is None:
+                        raise
+                    self._task.uncancel()  # ours, not the server's: end with the reason instead
+                    assert self._error is not None
+                    raise self._error from None
+                finally:
+                    self._waiting = False
                 # Before every message: is the key still what opened the stream?
-                await self._key.verify()
-                if self._ended.done():
-                    raise self._ended.result()
-                yield item  # type: ignore[misc]  # more is True: item is a T
+                await self._key.verify_for_message()
+                if self._error is not None:
+                    raise self._error
+                yield item
         finally:
+            timer.cancel()
             with contextlib.suppress(Exception):
                 await items.aclose()  # type: ignore[attr-defined]
-
-
-async def _step(items: AsyncIterator[T]) -> tuple[bool, T | None]:
-    try:
-        return True, await anext(items)
-    except StopAsyncIteration:
-        return False, None
 
 
 @dataclass(eq=False)
@@ -123,6 +130,20 @@ class _KeyStreams:
     streams: set[Stream] = field(default_factory=set)
     dirty: bool = False
     task: asyncio.Task[None] | None = None
+    verified_at: float = float("-inf")  # loop time of the last successful check
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    async def verify_for_message(self) -> None:
+        """``verify`` from the cache; with the cache off (listener down), the
+        key's streams share one database read per ``RECHECK_SECONDS`` instead
+        of one per message (the timer re-checks that often anyway)."""
+        cache = self.owner.cache
+        if cache is not None and cache.usable:
+            await self.verify()
+            return
+        async with self.lock:
+            if asyncio.get_running_loop().time() - self.verified_at >= RECHECK_SECONDS:
+                await self.verify()
 
     async def verify(self) -> None:
         """Authenticate the key again (the cache, else the database); end every
@@ -139,6 +160,8 @@ class _KeyStreams:
             return
         if now != self.principal:
             self.end(errors.PermissionDenied("the API key changed; open the stream again"))
+            return
+        self.verified_at = asyncio.get_running_loop().time()
 
     def end(self, error: errors.AuthzError) -> None:
         for stream in list(self.streams):
@@ -197,7 +220,7 @@ class Streams:
             if entry is not None:  # the key changed under its open streams
                 entry.end(errors.PermissionDenied("the API key changed; open the stream again"))
             entry = self._keys[key_id] = _KeyStreams(self, token, principal)
-        stream = Stream(entry, asyncio.get_running_loop().time() + limits.max_seconds)
+        stream = Stream(entry, limits.max_seconds)
         entry.streams.add(stream)
         self._per_tenant[principal.tenant_id] = self._per_tenant.get(principal.tenant_id, 0) + 1
         self._total += 1

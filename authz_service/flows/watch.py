@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 # A watcher this many batches behind (a client not reading) is ended, so one
 # stalled stream cannot hold the changes of a busy tenant in memory.
 INBOX_BATCHES = 1000
+# Watchers woken per turn of the event loop, and the pause between turns.
+FANOUT_SLICE = 50
+FANOUT_PAUSE = 0.002
 
 
 @dataclass(eq=False)
@@ -40,11 +43,17 @@ class Inbox:
         default_factory=lambda: asyncio.Queue(INBOX_BATCHES)
     )
 
+    behind: bool = False
+
     def put(self, item: list[Approval] | AuthzError) -> None:
+        if self.behind:
+            return
         try:
             self.queue.put_nowait(item)
         except asyncio.QueueFull:
-            self.queue = asyncio.Queue(1)
+            self.behind = True
+            while not self.queue.empty():
+                self.queue.get_nowait()
             self.queue.put_nowait(Unavailable("the watch fell behind; open it again"))
 
     async def changes(self) -> AsyncIterator[Approval]:
@@ -117,5 +126,10 @@ class ApprovalFeed:
             except Exception:
                 log.exception("approval feed read failed")
                 batch = Unavailable("cannot read approvals")
-            for inbox in list(feed.inboxes):
+            # Wake the watchers a slice at a time: each then serialises and sends
+            # its message on this one event loop, and other calls (another
+            # tenant's decisions) get their turn between slices.
+            for i, inbox in enumerate(list(feed.inboxes), 1):
                 inbox.put(batch)
+                if i % FANOUT_SLICE == 0:
+                    await asyncio.sleep(FANOUT_PAUSE)
