@@ -30,8 +30,8 @@ log = logging.getLogger(__name__)
 # stalled stream cannot hold the changes of a busy tenant in memory.
 INBOX_BATCHES = 1000
 # Watchers woken per turn of the event loop, and the pause between turns.
-FANOUT_SLICE = 50
-FANOUT_PAUSE = 0.002
+FANOUT_SLICE = 10
+FANOUT_PAUSE = 0.005
 
 
 @dataclass(eq=False)

@@ -29,6 +29,7 @@ from authz_service.gen.authz.v1 import common_pb2 as cm
 
 from .dataset import CHANNEL, _policy_json, new_api_key, user_name
 from .load import bearer, percentile
+from .report import log
 
 TENANT_B = "bench-watch-b"
 B_USERS = 100
@@ -133,7 +134,11 @@ def _hold(holder: Holder, ready: Any, stop: Any, done: Any) -> None:
 
 
 async def _streams(holder: Holder, ready: Any, stop: Any) -> tuple[int, int, float]:
-    channels = [grpc.aio.insecure_channel(holder.address) for _ in range(CHANNELS)]
+    # Distinct arguments: each channel its own connection (equal ones share one).
+    channels = [
+        grpc.aio.insecure_channel(holder.address, options=[("bench.watch", i)]) for i in range(CHANNELS)
+    ]
+    reopened = [0]
     seen: list[set[str]] = [set() for _ in range(STREAMS)]
     calls: list[grpc.aio.UnaryStreamCall[adm.WatchApprovalsRequest, cm.Approval]] = []
     readers: list[asyncio.Task[None]] = []
@@ -154,26 +159,31 @@ async def _streams(holder: Holder, ready: Any, stop: Any) -> tuple[int, int, flo
         )
         return str(resp.approval_id)
 
-    async def read(i: int, call: grpc.aio.UnaryStreamCall[adm.WatchApprovalsRequest, cm.Approval]) -> None:
-        with contextlib.suppress(grpc.aio.AioRpcError, asyncio.CancelledError):
-            async for approval in call:
-                seen[i].add(approval.approval_id)
-
-    try:
-        t = time.monotonic()
-        for i in range(STREAMS):
-            stub = admin_pb2_grpc.AdminServiceStub(channels[i % CHANNELS])
+    async def read(i: int) -> None:
+        """One stream, opened again when it breaks (gRPC cancels some of a
+        burst of new streams on one connection before they reach the server)."""
+        stub = admin_pb2_grpc.AdminServiceStub(channels[i % CHANNELS])
+        while True:
             call = stub.WatchApprovals(
                 adm.WatchApprovalsRequest(kind=cm.APPROVAL_KIND_PAIRING), metadata=bearer(holder.approver_key)
             )
             calls.append(call)
-            readers.append(asyncio.create_task(read(i, call)))
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                async for approval in call:
+                    seen[i].add(approval.approval_id)
+            reopened[0] += 1
+            await asyncio.sleep(0.2)
+
+    try:
+        t = time.monotonic()
+        readers.extend(asyncio.create_task(read(i)) for i in range(STREAMS))
         marker = await pair(0)  # every stream is open once each has seen it
-        async with asyncio.timeout(120):
-            while any(marker not in s for s in seen):
-                if all(r.done() for r in readers):
-                    raise RuntimeError("every watch stream ended")
-                await asyncio.sleep(0.1)
+        for _ in range(1200):  # at most 120 s
+            if all(marker in s for s in seen):
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise RuntimeError(f"{sum(marker not in s for s in seen)} streams never opened")
         opened = time.monotonic() - t
         made: list[str] = []
 
@@ -190,8 +200,11 @@ async def _streams(holder: Holder, ready: Any, stop: Any) -> tuple[int, int, flo
         changer.cancel()
         await asyncio.gather(changer, return_exceptions=True)
         await asyncio.sleep(2.0)  # the last changes reach the streams
+        log(f"  streams opened again after a break: {reopened[0]}")
         return len(made), min(len(s.intersection(made)) for s in seen), opened
     finally:
+        for reader in readers:
+            reader.cancel()
         for call in calls:
             call.cancel()
         await asyncio.gather(*readers, return_exceptions=True)
