@@ -218,6 +218,14 @@ class Settings:
     denied_send_sweep_seconds: int = 60
     """AUTHZ_DENIED_SEND_SWEEP_SECONDS: how often a process moves closed buckets of denied
     sends into the audit (migration 0015), for every tenant."""
+    streams_per_key: int = 100
+    """AUTHZ_STREAMS_PER_KEY: open WatchApproval/WatchApprovals streams one API key may hold in this process."""
+    streams_per_tenant: int = 1000
+    """AUTHZ_STREAMS_PER_TENANT: open streams one tenant (all its keys) may hold in this process."""
+    streams_per_process: int = 10_000
+    """AUTHZ_STREAMS_PER_PROCESS: open streams this process holds at most, all tenants together."""
+    stream_max_seconds: float = 3600.0
+    """AUTHZ_STREAM_MAX_SECONDS: a stream ends (UNAVAILABLE, open it again) after this long."""
 
     @property
     def embedded(self) -> bool:
@@ -276,4 +284,8 @@ class Settings:
             pending_tool_approvals_per_tenant=_int(
                 env, "AUTHZ_PENDING_TOOL_APPROVALS_PER_TENANT", 200, 1, 1_000_000
             ),
+            streams_per_key=_int(env, "AUTHZ_STREAMS_PER_KEY", 100, 1, 1_000_000),
+            streams_per_tenant=_int(env, "AUTHZ_STREAMS_PER_TENANT", 1000, 1, 1_000_000),
+            streams_per_process=_int(env, "AUTHZ_STREAMS_PER_PROCESS", 10_000, 1, 1_000_000),
+            stream_max_seconds=float(_int(env, "AUTHZ_STREAM_MAX_SECONDS", 3600, 1, 86_400)),
         )

@@ -18,6 +18,7 @@ from grpc_reflection.v1alpha import reflection
 from .api.admin import AdminServicer
 from .api.authz import AuthzServicer
 from .api.rpc import Gate, Runtime
+from .api.streams import StreamLimits, Streams
 from .cache import StateCache
 from .config import Settings
 from .domain.errors import Unavailable
@@ -25,6 +26,7 @@ from .domain.floods import DENIED_SEND_INTERVAL_SECONDS
 from .domain.pairing import Keyring
 from .flows import CodeAttemptLimits, ToolApprovalLimits
 from .flows.auth import FailureThrottle, hash_secret
+from .flows.watch import ApprovalFeed
 from .gen.authz.v1 import admin_pb2, admin_pb2_grpc, authz_pb2, authz_pb2_grpc
 from .store import audit, denials, embedded
 from .store.db import Database, schema_message
@@ -134,6 +136,7 @@ class RunningServer:
     readiness: Readiness
     telemetry: Telemetry | None = None
     sweep: DenialSweep | None = None
+    streams: Streams | None = None
 
     async def stop(self, grace: float = 5.0) -> None:
         """NOT_SERVING first (every name, liveness too), so load balancers drain
@@ -145,6 +148,8 @@ class RunningServer:
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
         await self.listener.close()
+        if self.streams is not None:
+            await self.streams.close()
         if self.telemetry is not None:
             await self.telemetry.shutdown()
         await self.db.close()
@@ -156,20 +161,40 @@ async def start_server(
     """Serve on ``listen`` (default ``settings.listen``). ``telemetry`` (None:
     off) becomes the server's: ``RunningServer.stop`` shuts it down."""
     # One LISTEN connection feeds the approval watchers and the hot path's cache.
-    listener = Listener(db.dsn, heartbeat_timeout=settings.db_timeout)
+    # Its heartbeat has a short timeout of its own (store.notify.HEARTBEAT_TIMEOUT).
+    listener = Listener(db.dsn)
     notifier = ApprovalNotifier(listener, fallback_interval=settings.watch_fallback_seconds)
     cache = StateCache()
     listener.on(CHANGES, cache.on_change)
     listener.on_state(cache.on_listener)
+    operator_key_hash = hash_secret(settings.operator_key) if settings.operator_key else None
+    keyring = Keyring(settings.secret_key.encode())
+    streams = Streams(
+        db,
+        cache,
+        keyring,
+        operator_key_hash,
+        StreamLimits(
+            per_key=settings.streams_per_key,
+            per_tenant=settings.streams_per_tenant,
+            per_process=settings.streams_per_process,
+            max_seconds=settings.stream_max_seconds,
+        ),
+        legacy_keys=settings.legacy_api_keys,
+    )
+    # After the cache's handlers: a key's streams re-check once its entry is dropped.
+    listener.on(CHANGES, streams.on_change)
+    listener.on_state(streams.on_listener)
     await listener.start()
     await audit.prepare_partitions(db)
     gate = Gate()
     runtime = Runtime(
         gate=gate,
         db=db,
-        keyring=Keyring(settings.secret_key.encode()),
-        operator_key_hash=hash_secret(settings.operator_key) if settings.operator_key else None,
-        notifier=notifier,
+        keyring=keyring,
+        operator_key_hash=operator_key_hash,
+        feed=ApprovalFeed(db, notifier),
+        streams=streams,
         cache=cache,
         telemetry=telemetry,
         code_limits=CodeAttemptLimits(
@@ -222,7 +247,9 @@ async def start_server(
     readiness.start()
     sweep = DenialSweep(db, settings.denied_send_sweep_seconds)
     sweep.start()
-    return RunningServer(server, port, health_servicer, db, listener, cache, readiness, telemetry, sweep)
+    return RunningServer(
+        server, port, health_servicer, db, listener, cache, readiness, telemetry, sweep=sweep, streams=streams
+    )
 
 
 async def prepare_database(settings: Settings, *, announce: Callable[[str], None] = print) -> str:

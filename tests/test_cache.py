@@ -20,6 +20,7 @@ from authz_service.store.db import Database
 from authz_service.store.notify import APPLICATION_NAME
 
 from .conftest import SECRET_KEY, Dsns, Tenant, eventually, rpc_error
+from .pgproxy import PgProxy
 
 
 @dataclasses.dataclass
@@ -208,3 +209,43 @@ async def test_state_writes_keep_cached_keys_and_key_revocation_drops_them(
         await owner.execute("ALTER TABLE api_keys ENABLE TRIGGER api_keys_changes")
         await owner.close()
         await admin.close()
+
+
+async def test_a_stalled_listener_turns_the_cache_off_within_3_s_whatever_the_db_timeout(
+    dsns: Dsns, tenant: Tenant
+) -> None:
+    """The path to PostgreSQL goes silent (no byte flows, nothing is closed).
+    With the longest allowed AUTHZ_DB_TIMEOUT_SECONDS the listener's heartbeat
+    used to wait 300 s before the cache stopped serving; it has its own short
+    timeout now, so the cache is off within 3 s."""
+    proxy = PgProxy(dsns.service)
+    await proxy.start()
+    settings = Settings.from_env(
+        {
+            "AUTHZ_DATABASE_URL": proxy.dsn,
+            "AUTHZ_SECRET_KEY": "c" * 43,
+            "AUTHZ_HOME": "/nonexistent",
+            "AUTHZ_DB_TIMEOUT_SECONDS": "300",
+        }
+    )
+    running = await start_server(await Database.connect(proxy.dsn), settings, listen="127.0.0.1:0")
+    client = connect(f"127.0.0.1:{running.port}", tenant.keys["connector"])
+    try:
+        await tenant.channel("tg")
+        await tenant.admin.admin.AllowUser(adm.AllowUserRequest(channel_id="tg", user_id="42"))
+        c = Cached(running, client)
+        assert await check(c) == az.DECISION_ALLOW
+        assert await check(c) == az.DECISION_ALLOW
+        assert running.cache.usable and running.cache.hits > 0
+        running.listener.reconnect_delay = 30.0  # and stays off while stalled
+        proxy.stall()
+
+        async def off() -> bool:
+            return not running.cache.usable
+
+        await eventually(off, timeout=3.0)
+    finally:
+        proxy.restore()
+        await client.close()
+        await running.stop(grace=0)
+        await proxy.close()

@@ -359,7 +359,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self, request: adm.WatchApprovalsRequest, ctx: Context
     ) -> AsyncIterator[cm.Approval]:
         kind = convert.enum_in(convert.KIND, request.kind, "kind")
-        async for approval in tools.watch_tenant(ctx, self.runtime.notifier, kind):
+        async for approval in tools.watch_tenant(ctx, self.runtime.feed, kind):
             yield convert.approval_out(approval)
 
     @rpc(Role.APPROVER, read_only=True)

@@ -211,7 +211,7 @@ class AuthzServicer(authz_pb2_grpc.AuthzServiceServicer):
         self, request: az.WatchApprovalRequest, ctx: Context
     ) -> AsyncIterator[cm.Approval]:
         approval_id = ids.approval_id(request.approval_id)
-        async for approval in tools.watch(ctx, self.runtime.notifier, approval_id):
+        async for approval in tools.watch(ctx, self.runtime.feed, approval_id):
             yield convert.approval_out(approval)
 
     @rpc(Role.CONNECTOR, Role.AGENT, read_only=True)

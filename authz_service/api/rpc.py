@@ -19,8 +19,9 @@ from ..domain.model import Principal, Role
 from ..domain.pairing import Keyring
 from ..flows import CodeAttemptLimits, Context, ToolApprovalLimits
 from ..flows.auth import Credentials, FailureThrottle, authenticate
+from ..flows.watch import ApprovalFeed
 from ..store.db import Database
-from ..store.notify import ApprovalNotifier
+from .streams import Streams
 
 if TYPE_CHECKING:
     from ..telemetry import RpcCall, Telemetry
@@ -56,7 +57,7 @@ class Runtime:
     db: Database
     keyring: Keyring
     operator_key_hash: bytes | None
-    notifier: ApprovalNotifier
+    feed: ApprovalFeed
     cache: StateCache | None = None
     gate: Gate = field(default_factory=Gate)
     telemetry: Telemetry | None = None  # None: telemetry off
@@ -65,6 +66,7 @@ class Runtime:
     legacy_keys: bool = True
     """AUTHZ_LEGACY_API_KEYS: accept API keys made before they carried a check."""
     tool_limits: ToolApprovalLimits = field(default_factory=ToolApprovalLimits)
+    streams: Streams | None = None  # None: streaming RPCs answer UNAVAILABLE
 
 
 PEER = ":peer"
@@ -181,6 +183,9 @@ def rpc(
             cache: StateCache | None = self.runtime.cache
             if not read_only and cache is not None and ctx.tenant_id:
                 cache.forget_tenant(ctx.tenant_id, keys=changes_keys)
+            streams: Streams | None = self.runtime.streams
+            if changes_keys and streams is not None and ctx.tenant_id:
+                streams.recheck_tenant(ctx.tenant_id)  # a revoke here ends its streams now, not at NOTIFY
             return response
 
         @functools.wraps(handler)
@@ -198,7 +203,13 @@ def rpc(
 
 
 def rpc_stream(*roles: Role) -> Callable[[StreamHandler[Req, Resp]], StreamMethod[Req, Resp]]:
-    """``rpc`` for server-streaming methods (the handler is an async generator)."""
+    """``rpc`` for server-streaming methods (the handler is an async generator).
+
+    The stream counts against the caps of ``api.streams`` (``RESOURCE_EXHAUSTED``
+    beyond), its key is checked again before every message, and it ends when the
+    key is revoked or changed (``UNAUTHENTICATED``, ``PERMISSION_DENIED``) or its
+    maximum lifetime is up (``UNAVAILABLE``: open it again).
+    """
     allowed = set(roles)
 
     def wrap(handler: StreamHandler[Req, Resp]) -> StreamMethod[Req, Resp]:
@@ -214,8 +225,12 @@ def rpc_stream(*roles: Role) -> Callable[[StreamHandler[Req, Resp]], StreamMetho
         ) -> AsyncIterator[Resp]:
             try:
                 ctx = await _authorize(self.runtime, md, allowed, name, trace_id, call)
-                async for item in handler(self, request, ctx):
-                    yield item
+                streams: Streams | None = self.runtime.streams
+                if streams is None:
+                    raise errors.Unavailable("streams are not served here")
+                with streams.open(ctx.principal, _token(md)) as stream:
+                    async for item in stream.guard(handler(self, request, ctx)):
+                        yield item
             except Exception as exc:
                 await _abort(context, exc, name, trace_id, call)
 
@@ -238,7 +253,7 @@ def rpc_stream(*roles: Role) -> Callable[[StreamHandler[Req, Resp]], StreamMetho
     return wrap
 
 
-async def _principal(runtime: Runtime, md: dict[str, str]) -> Principal:
+def _token(md: dict[str, str]) -> str:
     auth = md.get("authorization", "")
     scheme, _, token = auth.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
@@ -246,8 +261,12 @@ async def _principal(runtime: Runtime, md: dict[str, str]) -> Principal:
     token = token.strip()
     if len(token) > 256:
         raise errors.Unauthenticated("invalid API key")
+    return token
+
+
+async def _principal(runtime: Runtime, md: dict[str, str]) -> Principal:
     creds = Credentials(
-        token,
+        _token(md),
         runtime.keyring,
         runtime.operator_key_hash,
         peer=md.get(PEER, ""),

@@ -23,9 +23,9 @@ from ..domain.pairing import new_approval_id
 from ..store import approvals, audit, db, grants, tenants
 from ..store.approvals import FinishInput, ToolApprovalInput
 from ..store.db import Connection
-from ..store.notify import ApprovalNotifier
 from . import Context
 from .approvals import Button, OwnerNotification, ResolveResult, expire, load_channel, refuse_unless_pending
+from .watch import ApprovalFeed
 
 
 def new_grant_id() -> str:
@@ -172,38 +172,35 @@ async def _current(ctx: Context, approval_id: str) -> tuple[Approval, float]:
         return approval, (approval.expires_at - now).total_seconds()
 
 
-async def watch(ctx: Context, notifier: ApprovalNotifier, approval_id: str) -> AsyncIterator[Approval]:
+async def watch(ctx: Context, feed: ApprovalFeed, approval_id: str) -> AsyncIterator[Approval]:
     """Current state at once; then the decision or the expiry; then stop."""
+    notifier = feed.notifier
     # Subscribe before the first read, so a decision between the two is not missed.
     with notifier.subscribe(ctx.tenant_id, approval_id) as sub:
-        approval, left = await _current(ctx, approval_id)
+        async with feed.reads:
+            approval, left = await _current(ctx, approval_id)
         yield approval
         while approval.status is ApprovalStatus.PENDING:
             # Wake on a notification, at the expiry, or on the fallback timer.
             await sub.wait(max(0.0, min(left, notifier.fallback_interval)) + 0.01)
             sub.drain()
-            approval, left = await _current(ctx, approval_id)
+            async with feed.reads:
+                approval, left = await _current(ctx, approval_id)
             if approval.status is not ApprovalStatus.PENDING:
                 yield approval
 
 
-async def watch_tenant(ctx: Context, notifier: ApprovalNotifier, kind: str) -> AsyncIterator[Approval]:
-    """Pending approvals first, then every change as it commits."""
-    with notifier.subscribe(ctx.tenant_id) as sub:
-        async with ctx.db.tenant(ctx.tenant_id) as conn:
+async def watch_tenant(ctx: Context, feed: ApprovalFeed, kind: str) -> AsyncIterator[Approval]:
+    """Pending approvals first, then every change as it commits (read once for
+    all of this process's watchers of the tenant: ``flows.watch``)."""
+    with feed.join(ctx.tenant_id) as inbox:
+        async with feed.reads, ctx.db.tenant(ctx.tenant_id) as conn:
             pending = await approvals.list_recent(conn, ctx.tenant_id, "", ApprovalStatus.PENDING, 1000, kind)
         for approval in reversed(pending):
             yield approval
-        while True:
-            await sub.wait(notifier.fallback_interval)
-            changed = sub.drain()
-            if not changed:
-                continue
-            async with ctx.db.tenant(ctx.tenant_id) as conn:
-                found = [await approvals.get(conn, ctx.tenant_id, a) for a in sorted(changed)]
-            for changed_approval in found:
-                if changed_approval is not None and (not kind or changed_approval.kind == kind):
-                    yield changed_approval
+        async for changed in inbox.changes():
+            if not kind or changed.kind == kind:
+                yield changed
 
 
 async def decide(

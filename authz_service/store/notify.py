@@ -34,6 +34,11 @@ APPROVALS = "authz_approvals"
 CHANGES = "authz_changes"
 APPLICATION_NAME = "authz-listener"
 
+# The cache turns off within 3 s of a silent listener, whatever the other
+# settings: a heartbeat every second, each answered within 1.5 s.
+HEARTBEAT_INTERVAL = 1.0
+HEARTBEAT_TIMEOUT = 1.5
+
 
 class Listener:
     """One dedicated LISTEN connection for the process, reconnecting with backoff."""
@@ -43,8 +48,8 @@ class Listener:
         dsn: str,
         *,
         reconnect_delay: float = 0.2,
-        heartbeat_interval: float = 2.0,
-        heartbeat_timeout: float = 5.0,
+        heartbeat_interval: float = HEARTBEAT_INTERVAL,
+        heartbeat_timeout: float = HEARTBEAT_TIMEOUT,
     ) -> None:
         self._dsn = dsn
         # Wait this long before the first reconnect attempt (doubling up to 5 s
@@ -55,6 +60,9 @@ class Listener:
         # ``heartbeat_interval`` a query must answer within ``heartbeat_timeout``,
         # or the connection counts as lost. So notifications are trusted for at
         # most interval + timeout after the path to the database goes silent.
+        # The timeout is its own, not AUTHZ_DB_TIMEOUT_SECONDS (up to 300 s):
+        # a query that long on a healthy database is a pool's problem, while the
+        # cache must stop within 3 s of a stalled listener (issue #15).
         self.heartbeat_interval = heartbeat_interval
         self.heartbeat_timeout = heartbeat_timeout
         self._handlers: dict[str, list[Callable[[str], None]]] = {}
@@ -127,7 +135,10 @@ class Listener:
             if conn is None:
                 return
             try:
-                await conn.fetchval("SELECT 1", timeout=self.heartbeat_timeout)
+                # asyncio's bound too: asyncpg's own timeout then sends a cancel
+                # request, which a stalled network can hold up.
+                async with asyncio.timeout(self.heartbeat_timeout):
+                    await conn.fetchval("SELECT 1", timeout=self.heartbeat_timeout)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
                 log.warning("change listener heartbeat failed: %s", type(exc).__name__)
                 conn.terminate()

@@ -78,6 +78,13 @@ def build_report(
     targets["pairing_pairs"] = {"target": ">= 500 pairs/s", "met": None if pairs is None else pairs >= 500}
     p99 = next((f.value for f in figures if f.name == "checkuser_p99_half_peak"), None)
     targets["checkuser_p99_half_peak"] = {"target": "< 5 ms", "met": None if p99 is None else p99 < 5.0}
+    starve = next(
+        (r.value for r in ratios if r.name == "checkuser_consistent_p99_2000_streams_vs_idle"), None
+    )
+    targets["checkuser_consistent_p99_2000_streams_vs_idle"] = {
+        "target": "<= 2",
+        "met": None if starve is None else starve <= 2.0,
+    }
     return {
         **meta,
         "figures": [asdict(f) for f in figures],

@@ -29,6 +29,7 @@ from typing import Any
 
 import grpc
 
+from . import watchers
 from .calls import (
     check_user_calls,
     empty_calls,
@@ -364,6 +365,8 @@ class Bench:
             self.figure("checkuser_p50_half_peak", percentile(latencies, 0.5), "ms")
             self.figure("checkuser_p99_half_peak", percentile(latencies, 0.99), "ms")
 
+            self.watchers(at)
+
             if o.skip_scale:
                 self.figure("checkuser_1m", None)
                 return
@@ -397,6 +400,47 @@ class Bench:
             self.ratio("checkuser_cold_1m_vs_1k", "checkuser_cold_1m", "checkuser_cold_1k")
         finally:
             server.stop()
+
+    def watchers(self, at: str) -> None:
+        """Tenant B's consistent CheckUser p99 with 2,000 WatchApprovals streams
+        open in tenant A while A's approvals change, against idle (``watchers``)."""
+        b_key = asyncio.run(watchers.load_tenant_b(self.owner_dsn, self._secret_key()))
+        self.nonce += 1
+        _, busy = quiesce(15.0)
+        if busy >= 0.15:
+            log(f"WARNING: the machine is busy before watchers ({busy:.2f} cores)")
+        log(f"watchers: {watchers.STREAMS} streams in {MAIN_TENANT}, {watchers.CHANGE_RATE:g} changes/s, "
+            f"tenant B consistent CheckUser x {watchers.IN_FLIGHT} in flight")  # fmt: skip
+        result = watchers.measure(
+            at,
+            self.data.approver_key,
+            self.data.connector_keys[MAIN_TENANT],
+            self.data.pair_channels,
+            b_key,
+            max(4.0, self.opts.duration),
+            self.nonce,
+        )
+        log(f"  idle p99 {result.p99_idle:.2f} ms ({len(result.idle_ms)} calls), with streams p99 "
+            f"{result.p99_busy:.2f} ms ({len(result.busy_ms)} calls); {result.changes} changes, "
+            f"the slowest stream got {result.delivered_min}")  # fmt: skip
+        self.scenarios["watchers"] = {
+            "streams": watchers.STREAMS,
+            "change_rate": watchers.CHANGE_RATE,
+            "changes": result.changes,
+            "delivered_min": result.delivered_min,
+            "open_seconds": round(result.open_seconds, 2),
+            "idle_calls": len(result.idle_ms),
+            "busy_calls": len(result.busy_ms),
+            "p50_idle_ms": round(percentile(result.idle_ms, 0.5), 3),
+            "p50_busy_ms": round(percentile(result.busy_ms, 0.5), 3),
+        }
+        self.figure("checkuser_consistent_p99_idle", result.p99_idle, "ms")
+        self.figure("checkuser_consistent_p99_2000_streams", result.p99_busy, "ms")
+        self.ratio(
+            "checkuser_consistent_p99_2000_streams_vs_idle",
+            "checkuser_consistent_p99_2000_streams",
+            "checkuser_consistent_p99_idle",
+        )
 
     def workers(self) -> None:
         """CheckUser (default path) against the real ``authz serve``, both

@@ -114,6 +114,9 @@ def server_env(spec: ServerSpec) -> dict[str, str]:
         "AUTHZ_SECRET_KEY": spec.secret_key,
         "AUTHZ_OPERATOR_KEY": spec.operator_key,
         "AUTHZ_HOME": spec.home,
+        # The watchers scenario holds 2,000 streams of one key (defaults: 100 per key, 1,000 per tenant).
+        "AUTHZ_STREAMS_PER_KEY": "2500",
+        "AUTHZ_STREAMS_PER_TENANT": "2500",
     }
 
 
