@@ -223,7 +223,7 @@ async def test_a_stalled_listener_turns_the_cache_off_within_3_s_whatever_the_db
     settings = Settings.from_env(
         {
             "AUTHZ_DATABASE_URL": proxy.dsn,
-            "AUTHZ_SECRET_KEY": "c" * 43,
+            "AUTHZ_SECRET_KEY": SECRET_KEY,
             "AUTHZ_HOME": "/nonexistent",
             "AUTHZ_DB_TIMEOUT_SECONDS": "300",
         }

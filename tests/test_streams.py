@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import secrets
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ from authz_service.server import RunningServer, start_server
 from authz_service.store.db import Database
 from authz_service.store.notify import APPLICATION_NAME
 
-from .conftest import Dsns, Service, Tenant, eventually
+from .conftest import SECRET_KEY, Dsns, Service, Tenant, eventually
 from .pgproxy import PgProxy
 
 
@@ -103,7 +102,7 @@ async def own_server(dsns: Dsns, **env: str) -> RunningServer:
     settings = Settings.from_env(
         {
             "AUTHZ_DATABASE_URL": dsns.service,
-            "AUTHZ_SECRET_KEY": secrets.token_urlsafe(32),
+            "AUTHZ_SECRET_KEY": SECRET_KEY,
             "AUTHZ_HOME": "/nonexistent",
             **env,
         }
@@ -294,7 +293,7 @@ async def test_watch_reads_leave_half_the_pool_to_decisions(
     settings = Settings.from_env(
         {
             "AUTHZ_DATABASE_URL": proxy.dsn,
-            "AUTHZ_SECRET_KEY": secrets.token_urlsafe(32),
+            "AUTHZ_SECRET_KEY": SECRET_KEY,
             "AUTHZ_HOME": "/nonexistent",
         }
     )
