@@ -46,7 +46,10 @@ async def _key(db: Database, cache: StateCache | None, tenant_id: str, key_id: s
         generation = cache.generation
     async with db.tenant(tenant_id) as conn:
         row = await keys.get(conn, tenant_id, key_id)
-    record = None if row is None else KeyRecord(row.secret_hash, row.role, row.revoked_at is not None)
+    record = None
+    if row is not None:
+        bound = frozenset(row.channels), frozenset(row.agents)
+        record = KeyRecord(row.secret_hash, row.role, row.revoked_at is not None, *bound)
     if cache is not None:
         cache.fill_key(generation, tenant_id, key_id, record)
     return record
@@ -68,7 +71,7 @@ async def authenticate(
         genuine = hmac.compare_digest(presented, stored)
         if record is None or not genuine or record.revoked:
             raise Unauthenticated(_INVALID)
-        return Principal(tenant_id=tenant_id, role=record.role, key_id=key_id)
+        return Principal(tenant_id, record.role, key_id, record.channels, record.agents)
     if operator_key_hash is not None and hmac.compare_digest(hash_secret(token), operator_key_hash):
         return Principal(tenant_id="", role=Role.OPERATOR, key_id="operator")
     raise Unauthenticated(_INVALID)

@@ -7,6 +7,7 @@ imports the other."""
 
 from __future__ import annotations
 
+from ..domain import scope
 from ..domain.errors import AuthzError, InvalidArgument, NotFound
 from ..domain.model import ApprovalAction
 from ..domain.pairing import normalize_code
@@ -33,6 +34,8 @@ async def resolve(
     async with ctx.db.tenant(t) as conn:
         if approval_id:
             approval = await approvals.get(conn, t, approval_id, for_update=True)
+            if approval is not None and not scope.approval_in_scope(ctx.principal, approval):
+                approval = None  # outside a bound key's channels: as if it did not exist
         else:
             code = normalize_code(target.code)
             if action is None:  # before the lookup: a request that cannot succeed is no guess
