@@ -121,7 +121,7 @@ async def test_a_slack_key_on_a_telegram_channel_gets_the_unknown_channel_answer
         await answer(resolve(az.ResolveApprovalRequest(approval_id=fake_id, action=APPROVE, actor_id=OWNER_TG))),
     )  # fmt: skip
     by_button = await answer(resolve(az.ResolveApprovalRequest(callback_payload=button, actor_id=OWNER_TG)))
-    assert by_button == "NOT_FOUND: no such approval"
+    assert by_button == "INVALID_ARGUMENT: callback_payload: is not a valid approval button payload"
     same(
         await answer(resolve(az.ResolveApprovalRequest(
             code=az.CodeRef(channel_id="tg", code=pending.code), action=APPROVE, actor_id=OWNER_TG))),
