@@ -71,7 +71,7 @@ async def test_create_and_list_show_the_binding(tenant: Tenant, service: Service
         (adm.CreateApiKeyRequest(role=adm.ROLE_AGENT, agents=[f"a{i}" for i in range(101)]), "agents"),
     ):
         err = await rpc_error(tenant.admin.admin.CreateApiKey(request))
-        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and err.details().startswith(field), (
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and (err.details() or "").startswith(field), (
             err.details()
         )
 
@@ -187,7 +187,9 @@ async def test_tool_approvals_outside_its_channels_do_not_exist_for_a_bound_key(
         # It cannot open tool approvals outside its channels either.
         no_channel = az.RequestApprovalRequest(tool_name="shell", arguments_json="{}", agent_id="ops")
         err = await rpc_error(key.authz.RequestApproval(no_channel))
-        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and err.details().startswith("channel_id")
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and (err.details() or "").startswith(
+            "channel_id"
+        )
         no_channel.channel_id = "tg"
         err = await rpc_error(key.authz.RequestApproval(no_channel))
         assert (err.code(), err.details()) == (grpc.StatusCode.NOT_FOUND, "channel 'tg' not found")
