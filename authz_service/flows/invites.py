@@ -172,7 +172,7 @@ async def redeem_invite(
             conn, t, "invite.redeemed", actor=f"{channel.platform.value}:{user_id}", channel_id=channel_id,
             subject=user_id, trace_id=ctx.trace_id,
             details={
-                "invite_id": used.invite_id, "uses": used.uses, "max_uses": used.max_uses,
+                "invite_id": used.invite_id, "uses": used.uses, "max_uses": used.max_uses, "key": ctx.principal.key_id,
                 "permissions": list(used.permissions),
             },
         )  # fmt: skip

@@ -249,7 +249,7 @@ async def _auto_approve(
     # The rule only: never the reported email or phone number.
     await audit.record(
         conn, t, "pairing.auto_approved", actor=actor, channel_id=channel.channel_id, subject=user_id,
-        approval_id=approval.approval_id, trace_id=ctx.trace_id, details={"rule": rule},
+        approval_id=approval.approval_id, trace_id=ctx.trace_id, details={"rule": rule, **_key(ctx)},
     )  # fmt: skip
     log.info(
         "pairing auto-approved",

@@ -130,7 +130,7 @@ async def request_approval(ctx: Context, req: ToolRequest) -> ToolRequestResult:
             details={
                 "arguments": arguments, "session_id": req.session_id, "risk": req.risk.value,
                 "requester_id": req.requester_id, "expires_at": approval.expires_at.isoformat(),
-                **({"grant_id": grant.grant_id} if grant else {}),
+                **({"grant_id": grant.grant_id, "key": ctx.principal.key_id} if grant else {}),
             },
         )  # fmt: skip
         now = await db.now(conn)
