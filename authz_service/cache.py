@@ -46,6 +46,8 @@ class KeyRecord:
     secret_hash: bytes
     role: Role
     revoked: bool
+    channels: frozenset[str] = frozenset()
+    agents: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)

@@ -217,7 +217,7 @@ class Settings:
     """AUTHZ_PENDING_TOOL_APPROVALS_PER_TENANT: the same, for all agents of a tenant together."""
     denied_send_sweep_seconds: int = 60
     """AUTHZ_DENIED_SEND_SWEEP_SECONDS: how often a process moves closed buckets of denied
-    sends into the audit (migration 0015), for every tenant."""
+    sends into the audit (migration 0013), for every tenant."""
     streams_per_key: int = 100
     """AUTHZ_STREAMS_PER_KEY: open WatchApproval/WatchApprovals streams one API key may hold in this process."""
     streams_per_tenant: int = 1000

@@ -11,7 +11,7 @@ a model would. It has two tools:
 Run it against ``make run`` (see docs/agent-runtimes.md):
 
     source .authz/env
-    export AUTHZ_AGENT_KEY=$(authz key create agent --name demo-runtime | tail -n 1)
+    export AUTHZ_AGENT_KEY=$(authz key create agent --name demo-runtime --agent ops | tail -n 1)
     python examples/agent_loop.py
 
 Environment: AUTHZ_ADDRESS (default 127.0.0.1:50051), AUTHZ_AGENT_KEY (an

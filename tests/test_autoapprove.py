@@ -74,7 +74,10 @@ async def test_whatsapp_number_matching_a_pattern_is_approved_at_once(
 
     trail = await events(tenant, "pairing.")
     assert [(e.event, e.actor, e.subject) for e in trail] == [("pairing.auto_approved", actor, WA_USER)]
-    assert json.loads(trail[0].details_json) == {"rule": "phone_pattern:+8498*"}
+    assert json.loads(trail[0].details_json) == {
+        "rule": "phone_pattern:+8498*",
+        "key": tenant.keys["connector"].split(".")[2],
+    }
     # The reported email is nowhere: not in the audit trail, the logs or the tables.
     everything = " ".join(str(e) for e in await events(tenant))
     logged = " ".join(f"{r.getMessage()} {r.__dict__}" for r in caplog.records)
@@ -104,7 +107,10 @@ async def test_email_domain_matches_exactly_and_is_not_logged(
     assert (await decision(tenant, "42")).decision == az.DECISION_ALLOW
     [auto] = await events(tenant, "pairing.auto_approved")
     assert auto.actor == "auto:email_domain:company.com"
-    assert json.loads(auto.details_json) == {"rule": "email_domain:company.com"}
+    assert json.loads(auto.details_json) == {
+        "rule": "email_domain:company.com",
+        "key": tenant.keys["connector"].split(".")[2],
+    }
     logged = " ".join(f"{r.getMessage()} {r.__dict__}" for r in caplog.records)
     trail = " ".join(str(e) for e in await events(tenant))
     for secret in ("Bob.Smith", "bob.smith", "+4420000000", "eve@"):

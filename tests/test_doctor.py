@@ -7,6 +7,7 @@ import json
 import asyncpg
 import pytest
 
+from authz_service.client import connect
 from authz_service.gen.authz.v1 import admin_pb2 as adm
 from authz_service.gen.authz.v1 import authz_pb2 as az
 from authz_service.gen.authz.v1 import common_pb2 as cm
@@ -14,9 +15,21 @@ from authz_service.gen.authz.v1 import common_pb2 as cm
 from .conftest import Dsns, Service, Tenant
 from .policy_helpers import Cli, make_cli
 
+CHANNELS = ["tg", "open", "grp", "demo", "pair"]
+
 
 @pytest.fixture
-def cli(service: Service, tenant: Tenant) -> Cli:
+async def cli(service: Service, tenant: Tenant) -> Cli:
+    """The tenant with its connector key bound to the channels these tests use
+    (an unbound key is a finding of its own: test_key_scopes)."""
+    bound = await tenant.admin.admin.CreateApiKey(
+        adm.CreateApiKeyRequest(role=adm.ROLE_CONNECTOR, name="bound", channels=CHANNELS)
+    )
+    await tenant.admin.admin.RevokeApiKey(
+        adm.RevokeApiKeyRequest(key_id=tenant.keys["connector"].split(".")[2])
+    )
+    await tenant.connector.close()
+    tenant.keys["connector"], tenant.connector = bound.secret, connect(service.address, bound.secret)
     return make_cli(service, tenant)
 
 
@@ -89,14 +102,15 @@ async def test_json_report(cli: Cli, tenant: Tenant) -> None:
         ("high", "quorum_unreachable", "pair"),
         ("medium", "wildcard_group_sender", "grp"),
         ("medium", "no_rate_limit", "open"),
+        ("medium", "quorum_one_holder", "pair"),
         ("info", "no_send_policy", "grp"),
     ]
     quorum = report["findings"][1]
     assert "required_approvals is 3 but only 1 person can approve" in quorum["message"]
     assert quorum["fix"]
     assert report["summary"] == {
-        "critical": 1, "high": 1, "medium": 2, "low": 0, "info": 1,
-        "total": 5, "fail_on": "never", "failed": False,
+        "critical": 1, "high": 1, "medium": 3, "low": 0, "info": 1,
+        "total": 6, "fail_on": "never", "failed": False,
     }  # fmt: skip
 
 

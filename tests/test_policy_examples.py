@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from authz_service.gen.authz.v1 import admin_pb2 as adm
+
 from .conftest import Service, Tenant
 from .policy_helpers import Cli, events_after, last_event_id, make_cli
 
@@ -22,7 +24,7 @@ def cli(service: Service, tenant: Tenant) -> Cli:
 
 EXPECTED: dict[str, list[tuple[str, str, str]]] = {
     "saas-support.yaml": [("low", "open_dms_no_tools", "support-tg")],
-    "internal-team.yaml": [],
+    "internal-team.yaml": [("medium", "quorum_one_holder", "team-slack")],
     "whatsapp-per-client.yaml": [
         ("medium", "auto_approve", "wa-acme"),
         ("medium", "auto_approve", "wa-globex"),
@@ -55,6 +57,11 @@ async def test_example(cli: Cli, tenant: Tenant, tmp_path: Path, name: str) -> N
     assert r.code == 0 and r.out.strip().endswith("no changes"), r.text
     assert await events_after(tenant, before) == []
 
+    # The fixture's connector key is tenant-wide, a finding of its own (test_key_scopes);
+    # the examples are about policies.
+    await tenant.admin.admin.RevokeApiKey(
+        adm.RevokeApiKeyRequest(key_id=tenant.keys["connector"].split(".")[2])
+    )
     r = await cli("doctor", "--json")
     report = json.loads(r.out)
     found = [(f["severity"], f["code"], f["channel_id"]) for f in report["findings"]]

@@ -171,9 +171,14 @@ async def test_deciding_vote_drops_votes_that_no_longer_qualify(
     assert list((await approval(tenant, req.approval_id)).approved_by) == [f"telegram:{THIRD}"]
     assert (await check(tenant, consistent=True)).decision == az.DECISION_PAIRING_REQUIRED
     votes = await events(tenant, "pairing.vote")
+    connector_key = tenant.keys["connector"].split(".")[2]
+    early_key = key_id if voter == "approver key" else connector_key
     assert [(e.actor, json.loads(e.details_json)) for e in votes] == [
-        (early, {"votes": 1, "required_approvals": 2}),
-        (f"telegram:{THIRD}", {"votes": 1, "required_approvals": 2, "dropped": [early]}),
+        (early, {"votes": 1, "required_approvals": 2, "key": early_key}),
+        (
+            f"telegram:{THIRD}",
+            {"votes": 1, "required_approvals": 2, "dropped": [early], "key": connector_key},
+        ),
     ]
     # A voter who still qualifies completes it.
     final = await press(tenant, payload, OWNER)

@@ -85,16 +85,18 @@ async def test_request_is_stored_before_anyone_is_prompted(tenant: Tenant, agent
     assert resp.created and a.status == cm.APPROVAL_STATUS_PENDING and a.kind == cm.APPROVAL_KIND_TOOL
     assert a.tool.arguments_json == '{"a":[1,2],"b":1}'  # canonical: what a decision binds to
     assert len(a.tool.arguments_digest) == 64
-    assert list(resp.approvers) == [APPROVER]
+    # Agent keys do not learn who approves (issue #15); a connector key does.
+    assert list(resp.approvers) == [] and resp.notification.owner_id == ""
+    relayed = await ask(tenant.connector, {"b": 2}, channel_id="tg")
+    assert list(relayed.approvers) == [APPROVER] and relayed.notification.owner_id == "100"
     # The notification is built from the stored row, with unforgeable buttons.
-    assert resp.notification.owner_id == "100"
     assert "shell" in resp.notification.text and "clean up" in resp.notification.text
     assert [b.action for b in resp.notification.buttons] == [
         cm.APPROVAL_ACTION_APPROVE, cm.APPROVAL_ACTION_DENY, cm.APPROVAL_ACTION_ALWAYS_ALLOW]  # fmt: skip
     assert all(len(b.callback_payload.encode()) <= 64 for b in resp.notification.buttons)
     stored = await tenant.admin.admin.GetApproval(adm.GetApprovalRequest(approval_id=a.approval_id))
     assert stored.status == cm.APPROVAL_STATUS_PENDING and stored.tool.arguments_json == a.tool.arguments_json
-    assert [e.event for e in await events(tenant, "tool.")] == ["tool.requested"]
+    assert [e.event for e in await events(tenant, "tool.")] == ["tool.requested", "tool.requested"]
 
 
 async def test_approve_then_redeem_the_exact_call_once(tenant: Tenant, agent: Client) -> None:
@@ -168,14 +170,14 @@ async def test_unauthorized_actor_changes_nothing_and_is_audited(tenant: Tenant,
 
 async def test_per_agent_approvers_replace_the_tenant_list(tenant: Tenant, agent: Client) -> None:
     await setup(tenant, ops=["telegram:7"])
-    resp = await ask(agent, agent_id="ops", channel_id="tg")
+    resp = await ask(tenant.connector, agent_id="ops", channel_id="tg")
     assert list(resp.approvers) == ["telegram:7"]
     err = await rpc_error(press(tenant, payload(resp, cm.APPROVAL_ACTION_APPROVE), "42"))
     assert err.code() == grpc.StatusCode.PERMISSION_DENIED
     assert (await press(tenant, payload(resp, cm.APPROVAL_ACTION_DENY), "7")).approval.status == (
         cm.APPROVAL_STATUS_DENIED
     )
-    other = await ask(agent, agent_id="support", channel_id="tg")
+    other = await ask(tenant.connector, agent_id="support", channel_id="tg")
     assert list(other.approvers) == [APPROVER]
     settings = await tenant.admin.admin.GetTenantSettings(adm.GetTenantSettingsRequest())
     assert list(settings.agent_approvers["ops"].actors) == ["telegram:7"]

@@ -87,6 +87,8 @@ def _key(k: IssuedKey) -> adm.ApiKey:
         name=k.name,
         created_at=convert.ts(k.created_at),
         revoked_at=convert.ts(k.revoked_at),
+        channels=list(k.channels),
+        agents=list(k.agents),
     )
 
 
@@ -176,7 +178,9 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     @rpc(Role.ADMIN, changes_keys=True)
     async def CreateApiKey(self, request: adm.CreateApiKeyRequest, ctx: Context) -> adm.CreateApiKeyResponse:
         role = convert.enum_in(convert.ROLE, request.role, "role")
-        key = await flows.create_key(ctx, role, convert.text(request.name, "name", 128))
+        key = await flows.create_key(
+            ctx, role, convert.text(request.name, "name", 128), list(request.channels), list(request.agents)
+        )
         return adm.CreateApiKeyResponse(key=_key(key), secret=key.secret)
 
     @rpc(Role.ADMIN, read_only=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from .. import names
-from ..domain import ids
+from ..domain import ids, scope
 from ..domain import tools as dt
 from ..domain.access import Inbound
 from ..domain.autoapprove import reported_email, reported_phone
@@ -181,10 +181,12 @@ class AuthzServicer(authz_pb2_grpc.AuthzServiceServicer):
             raise InvalidArgument("timeout_seconds", f"must be at most {dt.MAX_TIMEOUT_SECONDS}")
         if request.request_key and not dt.REQUEST_KEY.fullmatch(request.request_key):
             raise InvalidArgument("request_key", "must be 1-128 characters [A-Za-z0-9_.:-]")
+        agent_id = ids.agent_id(request.agent_id) if request.agent_id else ""
+        scope.require_agent(ctx.principal, agent_id)
         req = tools.ToolRequest(
             tool_name=dt.tool_name(request.tool_name),
             arguments_json=request.arguments_json,
-            agent_id=ids.agent_id(request.agent_id) if request.agent_id else "",
+            agent_id=agent_id,
             session_id=ids.one_line(request.session_id, "session_id", 256),
             channel_id=ids.channel_id(request.channel_id) if request.channel_id else "",
             requester_id=ids.user_id_shape(request.requester_id, "requester_id")
@@ -199,11 +201,14 @@ class AuthzServicer(authz_pb2_grpc.AuthzServiceServicer):
         resp = az.RequestApprovalResponse(
             approval=convert.approval_out(result.approval),
             created=result.created,
-            approvers=list(result.approvers),
             trace_id=ctx.trace_id,
         )
         if result.notification is not None:
             resp.notification.CopyFrom(convert.notification_out(result.notification))
+        if scope.sees_approvers(ctx.principal):
+            resp.approvers.extend(result.approvers)
+        elif resp.HasField("notification"):  # agent keys: who approves is not theirs to know
+            resp.notification.ClearField("owner_id")
         return resp
 
     @rpc_stream(Role.CONNECTOR, Role.AGENT, Role.APPROVER)

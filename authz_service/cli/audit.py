@@ -88,7 +88,9 @@ def _row(e: adm.AuditEvent) -> dict[str, Any]:
 def audit(ctx: click.Context, s: Session) -> int:
     if ctx.invoked_subcommand is not None:
         return 0
-    s.emit([_row(e) for e in events(s, ctx)], ["id", "at", "event", "actor", "channel", "subject"])
+    # "key": the API key that carried the event (details.key), e.g. the connector key behind a press.
+    rows = [{**r, "key": r["details"].get("key", "")} for r in map(_row, events(s, ctx))]
+    s.emit(rows, ["id", "at", "event", "actor", "key", "channel", "subject"])
     return 0
 
 

@@ -14,6 +14,7 @@ from ..domain.model import (
     Approval,
     ApprovalStatus,
     Channel,
+    Role,
     Subject,
     SubjectSource,
     SubjectStatus,
@@ -83,6 +84,11 @@ def snapshot(c: Any, now: datetime) -> doctor.Snapshot:
         group_senders=senders,
         pending=tuple(_approval(a) for a in pending),
         now=now,
+        keys=tuple(
+            doctor.KeyView(k.key_id, Role(names.ROLE.label(k.role)), tuple(k.channels), tuple(k.agents))
+            for k in rpc(c.admin.ListApiKeys, adm.ListApiKeysRequest()).keys
+            if not k.HasField("revoked_at")
+        ),
     )
 
 

@@ -21,6 +21,7 @@ from .model import (
     Channel,
     DmPolicy,
     Platform,
+    Role,
     SendDefault,
     SendPolicy,
     Subject,
@@ -63,6 +64,9 @@ NO_RATE_LIMIT = "no_rate_limit"
 STALE_PAIRINGS = "stale_pairings"
 EXPIRED_PENDING = "expired_pending"
 NAME_ONLY_DENY = "name_only_deny"
+UNBOUND_CONNECTOR_KEY = "unbound_connector_key"
+UNBOUND_AGENT_KEY = "unbound_agent_key"
+QUORUM_ONE_HOLDER = "quorum_one_holder"
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +86,16 @@ class TenantView:
 
 
 @dataclass(frozen=True, slots=True)
+class KeyView:
+    """A live API key: its binding (empty: tenant-wide, made before binding)."""
+
+    key_id: str
+    role: Role
+    channels: tuple[str, ...] = ()
+    agents: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     tenant: TenantView
     channels: tuple[Channel, ...]
@@ -91,6 +105,8 @@ class Snapshot:
     # Pending pairing requests of the tenant (their expiry may have passed).
     pending: tuple[Approval, ...]
     now: datetime
+    # The tenant's unrevoked API keys.
+    keys: tuple[KeyView, ...] = ()
 
 
 _RISK_SEVERITY = {
@@ -196,6 +212,25 @@ def _channel_findings(snapshot: Snapshot, channel: Channel) -> list[Finding]:
                 "pairing channel with no owner, no channel approvers and no tenant approvers for "
                 f"{channel.platform.value}: requests can only be approved with the CLI or the admin API",
                 "set owner_id (gets Approve/Deny buttons) or approvers")  # fmt: skip
+        if p.required_approvals > 1:
+            # Each approver or admin key votes as itself ("key:<id>"), and a
+            # connector key names whoever pressed: one holder can meet the quorum.
+            carriers = sorted(
+                k.key_id
+                for k in snapshot.keys
+                if k.role is Role.CONNECTOR and (not k.channels or cid in k.channels)
+            )
+            via = (
+                f"; connector key{'s' if len(carriers) != 1 else ''} {', '.join(carriers)} can each "
+                "cast every chat vote"
+                if carriers
+                else ""
+            )
+            add(Severity.MEDIUM, QUORUM_ONE_HOLDER,
+                f"required_approvals is {p.required_approvals}, but one admin can meet it alone by minting "
+                f"approver keys (each key votes as a separate approver){via}",
+                "keep admin keys few and audited; check `authz audit --event pairing.vote` for key: voters "
+                "and the key column; bind connector keys to their channels")  # fmt: skip
         if p.required_approvals > 1 and p.required_approvals > len(voters):
             add(Severity.HIGH, QUORUM_UNREACHABLE,
                 f"required_approvals is {p.required_approvals} but only {len(voters)} "
@@ -250,7 +285,27 @@ def _channel_findings(snapshot: Snapshot, channel: Channel) -> list[Finding]:
 def findings(snapshot: Snapshot) -> list[Finding]:
     """Every finding, most severe first, then by channel and code."""
     out = [f for ch in snapshot.channels for f in _channel_findings(snapshot, ch)]
+    out += _key_findings(snapshot.keys)
     return sorted(out, key=lambda f: (-f.severity.rank, f.channel_id, f.code, f.message))
+
+
+def _key_findings(keys: Iterable[KeyView]) -> list[Finding]:
+    """Keys made before binding (migration 0012) act tenant-wide."""
+    out = []
+    for k in keys:
+        if k.role is Role.CONNECTOR and not k.channels:
+            out.append(Finding(Severity.HIGH, UNBOUND_CONNECTOR_KEY, "",
+                f"connector key {k.key_id} acts on every channel of the tenant: if it leaks, its holder can "
+                "pair anyone and press approval buttons as anyone on every channel",
+                f"`authz key create connector --channel ID ...`, switch the connector to the new key, then "
+                f"`authz key revoke {k.key_id}`"))  # fmt: skip
+        elif k.role is Role.AGENT and not k.agents:
+            out.append(Finding(Severity.HIGH, UNBOUND_AGENT_KEY, "",
+                f"agent key {k.key_id} may speak for any agent id: it can use other agents' grants and "
+                "approvals and their send policies",
+                f"`authz key create agent --agent ID ...`, switch the runtime to the new key, then "
+                f"`authz key revoke {k.key_id}`"))  # fmt: skip
+    return out
 
 
 def summary(found: Iterable[Finding]) -> dict[str, int]:

@@ -1,4 +1,4 @@
-"""Flood limits: how denied sends are aggregated in the audit (migration 0015).
+"""Flood limits: how denied sends are aggregated in the audit (migration 0013).
 
 A denial counts in one bucket per API key, agent, channel and target per
 DENIED_SEND_INTERVAL_SECONDS; only the first of a bucket is audited at once,

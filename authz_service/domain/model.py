@@ -314,6 +314,10 @@ class Principal:
     tenant_id: str
     role: Role
     key_id: str
+    # A connector key's channels and an agent key's agent ids; empty: not bound
+    # (keys made before binding). See domain.scope.
+    channels: frozenset[str] = frozenset()
+    agents: frozenset[str] = frozenset()
 
     @property
     def actor(self) -> str:

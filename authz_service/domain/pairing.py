@@ -68,6 +68,11 @@ def new_code_seed() -> bytes:
     return secrets.token_bytes(16)
 
 
+def invalid_callback() -> InvalidArgument:
+    """The one answer to a button payload that is not genuine for the caller."""
+    return InvalidArgument("callback_payload", "is not a valid approval button payload")
+
+
 @dataclass(frozen=True)
 class Keyring:
     """Purpose-separated keys derived from the deployment's secret key."""
@@ -138,7 +143,7 @@ class Keyring:
         Every failure (wrong length, tampered, another tenant's) raises the same
         error, so the answer reveals nothing about which approvals exist.
         """
-        bad = InvalidArgument("callback_payload", "is not a valid approval button payload")
+        bad = invalid_callback()
         if (
             len(payload) != CALLBACK_LENGTH
             or not payload.isascii()

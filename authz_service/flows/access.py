@@ -7,7 +7,7 @@ from dataclasses import replace
 from datetime import datetime
 
 from ..cache import CheckState
-from ..domain import floods, ids
+from ..domain import floods, ids, scope
 from ..domain import send as send_policy
 from ..domain.access import Inbound, Verdict, check_user
 from ..domain.model import Channel, Decision
@@ -27,7 +27,9 @@ async def check(ctx: Context, channel_id: str, message: Inbound, *, consistent: 
     cache = None if consistent else ctx.cache
     state = cache.check_state(t, channel_id, message.user_id, message.group_id) if cache else None
     now: datetime | None
-    if state is not None:
+    if not scope.channel_in_scope(ctx.principal, channel_id):
+        state, now = CheckState(None, None, False), None  # as an unknown channel
+    elif state is not None:
         assert cache is not None
         now = cache.db_now()
     else:
@@ -74,14 +76,17 @@ async def evaluate_send(
     when it holds it (the same entry CheckUser uses, invalidated the same way),
     with the cache's database clock; else from one read that also returns the
     database's ``now()``. Every denial is audited."""
+    scope.require_agent(ctx.principal, agent_id)
     t = ctx.tenant_id
     if listing:
         return send_policy.evaluate(None, agent_id, target, origin, platform=None, listing=True)
     cache = ctx.cache
     found, channel = cache.channel(t, channel_id) if cache is not None else (False, None)
+    if not scope.channel_in_scope(ctx.principal, channel_id):
+        found, channel = True, None  # as an unknown channel (a bound connector key elsewhere)
     if found:
-        assert cache is not None
-        decision = _send_decision(channel, agent_id, target, origin, cache.db_now())
+        now = cache.db_now() if cache is not None else None
+        decision = _send_decision(channel, agent_id, target, origin, now)
         if decision.allow:
             return decision
         async with ctx.db.tenant(t) as conn:
@@ -133,7 +138,7 @@ async def _audit_denied_send(
     target: str,
     decision: send_policy.SendDecision,
 ) -> None:
-    """Count the denial (migration 0015); audit it only if it opens a bucket,
+    """Count the denial (migration 0013); audit it only if it opens a bucket,
     and then also summarise the tenant's closed buckets."""
     t, interval = ctx.tenant_id, floods.DENIED_SEND_INTERVAL_SECONDS
     key_id = ctx.principal.key_id

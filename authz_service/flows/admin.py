@@ -4,11 +4,12 @@ same transaction as the change itself."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import date, datetime
 from typing import Any
 
-from ..domain import ids
+from ..domain import ids, scope
 from ..domain import policy as policy_codec
 from ..domain import send as send_policy
 from ..domain.errors import FailedPrecondition, InvalidArgument, NotFound
@@ -58,10 +59,14 @@ class IssuedKey:
     created_at: datetime
     revoked_at: datetime | None
     secret: str = ""
+    channels: tuple[str, ...] = ()
+    agents: tuple[str, ...] = ()
 
 
 def _issued(row: KeyRow, secret: str = "") -> IssuedKey:
-    return IssuedKey(row.key_id, row.role, row.name, row.created_at, row.revoked_at, secret)
+    return IssuedKey(
+        row.key_id, row.role, row.name, row.created_at, row.revoked_at, secret, row.channels, row.agents
+    )
 
 
 async def create_tenant(ctx: Context, tenant_id: str, display_name: str) -> tuple[TenantRow, IssuedKey]:
@@ -69,7 +74,7 @@ async def create_tenant(ctx: Context, tenant_id: str, display_name: str) -> tupl
     async with ctx.db.operator(tenant_id) as conn:
         tenant = await tenants.insert(conn, tenant_id, display_name)
         key_id, secret, digest = new_key(tenant_id, ctx.keyring)
-        row = await keys.insert(conn, tenant_id, key_id, Role.ADMIN, "initial admin", digest)
+        row = await keys.insert(conn, keys.NewKey(tenant_id, key_id, Role.ADMIN, "initial admin", digest))
         await audit.record(conn, tenant_id, "tenant.created", actor="operator", trace_id=ctx.trace_id)
         await audit.record(conn, tenant_id, "key.created", actor="operator", subject=key_id, trace_id=ctx.trace_id,
                       details={"role": "admin"})  # fmt: skip
@@ -134,11 +139,21 @@ async def set_settings(
     return await get_settings(ctx)
 
 
-async def create_key(ctx: Context, role: Role, name: str) -> IssuedKey:
+async def create_key(
+    ctx: Context, role: Role, name: str, channels: Sequence[str] = (), agents: Sequence[str] = ()
+) -> IssuedKey:
+    """A new key; ``channels`` (connector) or ``agents`` (agent) bind it (domain.scope)."""
+    bound_channels, bound_agents = scope.binding(role, channels, agents)
     async with ctx.db.tenant(ctx.tenant_id) as conn:
         key_id, secret, digest = new_key(ctx.tenant_id, ctx.keyring)
-        row = await keys.insert(conn, ctx.tenant_id, key_id, role, name, digest)
-        await _audit(ctx, conn, "key.created", subject=key_id, details={"role": role.value, "name": name})
+        new = keys.NewKey(ctx.tenant_id, key_id, role, name, digest, bound_channels, bound_agents)
+        row = await keys.insert(conn, new)
+        details: dict[str, Any] = {"role": role.value, "name": name}
+        if bound_channels:
+            details["channels"] = list(bound_channels)
+        if bound_agents:
+            details["agents"] = list(bound_agents)
+        await _audit(ctx, conn, "key.created", subject=key_id, details=details)
     return _issued(row, secret)
 
 

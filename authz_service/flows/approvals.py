@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..domain import scope
 from ..domain.errors import AuthzError, FailedPrecondition, NotFound
 from ..domain.model import Approval, ApprovalAction, ApprovalStatus, Channel
 from ..domain.policy import CorruptPolicy
@@ -59,8 +60,20 @@ async def load_channel(conn: Connection, tenant_id: str, channel_id: str, *, for
     except CorruptPolicy:
         raise FailedPrecondition(f"channel {channel_id!r} has an unreadable policy; set it again") from None
     if channel is None:
-        raise NotFound(f"channel {channel_id!r} not found")
+        raise unknown_channel(channel_id)
     return channel
+
+
+def unknown_channel(channel_id: str) -> NotFound:
+    return NotFound(f"channel {channel_id!r} not found")
+
+
+async def load_channel_for(ctx: Context, conn: Connection, channel_id: str, *, for_update: bool) -> Channel:
+    """``load_channel`` for the caller: a channel outside a bound key's channels
+    is answered exactly as one that does not exist (domain.scope)."""
+    if not scope.channel_in_scope(ctx.principal, channel_id):
+        raise unknown_channel(channel_id)
+    return await load_channel(conn, ctx.tenant_id, channel_id, for_update=for_update)
 
 
 async def expire(ctx: Context, conn: Connection, approval: Approval) -> Approval | None:

@@ -131,7 +131,10 @@ async def _key(
     before_read()
     async with db.tenant(tenant_id) as conn:
         row = await keys.get(conn, tenant_id, key_id)
-    record = None if row is None else KeyRecord(row.secret_hash, row.role, row.revoked_at is not None)
+    record = None
+    if row is not None:
+        bound = frozenset(row.channels), frozenset(row.agents)
+        record = KeyRecord(row.secret_hash, row.role, row.revoked_at is not None, *bound)
     if cache is not None:
         cache.fill_key(generation, tenant_id, key_id, record)
     return record
@@ -189,7 +192,7 @@ async def _authenticate(db: Database, creds: Credentials, cache: StateCache | No
         genuine = hmac.compare_digest(presented, stored)
         if record is None or not genuine or record.revoked:
             raise Unauthenticated(_INVALID)
-        return Principal(tenant_id=tenant_id, role=record.role, key_id=key_id)
+        return Principal(tenant_id, record.role, key_id, record.channels, record.agents)
     if creds.operator_key_hash is not None and hmac.compare_digest(
         hash_secret(token), creds.operator_key_hash
     ):

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..domain import ids, messages
+from ..domain import ids, messages, scope
 from ..domain.errors import NotFound
 from ..domain.invites import (
     Invite,
@@ -115,7 +115,12 @@ async def redeem_invite(
     t = ctx.tenant_id
     async with ctx.db.tenant(t) as conn:
         try:
-            channel = await channels.get(conn, t, channel_id)
+            # Outside a bound key's channels: the answer of an unknown channel.
+            channel = (
+                await channels.get(conn, t, channel_id)
+                if scope.channel_in_scope(ctx.principal, channel_id)
+                else None
+            )
         except CorruptPolicy:
             channel = None  # fail closed
         if channel is None or channel.policy.dm_policy is DmPolicy.DISABLED:
@@ -167,7 +172,7 @@ async def redeem_invite(
             conn, t, "invite.redeemed", actor=f"{channel.platform.value}:{user_id}", channel_id=channel_id,
             subject=user_id, trace_id=ctx.trace_id,
             details={
-                "invite_id": used.invite_id, "uses": used.uses, "max_uses": used.max_uses,
+                "invite_id": used.invite_id, "uses": used.uses, "max_uses": used.max_uses, "key": ctx.principal.key_id,
                 "permissions": list(used.permissions),
             },
         )  # fmt: skip

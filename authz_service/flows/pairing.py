@@ -31,7 +31,7 @@ import math
 from dataclasses import dataclass
 from datetime import datetime
 
-from ..domain import ids, messages
+from ..domain import ids, messages, scope
 from ..domain.autoapprove import Requester, matching_rule
 from ..domain.errors import (
     AuthzError,
@@ -65,7 +65,15 @@ from ..store.approvals import AutoApprovedInput, FinishInput, PairingInsertInput
 from ..store.db import Connection
 from ..store.subjects import PutSubjectInput
 from . import Context
-from .approvals import Button, OwnerNotification, ResolveResult, expire, load_channel, refuse_unless_pending
+from .approvals import (
+    Button,
+    OwnerNotification,
+    ResolveResult,
+    expire,
+    load_channel,
+    load_channel_for,
+    refuse_unless_pending,
+)
 from .attempts import over_limit
 
 log = logging.getLogger(__name__)
@@ -103,7 +111,7 @@ async def request_pairing(
     auto-approve rules; never stored, logged or audited."""
     t = ctx.tenant_id
     async with ctx.db.tenant(t) as conn:
-        channel = await load_channel(conn, t, channel_id, for_update=True)
+        channel = await load_channel_for(ctx, conn, channel_id, for_update=True)
         ids.user_id(channel.platform, user_id)
         policy = channel.policy
         if policy.dm_policy is not DmPolicy.PAIRING:
@@ -241,7 +249,7 @@ async def _auto_approve(
     # The rule only: never the reported email or phone number.
     await audit.record(
         conn, t, "pairing.auto_approved", actor=actor, channel_id=channel.channel_id, subject=user_id,
-        approval_id=approval.approval_id, trace_id=ctx.trace_id, details={"rule": rule},
+        approval_id=approval.approval_id, trace_id=ctx.trace_id, details={"rule": rule, **_key(ctx)},
     )  # fmt: skip
     log.info(
         "pairing auto-approved",
@@ -250,6 +258,11 @@ async def _auto_approve(
     return PairingResult(
         PairingOutcome.AUTO_APPROVED, text=messages.AUTO_APPROVED, approval_id=approval.approval_id
     )
+
+
+def _key(ctx: Context) -> dict[str, str]:
+    """Which API key carried a decision, for its audit event (issue #15)."""
+    return {"key": ctx.principal.key_id}
 
 
 def _decided(action: ApprovalAction, actor: str, done: Approval) -> ResolveResult:
@@ -273,6 +286,11 @@ async def approval_by_code(
     scopes = [(f"code:key:{ctx.principal.key_id}", limits.per_key), ("code:tenant", limits.per_tenant)]
     # Key and tenant first: a refused guess must not create a row for a made-up channel.
     refusal = await _over_limit(ctx, conn, scopes, channel_id)
+    if refusal is None and not scope.channel_in_scope(ctx.principal, channel_id):
+        # A bound key guessing on another channel: a miss, as on a made-up
+        # channel, without spending that channel's own attempts.
+        await attempts.count_failure(conn, t, [s for s, _ in scopes], limits.window_seconds)
+        return None, NotFound("no such approval")
     if refusal is None:
         channel_scope = [(f"code:channel:{channel_id}", limits.per_channel)]
         refusal = await _over_limit(ctx, conn, channel_scope, channel_id)
@@ -393,7 +411,7 @@ async def _decide(
             if voted is None:
                 return FailedPrecondition("approval was resolved concurrently"), None
             votes = len(voted.approved_by)
-            details: dict[str, object] = {"votes": votes, "required_approvals": required}
+            details: dict[str, object] = {"votes": votes, "required_approvals": required, **_key(ctx)}
             if reason:
                 details["reason"] = reason
             if dropped:
@@ -426,6 +444,7 @@ async def _decide(
             ),
         )
     details = {"reason": reason} if reason else {}
+    details.update(_key(ctx))
     if required > 1:
         details.update(required_approvals=required, approved_by=list(done.approved_by))
     if dropped:

@@ -7,9 +7,10 @@ imports the other."""
 
 from __future__ import annotations
 
+from ..domain import scope
 from ..domain.errors import AuthzError, InvalidArgument, NotFound
 from ..domain.model import ApprovalAction
-from ..domain.pairing import normalize_code
+from ..domain.pairing import invalid_callback, normalize_code
 from ..store import approvals
 from . import Context, pairing, tools
 from .approvals import ResolveResult, ResolveTarget
@@ -33,6 +34,11 @@ async def resolve(
     async with ctx.db.tenant(t) as conn:
         if approval_id:
             approval = await approvals.get(conn, t, approval_id, for_update=True)
+            if approval is not None and not scope.approval_in_scope(ctx.principal, approval):
+                # Outside a bound key's channels: as a made-up button or approval id.
+                if target.callback_payload:
+                    raise invalid_callback()
+                approval = None
         else:
             code = normalize_code(target.code)
             if action is None:  # before the lookup: a request that cannot succeed is no guess

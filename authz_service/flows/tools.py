@@ -15,16 +15,31 @@ import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from ..domain import ids, messages
+from ..domain import ids, messages, scope
 from ..domain import tools as dt
-from ..domain.errors import AuthzError, FailedPrecondition, NotFound, PermissionDenied, ResourceExhausted
+from ..domain.errors import (
+    AuthzError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+)
 from ..domain.model import Approval, ApprovalAction, ApprovalStatus, Channel, Grant, Risk, Role, ToolCall
 from ..domain.pairing import new_approval_id
 from ..store import approvals, audit, db, grants, tenants
 from ..store.approvals import FinishInput, ToolApprovalInput
 from ..store.db import Connection
 from . import Context
-from .approvals import Button, OwnerNotification, ResolveResult, expire, load_channel, refuse_unless_pending
+from .approvals import (
+    Button,
+    OwnerNotification,
+    ResolveResult,
+    expire,
+    load_channel,
+    load_channel_for,
+    refuse_unless_pending,
+)
 from .watch import ApprovalFeed
 
 
@@ -89,9 +104,11 @@ async def request_approval(ctx: Context, req: ToolRequest) -> ToolRequestResult:
     async with ctx.db.tenant(t) as conn:
         channel: Channel | None = None
         if req.channel_id:
-            channel = await load_channel(conn, t, req.channel_id, for_update=False)
-            if req.requester_id:
-                ids.user_id(channel.platform, req.requester_id, "requester_id")
+            channel = await load_channel_for(ctx, conn, req.channel_id, for_update=False)
+        elif not scope.channel_in_scope(ctx.principal, ""):
+            raise InvalidArgument("channel_id", "is required for a key bound to channels")
+        if channel is not None and req.requester_id:
+            ids.user_id(channel.platform, req.requester_id, "requester_id")
         approvers = await _approvers(conn, t, req.agent_id)
         if req.request_key:
             existing = await approvals.tool_by_key(conn, t, req.request_key)
@@ -129,7 +146,7 @@ async def request_approval(ctx: Context, req: ToolRequest) -> ToolRequestResult:
             details={
                 **dt.audit_arguments(arguments), "session_id": req.session_id, "risk": req.risk.value,
                 "requester_id": req.requester_id, "expires_at": approval.expires_at.isoformat(),
-                **({"grant_id": grant.grant_id} if grant else {}),
+                **({"grant_id": grant.grant_id, "key": ctx.principal.key_id} if grant else {}),
             },
         )  # fmt: skip
         now = await db.now(conn)
@@ -163,7 +180,7 @@ async def _current(ctx: Context, approval_id: str) -> tuple[Approval, float]:
     """The approval, expired first if its time is up; and its seconds left."""
     async with ctx.db.tenant(ctx.tenant_id) as conn:
         found = await approvals.get(conn, ctx.tenant_id, approval_id, for_update=True)
-        if found is None or found.kind != "tool":
+        if found is None or found.kind != "tool" or not scope.approval_in_scope(ctx.principal, found):
             raise NotFound("no such tool approval")
         approval = found
         now = await db.now(conn)
@@ -244,6 +261,7 @@ async def decide(
     if done is None:
         return FailedPrecondition("approval was resolved concurrently"), None
     details: dict[str, str] = {"reason": reason} if reason else {}
+    details["key"] = ctx.principal.key_id  # which key carried the decision (issue #15)
     if action is ApprovalAction.ALWAYS_ALLOW:
         grant = await grants.insert(conn, t, new_grant_id(), tool, approval.approval_id, actor)
         details["grant_id"] = grant.grant_id
@@ -265,7 +283,7 @@ async def redeem(ctx: Context, approval_id: str, tool_name: str, arguments_json:
     digest = dt.call_digest(tool_name, arguments)
     async with ctx.db.tenant(t) as conn:
         found = await approvals.get(conn, t, approval_id, for_update=True)
-        if found is None or found.kind != "tool":
+        if found is None or found.kind != "tool" or not scope.approval_in_scope(ctx.principal, found):
             raise NotFound("no such tool approval")
         approval = found
         call = approval.tool

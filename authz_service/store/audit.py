@@ -192,7 +192,7 @@ class PrunedPartition:
 
 async def ensure_partitions(conn: Connection, months_ahead: int = 3) -> int:
     """Create the audit's monthly partitions up to ``months_ahead`` months
-    ahead (migration 0016); returns how many were made."""
+    ahead (migration 0014); returns how many were made."""
     return int(await conn.fetchval("SELECT authz_audit_partitions($1)", months_ahead))
 
 

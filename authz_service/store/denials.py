@@ -1,4 +1,4 @@
-"""Denied sends, counted per interval bucket (migration 0015): the upsert made
+"""Denied sends, counted per interval bucket (migration 0013): the upsert made
 with each denial, and the move of closed buckets into the audit."""
 
 from __future__ import annotations

@@ -19,6 +19,20 @@ class KeyRow:
     secret_hash: bytes
     created_at: datetime
     revoked_at: datetime | None
+    # Empty: not bound (keys made before migration 0012).
+    channels: tuple[str, ...] = ()
+    agents: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class NewKey:
+    tenant_id: str
+    key_id: str
+    role: Role
+    name: str
+    secret_hash: bytes
+    channels: tuple[str, ...] = ()
+    agents: tuple[str, ...] = ()
 
 
 def _key(row: asyncpg.Record) -> KeyRow:
@@ -29,16 +43,17 @@ def _key(row: asyncpg.Record) -> KeyRow:
         bytes(row["secret_hash"]),
         row["created_at"],
         row["revoked_at"],
+        tuple(row["channels"]),
+        tuple(row["agents"]),
     )
 
 
-async def insert(
-    conn: Connection, tenant_id: str, key_id: str, role: Role, name: str, secret_hash: bytes
-) -> KeyRow:
+async def insert(conn: Connection, key: NewKey) -> KeyRow:
     row = await conn.fetchrow(
-        """INSERT INTO api_keys (tenant_id, key_id, role, name, secret_hash)
-           VALUES ($1, $2, $3, $4, $5) RETURNING *""",
-        tenant_id, key_id, role.value, name, secret_hash,
+        """INSERT INTO api_keys (tenant_id, key_id, role, name, secret_hash, channels, agents)
+           VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING *""",
+        key.tenant_id, key.key_id, key.role.value, key.name, key.secret_hash, list(key.channels),
+        list(key.agents),
     )  # fmt: skip
     assert row is not None
     return _key(row)

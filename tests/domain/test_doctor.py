@@ -121,20 +121,20 @@ CASES: list[tuple[str, Snapshot, list[tuple[str, str]]]] = [
      snap(replace(QUIET, dm_policy=DmPolicy.PAIRING, owner_id=""), tenant_approvers=("telegram:9",)), []),
     ("allowlist channel needs no approver", snap(replace(QUIET, owner_id="")), []),
     ("quorum of 2 with owner and one approver",
-     snap(replace(QUIET, dm_policy=DmPolicy.PAIRING, approvers=("2",), required_approvals=2)), []),
+     snap(replace(QUIET, dm_policy=DmPolicy.PAIRING, approvers=("2",), required_approvals=2)), [("medium", "quorum_one_holder")]),
     ("quorum of 2, the owner is also the approver",
      snap(replace(QUIET, dm_policy=DmPolicy.PAIRING, approvers=("1",), required_approvals=2)),
-     [("high", "quorum_unreachable")]),
+     [("high", "quorum_unreachable"), ("medium", "quorum_one_holder")]),
     ("quorum of 3: owner, approver and tenant approver",
      snap(replace(QUIET, dm_policy=DmPolicy.PAIRING, approvers=("2",), required_approvals=3),
-          tenant_approvers=("telegram:3",)), []),
+          tenant_approvers=("telegram:3",)), [("medium", "quorum_one_holder")]),
     ("quorum of 3, the tenant approver is the owner",
      snap(replace(QUIET, dm_policy=DmPolicy.PAIRING, approvers=("2",), required_approvals=3),
           tenant_approvers=("telegram:1",)),
-     [("high", "quorum_unreachable")]),
+     [("high", "quorum_unreachable"), ("medium", "quorum_one_holder")]),
     ("quorum with nobody at all",
      snap(replace(QUIET, dm_policy=DmPolicy.PAIRING, owner_id="", required_approvals=2)),
-     [("high", "quorum_unreachable"), ("medium", "pairing_no_approver")]),
+     [("high", "quorum_unreachable"), ("medium", "pairing_no_approver"), ("medium", "quorum_one_holder")]),
     ("auto-approve and quorum on an allowlist channel do nothing",
      snap(replace(QUIET, auto_approve=AutoApprove(email_domains=("acme.com",)), required_approvals=2)),
      [("medium", "auto_approve"), ("info", "pairing_settings_unused")]),
@@ -210,7 +210,8 @@ def test_unused_pairing_settings_are_named() -> None:
 
 
 def test_quorum_message_counts_voters() -> None:
-    [f] = findings(snap(replace(QUIET, dm_policy=DmPolicy.PAIRING, approvers=("1",), required_approvals=3)))
+    found = findings(snap(replace(QUIET, dm_policy=DmPolicy.PAIRING, approvers=("1",), required_approvals=3)))
+    f = next(f for f in found if f.code == "quorum_unreachable")
     assert "required_approvals is 3 but only 1 person can approve" in f.message
 
 

@@ -65,7 +65,8 @@ async def test_requester_with_a_company_email_is_auto_approved(
             "auto:email_domain:company.com",
             uid(ALICE),
         )
-        assert json.loads(event.details_json) == {"rule": "email_domain:company.com"}
+        connector_key = rig.tenant.keys["connector"].split(".")[2]
+        assert json.loads(event.details_json) == {"rule": "email_domain:company.com", "key": connector_key}
         # The address went to the service for the match only: not audited, not logged.
         assert "alice@" not in " ".join(str(e) for e in await audit(rig)).lower()
         assert "alice@" not in logged(caplog).lower()
