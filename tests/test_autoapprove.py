@@ -21,7 +21,7 @@ from authz_service.gen.authz.v1 import authz_pb2 as az
 from authz_service.gen.authz.v1 import common_pb2 as cm
 
 from .conftest import Dsns, Tenant, rpc_error
-from .test_pairing import OWNER, events
+from .pairing_helpers import OWNER, events
 
 WA_USER = "+84981234567"
 AUTO = cm.AutoApprove(phone_patterns=["+8498*"], email_domains=["@Company.com"])

@@ -24,9 +24,7 @@ import logging
 import re
 import secrets
 import signal
-import tempfile
 from collections.abc import AsyncIterator, Awaitable
-from dataclasses import dataclass
 
 import asyncpg
 import grpc
@@ -38,44 +36,20 @@ from authz_service.domain.pairing import CODE_ALPHABET
 from authz_service.gen.authz.v1 import admin_pb2 as adm
 from authz_service.gen.authz.v1 import authz_pb2 as az
 from authz_service.gen.authz.v1 import common_pb2 as cm
-from authz_service.server import RunningServer, start_server
-from authz_service.store.db import Database
 
 from .conftest import Dsns, Service, Tenant, rpc_error
-from .test_replicas import AUTHZ, new_tenant, two_replicas
+from .limits import Limited, start_limited
+from .replicas import AUTHZ, new_tenant, two_replicas
 
 OWNER = "100"
 EXHAUSTED = re.compile(r"too many failed pairing code attempts; try again in (\d+) s")
 APPROVE = cm.APPROVAL_ACTION_APPROVE
 
 
-@dataclass
-class Limited:
-    """An in-process server with its own attempt limits."""
-
-    address: str
-    settings: Settings
-    running: RunningServer
-
-
-async def _limited(dsns: Dsns, service: Service, **limits: int) -> Limited:
-    env = {
-        "AUTHZ_DATABASE_URL": dsns.service,
-        # The session service's key: codes it issued resolve here.
-        "AUTHZ_SECRET_KEY": service.settings.secret_key,
-        "AUTHZ_HOME": tempfile.gettempdir(),
-    }
-    env.update({f"AUTHZ_{name.upper()}": str(value) for name, value in limits.items()})
-    settings = Settings.from_env(env)
-    db = await Database.connect(dsns.service, max_size=5)
-    running = await start_server(db, settings, listen="127.0.0.1:0")
-    return Limited(f"127.0.0.1:{running.port}", settings, running)
-
-
 @pytest.fixture(scope="module")
 async def limited(dsns: Dsns, service: Service) -> AsyncIterator[Limited]:
     """3 failures per channel, 5 per key, 8 per tenant, in 10 minutes."""
-    server = await _limited(
+    server = await start_limited(
         dsns,
         service,
         code_attempts_per_channel=3,
@@ -90,7 +64,7 @@ async def limited(dsns: Dsns, service: Service) -> AsyncIterator[Limited]:
 @pytest.fixture
 async def short_window(dsns: Dsns, service: Service) -> AsyncIterator[Limited]:
     """2 failures per channel in a 2-second window; key and tenant limits out of the way."""
-    server = await _limited(
+    server = await start_limited(
         dsns,
         service,
         code_attempts_per_channel=2,

@@ -44,7 +44,7 @@ class Limited:
         return connect(self.address, key)
 
 
-async def _limited(dsns: Dsns, service: Service, **limits: int) -> Limited:
+async def limited(dsns: Dsns, service: Service, **limits: int) -> Limited:
     env = {
         "AUTHZ_DATABASE_URL": dsns.service,
         "AUTHZ_SECRET_KEY": service.settings.secret_key,
@@ -59,7 +59,7 @@ async def _limited(dsns: Dsns, service: Service, **limits: int) -> Limited:
 @pytest.fixture(scope="module")
 async def capped(dsns: Dsns, service: Service) -> AsyncIterator[Limited]:
     """3 pending tool approvals per agent, 5 per tenant."""
-    server = await _limited(
+    server = await limited(
         dsns, service, pending_tool_approvals_per_agent=3, pending_tool_approvals_per_tenant=5
     )
     yield server
@@ -358,7 +358,7 @@ async def test_the_sweep_summarises_a_burst_that_nothing_follows(
         tenant.tenant_id,
     )
     # No further denial: a process sweeping every second writes the summary by itself.
-    sweeper = await _limited(dsns, service, denied_send_sweep_seconds=1)
+    sweeper = await limited(dsns, service, denied_send_sweep_seconds=1)
     try:
 
         async def summarised() -> bool:

@@ -29,9 +29,9 @@ from authz_service.gen.authz.v1 import authz_pb2 as az
 from authz_service.gen.authz.v1 import common_pb2 as cm
 
 from .conftest import Dsns, Service, Tenant, rpc_error
+from .limits import Limited, start_limited
 from .policy_helpers import run_authz
-from .test_brute_force import Limited, _limited
-from .test_replicas import new_tenant, two_replicas
+from .replicas import new_tenant, two_replicas
 
 CODE_SHAPE = re.compile(r"[2-9A-HJKMNP-Z]{4}(-[2-9A-HJKMNP-Z]{4}){3}")
 ACCEPTED, ALREADY, INVALID = (
@@ -299,7 +299,7 @@ async def test_sdk_redeem_invite(tenant: Tenant) -> None:
 async def limited(dsns: Dsns, service: Service) -> AsyncIterator[Limited]:
     """4 failed redeems per channel and 2 per user on a channel, in 10 minutes
     (AUTHZ_CODE_ATTEMPTS_PER_CHANNEL / _PER_KEY)."""
-    server = await _limited(
+    server = await start_limited(
         dsns, service, code_attempts_per_channel=4, code_attempts_per_key=2,
         code_attempts_per_tenant=1000, code_attempt_window_seconds=600,
     )  # fmt: skip

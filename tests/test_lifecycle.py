@@ -21,9 +21,7 @@ from authz_service.store.db import Database
 from authz_service.store.migrate import LATEST_VERSION, migrate
 
 from .conftest import SECRET_KEY, Dsns, Tenant, rpc_error
-
-SERVING = health_pb2.HealthCheckResponse.SERVING
-NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+from .health import NOT_SERVING, SERVING, health_of
 
 
 def settings(dsn: str) -> Settings:
@@ -31,12 +29,6 @@ def settings(dsn: str) -> Settings:
         {"AUTHZ_DATABASE_URL": dsn, "AUTHZ_SECRET_KEY": SECRET_KEY, "AUTHZ_HOME": "/nonexistent"}
     )
     return dataclasses.replace(base, readiness_interval_seconds=0.2)
-
-
-async def health_of(address: str, service: str = "") -> int:
-    async with grpc.aio.insecure_channel(address) as channel:
-        resp = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service))
-        return int(resp.status)
 
 
 def _in_db(dsn: str, database: str) -> str:

@@ -13,40 +13,7 @@ from authz_service.gen.authz.v1 import authz_pb2 as az
 from authz_service.gen.authz.v1 import common_pb2 as cm
 
 from .conftest import Dsns, Tenant, rpc_error
-
-OWNER = "100"
-
-
-async def pair(
-    t: Tenant, user: str = "42", channel: str = "tg", name: str = "Alice"
-) -> az.RequestPairingResponse:
-    return await t.connector.authz.RequestPairing(
-        az.RequestPairingRequest(channel_id=channel, user_id=user, display_name=name, first_message="hi")
-    )
-
-
-async def check(
-    t: Tenant, user: str = "42", channel: str = "tg", *, consistent: bool = False
-) -> az.CheckUserResponse:
-    return await t.connector.authz.CheckUser(
-        az.CheckUserRequest(
-            channel_id=channel, user_id=user, chat_kind=cm.CHAT_KIND_DIRECT, consistent=consistent
-        )
-    )
-
-
-def button(resp: az.RequestPairingResponse, action: int) -> str:
-    return next(b.callback_payload for b in resp.notification.buttons if b.action == action)
-
-
-async def press(t: Tenant, payload: str, actor: str = OWNER) -> az.ResolveApprovalResponse:
-    return await t.connector.authz.ResolveApproval(
-        az.ResolveApprovalRequest(callback_payload=payload, actor_id=actor)
-    )
-
-
-async def events(t: Tenant, prefix: str = "") -> list[adm.AuditEvent]:
-    return list((await t.admin.admin.QueryAudit(adm.QueryAuditRequest(event=prefix))).events)
+from .pairing_helpers import OWNER, button, check, events, expire_now, pair, press
 
 
 async def test_owner_approves_with_the_button_and_the_user_may_chat(tenant: Tenant) -> None:
@@ -182,17 +149,6 @@ async def test_tampered_and_truncated_payloads_are_refused(tenant: Tenant) -> No
         err = await rpc_error(press(tenant, forged))
         assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert (await check(tenant)).decision == az.DECISION_PAIRING_REQUIRED
-
-
-async def expire_now(dsns: Dsns, tenant_id: str, approval_id: str) -> None:
-    conn = await asyncpg.connect(dsns.owner)
-    try:
-        await conn.execute(
-            "UPDATE approvals SET expires_at = now() - interval '1 second' WHERE tenant_id = $1 AND approval_id = $2",
-            tenant_id, approval_id,
-        )  # fmt: skip
-    finally:
-        await conn.close()
 
 
 async def test_late_tap_on_expired_request_is_refused_and_audited_once(tenant: Tenant, dsns: Dsns) -> None:

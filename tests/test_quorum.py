@@ -24,8 +24,8 @@ from authz_service.gen.authz.v1 import authz_pb2 as az
 from authz_service.gen.authz.v1 import common_pb2 as cm
 
 from .conftest import Dsns, Service, Tenant, rpc_error
-from .test_pairing import OWNER, button, check, events, pair, press
-from .test_replicas import Replica, two_replicas
+from .pairing_helpers import OWNER, button, check, events, pair, press
+from .replicas import Replica, two_replicas
 
 APPROVE, DENY, BLOCK = cm.APPROVAL_ACTION_APPROVE, cm.APPROVAL_ACTION_DENY, cm.APPROVAL_ACTION_BLOCK
 SECOND, THIRD = "200", "300"
@@ -214,7 +214,7 @@ async def test_unauthorized_actor_cannot_vote(tenant: Tenant) -> None:
 
 
 async def test_votes_expire_with_the_request(tenant: Tenant, dsns: Dsns) -> None:
-    from .test_pairing import expire_now
+    from .pairing_helpers import expire_now
 
     await quorum_channel(tenant, 2)
     req = await pair(tenant)

@@ -26,7 +26,7 @@ from authz_service.server import start_server
 from authz_service.store.db import Database
 
 from .conftest import SECRET_KEY, Dsns, Service, Tenant, eventually, rpc_error
-from .test_replicas import Replica, two_replicas
+from .replicas import Replica, two_replicas
 
 LIMITED = az.DECISION_RATE_LIMITED
 ALLOW = az.DECISION_ALLOW

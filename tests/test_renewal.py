@@ -17,7 +17,7 @@ from authz_service.gen.authz.v1 import authz_pb2 as az
 from authz_service.gen.authz.v1 import common_pb2 as cm
 
 from .conftest import Dsns, Tenant, eventually
-from .test_pairing import OWNER, button, check, events, pair, press
+from .pairing_helpers import OWNER, button, check, events, pair, press
 
 
 async def expiry(t: Tenant, user: str = "42") -> datetime | None:

@@ -18,7 +18,7 @@ from authz_service.client import NO_RETRY, connect
 from authz_service.gen.authz.v1 import admin_pb2 as adm
 
 from .conftest import Dsns
-from .test_replicas import free_port
+from .replicas import free_port
 
 AUTHZ = [sys.executable, "-m", "authz_service.cli.main"]
 

@@ -42,7 +42,7 @@ from authz_service.gen.authz.v1 import authz_pb2 as az
 from authz_service.gen.authz.v1 import common_pb2 as cm
 from tests.conftest import Dsns, Service
 from tests.pgproxy import PgProxy
-from tests.test_replicas import AUTHZ, free_port
+from tests.replicas import AUTHZ, free_port
 
 OWNER = "100"
 APPROVER = "telegram:42"

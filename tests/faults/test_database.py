@@ -16,8 +16,8 @@ from authz_service.client import NO_RETRY, connect
 from authz_service.gen.authz.v1 import admin_pb2 as adm
 from authz_service.gen.authz.v1 import authz_pb2 as az
 from tests.conftest import Tenant, eventually
+from tests.health import NOT_SERVING, SERVING, health_of
 from tests.pgproxy import PgProxy
-from tests.test_lifecycle import NOT_SERVING, SERVING, health_of
 
 from .load import (
     NONE,

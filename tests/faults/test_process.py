@@ -17,7 +17,7 @@ from authz_service.gen.authz.v1 import admin_pb2 as adm
 from authz_service.gen.authz.v1 import authz_pb2 as az
 from authz_service.gen.authz.v1 import common_pb2 as cm
 from tests.conftest import Dsns, Tenant, eventually
-from tests.test_replicas import free_port
+from tests.replicas import free_port
 
 from .load import (
     APPROVER,
