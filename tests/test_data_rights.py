@@ -766,6 +766,14 @@ async def test_purge_leaves_the_raw_id_in_no_column_of_any_table(
         az.EvaluateSendRequest(channel_id="tg", agent_id="ops", session_id=session, target=APPROVER)
     )
     assert not sent.allow
+    # The id as a token of a target and an origin an agent composed (not equal to it).
+    sent = await authz.EvaluateSend(
+        az.EvaluateSendRequest(
+            channel_id="tg", agent_id="ops", session_id=session,
+            origin=f"dm:{APPROVER}:main", target=f"telegram:{APPROVER}:thread",
+        )
+    )  # fmt: skip
+    assert not sent.allow
     await tenant.admin.admin.AllowGroupSender(
         adm.GroupSenderRef(channel_id="tg", group_id=GROUP, user_id=APPROVER)
     )
@@ -817,7 +825,10 @@ async def test_purge_leaves_the_raw_id_in_no_column_of_any_table(
     assert "approved_by" not in approved["details"] and approved["actor"] == f"telegram:{OWNER}"
     vote = next(e for e in events if e["event"] == "pairing.vote")
     assert (vote["actor"], vote["approval_id"]) == (r.pseudonym, quorum)  # the vote stays on record
-    assert [e["details"]["session_id"] for e in events if e["event"] == "send.denied"] == [r.pseudonym]
+    denied = [e for e in events if e["event"] == "send.denied"]
+    assert [e["details"]["session_id"] for e in denied] == [r.pseudonym, r.pseudonym]
+    # The composed origin and target (and the reason quoting it) hold the id as a token.
+    assert {denied[1]["details"][k] for k in ("origin", "reason")} | {denied[1]["subject"]} == {r.pseudonym}
     # Purging again changes nothing but the record of the request.
     await tenant.admin.admin.PurgeUser(adm.UserRef(channel_id="tg", user_id=APPROVER))
     assert (await audit_rows(owner, t))[: len(events)] == events

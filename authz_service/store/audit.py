@@ -137,17 +137,23 @@ async def enable_anonymization(conn: Connection) -> None:
 # the user is removed, since the trigger allows no rewrite inside a list; each
 # vote stays on record as its own event, whose actor is pseudonymised.
 VOTER_LISTS = ["approved_by", "dropped"]
+# Details composed around an id (a target ``telegram:555``, a session
+# ``agent:main:telegram:dm:555``, a reason quoting the target): replaced whole by the
+# pseudonym when they hold the user id as a token (the trigger allows no partial
+# rewrite), by the same rule (``domain.ids.token_pattern``) as store/users.py.
+TOKEN_DETAILS = ["session_id", "target", "origin", "reason"]
 
 
 async def pseudonymize(conn: Connection, user: UserScope, pseudonym: str, session_pattern: str) -> int:
     """Replace the user's id by ``pseudonym`` and drop personal details in their
     audit events; and, in every event of the channel or without one, replace
     each field that still names them: an actor or a detail equal to
-    ``<platform>:<user id>`` (or, on the channel, to the user id), a session id
-    matching ``session_pattern`` (the id as a token of it). A voter list naming
+    ``<platform>:<user id>`` (or, on the channel, to the user id), a subject on
+    the channel or a session id, target or origin (``TOKEN_DETAILS``) matching
+    ``session_pattern`` (the id as a token of it). A voter list naming
     them is removed (``VOTER_LISTS``). Returns the number of rows changed."""
     named = """jsonb_typeof(d.v) = 'string' AND (d.v #>> '{}' = $4 OR (s.channel_id = $2 AND d.v #>> '{}' = $3)
-                   OR (d.k = 'session_id' AND d.v #>> '{}' ~ $8))"""
+                   OR (d.k = ANY($10::text[]) AND d.v #>> '{}' ~ $8))"""
     voters = """d.k = ANY($9::text[]) AND jsonb_typeof(d.v) = 'array'
                    AND (d.v ? $4 OR (s.channel_id = $2 AND d.v ? $3))"""
     status = await conn.execute(
@@ -155,7 +161,8 @@ async def pseudonymize(conn: Connection, user: UserScope, pseudonym: str, sessio
             FROM (
                 SELECT s.event_id,
                        CASE WHEN s.actor = $4 THEN $6 ELSE s.actor END AS actor,
-                       CASE WHEN s.channel_id = $2 AND s.subject = $3 THEN $6 ELSE s.subject END AS subject,
+                       CASE WHEN s.channel_id = $2 AND (s.subject = $3 OR s.subject ~ $8) THEN $6
+                            ELSE s.subject END AS subject,
                        (SELECT coalesce(jsonb_object_agg(d.k, CASE WHEN {named} THEN to_jsonb($6::text)
                                                                    ELSE d.v END), '{{}}'::jsonb)
                           FROM jsonb_each(CASE WHEN s.mine THEN s.details - $7::text[] ELSE s.details END)
@@ -167,7 +174,7 @@ async def pseudonymize(conn: Connection, user: UserScope, pseudonym: str, sessio
             ) n
             WHERE e.tenant_id = $1 AND e.event_id = n.event_id
               AND (e.actor, e.subject, e.details) IS DISTINCT FROM (n.actor, n.subject, n.details)""",
-        *user.args(), pseudonym, PERSONAL_DETAILS, session_pattern, VOTER_LISTS,
+        *user.args(), pseudonym, PERSONAL_DETAILS, session_pattern, VOTER_LISTS, TOKEN_DETAILS,
     )  # fmt: skip
     return row_count(status)
 
