@@ -405,6 +405,38 @@ async def test_the_service_role_cannot_forge_the_counts_of_another_tenant(
         await conn.close()
 
 
+async def test_the_definer_functions_refuse_what_the_callers_scope_would_not_allow(
+    tenant: Tenant, other_tenant: Tenant, dsns: Dsns
+) -> None:
+    """The summary and prune functions run as the schema owner; from the service
+    role they still act within the caller's scope: its own tenant, every tenant
+    or a prune only with the operator scope, never an open bucket closed early."""
+    await deny_channel(other_tenant)
+    await denied_send(other_tenant, "slack:#exec")
+    await denied_send(other_tenant, "slack:#exec")
+    conn = await asyncpg.connect(dsns.service)
+    refused = {
+        "another tenant": ("SELECT authz_summarise_send_denials($1, 60)", other_tenant.tenant_id),
+        "every tenant": ("SELECT authz_summarise_send_denials(NULL, 60)",),
+        "an open bucket": ("SELECT authz_summarise_send_denials($1, 0)", tenant.tenant_id),
+        "a prune": ("SELECT * FROM authz_audit_prune('2000-01-01')",),
+    }
+    try:
+        for sql, *args in refused.values():
+            with pytest.raises(asyncpg.RaiseError):
+                async with conn.transaction():
+                    await conn.execute("SELECT set_config('authz.tenant', $1, true)", tenant.tenant_id)
+                    await conn.fetch(sql, *args)
+    finally:
+        await conn.close()
+    counted = await Database.connect(dsns.service, max_size=1)
+    try:
+        async with counted.tenant(other_tenant.tenant_id) as c:
+            assert await c.fetchval("SELECT sum(denials) FROM send_denials") == 2  # nothing was moved
+    finally:
+        await counted.close()
+
+
 # --- e. retention: monthly partitions, pruned whole ---------------------------------------
 
 CATALOG = {

@@ -44,7 +44,9 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON send_denials TO authz_service;
 -- NULL: every tenant (the service's periodic sweep, in an operator
 -- transaction so that tenants are visible). Returns the summaries written.
 -- SECURITY DEFINER only so the sweep can set each tenant in turn; row-level
--- security still applies to every statement.
+-- security still applies to every statement, and the function refuses what the
+-- caller's own scope would not allow (another tenant, every tenant without the
+-- operator scope, an interval under 1 s).
 CREATE FUNCTION authz_summarise_send_denials(p_tenant text, p_interval_seconds integer) RETURNS integer
 LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
 DECLARE
@@ -53,6 +55,18 @@ DECLARE
     written integer := 0;
     n integer;
 BEGIN
+    -- As row-level security would: a tenant transaction summarises its own tenant
+    -- only; every tenant needs the operator scope; open buckets are never closed early.
+    IF p_interval_seconds IS NULL OR p_interval_seconds < 1 THEN
+        RAISE EXCEPTION 'authz_summarise_send_denials: the interval must be at least 1 second';
+    END IF;
+    IF p_tenant IS NULL THEN
+        IF coalesce(current_setting('authz.operator', true), '') <> 'on' THEN
+            RAISE EXCEPTION 'authz_summarise_send_denials: every tenant needs the operator scope';
+        END IF;
+    ELSIF p_tenant IS DISTINCT FROM prior THEN
+        RAISE EXCEPTION 'authz_summarise_send_denials: a tenant transaction summarises its own tenant only';
+    END IF;
     FOR t IN SELECT tenant_id FROM tenants WHERE p_tenant IS NULL OR tenant_id = p_tenant LOOP
         PERFORM set_config('authz.tenant', t, true);
         WITH closed AS (

@@ -180,6 +180,10 @@ BEGIN
     IF p_before IS NULL THEN
         RAISE EXCEPTION 'before is required';
     END IF;
+    -- A month's partition spans tenants: only an operator transaction prunes.
+    IF coalesce(current_setting('authz.operator', true), '') <> 'on' THEN
+        RAISE EXCEPTION 'authz_audit_prune: pruning needs the operator scope';
+    END IF;
     FOR p IN
         SELECT c.relname,
                (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'FROM \(''([^'']+)''\)'))[1]::timestamptz AS lo,
