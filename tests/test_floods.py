@@ -405,6 +405,12 @@ async def test_the_service_role_cannot_forge_the_counts_of_another_tenant(
         await conn.close()
 
 
+async def _as_tenant(conn: asyncpg.Connection, tenant_id: str, sql: str, *args: object) -> None:
+    async with conn.transaction():
+        await conn.execute("SELECT set_config('authz.tenant', $1, true)", tenant_id)
+        await conn.fetch(sql, *args)
+
+
 async def test_the_definer_functions_refuse_what_the_callers_scope_would_not_allow(
     tenant: Tenant, other_tenant: Tenant, dsns: Dsns
 ) -> None:
@@ -424,9 +430,7 @@ async def test_the_definer_functions_refuse_what_the_callers_scope_would_not_all
     try:
         for sql, *args in refused.values():
             with pytest.raises(asyncpg.RaiseError):
-                async with conn.transaction():
-                    await conn.execute("SELECT set_config('authz.tenant', $1, true)", tenant.tenant_id)
-                    await conn.fetch(sql, *args)
+                await _as_tenant(conn, tenant.tenant_id, sql, *args)
     finally:
         await conn.close()
     counted = await Database.connect(dsns.service, max_size=1)
