@@ -197,6 +197,29 @@ async def test_tool_approvals_outside_its_channels_do_not_exist_for_a_bound_key(
         await agent.close()
 
 
+async def test_a_request_key_of_another_channel_reveals_nothing_to_a_bound_key(
+    tenant: Tenant, slack_key: tuple[str, Client]
+) -> None:
+    """Replaying another channel's request_key with the same call: the answer a
+    different call gets, never that approval's id or state."""
+    _, sl = slack_key
+    ask = az.RequestApprovalRequest(
+        tool_name="shell", arguments_json=json.dumps({"cmd": "ls"}), channel_id="tg",
+        requester_id=OWNER_TG, request_key="rk-" + secrets.token_hex(6),
+    )  # fmt: skip
+    made = await tenant.connector.authz.RequestApproval(ask)
+    assert made.created
+    replay = az.RequestApprovalRequest()
+    replay.CopyFrom(ask)
+    replay.channel_id, replay.requester_id = "sl", OWNER_SL
+    err = await rpc_error(sl.authz.RequestApproval(replay))
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert made.approval.approval_id not in err.details()
+    # The unbound key that made it still gets its own request back.
+    again = await tenant.connector.authz.RequestApproval(ask)
+    assert (again.created, again.approval.approval_id) == (False, made.approval.approval_id)
+
+
 async def test_every_decision_records_the_key_that_carried_it(
     tenant: Tenant, service: Service, slack_key: tuple[str, Client]
 ) -> None:

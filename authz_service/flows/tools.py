@@ -113,7 +113,7 @@ async def request_approval(ctx: Context, req: ToolRequest) -> ToolRequestResult:
         if req.request_key:
             existing = await approvals.tool_by_key(conn, t, req.request_key)
             if existing is not None:
-                return _replay(existing, call, approvers)
+                return _replay(ctx, existing, call, approvers)
         grant = await grants.live(conn, t, req.agent_id, call.digest)
         if grant is None:  # a standing grant approves at once: nothing pending to cap
             await approvals.lock_tool_requests(conn, t)
@@ -138,7 +138,7 @@ async def request_approval(ctx: Context, req: ToolRequest) -> ToolRequestResult:
         if approval is None:  # a concurrent request with the same key committed first
             raced = await approvals.tool_by_key(conn, t, req.request_key)
             assert raced is not None
-            return _replay(raced, call, approvers)
+            return _replay(ctx, raced, call, approvers)
         await audit.record(
             conn, t, "tool.auto_approved" if grant else "tool.requested", actor=f"agent:{req.agent_id}",
             channel_id=req.channel_id, subject=req.tool_name, approval_id=approval.approval_id,
@@ -170,8 +170,16 @@ async def request_approval(ctx: Context, req: ToolRequest) -> ToolRequestResult:
     return ToolRequestResult(approval, created=True, approvers=approvers, notification=notification)
 
 
-def _replay(approval: Approval, call: ToolCall, approvers: tuple[str, ...]) -> ToolRequestResult:
-    if approval.kind != "tool" or not _same_call(approval, call):
+def _replay(
+    ctx: Context, approval: Approval, call: ToolCall, approvers: tuple[str, ...]
+) -> ToolRequestResult:
+    # Another key's request (outside this key's channels or agents) answers as a
+    # different call would: its id and state are not this caller's to learn.
+    if (
+        approval.kind != "tool"
+        or not scope.approval_in_scope(ctx.principal, approval)
+        or not _same_call(approval, call)
+    ):
         raise FailedPrecondition("request_key was already used for a different tool call")
     return ToolRequestResult(approval, created=False, approvers=approvers)
 
