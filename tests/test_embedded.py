@@ -165,3 +165,13 @@ def test_dev_mode_creates_home_and_secret_files_private_whatever_the_umask(base:
     assert (home / "secret.key").read_text().strip() == settings.secret_key
     assert Settings.from_env({"AUTHZ_HOME": str(home)}).secret_key == settings.secret_key  # once
     assert sorted(p.name for p in home.iterdir()) == ["operator.key", "secret.key"]  # no temp files left
+
+
+def test_postgresql_programs_inherit_no_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The postmaster's environment is readable as its user: the service's
+    settings never reach it."""
+    monkeypatch.setenv("AUTHZ_SECRET_KEY", "do-not-leak-" + "x" * 32)
+    monkeypatch.setenv("AUTHZ_OPERATOR_KEY", "do-not-leak-either")
+    env = embedded._server_env()
+    assert not [k for k in env if k.startswith("AUTHZ_")]
+    assert env.get("PATH") == os.environ["PATH"]

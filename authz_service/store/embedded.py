@@ -130,6 +130,16 @@ def _system_user() -> pwd.struct_passwd | None:
         return pwd.getpwnam(SYSTEM_USER)
 
 
+# What PostgreSQL's programs inherit: never the service's secrets (AUTHZ_SECRET_KEY,
+# the operator key, database URLs), which the postmaster's environment would show
+# to whoever reads /proc as its user.
+_PASSED_ENV = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "LC_MESSAGES", "TZ", "TMPDIR")
+
+
+def _server_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k in _PASSED_ENV}
+
+
 def _run(
     args: list[str],
     pg: pwd.struct_passwd | None,
@@ -146,7 +156,7 @@ def _run(
             stdout=out,
             stderr=subprocess.STDOUT,
             text=True,
-            env={**os.environ, **(env or {})},
+            env={**_server_env(), **(env or {})},
             cwd="/",
             timeout=60,
             check=False,
