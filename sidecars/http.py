@@ -44,6 +44,8 @@ from typing import Any
 import grpc
 from aiohttp import web
 
+from authz_service.client.plaintext import loopback_host
+
 from .config import parse_listen
 from .runtime import Connector, DeliveryFailed, ServiceUnavailable
 
@@ -101,14 +103,9 @@ def _reject(status: int, reason: str, headers: dict[str, str] | None = None) -> 
 
 
 def is_loopback_host(host: str) -> bool:
-    """``localhost`` or a loopback IP literal (``Host`` header form: IPv6 in brackets, a port)."""
-    name = _host_name(host)
-    if name == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
+    """``localhost`` or a loopback IP literal (``Host`` header form: IPv6 in brackets, a port),
+    by the SDK's rule (``authz_service.client.plaintext.loopback_host``)."""
+    return loopback_host(_host_name(host))
 
 
 def _host_name(host: str) -> str:

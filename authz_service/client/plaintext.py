@@ -31,7 +31,7 @@ def is_loopback(address: str) -> bool:
                 target = target[2:].partition("/")[2]
             break
     hosts = [_host(part) for part in target.split(",")]
-    return bool(hosts) and all(_loopback_host(h) for h in hosts)
+    return bool(hosts) and all(loopback_host(h) for h in hosts)
 
 
 def _host(hostport: str) -> str:
@@ -43,7 +43,8 @@ def _host(hostport: str) -> str:
     return hostport  # no port, or a bare IPv6 address
 
 
-def _loopback_host(host: str) -> bool:
+def loopback_host(host: str) -> bool:
+    """A host name or IP literal (no port, no brackets) that stays on this machine."""
     if host.lower().rstrip(".") == "localhost":
         return True
     try:
