@@ -24,7 +24,7 @@ from authz_service.gen.authz.v1 import admin_pb2, authz_pb2
 from authz_service.gen.authz.v1 import authz_pb2 as az
 from authz_service.gen.authz.v1 import common_pb2 as cm
 
-from .conftest import Service, Tenant, rpc_error
+from .conftest import Service, Tenant, eventually, rpc_error
 from .pairing_helpers import OWNER, button, check, pair
 
 SERVICES = (
@@ -195,6 +195,10 @@ async def test_a_bad_field_is_400_naming_the_field(http: Http, tenant: Tenant) -
     )
     assert (status, answer["code"]) == (400, "invalid_argument")
     assert "chatKind" in answer["message"] or "CHAT_KIND_NOPE" in answer["message"]
+    # Bodies that are not one JSON object are refused as such, never a 500.
+    for body in (b"[]", b'"x"', b"nul", b"\xff", b"[" * 100_000):
+        status, answer = await http.call("authz.v1.AuthzService/CheckUser", body, key)
+        assert (status, answer["code"]) == (400, "invalid_argument"), body[:10]
 
 
 async def test_roles_are_checked_as_for_grpc(http: Http, tenant: Tenant) -> None:
@@ -218,7 +222,10 @@ async def test_content_type_and_size_are_checked(http: Http, tenant: Tenant) -> 
         assert resp.status == 413
 
 
-async def test_a_watch_stream_delivers_the_decision(http: Http, tenant: Tenant) -> None:
+async def test_a_watch_stream_delivers_the_decision(http: Http, tenant: Tenant, service: Service) -> None:
+    streams = service.running.streams
+    assert streams is not None
+    before = streams.open_count
     await tenant.channel(owner_id=OWNER, dm_policy=cm.DM_POLICY_PAIRING)
     requested = await pair(tenant)
     seen: list[dict[str, Any]] = []
@@ -230,6 +237,7 @@ async def test_a_watch_stream_delivers_the_decision(http: Http, tenant: Tenant) 
         ):
             assert flags == 0, approval  # no end frame: the watch runs until we hang up
             seen.append(approval)
+            assert streams.open_count == before + 1  # this watch holds a slot
             pending.set()
             if approval["status"] != "APPROVAL_STATUS_PENDING":
                 return  # hanging up ends the stream on the server
@@ -248,6 +256,11 @@ async def test_a_watch_stream_delivers_the_decision(http: Http, tenant: Tenant) 
     assert seen[-1]["approvalId"] == requested.approval_id
     assert seen[-1]["status"] == "APPROVAL_STATUS_APPROVED"
     assert seen[-1]["resolvedBy"] == f"telegram:{OWNER}"
+
+    async def slot_freed() -> bool:
+        return streams.open_count == before
+
+    await eventually(slot_freed)  # the hang-up ended the watch on the server
 
 
 async def test_revoking_the_key_ends_an_http_stream_with_an_error_frame(http: Http, tenant: Tenant) -> None:

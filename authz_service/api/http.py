@@ -156,9 +156,13 @@ def _decode(procedure: Procedure, content_type: str, body: bytes) -> message.Mes
         if content_type == "application/proto":
             request.ParseFromString(body)
         else:
+            text = body.decode("utf-8")
+            value = json.loads(text) if text.strip() else {}
+            if not isinstance(value, dict):
+                raise Aborted(grpc.StatusCode.INVALID_ARGUMENT, "invalid request body: not a JSON object")
             # Unknown fields are refused, not dropped: a misspelt field must not pass silently.
-            json_format.Parse(body.decode("utf-8") or "{}", request)
-    except (json_format.ParseError, message.DecodeError, UnicodeDecodeError) as exc:
+            json_format.ParseDict(value, request)
+    except (json_format.ParseError, message.DecodeError, ValueError, RecursionError) as exc:
         raise Aborted(grpc.StatusCode.INVALID_ARGUMENT, f"invalid request body: {exc}") from None
     return request
 
