@@ -149,9 +149,10 @@ class RunningServer:
         if self.sweep is not None:
             await self.sweep.stop()
         await self.health.enter_graceful_shutdown()
-        await self.server.stop(grace)
-        if self.http is not None:
-            await self.http.stop()
+        if self.http is None:
+            await self.server.stop(grace)
+        else:  # both drain at once
+            await asyncio.gather(self.server.stop(grace), self.http.stop())
         await self.listener.close()
         if self.streams is not None:
             await self.streams.close()

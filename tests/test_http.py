@@ -123,6 +123,20 @@ async def test_check_user_over_http_answers_as_grpc(http: Http, tenant: Tenant) 
     assert answer["decision"] == "DECISION_PAIRING_REQUIRED"
 
 
+async def test_binary_protobuf_bodies_are_served_too(http: Http, tenant: Tenant) -> None:
+    await tenant.channel()
+    request = az.CheckUserRequest(channel_id="tg", user_id="42", chat_kind=cm.CHAT_KIND_DIRECT)
+    async with http.session.post(
+        f"{http.base}/authz.v1.AuthzService/CheckUser",
+        data=request.SerializeToString(),
+        headers=_headers(tenant.keys["connector"], "application/proto"),
+    ) as resp:
+        assert (resp.status, resp.content_type) == (200, "application/proto")
+        answer = az.CheckUserResponse.FromString(await resp.read())
+    want = await tenant.connector.authz.CheckUser(request)
+    assert (answer.decision, answer.reason) == (want.decision, want.reason)
+
+
 async def test_pairing_requested_and_approved_over_http_lets_the_user_through(
     http: Http, tenant: Tenant
 ) -> None:

@@ -32,7 +32,7 @@ from typing import Any, NoReturn
 
 import grpc
 from aiohttp import web
-from google.protobuf import descriptor, json_format, message, symbol_database
+from google.protobuf import descriptor, json_format, message, message_factory
 
 from .http_openapi import openapi_document
 
@@ -129,7 +129,6 @@ class Procedure:
 def procedures(servicers: Iterable[tuple[descriptor.ServiceDescriptor, object]]) -> list[Procedure]:
     """Every method of every service, bound to the servicer's method of that name.
     A method the servicer lacks fails here, at start-up, not on a call."""
-    db = symbol_database.Default()
     out = []
     for service, servicer in servicers:
         for method in service.methods:
@@ -139,7 +138,7 @@ def procedures(servicers: Iterable[tuple[descriptor.ServiceDescriptor, object]])
             out.append(
                 Procedure(
                     method,
-                    db.GetSymbol(method.input_type.full_name),
+                    message_factory.GetMessageClass(method.input_type),
                     getattr(servicer, method.name),
                 )
             )
@@ -282,9 +281,10 @@ def server_ssl_context(
 class HttpServer:
     """The HTTP listener (AUTHZ_HTTP_LISTEN) of one process."""
 
-    def __init__(self, app: web.Application) -> None:
-        # Handlers are cancelled when their client goes away, so a watch ends with it.
-        self.runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+    def __init__(self, app: web.Application, grace: float = 5.0) -> None:
+        # Handlers are cancelled when their client goes away, so a watch ends with it; on
+        # stop, calls still running after ``grace`` seconds (open watches) are cancelled.
+        self.runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=grace)
         self.port = 0
 
     async def start(
