@@ -326,3 +326,19 @@ def test_http_listen_is_off_unless_set_and_validated() -> None:
     assert Settings.from_env({**base, "AUTHZ_HTTP_LISTEN": "0.0.0.0:8080"}).http_listen == "0.0.0.0:8080"
     with pytest.raises(ConfigError, match="AUTHZ_HTTP_LISTEN"):
         Settings.from_env({**base, "AUTHZ_HTTP_LISTEN": "8080"})
+
+
+async def test_the_callers_trace_context_is_honoured(http: Http, tenant: Tenant) -> None:
+    """The trace id comes from the traceparent header, as from gRPC metadata (api/rpc.py)."""
+    await tenant.channel()
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    async with http.session.post(
+        f"{http.base}/authz.v1.AuthzService/CheckUser",
+        json={"channelId": "tg", "userId": "42", "chatKind": "CHAT_KIND_DIRECT"},
+        headers={
+            "Authorization": f"Bearer {tenant.keys['connector']}",
+            "traceparent": f"00-{trace_id}-00f067aa0ba902b7-01",
+        },
+    ) as resp:
+        assert resp.status == 200
+        assert (await resp.json())["traceId"] == trace_id
