@@ -188,6 +188,9 @@ class Settings:
     """Set in each worker started by `--workers` (AUTHZ_WORKER_INDEX): bind with SO_REUSEPORT."""
     telemetry: bool = False
     """AUTHZ_TELEMETRY=on: OpenTelemetry traces and metrics (see authz_service/telemetry.py)."""
+    http_listen: str | None = None
+    """AUTHZ_HTTP_LISTEN: host:port of the HTTP/JSON API (Connect protocol, docs/http-api.md),
+    with the gRPC server's TLS settings; unset, none."""
     metrics_listen: str | None = None
     """AUTHZ_METRICS_LISTEN: host:port of the Prometheus /metrics endpoint; unset, none."""
     otlp_traces: bool = False
@@ -268,6 +271,7 @@ class Settings:
             reuseport="AUTHZ_WORKER_INDEX" in env,
             telemetry=telemetry,
             metrics_listen=metrics_listen,
+            http_listen=_listen(env, "AUTHZ_HTTP_LISTEN"),
             otlp_traces=otlp_traces,
             otlp_metrics=otlp_metrics,
             code_attempts_per_channel=_int(env, "AUTHZ_CODE_ATTEMPTS_PER_CHANNEL", 10, 1, 100_000),

@@ -17,6 +17,7 @@ from grpc_reflection.v1alpha import reflection
 
 from .api.admin import AdminServicer
 from .api.authz import AuthzServicer
+from .api.http import HttpServer, build_app, server_ssl_context
 from .api.rpc import Gate, Runtime
 from .api.streams import StreamLimits, Streams
 from .cache import StateCache
@@ -137,6 +138,8 @@ class RunningServer:
     telemetry: Telemetry | None = None
     sweep: DenialSweep | None = None
     streams: Streams | None = None
+    http: HttpServer | None = None
+    """The HTTP/JSON API (AUTHZ_HTTP_LISTEN); None when off."""
 
     async def stop(self, grace: float = 5.0) -> None:
         """NOT_SERVING first (every name, liveness too), so load balancers drain
@@ -146,7 +149,10 @@ class RunningServer:
         if self.sweep is not None:
             await self.sweep.stop()
         await self.health.enter_graceful_shutdown()
-        await self.server.stop(grace)
+        if self.http is None:
+            await self.server.stop(grace)
+        else:  # both drain at once
+            await asyncio.gather(self.server.stop(grace), self.http.stop())
         await self.listener.close()
         if self.streams is not None:
             await self.streams.close()
@@ -156,9 +162,14 @@ class RunningServer:
 
 
 async def start_server(
-    db: Database, settings: Settings, listen: str | None = None, telemetry: Telemetry | None = None
+    db: Database,
+    settings: Settings,
+    listen: str | None = None,
+    telemetry: Telemetry | None = None,
+    http_listen: str | None = None,
 ) -> RunningServer:
-    """Serve on ``listen`` (default ``settings.listen``). ``telemetry`` (None:
+    """Serve on ``listen`` (default ``settings.listen``), and the HTTP/JSON API on
+    ``http_listen`` (default ``settings.http_listen``; None: off). ``telemetry`` (None:
     off) becomes the server's: ``RunningServer.stop`` shuts it down."""
     # One LISTEN connection feeds the approval watchers and the hot path's cache.
     # Its heartbeat has a short timeout of its own (store.notify.HEARTBEAT_TIMEOUT).
@@ -218,8 +229,9 @@ async def start_server(
             ("grpc.so_reuseport", 1 if settings.reuseport else 0),
         ]
     )
-    authz_pb2_grpc.add_AuthzServiceServicer_to_server(AuthzServicer(runtime), server)
-    admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(runtime), server)
+    authz_servicer, admin_servicer = AuthzServicer(runtime), AdminServicer(runtime)
+    authz_pb2_grpc.add_AuthzServiceServicer_to_server(authz_servicer, server)
+    admin_pb2_grpc.add_AdminServiceServicer_to_server(admin_servicer, server)
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -243,13 +255,50 @@ async def start_server(
     if telemetry is not None:
         telemetry.attach(db, cache)
         telemetry.start()
+    # Before the gRPC server starts: a port that is taken fails start-up with nothing serving.
+    http = await _start_http(settings, http_listen or settings.http_listen, authz_servicer, admin_servicer)
     await server.start()
     readiness.start()
     sweep = DenialSweep(db, settings.denied_send_sweep_seconds)
     sweep.start()
     return RunningServer(
-        server, port, health_servicer, db, listener, cache, readiness, telemetry, sweep=sweep, streams=streams
+        server,
+        port,
+        health_servicer,
+        db,
+        listener,
+        cache,
+        readiness,
+        telemetry,
+        sweep=sweep,
+        streams=streams,
+        http=http,
     )
+
+
+def http_url(settings: Settings, port: int) -> str:
+    """The HTTP API's base URL, e.g. ``http://127.0.0.1:8080``."""
+    host = (settings.http_listen or "127.0.0.1:0").rpartition(":")[0]
+    wildcard = host in ("0.0.0.0", "")  # noqa: S104  # a comparison: the URL names loopback instead
+    host = "127.0.0.1" if wildcard else "[::1]" if host in ("[::]", "::") else host
+    return f"{'https' if settings.tls is not None else 'http'}://{host}:{port}"
+
+
+async def _start_http(settings: Settings, address: str | None, *servicers: object) -> HttpServer | None:
+    """The same servicers over HTTP/JSON (api.http), with the gRPC server's TLS."""
+    if address is None:
+        return None
+    names = (
+        authz_pb2.DESCRIPTOR.services_by_name["AuthzService"],
+        admin_pb2.DESCRIPTOR.services_by_name["AdminService"],
+    )
+    http = HttpServer(build_app(zip(names, servicers, strict=True)))
+    tls = settings.tls
+    context = (
+        None if tls is None else server_ssl_context(tls.certificate_chain, tls.private_key, tls.client_ca)
+    )
+    await http.start(address, context, reuse_port=settings.reuseport)
+    return http
 
 
 async def prepare_database(settings: Settings, *, announce: Callable[[str], None] = print) -> str:
@@ -283,6 +332,8 @@ async def serve(
     print(
         f"authz service listening on {settings.listen.rsplit(':', 1)[0]}:{running.port}{worker}", flush=True
     )
+    if running.http is not None and settings.http_listen is not None:
+        print(f"HTTP/JSON API on {http_url(settings, running.http.port)}{worker}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -99,7 +99,8 @@ async def service(dsns: Dsns) -> AsyncIterator[Service]:
         }
     )
     db = await Database.connect(dsns.service, max_size=20)
-    running = await start_server(db, settings, listen="127.0.0.1:0")
+    # The HTTP/JSON API too: tests/test_http.py calls the same server over both.
+    running = await start_server(db, settings, listen="127.0.0.1:0", http_listen="127.0.0.1:0")
     yield Service(f"127.0.0.1:{running.port}", operator_key, settings, running)
     await running.stop(grace=1)
 

@@ -22,6 +22,8 @@ from pathlib import Path
 import pytest
 
 AUTHZ = [sys.executable, "-m", "authz_service.cli.main"]
+DEV_OUTPUT: list[str] = []
+"""What `authz dev` printed up to its banner's end (the dev_env fixture fills it)."""
 
 
 def free_port() -> int:
@@ -35,7 +37,12 @@ def free_port() -> int:
 def dev_env() -> Iterator[dict[str, str]]:
     with tempfile.TemporaryDirectory(prefix="authz-dev-") as home:
         env = {k: v for k, v in os.environ.items() if not k.startswith("AUTHZ_")}
-        env.update(AUTHZ_HOME=home, AUTHZ_LISTEN=f"127.0.0.1:{free_port()}", AUTHZ_LOG_FORMAT="text")
+        env.update(
+            AUTHZ_HOME=home,
+            AUTHZ_LISTEN=f"127.0.0.1:{free_port()}",
+            AUTHZ_HTTP_LISTEN=f"127.0.0.1:{free_port()}",
+            AUTHZ_LOG_FORMAT="text",
+        )
         proc = subprocess.Popen(
             [*AUTHZ, "dev"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
@@ -51,13 +58,14 @@ def dev_env() -> Iterator[dict[str, str]]:
         reader.start()
         output: list[str] = []
         deadline = time.monotonic() + 90
-        while not any("Ready." in line for line in output):
+        while not any("Stop with Ctrl-C" in line for line in output):
             if time.monotonic() > deadline or proc.poll() is not None:
                 proc.kill()
                 proc.wait()
                 raise AssertionError("authz dev did not become ready:\n" + "".join(output))
             with contextlib.suppress(queue.Empty):
                 output.append(lines.get(timeout=1))
+        DEV_OUTPUT[:] = output
         exports = dict(re.findall(r"export (\w+)=(\S+)", (Path(home) / "env").read_text()))
         cli_env = {
             **env,
@@ -192,3 +200,15 @@ def test_cli_channel_set_from_yaml_and_errors(dev_env: dict[str, str], tmp_path:
     assert "INVALID_ARGUMENT" in err
     err = authz({**dev_env, "AUTHZ_API_KEY": ""}, "channel", "list", ok=False)
     assert "AUTHZ_API_KEY" in err
+
+
+def test_the_printed_curl_call_answers_over_http(dev_env: dict[str, str]) -> None:
+    """`make run` prints one curl call of the HTTP/JSON API; run as printed, it answers."""
+    banner = "".join(DEV_OUTPUT)
+    start = banner.index("curl -s ")
+    command = banner[start : banner.index("}'", start) + 2]
+    assert dev_env["AUTHZ_API_KEY"] not in banner  # the key stays in the env file
+    result = subprocess.run(["bash", "-c", command], env=dev_env, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    answer = json.loads(result.stdout)
+    assert answer["decision"] in ("DECISION_PAIRING_REQUIRED", "DECISION_ALLOW"), answer

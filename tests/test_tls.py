@@ -6,10 +6,12 @@ import asyncio
 import dataclasses
 import datetime as dt
 import ipaddress
+import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 import grpc
 import pytest
 from cryptography import x509
@@ -178,3 +180,39 @@ def test_server_tls_settings_fail_closed(tmp_path: Path, pki: Pki) -> None:
         Settings.from_env(
             {**base, "AUTHZ_TLS_CERT_FILE": str(tmp_path / "missing"), "AUTHZ_TLS_KEY_FILE": str(cert)}
         )
+
+
+async def test_the_http_api_uses_the_same_tls_and_client_certificates(
+    dsns: Dsns, pki: Pki, tenant: Tenant, tmp_path: Path
+) -> None:
+    """AUTHZ_HTTP_LISTEN speaks HTTPS with AUTHZ_TLS_*, and requires a client
+    certificate when gRPC does (api/http.py)."""
+    settings = Settings.from_env(
+        {"AUTHZ_DATABASE_URL": dsns.service, "AUTHZ_SECRET_KEY": SECRET_KEY, "AUTHZ_HOME": "/nonexistent"}
+    )
+    settings = dataclasses.replace(settings, tls=ServerTls(pki.server_cert, pki.server_key, client_ca=pki.ca))
+    running = await start_server(
+        await Database.connect(dsns.service), settings, listen="127.0.0.1:0", http_listen="127.0.0.1:0"
+    )
+    try:
+        assert running.http is not None
+        url = f"https://127.0.0.1:{running.http.port}/authz.v1.AdminService/ListApiKeys"
+        (tmp_path / "client.pem").write_bytes(pki.client_cert)
+        (tmp_path / "client.key").write_bytes(pki.client_key)
+        trusting = ssl.create_default_context(cadata=pki.ca.decode())
+        with_cert = ssl.create_default_context(cadata=pki.ca.decode())
+        with_cert.load_cert_chain(tmp_path / "client.pem", tmp_path / "client.key")
+        headers = {"Authorization": f"Bearer {tenant.keys['admin']}", "Content-Type": "application/json"}
+        async with aiohttp.ClientSession() as session:
+            async with session.post(url, data=b"{}", headers=headers, ssl=with_cert) as resp:
+                assert resp.status == 200
+                assert len((await resp.json())["keys"]) == 3
+            for refused in (trusting, ssl.create_default_context()):  # no client cert; our CA untrusted
+                with pytest.raises(aiohttp.ClientError):
+                    async with session.post(url, data=b"{}", headers=headers, ssl=refused) as resp:
+                        await resp.read()
+            with pytest.raises(aiohttp.ClientError):  # plaintext to the TLS port
+                async with session.post(url.replace("https:", "http:"), data=b"{}", headers=headers) as resp:
+                    await resp.read()
+    finally:
+        await running.stop(grace=0)

@@ -16,10 +16,12 @@ from ..config import Settings, write_private
 from ..gen.authz.v1 import admin_pb2 as adm
 from ..gen.authz.v1 import common_pb2 as cm
 from ..logs import setup_logging
-from ..server import RunningServer, serve
+from ..server import RunningServer, http_url, serve
 
 DEMO_TENANT = "demo"
 DEMO_CHANNEL = "demo"
+DEV_HTTP_LISTEN = "127.0.0.1:8080"
+"""``make run`` serves the HTTP/JSON API here unless AUTHZ_HTTP_LISTEN says otherwise."""
 
 
 async def _bootstrap(settings: Settings, running: RunningServer) -> None:
@@ -65,6 +67,16 @@ async def _bootstrap(settings: Settings, running: RunningServer) -> None:
 
     venv_bin = Path(sys.executable).parent
     env_file = settings.home / "env"
+    http = ""
+    if running.http is not None:
+        url = http_url(settings, running.http.port)
+        http = f"""
+ HTTP/JSON API (docs/http-api.md) on {url}, reference at {url}/openapi.json:
+
+   curl -s {url}/authz.v1.AuthzService/CheckUser \\
+     -H "Authorization: Bearer $AUTHZ_API_KEY" -H 'Content-Type: application/json' \\
+     -d '{{"channelId": "{DEMO_CHANNEL}", "userId": "4242", "chatKind": "CHAT_KIND_DIRECT"}}'
+"""
     write_private(
         env_file,
         f"export AUTHZ_ADDRESS={address}\n"
@@ -91,7 +103,7 @@ async def _bootstrap(settings: Settings, running: RunningServer) -> None:
    authz doctor                                     # security audit of the tenant
    authz apply -f examples/policies/public-demo-admin.yaml --dry-run
                                                     # policies as a file (docs/policies.md)
-
+{http}
  Stop with Ctrl-C. Data lives in {settings.home} (delete it to start over).
 ────────────────────────────────────────────────────────────────────────""",
         flush=True,
@@ -100,7 +112,9 @@ async def _bootstrap(settings: Settings, running: RunningServer) -> None:
 
 def run_dev() -> int:
     setup_logging()
-    settings = Settings.from_env()
+    env = dict(os.environ)
+    env.setdefault("AUTHZ_HTTP_LISTEN", DEV_HTTP_LISTEN)
+    settings = Settings.from_env(env)
 
     async def on_ready(running: RunningServer) -> None:
         await _bootstrap(settings, running)
