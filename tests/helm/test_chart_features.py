@@ -199,7 +199,7 @@ def test_every_worker_has_its_metrics_port_and_is_scraped(chart: helm.Chart) -> 
     assert env_of(server_container(docs))["AUTHZ_METRICS_LISTEN"]["value"] == "0.0.0.0:9464"
     _grpc, metrics_rule = only(docs, "NetworkPolicy")["spec"]["ingress"]
     assert metrics_rule["ports"] == [{"port": 9464, "endPort": 9466, "protocol": "TCP"}]
-    assert "port 9464 to 9466 (one port per worker)" in notes_of(chart, everything())
+    assert "/metrics on ports 9464 to 9466 (one per worker)." in notes_of(chart, everything())
 
 
 # --- dashboard and alerts ------------------------------------------------------------------------
