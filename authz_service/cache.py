@@ -218,5 +218,10 @@ class StateCache:
             return False
         return True
 
+    @property
+    def entries(self) -> int:
+        """Cached entries (for the telemetry gauge)."""
+        return self._size()
+
     def _size(self) -> int:
         return len(self._channels) + len(self._subjects) + len(self._groups) + len(self._keys)

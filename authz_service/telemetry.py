@@ -103,7 +103,7 @@ _SERVER_ERRORS = frozenset(
         grpc.StatusCode.DATA_LOSS,
     }
 )
-_NO_SPAN: contextlib.nullcontext[None] = contextlib.nullcontext()
+_POOL = {"db.client.connection.pool.name": "authz"}
 R = TypeVar("R")
 
 
@@ -113,6 +113,7 @@ class RpcCall:
     it answered (``respond``)."""
 
     __slots__ = (
+        "_attributes",
         "_code",
         "_context",
         "_decision",
@@ -130,13 +131,15 @@ class RpcCall:
         self._code: grpc.StatusCode | None = None
         self._decision = ""
         service = SERVICE_OF.get(method, "")
+        # OpenTelemetry's RPC conventions: the span's attributes, and the metrics' too.
+        self._attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": method}
         # The caller's W3C traceparent (OTEL_PROPAGATORS) becomes the parent; never an ambient context.
         parent = propagate.extract(md, context=otel_context.Context())
         self._span = telemetry.tracer.start_span(
             f"{service}/{method}",
             context=parent,
             kind=SpanKind.SERVER,
-            attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": method},
+            attributes=self._attributes,
             record_exception=False,
             set_status_on_exception=False,
         )
@@ -153,6 +156,7 @@ class RpcCall:
     def __enter__(self) -> RpcCall:
         self._token = otel_context.attach(self._context)
         self._start = time.perf_counter()
+        self._telemetry.rpc_active.add(1, self._attributes)
         return self
 
     def authorized(self, principal: Principal) -> None:
@@ -189,8 +193,9 @@ class RpcCall:
             otel_context.detach(self._token)
         self._span.end()
         tel = self._telemetry
-        if not self.stream:  # a watch lasts until a decision: not a latency
-            tel.rpc_duration.record(elapsed, {"rpc": self.method, "code": code.name})
+        tel.rpc_active.add(-1, self._attributes)
+        # Streams too (a watch lasts until its decision): rpc.server.duration is per call.
+        tel.rpc_duration.record(elapsed, {**self._attributes, "rpc.grpc.status_code": code.value[0]})
         if self._decision:
             tel.decisions.add(1, {"rpc": self.method, "outcome": self._decision})
 
@@ -266,11 +271,29 @@ class Telemetry:
         self.decisions = meter.create_counter(
             "authz.decisions", unit="{decision}", description="Decisions returned, by RPC and outcome."
         )
+        # OpenTelemetry RPC semantic conventions; in seconds, as Prometheus expects.
         self.rpc_duration = meter.create_histogram(
-            "authz.rpc.duration",
+            "rpc.server.duration",
             unit="s",
-            description="Duration of unary RPCs, by RPC and gRPC status code.",
+            description="Duration of RPCs, unary and streaming, by service, method and gRPC status code.",
             explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+        )
+        self.rpc_active = meter.create_up_down_counter(
+            "rpc.server.active_requests",
+            unit="{request}",
+            description="RPCs in flight (streams included), by service and method.",
+        )
+        # OpenTelemetry database client conventions for the pool.
+        self.pool_wait = meter.create_histogram(
+            "db.client.connection.wait_time",
+            unit="s",
+            description="Time to obtain a connection from the pool.",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+        )
+        self.db_errors = meter.create_counter(
+            "authz.db.errors",
+            unit="{error}",
+            description="Database and connection errors in transactions, by error class (error.type).",
         )
         meter.create_observable_counter(
             "authz.cache.hits",
@@ -290,17 +313,29 @@ class Telemetry:
             unit="{approval}",
             description="Live pending approvals, all tenants (counted every 30 s; the same on every replica).",
         )
-        meter.create_observable_gauge(
-            "authz.db.pool.size",
-            callbacks=[self._observe_pool(lambda db: db.pool.get_size())],
+        meter.create_observable_up_down_counter(
+            "db.client.connection.count",
+            callbacks=[self._observe_connections],
             unit="{connection}",
-            description="Open connections in the database pool.",
+            description="Open connections in the database pool, by state (idle, used).",
+        )
+        meter.create_observable_up_down_counter(
+            "db.client.connection.max",
+            callbacks=[self._observe_pool(lambda db: db.pool.get_max_size())],
+            unit="{connection}",
+            description="The most connections the pool opens (AUTHZ_DB_POOL_MAX).",
         )
         meter.create_observable_gauge(
-            "authz.db.pool.idle",
-            callbacks=[self._observe_pool(lambda db: db.pool.get_idle_size())],
-            unit="{connection}",
-            description="Idle connections in the database pool.",
+            "authz.listener.connected",
+            callbacks=[self._observe_cache_state(lambda c: int(c.usable))],
+            unit="1",
+            description="1 while the change listener is connected (the cache serves); 0 while it reads the database.",
+        )
+        meter.create_observable_gauge(
+            "authz.cache.entries",
+            callbacks=[self._observe_cache_state(lambda c: c.entries)],
+            unit="{entry}",
+            description="Entries in the hot-path cache.",
         )
         self.pending: int | None = None
         self._db: Database | None = None
@@ -312,6 +347,7 @@ class Telemetry:
     def attach(self, db: Database, cache: StateCache | None = None) -> None:
         """Trace ``db``'s transactions, observe its pool and ``cache``, count pending approvals."""
         db.observer = self
+        db.on_acquired = self.acquired
         self._db = db
         self._cache = cache
 
@@ -321,6 +357,14 @@ class Telemetry:
         def observe(_options: CallbackOptions) -> list[Observation]:
             # Exported from the start (0), so a hit ratio reads 0/0 rather than "no data".
             return [Observation(read(self._cache) if self._cache is not None else 0)]
+
+        return observe
+
+    def _observe_cache_state(
+        self, read: Callable[[StateCache], int]
+    ) -> Callable[[CallbackOptions], list[Observation]]:
+        def observe(_options: CallbackOptions) -> list[Observation]:
+            return [] if self._cache is None else [Observation(read(self._cache))]
 
         return observe
 
@@ -351,7 +395,7 @@ class Telemetry:
         """A span for one database transaction, a child of the RPC span.
         Transactions outside any RPC (the pending-approvals count) are not traced."""
         if not trace.get_current_span().get_span_context().is_valid:
-            return _NO_SPAN
+            return self._untraced_transaction()
         attributes = {
             "db.system.name": "postgresql",
             "db.operation.name": "transaction",
@@ -360,6 +404,23 @@ class Telemetry:
         if settings.get("authz.tenant"):
             attributes["authz.tenant"] = settings["authz.tenant"]
         return self._transaction_span(attributes)
+
+    def acquired(self, waited: float) -> None:
+        """Called by ``store/db.py`` once the pool hands over a connection (``db.on_acquired``)."""
+        self.pool_wait.record(waited, _POOL)
+
+    def _db_error(self, exc: BaseException) -> None:
+        # Database trouble only; a domain error raised inside a transaction is not one.
+        if isinstance(exc, OSError | TimeoutError) or type(exc).__module__.startswith("asyncpg"):
+            self.db_errors.add(1, {"error.type": type(exc).__qualname__})
+
+    @contextlib.contextmanager
+    def _untraced_transaction(self) -> Iterator[None]:
+        try:
+            yield
+        except BaseException as exc:
+            self._db_error(exc)
+            raise
 
     @contextlib.contextmanager
     def _transaction_span(self, attributes: dict[str, str]) -> Iterator[None]:
@@ -375,6 +436,7 @@ class Telemetry:
             except BaseException as exc:
                 span.set_attribute("error.type", type(exc).__qualname__)
                 span.set_status(Status(SpanStatus.ERROR))
+                self._db_error(exc)
                 raise
 
     # -- gauges -------------------------------------------------------------
@@ -396,6 +458,16 @@ class Telemetry:
 
     def _observe_pending(self, options: CallbackOptions) -> Iterable[Observation]:
         return [] if self.pending is None else [Observation(self.pending)]
+
+    def _observe_connections(self, options: CallbackOptions) -> Iterable[Observation]:
+        if self._db is None:
+            return []
+        pool = self._db.pool
+        idle = pool.get_idle_size()
+        return [
+            Observation(idle, {**_POOL, "db.client.connection.state": "idle"}),
+            Observation(pool.get_size() - idle, {**_POOL, "db.client.connection.state": "used"}),
+        ]
 
     def _observe_pool(
         self, read: Callable[[Database], int]

@@ -7,6 +7,11 @@ the kernel spreads connections across them. Each worker has its own pool,
 cache and change listener; NOTIFY keeps their caches consistent exactly as it
 does across replicas.
 
+Metrics: each worker serves its own Prometheus endpoint on AUTHZ_METRICS_LISTEN's
+port + its index (worker_env), and the chart scrapes every one. Not a shared
+multiprocess registry: a worker's pool, listener and cache gauges describe that
+worker alone, and summing its counters is the scraper's job.
+
 The parent forwards SIGTERM/SIGINT to every worker and waits for them to drain.
 If one worker dies, the parent stops the others and exits 1, so the
 orchestrator restarts the whole pod rather than running short-handed.

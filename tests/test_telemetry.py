@@ -261,7 +261,8 @@ async def test_rpc_and_database_spans_metrics_and_no_secrets(tenant: Tenant, tra
             parent.end_time is not None and parent.start_time <= s.start_time <= s.end_time <= parent.end_time
         )
 
-    # Metrics: decisions by RPC and outcome, latency by RPC and code (unary only).
+    # Metrics: decisions by RPC and outcome; rpc.server.duration by OpenTelemetry's RPC
+    # attributes, streams included.
     counted = {k: p.value for k, p in points(traced, "authz.decisions").items()}
     assert counted == {
         (("outcome", "allow"), ("rpc", "CheckUser")): 1,
@@ -271,14 +272,30 @@ async def test_rpc_and_database_spans_metrics_and_no_secrets(tenant: Tenant, tra
         (("outcome", "approved"), ("rpc", "ResolveApproval")): 1,
         (("outcome", "pending"), ("rpc", "RequestApproval")): 1,
     }
-    durations = points(traced, "authz.rpc.duration")
-    assert durations[(("code", "OK"), ("rpc", "CheckUser"))].count == 2
-    assert durations[(("code", "UNAUTHENTICATED"), ("rpc", "CheckUser"))].count == 1
+    durations = {
+        (dict(k)["rpc.method"], dict(k)["rpc.grpc.status_code"]): p
+        for k, p in points(traced, "rpc.server.duration").items()
+    }
+    assert {dict(k)["rpc.service"] for k in points(traced, "rpc.server.duration")} == {SERVICE}
+    assert durations["CheckUser", grpc.StatusCode.OK.value[0]].count == 2
+    assert durations["CheckUser", grpc.StatusCode.UNAUTHENTICATED.value[0]].count == 1
+    assert durations["WatchApproval", grpc.StatusCode.CANCELLED.value[0]].count == 1
     assert all(p.sum > 0 for p in durations.values())
-    assert not any(dict(k)["rpc"] == "WatchApproval" for k in durations)
-    [size] = traced.metrics()["authz.db.pool.size"]
-    [idle] = traced.metrics()["authz.db.pool.idle"]
-    assert size.value >= 1 and 0 <= idle.value <= size.value
+    # Every call has ended: nothing in flight.
+    assert {p.value for p in points(traced, "rpc.server.active_requests").values()} == {0}
+    connections = {
+        dict(k)["db.client.connection.state"]: p.value
+        for k, p in points(traced, "db.client.connection.count").items()
+    }
+    assert connections["idle"] + connections["used"] >= 1
+    [pool_max] = traced.metrics()["db.client.connection.max"]
+    assert pool_max.value >= connections["idle"] + connections["used"]
+    [waits] = points(traced, "db.client.connection.wait_time").values()
+    assert waits.count >= len(db_spans)
+    [listener] = traced.metrics()["authz.listener.connected"]
+    assert listener.value == int(traced.running.cache.usable)
+    [entries] = traced.metrics()["authz.cache.entries"]
+    assert entries.value >= 0
     # The cache's own counters, exported: each CheckUser above was a first lookup.
     cache = traced.running.cache
     assert cache.misses >= 2
@@ -322,8 +339,14 @@ async def test_prometheus_endpoint_serves_the_metrics(tenant: Tenant, traced: Tr
     status, body = await asyncio.to_thread(scrape)
     assert status == 200
     assert "authz_decisions_total{" in body and 'outcome="pairing_required"' in body
-    assert "authz_rpc_duration_seconds_bucket{" in body and 'code="OK"' in body
-    assert "authz_db_pool_size" in body and "authz_cache_hits_total" in body
+    assert "rpc_server_duration_seconds_bucket{" in body
+    assert 'rpc_method="CheckUser"' in body and 'rpc_grpc_status_code="0"' in body
+    assert 'rpc_service="authz.v1.AuthzService"' in body and 'rpc_system="grpc"' in body
+    assert "rpc_server_active_requests{" in body
+    assert "db_client_connection_count{" in body and 'db_client_connection_state="idle"' in body
+    assert "db_client_connection_max{" in body and "db_client_connection_wait_time_seconds_bucket{" in body
+    assert "authz_listener_connected{" in body and "authz_cache_entries{" in body
+    assert "authz_cache_hits_total" in body
     assert MESSAGE not in body and tenant.keys["connector"] not in body
 
 
@@ -466,7 +489,7 @@ async def test_otlp_export_follows_the_standard_environment(
         for sm in rm.scope_metrics
         for m in sm.metrics
     }
-    assert {"authz.decisions", "authz.rpc.duration", "authz.db.pool.size"} <= exported
+    assert {"authz.decisions", "rpc.server.duration", "db.client.connection.count"} <= exported
     assert not any(MESSAGE.encode() in req.SerializeToString() for req in [*traces, *metrics])
 
 

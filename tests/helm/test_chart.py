@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import tomllib
 from collections.abc import Iterator
 from typing import Any
@@ -23,6 +24,7 @@ import yaml
 
 from tests.helm.rendering import (
     CHART_DIR,
+    CHART_README,
     CUSTOM_KINDS,
     DATABASE_URL,
     DEPLOY_DOC,
@@ -115,6 +117,7 @@ def test_the_objects_each_install_creates(chart: helm.Chart) -> None:
         ("Service", "authz-authz-service"),
         ("PodDisruptionBudget", "authz-authz-service"),
         ("NetworkPolicy", "authz-authz-service"),
+        ("Pod", "authz-authz-service-test"),
     }
     prod = {(d["kind"], d["metadata"]["name"]) for d in manifests(chart, production())}
     assert prod == {
@@ -131,6 +134,7 @@ def test_the_objects_each_install_creates(chart: helm.Chart) -> None:
         ("ConfigMap", "authz-support-sl"),
         ("Deployment", "authz-support-sl"),
         ("Service", "authz-support-sl"),
+        ("Pod", "authz-test"),
     }
 
 
@@ -239,7 +243,8 @@ def test_no_secret_is_ever_a_plain_env_value(chart: helm.Chart, values: dict[str
     for where, spec in pod_specs(docs):
         for container in spec["containers"]:
             for env in container.get("env", []):
-                if SECRET_LOOKING.search(env["name"]):
+                # *_FILE variables hold paths (AUTHZ_TLS_KEY_FILE), not secrets.
+                if SECRET_LOOKING.search(env["name"]) and not env["name"].endswith("_FILE"):
                     secret_envs += 1
                     assert "value" not in env, f"{where}: {env['name']} has a plain value"
                     assert "secretKeyRef" in env["valueFrom"], f"{where}: {env['name']}"
@@ -344,7 +349,10 @@ def test_network_policy_admits_connectors_and_listed_namespaces_only(chart: helm
     assert grpc_rule["ports"] == [{"port": "grpc", "protocol": "TCP"}]
     pod_peers = [p["podSelector"]["matchLabels"] for p in grpc_rule["from"] if "podSelector" in p]
     ns_peers = [p["namespaceSelector"] for p in grpc_rule["from"] if "namespaceSelector" in p]
-    assert len(pod_peers) == 1 and len(ns_peers) == 1
+    assert len(pod_peers) == 2 and len(ns_peers) == 1
+    # The release's connectors, and its `helm test` Pod.
+    test_pod = only(docs, "Pod", "authz-test")
+    assert matches(pod_peers[1], test_pod["metadata"]["labels"])
     for name, dep in connector_deployments(docs).items():
         assert matches(pod_peers[0], dep["spec"]["template"]["metadata"]["labels"]), name
         assert not matches(
@@ -352,12 +360,15 @@ def test_network_policy_admits_connectors_and_listed_namespaces_only(chart: helm
         )
     (expr,) = ns_peers[0]["matchExpressions"]
     assert expr == {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["agents", "ops-tools"]}
-    assert metrics_rule["ports"] == [{"port": "metrics", "protocol": "TCP"}]
+    assert metrics_rule["ports"] == [{"port": 9464, "protocol": "TCP"}]
     assert metrics_rule["from"][0]["namespaceSelector"]["matchExpressions"][0]["values"] == ["monitoring"]
 
 
 def test_network_policy_without_namespaces_admits_only_connectors(chart: helm.Chart) -> None:
     (rule,) = only(manifests(chart, MINIMAL), "NetworkPolicy")["spec"]["ingress"]
+    assert [list(peer) for peer in rule["from"]] == [["podSelector"], ["podSelector"]]
+    no_test = only(manifests(chart, with_values(MINIMAL, **{"test.enabled": False})), "NetworkPolicy")
+    (rule,) = no_test["spec"]["ingress"]
     assert [list(peer) for peer in rule["from"]] == [["podSelector"]]
 
 
@@ -417,11 +428,18 @@ def documented_paths(schema: dict[str, Any], prefix: str = "") -> Iterator[str]:
             yield path
 
 
-def test_every_value_is_documented_in_deploy_md(chart: helm.Chart) -> None:
+def test_every_value_is_documented_in_the_chart_readme(chart: helm.Chart) -> None:
     schema = chart.schema
     assert schema is not None
-    doc = DEPLOY_DOC.read_text()
+    doc = CHART_README.read_text()
     paths = list(documented_paths(schema))
     assert "connectors[].tokenSecret.botTokenKey" in paths and "secrets.keys.operatorKey" in paths
-    missing = [p for p in paths if f"`{p}`" not in doc]
-    assert missing == [], f"values missing from docs/deploy.md: {missing}"
+    assert "tls.clientCaKey" in paths and "metrics.prometheusRule.enabled" in paths
+    missing = [p for p in paths if f"| `{p}` |" not in doc]
+    assert missing == [], f"values missing from the table in helm/authz-service/README.md: {missing}"
+    # And every top-level key of values.yaml, read from the file itself (not the schema).
+    top_level = yaml.safe_load((CHART_DIR / "values.yaml").read_text())
+    undocumented = [k for k in top_level if not re.search(rf"\| `{re.escape(k)}[.`]", doc)]
+    assert undocumented == [], f"top-level values missing from the chart README: {undocumented}"
+    # docs/deploy.md points there instead of keeping a second table.
+    assert "helm/authz-service/README.md" in DEPLOY_DOC.read_text()

@@ -27,7 +27,14 @@ BAD_VALUES = [
     pytest.param(
         {"secrets.existingSecret": "authz-secrets"}, "/secrets/databaseUrl", id="existing-and-inline"
     ),
-    pytest.param({"extraEnv": {"MY_API_TOKEN": "x"}}, "/extraEnv/MY_API_TOKEN", id="secret-in-extra-env"),
+    pytest.param({"extraEnv": {"MY_API_TOKEN": 3}}, "/extraEnv/MY_API_TOKEN", id="extra-env-not-string"),
+    pytest.param(
+        {"extraEnv": {"X": {"value": "x"}}}, "/extraEnv/X", id="extra-env-object-without-value-from"
+    ),
+    pytest.param({"tls.enabled": True}, "/tls/secretName", id="tls-without-secret"),
+    pytest.param(
+        {"metrics.prometheusRule.pendingApprovals": 0}, "/metrics/prometheusRule", id="rule-threshold"
+    ),
     pytest.param({"podAntiAffinity": "always"}, "/podAntiAffinity", id="anti-affinity-enum"),
     pytest.param({"config.logLevel": "TRACE"}, "/config/logLevel", id="log-level-enum"),
     pytest.param({"probes.liveness": {"grpc": {"port": 1}}}, "/probes/liveness", id="probe-not-timing"),
@@ -85,6 +92,10 @@ def test_schema_rejects_bad_connectors_naming_the_field(
         (
             {"config.dbPoolMin": 20, "config.dbPoolMax": 10},
             "config.dbPoolMax (10) must be at least config.dbPoolMin (20)",
+        ),
+        (
+            {"extraEnv": {"MY_API_TOKEN": "x"}},
+            "extraEnv.MY_API_TOKEN: a secret-looking name with a plain value",
         ),
         (
             {"autoscaling.enabled": True, "autoscaling.minReplicas": 5, "autoscaling.maxReplicas": 2},

@@ -29,6 +29,9 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: authz-service
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
 {{- end }}
 
 {{/* Selector of the release's pods; add a component label to narrow it. */}}
@@ -98,10 +101,89 @@ app.kubernetes.io/component: server
 
 {{/* Cross-field checks the JSON schema cannot express. */}}
 {{- define "authz.checkValues" -}}
+{{- range $name, $value := .Values.extraEnv }}
+{{- if and (not (kindIs "map" $value)) (regexMatch "(KEY|SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|DATABASE_URL)" $name) (not (hasSuffix "_FILE" $name)) }}
+{{- fail (printf "extraEnv.%s: a secret-looking name with a plain value; reference a Secret (valueFrom.secretKeyRef) instead" $name) }}
+{{- end }}
+{{- end }}
+{{- if and .Values.tls.enabled (not .Values.tls.secretName) }}
+{{- fail "tls.secretName is required when tls.enabled: a kubernetes.io/tls Secret (tls.crt, tls.key)" }}
+{{- end }}
 {{- if lt (int .Values.config.dbPoolMax) (int .Values.config.dbPoolMin) }}
 {{- fail (printf "config.dbPoolMax (%v) must be at least config.dbPoolMin (%v)" .Values.config.dbPoolMax .Values.config.dbPoolMin) }}
 {{- end }}
 {{- if and .Values.autoscaling.enabled (lt (int .Values.autoscaling.maxReplicas) (int .Values.autoscaling.minReplicas)) }}
 {{- fail (printf "autoscaling.maxReplicas (%v) must be at least autoscaling.minReplicas (%v)" .Values.autoscaling.maxReplicas .Values.autoscaling.minReplicas) }}
+{{- end }}
+{{- end }}
+
+{{/* Name of worker i's metrics port (at most 15 characters): metrics, metrics-1, ... */}}
+{{- define "authz.metricsPortName" -}}
+{{- if eq (int .) 0 }}metrics{{ else }}{{ printf "metrics-%d" (int .) }}{{ end }}
+{{- end }}
+
+{{/* The TLS Secret as a volume: the certificate, its key, the CA probes verify against and,
+     for mutual TLS, the client CA. */}}
+{{- define "authz.tlsVolume" -}}
+secret:
+  secretName: {{ .Values.tls.secretName }}
+  defaultMode: 0440
+  items:
+    - key: tls.crt
+      path: tls.crt
+    - key: tls.key
+      path: tls.key
+    - key: {{ .Values.tls.caKey }}
+      path: ca.crt
+    {{- if .Values.tls.clientCaKey }}
+    - key: {{ .Values.tls.clientCaKey }}
+      path: client-ca.crt
+    {{- end }}
+{{- end }}
+
+{{/* Client-side TLS variables for the probes, `kubectl exec ... authz` and the helm test
+     (the CLI's AUTHZ_CA_FILE; with mutual TLS the server's own certificate as client's). */}}
+{{- define "authz.tlsClientEnv" -}}
+- name: AUTHZ_CA_FILE
+  value: /etc/authz/tls/ca.crt
+{{- if .Values.tls.clientCaKey }}
+- name: AUTHZ_CLIENT_CERT_FILE
+  value: /etc/authz/tls/tls.crt
+- name: AUTHZ_CLIENT_KEY_FILE
+  value: /etc/authz/tls/tls.key
+{{- end }}
+{{- end }}
+
+{{/* A health probe; arg: dict "root" $ "service" name. Native gRPC without TLS; with TLS,
+     the image's healthcheck over TLS to 127.0.0.1 (kubelet's gRPC probes cannot do TLS). */}}
+{{- define "authz.probe" -}}
+{{- $v := .root.Values }}
+{{- if $v.tls.enabled }}
+exec:
+  command:
+    - python
+    - -m
+    - authz_service.healthcheck
+    - {{ printf "127.0.0.1:%v" $v.service.port | quote }}
+    - --service={{ .service }}
+{{- else }}
+grpc:
+  port: {{ $v.service.port }}
+  {{- with .service }}
+  service: {{ . }}
+  {{- end }}
+{{- end }}
+{{- end }}
+
+{{/* extraEnv entries: a string is a plain value, a map carries valueFrom. */}}
+{{- define "authz.extraEnv" -}}
+{{- range $name, $value := .Values.extraEnv }}
+- name: {{ $name }}
+{{- if kindIs "map" $value }}
+  valueFrom:
+    {{- toYaml $value.valueFrom | nindent 4 }}
+{{- else }}
+  value: {{ $value | quote }}
+{{- end }}
 {{- end }}
 {{- end }}
