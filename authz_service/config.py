@@ -255,7 +255,7 @@ class Settings:
         return cls(
             home=home,
             database_url=database_url,
-            listen=env.get("AUTHZ_LISTEN") or "127.0.0.1:50051",
+            listen=_listen(env, "AUTHZ_LISTEN") or "127.0.0.1:50051",
             secret_key=secret_key,
             operator_key=operator_key,
             pool_min=pool_min,

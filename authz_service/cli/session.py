@@ -61,7 +61,7 @@ class Session:
             tls = TlsConfig.from_env(os.environ)
         except (ValueError, OSError) as exc:
             raise CliError(f"TLS settings: {exc}") from None
-        address = self.address or os.environ.get("AUTHZ_ADDRESS") or DEFAULT_ADDRESS
+        address = self.address = self.address or os.environ.get("AUTHZ_ADDRESS") or DEFAULT_ADDRESS
         key = self.key(operator=operator)
         if tls is None and not is_loopback(address) and not self.warned_plaintext:
             # Once per command, on stderr: --json output on stdout stays parseable.
@@ -78,7 +78,9 @@ def call(fn: Callable[..., Any], request: Message, *, what: str = "") -> Any:
     try:
         return fn(request, timeout=TIMEOUT)
     except grpc.RpcError as exc:
-        raise RpcFailed(exc, what) from None
+        session = click.get_current_context(silent=True)
+        address = getattr(session and session.find_object(Session), "address", None) or ""
+        raise RpcFailed(exc, what, address) from None
 
 
 def _keep(name: str) -> Callable[[click.Context, click.Parameter, Any], None]:
