@@ -161,6 +161,26 @@ class RunningServer:
         await self.db.close()
 
 
+def connection_options(settings: Settings) -> list[tuple[str, int]]:
+    """Keepalive and connection age (docs/deploy.md, "Balancing"): a connection
+    that lives forever pins its client to one replica, so replicas an autoscaler
+    adds get no traffic from clients already connected."""
+    options = [
+        ("grpc.keepalive_time_ms", settings.keepalive_seconds * 1000),
+        ("grpc.keepalive_timeout_ms", 20_000),
+        # Accept the SDK's pings (every 30 s, also between calls) without a GOAWAY
+        # for "too many pings".
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ]
+    if settings.max_connection_age_seconds:
+        options += [
+            ("grpc.max_connection_age_ms", settings.max_connection_age_seconds * 1000),
+            ("grpc.max_connection_age_grace_ms", settings.max_connection_age_grace_seconds * 1000),
+        ]
+    return options
+
+
 async def start_server(
     db: Database, settings: Settings, listen: str | None = None, telemetry: Telemetry | None = None
 ) -> RunningServer:
@@ -222,6 +242,7 @@ async def start_server(
             # Only `serve --workers` shares a port; otherwise a second server on
             # the same port must fail to start, not silently split the traffic.
             ("grpc.so_reuseport", 1 if settings.reuseport else 0),
+            *connection_options(settings),
         ]
     )
     authz_pb2_grpc.add_AuthzServiceServicer_to_server(AuthzServicer(runtime), server)
