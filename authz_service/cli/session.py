@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -42,6 +42,8 @@ class Session:
     api_key: str | None = None
     json: bool = False
     warned_plaintext: bool = False
+    tls: dict[str, str] = field(default_factory=dict)
+    """The TLS flags, as the AUTHZ_* variables they stand for (they win over the environment)."""
 
     def key(self, *, operator: bool = False) -> str:
         """The tenant key (``--api-key``, ``AUTHZ_API_KEY[_FILE]``) or the operator key."""
@@ -58,7 +60,7 @@ class Session:
 
     def client(self, *, operator: bool = False) -> SyncClient:
         try:
-            tls = TlsConfig.from_env(os.environ)
+            tls = TlsConfig.from_env({**os.environ, **self.tls})
         except (ValueError, OSError) as exc:
             raise CliError(f"TLS settings: {exc}") from None
         address = self.address = self.address or os.environ.get("AUTHZ_ADDRESS") or DEFAULT_ADDRESS
@@ -91,9 +93,27 @@ def _keep(name: str) -> Callable[[click.Context, click.Parameter, Any], None]:
     return store
 
 
+def _tls(variable: str) -> Callable[[click.Context, click.Parameter, Any], None]:
+    def store(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+        if value:
+            ctx.ensure_object(Session).tls[variable] = "on" if value is True else str(value)
+
+    return store
+
+
 def session_options(f: F) -> F:
-    """``--address``, ``--api-key`` and ``--json``, stored in the context's Session."""
+    """``--address``, ``--api-key``, ``--json`` and the TLS flags, stored in the
+    context's Session. The root command has them too: ``authz --json channel list``
+    and ``authz channel list --json`` are the same."""
     for option in (
+        click.option("--client-key", metavar="FILE", expose_value=False, callback=_tls("AUTHZ_CLIENT_KEY_FILE"),
+                     help="client key for mutual TLS (AUTHZ_CLIENT_KEY_FILE)"),
+        click.option("--client-cert", metavar="FILE", expose_value=False, callback=_tls("AUTHZ_CLIENT_CERT_FILE"),
+                     help="client certificate for mutual TLS (AUTHZ_CLIENT_CERT_FILE)"),
+        click.option("--ca-file", metavar="FILE", expose_value=False, callback=_tls("AUTHZ_CA_FILE"),
+                     help="CA that signed the service's certificate; implies --tls (AUTHZ_CA_FILE)"),
+        click.option("--tls", is_flag=True, expose_value=False, callback=_tls("AUTHZ_TLS"),
+                     help="connect with TLS, system CAs (AUTHZ_TLS=on)"),
         click.option("--json", is_flag=True, expose_value=False, callback=_keep("json"),
                      help="machine-readable output"),
         click.option("--api-key", metavar="KEY", expose_value=False, callback=_keep("api_key"),
