@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import stat
 import subprocess
 import sys
+from pathlib import Path
 
 from authz_service import __version__
 
@@ -57,10 +59,51 @@ async def test_flags_before_or_after_the_command(service: Service, tenant: Tenan
     assert wrong.returncode == 0, wrong.stderr
 
 
-def test_tls_flags_stand_for_the_variables(tmp_path: object) -> None:
+def test_tls_flags_stand_for_the_variables() -> None:
     env = clean_env(AUTHZ_API_KEY="x")
     result = run(env, "channel", "list", "--client-cert", "/nonexistent/cert.pem")
     assert result.returncode == 2
     assert "AUTHZ_CLIENT_CERT_FILE and AUTHZ_CLIENT_KEY_FILE must be set together" in result.stderr
     result = run(env, "--ca-file", "/nonexistent/ca.pem", "channel", "list")
     assert result.returncode == 2 and "TLS settings:" in result.stderr and "ca.pem" in result.stderr
+
+
+async def test_named_contexts(service: Service, tenant: Tenant, tmp_path: Path) -> None:
+    """`authz context add|use|list`: a saved deployment answers with no AUTHZ_* set;
+    the file is 0600 (it holds keys); flags still win over the context."""
+    await tenant.channel("tg")
+    env = clean_env(AUTHZ_CONFIG_DIR=str(tmp_path / "cfg"))
+    key_file = tmp_path / "key"
+    key_file.write_text(tenant.keys["admin"] + "\n")
+
+    def authz(*args: str) -> subprocess.CompletedProcess[str]:
+        return run(env, *args)
+
+    added = await asyncio.to_thread(authz, "context", "add", "prod", "--address", service.address,
+                                    "--api-key-file", str(key_file))  # fmt: skip
+    assert added.returncode == 0 and "in use" in added.stdout, added.stderr
+    await asyncio.to_thread(authz, "context", "add", "nowhere", "--address", "127.0.0.1:1", "--api-key", "x")
+    stored = tmp_path / "cfg" / "contexts.json"
+    assert stat.S_IMODE(stored.stat().st_mode) == 0o600
+    assert stat.S_IMODE(stored.parent.stat().st_mode) == 0o700
+
+    listed = await asyncio.to_thread(authz, "--json", "context", "list")
+    rows = {r["name"]: r for r in json.loads(listed.stdout)}
+    assert rows["prod"]["current"] == "*" and rows["nowhere"]["current"] == ""
+    assert tenant.keys["admin"] not in listed.stdout
+
+    channels = await asyncio.to_thread(authz, "--json", "channel", "list")
+    assert channels.returncode == 0, channels.stderr
+    assert [c["channel_id"] for c in json.loads(channels.stdout)] == ["tg"]
+
+    assert (await asyncio.to_thread(authz, "context", "use", "nowhere")).returncode == 0
+    failed = await asyncio.to_thread(authz, "channel", "list")
+    assert failed.returncode == 2 and "no authz service answers at 127.0.0.1:1" in failed.stderr
+    # A flag wins over the context in use; so does AUTHZ_CONTEXT.
+    flagged = await asyncio.to_thread(authz, "channel", "list", "--address", service.address,
+                                      "--api-key", tenant.keys["admin"])  # fmt: skip
+    assert flagged.returncode == 0, flagged.stderr
+    chosen = await asyncio.to_thread(run, {**env, "AUTHZ_CONTEXT": "prod"}, "channel", "list")
+    assert chosen.returncode == 0, chosen.stderr
+    unknown = await asyncio.to_thread(authz, "context", "use", "staging")
+    assert unknown.returncode == 2 and "context 'staging' not found" in unknown.stderr

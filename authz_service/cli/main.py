@@ -23,6 +23,7 @@ from . import (
     approvers,
     audit,
     channel,
+    context,
     doctor,
     group,
     invites,
@@ -83,6 +84,7 @@ for command in (
     policy_commands.apply,
     policy_commands.export,
     doctor.doctor_command,
+    context.context,
 ):
     cli.add_command(command)
 

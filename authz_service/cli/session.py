@@ -20,6 +20,7 @@ from google.protobuf.message import Message
 
 from ..client import DEFAULT_ADDRESS, SyncClient, TlsConfig, connect_sync, is_loopback, plaintext_warning
 from . import output
+from .context import in_use
 from .errors import CliError, RpcFailed
 
 TIMEOUT = 15  # seconds, for every unary call
@@ -45,6 +46,10 @@ class Session:
     tls: dict[str, str] = field(default_factory=dict)
     """The TLS flags, as the AUTHZ_* variables they stand for (they win over the environment)."""
 
+    def context(self) -> dict[str, Any]:
+        """The named context in use (``authz context``); flags and AUTHZ_* win over it."""
+        return in_use()
+
     def key(self, *, operator: bool = False) -> str:
         """The tenant key (``--api-key``, ``AUTHZ_API_KEY[_FILE]``) or the operator key."""
         if operator:
@@ -52,18 +57,26 @@ class Session:
             key = _read_key("AUTHZ_OPERATOR_KEY", home / "operator.key")
             missing = "set AUTHZ_OPERATOR_KEY (or AUTHZ_OPERATOR_KEY_FILE)"
         else:
-            key = self.api_key or _read_key("AUTHZ_API_KEY", None)
-            missing = "set AUTHZ_API_KEY (or pass --api-key); `make run` prints one for the demo tenant"
+            key = self.api_key or _read_key("AUTHZ_API_KEY", None) or self.context().get("api_key")
+            missing = (
+                "set AUTHZ_API_KEY (or pass --api-key, or save a context: `authz context add`);"
+                " `make run` prints one for the demo tenant"
+            )
         if not key:
             raise CliError(missing)
         return key
 
     def client(self, *, operator: bool = False) -> SyncClient:
         try:
-            tls = TlsConfig.from_env({**os.environ, **self.tls})
+            tls = TlsConfig.from_env({**self.context().get("tls", {}), **os.environ, **self.tls})
         except (ValueError, OSError) as exc:
             raise CliError(f"TLS settings: {exc}") from None
-        address = self.address = self.address or os.environ.get("AUTHZ_ADDRESS") or DEFAULT_ADDRESS
+        address = self.address = (
+            self.address
+            or os.environ.get("AUTHZ_ADDRESS")
+            or self.context().get("address")
+            or DEFAULT_ADDRESS
+        )
         key = self.key(operator=operator)
         if tls is None and not is_loopback(address) and not self.warned_plaintext:
             # Once per command, on stderr: --json output on stdout stays parseable.
