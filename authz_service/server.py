@@ -30,7 +30,7 @@ from .flows.auth import FailureThrottle, hash_secret
 from .flows.watch import ApprovalFeed
 from .gen.authz.v1 import admin_pb2, admin_pb2_grpc, authz_pb2, authz_pb2_grpc
 from .store import audit, denials, embedded
-from .store.db import Database, schema_message
+from .store.db import Database, UnsafeDatabaseRole, schema_message
 from .store.migrate import LATEST_VERSION, migrate
 from .store.notify import CHANGES, ApprovalNotifier, Listener
 from .telemetry import Telemetry, from_settings
@@ -265,15 +265,13 @@ async def start_server(
             port = server.add_secure_port(address, credentials)
     except RuntimeError:  # grpcio raises where older releases returned 0
         port = 0
-    problem = (
-        ""
-        if port
-        else (
+    problem = ""
+    if not port:
+        problem = (
             f"cannot listen on {address} (in use, or not an address of this machine):"
             " change AUTHZ_LISTEN (or `authz serve --address`)"
         )
-    )
-    if not problem and telemetry is not None:
+    elif telemetry is not None:
         # Before readiness says SERVING: a busy metrics port stops the start, not a running server.
         telemetry.attach(db, cache)
         try:
@@ -330,6 +328,8 @@ async def _connect(dsn: str, settings: Settings) -> Database:
         problem = f"the database at {where} refused the login ({exc})"
     except asyncpg.InvalidCatalogNameError as exc:
         problem = f"the database at {where} has no such database ({exc})"
+    except UnsafeDatabaseRole as exc:
+        problem = str(exc)
     except (TimeoutError, OSError) as exc:
         why = getattr(exc, "strerror", None) or str(exc) or "timed out"
         problem = f"cannot reach the database at {where} ({why})"
