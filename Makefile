@@ -18,7 +18,8 @@ help:
 	@echo "make chart  test the Helm chart and package it into dist/"
 	@echo "make bench  measure throughput and latency; prints bench/ratio lines, writes bench-report.json"
 	@echo "make lock   re-resolve pyproject.toml's ranges into requirements.lock and requirements-dev.lock"
-	@echo "make clean  remove the virtualenv, generated code and local data"
+	@echo "make fmt    ruff format and ruff check --fix"
+	@echo "make clean  remove the virtualenv, generated code and tool caches (keeps local data in $(AUTHZ_HOME))"
 
 # Exact versions from the lock, then the project itself (no dependency resolution).
 $(VENV_STAMP): pyproject.toml setup.py requirements-dev.lock

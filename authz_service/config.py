@@ -229,6 +229,16 @@ class Settings:
     """AUTHZ_STREAMS_PER_PROCESS: open streams this process holds at most, all tenants together."""
     stream_max_seconds: float = 3600.0
     """AUTHZ_STREAM_MAX_SECONDS: a stream ends (UNAVAILABLE, open it again) after this long."""
+    keepalive_seconds: int = 60
+    """AUTHZ_KEEPALIVE_SECONDS: the server pings an idle connection this often (and drops it
+    when the ping is not answered within 20 s)."""
+    max_connection_age_seconds: int = 300
+    """AUTHZ_MAX_CONNECTION_AGE_SECONDS: a client connection is asked to go (GOAWAY; the client
+    reconnects, through the load balancer) after about this long (±10%), so new replicas get
+    traffic from clients already connected; 0: never."""
+    max_connection_age_grace_seconds: int = 30
+    """AUTHZ_MAX_CONNECTION_AGE_GRACE_SECONDS: calls in flight on such a connection get this long
+    to finish before it closes (open streams end UNAVAILABLE: clients open them again)."""
 
     @property
     def embedded(self) -> bool:
@@ -258,7 +268,7 @@ class Settings:
         return cls(
             home=home,
             database_url=database_url,
-            listen=env.get("AUTHZ_LISTEN") or "127.0.0.1:50051",
+            listen=_listen(env, "AUTHZ_LISTEN") or "127.0.0.1:50051",
             secret_key=secret_key,
             operator_key=operator_key,
             pool_min=pool_min,
@@ -292,4 +302,9 @@ class Settings:
             streams_per_tenant=_int(env, "AUTHZ_STREAMS_PER_TENANT", 1000, 1, 1_000_000),
             streams_per_process=_int(env, "AUTHZ_STREAMS_PER_PROCESS", 10_000, 1, 1_000_000),
             stream_max_seconds=float(_int(env, "AUTHZ_STREAM_MAX_SECONDS", 3600, 1, 86_400)),
+            keepalive_seconds=_int(env, "AUTHZ_KEEPALIVE_SECONDS", 60, 10, 86_400),
+            max_connection_age_seconds=_int(env, "AUTHZ_MAX_CONNECTION_AGE_SECONDS", 300, 0, 30 * 86_400),
+            max_connection_age_grace_seconds=_int(
+                env, "AUTHZ_MAX_CONNECTION_AGE_GRACE_SECONDS", 30, 1, 86_400
+            ),
         )

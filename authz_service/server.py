@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -21,7 +22,7 @@ from .api.http import HttpServer, build_app, server_ssl_context
 from .api.rpc import Gate, Runtime
 from .api.streams import StreamLimits, Streams
 from .cache import StateCache
-from .config import Settings
+from .config import ConfigError, Settings
 from .domain.errors import Unavailable
 from .domain.floods import DENIED_SEND_INTERVAL_SECONDS
 from .domain.pairing import Keyring
@@ -30,7 +31,7 @@ from .flows.auth import FailureThrottle, hash_secret
 from .flows.watch import ApprovalFeed
 from .gen.authz.v1 import admin_pb2, admin_pb2_grpc, authz_pb2, authz_pb2_grpc
 from .store import audit, denials, embedded
-from .store.db import Database, schema_message
+from .store.db import Database, UnsafeDatabaseRole, schema_message
 from .store.migrate import LATEST_VERSION, migrate
 from .store.notify import CHANGES, ApprovalNotifier, Listener
 from .telemetry import Telemetry, from_settings
@@ -46,6 +47,11 @@ SERVICE_NAMES = (
     admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
 )
 MAX_MESSAGE_BYTES = 256 * 1024
+
+
+class StartupError(ConfigError):
+    """A start-up failure the operator fixes by changing one setting, which the
+    message names: `authz serve` prints it as one line and exits 2."""
 
 
 class Readiness:
@@ -161,6 +167,26 @@ class RunningServer:
         await self.db.close()
 
 
+def connection_options(settings: Settings) -> list[tuple[str, int]]:
+    """Keepalive and connection age (docs/deploy.md, "Balancing"): a connection
+    that lives forever pins its client to one replica, so replicas an autoscaler
+    adds get no traffic from clients already connected."""
+    options = [
+        ("grpc.keepalive_time_ms", settings.keepalive_seconds * 1000),
+        ("grpc.keepalive_timeout_ms", 20_000),
+        # Accept the SDK's pings (every 30 s, also between calls) without a GOAWAY
+        # for "too many pings".
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ]
+    if settings.max_connection_age_seconds:
+        options += [
+            ("grpc.max_connection_age_ms", settings.max_connection_age_seconds * 1000),
+            ("grpc.max_connection_age_grace_ms", settings.max_connection_age_grace_seconds * 1000),
+        ]
+    return options
+
+
 async def start_server(
     db: Database,
     settings: Settings,
@@ -227,6 +253,7 @@ async def start_server(
             # Only `serve --workers` shares a port; otherwise a second server on
             # the same port must fail to start, not silently split the traffic.
             ("grpc.so_reuseport", 1 if settings.reuseport else 0),
+            *connection_options(settings),
         ]
     )
     authz_servicer, admin_servicer = AuthzServicer(runtime), AdminServicer(runtime)
@@ -238,25 +265,51 @@ async def start_server(
         (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
     address = listen or settings.listen
-    if settings.tls is None:
-        port = server.add_insecure_port(address)
-    else:
-        credentials = grpc.ssl_server_credentials(
-            [(settings.tls.private_key, settings.tls.certificate_chain)],
-            root_certificates=settings.tls.client_ca,
-            require_client_auth=settings.tls.client_ca is not None,
+    try:
+        if settings.tls is None:
+            port = server.add_insecure_port(address)
+        else:
+            credentials = grpc.ssl_server_credentials(
+                [(settings.tls.private_key, settings.tls.certificate_chain)],
+                root_certificates=settings.tls.client_ca,
+                require_client_auth=settings.tls.client_ca is not None,
+            )
+            port = server.add_secure_port(address, credentials)
+    except RuntimeError:  # grpcio raises where older releases returned 0
+        port = 0
+    problem = ""
+    if not port:
+        problem = (
+            f"cannot listen on {address} (in use, or not an address of this machine):"
+            " change AUTHZ_LISTEN (or `authz serve --address`)"
         )
-        port = server.add_secure_port(address, credentials)
-    if port == 0:
-        raise RuntimeError(f"cannot listen on {address}")
+    elif telemetry is not None:
+        # Before readiness says SERVING: a busy metrics port stops the start, not a running server.
+        telemetry.attach(db, cache)
+        try:
+            telemetry.start()
+        except OSError as exc:
+            problem = (
+                f"cannot serve metrics on {settings.metrics_listen} ({exc.strerror or exc}):"
+                " change AUTHZ_METRICS_LISTEN"
+            )
+    http: HttpServer | None = None
+    if not problem:
+        # Before the gRPC server starts: a port that is taken fails start-up with nothing serving.
+        http_address = http_listen or settings.http_listen
+        try:
+            http = await _start_http(settings, http_address, authz_servicer, admin_servicer)
+        except OSError as exc:
+            problem = f"cannot serve the HTTP API on {http_address} ({exc.strerror or exc}): change AUTHZ_HTTP_LISTEN"
+    if problem:
+        await listener.close()
+        await streams.close()
+        if telemetry is not None:
+            await telemetry.shutdown()
+        raise StartupError(problem)
     await health_servicer.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
     readiness = Readiness(db, health_servicer, gate, settings.readiness_interval_seconds)
     await readiness.check()  # before the first call is accepted
-    if telemetry is not None:
-        telemetry.attach(db, cache)
-        telemetry.start()
-    # Before the gRPC server starts: a port that is taken fails start-up with nothing serving.
-    http = await _start_http(settings, http_listen or settings.http_listen, authz_servicer, admin_servicer)
     await server.start()
     readiness.start()
     sweep = DenialSweep(db, settings.denied_send_sweep_seconds)
@@ -315,18 +368,51 @@ async def prepare_database(settings: Settings, *, announce: Callable[[str], None
     return emb.service_dsn
 
 
+async def _connect(dsn: str, settings: Settings) -> Database:
+    """The pool, or a StartupError naming AUTHZ_DATABASE_URL with what PostgreSQL said."""
+    where = _dsn_host(dsn)
+    try:
+        return await Database.connect(
+            dsn,
+            min_size=settings.pool_min,
+            max_size=settings.pool_max,
+            timeout=settings.db_timeout,
+            require_schema=False,  # serve NOT_SERVING until `authz migrate` has run
+        )
+    except (asyncpg.InvalidPasswordError, asyncpg.InvalidAuthorizationSpecificationError) as exc:
+        problem = f"the database at {where} refused the login ({exc})"
+    except asyncpg.InvalidCatalogNameError as exc:
+        problem = f"the database at {where} has no such database ({exc})"
+    except UnsafeDatabaseRole as exc:
+        problem = str(exc)
+    except (TimeoutError, OSError) as exc:
+        why = getattr(exc, "strerror", None) or str(exc) or "timed out"
+        problem = f"cannot reach the database at {where} ({why})"
+    raise StartupError(f"{problem}: check AUTHZ_DATABASE_URL")
+
+
+def _dsn_host(dsn: str) -> str:
+    """host:port of a DSN, never its password."""
+    from urllib.parse import parse_qs, urlsplit
+
+    try:
+        parts = urlsplit(dsn)
+        socket_dir = parse_qs(parts.query).get("host", [""])[0]
+        return socket_dir or f"{parts.hostname or 'localhost'}:{parts.port or 5432}"
+    except ValueError:
+        return "the configured address"
+
+
 async def serve(
     settings: Settings, *, on_ready: Callable[[RunningServer], Awaitable[None]] | None = None
 ) -> None:
     dsn = await prepare_database(settings)
-    db = await Database.connect(
-        dsn,
-        min_size=settings.pool_min,
-        max_size=settings.pool_max,
-        timeout=settings.db_timeout,
-        require_schema=False,  # serve NOT_SERVING until `authz migrate` has run
-    )
-    running = await start_server(db, settings, telemetry=from_settings(settings))
+    db = await _connect(dsn, settings)
+    try:
+        running = await start_server(db, settings, telemetry=from_settings(settings))
+    except BaseException:
+        await db.close()
+        raise
     log.info("authz service listening", extra={"port": running.port, "embedded": settings.embedded})
     worker = f" (worker pid {os.getpid()})" if settings.reuseport else ""
     print(

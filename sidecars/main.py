@@ -43,6 +43,8 @@ import traceback
 from collections.abc import Callable, Coroutine, Sequence
 from typing import IO, Any
 
+import grpc
+
 from authz_service.client import Client, TlsConfig, connect
 from authz_service.logs import JsonFormatter
 
@@ -80,9 +82,42 @@ def make_client(config: ConnectorConfig) -> Client:
     )
 
 
+# The user id of the start-up probe, shaped as the platform's (the service checks
+# shapes). CheckUser is a read-only call: asking about it changes nothing.
+PROBE_USERS = {"slack": "TAUTHZ:UAUTHZPROBE"}
+PROBE_USER = "1000000"  # Telegram and Discord: numeric
+
+
+async def check_service(config: ConnectorConfig, client: Client) -> None:
+    """Before the platform starts: the service answers, the key is accepted and
+    the channel exists, or a ConfigError naming which one is wrong."""
+    try:
+        result = await client.check_user(config.channel_id, PROBE_USERS.get(config.platform, PROBE_USER))
+    except grpc.RpcError as exc:
+        code, details = exc.code(), exc.details()
+        if code is grpc.StatusCode.UNAVAILABLE:
+            raise ConfigError(f"address: no authz service answers at {config.address} ({details})") from None
+        if code is grpc.StatusCode.UNAUTHENTICATED:
+            raise ConfigError(f"api_key: the service at {config.address} refused it ({details})") from None
+        if code is grpc.StatusCode.PERMISSION_DENIED:
+            raise ConfigError(
+                f"api_key: not a connector key for channel {config.channel_id!r} ({details})"
+            ) from None
+        if code is grpc.StatusCode.INVALID_ARGUMENT:
+            raise ConfigError(f"channel_id: {details}") from None
+        raise
+    if result.reason == "channel_not_configured":
+        raise ConfigError(f"channel_id: channel {config.channel_id!r} not found")
+
+
 async def serve(config: ConnectorConfig, run_platform: RunPlatform) -> None:
     """Run the connector until SIGTERM/SIGINT or until the platform side ends."""
     client = make_client(config)
+    try:
+        await check_service(config, client)
+    except BaseException:
+        await client.close()
+        raise
     agent = make_agent(config.agent_url)
     endpoint: SendEndpoint | None = None
 
@@ -179,6 +214,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         asyncio.run(serve(config, run_platform))
+    except ConfigError as exc:
+        print(f"authz-connector: configuration error: {_scrub(str(exc), config.secrets())}", file=sys.stderr)
+        return 2
     except Exception as exc:
         # Libraries put tokens in their messages (python-telegram-bot's InvalidToken
         # does): scrub every configured secret before anything is printed.

@@ -33,6 +33,10 @@ from authz_service.store import embedded
 from authz_service.store.db import Database
 from authz_service.store.migrate import migrate
 
+# A developer's own CLI contexts (authz context use ...) must not leak into tests.
+os.environ["AUTHZ_CONFIG_DIR"] = tempfile.mkdtemp(prefix="authz-test-config-")
+os.environ.pop("AUTHZ_CONTEXT", None)
+
 SECRET_KEY = secrets.token_urlsafe(32)
 """The deployment's AUTHZ_SECRET_KEY: every server the tests start shares it, as
 replicas must (API keys carry a MAC under it, flows/auth.py)."""

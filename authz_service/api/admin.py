@@ -278,7 +278,9 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     @rpc(Role.ADMIN, read_only=True)
     async def ListUsers(self, request: adm.ListUsersRequest, ctx: Context) -> adm.ListUsersResponse:
         which = convert.enum_in(_USER_FILTER, request.filter, "filter")
-        users = await flows.list_users(ctx, ids.channel_id(request.channel_id), which)
+        channel_id = ids.channel_id(request.channel_id)
+        await flows.get_channel(ctx, channel_id)  # NOT_FOUND, not an empty list, for a mistyped one
+        users = await flows.list_users(ctx, channel_id, which)
         return adm.ListUsersResponse(users=[convert.subject_out(s) for s in users])
 
     # --- data rights -------------------------------------------------------------------
@@ -336,6 +338,8 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self, request: adm.ListApprovalsRequest, ctx: Context
     ) -> adm.ListApprovalsResponse:
         channel_id = ids.channel_id(request.channel_id) if request.channel_id else ""
+        if channel_id:
+            await flows.get_channel(ctx, channel_id)  # NOT_FOUND, not an empty list, for a mistyped one
         status = (
             convert.APPROVAL_STATUS[cm.APPROVAL_STATUS_PENDING]
             if request.status == cm.APPROVAL_STATUS_UNSPECIFIED
@@ -418,6 +422,8 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     @rpc(Role.ADMIN, read_only=True)
     async def ListInvites(self, request: adm.ListInvitesRequest, ctx: Context) -> adm.ListInvitesResponse:
         channel_id = ids.channel_id(request.channel_id) if request.channel_id else ""
+        if channel_id:
+            await flows.get_channel(ctx, channel_id)
         found = await invites.list_invites(ctx, channel_id, request.include_inactive)
         return adm.ListInvitesResponse(invites=[convert.invite_out(i) for i in found])
 

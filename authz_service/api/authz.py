@@ -13,6 +13,7 @@ from ..domain.errors import InvalidArgument
 from ..domain.invites import normalize_invite_code
 from ..domain.model import ChatKind, Role
 from ..flows import Context, access, invites, pairing, resolve, tools
+from ..flows.admin import get_channel
 from ..flows.approvals import ResolveTarget
 from ..gen.authz.v1 import authz_pb2 as az
 from ..gen.authz.v1 import authz_pb2_grpc
@@ -120,6 +121,10 @@ class AuthzServicer(authz_pb2_grpc.AuthzServiceServicer):
                 "actor_id", "is required for connector keys: the platform id of who pressed"
             )
         reason = convert.text(request.reason, "reason", MAX_REASON)
+        if target.channel_id and ctx.principal.role is not Role.CONNECTOR:
+            # An operator's mistyped channel (`authz pairing approve`): NOT_FOUND naming it,
+            # not "no such approval", and not counted as a failed code.
+            await get_channel(ctx, target.channel_id)
         result = await resolve.resolve(ctx, target, action, actor_id, reason)
         return az.ResolveApprovalResponse(
             approval=convert.approval_out(result.approval),

@@ -11,12 +11,14 @@ from pathlib import Path
 
 import grpc
 
+from .. import names
 from ..client import TlsConfig, connect
 from ..config import Settings, write_private
 from ..gen.authz.v1 import admin_pb2 as adm
 from ..gen.authz.v1 import common_pb2 as cm
 from ..logs import setup_logging
 from ..server import RunningServer, http_url, serve
+from .output import safe
 
 DEMO_TENANT = "demo"
 DEMO_CHANNEL = "demo"
@@ -51,11 +53,11 @@ async def _bootstrap(settings: Settings, running: RunningServer) -> None:
     admin = connect(address, admin_key, tls=tls)
     try:
         try:
-            await admin.admin.GetChannel(adm.GetChannelRequest(channel_id=DEMO_CHANNEL))
+            channel = await admin.admin.GetChannel(adm.GetChannelRequest(channel_id=DEMO_CHANNEL))
         except grpc.aio.AioRpcError as exc:
             if exc.code() != grpc.StatusCode.NOT_FOUND:
                 raise
-            await admin.admin.SetChannel(
+            channel = await admin.admin.SetChannel(
                 adm.SetChannelRequest(
                     channel_id=DEMO_CHANNEL,
                     platform=cm.PLATFORM_TELEGRAM,
@@ -88,8 +90,7 @@ async def _bootstrap(settings: Settings, running: RunningServer) -> None:
     print(
         f"""
 ────────────────────────────────────────────────────────────────────────
- Ready. Tenant '{DEMO_TENANT}' has a Telegram channel '{DEMO_CHANNEL}' with DM policy 'pairing'
- and no owner, so requesters are told the CLI command to approve them.
+ Ready. {describe(channel)}
 
  In another terminal:
 
@@ -108,6 +109,19 @@ async def _bootstrap(settings: Settings, running: RunningServer) -> None:
 ────────────────────────────────────────────────────────────────────────""",
         flush=True,
     )
+
+
+def describe(channel: adm.Channel) -> str:
+    """The demo channel as it is now (an earlier run, or the operator, may have changed it)."""
+    platform = names.PLATFORM.label(channel.platform).capitalize()
+    policy = channel.policy
+    text = (
+        f"Tenant '{DEMO_TENANT}' has a {platform} channel '{channel.channel_id}' with DM policy"
+        f" '{names.DM_POLICY.label(policy.dm_policy)}'"
+    )
+    if policy.owner_id:
+        return f"{text}\n and owner {safe(policy.owner_id)}, who approves requests in the chat."
+    return f"{text}\n and no owner, so requesters are told the CLI command to approve them."
 
 
 def run_dev() -> int:

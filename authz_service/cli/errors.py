@@ -10,8 +10,11 @@ errors into status codes in one place.
 
 from __future__ import annotations
 
+import os
+
 import grpc
 
+from ..client import DEFAULT_ADDRESS
 from ..config import ConfigError
 
 OK = 0
@@ -28,18 +31,32 @@ class CliError(Exception):
         self.exit_code = exit_code
 
 
-def status_message(exc: grpc.RpcError, what: str = "") -> str:
-    """``<STATUS>: [what: ]<details>``: how every refused call reads."""
+def unreachable(exc: grpc.RpcError) -> bool:
+    """No connection at all (nothing listens, wrong host), as opposed to a
+    service that answered UNAVAILABLE itself (database down, draining)."""
+    return exc.code() is grpc.StatusCode.UNAVAILABLE and "failed to connect" in (exc.details() or "")
+
+
+def status_message(exc: grpc.RpcError, what: str = "", address: str = "") -> str:
+    """``<STATUS>: [what: ]<details>``: how every refused call reads; a service
+    that cannot be reached is named, with how to start one."""
+    if unreachable(exc):
+        return (
+            f"no authz service answers at {address or os.environ.get('AUTHZ_ADDRESS') or DEFAULT_ADDRESS}:"
+            " start one with"
+            " `authz serve` (or `make run`), or point AUTHZ_ADDRESS / --address at a running one"
+        )
     code = exc.code()
     name = code.name if code is not None else "UNKNOWN"
     return f"{name}: {what + ': ' if what else ''}{exc.details()}"
 
 
 class RpcFailed(CliError):
-    """A refused call, with what the command was doing (``cannot approve apr_...``)."""
+    """A refused call, with what the command was doing (``cannot approve apr_...``)
+    and the address it went to."""
 
-    def __init__(self, exc: grpc.RpcError, what: str = "") -> None:
-        super().__init__(status_message(exc, what))
+    def __init__(self, exc: grpc.RpcError, what: str = "", address: str = "") -> None:
+        super().__init__(status_message(exc, what, address))
         self.status = exc.code()
 
 

@@ -16,12 +16,14 @@ from typing import Any
 
 import click
 
+from .. import __version__
 from . import apply as policy_commands
 from . import (
     approvals,
     approvers,
     audit,
     channel,
+    context,
     doctor,
     group,
     invites,
@@ -34,6 +36,7 @@ from . import (
 )
 from .errors import HANDLED, outcome
 from .output import safe
+from .session import session_options
 
 
 class Authz(click.Group):
@@ -56,6 +59,8 @@ class Authz(click.Group):
 
 
 @click.group(cls=Authz, help="Authorization service for chat-bot agents.")
+@click.version_option(__version__, "--version", "-V", prog_name="authz", message="%(prog)s %(version)s")
+@session_options
 def cli() -> None:
     pass
 
@@ -79,6 +84,7 @@ for command in (
     policy_commands.apply,
     policy_commands.export,
     doctor.doctor_command,
+    context.context,
 ):
     cli.add_command(command)
 

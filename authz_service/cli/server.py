@@ -36,13 +36,16 @@ def _server_code(command: str) -> Iterator[None]:
 @click.command(help="run the gRPC service (embedded PostgreSQL when AUTHZ_DATABASE_URL is unset)")
 @click.option("--workers", type=click.IntRange(1, 64), metavar="N",
               help="processes sharing the port with SO_REUSEPORT, 1-64 (default: AUTHZ_WORKERS or 1)")  # fmt: skip
-@session_options  # accepted and ignored, as by every command
-def serve(workers: int | None) -> int:
+@click.option("--address", metavar="HOST:PORT", help="listen here (default: AUTHZ_LISTEN, 127.0.0.1:50051)")
+def serve(workers: int | None, address: str | None) -> int:
     with _server_code("serve"):
         from ..logs import setup_logging
         from ..server import serve as run_server
 
     setup_logging()
+    if address:
+        # Through the environment, so `--workers` hands it to every worker.
+        os.environ["AUTHZ_LISTEN"] = address
     settings = Settings.from_env()
     workers = workers or settings.workers
     if workers > 1 and not settings.reuseport:

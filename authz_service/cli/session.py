@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -20,6 +20,7 @@ from google.protobuf.message import Message
 
 from ..client import DEFAULT_ADDRESS, SyncClient, TlsConfig, connect_sync, is_loopback, plaintext_warning
 from . import output
+from .context import in_use
 from .errors import CliError, RpcFailed
 
 TIMEOUT = 15  # seconds, for every unary call
@@ -42,6 +43,12 @@ class Session:
     api_key: str | None = None
     json: bool = False
     warned_plaintext: bool = False
+    tls: dict[str, str] = field(default_factory=dict)
+    """The TLS flags, as the AUTHZ_* variables they stand for (they win over the environment)."""
+
+    def context(self) -> dict[str, Any]:
+        """The named context in use (``authz context``); flags and AUTHZ_* win over it."""
+        return in_use()
 
     def key(self, *, operator: bool = False) -> str:
         """The tenant key (``--api-key``, ``AUTHZ_API_KEY[_FILE]``) or the operator key."""
@@ -50,18 +57,26 @@ class Session:
             key = _read_key("AUTHZ_OPERATOR_KEY", home / "operator.key")
             missing = "set AUTHZ_OPERATOR_KEY (or AUTHZ_OPERATOR_KEY_FILE)"
         else:
-            key = self.api_key or _read_key("AUTHZ_API_KEY", None)
-            missing = "set AUTHZ_API_KEY (or pass --api-key); `make run` prints one for the demo tenant"
+            key = self.api_key or _read_key("AUTHZ_API_KEY", None) or self.context().get("api_key")
+            missing = (
+                "set AUTHZ_API_KEY (or pass --api-key, or save a context: `authz context add`);"
+                " `make run` prints one for the demo tenant"
+            )
         if not key:
             raise CliError(missing)
         return key
 
     def client(self, *, operator: bool = False) -> SyncClient:
         try:
-            tls = TlsConfig.from_env(os.environ)
+            tls = TlsConfig.from_env({**self.context().get("tls", {}), **os.environ, **self.tls})
         except (ValueError, OSError) as exc:
             raise CliError(f"TLS settings: {exc}") from None
-        address = self.address or os.environ.get("AUTHZ_ADDRESS") or DEFAULT_ADDRESS
+        address = self.address = (
+            self.address
+            or os.environ.get("AUTHZ_ADDRESS")
+            or self.context().get("address")
+            or DEFAULT_ADDRESS
+        )
         key = self.key(operator=operator)
         if tls is None and not is_loopback(address) and not self.warned_plaintext:
             # Once per command, on stderr: --json output on stdout stays parseable.
@@ -78,7 +93,9 @@ def call(fn: Callable[..., Any], request: Message, *, what: str = "") -> Any:
     try:
         return fn(request, timeout=TIMEOUT)
     except grpc.RpcError as exc:
-        raise RpcFailed(exc, what) from None
+        session = click.get_current_context(silent=True)
+        address = getattr(session and session.find_object(Session), "address", None) or ""
+        raise RpcFailed(exc, what, address) from None
 
 
 def _keep(name: str) -> Callable[[click.Context, click.Parameter, Any], None]:
@@ -89,9 +106,27 @@ def _keep(name: str) -> Callable[[click.Context, click.Parameter, Any], None]:
     return store
 
 
+def _tls(variable: str) -> Callable[[click.Context, click.Parameter, Any], None]:
+    def store(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+        if value:
+            ctx.ensure_object(Session).tls[variable] = "on" if value is True else str(value)
+
+    return store
+
+
 def session_options(f: F) -> F:
-    """``--address``, ``--api-key`` and ``--json``, stored in the context's Session."""
+    """``--address``, ``--api-key``, ``--json`` and the TLS flags, stored in the
+    context's Session. The root command has them too: ``authz --json channel list``
+    and ``authz channel list --json`` are the same."""
     for option in (
+        click.option("--client-key", metavar="FILE", expose_value=False, callback=_tls("AUTHZ_CLIENT_KEY_FILE"),
+                     help="client key for mutual TLS (AUTHZ_CLIENT_KEY_FILE)"),
+        click.option("--client-cert", metavar="FILE", expose_value=False, callback=_tls("AUTHZ_CLIENT_CERT_FILE"),
+                     help="client certificate for mutual TLS (AUTHZ_CLIENT_CERT_FILE)"),
+        click.option("--ca-file", metavar="FILE", expose_value=False, callback=_tls("AUTHZ_CA_FILE"),
+                     help="CA that signed the service's certificate; implies --tls (AUTHZ_CA_FILE)"),
+        click.option("--tls", is_flag=True, expose_value=False, callback=_tls("AUTHZ_TLS"),
+                     help="connect with TLS, system CAs (AUTHZ_TLS=on)"),
         click.option("--json", is_flag=True, expose_value=False, callback=_keep("json"),
                      help="machine-readable output"),
         click.option("--api-key", metavar="KEY", expose_value=False, callback=_keep("api_key"),

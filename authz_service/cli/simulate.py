@@ -8,6 +8,7 @@ from .. import names
 from ..client import invite_code_to_redeem
 from ..gen.authz.v1 import authz_pb2 as az
 from ..gen.authz.v1 import common_pb2 as cm
+from .errors import CliError
 from .output import safe
 from .session import Session, call, pass_session, session_options
 
@@ -34,6 +35,9 @@ def message(s: Session, channel: str, user: str, text: str, name: str | None, gr
                               chat_kind=cm.CHAT_KIND_GROUP if group else cm.CHAT_KIND_DIRECT, group_id=group,
                               mentioned=mention, display_name=name or "")  # fmt: skip
     check = call(c.authz.CheckUser, req)
+    if check.reason == "channel_not_configured":
+        # A connector is told this in-band; from the terminal it is a mistyped channel.
+        raise CliError(f"channel {channel!r} not found")
     click.echo(safe(f"CheckUser: {names.DECISION.label(check.decision)} ({check.reason})"))
     code = invite_code_to_redeem(check, direct=not group, text=text)
     if check.decision == az.DECISION_ALLOW:
