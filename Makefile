@@ -8,7 +8,7 @@ PROTOS := $(shell find proto -name '*.proto')
 GEN_STAMP := authz_service/gen/.stamp
 VENV_STAMP := $(VENV)/.installed
 
-.PHONY: run test proto lint fmt clean help chart bench lock
+.PHONY: run test test-packages proto lint fmt clean help chart bench lock
 
 help:
 	@echo "make run    start the service on an embedded PostgreSQL with a demo tenant"
@@ -45,8 +45,19 @@ proto: $(VENV_STAMP)
 run: $(GEN_STAMP)
 	$(BIN)/authz dev
 
-test: $(GEN_STAMP)
+test: $(GEN_STAMP) test-packages
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# System packages tests need: PgBouncer (tests/pgbouncer.py). As root (CI), installed
+# when missing; otherwise their tests skip, or fail under CI=true.
+TEST_PACKAGES := pgbouncer
+test-packages:
+	@for p in $(TEST_PACKAGES); do \
+	  command -v $$p >/dev/null 2>&1 || test -x /usr/sbin/$$p || \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get install -y -q $$p >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q $$p >/dev/null; }; \
+	  else echo "$$p is missing: its tests skip (apt-get install $$p, or run make test as root)"; fi; \
+	done
 
 bench: $(GEN_STAMP)
 	PYTHONPATH=scripts$${PYTHONPATH:+:$$PYTHONPATH} $(BIN)/python -m bench $(BENCH_ARGS)

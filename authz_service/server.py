@@ -40,6 +40,10 @@ log = logging.getLogger(__name__)
 # answers with the schema this build needs); LIVENESS stays SERVING while the
 # process runs, so a database outage does not get pods restarted.
 LIVENESS = "liveness"
+# SERVING while change notifications are trusted (the listener's self-check,
+# store/notify.py). NOT_SERVING: the cache is off and every call reads the
+# database; decisions stay correct, so readiness itself stays SERVING.
+CHANGE_FEED = "changes"
 SERVICE_NAMES = (
     authz_pb2.DESCRIPTOR.services_by_name["AuthzService"].full_name,
     admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
@@ -52,9 +56,13 @@ class Readiness:
     build needs; with an old schema it also closes the gate, so every RPC is
     UNAVAILABLE (never a decision from a schema the code does not know)."""
 
-    def __init__(self, db: Database, health: Any, gate: Gate, interval: float) -> None:
+    def __init__(
+        self, db: Database, health: Any, gate: Gate, interval: float, listener: Listener | None = None
+    ) -> None:
         self.db, self.health, self.gate, self.interval = db, health, gate, interval
+        self.listener = listener
         self.serving: bool | None = None
+        self.changes_problem: str | None = None
         self._task: asyncio.Task[None] | None = None
 
     async def check(self) -> bool:
@@ -66,6 +74,14 @@ class Readiness:
             problem = gate = schema_message(version) if version < LATEST_VERSION else ""
         self.gate.reason = gate
         await self._report(not problem, problem)
+        if self.listener is not None and self.listener.problem != self.changes_problem:
+            self.changes_problem = self.listener.problem
+            await self.health.set(
+                CHANGE_FEED,
+                health_pb2.HealthCheckResponse.NOT_SERVING
+                if self.changes_problem
+                else health_pb2.HealthCheckResponse.SERVING,
+            )
         return not problem
 
     async def _report(self, serving: bool, problem: str) -> None:
@@ -162,7 +178,11 @@ async def start_server(
     off) becomes the server's: ``RunningServer.stop`` shuts it down."""
     # One LISTEN connection feeds the approval watchers and the hot path's cache.
     # Its heartbeat has a short timeout of its own (store.notify.HEARTBEAT_TIMEOUT).
-    listener = Listener(db.dsn)
+    # It must reach PostgreSQL itself (AUTHZ_LISTEN_DATABASE_URL behind a pooler);
+    # a NOTIFY sent through the pool checks that path at start and every few seconds.
+    listener = Listener(
+        settings.listen_database_url or db.dsn, probe=db.notify, probe_interval=settings.notify_check_seconds
+    )
     notifier = ApprovalNotifier(listener, fallback_interval=settings.watch_fallback_seconds)
     cache = StateCache()
     listener.on(CHANGES, cache.on_change)
@@ -238,7 +258,7 @@ async def start_server(
     if port == 0:
         raise RuntimeError(f"cannot listen on {address}")
     await health_servicer.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
-    readiness = Readiness(db, health_servicer, gate, settings.readiness_interval_seconds)
+    readiness = Readiness(db, health_servicer, gate, settings.readiness_interval_seconds, listener)
     await readiness.check()  # before the first call is accepted
     if telemetry is not None:
         telemetry.attach(db, cache)
@@ -276,6 +296,7 @@ async def serve(
         max_size=settings.pool_max,
         timeout=settings.db_timeout,
         require_schema=False,  # serve NOT_SERVING until `authz migrate` has run
+        statement_cache_size=settings.statement_cache_size,
     )
     running = await start_server(db, settings, telemetry=from_settings(settings))
     log.info("authz service listening", extra={"port": running.port, "embedded": settings.embedded})

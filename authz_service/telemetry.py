@@ -285,6 +285,13 @@ class Telemetry:
             description="Hot-path cache misses: the database was read.",
         )
         meter.create_observable_gauge(
+            "authz.cache.on",
+            callbacks=[self._observe_cache(lambda c: int(c.usable))],
+            unit="1",
+            description="1 while the hot-path cache serves: the change listener is connected and "
+            "its self-check (a NOTIFY through the pool) passes; 0: every call reads the database.",
+        )
+        meter.create_observable_gauge(
             "authz.approvals.pending",
             callbacks=[self._observe_pending],
             unit="{approval}",
