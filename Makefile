@@ -8,11 +8,12 @@ PROTOS := $(shell find proto -name '*.proto')
 GEN_STAMP := authz_service/gen/.stamp
 VENV_STAMP := $(VENV)/.installed
 
-.PHONY: run test test-packages proto lint fmt clean help chart bench lock
+.PHONY: run test test-packages test-pg15 proto lint fmt clean help chart bench lock
 
 help:
 	@echo "make run    start the service on an embedded PostgreSQL with a demo tenant"
 	@echo "make test   run the test suite (real PostgreSQL, real gRPC)"
+	@echo "make test-pg15  run tests against Debian's PostgreSQL 15 with the documented roles"
 	@echo "make proto  regenerate authz_service/gen from proto/"
 	@echo "make lint   ruff, mypy --strict, import rules (lint-imports)"
 	@echo "make chart  test the Helm chart and package it into dist/"
@@ -58,6 +59,11 @@ test-packages:
 	    apt-get install -y -q $$p >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q $$p >/dev/null; }; \
 	  else echo "$$p is missing: its tests skip (apt-get install $$p, or run make test as root)"; fi; \
 	done
+
+# The suite (a subset by default: .ci/pg15) against Debian's PostgreSQL 15 with the
+# documented non-superuser roles; installs postgresql-15 as root when missing.
+test-pg15: $(GEN_STAMP) test-packages
+	PYTEST_ARGS="$(PYTEST_ARGS)" .ci/pg15
 
 bench: $(GEN_STAMP)
 	PYTHONPATH=scripts$${PYTHONPATH:+:$$PYTHONPATH} $(BIN)/python -m bench $(BENCH_ARGS)
