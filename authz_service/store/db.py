@@ -144,7 +144,8 @@ class Database:
             if row["rolsuper"] or row["rolbypassrls"]:
                 raise UnsafeDatabaseRole(
                     f"the service connects as {row['name']!r}, which bypasses row-level security; "
-                    "connect as the 'authz_service' role that `authz migrate` creates"
+                    "connect as the service role that `authz migrate` creates "
+                    "('authz_service', or its --service-role / AUTHZ_SERVICE_ROLE)"
                 )
 
     async def schema_version(self) -> int:
