@@ -8,11 +8,12 @@ PROTOS := $(shell find proto -name '*.proto')
 GEN_STAMP := authz_service/gen/.stamp
 VENV_STAMP := $(VENV)/.installed
 
-.PHONY: run test proto lint fmt clean help chart bench lock
+.PHONY: run test test-packages test-pg15 proto lint fmt clean help chart bench lock
 
 help:
 	@echo "make run    start the service on an embedded PostgreSQL with a demo tenant"
 	@echo "make test   run the test suite (real PostgreSQL, real gRPC)"
+	@echo "make test-pg15  run tests against Debian's PostgreSQL 15 with the documented roles"
 	@echo "make proto  regenerate authz_service/gen from proto/"
 	@echo "make lint   ruff, mypy --strict, import rules (lint-imports)"
 	@echo "make chart  test the Helm chart and package it into dist/"
@@ -46,8 +47,24 @@ proto: $(VENV_STAMP)
 run: $(GEN_STAMP)
 	$(BIN)/authz dev
 
-test: $(GEN_STAMP)
+test: $(GEN_STAMP) test-packages
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# System packages tests need: PgBouncer (tests/pgbouncer.py). As root (CI), installed
+# when missing; otherwise their tests skip, or fail under CI=true.
+TEST_PACKAGES := pgbouncer
+test-packages:
+	@for p in $(TEST_PACKAGES); do \
+	  command -v $$p >/dev/null 2>&1 || test -x /usr/sbin/$$p || \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get install -y -q $$p >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q $$p >/dev/null; }; \
+	  else echo "$$p is missing: its tests skip (apt-get install $$p, or run make test as root)"; fi; \
+	done
+
+# The suite (a subset by default: .ci/pg15) against Debian's PostgreSQL 15 with the
+# documented non-superuser roles; installs postgresql-15 as root when missing.
+test-pg15: $(GEN_STAMP) test-packages
+	PYTEST_ARGS="$(PYTEST_ARGS)" .ci/pg15
 
 bench: $(GEN_STAMP)
 	PYTHONPATH=scripts$${PYTHONPATH:+:$$PYTHONPATH} $(BIN)/python -m bench $(BENCH_ARGS)

@@ -239,6 +239,16 @@ class Settings:
     max_connection_age_grace_seconds: int = 30
     """AUTHZ_MAX_CONNECTION_AGE_GRACE_SECONDS: calls in flight on such a connection get this long
     to finish before it closes (open streams end UNAVAILABLE: clients open them again)."""
+    listen_database_url: str | None = None
+    """AUTHZ_LISTEN_DATABASE_URL: the change listener's connection (LISTEN needs a session of
+    its own: straight to PostgreSQL, never through a transaction-mode pooler). Unset: the
+    service's own connection (AUTHZ_DATABASE_URL, or the embedded database)."""
+    statement_cache_size: int = 100
+    """AUTHZ_DB_STATEMENT_CACHE_SIZE: prepared statements each pooled connection keeps by name;
+    0 behind a transaction-mode pooler (PgBouncer before 1.21 cannot carry named statements)."""
+    notify_check_seconds: float = 5.0
+    """AUTHZ_NOTIFY_CHECK_SECONDS: how often a notification sent through the pool must come
+    back on the listener (within store.notify.PROBE_TIMEOUT), or the cache is off."""
 
     @property
     def embedded(self) -> bool:
@@ -264,6 +274,8 @@ class Settings:
         if operator_key is not None and len(operator_key) < 24:
             raise ConfigError("AUTHZ_OPERATOR_KEY must be at least 24 characters")
         pool_min = _int(env, "AUTHZ_DB_POOL_MIN", 1, 1, 1000)
+        if env.get("AUTHZ_LISTEN_DATABASE_URL") and database_url is None:
+            raise ConfigError("AUTHZ_LISTEN_DATABASE_URL needs AUTHZ_DATABASE_URL")
         telemetry, metrics_listen, otlp_traces, otlp_metrics = _telemetry(env)
         return cls(
             home=home,
@@ -307,4 +319,7 @@ class Settings:
             max_connection_age_grace_seconds=_int(
                 env, "AUTHZ_MAX_CONNECTION_AGE_GRACE_SECONDS", 30, 1, 86_400
             ),
+            listen_database_url=env.get("AUTHZ_LISTEN_DATABASE_URL") or None,
+            statement_cache_size=_int(env, "AUTHZ_DB_STATEMENT_CACHE_SIZE", 100, 0, 10_000),
+            notify_check_seconds=float(_int(env, "AUTHZ_NOTIFY_CHECK_SECONDS", 5, 1, 300)),
         )

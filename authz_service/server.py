@@ -42,6 +42,10 @@ log = logging.getLogger(__name__)
 # answers with the schema this build needs); LIVENESS stays SERVING while the
 # process runs, so a database outage does not get pods restarted.
 LIVENESS = "liveness"
+# SERVING while change notifications are trusted (the listener's self-check,
+# store/notify.py). NOT_SERVING: the cache is off and every call reads the
+# database; decisions stay correct, so readiness itself stays SERVING.
+CHANGE_FEED = "changes"
 SERVICE_NAMES = (
     authz_pb2.DESCRIPTOR.services_by_name["AuthzService"].full_name,
     admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
@@ -59,9 +63,13 @@ class Readiness:
     build needs; with an old schema it also closes the gate, so every RPC is
     UNAVAILABLE (never a decision from a schema the code does not know)."""
 
-    def __init__(self, db: Database, health: Any, gate: Gate, interval: float) -> None:
+    def __init__(
+        self, db: Database, health: Any, gate: Gate, interval: float, listener: Listener | None = None
+    ) -> None:
         self.db, self.health, self.gate, self.interval = db, health, gate, interval
+        self.listener = listener
         self.serving: bool | None = None
+        self.changes_problem: str | None = None
         self._task: asyncio.Task[None] | None = None
 
     async def check(self) -> bool:
@@ -73,6 +81,14 @@ class Readiness:
             problem = gate = schema_message(version) if version < LATEST_VERSION else ""
         self.gate.reason = gate
         await self._report(not problem, problem)
+        if self.listener is not None and self.listener.problem != self.changes_problem:
+            self.changes_problem = self.listener.problem
+            await self.health.set(
+                CHANGE_FEED,
+                health_pb2.HealthCheckResponse.NOT_SERVING
+                if self.changes_problem
+                else health_pb2.HealthCheckResponse.SERVING,
+            )
         return not problem
 
     async def _report(self, serving: bool, problem: str) -> None:
@@ -199,7 +215,11 @@ async def start_server(
     off) becomes the server's: ``RunningServer.stop`` shuts it down."""
     # One LISTEN connection feeds the approval watchers and the hot path's cache.
     # Its heartbeat has a short timeout of its own (store.notify.HEARTBEAT_TIMEOUT).
-    listener = Listener(db.dsn)
+    # It must reach PostgreSQL itself (AUTHZ_LISTEN_DATABASE_URL behind a pooler);
+    # a NOTIFY sent through the pool checks that path at start and every few seconds.
+    listener = Listener(
+        settings.listen_database_url or db.dsn, probe=db.notify, probe_interval=settings.notify_check_seconds
+    )
     notifier = ApprovalNotifier(listener, fallback_interval=settings.watch_fallback_seconds)
     cache = StateCache()
     listener.on(CHANGES, cache.on_change)
@@ -308,7 +328,7 @@ async def start_server(
             await telemetry.shutdown()
         raise StartupError(problem)
     await health_servicer.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
-    readiness = Readiness(db, health_servicer, gate, settings.readiness_interval_seconds)
+    readiness = Readiness(db, health_servicer, gate, settings.readiness_interval_seconds, listener)
     await readiness.check()  # before the first call is accepted
     await server.start()
     readiness.start()
@@ -378,6 +398,7 @@ async def _connect(dsn: str, settings: Settings) -> Database:
             max_size=settings.pool_max,
             timeout=settings.db_timeout,
             require_schema=False,  # serve NOT_SERVING until `authz migrate` has run
+            statement_cache_size=settings.statement_cache_size,
         )
     except (asyncpg.InvalidPasswordError, asyncpg.InvalidAuthorizationSpecificationError) as exc:
         problem = f"the database at {where} refused the login ({exc})"

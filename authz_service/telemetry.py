@@ -308,6 +308,13 @@ class Telemetry:
             description="Hot-path cache misses: the database was read.",
         )
         meter.create_observable_gauge(
+            "authz.cache.on",
+            callbacks=[self._observe_cache(lambda c: int(c.usable))],
+            unit="1",
+            description="1 while the hot-path cache serves: the change listener is connected and "
+            "its self-check (a NOTIFY through the pool) passes; 0: every call reads the database.",
+        )
+        meter.create_observable_gauge(
             "authz.approvals.pending",
             callbacks=[self._observe_pending],
             unit="{approval}",
@@ -324,12 +331,6 @@ class Telemetry:
             callbacks=[self._observe_pool(lambda db: db.pool.get_max_size())],
             unit="{connection}",
             description="The most connections the pool opens (AUTHZ_DB_POOL_MAX).",
-        )
-        meter.create_observable_gauge(
-            "authz.listener.connected",
-            callbacks=[self._observe_cache_state(lambda c: int(c.usable))],
-            unit="1",
-            description="1 while the change listener is connected (the cache serves); 0 while it reads the database.",
         )
         meter.create_observable_gauge(
             "authz.cache.entries",

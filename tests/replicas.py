@@ -83,7 +83,7 @@ class Cluster:
 @asynccontextmanager
 async def two_replicas(dsns: Dsns, **settings: str) -> AsyncIterator[Cluster]:
     """Two `authz serve` processes on the test database, with one server key and
-    operator key, plus ``settings`` (AUTHZ_* variables). Both are stopped
+    operator key, plus ``settings`` (AUTHZ_* variables, which win). Both are stopped
     afterwards, also after a test killed and restarted them."""
     with tempfile.TemporaryDirectory(prefix="authz-replicas-") as home:
         env = {k: v for k, v in os.environ.items() if not k.startswith("AUTHZ_")}
@@ -93,8 +93,8 @@ async def two_replicas(dsns: Dsns, **settings: str) -> AsyncIterator[Cluster]:
             AUTHZ_SECRET_KEY=secrets.token_urlsafe(32),
             AUTHZ_OPERATOR_KEY=secrets.token_urlsafe(32),
             AUTHZ_LOG_FORMAT="text",
-            **settings,
         )
+        env.update(settings)  # may override the above (a pooler's AUTHZ_DATABASE_URL)
         a = Replica({**env, "AUTHZ_LISTEN": f"127.0.0.1:{free_port()}"})
         b = Replica({**env, "AUTHZ_LISTEN": f"127.0.0.1:{free_port()}"})
         await asyncio.gather(a.start(), b.start())

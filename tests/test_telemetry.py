@@ -292,8 +292,8 @@ async def test_rpc_and_database_spans_metrics_and_no_secrets(tenant: Tenant, tra
     assert pool_max.value >= connections["idle"] + connections["used"]
     [waits] = points(traced, "db.client.connection.wait_time").values()
     assert waits.count >= len(db_spans)
-    [listener] = traced.metrics()["authz.listener.connected"]
-    assert listener.value == int(traced.running.cache.usable)
+    [cache_on] = traced.metrics()["authz.cache.on"]
+    assert cache_on.value == int(traced.running.cache.usable)
     [entries] = traced.metrics()["authz.cache.entries"]
     assert entries.value >= 0
     # The cache's own counters, exported: each CheckUser above was a first lookup.
@@ -345,7 +345,7 @@ async def test_prometheus_endpoint_serves_the_metrics(tenant: Tenant, traced: Tr
     assert "rpc_server_active_requests{" in body
     assert "db_client_connection_count{" in body and 'db_client_connection_state="idle"' in body
     assert "db_client_connection_max{" in body and "db_client_connection_wait_time_seconds_bucket{" in body
-    assert "authz_listener_connected{" in body and "authz_cache_entries{" in body
+    assert "authz_cache_on{" in body and "authz_cache_entries{" in body
     assert "authz_cache_hits_total" in body
     assert MESSAGE not in body and tenant.keys["connector"] not in body
 

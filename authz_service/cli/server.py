@@ -66,14 +66,27 @@ def dev() -> int:
 
 
 @click.command(help="apply database migrations (AUTHZ_MIGRATE_DATABASE_URL or AUTHZ_DATABASE_URL)")
+@click.option(
+    "--service-role",
+    envvar="AUTHZ_SERVICE_ROLE",
+    default="authz_service",
+    show_default=True,
+    help="the role the service connects as, created if missing and granted what it needs "
+    "(env AUTHZ_SERVICE_ROLE); choose it before the first migration",
+)
 @session_options
-def migrate() -> int:
+def migrate(service_role: str) -> int:
     with _server_code("migrate"):
         from ..store import embedded
+        from ..store.migrate import MigrationError
         from ..store.migrate import migrate as apply_migrations
 
     explicit = os.environ.get("AUTHZ_MIGRATE_DATABASE_URL") or os.environ.get("AUTHZ_DATABASE_URL")
     settings = None if explicit else Settings.from_env()
+    if settings is not None and service_role != embedded.SERVICE_ROLE:
+        raise click.UsageError(
+            "--service-role (AUTHZ_SERVICE_ROLE) is for your own PostgreSQL, not the embedded one"
+        )
 
     async def run() -> None:
         if settings is not None:
@@ -82,12 +95,15 @@ def migrate() -> int:
             dsn = emb.owner_dsn
         else:
             dsn = explicit or ""
-        applied = await apply_migrations(dsn)
+        applied = await apply_migrations(dsn, service_role)
         if applied:
             for m in applied:
                 click.echo(f"applied {m.version:04d}_{m.name}")
         else:
             click.echo("schema is up to date")
 
-    asyncio.run(run())
+    try:
+        asyncio.run(run())
+    except MigrationError as exc:
+        raise click.ClickException(str(exc)) from None
     return 0

@@ -109,10 +109,13 @@ class Database:
         max_size: int = 10,
         timeout: float = 5.0,
         require_schema: bool = True,
+        statement_cache_size: int = 100,
     ) -> Database:
         """A pool as the service role. Refuses a role that bypasses row-level
         security, always; and an old schema unless ``require_schema`` is off
-        (the server then reports NOT_SERVING until `authz migrate` has run)."""
+        (the server then reports NOT_SERVING until `authz migrate` has run).
+        ``statement_cache_size=0``: no named prepared statements, for a
+        transaction-mode pooler that would hand them to another session."""
         pool = await asyncpg.create_pool(
             dsn,
             min_size=min_size,
@@ -120,6 +123,7 @@ class Database:
             command_timeout=timeout,
             timeout=timeout,
             reset=_no_reset,
+            statement_cache_size=statement_cache_size,
         )
         db = cls(pool, dsn)
         try:
@@ -143,7 +147,8 @@ class Database:
             if row["rolsuper"] or row["rolbypassrls"]:
                 raise UnsafeDatabaseRole(
                     f"the service connects as {row['name']!r}, which bypasses row-level security; "
-                    "connect as the 'authz_service' role that `authz migrate` creates"
+                    "connect as the service role that `authz migrate` creates "
+                    "('authz_service', or its --service-role / AUTHZ_SERVICE_ROLE)"
                 )
 
     async def schema_version(self) -> int:
@@ -153,6 +158,15 @@ class Database:
                 return await current_version(cast(asyncpg.Connection, conn))
         except _UNAVAILABLE as exc:
             raise Unavailable("the authorization store is unavailable") from exc
+
+    async def notify(self, channel: str, payload: str) -> None:
+        """Send a notification through the pool (the listener's self-check):
+        the path every trigger's NOTIFY takes, pooler included."""
+        try:
+            async with self.pool.acquire() as conn:
+                await conn.execute("SELECT pg_notify($1, $2)", channel, payload)
+        except _UNAVAILABLE as exc:
+            raise _unavailable(exc) from exc
 
     async def close(self) -> None:
         await self.pool.close()

@@ -16,14 +16,24 @@ missed: every state handler is told (the cache stops serving, watchers
 re-read), and the listener reconnects with backoff. Watchers also re-read on a
 slow timer (``fallback_interval``), so a lost notification can delay a decision
 but never lose it.
+
+A connection that answers its heartbeat can still miss notifications: LISTEN
+sent through a transaction-mode pooler lands on whichever server session the
+pooler picked, and the notifications go there. So the listener checks the
+whole path (``probe``): at start-up and every ``probe_interval`` a
+notification sent through the pool must come back on ``authz_probe`` within
+``probe_timeout``. Until it does, the state handlers hear "down" (the cache
+stops serving) and ``problem`` says why.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
-from collections.abc import Callable, Iterator
+import secrets
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import asyncpg
@@ -32,12 +42,20 @@ log = logging.getLogger(__name__)
 
 APPROVALS = "authz_approvals"
 CHANGES = "authz_changes"
+PROBE = "authz_probe"
 APPLICATION_NAME = "authz-listener"
 
 # The cache turns off within 3 s of a silent listener, whatever the other
 # settings: a heartbeat every second, each answered within 1.5 s.
 HEARTBEAT_INTERVAL = 1.0
 HEARTBEAT_TIMEOUT = 1.5
+# A probe sent through the pool must come back within this long. So cached state
+# is trusted at most probe_interval + PROBE_TIMEOUT after notifications stop.
+PROBE_TIMEOUT = 2.0
+PROBE_SEND_TIMEOUT = 30.0
+
+# Sends ``pg_notify(channel, payload)`` through the service's pool (Database.notify).
+ProbeSender = Callable[[str, str], Awaitable[None]]
 
 
 class Listener:
@@ -50,6 +68,9 @@ class Listener:
         reconnect_delay: float = 0.2,
         heartbeat_interval: float = HEARTBEAT_INTERVAL,
         heartbeat_timeout: float = HEARTBEAT_TIMEOUT,
+        probe: ProbeSender | None = None,
+        probe_interval: float = 5.0,
+        probe_timeout: float = PROBE_TIMEOUT,
     ) -> None:
         self._dsn = dsn
         # Wait this long before the first reconnect attempt (doubling up to 5 s
@@ -71,6 +92,20 @@ class Listener:
         self._task: asyncio.Task[None] | None = None
         self._lost = asyncio.Event()
         self._closed = False
+        # The self-check (module docstring). Without ``probe``, a connection
+        # that answers its heartbeat is trusted (tests of the listener alone).
+        self._probe = probe
+        self.probe_interval = probe_interval
+        self.probe_timeout = probe_timeout
+        self._probe_token = secrets.token_hex(8)
+        self._probe_seq = itertools.count()
+        self._probe_waiting: dict[str, asyncio.Future[None]] = {}
+        self._probe_task: asyncio.Task[None] | None = None
+        self._probe_lock = asyncio.Lock()
+        self._state: bool | None = None
+        self.problem = "change listener not started"
+        """Why notifications are not trusted now; "" while they are."""
+        self._handlers[PROBE] = [self._on_probe]
 
     def on(self, channel: str, handler: Callable[[str], None]) -> None:
         """Call ``handler(payload)`` for each notification on ``channel`` (before start)."""
@@ -88,13 +123,16 @@ class Listener:
         """Connect once (so a bad DSN fails start-up), then keep reconnecting."""
         await self._connect()
         self._task = asyncio.create_task(self._keep_alive(), name="pg-listener")
+        if self._probe is not None:
+            self._probe_task = asyncio.create_task(self._probe_loop(), name="pg-listener-probe")
 
     async def close(self) -> None:
         self._closed = True
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._probe_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._conn is not None:
             with contextlib.suppress(Exception):
                 await self._conn.close(timeout=2)
@@ -102,15 +140,84 @@ class Listener:
 
     async def _connect(self) -> None:
         # Named, so operators (and tests) can tell it from pooled connections.
+        # No named statements: a listener misrouted through a transaction-mode
+        # pooler must reach its self-check, not fail on a duplicate statement.
         conn = await asyncpg.connect(
-            self._dsn, timeout=5, server_settings={"application_name": APPLICATION_NAME}
+            self._dsn,
+            timeout=5,
+            server_settings={"application_name": APPLICATION_NAME},
+            statement_cache_size=0,
         )
         for channel in self._handlers:
             await conn.add_listener(channel, self._dispatch)
         conn.add_termination_listener(self._on_terminated)
         self._conn = conn
         self._lost.clear()
-        self._set_state(True)
+        if self._probe is None:
+            self.problem = ""
+            self._set_state(True)
+        else:
+            await self.check()
+
+    async def check(self) -> bool:
+        """Send one probe through the pool and wait for it here; trust the
+        notifications (state handlers hear "up") only if it comes back in time."""
+        if self._probe is None:
+            return self.listening
+        async with self._probe_lock:
+            if not self.listening:
+                return False
+            payload = f"{self._probe_token} {next(self._probe_seq)}"
+            arrived: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._probe_waiting[payload] = arrived
+            try:
+                problem = await self._round_trip(payload, arrived)
+            finally:
+                self._probe_waiting.pop(payload, None)
+            if problem is None:  # not sent: no evidence either way
+                return bool(self._state)
+            if problem and problem != self.problem:
+                log.warning("change notifications not trusted: %s", problem)
+            elif not problem and self.problem:
+                log.info("change notifications arrive: the cache is on")
+            self.problem = problem
+            self._set_state(not problem and self.listening)
+            return not problem
+
+    async def _round_trip(self, payload: str, arrived: asyncio.Future[None]) -> str | None:
+        """ "" if the probe came back in time, else why not; None if it could not
+        be sent while notifications were trusted (a busy pool is no evidence)."""
+        assert self._probe is not None
+        try:
+            async with asyncio.timeout(PROBE_SEND_TIMEOUT):
+                await self._probe(PROBE, payload)
+        except Exception as exc:  # the pool's database is down: its own errors say so
+            if self._state:
+                log.info("change listener self-check not sent (%s)", type(exc).__name__)
+                return None
+            return f"the change listener's self-check could not send a notification ({type(exc).__name__})"
+        try:
+            # The clock starts once the NOTIFY is committed.
+            async with asyncio.timeout(self.probe_timeout):
+                await arrived
+        except TimeoutError:
+            return (
+                f"a notification sent through the pool did not reach the change listener within "
+                f"{self.probe_timeout:g} s: the cache is off, every check reads the database. "
+                "Point AUTHZ_LISTEN_DATABASE_URL straight at PostgreSQL, not at a pooler"
+            )
+        return ""
+
+    async def _probe_loop(self) -> None:
+        while not self._closed:
+            await asyncio.sleep(self.probe_interval)
+            if self.listening:
+                await self.check()
+
+    def _on_probe(self, payload: str) -> None:
+        arrived = self._probe_waiting.get(payload)
+        if arrived is not None and not arrived.done():
+            arrived.set_result(None)
 
     def _dispatch(self, _conn: Any, _pid: int, channel: str, payload: object) -> None:
         for handler in self._handlers.get(channel, ()):
@@ -120,6 +227,9 @@ class Listener:
         self._lost.set()
 
     def _set_state(self, connected: bool) -> None:
+        if connected == self._state:
+            return
+        self._state = connected
         for handler in self._state_handlers:
             handler(connected)
 
@@ -149,6 +259,7 @@ class Listener:
             await self._until_lost()
             log.warning("change listener lost; reconnecting")
             self._conn = None
+            self.problem = "change listener lost; reconnecting"
             self._set_state(False)
             delay = self.reconnect_delay
             while not self._closed:

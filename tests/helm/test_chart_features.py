@@ -45,7 +45,7 @@ EXPORTED = {
     "db_client_connection_max",
     "db_client_connection_wait_time_seconds_bucket",
     "authz_db_errors_total",
-    "authz_listener_connected",
+    "authz_cache_on",
     "authz_cache_hits_total",
     "authz_cache_misses_total",
     "authz_cache_entries",
@@ -53,7 +53,7 @@ EXPORTED = {
     "up",
 }
 METRIC_NAME = re.compile(
-    r"\b([a-z_]+(?:_total|_bucket|_count|_seconds|_requests|_max|_connected|_entries|_pending)|up)\{"
+    r"\b([a-z_]+(?:_total|_bucket|_count|_seconds|_requests|_max|_connected|_on|_entries|_pending)|up)\{"
 )
 
 
@@ -225,7 +225,7 @@ def test_dashboard_configmap_carries_the_dashboard_on_the_exported_metrics(chart
     used = {name for e in exprs for name in METRIC_NAME.findall(e)}
     assert used - EXPORTED == set(), "the dashboard queries metrics the service does not export"
     assert {"rpc_server_duration_seconds_count", "db_client_connection_wait_time_seconds_bucket"} <= used
-    assert "authz_listener_connected" in used and "authz_cache_hits_total" in used
+    assert "authz_cache_on" in used and "authz_cache_hits_total" in used
 
 
 def test_prometheus_rule_alerts_on_exported_metrics_and_each_is_documented(chart: helm.Chart) -> None:
