@@ -22,6 +22,11 @@ from urllib.parse import urlparse, urlunparse
 
 import asyncpg
 import grpc
+
+# Importing PraisonAI reconfigures the root logger (logging.basicConfig(force=True)),
+# which would drop pytest's log capture in whichever test imported it first (the
+# adapters import it lazily): import it once, before any test runs.
+import praisonaiagents  # noqa: F401
 import pytest
 
 from authz_service.client import Client, connect
