@@ -24,7 +24,6 @@ raised to the caller; API keys are never logged.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import inspect
 import json
@@ -32,7 +31,7 @@ import logging
 import math
 import re
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ParamSpec, TypeVar
@@ -40,8 +39,7 @@ from typing import Any, ParamSpec, TypeVar
 import grpc
 
 from .client import Client, SyncClient
-from .client.results import ApprovalInfo, CheckResult, approval_info
-from .gen.authz.v1 import authz_pb2
+from .client.results import ApprovalInfo, ApprovalRequested, CheckResult
 from .gen.authz.v1 import common_pb2 as cm
 
 __all__ = [
@@ -247,11 +245,8 @@ class ApprovalBackend:
     The request key is PraisonAI's ``approval_id``, so a repeated call finds
     the stored request instead of making a second one.
 
-    ``client``: a ``Client``, or a function returning a new one
-    (``lambda: connect(address, key)``). PraisonAI runs each approval on a new
-    event loop (``asyncio.run``) and a grpc.aio channel belongs to the loop it
-    was made on, so give a function there: each call then opens its own
-    client and closes it.
+    ``client``: any ``Client``; it opens a channel per event loop, so the
+    new loop PraisonAI runs each approval on (``asyncio.run``) is served too.
     ``timeout``: seconds a human has to decide; the service expires the
     request after ``ceil(timeout)`` seconds (expiry never approves).
     ``_timeout``, which PraisonAI reads as its cap on the whole call, is
@@ -265,7 +260,7 @@ class ApprovalBackend:
 
     def __init__(
         self,
-        client: Client | Callable[[], Client],
+        client: Client,
         *,
         agent_id: str,
         channel_id: str = "",
@@ -293,17 +288,6 @@ class ApprovalBackend:
     def timeout(self) -> float:
         """Seconds a human has to decide (the service expires the request then)."""
         return self._human_timeout
-
-    @contextlib.asynccontextmanager
-    async def _connected(self) -> AsyncIterator[Client]:
-        if isinstance(self.client, Client):
-            yield self.client
-            return
-        client = self.client()
-        try:
-            yield client
-        finally:
-            await client.close()
 
     async def request_approval(self, request: Any) -> Any:
         """PraisonAI's ``ApprovalProtocol``: one ``ApprovalRequest`` in, its
@@ -335,29 +319,26 @@ class ApprovalBackend:
         approval_id = ""
         deadline = asyncio.get_running_loop().time() + self._timeout - _LOCAL_MARGIN
         try:
-            async with self._connected() as client:
-                resp = await client.authz.RequestApproval(
-                    authz_pb2.RequestApprovalRequest(
-                        tool_name=tool_name,
-                        arguments_json=_arguments_json(arguments),
-                        agent_id=self.agent_id,
-                        session_id=session_id or self.session_id,
-                        channel_id=self.channel_id,
-                        requester_id=requester_id or self.requester_id,
-                        risk=self.risk,
-                        timeout_seconds=max(1, math.ceil(self._human_timeout)),
-                        request_key=request_key or _new_request_key(),
-                        summary=summary,
-                    )
-                )
-                info = approval_info(resp.approval)
-                approval_id = info.approval_id
-                if info.pending:
-                    await self._notify(resp, info)
-                    info = await self._wait(client, info, deadline)
-                if not info.approved:
-                    return ApprovalDecision(False, _refusal(tool_name, info), approval_id, info.resolved_by)
-                redeemed = await client.redeem_approval(approval_id, tool_name, _arguments_json(arguments))
+            requested = await self.client.request_approval(
+                tool_name,
+                _arguments_json(arguments),
+                agent_id=self.agent_id,
+                session_id=session_id or self.session_id,
+                channel_id=self.channel_id,
+                requester_id=requester_id or self.requester_id,
+                risk=self.risk,
+                timeout_seconds=max(1, math.ceil(self._human_timeout)),
+                request_key=request_key or _new_request_key(),
+                summary=summary,
+            )
+            info = requested.approval
+            approval_id = info.approval_id
+            if info.pending:
+                await self._notify(requested)
+                info = await self._wait(info, deadline)
+            if not info.approved:
+                return ApprovalDecision(False, _refusal(tool_name, info), approval_id, info.resolved_by)
+            redeemed = await self.client.redeem_approval(approval_id, tool_name, _arguments_json(arguments))
             if redeemed.allow is not True:
                 reason = redeemed.reason or f"tool call '{tool_name}' was refused"
                 return ApprovalDecision(False, reason, approval_id, info.resolved_by)
@@ -379,18 +360,19 @@ class ApprovalBackend:
                 approval_id,
             )
 
-    async def _notify(self, resp: authz_pb2.RequestApprovalResponse, info: ApprovalInfo) -> None:
+    async def _notify(self, requested: ApprovalRequested) -> None:
         if self.on_request is None:
             return
+        info = requested.approval
         pending = PendingApproval(
             approval_id=info.approval_id,
             tool_name=info.tool_name,
             arguments_json=info.arguments_json,
             agent_id=info.agent_id,
-            approvers=tuple(resp.approvers),
-            notification_text=resp.notification.text if resp.HasField("notification") else "",
+            approvers=requested.approvers,
+            notification_text=requested.notification_text,
             expires_at=info.expires_at,
-            created=resp.created,
+            created=requested.created,
         )
         try:
             result = self.on_request(pending)
@@ -399,13 +381,13 @@ class ApprovalBackend:
         except Exception as exc:
             log.warning("on_request for approval %s failed: %s", info.approval_id, _describe(exc))
 
-    async def _wait(self, client: Client, info: ApprovalInfo, deadline: float) -> ApprovalInfo:
+    async def _wait(self, info: ApprovalInfo, deadline: float) -> ApprovalInfo:
         """The decision, or the last state seen when time ran out. A broken
         stream is watched again by the client (``Client.follow_approval``)."""
         last = info
         try:
             async with asyncio.timeout_at(deadline):
-                async for update in client.follow_approval(info.approval_id):
+                async for update in self.client.follow_approval(info.approval_id):
                     last = update
                     if not update.pending:
                         return update

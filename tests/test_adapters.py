@@ -365,3 +365,37 @@ def test_adapters_import_and_decide_without_praisonai() -> None:
         "assert 'praisonaiagents' not in {m.split('.')[0] for m in sys.modules if sys.modules[m]}\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+async def test_one_client_serves_several_event_loops(tenant: Tenant, agent: Client) -> None:
+    """A runtime that runs each call in a new loop (asyncio.run) shares one client."""
+    await with_approvers(tenant)
+    await tenant.channel("tg", send_policy=cm.SendPolicy(default=cm.SEND_DEFAULT_DENY, allow=["ops"]))
+
+    def in_a_new_loop(target: str) -> bool | None:
+        async def call() -> bool | None:
+            return (await agent.evaluate_send("tg", target, agent_id="ops")).allow
+
+        return asyncio.run(call())
+
+    assert await asyncio.to_thread(in_a_new_loop, "ops") is True
+    assert await asyncio.to_thread(in_a_new_loop, "slack:#exec") is False
+    # ...and the loop it was made on, still.
+    assert (await agent.evaluate_send("tg", "ops", agent_id="ops")).allow is True
+
+
+async def test_request_approval_says_whether_it_created_the_request(tenant: Tenant, agent: Client) -> None:
+    await with_approvers(tenant)
+    first = await agent.request_approval("shell", {"cmd": "ls"}, agent_id="ops", request_key="turn-1")
+    assert first.created is True
+    assert first.approval.pending
+    assert first.approvers == ()  # never shown to agent keys
+    assert "shell" in first.notification_text
+    # A key that delivers approvals sees who may decide.
+    connector = await tenant.connector.request_approval(
+        "shell", {"cmd": "ls"}, agent_id="ops", request_key="turn-1"
+    )
+    assert connector.approvers == (APPROVER,)
+    again = await agent.request_approval("shell", {"cmd": "ls"}, agent_id="ops", request_key="turn-1")
+    assert (again.created, again.approval.approval_id) == (False, first.approval.approval_id)
+    assert again.notification_text == ""

@@ -27,7 +27,7 @@ from praisonaiagents.session import context as session
 from praisonaiagents.tools import send_message
 
 from authz_service.adapters import SEND_EVALUATION_ERROR, ApprovalBackend, ServiceSendPolicy
-from authz_service.client import SyncClient, connect, connect_sync
+from authz_service.client import Client, SyncClient, connect, connect_sync
 from authz_service.gen.authz.v1 import admin_pb2 as adm
 from authz_service.gen.authz.v1 import authz_pb2 as az
 from authz_service.gen.authz.v1 import common_pb2 as cm
@@ -317,12 +317,17 @@ async def all_tool_approvals(t: Tenant) -> list[cm.Approval]:
 
 
 @pytest.fixture
-def backend(service: Service, approval_key: str) -> Callable[..., ApprovalBackend]:
+async def agent_client(service: Service, approval_key: str) -> AsyncIterator[Client]:
+    client = connect(service.address, approval_key)
+    yield client
+    await client.close()
+
+
+@pytest.fixture
+def backend(agent_client: Client) -> Callable[..., ApprovalBackend]:
     def make(timeout: float = 30.0) -> ApprovalBackend:
-        # A new client per call: PraisonAI asks from a new event loop each time.
-        return ApprovalBackend(
-            lambda: connect(service.address, approval_key), agent_id="ops", timeout=timeout
-        )
+        # One client, though PraisonAI asks from a new event loop each time.
+        return ApprovalBackend(agent_client, agent_id="ops", timeout=timeout)
 
     return make
 
@@ -394,11 +399,9 @@ async def test_a_timed_out_approval_does_not_run(
     assert stored.status == cm.APPROVAL_STATUS_EXPIRED
 
 
-async def test_the_agent_key_speaks_only_for_its_agent(
-    tenant: Tenant, service: Service, approval_key: str
-) -> None:
+async def test_the_agent_key_speaks_only_for_its_agent(tenant: Tenant, agent_client: Client) -> None:
     tool = Tool()
-    other = ApprovalBackend(lambda: connect(service.address, approval_key), agent_id="pager", timeout=5)
+    other = ApprovalBackend(agent_client, agent_id="pager", timeout=5)
     result: Any = await asyncio.to_thread(gated_agent(other, tool).execute_tool, "deploy", {"env": "prod"})
     assert result["approval_denied"] is True
     assert "approval service is unavailable" in result["error"]
