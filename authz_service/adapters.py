@@ -133,15 +133,26 @@ class ServiceSendPolicy:
     (``authz key create agent --agent ID``): the ``agent_id`` keyword
     PraisonAI passes is the end user's id and is ignored. The origin is the
     chat of PraisonAI's session context, not the ``origin`` keyword (a
-    platform name). ``session_id`` is passed through.
+    platform name); a runtime without that context gives ``origin``, a
+    function returning the turn's conversation (``"<platform>:<chat id>"``)
+    from its own state, never from the model's tool arguments.
+    ``session_id`` is passed through.
     """
 
-    def __init__(self, client: SyncClient, channel_id: str, *, agent_id: str) -> None:
+    def __init__(
+        self,
+        client: SyncClient,
+        channel_id: str,
+        *,
+        agent_id: str,
+        origin: Callable[[], str] | None = None,
+    ) -> None:
         if not agent_id:
             raise ValueError("agent_id is required: the agent id the agent key is bound to")
         self.client = client
         self.channel_id = channel_id
         self.agent_id = agent_id
+        self.origin = origin or _session_origin
 
     def evaluate(
         self, target: str, *, agent_id: str = "", session_id: str = "", origin: str | None = None
@@ -152,7 +163,7 @@ class ServiceSendPolicy:
                 target,
                 agent_id=self.agent_id,
                 session_id=session_id,
-                origin=_session_origin(),
+                origin=self.origin(),
             )
             if result.allow is True:
                 return send_decision(True)

@@ -399,3 +399,18 @@ async def test_request_approval_says_whether_it_created_the_request(tenant: Tena
     again = await agent.request_approval("shell", {"cmd": "ls"}, agent_id="ops", request_key="turn-1")
     assert (again.created, again.approval.approval_id) == (False, first.approval.approval_id)
     assert again.notification_text == ""
+
+
+async def test_a_runtime_without_praisonai_gives_the_origin(
+    tenant: Tenant, service: Service, agent_key: str
+) -> None:
+    await tenant.channel("tg", send_policy=cm.SendPolicy(default=cm.SEND_DEFAULT_DENY, allow=["origin"]))
+    with connect_sync(service.address, agent_key) as client:
+        policy = ServiceSendPolicy(client, "tg", agent_id="ops", origin=lambda: "telegram:100")
+        assert (await asyncio.to_thread(policy.evaluate, "telegram:100")).allow is True
+        # The keyword is never the origin (PraisonAI passes a platform name there).
+        denied = await asyncio.to_thread(policy.evaluate, "telegram:200", origin="telegram:200")
+        assert (denied.allow, denied.reason) == (
+            False,
+            "target 'telegram:200' is not permitted by send_policy",
+        )
