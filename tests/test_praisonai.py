@@ -14,8 +14,10 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import json
+import os
 import socket
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -32,7 +34,8 @@ from authz_service.gen.authz.v1 import admin_pb2 as adm
 from authz_service.gen.authz.v1 import authz_pb2 as az
 from authz_service.gen.authz.v1 import common_pb2 as cm
 
-from .conftest import Service, Tenant
+from .conftest import SECRET_KEY, Dsns, Service, Tenant
+from .replicas import Replica, free_port
 
 APPROVER = "telegram:42"
 DENY, ALLOW = cm.SEND_DEFAULT_DENY, cm.SEND_DEFAULT_ALLOW
@@ -414,3 +417,34 @@ async def _no_leaked_context() -> AsyncIterator[None]:
     # Every turn registers in its own Context; none may leak into the test's.
     yield
     assert session.get_send_policy() is None
+
+
+async def test_approved_after_the_service_restarted_while_it_waited(
+    tenant: Tenant, dsns: Dsns, approval_key: str, tmp_path: Path
+) -> None:
+    """The request is a stored row: a restart under the wait loses nothing."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AUTHZ_")}
+    env.update(
+        AUTHZ_HOME=str(tmp_path),
+        AUTHZ_DATABASE_URL=dsns.service,
+        AUTHZ_SECRET_KEY=SECRET_KEY,  # the tenant's keys work on every server of the deployment
+        AUTHZ_LISTEN=f"127.0.0.1:{free_port()}",
+        AUTHZ_LOG_FORMAT="text",
+    )
+    server = Replica(env)
+    await server.start()
+    client = connect(server.address, approval_key)
+    try:
+        tool = Tool()
+        agent = gated_agent(ApprovalBackend(client, agent_id="ops", timeout=60), tool)
+        task = asyncio.create_task(asyncio.to_thread(agent.execute_tool, "deploy", {"env": "prod"}))
+        approval = await one_pending(tenant)
+        await server.stop()
+        await server.start()  # same address, same database
+        await resolve(tenant, approval.approval_id, cm.APPROVAL_ACTION_APPROVE)
+        assert await asyncio.wait_for(task, 30) == "deployed to prod"
+        assert tool.runs == ["prod"]
+        assert len(await all_tool_approvals(tenant)) == 1
+    finally:
+        await client.close()
+        await server.stop()
