@@ -542,7 +542,13 @@ def connect(
             address, tls.credentials(), options=_options(), interceptors=interceptors
         )
 
-    return Client(open_channel, retry)
+    client = Client(open_channel, retry)
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return client  # outside a loop: the first loop that uses it opens its channel
+    client._stubs()  # the caller's loop gets its channel now
+    return client
 
 
 def connect_sync(
