@@ -303,11 +303,18 @@ class ApprovalBackend:
     async def request_approval(self, request: Any) -> Any:
         """PraisonAI's ``ApprovalProtocol``: one ``ApprovalRequest`` in, its
         ``ApprovalDecision`` out."""
+        tool_name = str(getattr(request, "tool_name", "") or "")
+        try:
+            arguments = dict(request.arguments or {})
+        except (AttributeError, TypeError, ValueError):
+            return _runtime_decision(
+                ApprovalDecision(False, f"tool call '{tool_name}' has unreadable arguments")
+            )
         correlation = str(getattr(request, "approval_id", "") or "")
         key = "praisonai:" + correlation if _REQUEST_KEY.fullmatch(correlation) else None
         decision = await self.ask(
-            str(request.tool_name),
-            dict(request.arguments or {}),
+            tool_name,
+            arguments,
             session_id=str(getattr(request, "session_id", "") or ""),
             request_key=key,
         )

@@ -448,3 +448,18 @@ async def test_approved_after_the_service_restarted_while_it_waited(
     finally:
         await client.close()
         await server.stop()
+
+
+async def test_the_same_praisonai_request_is_stored_once(
+    tenant: Tenant, backend: Callable[..., ApprovalBackend]
+) -> None:
+    b = backend(timeout=1)
+    request = ApprovalRequest(tool_name="deploy", arguments={"env": "prod"}, risk_level="high")
+    first, again = await asyncio.gather(b.request_approval(request), b.request_approval(request))
+    assert first.approved is again.approved is False
+    assert first.metadata == again.metadata != {}
+    assert len(await all_tool_approvals(tenant)) == 1
+    unreadable = ApprovalRequest(tool_name="deploy", arguments=42, risk_level="high")
+    refused = await b.request_approval(unreadable)
+    assert (refused.approved, refused.reason) == (False, "tool call 'deploy' has unreadable arguments")
+    assert len(await all_tool_approvals(tenant)) == 1
