@@ -15,6 +15,7 @@ import itertools
 import os
 import secrets
 import tempfile
+import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,12 +23,8 @@ from urllib.parse import urlparse, urlunparse
 
 import asyncpg
 import grpc
-
-# Importing PraisonAI reconfigures the root logger (logging.basicConfig(force=True)),
-# which would drop pytest's log capture in whichever test imported it first (the
-# adapters import it lazily): import it once, before any test runs.
-import praisonaiagents  # noqa: F401
 import pytest
+from praisonaiagents import _warning_patch
 
 from authz_service.client import Client, connect
 from authz_service.config import Settings
@@ -37,6 +34,12 @@ from authz_service.server import RunningServer, start_server
 from authz_service.store import embedded
 from authz_service.store.db import Database
 from authz_service.store.migrate import migrate
+
+# Importing PraisonAI (here, once, before any test) reconfigures the root logger
+# (logging.basicConfig(force=True)): imported lazily by the adapters, it would drop
+# pytest's log capture in that test. It also wraps warnings.warn in a way that
+# breaks stacklevel (filters by module stop matching): put the standard one back.
+warnings.warn, warnings.warn_explicit = _warning_patch._original_warn, _warning_patch._original_warn_explicit
 
 SECRET_KEY = secrets.token_urlsafe(32)
 """The deployment's AUTHZ_SECRET_KEY: every server the tests start shares it, as
