@@ -1,16 +1,19 @@
 """Drop-in adapters for agent runtimes, on top of the client SDK.
 
-No agent framework is imported: each adapter has the shape a runtime already
-expects (duck typing), and every one of them fails closed.
+Written to PraisonAI's protocols (``praisonaiagents`` 1.7.17), which is never
+required: its types are imported where they are returned, and the module
+imports without it. Every adapter fails closed.
 
-* ``ServiceSendPolicy`` / ``AsyncServiceSendPolicy``: the seed's
-  ``SendPolicyProtocol`` (``evaluate(target, *, agent_id, session_id, origin)
-  -> SendDecision``), answered by ``EvaluateSend``. Any error denies with
+* ``ServiceSendPolicy``: PraisonAI's ``SendPolicyProtocol``
+  (``evaluate(target, *, agent_id, session_id, origin) -> SendDecision``),
+  answered by ``EvaluateSend`` for the agent its key is bound to, from the
+  chat of PraisonAI's session context. Any error denies with
   ``"send_policy evaluation error"``.
-* ``ApprovalBackend``: ask a human before a tool runs. RequestApproval (with a
-  request key, so retries are safe), wait through WatchApproval, then
-  RedeemApproval with the same arguments; approved only if the redeem allows.
-  ``gated(backend, tool_name)`` wraps an async tool with it.
+* ``ApprovalBackend``: PraisonAI's ``ApprovalProtocol``; asks a human before a
+  tool runs. RequestApproval (with a request key, so retries are safe), wait
+  through WatchApproval, then RedeemApproval with the same arguments;
+  approved only if the redeem allows. ``gated(backend, tool_name)`` wraps an
+  async tool with it.
 * ``IngressGuard``: CheckUser for an inbound message; any error is a deny
   with reason ``"authz_unavailable"`` and no reply text.
 
@@ -26,6 +29,7 @@ import inspect
 import json
 import logging
 import math
+import re
 import secrets
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
@@ -35,8 +39,7 @@ from typing import Any, ParamSpec, TypeVar
 import grpc
 
 from .client import Client, SyncClient
-from .client.results import ApprovalInfo, CheckResult, SendResult, approval_info
-from .gen.authz.v1 import authz_pb2
+from .client.results import ApprovalInfo, ApprovalRequested, CheckResult
 from .gen.authz.v1 import common_pb2 as cm
 
 __all__ = [
@@ -45,13 +48,13 @@ __all__ = [
     "ApprovalBackend",
     "ApprovalDecision",
     "ApprovalRefused",
-    "AsyncServiceSendPolicy",
     "IngressGuard",
     "OnRequest",
     "PendingApproval",
     "SendDecision",
     "ServiceSendPolicy",
     "gated",
+    "send_decision",
 ]
 
 log = logging.getLogger(__name__)
@@ -61,6 +64,10 @@ AUTHZ_UNAVAILABLE = "authz_unavailable"
 MAX_TIMEOUT_SECONDS = 86400
 # Extra time to hear the service's own expiry before giving up locally.
 _EXPIRY_GRACE = 2.0
+# The local wait ends this long before the runtime's own cap on the whole call
+# (PraisonAI's ``_timeout``), so the refusal is returned rather than cancelled.
+_LOCAL_MARGIN = 0.25
+_REQUEST_KEY = re.compile(r"[A-Za-z0-9_.:-]{1,100}")
 
 
 def _describe(exc: BaseException) -> str:
@@ -77,78 +84,98 @@ def _describe(exc: BaseException) -> str:
 
 @dataclass(frozen=True)
 class SendDecision:
-    """The seed's ``SendDecision``: immutable; ``reason`` is shown to the model."""
+    """The seed's ``SendDecision``, used only where PraisonAI is not installed
+    (``send_decision`` returns PraisonAI's own class when it is, because its
+    ``send_message`` tool checks ``isinstance``)."""
 
     allow: bool
-    reason: str | None = None
+    reason: str = ""
 
 
-def _denial(target: str) -> str:
-    return f"Failed to send to {target}: target '{target}' is not permitted by send_policy"
+def send_decision(allow: bool, reason: str = "") -> Any:
+    """PraisonAI's ``SendDecision`` when the package is installed, else ours."""
+    try:
+        from praisonaiagents.gateway.protocols import SendDecision as Decision
+    except ImportError:
+        return SendDecision(allow, reason)
+    return Decision(allow=allow, reason=reason)
 
 
-def _send_decision(result: SendResult, target: str) -> SendDecision:
-    if result.allow is True:
-        return SendDecision(True)
-    return SendDecision(False, result.reason or _denial(target))
+def _session_origin() -> str:
+    """The conversation the turn came from, ``<platform>:<chat id>``, read from
+    PraisonAI's session context ("" outside one: ``origin`` is then never
+    allowed). PraisonAI's own ``origin=`` keyword is a platform name, which
+    would let a target named after the platform pass as the conversation."""
+    try:
+        from praisonaiagents.session.context import get_session_context
+    except ImportError:
+        return ""
+    ctx = get_session_context()
+    platform, chat = str(ctx.platform or ""), str(ctx.chat_id or "")
+    return f"{platform}:{chat}" if platform and chat else ""
 
 
-def _send_error(exc: Exception, channel_id: str, agent_id: str) -> SendDecision:
-    log.warning(
-        "send_policy evaluation failed (channel %s, agent %s): %s; denying",
-        channel_id,
-        agent_id or "-",
-        _describe(exc),
-    )
-    return SendDecision(False, SEND_EVALUATION_ERROR)
+def _denial_reason(reason: str, target: str) -> str:
+    # The runtime writes "Failed to send to <target>: " before the reason itself.
+    prefix = f"Failed to send to {target}: "
+    return reason.removeprefix(prefix) if reason else f"target '{target}' is not permitted by send_policy"
 
 
 class ServiceSendPolicy:
-    """``SendPolicyProtocol`` backed by the service, for runtimes that call
-    ``evaluate`` synchronously. Blocks for one RPC (the client's deadline,
-    ``connect_sync(timeout=...)``, bounds it); never raises.
+    """PraisonAI's ``SendPolicyProtocol`` backed by ``EvaluateSend``. Register
+    it with ``praisonaiagents.session.context.register_send_policy``.
 
-    ``agent_id`` falls back to ``default_agent_id``; the service requires one.
-    ``origin`` is the conversation the turn came from (policy token "origin").
+    ``evaluate`` is synchronous (PraisonAI's ``send_message`` calls it so):
+    one RPC, bounded by the client's deadline (``connect_sync(timeout=...)``);
+    it never raises, and any error denies with "send_policy evaluation error".
+
+    The agent is ``agent_id`` given here, the id the agent key is bound to
+    (``authz key create agent --agent ID``): the ``agent_id`` keyword
+    PraisonAI passes is the end user's id and is ignored. The origin is the
+    chat of PraisonAI's session context, not the ``origin`` keyword (a
+    platform name); a runtime without that context gives ``origin``, a
+    function returning the turn's conversation (``"<platform>:<chat id>"``)
+    from its own state, never from the model's tool arguments.
+    ``session_id`` is passed through.
     """
 
-    def __init__(self, client: SyncClient, channel_id: str, *, default_agent_id: str = "") -> None:
+    def __init__(
+        self,
+        client: SyncClient,
+        channel_id: str,
+        *,
+        agent_id: str,
+        origin: Callable[[], str] | None = None,
+    ) -> None:
+        if not agent_id:
+            raise ValueError("agent_id is required: the agent id the agent key is bound to")
         self.client = client
         self.channel_id = channel_id
-        self.default_agent_id = default_agent_id
+        self.agent_id = agent_id
+        self.origin = origin or _session_origin
 
     def evaluate(
         self, target: str, *, agent_id: str = "", session_id: str = "", origin: str | None = None
-    ) -> SendDecision:
-        agent = agent_id or self.default_agent_id
+    ) -> Any:
         try:
             result = self.client.evaluate_send(
-                self.channel_id, target, agent_id=agent, session_id=session_id, origin=origin or ""
+                self.channel_id,
+                target,
+                agent_id=self.agent_id,
+                session_id=session_id,
+                origin=self.origin(),
             )
-            return _send_decision(result, target)
+            if result.allow is True:
+                return send_decision(True)
+            return send_decision(False, _denial_reason(result.reason, target))
         except Exception as exc:  # fail closed on anything, by the seed's contract
-            return _send_error(exc, self.channel_id, agent)
-
-
-class AsyncServiceSendPolicy:
-    """The same policy for async runtimes: ``await policy.aevaluate(...)``."""
-
-    def __init__(self, client: Client, channel_id: str, *, default_agent_id: str = "") -> None:
-        self.client = client
-        self.channel_id = channel_id
-        self.default_agent_id = default_agent_id
-
-    async def aevaluate(
-        self, target: str, *, agent_id: str = "", session_id: str = "", origin: str | None = None
-    ) -> SendDecision:
-        agent = agent_id or self.default_agent_id
-        try:
-            result = await self.client.evaluate_send(
-                self.channel_id, target, agent_id=agent, session_id=session_id, origin=origin or ""
+            log.warning(
+                "send_policy evaluation failed (channel %s, agent %s): %s; denying",
+                self.channel_id,
+                self.agent_id,
+                _describe(exc),
             )
-            return _send_decision(result, target)
-        except Exception as exc:
-            return _send_error(exc, self.channel_id, agent)
+            return send_decision(False, SEND_EVALUATION_ERROR)
 
 
 # --- tool approvals ------------------------------------------------------------------
@@ -201,21 +228,43 @@ def _refusal(tool_name: str, info: ApprovalInfo) -> str:
     return f"tool call '{tool_name}' was not approved ({info.status})"
 
 
+def _runtime_decision(decision: ApprovalDecision) -> Any:
+    """PraisonAI's ``ApprovalDecision`` when the package is installed, else ours."""
+    try:
+        from praisonaiagents.approval.protocols import ApprovalDecision as Decision
+    except ImportError:
+        return decision
+    return Decision(
+        approved=decision.approved,
+        reason=decision.reason,
+        approver=decision.resolved_by or None,
+        metadata={"approval_id": decision.approval_id} if decision.approval_id else {},
+    )
+
+
 class ApprovalBackend:
-    """Ask a human before an agent's tool call runs, through the service.
+    """PraisonAI's ``ApprovalProtocol`` backed by the service: pass it to
+    ``Agent(approval=...)``. Ask a human before an agent's tool call runs.
 
-    ``request_approval`` returns an ``ApprovalDecision`` and never raises
-    (except on cancellation): every error and timeout is ``approved=False``.
-    The request is durable on the service; waiting survives a broken stream
-    (the client watches again, with its retry backoff, until ``timeout``).
+    ``request_approval(request)`` takes PraisonAI's ``ApprovalRequest`` and
+    returns its ``ApprovalDecision`` (``approver`` is who decided, the service's
+    approval id is ``metadata["approval_id"]``, ``modified_args`` stays empty:
+    approvers cannot change arguments). ``ask(tool_name, arguments)`` is the
+    same without PraisonAI's types. Neither raises (except on cancellation):
+    every error, refusal and timeout is ``approved=False`` with a
+    model-readable reason, so PraisonAI does not retry the tool and ask again.
+    The request key is PraisonAI's ``approval_id``, so a repeated call finds
+    the stored request instead of making a second one.
 
-    ``timeout``: seconds to wait for a decision (the service expires the
-    request after ``ceil(timeout)`` seconds; expiry never approves).
-    ``on_request``: called (sync or async) once a request is pending, e.g. to
-    show its id to someone or post the notification text; its errors are
-    logged and the wait goes on.
-    ``session_id`` / ``requester_id``: defaults for calls that give none (one
-    backend per session is cheap: it holds no connection of its own).
+    ``client``: any ``Client``; it opens a channel per event loop, so the
+    new loop PraisonAI runs each approval on (``asyncio.run``) is served too.
+    ``timeout``: seconds a human has to decide; the service expires the
+    request after ``ceil(timeout)`` seconds (expiry never approves).
+    ``_timeout``, which PraisonAI reads as its cap on the whole call, is
+    ``timeout`` plus a grace to hear that expiry; the wait ends just before
+    it. Leave ``ApprovalConfig(timeout=...)`` unset so that cap applies. ``on_request``: called (sync or async) once a request is
+    pending, e.g. to post the notification text; its errors are logged.
+    ``session_id`` / ``requester_id``: defaults for calls that give none.
     ``requester_id`` is the platform user id of the person the agent acts
     for (checked against the platform of ``channel_id`` when one is set).
     """
@@ -237,13 +286,41 @@ class ApprovalBackend:
         self.client = client
         self.agent_id = agent_id
         self.channel_id = channel_id
-        self.timeout = float(timeout)
+        self._human_timeout = float(timeout)
+        # PraisonAI caps the whole call at ``_timeout``: the human's time, plus
+        # the grace to hear the service expire the request.
+        self._timeout = self._human_timeout + _EXPIRY_GRACE
         self.risk = risk
         self.on_request = on_request
         self.session_id = session_id
         self.requester_id = requester_id
 
-    async def request_approval(
+    @property
+    def timeout(self) -> float:
+        """Seconds a human has to decide (the service expires the request then)."""
+        return self._human_timeout
+
+    async def request_approval(self, request: Any) -> Any:
+        """PraisonAI's ``ApprovalProtocol``: one ``ApprovalRequest`` in, its
+        ``ApprovalDecision`` out."""
+        tool_name = str(getattr(request, "tool_name", "") or "")
+        try:
+            arguments = dict(request.arguments or {})
+        except (AttributeError, TypeError, ValueError):
+            return _runtime_decision(
+                ApprovalDecision(False, f"tool call '{tool_name}' has unreadable arguments")
+            )
+        correlation = str(getattr(request, "approval_id", "") or "")
+        key = "praisonai:" + correlation if _REQUEST_KEY.fullmatch(correlation) else None
+        decision = await self.ask(
+            tool_name,
+            arguments,
+            session_id=str(getattr(request, "session_id", "") or ""),
+            request_key=key,
+        )
+        return _runtime_decision(decision)
+
+    async def ask(
         self,
         tool_name: str,
         arguments: Mapping[str, Any] | str,
@@ -258,26 +335,25 @@ class ApprovalBackend:
         while it waited is refused. ``request_key``: give the same key when
         replaying the same turn (e.g. after a crash) to find the same request."""
         approval_id = ""
+        deadline = asyncio.get_running_loop().time() + self._timeout - _LOCAL_MARGIN
         try:
-            resp = await self.client.authz.RequestApproval(
-                authz_pb2.RequestApprovalRequest(
-                    tool_name=tool_name,
-                    arguments_json=_arguments_json(arguments),
-                    agent_id=self.agent_id,
-                    session_id=session_id or self.session_id,
-                    channel_id=self.channel_id,
-                    requester_id=requester_id or self.requester_id,
-                    risk=self.risk,
-                    timeout_seconds=max(1, math.ceil(self.timeout)),
-                    request_key=request_key or _new_request_key(),
-                    summary=summary,
-                )
+            requested = await self.client.request_approval(
+                tool_name,
+                _arguments_json(arguments),
+                agent_id=self.agent_id,
+                session_id=session_id or self.session_id,
+                channel_id=self.channel_id,
+                requester_id=requester_id or self.requester_id,
+                risk=self.risk,
+                timeout_seconds=max(1, math.ceil(self._human_timeout)),
+                request_key=request_key or _new_request_key(),
+                summary=summary,
             )
-            info = approval_info(resp.approval)
+            info = requested.approval
             approval_id = info.approval_id
             if info.pending:
-                await self._notify(resp, info)
-                info = await self._wait(info)
+                await self._notify(requested)
+                info = await self._wait(info, deadline)
             if not info.approved:
                 return ApprovalDecision(False, _refusal(tool_name, info), approval_id, info.resolved_by)
             redeemed = await self.client.redeem_approval(approval_id, tool_name, _arguments_json(arguments))
@@ -302,18 +378,19 @@ class ApprovalBackend:
                 approval_id,
             )
 
-    async def _notify(self, resp: authz_pb2.RequestApprovalResponse, info: ApprovalInfo) -> None:
+    async def _notify(self, requested: ApprovalRequested) -> None:
         if self.on_request is None:
             return
+        info = requested.approval
         pending = PendingApproval(
             approval_id=info.approval_id,
             tool_name=info.tool_name,
             arguments_json=info.arguments_json,
             agent_id=info.agent_id,
-            approvers=tuple(resp.approvers),
-            notification_text=resp.notification.text if resp.HasField("notification") else "",
+            approvers=requested.approvers,
+            notification_text=requested.notification_text,
             expires_at=info.expires_at,
-            created=resp.created,
+            created=requested.created,
         )
         try:
             result = self.on_request(pending)
@@ -322,12 +399,12 @@ class ApprovalBackend:
         except Exception as exc:
             log.warning("on_request for approval %s failed: %s", info.approval_id, _describe(exc))
 
-    async def _wait(self, info: ApprovalInfo) -> ApprovalInfo:
+    async def _wait(self, info: ApprovalInfo, deadline: float) -> ApprovalInfo:
         """The decision, or the last state seen when time ran out. A broken
         stream is watched again by the client (``Client.follow_approval``)."""
         last = info
         try:
-            async with asyncio.timeout(self.timeout + _EXPIRY_GRACE):
+            async with asyncio.timeout_at(deadline):
                 async for update in self.client.follow_approval(info.approval_id):
                     last = update
                     if not update.pending:
@@ -368,7 +445,7 @@ def gated(
         async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
             if args:
                 raise TypeError(f"gated tool {tool_name!r} takes keyword arguments only")
-            decision = await backend.request_approval(tool_name, kwargs, summary=summary)
+            decision = await backend.ask(tool_name, kwargs, summary=summary)
             if not decision.approved:
                 raise ApprovalRefused(decision)
             return await fn(*args, **kwargs)

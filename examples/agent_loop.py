@@ -88,7 +88,7 @@ async def run() -> int:
                 session_id=SESSION,
                 requester_id=USER_ID,
             )
-            policy = ServiceSendPolicy(sync_client, channel, default_agent_id=agent_id)
+            policy = ServiceSendPolicy(sync_client, channel, agent_id=agent_id, origin=lambda: ORIGIN)
 
             @gated(approvals, "shell", summary="the user asked to clean up the disk")
             async def shell(*, cmd: str) -> str:
@@ -100,9 +100,9 @@ async def run() -> int:
 
             async def send_message(*, target: str, text: str) -> str:
                 # The seed's SendPolicyProtocol: synchronous, never raises, fails closed.
-                decision = policy.evaluate(target, agent_id=agent_id, session_id=SESSION, origin=ORIGIN)
-                if not decision.allow:
-                    return decision.reason or "send refused"
+                decision = policy.evaluate(target, session_id=SESSION)
+                if not decision.allow:  # as PraisonAI's send_message words it
+                    return f"Failed to send to {target}: {decision.reason}"
                 return f"delivered to {ORIGIN if target == 'origin' else target}"
 
             tools: dict[str, Callable[..., Any]] = {"shell": shell, "send_message": send_message}

@@ -15,6 +15,7 @@ import itertools
 import os
 import secrets
 import tempfile
+import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from urllib.parse import urlparse, urlunparse
 import asyncpg
 import grpc
 import pytest
+from praisonaiagents import _warning_patch
 
 from authz_service.client import Client, connect
 from authz_service.config import Settings
@@ -36,6 +38,11 @@ from authz_service.store.migrate import migrate
 # A developer's own CLI contexts (authz context use ...) must not leak into tests.
 os.environ["AUTHZ_CONFIG_DIR"] = tempfile.mkdtemp(prefix="authz-test-config-")
 os.environ.pop("AUTHZ_CONTEXT", None)
+# Importing PraisonAI (here, once, before any test) reconfigures the root logger
+# (logging.basicConfig(force=True)): imported lazily by the adapters, it would drop
+# pytest's log capture in that test. It also wraps warnings.warn in a way that
+# breaks stacklevel (filters by module stop matching): put the standard one back.
+warnings.warn, warnings.warn_explicit = _warning_patch._original_warn, _warning_patch._original_warn_explicit
 
 SECRET_KEY = secrets.token_urlsafe(32)
 """The deployment's AUTHZ_SECRET_KEY: every server the tests start shares it, as

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 
@@ -17,7 +19,6 @@ from authz_service.adapters import (
     SEND_EVALUATION_ERROR,
     ApprovalBackend,
     ApprovalRefused,
-    AsyncServiceSendPolicy,
     IngressGuard,
     PendingApproval,
     SendDecision,
@@ -88,54 +89,14 @@ async def stored(t: Tenant, approval_id: str) -> cm.Approval:
 # --- send policy -------------------------------------------------------------------
 
 
-async def test_send_policy_allows_origin_and_denies_other_targets(
-    tenant: Tenant, service: Service, agent_key: str
-) -> None:
-    await tenant.channel(
-        "tg",
-        send_policy=cm.SendPolicy(default=cm.SEND_DEFAULT_DENY, allow=["origin"]),
-        agent_send_policies={"pager": cm.SendPolicy(default=cm.SEND_DEFAULT_DENY, allow=["ops-alerts"])},
-    )
-    with connect_sync(service.address, agent_key) as client:
-        policy = ServiceSendPolicy(client, "tg", default_agent_id="support")
-
-        def ev(target: str, **kw: str) -> SendDecision:
-            return policy.evaluate(target, session_id="s1", origin="telegram:100", **kw)
-
-        assert await asyncio.to_thread(ev, "origin") == SendDecision(True, None)
-        # The origin conversation by its own name is the origin too.
-        assert await asyncio.to_thread(ev, "telegram:100") == SendDecision(True, None)
-        exec_ = await asyncio.to_thread(ev, "slack:#exec")
-        assert exec_ == SendDecision(False, denial("slack:#exec"))
-        assert (
-            exec_.reason
-            == "Failed to send to slack:#exec: target 'slack:#exec' is not permitted by send_policy"
-        )
-        # agent_id reaches the service: the pager's own policy applies to it only.
-        assert await asyncio.to_thread(ev, "ops-alerts", agent_id="pager") == SendDecision(True)
-        assert await asyncio.to_thread(ev, "ops-alerts") == SendDecision(False, denial("ops-alerts"))
-    audit = await tenant.admin.admin.QueryAudit(adm.QueryAuditRequest(event="send.denied"))
-    assert sorted((e.actor, e.subject) for e in audit.events) == [
-        ("agent:support", "ops-alerts"),
-        ("agent:support", "slack:#exec"),
-    ]
-
-
-async def test_send_policy_decision_is_frozen() -> None:
-    decision = SendDecision(False, "x")
-    with pytest.raises(AttributeError):
-        decision.allow = True  # type: ignore[misc]
-
-
 async def test_send_policy_fails_closed_when_the_service_is_unreachable(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.WARNING, logger="authz_service.adapters")
     with connect_sync(closed_address(), SECRET, timeout=1) as client:
-        policy = ServiceSendPolicy(client, "tg", default_agent_id="ops")
-        decision = await asyncio.to_thread(policy.evaluate, "origin", origin="telegram:1")
-    assert decision == SendDecision(False, "send_policy evaluation error")
-    assert decision.reason == SEND_EVALUATION_ERROR
+        policy = ServiceSendPolicy(client, "tg", agent_id="ops")
+        decision = await asyncio.to_thread(policy.evaluate, "origin", origin="telegram")
+    assert (decision.allow, decision.reason) == (False, SEND_EVALUATION_ERROR)
     assert "UNAVAILABLE" in caplog.text
     assert SECRET not in caplog.text
 
@@ -145,26 +106,20 @@ async def test_send_policy_fails_closed_on_bad_input(
 ) -> None:
     await tenant.channel("tg", send_policy=cm.SendPolicy(default=cm.SEND_DEFAULT_ALLOW))
     with connect_sync(service.address, agent_key) as client:
-        ok = ServiceSendPolicy(client, "tg", default_agent_id="ops")
-        assert await asyncio.to_thread(ok.evaluate, "slack:#ops") == SendDecision(True)
-        no_agent = ServiceSendPolicy(client, "tg")  # the service requires an agent id
-        assert await asyncio.to_thread(no_agent.evaluate, "slack:#ops") == SendDecision(
-            False, SEND_EVALUATION_ERROR
-        )
+        ok = ServiceSendPolicy(client, "tg", agent_id="ops")
+        allowed = await asyncio.to_thread(ok.evaluate, "slack:#ops")
+        assert (allowed.allow, allowed.reason) == (True, "")
         not_a_string = await asyncio.to_thread(ok.evaluate, 42)  # type: ignore[arg-type]
-        assert not_a_string == SendDecision(False, SEND_EVALUATION_ERROR)
+        assert (not_a_string.allow, not_a_string.reason) == (False, SEND_EVALUATION_ERROR)
+        with pytest.raises(ValueError, match="agent_id"):
+            ServiceSendPolicy(client, "tg", agent_id="")
 
 
-async def test_async_send_policy(tenant: Tenant, service: Service, agent: Client) -> None:
-    await tenant.channel("tg", send_policy=cm.SendPolicy(default=cm.SEND_DEFAULT_DENY, allow=["origin"]))
-    policy = AsyncServiceSendPolicy(agent, "tg", default_agent_id="ops")
-    assert await policy.aevaluate("origin", origin="telegram:1") == SendDecision(True)
-    assert await policy.aevaluate("slack:#exec", origin="telegram:1") == SendDecision(
-        False, denial("slack:#exec")
-    )
-    async with connect(closed_address(), SECRET, timeout=1) as down:
-        failed = await AsyncServiceSendPolicy(down, "tg", default_agent_id="ops").aevaluate("origin")
-    assert failed == SendDecision(False, SEND_EVALUATION_ERROR)
+async def test_send_decision_without_praisonai_is_the_seeds() -> None:
+    decision = SendDecision(False, "x")
+    with pytest.raises(AttributeError):
+        decision.allow = True  # type: ignore[misc]
+    assert SendDecision(True) == SendDecision(True, "")
 
 
 # --- approvals ---------------------------------------------------------------------
@@ -204,7 +159,7 @@ async def test_approved_tool_runs_once_with_the_approved_arguments(tenant: Tenan
 async def test_request_approval_reports_who_approved(tenant: Tenant, agent: Client) -> None:
     await with_approvers(tenant)
     backend = ApprovalBackend(agent, agent_id="ops", timeout=30)
-    task = asyncio.create_task(backend.request_approval("deploy", '{"env": "prod"}', session_id="s-1"))
+    task = asyncio.create_task(backend.ask("deploy", '{"env": "prod"}', session_id="s-1"))
     pending = await pending_tool_approval(tenant)
     await resolve(tenant, pending.approval_id, cm.APPROVAL_ACTION_APPROVE)
     decision = await asyncio.wait_for(task, 10)
@@ -266,7 +221,7 @@ async def test_unreachable_service_is_not_approved(caplog: pytest.LogCaptureFixt
     caplog.set_level(logging.WARNING, logger="authz_service.adapters")
     async with connect(closed_address(), SECRET, timeout=1) as down:
         backend = ApprovalBackend(down, agent_id="ops", timeout=5)
-        decision = await backend.request_approval("shell", {"cmd": "ls"})
+        decision = await backend.ask("shell", {"cmd": "ls"})
         ran: list[int] = []
 
         @gated(backend, "shell")
@@ -294,7 +249,7 @@ async def test_a_broken_watch_is_resumed(tenant: Tenant, service: Service, agent
 
     async with FaultProxy(service.address) as proxy, connect(proxy.address, agent_key) as agent:
         backend = ApprovalBackend(agent, agent_id="ops", timeout=30)
-        task = asyncio.create_task(backend.request_approval("shell", {"cmd": "uptime"}))
+        task = asyncio.create_task(backend.ask("shell", {"cmd": "uptime"}))
         pending = await pending_tool_approval(tenant)
         await watches(1)
         proxy.break_streams()
@@ -343,14 +298,14 @@ async def test_always_allow_grant_runs_without_asking_until_revoked(tenant: Tena
 
     await shell(cmd="df -h")  # the grant approves it: no human, no wait
     assert ran == ["df -h", "df -h"] and asked == [first.approval_id]
-    decision = await backend.request_approval("shell", {"cmd": "df -h"})
+    decision = await backend.ask("shell", {"cmd": "df -h"})
     assert decision.approved and decision.reason == "tool call 'shell' was approved by a standing grant"
     assert decision.resolved_by.startswith("grant:")
 
     grants = (await tenant.admin.admin.ListGrants(adm.ListGrantsRequest())).grants
     await tenant.admin.admin.RevokeGrant(adm.RevokeGrantRequest(grant_id=grants[0].grant_id))
     short = ApprovalBackend(agent, agent_id="ops", timeout=1)
-    after = await short.request_approval("shell", {"cmd": "df -h"})
+    after = await short.ask("shell", {"cmd": "df -h"})
     assert not after.approved and after.reason == "tool call 'shell' was not approved in time"
 
 
@@ -398,3 +353,64 @@ async def test_ingress_guard_allows_asks_to_pair_and_fails_closed(tenant: Tenant
     assert not failed.allowed
     assert (failed.decision, failed.reason, failed.text) == ("deny", AUTHZ_UNAVAILABLE, "")
     assert failed.reason == "authz_unavailable"
+
+
+def test_adapters_import_and_decide_without_praisonai() -> None:
+    """PraisonAI is optional: without it the module imports and returns its own types."""
+    code = (
+        "import sys; sys.modules['praisonaiagents'] = None\n"
+        "from authz_service.adapters import SendDecision, send_decision\n"
+        "d = send_decision(False, 'no')\n"
+        "assert type(d) is SendDecision and (d.allow, d.reason) == (False, 'no'), d\n"
+        "assert 'praisonaiagents' not in {m.split('.')[0] for m in sys.modules if sys.modules[m]}\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+async def test_one_client_serves_several_event_loops(tenant: Tenant, agent: Client) -> None:
+    """A runtime that runs each call in a new loop (asyncio.run) shares one client."""
+    await with_approvers(tenant)
+    await tenant.channel("tg", send_policy=cm.SendPolicy(default=cm.SEND_DEFAULT_DENY, allow=["ops"]))
+
+    def in_a_new_loop(target: str) -> bool | None:
+        async def call() -> bool | None:
+            return (await agent.evaluate_send("tg", target, agent_id="ops")).allow
+
+        return asyncio.run(call())
+
+    assert await asyncio.to_thread(in_a_new_loop, "ops") is True
+    assert await asyncio.to_thread(in_a_new_loop, "slack:#exec") is False
+    # ...and the loop it was made on, still.
+    assert (await agent.evaluate_send("tg", "ops", agent_id="ops")).allow is True
+
+
+async def test_request_approval_says_whether_it_created_the_request(tenant: Tenant, agent: Client) -> None:
+    await with_approvers(tenant)
+    first = await agent.request_approval("shell", {"cmd": "ls"}, agent_id="ops", request_key="turn-1")
+    assert first.created is True
+    assert first.approval.pending
+    assert first.approvers == ()  # never shown to agent keys
+    assert "shell" in first.notification_text
+    # A key that delivers approvals sees who may decide.
+    connector = await tenant.connector.request_approval(
+        "shell", {"cmd": "ls"}, agent_id="ops", request_key="turn-1"
+    )
+    assert connector.approvers == (APPROVER,)
+    again = await agent.request_approval("shell", {"cmd": "ls"}, agent_id="ops", request_key="turn-1")
+    assert (again.created, again.approval.approval_id) == (False, first.approval.approval_id)
+    assert again.notification_text == ""
+
+
+async def test_a_runtime_without_praisonai_gives_the_origin(
+    tenant: Tenant, service: Service, agent_key: str
+) -> None:
+    await tenant.channel("tg", send_policy=cm.SendPolicy(default=cm.SEND_DEFAULT_DENY, allow=["origin"]))
+    with connect_sync(service.address, agent_key) as client:
+        policy = ServiceSendPolicy(client, "tg", agent_id="ops", origin=lambda: "telegram:100")
+        assert (await asyncio.to_thread(policy.evaluate, "telegram:100")).allow is True
+        # The keyword is never the origin (PraisonAI passes a platform name there).
+        denied = await asyncio.to_thread(policy.evaluate, "telegram:200", origin="telegram:200")
+        assert (denied.allow, denied.reason) == (
+            False,
+            "target 'telegram:200' is not permitted by send_policy",
+        )

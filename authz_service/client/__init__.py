@@ -23,8 +23,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,12 +38,14 @@ from ..gen.authz.v1 import common_pb2 as cm
 from .plaintext import is_loopback, plaintext_warning
 from .results import (
     ApprovalInfo,
+    ApprovalRequested,
     CheckResult,
     InviteResult,
     RedeemResult,
     ResolveResult,
     SendResult,
     approval_info,
+    approval_requested,
     check_result,
     invite_result,
     resolve_result,
@@ -64,6 +67,7 @@ __all__ = [
     "IDEMPOTENT_METHODS",
     "NO_RETRY",
     "ApprovalInfo",
+    "ApprovalRequested",
     "CheckResult",
     "Client",
     "InviteResult",
@@ -245,18 +249,67 @@ def _approval_request(
     )
 
 
-@dataclass
-class Client:
-    """Async client. ``authz`` and ``admin`` are the raw stubs; ``retry`` is
-    the policy its calls were connected with (``follow_approval`` uses it too)."""
-
+@dataclass(frozen=True)
+class _Stubs:
     channel: grpc.aio.Channel
     authz: authz_pb2_grpc.AuthzServiceAsyncStub
     admin: admin_pb2_grpc.AdminServiceAsyncStub
-    retry: RetryPolicy = DEFAULT_RETRY
+
+
+class Client:
+    """Async client. ``authz`` and ``admin`` are the raw stubs; ``retry`` is
+    the policy its calls were connected with (``follow_approval`` uses it too).
+
+    A grpc.aio channel belongs to the event loop it was made on, so the
+    client opens one channel per running loop, on first use there: one client
+    serves a runtime that runs each call in a new loop (``asyncio.run``, as
+    PraisonAI does for tools and approvals). Channels of loops that have
+    closed are dropped; ``close`` closes the current loop's channel."""
+
+    def __init__(
+        self, open_channel: Callable[[], grpc.aio.Channel], retry: RetryPolicy = DEFAULT_RETRY
+    ) -> None:
+        self._open_channel = open_channel
+        self.retry = retry
+        self._lock = threading.Lock()
+        self._by_loop: dict[asyncio.AbstractEventLoop | None, _Stubs] = {}
+
+    def _stubs(self) -> _Stubs:
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        with self._lock:
+            for gone in [other for other in self._by_loop if other is not None and other.is_closed()]:
+                del self._by_loop[gone]
+            stubs = self._by_loop.get(loop)
+            if stubs is None:
+                channel = self._open_channel()
+                stubs = _Stubs(
+                    channel,
+                    authz_pb2_grpc.AuthzServiceStub(channel),
+                    admin_pb2_grpc.AdminServiceStub(channel),
+                )
+                self._by_loop[loop] = stubs
+            return stubs
+
+    @property
+    def channel(self) -> grpc.aio.Channel:
+        return self._stubs().channel
+
+    @property
+    def authz(self) -> authz_pb2_grpc.AuthzServiceAsyncStub:
+        return self._stubs().authz
+
+    @property
+    def admin(self) -> admin_pb2_grpc.AdminServiceAsyncStub:
+        return self._stubs().admin
 
     async def close(self) -> None:
-        await self.channel.close(None)
+        with self._lock:
+            stubs = self._by_loop.pop(asyncio.get_running_loop(), None)
+        if stubs is not None:
+            await stubs.channel.close(None)
 
     async def __aenter__(self) -> Client:
         return self
@@ -310,10 +363,12 @@ class Client:
         timeout_seconds: int = 300,
         request_key: str | None = None,
         summary: str = "",
-    ) -> ApprovalInfo:
+    ) -> ApprovalRequested:
         """Store a request for a human decision. ``arguments``: a JSON string,
         or any JSON-serialisable value. A fresh ``request_key`` is generated
-        when none is given, so retries never create a second request."""
+        when none is given, so retries never create a second request. Returns
+        the approval, whether this call created it, the approvers and the
+        notification text for them."""
         resp = await self.authz.RequestApproval(
             _approval_request(
                 tool_name,
@@ -328,7 +383,7 @@ class Client:
                 summary=summary,
             )
         )
-        return approval_info(resp.approval)
+        return approval_requested(resp)
 
     async def watch_approval(self, approval_id: str) -> AsyncIterator[ApprovalInfo]:
         """The current state, then the decision or expiry; ends there."""
@@ -491,16 +546,22 @@ def connect(
     unless ``warn_plaintext`` is False (a caller that tells the user itself)."""
     _check_plaintext(address, tls, warn_plaintext)
     policy = _CallPolicy(api_key, timeout, retry)
-    interceptors: list[Any] = [_AioUnary(policy), _AioStream(policy, stream_timeout)]
-    if tls is None:
-        channel = grpc.aio.insecure_channel(address, options=_options(), interceptors=interceptors)
-    else:
-        channel = grpc.aio.secure_channel(
+
+    def open_channel() -> grpc.aio.Channel:
+        interceptors: list[Any] = [_AioUnary(policy), _AioStream(policy, stream_timeout)]
+        if tls is None:
+            return grpc.aio.insecure_channel(address, options=_options(), interceptors=interceptors)
+        return grpc.aio.secure_channel(
             address, tls.credentials(), options=_options(), interceptors=interceptors
         )
-    return Client(
-        channel, authz_pb2_grpc.AuthzServiceStub(channel), admin_pb2_grpc.AdminServiceStub(channel), retry
-    )
+
+    client = Client(open_channel, retry)
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return client  # outside a loop: the first loop that uses it opens its channel
+    client._stubs()  # the caller's loop gets its channel now
+    return client
 
 
 def connect_sync(

@@ -41,6 +41,28 @@ class CheckResult:
 
 
 @dataclass(frozen=True)
+class ApprovalRequested:
+    """What ``request_approval`` stored: the approval, whether this call
+    created it (False: the request key found an earlier one, or a standing
+    grant approved it), who may decide (``"<platform>:<user id>"``), and the
+    text to show them ("" unless created by this call and pending)."""
+
+    approval: ApprovalInfo
+    created: bool
+    approvers: tuple[str, ...]
+    notification_text: str
+
+
+def approval_requested(resp: authz_pb2.RequestApprovalResponse) -> ApprovalRequested:
+    return ApprovalRequested(
+        approval_info(resp.approval),
+        resp.created,
+        tuple(resp.approvers),
+        resp.notification.text if resp.HasField("notification") else "",
+    )
+
+
+@dataclass(frozen=True)
 class SendResult:
     allow: bool
     reason: str = ""

@@ -120,8 +120,12 @@ NO_RETRY = RetryPolicy(attempts=1)
 
 # A WatchApproval (declared IDEMPOTENT) that breaks with these is opened again by
 # ``Client.follow_approval``. A stream's deadline is its own (``stream_timeout``),
-# so running out of it only means "watch again"; a unary deadline is final.
-REWATCH_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+# so running out of it only means "watch again"; a unary deadline is final. A server
+# shutting down ends its open streams CANCELLED (the caller's own cancellation is
+# asyncio's CancelledError, never this status), so that is watched again too.
+REWATCH_CODES = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
+)
 
 
 @dataclass
