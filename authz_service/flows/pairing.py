@@ -304,6 +304,15 @@ async def approval_by_code(
     return approval, None
 
 
+async def approval_by_user(ctx: Context, conn: Connection, channel_id: str, user_id: str) -> Approval | None:
+    """The user's pending pairing request on the channel (locked), or None. A
+    channel outside a bound key's channels has none (as a made-up one)."""
+    if not scope.channel_in_scope(ctx.principal, channel_id):
+        return None
+    pending = await approvals.pending_pairing_for_user(conn, ctx.tenant_id, channel_id, user_id)
+    return None if pending is None else pending.approval
+
+
 async def _over_limit(
     ctx: Context, conn: Connection, scopes: list[tuple[str, int]], channel_id: str
 ) -> ResourceExhausted | None:
