@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from ..domain import ids, messages, scope
+from ..domain.access import is_channel_approver
 from ..domain.autoapprove import Requester, matching_rule
 from ..domain.errors import (
     AuthzError,
@@ -123,6 +124,8 @@ async def request_pairing(
         subject = await subjects.get(conn, t, channel_id, user_id)
         if subject is not None and subject.status is SubjectStatus.BLOCKED:
             return PairingResult(PairingOutcome.BLOCKED)
+        if policy.approvers_trusted and is_channel_approver(policy, user_id):
+            return PairingResult(PairingOutcome.ALREADY_ALLOWED, text=messages.ALREADY_ALLOWED)
         renewal = False
         if subject is not None and subject.status is SubjectStatus.ALLOWED:
             if subject.lapsed(now):

@@ -602,3 +602,21 @@ async def test_the_same_commands_from_a_stranger_change_nothing(make_bot: MakeBo
         str(ALICE): cm.APPROVAL_STATUS_APPROVED,
         str(MALLORY): cm.APPROVAL_STATUS_PENDING,
     }
+
+
+async def test_approvers_reach_the_agent_without_pairing(make_bot: MakeBot, tenant: Tenant) -> None:
+    bot = await make_bot(owner_id=str(OWNER), approvers=[str(SECOND)])
+    await bot.say(OWNER, "hi")
+    await bot.say(SECOND, "/start")
+    assert [t.text for t in bot.agent.turns] == ["hi"]
+    assert bot.fake.texts(OWNER) == ["echo: hi"]  # no pairing code, no request of their own
+    assert bot.fake.texts(SECOND)[-1] == START_REPLY
+    assert await statuses(tenant) == {}
+
+
+async def test_approvers_pair_like_anyone_when_the_channel_says_so(make_bot: MakeBot, tenant: Tenant) -> None:
+    bot = await make_bot(owner_id=str(OWNER), approvers=[str(SECOND)], approvers_trusted=False)
+    await bot.say(SECOND, "hi")
+    assert bot.fake.texts(SECOND)[0].startswith("🔑 Pairing code:")
+    assert bot.agent.turns == []
+    assert await statuses(tenant) == {str(SECOND): cm.APPROVAL_STATUS_PENDING}
