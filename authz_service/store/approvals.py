@@ -4,7 +4,7 @@ database clock."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 import asyncpg
@@ -290,15 +290,48 @@ class ApprovalPage:
 async def list_page(conn: Connection, page: ApprovalPage) -> tuple[list[Approval], bool]:
     """One page, and whether more follow."""
     after_at, after_id = page.after if page.after else (None, "")
+    # A pending request past its expiry is listed as expired, never as pending,
+    # even before the sweep (0016) has moved it.
     rows = await conn.fetch(
-        """SELECT * FROM approvals WHERE tenant_id = $1 AND ($2 = '' OR channel_id = $2)
-             AND ($3::text IS NULL OR status = $3) AND ($4 = '' OR kind = $4)
+        """SELECT *, (status = 'pending' AND expires_at <= now()) AS lapsed
+           FROM approvals WHERE tenant_id = $1 AND ($2 = '' OR channel_id = $2)
+             AND ($3::text IS NULL OR status = $3
+                  OR ($3 = 'expired' AND status = 'pending' AND expires_at <= now()))
+             AND NOT ($3 = 'pending' AND expires_at <= now())
+             AND ($4 = '' OR kind = $4)
              AND ($6::timestamptz IS NULL OR (created_at, approval_id) < ($6, $7))
            ORDER BY created_at DESC, approval_id DESC LIMIT $5 + 1""",
         page.tenant_id, page.channel_id, None if page.status is None else page.status.value, page.kind,
         page.size, after_at, after_id,
     )  # fmt: skip
-    return [approval_from_row(r) for r in rows[: page.size]], len(rows) > page.size
+    found = [approval_from_row(r) for r in rows[: page.size]]
+    found = [
+        replace(a, status=ApprovalStatus.EXPIRED) if r["lapsed"] else a
+        for a, r in zip(found, rows, strict=False)
+    ]
+    return found, len(rows) > page.size
+
+
+async def expire_due(conn: Connection, tenant_id: str, limit: int) -> list[Approval] | None:
+    """Move up to ``limit`` of the tenant's pending approvals whose time is up
+    to ``expired`` (compare-and-set from pending, skipping rows a decision holds),
+    oldest expiry first. None when another replica is sweeping this tenant (a
+    transaction-level advisory lock): it does the work."""
+    if not await conn.fetchval(
+        "SELECT pg_try_advisory_xact_lock(hashtextextended('authz:expiry-sweep:' || $1, 0))", tenant_id
+    ):
+        return None
+    rows = await conn.fetch(
+        """WITH due AS (
+               SELECT approval_id FROM approvals
+               WHERE tenant_id = $1 AND status = 'pending' AND expires_at <= now()
+               ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED)
+           UPDATE approvals a SET status = 'expired', resolved_at = now(), resolved_by = 'system'
+           FROM due WHERE a.tenant_id = $1 AND a.approval_id = due.approval_id AND a.status = 'pending'
+           RETURNING a.*""",
+        tenant_id, limit,
+    )  # fmt: skip
+    return sorted((approval_from_row(r) for r in rows), key=lambda a: a.expires_at)
 
 
 async def tool_by_key(conn: Connection, tenant_id: str, request_key: str) -> Approval | None:
