@@ -47,6 +47,12 @@ async def run(ctx: Context, channel_id: str, actor_id: str, text: str) -> Comman
     async with ctx.db.tenant(t) as conn:
         channel = await load_channel_for(ctx, conn, channel_id, for_update=False)
         if not may_resolve(channel, await tenants.approvers(conn, t), actor_id):
+            # Audited as a refused button press would be; the sender is answered as usual.
+            await audit.record(
+                conn, t, "approval.unauthorized", actor=f"{channel.platform.value}:{actor_id}",
+                channel_id=channel_id, trace_id=ctx.trace_id,
+                details={"command": command.name, "via": "chat", "key": ctx.principal.key_id},
+            )  # fmt: skip
             return NOT_HANDLED
         if command.name == "help":
             return CommandResult(True, dc.HELP)

@@ -593,6 +593,10 @@ async def test_the_same_commands_from_a_stranger_change_nothing(make_bot: MakeBo
     }
     assert await blocked(tenant) == []
     assert len(bot.fake.texts(ALICE)) == 1
+    refused = await tenant.admin.admin.QueryAudit(adm.QueryAuditRequest(event="approval.unauthorized"))
+    assert [(e.actor, json.loads(e.details_json)["command"]) for e in refused.events] == [
+        (f"telegram:{MALLORY}", c) for c in ("approve", "approve", "deny", "block", "pending")
+    ]
     assert len(bot.fake.messages_to(OWNER)) == owner_messages + 1  # Mallory's request, nothing more
     # The paired (not an approver) get theirs: the agent's answer.
     await bot.say(OWNER, f"/approve {code}")
