@@ -4,6 +4,7 @@ them then; ``pairing list`` never shows a lapsed request as pending."""
 from __future__ import annotations
 
 import asyncio
+import json
 
 import asyncpg
 
@@ -15,6 +16,7 @@ from authz_service.store.db import Database
 
 from .conftest import Dsns, Service, Tenant, eventually
 from .limits import start_limited
+from .policy_helpers import make_cli
 
 
 async def _lapse(owner: asyncpg.Connection, tenant: Tenant, user: str) -> str:
@@ -38,19 +40,19 @@ async def _expired_events(tenant: Tenant) -> list[adm.AuditEvent]:
     return list(resp.events)
 
 
-async def test_a_lapsed_request_is_listed_as_expired_before_and_after_the_sweep(
-    tenant: Tenant, owner: asyncpg.Connection, dsns: Dsns
+async def test_a_lapsed_request_is_never_listed_as_pending_and_the_sweep_expires_it_once(
+    tenant: Tenant, owner: asyncpg.Connection, dsns: Dsns, service: Service
 ) -> None:
     await tenant.channel("tg")
     live = (
         await tenant.connector.authz.RequestPairing(az.RequestPairingRequest(channel_id="tg", user_id="7"))
     ).approval_id
     lapsed = await _lapse(owner, tenant, "8")
-    assert await _listed(tenant, cm.APPROVAL_STATUS_PENDING) == [live]
-    assert await _listed(tenant, cm.APPROVAL_STATUS_EXPIRED) == [lapsed]
-    [shown] = (await tenant.admin.admin.ListApprovals(
-        adm.ListApprovalsRequest(channel_id="tg", status=cm.APPROVAL_STATUS_EXPIRED))).approvals  # fmt: skip
-    assert shown.status == cm.APPROVAL_STATUS_EXPIRED
+    cli = make_cli(service, tenant)
+    listed = await cli("pairing", "list", "tg", "--json")
+    assert listed.code == 0, listed.text
+    assert [r["approval_id"] for r in json.loads(listed.out)] == [live]  # never the lapsed one as pending
+    assert await _listed(tenant, cm.APPROVAL_STATUS_EXPIRED) == []
     assert await _expired_events(tenant) == []  # not yet audited: nothing has moved it
 
     db = await Database.connect(dsns.service)
@@ -66,6 +68,7 @@ async def test_a_lapsed_request_is_listed_as_expired_before_and_after_the_sweep(
     got = await tenant.admin.admin.GetApproval(adm.GetApprovalRequest(approval_id=lapsed))
     assert (got.status, got.resolved_by) == (cm.APPROVAL_STATUS_EXPIRED, "system")
     assert await _listed(tenant, cm.APPROVAL_STATUS_PENDING) == [live]
+    assert await _listed(tenant, cm.APPROVAL_STATUS_EXPIRED) == [lapsed]
 
 
 async def test_the_running_service_expires_requests_on_its_own(

@@ -3,6 +3,7 @@ requester (approver or admin key)."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import click
@@ -41,6 +42,13 @@ def list_(s: Session, channel: str | None, status: str) -> int:
         token = resp.next_page_token
         if not token:
             break
+    if status == "pending":
+        # Past its expiry a request can no longer be decided: never list it as
+        # pending, even before the service's expiry sweep has moved it.
+        now = datetime.now(UTC)
+        found = [
+            a for a in found if not a.HasField("expires_at") or a.expires_at.ToDatetime(tzinfo=UTC) > now
+        ]
     s.emit([_row(a) for a in found[:100]], ["approval_id", "channel", "user", "name", "status", "expires"])
     return 0
 

@@ -4,7 +4,7 @@ database clock."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
@@ -290,26 +290,15 @@ class ApprovalPage:
 async def list_page(conn: Connection, page: ApprovalPage) -> tuple[list[Approval], bool]:
     """One page, and whether more follow."""
     after_at, after_id = page.after if page.after else (None, "")
-    # A pending request past its expiry is listed as expired, never as pending,
-    # even before the sweep (0016) has moved it.
     rows = await conn.fetch(
-        """SELECT *, (status = 'pending' AND expires_at <= now()) AS lapsed
-           FROM approvals WHERE tenant_id = $1 AND ($2 = '' OR channel_id = $2)
-             AND ($3::text IS NULL OR status = $3
-                  OR ($3 = 'expired' AND status = 'pending' AND expires_at <= now()))
-             AND NOT ($3 = 'pending' AND expires_at <= now())
-             AND ($4 = '' OR kind = $4)
+        """SELECT * FROM approvals WHERE tenant_id = $1 AND ($2 = '' OR channel_id = $2)
+             AND ($3::text IS NULL OR status = $3) AND ($4 = '' OR kind = $4)
              AND ($6::timestamptz IS NULL OR (created_at, approval_id) < ($6, $7))
            ORDER BY created_at DESC, approval_id DESC LIMIT $5 + 1""",
         page.tenant_id, page.channel_id, None if page.status is None else page.status.value, page.kind,
         page.size, after_at, after_id,
     )  # fmt: skip
-    found = [approval_from_row(r) for r in rows[: page.size]]
-    found = [
-        replace(a, status=ApprovalStatus.EXPIRED) if r["lapsed"] else a
-        for a, r in zip(found, rows, strict=False)
-    ]
-    return found, len(rows) > page.size
+    return [approval_from_row(r) for r in rows[: page.size]], len(rows) > page.size
 
 
 async def expire_due(conn: Connection, tenant_id: str, limit: int) -> list[Approval] | None:
