@@ -221,6 +221,9 @@ class Settings:
     denied_send_sweep_seconds: int = 60
     """AUTHZ_DENIED_SEND_SWEEP_SECONDS: how often a process moves closed buckets of denied
     sends into the audit (migration 0013), for every tenant."""
+    expiry_sweep_seconds: int = 5
+    """AUTHZ_EXPIRY_SWEEP_SECONDS: how often a process expires pending approvals whose time
+    is up (migration 0016; one replica at a time)."""
     streams_per_key: int = 100
     """AUTHZ_STREAMS_PER_KEY: open WatchApproval/WatchApprovals streams one API key may hold in this process."""
     streams_per_tenant: int = 1000
@@ -307,6 +310,7 @@ class Settings:
                 env, "AUTHZ_PENDING_TOOL_APPROVALS_PER_AGENT", 20, 1, 100_000
             ),
             denied_send_sweep_seconds=_int(env, "AUTHZ_DENIED_SEND_SWEEP_SECONDS", 60, 1, 3600),
+            expiry_sweep_seconds=_int(env, "AUTHZ_EXPIRY_SWEEP_SECONDS", 5, 1, 3600),
             pending_tool_approvals_per_tenant=_int(
                 env, "AUTHZ_PENDING_TOOL_APPROVALS_PER_TENANT", 200, 1, 1_000_000
             ),

@@ -187,6 +187,7 @@ def policy_in(msg: cm.ChannelPolicy) -> ChannelPolicy:
             email_domains=tuple(msg.auto_approve.email_domains),
         ),
         rate_limit=_rate_in(msg.rate_limit),
+        approvers_trusted=msg.approvers_trusted if msg.HasField("approvers_trusted") else True,
     )
 
 
@@ -195,6 +196,7 @@ def policy_out(p: ChannelPolicy) -> cm.ChannelPolicy:
         dm_policy=enum_out(DM_POLICY, p.dm_policy),
         group_policy=enum_out(GROUP_POLICY, p.group_policy),
         require_mention=p.require_mention,
+        approvers_trusted=p.approvers_trusted,
         owner_id=p.owner_id,
         approvers=list(p.approvers),
         pairing_code_ttl_seconds=p.pairing_code_ttl_seconds,

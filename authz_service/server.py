@@ -28,6 +28,7 @@ from .domain.floods import DENIED_SEND_INTERVAL_SECONDS
 from .domain.pairing import Keyring
 from .flows import CodeAttemptLimits, ToolApprovalLimits
 from .flows.auth import FailureThrottle, hash_secret
+from .flows.expiry import sweep as expire_due_approvals
 from .flows.watch import ApprovalFeed
 from .gen.authz.v1 import admin_pb2, admin_pb2_grpc, authz_pb2, authz_pb2_grpc
 from .store import audit, denials, embedded
@@ -148,6 +149,23 @@ class DenialSweep:
                 await self._task
 
 
+class ExpirySweep(DenialSweep):
+    """Every ``interval`` seconds, expire the pending approvals of every tenant
+    whose time is up, and audit each then (flows.expiry). One
+    replica sweeps at a time (an advisory lock); the others skip the round."""
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="expiry-sweep")
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                await expire_due_approvals(self.db)
+            except Exception:  # the next round retries; a lapsed request is refused meanwhile
+                log.warning("expiry sweep failed", exc_info=True)
+
+
 @dataclass
 class RunningServer:
     server: grpc.aio.Server
@@ -159,6 +177,7 @@ class RunningServer:
     readiness: Readiness
     telemetry: Telemetry | None = None
     sweep: DenialSweep | None = None
+    expiry: ExpirySweep | None = None
     streams: Streams | None = None
     http: HttpServer | None = None
     """The HTTP/JSON API (AUTHZ_HTTP_LISTEN); None when off."""
@@ -170,6 +189,8 @@ class RunningServer:
         await self.readiness.stop()
         if self.sweep is not None:
             await self.sweep.stop()
+        if self.expiry is not None:
+            await self.expiry.stop()
         await self.health.enter_graceful_shutdown()
         if self.http is None:
             await self.server.stop(grace)
@@ -334,6 +355,8 @@ async def start_server(
     readiness.start()
     sweep = DenialSweep(db, settings.denied_send_sweep_seconds)
     sweep.start()
+    expiry = ExpirySweep(db, settings.expiry_sweep_seconds)
+    expiry.start()
     return RunningServer(
         server,
         port,
@@ -346,6 +369,7 @@ async def start_server(
         sweep=sweep,
         streams=streams,
         http=http,
+        expiry=expiry,
     )
 
 

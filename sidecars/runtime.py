@@ -10,6 +10,10 @@ here by asking the authz service:
   auto-approve rules), or the service's text / silence; a direct
   message that is an invite code (optionally after ``/start``) from a user who
   would otherwise pair or be refused as not allowlisted → ``RedeemInvite``;
+- a direct message that parses as an approver's chat command (``/approve``,
+  ``/pending`` …; ``domain.commands``) → ``RunChatCommand`` with the sender's
+  platform id: the service acts only for an approver of the channel and answers
+  "not handled" for anyone else, whose text then takes the ordinary route above;
 - button press → ``ResolveApproval`` with the presser's platform id (the service
   decides whether they may approve) → tell the requester;
 - every agent message (replies included) → ``EvaluateSend`` → deliver or refuse.
@@ -48,6 +52,7 @@ import aiohttp
 import grpc
 
 from authz_service.client import Client, invite_code_to_redeem
+from authz_service.domain import commands
 from authz_service.domain.autoapprove import reported_email, reported_phone
 from authz_service.domain.errors import InvalidArgument
 from authz_service.gen.authz.v1 import authz_pb2 as az
@@ -298,6 +303,8 @@ class Connector:
             log.exception("dropped message from %s in %s", msg.user_id, msg.chat_id)
 
     async def _route(self, msg: Inbound) -> None:
+        if msg.chat_kind == "direct" and commands.parse(msg.text) is not None and await self._command(msg):
+            return
         check = await self._call(
             self.client.authz.CheckUser,
             az.CheckUserRequest(
@@ -328,6 +335,25 @@ class Connector:
             pass  # dropped in silence (logged above): a "slow down" reply to each one would flood the chat
         elif check.text:
             await self.transport.send_text(msg.chat_id, check.text)
+
+    async def _command(self, msg: Inbound) -> bool:
+        """An approver's chat command: True if the service acted on it (the reply
+        and the requester's notice are sent), False for an ordinary message."""
+        done = await self._call(
+            self.client.authz.RunChatCommand,
+            az.RunChatCommandRequest(channel_id=self.config.channel_id, actor_id=msg.user_id, text=msg.text),
+        )
+        if not done.handled:
+            return False
+        log.info("chat command from %s: %s", msg.user_id, msg.text.split(maxsplit=1)[0])
+        if done.text:
+            await self.transport.send_text(msg.chat_id, done.text)
+        for notice in done.notices:
+            try:
+                await self.transport.send_direct(notice.user_id, notice.text)
+            except Exception:
+                log.exception("could not tell %s the outcome", notice.user_id)
+        return True
 
     async def _allowed(self, msg: Inbound, check: az.CheckUserResponse) -> None:
         session = ""  # /start and /pair do not reach the agent: no session

@@ -107,6 +107,9 @@ async def service(dsns: Dsns) -> AsyncIterator[Service]:
             "AUTHZ_AUTH_FAILURE_BURST": "1000000",
             "AUTHZ_OPERATOR_KEY": operator_key,
             "AUTHZ_HOME": tempfile.gettempdir(),
+            # Tests plant lapsed requests and look at them: they run the expiry
+            # sweep themselves (test_expiry_sweep.py), never behind a test's back.
+            "AUTHZ_EXPIRY_SWEEP_SECONDS": "3600",
         }
     )
     db = await Database.connect(dsns.service, max_size=20)

@@ -129,6 +129,22 @@ def test_walkthrough_pairing_with_the_cli(dev_env: dict[str, str]) -> None:
     assert "+ channel demo-tg (telegram): create" in plan.stdout and "nothing was changed" in plan.stdout
 
 
+def test_pairing_resolved_by_user_when_the_code_was_lost(dev_env: dict[str, str]) -> None:
+    for user in ("5151", "5252", "5353"):
+        assert "pairing_required" in authz(dev_env, "simulate", "message", "demo", user, "hello")
+    approved = authz(dev_env, "pairing", "approve", "demo", "--user", "5151")
+    assert "Approved" in approved and "user 5151 on demo" in approved
+    assert "the requester will be told: ✅ Paired!" in approved
+    denied = authz(dev_env, "pairing", "deny", "demo", "--user", "5252")
+    assert "Denied" in denied and "the requester will be told: ❌" in denied
+    assert "Blocked" in authz(dev_env, "pairing", "block", "demo", "--user", "5353")
+    assert "allow (paired)" in authz(dev_env, "simulate", "message", "demo", "5151", "hi")
+    assert "blocked" in authz(dev_env, "simulate", "message", "demo", "5353", "hi")
+    assert "no such approval" in authz(dev_env, "pairing", "approve", "demo", "--user", "5252", ok=False)
+    assert "not both" in authz(dev_env, "pairing", "approve", "demo", "7KQ4XH2M", "--user", "1", ok=False)
+    assert "not both" in authz(dev_env, "pairing", "approve", "demo", ok=False)
+
+
 def test_simulate_redeems_invites_and_reports_rate_limits(dev_env: dict[str, str], tmp_path: Path) -> None:
     """simulate does what a connector does: a DM that is an invite code is redeemed,
     and a rate-limited message says when the next one is admitted."""

@@ -727,6 +727,7 @@ async def test_purge_leaves_the_raw_id_in_no_column_of_any_table(
     policy: dict[str, Any] = {
         "owner_id": OWNER, "required_approvals": 2,
         "send_policy": cm.SendPolicy(default=cm.SEND_DEFAULT_DENY),
+        "approvers_trusted": False,  # the approver pairs like anyone: their own request is purged too
     }  # fmt: skip
     await tenant.channel("tg", approvers=[APPROVER], **policy)
     authz = tenant.connector.authz

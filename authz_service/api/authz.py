@@ -12,7 +12,7 @@ from ..domain.autoapprove import reported_email, reported_phone
 from ..domain.errors import InvalidArgument
 from ..domain.invites import normalize_invite_code
 from ..domain.model import ChatKind, Role
-from ..flows import Context, access, invites, pairing, resolve, tools
+from ..flows import Context, access, commands, invites, pairing, resolve, tools
 from ..flows.admin import get_channel
 from ..flows.approvals import ResolveTarget
 from ..gen.authz.v1 import authz_pb2 as az
@@ -108,8 +108,13 @@ class AuthzServicer(authz_pb2_grpc.AuthzServiceServicer):
                 channel_id=ids.channel_id(request.code.channel_id, "code.channel_id"),
                 code=convert.text(request.code.code, "code.code", 32),
             )
+        elif which == "user":
+            target = ResolveTarget(
+                channel_id=ids.channel_id(request.user.channel_id, "user.channel_id"),
+                user_id=ids.user_id_shape(request.user.user_id, "user.user_id"),
+            )
         else:
-            raise InvalidArgument("target", "set one of approval_id, callback_payload or code")
+            raise InvalidArgument("target", "set one of approval_id, callback_payload, code or user")
         action = (
             None
             if request.action == cm.APPROVAL_ACTION_UNSPECIFIED
@@ -130,6 +135,21 @@ class AuthzServicer(authz_pb2_grpc.AuthzServiceServicer):
             approval=convert.approval_out(result.approval),
             requester_text=result.requester_text,
             owner_text=result.owner_text,
+            trace_id=ctx.trace_id,
+        )
+
+    @rpc(Role.CONNECTOR)
+    async def RunChatCommand(
+        self, request: az.RunChatCommandRequest, ctx: Context
+    ) -> az.RunChatCommandResponse:
+        channel_id = ids.channel_id(request.channel_id)
+        actor_id = ids.user_id_shape(request.actor_id, "actor_id")
+        convert.text(request.text, "text", MAX_MESSAGE_TEXT)
+        result = await commands.run(ctx, channel_id, actor_id, request.text)
+        return az.RunChatCommandResponse(
+            handled=result.handled,
+            text=result.text,
+            notices=[az.ChatNotice(user_id=u, text=t) for u, t in result.notices],
             trace_id=ctx.trace_id,
         )
 

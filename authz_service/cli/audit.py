@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 import click
 
+from ..domain.events import AUDIT_EVENTS, FAMILIES, event_filter
 from ..gen.authz.v1 import admin_pb2 as adm
 from .durations import EXAMPLES, parse_duration
 from .errors import CliError
@@ -38,6 +39,19 @@ def parse_when(text: str, now: datetime | None = None) -> datetime:
         ) from None
 
 
+def _event(text: str) -> str:
+    """``--event``: a known name or family, else an error listing them."""
+    if not text:
+        return ""
+    found = event_filter(text)
+    if found is None:
+        raise CliError(
+            f"--event: unknown event {text!r}; families: {', '.join(sorted(FAMILIES))}; "
+            f"events: {', '.join(sorted(AUDIT_EVENTS))}"
+        )
+    return found
+
+
 def _filters(f: F) -> F:
     """The filters, kept in ``ctx.meta``: ``audit --since 1d export`` and ``audit export --since 1d`` agree."""
 
@@ -50,7 +64,7 @@ def _filters(f: F) -> F:
         ("until", "events before (same forms as --since)"),
         ("user", "events whose subject is this id"),
         ("channel", "one channel"),
-        ("event", "event name, or prefix like 'pairing.'"),
+        ("event", "an event name (pairing.approved) or a family (pairing: every pairing.* event)"),
     )):  # fmt: skip
         f = click.option(f"--{name}", expose_value=False, callback=keep, help=help_)(f)
     return f
@@ -61,7 +75,7 @@ def events(s: Session, ctx: click.Context) -> Iterator[adm.AuditEvent]:
     given = {name: ctx.meta.get(f"audit.{name}") for name in FILTERS}
     c = s.client()
     req = adm.QueryAuditRequest(channel_id=given["channel"] or "", user_id=given["user"] or "",
-                                event=given["event"] or "", limit=1000)  # fmt: skip
+                                event=_event(given["event"] or ""), limit=1000)  # fmt: skip
     if given["since"]:
         req.since.FromDatetime(parse_when(given["since"]))
     if given["until"]:

@@ -1,7 +1,9 @@
-"""``authz pairing``: list pairing requests and resolve them by code (approver or admin key)."""
+"""``authz pairing``: list pairing requests and resolve them by code or by
+requester (approver or admin key)."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import click
@@ -40,19 +42,32 @@ def list_(s: Session, channel: str | None, status: str) -> int:
         token = resp.next_page_token
         if not token:
             break
+    if status == "pending":
+        # Past its expiry a request can no longer be decided: never list it as
+        # pending, even before the service's expiry sweep has moved it.
+        now = datetime.now(UTC)
+        found = [
+            a for a in found if not a.HasField("expires_at") or a.expires_at.ToDatetime(tzinfo=UTC) > now
+        ]
     s.emit([_row(a) for a in found[:100]], ["approval_id", "channel", "user", "name", "status", "expires"])
     return 0
 
 
 def _resolver(name: str, action: cm.ApprovalAction.ValueType) -> click.Command:
     @click.argument("channel")
-    @click.argument("code")
+    @click.argument("code", required=False)
+    @click.option("--user", "user_id", help="the requester's platform user id, when the code was lost")
     @click.option("--reason")
     @session_options
     @pass_session
-    def resolve(s: Session, channel: str, code: str, reason: str | None) -> int:
-        req = az.ResolveApprovalRequest(code=az.CodeRef(channel_id=channel, code=code), action=action,
-                                        reason=reason or "")  # fmt: skip
+    def resolve(s: Session, channel: str, code: str | None, user_id: str | None, reason: str | None) -> int:
+        if (code is None) == (user_id is None):
+            raise click.UsageError("give the request's CODE or --user, not both")
+        if user_id is not None:
+            target: dict[str, Any] = {"user": az.RequesterRef(channel_id=channel, user_id=user_id)}
+        else:
+            target = {"code": az.CodeRef(channel_id=channel, code=code or "")}
+        req = az.ResolveApprovalRequest(**target, action=action, reason=reason or "")
         resp = call(s.client().authz.ResolveApproval, req)
         a = resp.approval
         click.echo(safe(f"{resp.owner_text}: user {a.user_id} on {a.channel_id} ({a.approval_id})"))
@@ -60,7 +75,9 @@ def _resolver(name: str, action: cm.ApprovalAction.ValueType) -> click.Command:
             click.echo(f"the requester will be told: {safe(resp.requester_text)}")
         return 0
 
-    return click.command(name, help=f"{name} the request with this code")(resolve)
+    return click.command(name, help=f"{name} the request with this code, or the pending request of --user")(
+        resolve
+    )
 
 
 for _name, _action in (("approve", cm.APPROVAL_ACTION_APPROVE), ("deny", cm.APPROVAL_ACTION_DENY),

@@ -2,7 +2,8 @@
 
 A pure function of (channel, stored subject state, request, clock), so every
 rule is testable without a database. Order matters and is the documented
-precedence: unknown channel, blocklist, then the DM or group rules; every ALLOW
+precedence: unknown channel, blocklist, then the DM or group rules (in DMs:
+disabled, allowlisted or paired, the channel's own approvers, open, pairing); every ALLOW
 is then routed by the most specific binding.
 """
 
@@ -116,6 +117,12 @@ def binding_for(policy: ChannelPolicy, user_id: str, group_id: str) -> Binding |
     return best
 
 
+def is_channel_approver(policy: ChannelPolicy, user_id: str) -> bool:
+    """The channel's owner or one of its approvers (not the tenant's approvers:
+    they are trusted to decide, not to talk to every channel's agent)."""
+    return bool(user_id) and (user_id == policy.owner_id or user_id in policy.approvers)
+
+
 def _deny(reason: str) -> Verdict:
     # Denials are silent: a stranger learns nothing about the bot's rules.
     return Verdict(Decision.DENY, reason)
@@ -198,6 +205,9 @@ def check_user(
     if admitted:
         assert subject is not None
         return allow("paired" if subject.source is SubjectSource.PAIRING else "allowlisted")
+    if policy.approvers_trusted and is_channel_approver(policy, message.user_id):
+        # The people who decide who gets in do not ask themselves for it.
+        return allow("approver")
     if policy.dm_policy is DmPolicy.OPEN:
         return allow("dm_open")
     if policy.dm_policy is DmPolicy.ALLOWLIST:

@@ -217,6 +217,8 @@ class ChannelPolicy:
     required_approvals: int = 1
     auto_approve: AutoApprove = AutoApprove()
     rate_limit: RateLimit | None = None
+    # The owner and ``approvers`` reach the agent in DMs without pairing.
+    approvers_trusted: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -345,6 +345,7 @@ def to_json(policy: ChannelPolicy) -> dict[str, Any]:
             "email_domains": list(policy.auto_approve.email_domains),
         },
         "rate_limit": _rate_to_json(policy.rate_limit),
+        "approvers_trusted": policy.approvers_trusted,
     }
 
 
@@ -431,6 +432,12 @@ def _binding_from_json(data: Any) -> Binding:
     )
 
 
+def _bool(value: Any) -> bool:
+    if type(value) is not bool:
+        raise CorruptPolicy("expected a boolean")
+    return value
+
+
 def _list(value: Any) -> list[Any]:
     if not isinstance(value, list):
         raise CorruptPolicy("expected a list")
@@ -478,6 +485,7 @@ def from_json(data: Any) -> ChannelPolicy:
                 email_domains=_strs(auto.get("email_domains", [])),
             ),
             rate_limit=_rate_from_json(data.get("rate_limit")),
+            approvers_trusted=_bool(data.get("approvers_trusted", True)),
         )
     except (KeyError, ValueError, TypeError) as exc:
         raise CorruptPolicy(str(exc)) from exc

@@ -38,12 +38,14 @@ class OwnerNotification:
 @dataclass(frozen=True)
 class ResolveTarget:
     """One of: ``approval_id``; ``callback_payload`` (a button); ``channel_id``
-    with ``code`` (a pairing code typed by the approver)."""
+    with ``code`` (a pairing code typed by the approver) or with ``user_id``
+    (that user's pending pairing request, when the code was lost)."""
 
     approval_id: str = ""
     callback_payload: str = ""
     channel_id: str = ""
     code: str = ""
+    user_id: str = ""
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from ..domain import ids, messages, scope
+from ..domain.access import is_channel_approver
 from ..domain.autoapprove import Requester, matching_rule
 from ..domain.errors import (
     AuthzError,
@@ -123,6 +124,8 @@ async def request_pairing(
         subject = await subjects.get(conn, t, channel_id, user_id)
         if subject is not None and subject.status is SubjectStatus.BLOCKED:
             return PairingResult(PairingOutcome.BLOCKED)
+        if policy.approvers_trusted and is_channel_approver(policy, user_id):
+            return PairingResult(PairingOutcome.ALREADY_ALLOWED, text=messages.ALREADY_ALLOWED)
         renewal = False
         if subject is not None and subject.status is SubjectStatus.ALLOWED:
             if subject.lapsed(now):
@@ -302,6 +305,15 @@ async def approval_by_code(
         await attempts.count_failure(conn, t, [s for s, _ in scopes], limits.window_seconds)
         return None, NotFound("no such approval")
     return approval, None
+
+
+async def approval_by_user(ctx: Context, conn: Connection, channel_id: str, user_id: str) -> Approval | None:
+    """The user's pending pairing request on the channel (locked), or None. A
+    channel outside a bound key's channels has none (as a made-up one)."""
+    if not scope.channel_in_scope(ctx.principal, channel_id):
+        return None
+    pending = await approvals.pending_pairing_for_user(conn, ctx.tenant_id, channel_id, user_id)
+    return None if pending is None else pending.approval
 
 
 async def _over_limit(

@@ -1,5 +1,5 @@
-"""ResolveApproval: find the approval the caller names (by id, by button or
-by pairing code), then hand it to its kind's decision, ``flows.pairing`` or
+"""ResolveApproval: find the approval the caller names (by id, by button, by
+pairing code or by the requester), then hand it to its kind's decision, ``flows.pairing`` or
 ``flows.tools``, inside one transaction with the row locked.
 
 This dispatcher is the one module that knows both kinds, so neither of them
@@ -39,6 +39,10 @@ async def resolve(
                 if target.callback_payload:
                     raise invalid_callback()
                 approval = None
+        elif target.user_id:
+            if action is None:
+                raise InvalidArgument("action", "is required")
+            approval = await pairing.approval_by_user(ctx, conn, target.channel_id, target.user_id)
         else:
             code = normalize_code(target.code)
             if action is None:  # before the lookup: a request that cannot succeed is no guess

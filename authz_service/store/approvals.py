@@ -301,6 +301,28 @@ async def list_page(conn: Connection, page: ApprovalPage) -> tuple[list[Approval
     return [approval_from_row(r) for r in rows[: page.size]], len(rows) > page.size
 
 
+async def expire_due(conn: Connection, tenant_id: str, limit: int) -> list[Approval] | None:
+    """Move up to ``limit`` of the tenant's pending approvals whose time is up
+    to ``expired`` (compare-and-set from pending, skipping rows a decision holds),
+    oldest expiry first. None when another replica is sweeping this tenant (a
+    transaction-level advisory lock): it does the work."""
+    if not await conn.fetchval(
+        "SELECT pg_try_advisory_xact_lock(hashtextextended('authz:expiry-sweep:' || $1, 0))", tenant_id
+    ):
+        return None
+    rows = await conn.fetch(
+        """WITH due AS (
+               SELECT approval_id FROM approvals
+               WHERE tenant_id = $1 AND status = 'pending' AND expires_at <= now()
+               ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED)
+           UPDATE approvals a SET status = 'expired', resolved_at = now(), resolved_by = 'system'
+           FROM due WHERE a.tenant_id = $1 AND a.approval_id = due.approval_id AND a.status = 'pending'
+           RETURNING a.*""",
+        tenant_id, limit,
+    )  # fmt: skip
+    return sorted((approval_from_row(r) for r in rows), key=lambda a: a.expires_at)
+
+
 async def tool_by_key(conn: Connection, tenant_id: str, request_key: str) -> Approval | None:
     row = await conn.fetchrow(
         "SELECT * FROM approvals WHERE tenant_id = $1 AND request_key = $2 FOR UPDATE", tenant_id, request_key

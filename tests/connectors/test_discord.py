@@ -507,3 +507,45 @@ async def test_run_serves_the_gateway_until_cancelled(
             await task
     await fake.log.wait_for("gatewayClosed")
     assert fake.log.of("unknown") == []
+
+
+# ---- approvers' chat commands (issue #17) ------------------------------------------
+
+
+def code_in(text: str) -> str:
+    return text.split("Pairing code: ", 1)[1].split()[0]
+
+
+async def test_owner_approves_by_code_and_by_mention_and_blocks_from_a_dm(bot: Bot) -> None:
+    _, approval = await request_pairing(bot)
+    await bot.dm(OWNER, f"/approve {code_in(bot.dms(USER)[0])}")
+    assert bot.dms(OWNER)[-1] == f"✅ Approved by discord:{OWNER} ({USER})."
+    assert bot.dms(USER)[-1] == "✅ Paired! You can chat now."
+    assert await bot.status(approval.approval_id) == cm.APPROVAL_STATUS_APPROVED
+    assert bot.agent.turns == []
+
+    await bot.dm(STRANGER, "me too")
+    await bot.dm(OWNER, "/pending")
+    assert f"• {STRANGER}" in bot.dms(OWNER)[-1]
+    await bot.dm(OWNER, f"/approve <@{STRANGER}>")
+    assert bot.dms(OWNER)[-1] == f"✅ Approved by discord:{OWNER} ({STRANGER})."
+    await bot.dm(OWNER, f"/unpair {STRANGER}")
+    assert bot.dms(OWNER)[-1] == f"Unpaired {STRANGER}."
+    await bot.dm(OWNER, f"/deny {STRANGER}")
+    assert bot.dms(OWNER)[-1] == f"No pending request for “{STRANGER}”."
+    await bot.dm(OWNER, f"/block {USER}")
+    assert bot.dms(OWNER)[-1] == f"⛔ Blocked {USER}."
+    await bot.dm(USER, "hello?")
+    assert bot.agent.turns == []  # blocked: the paired user no longer reaches the agent
+
+
+async def test_commands_from_a_stranger_change_nothing(bot: Bot) -> None:
+    _, approval = await request_pairing(bot)
+    code = code_in(bot.dms(USER)[0])
+    for text in (f"/approve {code}", f"/approve {USER}", f"/deny {USER}", f"/block {USER}", "/pending"):
+        await bot.dm(STRANGER, text)
+    [answer] = bot.dms(STRANGER)  # the stranger's own pairing code, then silence
+    assert answer.startswith("🔑 Pairing code:")
+    assert await bot.status(approval.approval_id) == cm.APPROVAL_STATUS_PENDING
+    assert len(bot.dms(USER)) == 1
+    assert bot.agent.turns == []

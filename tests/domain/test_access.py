@@ -126,3 +126,23 @@ def test_dm_pairing_never_admits_a_group_sender() -> None:
 def test_blocked_user_is_blocked_in_groups_too() -> None:
     v = check_user(channel(group_policy=GroupPolicy.OPEN), subject(SubjectStatus.BLOCKED), True, group(), NOW)
     assert v.decision is Decision.BLOCKED
+
+
+@pytest.mark.parametrize("policy", [{"owner_id": "42"}, {"owner_id": "7", "approvers": ("42",)}])
+@pytest.mark.parametrize("dm", [DmPolicy.PAIRING, DmPolicy.ALLOWLIST])
+def test_the_channels_own_approvers_reach_the_agent_without_pairing(
+    policy: dict[str, object], dm: DmPolicy
+) -> None:
+    v = check_user(channel(dm_policy=dm, agent_id="support", **policy), None, False, DM, NOW)
+    assert (v.decision, v.reason, v.agent_id) == (Decision.ALLOW, "approver", "support")
+
+
+def test_trusted_approvers_can_be_turned_off_and_never_outrank_a_block_or_disabled_dms() -> None:
+    off = check_user(channel(owner_id="42", approvers_trusted=False), None, False, DM, NOW)
+    assert (off.decision, off.reason) == (Decision.PAIRING_REQUIRED, "pairing_required")
+    blocked = check_user(channel(owner_id="42"), subject(SubjectStatus.BLOCKED), False, DM, NOW)
+    assert blocked.decision is Decision.BLOCKED
+    disabled = check_user(channel(owner_id="42", dm_policy=DmPolicy.DISABLED), None, False, DM, NOW)
+    assert (disabled.decision, disabled.reason) == (Decision.DENY, "dm_disabled")
+    other = check_user(channel(owner_id="7", approvers=("8",)), None, False, DM, NOW)
+    assert other.decision is Decision.PAIRING_REQUIRED

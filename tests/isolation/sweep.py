@@ -439,6 +439,7 @@ async def _resolve_approval(r: Run, b: B) -> None:
         {"callback_payload": i.pairing_payload},
         {"callback_payload": i.tool_payload},
         {"code": az.CodeRef(channel_id=i.channel, code=i.code), "action": APPROVE},
+        {"user": az.RequesterRef(channel_id=i.channel, user_id=i.requester), "action": APPROVE},
     ]
     for role in ("connector", "approver", "admin"):
         for target in targets:
@@ -448,6 +449,17 @@ async def _resolve_approval(r: Run, b: B) -> None:
         # The tool approvers' qualified form, for a tool approval without a channel.
         req = az.ResolveApprovalRequest(approval_id=i.approved_tool, action=APPROVE, actor_id=i.approver)
         await r.unary("connector", b.tenant.connector.authz.ResolveApproval, req)
+
+
+@case("AuthzService.RunChatCommand")
+async def _run_chat_command(r: Run, b: B) -> None:
+    # A's owner's commands on A's channel: B acts on nothing and learns nothing.
+    i = r.ids
+    for role in ("connector", "admin"):
+        for text in (f"/approve {i.code}", f"/approve {i.requester}", f"/block {i.user}", f"/unpair {i.paired}",
+                     f"/unblock {i.blocked}", "/pending", "/users", "hello"):  # fmt: skip
+            req = az.RunChatCommandRequest(channel_id=i.channel, actor_id=i.owner, text=text)
+            await r.unary(role, b.roles[role].authz.RunChatCommand, req)
 
 
 @case("AuthzService.RedeemInvite")

@@ -374,3 +374,41 @@ async def test_a_rejected_bot_token_stops_run_before_the_connector_starts(
             await run(connector_config("slack", CHANNEL, slack=settings), start)
     finally:
         await fake.close()
+
+
+# ---- approvers' chat commands (issue #17) ------------------------------------------
+
+
+def code_in(text: str) -> str:
+    return text.split("Pairing code: ", 1)[1].split()[0]
+
+
+async def test_owner_approves_by_code_and_denies_by_mention_from_a_dm(rig: Rig) -> None:
+    await start_pairing(rig)
+    await rig.say(OWNER, f"/approve {code_in(rig.sent_to(ALICE)[0])}")
+    assert rig.sent_to(OWNER)[-1] == f"✅ Approved by slack:{uid(OWNER)} ({uid(ALICE)})."
+    assert rig.sent_to(ALICE)[-1] == "✅ Paired! You can chat now."
+    assert await rig.pending() == [] and rig.agent.turns == []
+
+    await rig.say(MALLORY, "let me in")
+    await rig.say(OWNER, "/pending")
+    assert f"• {uid(MALLORY)}" in rig.sent_to(OWNER)[-1]
+    await rig.say(OWNER, f"/deny <@{MALLORY}>")
+    assert rig.sent_to(OWNER)[-1] == f"❌ Denied by slack:{uid(OWNER)} ({uid(MALLORY)})."
+    assert rig.sent_to(MALLORY)[-1] == "❌ Your pairing request was denied."
+    await rig.say(OWNER, f"/block {MALLORY}")
+    assert rig.sent_to(OWNER)[-1] == f"⛔ Blocked {uid(MALLORY)}."
+    await rig.say(MALLORY, "please")
+    assert rig.sent_to(MALLORY)[-1] == "❌ Your pairing request was denied."  # silence since
+
+
+async def test_commands_from_a_stranger_are_ordinary_messages(rig: Rig) -> None:
+    approval = await start_pairing(rig)
+    code = code_in(rig.sent_to(ALICE)[0])
+    for text in (f"/approve {code}", f"/approve <@{ALICE}>", f"/deny {ALICE}", f"/block {ALICE}", "/pending"):
+        await rig.say(MALLORY, text)
+    [answer] = rig.sent_to(MALLORY)  # Mallory's own pairing code, then silence
+    assert answer.startswith("🔑 Pairing code:")
+    assert await rig.status(approval.approval_id) == cm.APPROVAL_STATUS_PENDING
+    assert len(rig.sent_to(ALICE)) == 1
+    assert rig.agent.turns == []
