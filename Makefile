@@ -13,7 +13,8 @@ VENV_STAMP := $(VENV)/.installed
 help:
 	@echo "make run    start the service on an embedded PostgreSQL with a demo tenant"
 	@echo "make test   run the test suite (real PostgreSQL, real gRPC)"
-	@echo "make test-pg15  run tests against Debian's PostgreSQL 15 with the documented roles"
+	@echo "make test-pg15    run tests against Debian's PostgreSQL 15 with the documented roles"
+	@echo "make test-packages install the system packages tests need (PgBouncer; as root)"
 	@echo "make proto  regenerate authz_service/gen from proto/"
 	@echo "make lint   ruff, mypy --strict, import rules (lint-imports)"
 	@echo "make chart  test the Helm chart and package it into dist/"
