@@ -172,6 +172,18 @@ async def other_tenant(service: Service) -> AsyncIterator[Tenant]:
         await c.close()
 
 
+@pytest.fixture
+async def agents(service: Service, tenant: Tenant, other_tenant: Tenant) -> AsyncIterator[dict[str, Client]]:
+    """An agent key's client for ``tenant`` and for ``other_tenant``, by tenant id."""
+    out: dict[str, Client] = {}
+    for t in (tenant, other_tenant):
+        key = await t.admin.admin.CreateApiKey(adm.CreateApiKeyRequest(role=adm.ROLE_AGENT, name="runtime"))
+        out[t.tenant_id] = connect(service.address, key.secret)
+    yield out
+    for c in out.values():
+        await c.close()
+
+
 async def rpc_error(awaitable: object) -> grpc.aio.AioRpcError:
     """Await a call that must fail, and return its error."""
     try:
