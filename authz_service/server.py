@@ -11,7 +11,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import asyncpg
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -32,7 +31,7 @@ from .flows.expiry import sweep as expire_due_approvals
 from .flows.watch import ApprovalFeed
 from .gen.authz.v1 import admin_pb2, admin_pb2_grpc, authz_pb2, authz_pb2_grpc
 from .store import audit, denials, embedded
-from .store.db import Database, UnsafeDatabaseRole, schema_message
+from .store.db import CannotConnect, Database, schema_message
 from .store.migrate import LATEST_VERSION, migrate
 from .store.notify import CHANGES, ApprovalNotifier, Listener
 from .telemetry import Telemetry, from_settings
@@ -414,9 +413,8 @@ async def prepare_database(settings: Settings, *, announce: Callable[[str], None
 
 async def _connect(dsn: str, settings: Settings) -> Database:
     """The pool, or a StartupError naming AUTHZ_DATABASE_URL with what PostgreSQL said."""
-    where = _dsn_host(dsn)
     try:
-        return await Database.connect(
+        return await Database.connect_or_explain(
             dsn,
             min_size=settings.pool_min,
             max_size=settings.pool_max,
@@ -424,28 +422,8 @@ async def _connect(dsn: str, settings: Settings) -> Database:
             require_schema=False,  # serve NOT_SERVING until `authz migrate` has run
             statement_cache_size=settings.statement_cache_size,
         )
-    except (asyncpg.InvalidPasswordError, asyncpg.InvalidAuthorizationSpecificationError) as exc:
-        problem = f"the database at {where} refused the login ({exc})"
-    except asyncpg.InvalidCatalogNameError as exc:
-        problem = f"the database at {where} has no such database ({exc})"
-    except UnsafeDatabaseRole as exc:
-        problem = str(exc)
-    except (TimeoutError, OSError) as exc:
-        why = getattr(exc, "strerror", None) or str(exc) or "timed out"
-        problem = f"cannot reach the database at {where} ({why})"
-    raise StartupError(f"{problem}: check AUTHZ_DATABASE_URL")
-
-
-def _dsn_host(dsn: str) -> str:
-    """host:port of a DSN, never its password."""
-    from urllib.parse import parse_qs, urlsplit
-
-    try:
-        parts = urlsplit(dsn)
-        socket_dir = parse_qs(parts.query).get("host", [""])[0]
-        return socket_dir or f"{parts.hostname or 'localhost'}:{parts.port or 5432}"
-    except ValueError:
-        return "the configured address"
+    except CannotConnect as exc:
+        raise StartupError(f"{exc}: check AUTHZ_DATABASE_URL") from None
 
 
 async def serve(

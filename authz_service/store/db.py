@@ -23,7 +23,8 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractContextManager, asynccontextmanager, nullcontext, suppress
 from datetime import datetime
-from typing import Protocol, cast
+from typing import Any, Protocol, cast
+from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 
@@ -88,6 +89,20 @@ class UnsafeDatabaseRole(RuntimeError):
     pass
 
 
+class CannotConnect(RuntimeError):
+    """The pool could not be opened: what PostgreSQL said, never the password."""
+
+
+def _dsn_host(dsn: str) -> str:
+    """host:port (or the socket folder) of a DSN, never its password."""
+    try:
+        parts = urlsplit(dsn)
+        socket_dir = parse_qs(parts.query).get("host", [""])[0]
+        return socket_dir or f"{parts.hostname or 'localhost'}:{parts.port or 5432}"
+    except ValueError:
+        return "the configured address"
+
+
 class Database:
     """A pool of connections as the service role, bound by row-level security."""
 
@@ -136,6 +151,24 @@ class Database:
             await pool.close()
             raise
         return db
+
+    @classmethod
+    async def connect_or_explain(cls, dsn: str, **options: Any) -> Database:
+        """``connect``, with every failure an operator fixes in the DSN as one
+        ``CannotConnect`` saying what PostgreSQL said (start-up errors)."""
+        where = _dsn_host(dsn)
+        try:
+            return await cls.connect(dsn, **options)
+        except (asyncpg.InvalidPasswordError, asyncpg.InvalidAuthorizationSpecificationError) as exc:
+            problem = f"the database at {where} refused the login ({exc})"
+        except asyncpg.InvalidCatalogNameError as exc:
+            problem = f"the database at {where} has no such database ({exc})"
+        except UnsafeDatabaseRole as exc:
+            problem = str(exc)
+        except (TimeoutError, OSError) as exc:
+            why = getattr(exc, "strerror", None) or str(exc) or "timed out"
+            problem = f"cannot reach the database at {where} ({why})"
+        raise CannotConnect(problem)
 
     async def verify_role(self) -> None:
         """Refuse a role that row-level security does not bind."""
