@@ -148,7 +148,7 @@ async def test_stale_pairings_and_expired_requests(cli: Cli, tenant: Tenant, dsn
         "LOW       tg  stale_pairings: 1 paired user paired more than 90 days ago, and pairings on this "
         "channel never expire; fix: set pairing_ttl_seconds, and review with `authz users list CHANNEL --paired`",
         "INFO      tg  expired_pending: 1 pairing request past expiry still pending; fix: nothing to do: they can "
-        "no longer be approved, do not count against max_pending, and are marked expired when next touched",
+        "no longer be approved, do not count against max_pending, and the expiry sweep marks them expired within AUTHZ_EXPIRY_SWEEP_SECONDS",
         "2 findings: 0 critical, 0 high, 0 medium, 1 low, 1 info",
     ]
 

@@ -278,7 +278,7 @@ def _channel_findings(snapshot: Snapshot, channel: Channel) -> list[Finding]:
         add(Severity.INFO, EXPIRED_PENDING,
             f"{len(expired)} pairing request{'s' if len(expired) != 1 else ''} past expiry still pending",
             "nothing to do: they can no longer be approved, do not count against max_pending, "
-            "and are marked expired when next touched")  # fmt: skip
+            "and the expiry sweep marks them expired within AUTHZ_EXPIRY_SWEEP_SECONDS")  # fmt: skip
     return out
 
 
