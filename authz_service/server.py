@@ -120,49 +120,32 @@ class Readiness:
                 await self._task
 
 
-class DenialSweep:
-    """Every ``interval`` seconds, move the closed buckets of denied sends of
-    every tenant into the audit (store.denials.sweep): a burst's total is
-    written even when no denial follows it. Replicas may sweep at once; each
-    bucket is still summarised once."""
+class Sweep:
+    """Every ``interval`` seconds, one round of background work over every
+    tenant. A failed round is logged and the next one retries: what it moves
+    waits in the database meanwhile. Replicas may sweep at once; each round's
+    work is idempotent across them (see ``work``'s docstring)."""
 
-    def __init__(self, db: Database, interval: float) -> None:
-        self.db, self.interval = db, interval
+    def __init__(self, name: str, interval: float, work: Callable[[], Awaitable[object]]) -> None:
+        self.name, self.interval, self.work = name, interval, work
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="denial-sweep")
+        self._task = asyncio.create_task(self._run(), name=self.name)
 
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self.interval)
             try:
-                await denials.sweep(self.db, DENIED_SEND_INTERVAL_SECONDS)
-            except Exception:  # the next round retries; the counts wait in the database
-                log.warning("denied-send sweep failed", exc_info=True)
+                await self.work()
+            except Exception:
+                log.warning("%s failed", self.name, exc_info=True)
 
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-
-
-class ExpirySweep(DenialSweep):
-    """Every ``interval`` seconds, expire the pending approvals of every tenant
-    whose time is up, and audit each then (flows.expiry). One
-    replica sweeps at a time (an advisory lock); the others skip the round."""
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="expiry-sweep")
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            try:
-                await expire_due_approvals(self.db)
-            except Exception:  # the next round retries; a lapsed request is refused meanwhile
-                log.warning("expiry sweep failed", exc_info=True)
 
 
 @dataclass
@@ -175,8 +158,8 @@ class RunningServer:
     cache: StateCache
     readiness: Readiness
     telemetry: Telemetry | None = None
-    sweep: DenialSweep | None = None
-    expiry: ExpirySweep | None = None
+    sweep: Sweep | None = None  # denied sends into the audit (store.denials.sweep)
+    expiry: Sweep | None = None  # lapsed approvals expired on time (flows.expiry)
     streams: Streams | None = None
     http: HttpServer | None = None
     """The HTTP/JSON API (AUTHZ_HTTP_LISTEN); None when off."""
@@ -352,9 +335,16 @@ async def start_server(
     await readiness.check()  # before the first call is accepted
     await server.start()
     readiness.start()
-    sweep = DenialSweep(db, settings.denied_send_sweep_seconds)
+    # A burst's total reaches the audit even when no denial follows it; each
+    # closed bucket is summarised once whichever replica gets it.
+    sweep = Sweep(
+        "denied-send sweep",
+        settings.denied_send_sweep_seconds,
+        lambda: denials.sweep(db, DENIED_SEND_INTERVAL_SECONDS),
+    )
     sweep.start()
-    expiry = ExpirySweep(db, settings.expiry_sweep_seconds)
+    # One replica per tenant at a time (an advisory lock); a lapsed request is refused meanwhile.
+    expiry = Sweep("expiry sweep", settings.expiry_sweep_seconds, lambda: expire_due_approvals(db))
     expiry.start()
     return RunningServer(
         server,
