@@ -12,6 +12,7 @@ from ..domain.autoapprove import reported_email, reported_phone
 from ..domain.errors import InvalidArgument
 from ..domain.invites import normalize_invite_code
 from ..domain.model import ChatKind, Role
+from ..domain.pairing import MAX_HANDLE
 from ..flows import Context, access, commands, invites, pairing, resolve, tools
 from ..flows.admin import get_channel
 from ..flows.approvals import ResolveTarget
@@ -78,6 +79,7 @@ class AuthzServicer(authz_pb2_grpc.AuthzServiceServicer):
             convert.text(request.first_message, "first_message", MAX_MESSAGE_TEXT),
             email=reported_email(request.email),
             phone_number=reported_phone(request.phone_number),
+            handle=ids.one_line(request.handle, "handle", MAX_HANDLE).removeprefix("@"),
         )
         resp = az.RequestPairingResponse(
             outcome=_OUTCOME[result.outcome],

@@ -91,6 +91,9 @@ def approval_out(a: Approval) -> cm.Approval:
         grant_id=a.grant_id,
         required_approvals=a.required_approvals,
         approved_by=list(a.approved_by),
+        first_message=a.first_message,
+        handle=a.handle,
+        platform=a.platform,
     )
     if a.tool is not None:
         msg.tool.CopyFrom(tool_out(a.tool))

@@ -33,6 +33,9 @@ class PairingInsertInput:
     code_hash: bytes
     ttl_seconds: int
     required_approvals: int = 1
+    first_message: str = ""  # as domain.pairing.stored_first_message makes it
+    handle: str = ""
+    platform: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +105,9 @@ def approval_from_row(row: asyncpg.Record) -> Approval:
         grant_id=row["grant_id"],
         required_approvals=row.get("required_approvals") or 1,
         approved_by=_approved_by(row),
+        first_message=row.get("first_message") or "",
+        handle=row.get("handle") or "",
+        platform=row.get("platform") or "",
     )
 
 
@@ -143,11 +149,12 @@ async def count_live_pending(conn: Connection, tenant_id: str, channel_id: str) 
 async def insert_pairing(conn: Connection, new: PairingInsertInput) -> Approval:
     row = await conn.fetchrow(
         """INSERT INTO approvals (tenant_id, approval_id, kind, channel_id, user_id, display_name,
-                                  code_seed, code_hash, expires_at, required_approvals)
-           VALUES ($1, $2, 'pairing', $3, $4, $5, $6, $7, now() + make_interval(secs => $8), $9)
+                                  code_seed, code_hash, expires_at, required_approvals,
+                                  first_message, handle, platform)
+           VALUES ($1, $2, 'pairing', $3, $4, $5, $6, $7, now() + make_interval(secs => $8), $9, $10, $11, $12)
            RETURNING *""",
         new.tenant_id, new.approval_id, new.channel_id, new.user_id, new.display_name, new.code_seed,
-        new.code_hash, new.ttl_seconds, new.required_approvals,
+        new.code_hash, new.ttl_seconds, new.required_approvals, new.first_message, new.handle, new.platform,
     )  # fmt: skip
     assert row is not None
     return approval_from_row(row)
