@@ -131,6 +131,18 @@ async def pending_pairing_for_user(
     return None if row is None else PendingPairing(approval_from_row(row), bytes(row["code_seed"]))
 
 
+async def live_for_user(conn: Connection, tenant_id: str, channel_id: str, user_id: str) -> list[Approval]:
+    """The user's live pending approvals on the channel (pairing requests, and
+    tool calls asked for them), newest first. A plain read: nothing is locked."""
+    rows = await conn.fetch(
+        """SELECT * FROM approvals WHERE tenant_id = $1 AND channel_id = $2 AND user_id = $3
+             AND status = 'pending' AND expires_at > now()
+           ORDER BY created_at DESC LIMIT 20""",
+        tenant_id, channel_id, user_id,
+    )  # fmt: skip
+    return [approval_from_row(r) for r in rows]
+
+
 async def count_live_pending(conn: Connection, tenant_id: str, channel_id: str) -> int:
     # count(approval_id), not count(*): a column outside approvals_pending_by_channel
     # makes this a plain index scan, which marks the entries of decided requests
