@@ -149,7 +149,7 @@ def _binding_in(msg: cm.Binding) -> Binding:
     )
 
 
-def _binding_out(b: Binding) -> cm.Binding:
+def binding_out(b: Binding) -> cm.Binding:
     return cm.Binding(
         user_id=b.user_id,
         group_id=b.group_id,
@@ -206,7 +206,7 @@ def policy_out(p: ChannelPolicy) -> cm.ChannelPolicy:
         aliases=p.aliases,
         mention_patterns=list(p.mention_patterns),
         groups={g: _group_out(r) for g, r in p.groups.items()},
-        bindings=[_binding_out(b) for b in p.bindings],
+        bindings=[binding_out(b) for b in p.bindings],
         required_approvals=p.required_approvals,
         auto_approve=cm.AutoApprove(
             phone_patterns=list(p.auto_approve.phone_patterns),

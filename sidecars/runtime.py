@@ -55,6 +55,8 @@ from authz_service.client import Client, invite_code_to_redeem
 from authz_service.domain import commands
 from authz_service.domain.autoapprove import reported_email, reported_phone
 from authz_service.domain.errors import InvalidArgument
+from authz_service.domain.ids import one_line
+from authz_service.domain.pairing import MAX_HANDLE
 from authz_service.gen.authz.v1 import authz_pb2 as az
 from authz_service.gen.authz.v1 import common_pb2 as cm
 from authz_service.names import APPROVAL_ACTION
@@ -98,6 +100,7 @@ class Inbound:
     mentioned: bool = False
     text: str = ""
     display_name: str = ""  # informational only, never used for matching
+    handle: str = ""  # the platform's @handle (without "@"), if it has one: shown to approvers, never matched
 
 
 @dataclass(frozen=True)
@@ -144,12 +147,18 @@ class Transport(Protocol):
 class Contact:
     """A requester's contact details as the platform verified them ("" = unknown).
 
-    Sent to the service only for the channel's auto-approve rules; never logged,
-    stored or cached (hidden from ``repr`` so a stray log line cannot show them).
+    ``email`` and ``phone_number`` are sent to the service only for the
+    channel's auto-approve rules, never stored there; ``display_name`` and
+    ``handle`` are stored with the pairing request for its approvers. None is
+    ever logged (hidden from ``repr`` so a stray log line cannot show them).
     """
 
     email: str = field(default="", repr=False)
     phone_number: str = field(default="", repr=False)  # E.164
+    # Who the platform says they are, for a platform whose events carry no name
+    # (Slack): shown to approvers with the pairing request, never matched.
+    display_name: str = field(default="", repr=False)
+    handle: str = field(default="", repr=False)
 
 
 NO_CONTACT = Contact()
@@ -169,6 +178,20 @@ class ContactLookup(Protocol):
         Raise :class:`ContactUnavailable` (or anything else) when the lookup
         fails: the requester then pairs without them."""
         ...
+
+
+# The service's bounds for a requester's display name and handle (RequestPairing).
+MAX_SHOWN_NAME = 256
+
+
+def _shown(value: str, limit: int) -> str:
+    """A name or handle the platform reported, as the service takes it: one line,
+    cut to ``limit`` characters; "" if it cannot be shown so."""
+    value = value.strip()[:limit]
+    try:
+        return one_line(value, "name", limit)
+    except InvalidArgument:
+        return ""
 
 
 class ContactUnavailable(Exception):
@@ -388,10 +411,11 @@ class Connector:
             az.RequestPairingRequest(
                 channel_id=self.config.channel_id,
                 user_id=msg.user_id,
-                display_name=msg.display_name,
+                display_name=msg.display_name or contact.display_name,
                 first_message=msg.text,
                 email=contact.email,
                 phone_number=contact.phone_number,
+                handle=_shown((msg.handle or contact.handle).removeprefix("@"), MAX_HANDLE),
             ),
         )
         log.info("pairing for %s: %s", msg.user_id, az.PairingOutcome.Name(pairing.outcome))
@@ -440,7 +464,12 @@ class Connector:
             return NO_CONTACT
         try:
             # What the service would refuse with INVALID_ARGUMENT, failing the whole request.
-            return Contact(reported_email(found.email), reported_phone(found.phone_number))
+            return Contact(
+                reported_email(found.email),
+                reported_phone(found.phone_number),
+                _shown(found.display_name, MAX_SHOWN_NAME),
+                _shown(found.handle.removeprefix("@"), MAX_HANDLE),
+            )
         except InvalidArgument as exc:
             log.warning("contact lookup for %s: %s field malformed; pairing without it", user_id, exc.field)
             return NO_CONTACT

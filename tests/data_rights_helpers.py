@@ -38,6 +38,9 @@ EMAIL = "zelda@example.org"
 FIRST_MESSAGE = "hello from zelda"
 
 
+HANDLE = "zelda_quintessa"
+
+
 GROUP = "-1001"
 
 
@@ -67,7 +70,7 @@ async def build(t: Tenant, agent: Client) -> Built:
     await t.channel("tg", owner_id=OWNER)
     pairing = await t.connector.authz.RequestPairing(
         az.RequestPairingRequest(
-            channel_id="tg", user_id=USER, display_name=NAME, first_message=FIRST_MESSAGE
+            channel_id="tg", user_id=USER, display_name=NAME, first_message=FIRST_MESSAGE, handle=HANDLE
         )
     )
     assert pairing.outcome == az.PAIRING_OUTCOME_CREATED

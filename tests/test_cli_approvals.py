@@ -236,7 +236,7 @@ async def test_approvals_show(cli: Cli, tenant: Tenant) -> None:
     assert set(shown) == {
         "approval_id", "kind", "status", "tool", "agent", "session", "risk", "channel", "user", "name",
         "created", "expires", "resolved", "resolved_by", "reason", "redeemed", "grant_id", "arguments_digest",
-        "arguments",
+        "arguments", "platform", "handle", "first_message",
     }  # fmt: skip
     assert shown["arguments"] == {"cmd": "ls", "args": ["-l", "/tmp"]}
     assert (shown["approval_id"], shown["session"], shown["resolved"]) == (a.approval_id, "s-1", None)

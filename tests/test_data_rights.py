@@ -26,6 +26,7 @@ from .data_rights_helpers import (
     EMAIL,
     FIRST_MESSAGE,
     GROUP,
+    HANDLE,
     NAME,
     OTHER,
     OTHER_NAME,
@@ -77,6 +78,12 @@ async def test_export_holds_everything_about_the_user_and_no_key_material(
     pairing, tool = approvals[built.pairing_id], approvals[built.tool_id]
     assert (pairing["kind"], pairing["status"], pairing["display_name"]) == ("pairing", "approved", NAME)
     assert (pairing["resolved_by"], pairing["reason"]) == (f"telegram:{OWNER}", f"hi {NAME}")
+    # What the owner decided on is the user's data too.
+    assert (pairing["first_message"], pairing["handle"], pairing["platform"]) == (
+        FIRST_MESSAGE,
+        HANDLE,
+        "telegram",
+    )
     assert (tool["kind"], tool["tool_name"], tool["user_id"], tool["status"]) == (
         "tool", "email.send", USER, "approved")  # fmt: skip
     assert EMAIL in tool["arguments"]
@@ -184,6 +191,8 @@ async def test_purge_erases_the_user_and_keeps_the_trail_under_a_pseudonym(
 
     # Gone from every table...
     assert await user_rows(owner, t, USER) == {"subjects": 0, "group_senders": 0, "approvals": 0}
+    left = await scoped(owner, t, "SELECT a::text AS row FROM approvals a WHERE tenant_id = $1", t)
+    assert left and not any(FIRST_MESSAGE in r["row"] or HANDLE in r["row"] for r in left)
     # ...and the trail is whole: the same events, one more ("user.purged"), and no row
     # of the channel names the user or holds their personal data any more.
     after = await audit_rows(owner, t)
@@ -365,6 +374,10 @@ async def test_anonymize_keeps_access_but_no_personal_data(
     assert (
         doc["subject"]["display_name"] == "" and NAME not in json.dumps(doc) and EMAIL not in json.dumps(doc)
     )
+    # The pairing request's first message and handle are gone; the platform (not theirs) stays.
+    pairing = next(a for a in doc["approvals"] if a["kind"] == "pairing")
+    assert (pairing["first_message"], pairing["handle"], pairing["platform"]) == ("", "", "telegram")
+    assert FIRST_MESSAGE not in json.dumps(doc) and HANDLE not in json.dumps(doc)
     tool = next(a for a in doc["approvals"] if a["kind"] == "tool")
     assert (tool["status"], tool["arguments"], tool["reason"]) == ("approved", "", "")
     # The approved call still redeems: only its digest is needed.

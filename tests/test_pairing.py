@@ -22,7 +22,7 @@ async def test_owner_approves_with_the_button_and_the_user_may_chat(tenant: Tena
     assert resp.outcome == az.PAIRING_OUTCOME_CREATED and resp.created
     assert len(resp.code) == 8 and resp.code in resp.text
     assert resp.notification.owner_id == OWNER
-    assert "Alice (42)" in resp.notification.text and "'hi'" in resp.notification.text
+    assert "Alice (42)" in resp.notification.text and "“hi”" in resp.notification.text
     assert [b.action for b in resp.notification.buttons] == [
         cm.APPROVAL_ACTION_APPROVE, cm.APPROVAL_ACTION_DENY, cm.APPROVAL_ACTION_BLOCK]  # fmt: skip
     assert all(len(b.callback_payload.encode()) <= 64 for b in resp.notification.buttons)

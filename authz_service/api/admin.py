@@ -11,12 +11,12 @@ from typing import Any, TypeVar
 
 from google.protobuf.message import Message
 
-from .. import names
+from .. import names, policy_proto
 from ..domain import ids
 from ..domain.errors import InvalidArgument
 from ..domain.invites import INVITE_ID, MAX_NOTE, MAX_PERMISSIONS
 from ..domain.model import Approval, Role, SubjectSource, SubjectStatus
-from ..flows import Context, data_rights, invites, tools
+from ..flows import Context, access, data_rights, invites, tools
 from ..flows import admin as flows
 from ..flows.admin import (
     ApprovalPage,
@@ -44,6 +44,8 @@ def _limit(value: int) -> int:
     return value or 100
 
 
+# As CheckUser's message text (api/authz.py).
+MAX_EXPLAIN_TEXT = 16_384
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
 # A page stops before this many bytes (clients receive 4 MiB by default).
@@ -282,6 +284,23 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         await flows.get_channel(ctx, channel_id)  # NOT_FOUND, not an empty list, for a mistyped one
         users = await flows.list_users(ctx, channel_id, which)
         return adm.ListUsersResponse(users=[convert.subject_out(s) for s in users])
+
+    @rpc(Role.ADMIN, read_only=True)
+    async def ExplainUser(self, request: adm.ExplainUserRequest, ctx: Context) -> adm.ExplainUserResponse:
+        channel_id = ids.channel_id(request.channel_id)
+        message = convert.inbound_in(request, MAX_EXPLAIN_TEXT, chat_kind_default=True)
+        found = await access.explain(ctx, channel_id, message)
+        resp = adm.ExplainUserResponse(
+            check=convert.verdict_out(found.verdict, ctx.trace_id),
+            in_group_allowlist=found.in_group,
+            pending=[convert.approval_out(a) for a in found.pending],
+            trace_id=ctx.trace_id,
+        )
+        if found.subject is not None:
+            resp.subject.CopyFrom(convert.subject_out(found.subject))
+        if found.binding is not None:
+            resp.binding.CopyFrom(policy_proto.binding_out(found.binding))
+        return resp
 
     # --- data rights -------------------------------------------------------------------
 

@@ -7,11 +7,11 @@ from collections.abc import AsyncIterator
 from .. import names
 from ..domain import ids, scope
 from ..domain import tools as dt
-from ..domain.access import Inbound
 from ..domain.autoapprove import reported_email, reported_phone
 from ..domain.errors import InvalidArgument
 from ..domain.invites import normalize_invite_code
-from ..domain.model import ChatKind, Role
+from ..domain.model import Role
+from ..domain.pairing import MAX_HANDLE
 from ..flows import Context, access, commands, invites, pairing, resolve, tools
 from ..flows.admin import get_channel
 from ..flows.approvals import ResolveTarget
@@ -37,34 +37,10 @@ class AuthzServicer(authz_pb2_grpc.AuthzServiceServicer):
     @rpc(Role.CONNECTOR, Role.AGENT, read_only=True)
     async def CheckUser(self, request: az.CheckUserRequest, ctx: Context) -> az.CheckUserResponse:
         channel_id = ids.channel_id(request.channel_id)
-        user_id = ids.user_id_shape(request.user_id)
-        kind = convert.enum_in(convert.CHAT_KIND, request.chat_kind, "chat_kind")
-        if kind is ChatKind.GROUP:
-            group_id = ids.group_id(request.group_id)
-            if group_id == "*":
-                raise InvalidArgument("group_id", "must be a real group id, not '*'")
-        elif request.group_id:
-            raise InvalidArgument("group_id", "must be empty for direct messages")
-        else:
-            group_id = ""
-        convert.text(request.text, "text", MAX_MESSAGE_TEXT)
+        message = convert.inbound_in(request, MAX_MESSAGE_TEXT)
         ids.one_line(request.display_name, "display_name", MAX_DISPLAY_NAME)
-        verdict = await access.check(
-            ctx,
-            channel_id,
-            Inbound(user_id, kind, group_id, request.mentioned, request.text),
-            consistent=request.consistent,
-        )
-        return az.CheckUserResponse(
-            decision=convert.DECISION[verdict.decision],
-            reason=verdict.reason,
-            text=verdict.text,
-            agent_id=verdict.agent_id,
-            permissions=list(verdict.permissions),
-            tools=cm.ToolList(allowed=list(verdict.tools_allowed), denied=list(verdict.tools_denied)),
-            retry_after_seconds=verdict.retry_after_seconds,
-            trace_id=ctx.trace_id,
-        )
+        verdict = await access.check(ctx, channel_id, message, consistent=request.consistent)
+        return convert.verdict_out(verdict, ctx.trace_id)
 
     @rpc(Role.CONNECTOR, read_only=True)
     async def RequestPairing(
@@ -78,6 +54,7 @@ class AuthzServicer(authz_pb2_grpc.AuthzServiceServicer):
             convert.text(request.first_message, "first_message", MAX_MESSAGE_TEXT),
             email=reported_email(request.email),
             phone_number=reported_phone(request.phone_number),
+            handle=ids.one_line(request.handle, "handle", MAX_HANDLE).removeprefix("@"),
         )
         resp = az.RequestPairingResponse(
             outcome=_OUTCOME[result.outcome],

@@ -8,9 +8,12 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from .. import names, policy_proto
 from ..domain import ids
+from ..domain.access import Inbound, Verdict
+from ..domain.errors import InvalidArgument
 from ..domain.invites import Invite
 from ..domain.model import (
     Approval,
+    ChatKind,
     Grant,
     Risk,
     Role,
@@ -91,6 +94,9 @@ def approval_out(a: Approval) -> cm.Approval:
         grant_id=a.grant_id,
         required_approvals=a.required_approvals,
         approved_by=list(a.approved_by),
+        first_message=a.first_message,
+        handle=a.handle,
+        platform=a.platform,
     )
     if a.tool is not None:
         msg.tool.CopyFrom(tool_out(a.tool))
@@ -153,3 +159,38 @@ def subject_out(s: Subject) -> adm.Subject:
 
 def text(value: str, field: str, max_len: int) -> str:
     return ids.bounded_text(value, field, max_len)
+
+
+def inbound_in(
+    request: az.CheckUserRequest | adm.ExplainUserRequest, max_text: int, *, chat_kind_default: bool = False
+) -> Inbound:
+    """CheckUser's message (also ExplainUser's), validated. ``chat_kind_default``:
+    an unset chat kind means a direct message."""
+    user_id = ids.user_id_shape(request.user_id)
+    if chat_kind_default and request.chat_kind == cm.CHAT_KIND_UNSPECIFIED:
+        kind = ChatKind.DIRECT
+    else:
+        kind = enum_in(CHAT_KIND, request.chat_kind, "chat_kind")
+    if kind is ChatKind.GROUP:
+        group_id = ids.group_id(request.group_id)
+        if group_id == "*":
+            raise InvalidArgument("group_id", "must be a real group id, not '*'")
+    elif request.group_id:
+        raise InvalidArgument("group_id", "must be empty for direct messages")
+    else:
+        group_id = ""
+    text(request.text, "text", max_text)
+    return Inbound(user_id, kind, group_id, request.mentioned, request.text)
+
+
+def verdict_out(verdict: Verdict, trace_id: str) -> az.CheckUserResponse:
+    return az.CheckUserResponse(
+        decision=DECISION[verdict.decision],
+        reason=verdict.reason,
+        text=verdict.text,
+        agent_id=verdict.agent_id,
+        permissions=list(verdict.permissions),
+        tools=cm.ToolList(allowed=list(verdict.tools_allowed), denied=list(verdict.tools_denied)),
+        retry_after_seconds=verdict.retry_after_seconds,
+        trace_id=trace_id,
+    )

@@ -15,13 +15,16 @@ from ..domain.model import ChannelPolicy, Platform
 from .errors import NOT_DONE, CliError
 from .plan import (
     Map,
+    UserNow,
     execute,
     fetch_current,
     list_senders,
+    list_users,
     make_plan,
     policy_doc,
     render_plan,
     tenant_doc,
+    unacknowledged_removals,
 )
 from .policyfile import FORMAT_VERSION, FileTenant, PolicyFile, check, read_policy_file, read_text
 from .schema import NestedTooDeeply, PolicyFileInvalid
@@ -74,10 +77,17 @@ def load(filename: str, s: Session) -> tuple[PolicyFile, SyncClient]:
 @pass_session
 def apply(s: Session, file: str, dry_run: bool, prune: bool, yes: bool) -> int:
     pf, c = load(file, s)
-    cur = fetch_current(c, [ch.channel_id for ch in pf.channels if ch.group_senders is not None])
+    cur = fetch_current(
+        c,
+        [ch.channel_id for ch in pf.channels if ch.group_senders is not None],
+        [ch.channel_id for ch in pf.channels if ch.users is not None],
+    )
     plan = make_plan(pf, cur, prune)
     for line in render_plan(plan):
         click.echo(line)
+    refused = unacknowledged_removals(pf, plan)
+    if refused:
+        raise _refused(file, PolicyFileInvalid(refused))
     if not plan.has_changes:
         return 0
     if dry_run:
@@ -115,10 +125,30 @@ HEADER = (
 )
 
 
+def _users_doc(users: dict[str, UserNow], include_paired: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {"allowlisted": [], "blocked": []}
+    if include_paired:
+        out["paired"] = []
+    for user_id, u in users.items():
+        if u.status not in out:
+            continue
+        entry: dict[str, Any] = {"user_id": user_id}
+        if u.status != "blocked":
+            if u.name:
+                entry["name"] = u.name
+            if u.permissions:
+                entry["permissions"] = list(u.permissions)
+        out[u.status].append(entry)
+    return out
+
+
 def export_doc(
     tenant: FileTenant,
     channels: dict[str, tuple[Platform, ChannelPolicy]],
     senders: dict[str, tuple[tuple[str, str], ...]],
+    users: dict[str, dict[str, UserNow]] | None = None,
+    *,
+    include_paired: bool = False,
 ) -> dict[str, Any]:
     out: dict[str, Any] = {"version": FORMAT_VERSION, "tenant": tenant_doc(tenant), "channels": []}
     for cid in sorted(channels):
@@ -130,6 +160,8 @@ def export_doc(
             entry["acknowledge"] = [code for code in risks.RISK_CODES if code in codes]
         entry["policy"] = policy_doc(policy)
         entry["group_senders"] = [{"group_id": g, "user_id": u} for g, u in sorted(found)]
+        if users is not None:
+            entry["users"] = _users_doc(users.get(cid, {}), include_paired)
         out["channels"].append(entry)
     return out
 
@@ -138,16 +170,22 @@ def dump(doc: dict[str, Any]) -> str:
     return HEADER + yaml.dump(doc, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=100)
 
 
-@click.command("export", help="write the tenant's settings, channels and group senders as a policy file")
+@click.command(
+    "export", help="write the tenant's settings, channels, group senders and users as a policy file"
+)
 @click.option("-o", "--output", help="file to write (default: stdout)")
+@click.option(
+    "--include-paired", is_flag=True, help="also list paired users (apply then unpairs those left out)"
+)
 @session_options
 @pass_session
-def export(s: Session, output: str | None) -> int:
+def export(s: Session, output: str | None, include_paired: bool) -> int:
     c = s.client()
     cur = fetch_current(c, [])
     for cid in cur.channels:
         cur.senders[cid] = list_senders(c, cid)
-    text = dump(export_doc(cur.tenant, cur.channels, cur.senders))
+        cur.users[cid] = list_users(c, cid)
+    text = dump(export_doc(cur.tenant, cur.channels, cur.senders, cur.users, include_paired=include_paired))
     if not output:
         click.echo(text, nl=False)
         return 0

@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from .. import names
+from ..domain.display import visible_prefix
 from ..gen.authz.v1 import admin_pb2 as adm
 from ..gen.authz.v1 import authz_pb2 as az
 from ..gen.authz.v1 import common_pb2 as cm
@@ -21,10 +22,22 @@ def pairing() -> None:
     pass
 
 
+# The table shows the start of the first message; --json and `authz approvals show` all of it.
+MESSAGE_IN_TABLE = 40
+
+
 def _row(a: cm.Approval) -> dict[str, Any]:
-    return {"approval_id": a.approval_id, "channel": a.channel_id, "user": a.user_id, "name": a.display_name,
+    return {"approval_id": a.approval_id, "channel": a.channel_id, "platform": a.platform, "user": a.user_id,
+            "name": a.display_name, "handle": f"@{a.handle}" if a.handle else "",
             "status": names.APPROVAL_STATUS.label(a.status), "created": ts(a, "created_at"),
-            "expires": ts(a, "expires_at"), "resolved_by": a.resolved_by}  # fmt: skip
+            "expires": ts(a, "expires_at"), "resolved_by": a.resolved_by,
+            "first_message": a.first_message}  # fmt: skip
+
+
+def _table_row(a: cm.Approval) -> dict[str, Any]:
+    row = _row(a)
+    row["message"] = visible_prefix(a.first_message, MESSAGE_IN_TABLE)
+    return row
 
 
 @pairing.command("list", help="list pairing requests")
@@ -49,7 +62,11 @@ def list_(s: Session, channel: str | None, status: str) -> int:
         found = [
             a for a in found if not a.HasField("expires_at") or a.expires_at.ToDatetime(tzinfo=UTC) > now
         ]
-    s.emit([_row(a) for a in found[:100]], ["approval_id", "channel", "user", "name", "status", "expires"])
+    if s.json:
+        s.emit([_row(a) for a in found[:100]], [])
+    else:
+        columns = ["approval_id", "channel", "user", "name", "handle", "status", "expires", "message"]
+        s.emit([_table_row(a) for a in found[:100]], columns)
     return 0
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +19,16 @@ from ..domain.model import ChannelPolicy, Platform
 from ..gen.authz.v1 import admin_pb2 as adm
 from ..gen.authz.v1 import common_pb2 as cm
 from .errors import NOT_DONE, CliError
-from .policyfile import FileChannel, FileTenant, PolicyFile, tenant_from_proto
+from .policyfile import (
+    MASS_REMOVAL,
+    USER_REMOVALS,
+    FileChannel,
+    FileTenant,
+    FileUsers,
+    PolicyFile,
+    tenant_from_proto,
+)
+from .schema import FileError
 from .session import TIMEOUT
 
 # --- the normalised document form (export, diff) --------------------------------------
@@ -118,18 +127,28 @@ def diff(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, Any, Any]]
 # --- the tenant's current state ------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class UserNow:
+    """A user's standing as the service holds it, in the file's terms."""
+
+    status: str  # allowlisted, blocked, paired
+    name: str
+    permissions: tuple[str, ...]
+
+
 @dataclass
 class Current:
     tenant: FileTenant
     channels: dict[str, tuple[Platform, ChannelPolicy]]
     senders: dict[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)
+    users: dict[str, dict[str, UserNow]] = field(default_factory=dict)
 
 
 def rpc_call(fn: Callable[..., Any], request: Message) -> Any:
     return fn(request, timeout=TIMEOUT)
 
 
-def fetch_current(c: Any, sender_channels: list[str]) -> Current:
+def fetch_current(c: Any, sender_channels: Sequence[str], user_channels: Sequence[str] = ()) -> Current:
     settings = rpc_call(c.admin.GetTenantSettings, adm.GetTenantSettingsRequest())
     channels = {}
     for ch in rpc_call(c.admin.ListChannels, adm.ListChannelsRequest()).channels:
@@ -139,7 +158,22 @@ def fetch_current(c: Any, sender_channels: list[str]) -> Current:
     for cid in sender_channels:
         if cid in channels:
             cur.senders[cid] = list_senders(c, cid)
+    for cid in user_channels:
+        if cid in channels:
+            cur.users[cid] = list_users(c, cid)
     return cur
+
+
+def list_users(c: Any, channel_id: str) -> dict[str, UserNow]:
+    resp = rpc_call(c.admin.ListUsers, adm.ListUsersRequest(channel_id=channel_id))
+    out = {}
+    for u in resp.users:
+        if u.status == adm.SUBJECT_STATUS_BLOCKED:
+            status = "blocked"
+        else:
+            status = "paired" if u.source == adm.SUBJECT_SOURCE_PAIRING else "allowlisted"
+        out[u.user_id] = UserNow(status, u.display_name, tuple(u.permissions))
+    return dict(sorted(out.items()))
 
 
 def list_senders(c: Any, channel_id: str) -> tuple[tuple[str, str], ...]:
@@ -148,6 +182,45 @@ def list_senders(c: Any, channel_id: str) -> tuple[tuple[str, str], ...]:
 
 
 # --- the plan ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UserChange:
+    """One user's change: ``after`` None removes them from the set they are in."""
+
+    user_id: str
+    before: UserNow | None
+    after: UserNow | None
+
+
+def _user_changes(
+    users: FileUsers, now: dict[str, UserNow], channel_id: str
+) -> tuple[list[UserChange], list[str]]:
+    """What makes the channel's users match the file's managed sets: each set
+    present is exact (missing users added or changed, absent ones removed); a
+    set left out is not touched. Pairing cannot be written: a paired user the
+    file lists who is not paired now is a note, not a change."""
+    managed = users.managed()
+    listed = {u.user_id: (which, u) for which, found in managed.items() for u in found}
+    changes: list[UserChange] = []
+    notes: list[str] = []
+    for user_id, (which, u) in sorted(listed.items()):
+        before = now.get(user_id)
+        if which == "paired":
+            if before is None or before.status != "paired":
+                notes.append(f"note: channel {channel_id}: user {user_id} is listed as paired but is "
+                             f"{before.status if before else 'unknown'} now; pairing is not written from a file "
+                             "(list them under allowlisted to allow them)")  # fmt: skip
+            continue
+        after = (
+            UserNow(which, u.name, u.permissions) if which == "allowlisted" else UserNow("blocked", "", ())
+        )
+        if before != after and not (which == "blocked" and before is not None and before.status == "blocked"):
+            changes.append(UserChange(user_id, before, after))
+    for user_id, before in now.items():
+        if user_id not in listed and before.status in managed:
+            changes.append(UserChange(user_id, before, None))
+    return changes, notes
 
 
 @dataclass
@@ -159,6 +232,12 @@ class ChannelPlan:
     fields: list[tuple[str, Any, Any]] = field(default_factory=list)
     add: list[tuple[str, str]] = field(default_factory=list)
     remove: list[tuple[str, str]] = field(default_factory=list)
+    users: list[UserChange] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def user_removals(self) -> list[UserChange]:
+        return [u for u in self.users if u.after is None]
 
     @property
     def write_policy(self) -> bool:
@@ -199,7 +278,9 @@ def make_plan(pf: PolicyFile, cur: Current, prune: bool) -> Plan:
             now = set(cur.senders.get(ch.channel_id, ()))
             p.add = sorted(set(ch.group_senders) - now)
             p.remove = sorted(now - set(ch.group_senders))
-        if existing is not None and (p.fields or p.add or p.remove):
+        if ch.users is not None:
+            p.users, p.notes = _user_changes(ch.users, cur.users.get(ch.channel_id, {}), ch.channel_id)
+        if existing is not None and (p.fields or p.add or p.remove or p.users):
             p.action = "change"
         plans.append(p)
     in_file = {ch.channel_id for ch in pf.channels}
@@ -210,6 +291,37 @@ def make_plan(pf: PolicyFile, cur: Current, prune: bool) -> Plan:
 
 def _sender(s: tuple[str, str]) -> str:
     return f"group {s[0]} user {s[1]}"
+
+
+def _standing(u: UserNow) -> str:
+    extra = [f"name {fmt_value(u.name)}"] if u.name else []
+    extra += [f"permissions {','.join(u.permissions)}"] if u.permissions else []
+    return u.status + (f" ({'; '.join(extra)})" if extra else "")
+
+
+def _user_line(u: UserChange) -> str:
+    if u.before is None:
+        assert u.after is not None
+        return f"    + user {u.user_id}: {_standing(u.after)}"
+    if u.after is None:
+        return f"    - user {u.user_id}: {_standing(u.before)} (not in file)"
+    return f"    ~ user {u.user_id}: {_standing(u.before)} -> {_standing(u.after)}"
+
+
+def unacknowledged_removals(pf: PolicyFile, plan: Plan) -> list[FileError]:
+    """Channels whose plan removes ``MASS_REMOVAL`` users or more without
+    acknowledging ``user_removals``: like a risky setting, it must be meant."""
+    errors = []
+    for c in plan.channels:
+        n = len(c.user_removals)
+        if c.file is None or n < MASS_REMOVAL or USER_REMOVALS in c.file.acknowledge:
+            continue
+        path = f"{c.file.path}.users"
+        errors.append(FileError(pf.line_of(path), path,
+                                f"risk {USER_REMOVALS} is not acknowledged: this apply removes {n} users "
+                                f"(at least {MASS_REMOVAL} need it). If this is intended, add {USER_REMOVALS} "
+                                "to the channel's acknowledge list"))  # fmt: skip
+    return errors
 
 
 def render_plan(plan: Plan) -> list[str]:
@@ -233,6 +345,8 @@ def render_plan(plan: Plan) -> list[str]:
             out.append(f"- {head}: delete (not in file)")
         out += [f"    + group sender: {_sender(s)}" for s in c.add]
         out += [f"    - group sender: {_sender(s)}" for s in c.remove]
+        out += [_user_line(u) for u in c.users]
+        out += c.notes
     if plan.has_changes:
         n = {a: sum(1 for c in plan.channels if c.action == a) for a in ("create", "change", "delete")}
         out.append(
@@ -261,6 +375,30 @@ def _server_error_line(pf: PolicyFile, ch: FileChannel | None, details: str) -> 
         return ""
     path = f"{ch.path}.{m[1]}"
     return f"{pf.line_of(path)}: {path}: {m[2]}"
+
+
+_REMOVAL = {"allowlisted": ("RemoveUser", "removed"), "blocked": ("UnblockUser", "unblocked"),
+            "paired": ("UnpairUser", "unpaired")}  # fmt: skip
+
+
+def _write_user(c: Any, channel_id: str, change: UserChange) -> str:
+    """One user's change (RemoveUser, UnblockUser, UnpairUser, AllowUser,
+    BlockUser); a blocked user is unblocked before being allowed."""
+    ref = adm.UserRef(channel_id=channel_id, user_id=change.user_id)
+    before, after = change.before, change.after
+    if after is None:
+        assert before is not None
+        method, verb = _REMOVAL[before.status]
+        rpc_call(getattr(c.admin, method), ref)
+        return f"{verb} user {change.user_id}"
+    if after.status == "blocked":
+        rpc_call(c.admin.BlockUser, adm.BlockUserRequest(channel_id=channel_id, user_id=change.user_id))
+        return f"blocked user {change.user_id}"
+    if before is not None and before.status == "blocked":
+        rpc_call(c.admin.UnblockUser, ref)
+    rpc_call(c.admin.AllowUser, adm.AllowUserRequest(channel_id=channel_id, user_id=change.user_id,
+                                                     display_name=after.name, permissions=list(after.permissions)))  # fmt: skip
+    return f"allowed user {change.user_id}"
 
 
 def execute(c: Any, pf: PolicyFile, plan: Plan, filename: str) -> list[str]:
@@ -330,6 +468,9 @@ def execute(c: Any, pf: PolicyFile, plan: Plan, filename: str) -> list[str]:
                     adm.GroupSenderRef(channel_id=p.channel_id, group_id=g, user_id=u),
                 )
                 parts.append(f"added {_sender((g, u))}")
+            for change in p.users:
+                step = f"channel {p.channel_id}: user {change.user_id}"
+                parts.append(_write_user(c, p.channel_id, change))
         except grpc.RpcError as exc:
             if parts:
                 done.append(f"channel {p.channel_id} ({', '.join(parts)})")

@@ -10,6 +10,10 @@ The format (``version: 1``, see docs/policies.md "Policy files")::
         acknowledge: [open_dms]
         policy: {...}            # the ChannelPolicy proto, field names as in common.proto
         group_senders: [...]     # optional; when present, the exact set
+        users:                   # optional; each list present is the exact set
+          allowlisted: [{user_id: "42", name: Alice, permissions: [read]}]
+          blocked: [{user_id: "66"}]
+          paired: [{user_id: "77"}]   # only removals: pairing is not written from a file
 
 Reading it takes three passes:
 
@@ -41,7 +45,8 @@ from yaml.nodes import Node, ScalarNode
 
 from .. import names, policy_proto
 from ..client import SyncClient
-from ..domain import risks
+from ..domain import ids, risks
+from ..domain.errors import InvalidArgument
 from ..domain.model import ChannelPolicy, Platform
 from ..gen.authz.v1 import admin_pb2 as adm
 from ..gen.authz.v1 import common_pb2 as cm
@@ -60,6 +65,7 @@ from .schema import (
 from .session import TIMEOUT
 
 FORMAT_VERSION = 1
+MAX_PERMISSIONS = 64  # as AllowUser
 PLATFORMS = {p.value: p for p in Platform}
 
 
@@ -86,6 +92,34 @@ class FileTenant:
     timezone: str
 
 
+USER_SETS = ("allowlisted", "blocked", "paired")
+# Not a risk of the stored policy but of one apply: removing this many users (or
+# more) from a channel at once needs the channel to acknowledge it.
+USER_REMOVALS = "user_removals"
+MASS_REMOVAL = 5
+ACK_CODES = (*risks.RISK_CODES, USER_REMOVALS)
+MAX_NAME = 256
+
+
+@dataclass(frozen=True)
+class FileUser:
+    user_id: str
+    name: str = ""
+    permissions: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class FileUsers:
+    """A channel's users as the file lists them; a set that is None is not managed."""
+
+    allowlisted: tuple[FileUser, ...] | None = None
+    blocked: tuple[FileUser, ...] | None = None
+    paired: tuple[FileUser, ...] | None = None
+
+    def managed(self) -> dict[str, tuple[FileUser, ...]]:
+        return {k: v for k in USER_SETS if (v := getattr(self, k)) is not None}
+
+
 @dataclass
 class FileChannel:
     index: int
@@ -95,6 +129,7 @@ class FileChannel:
     acknowledge: tuple[str, ...]
     group_senders: tuple[tuple[str, str], ...] | None  # None: not managed by the file
     line: int
+    users: FileUsers | None = None  # None: not managed by the file
 
     @property
     def path(self) -> str:
@@ -134,6 +169,7 @@ class RawChannel:
     policy: cm.ChannelPolicy = field(default_factory=cm.ChannelPolicy)
     acknowledge: list[str] = field(default_factory=list)
     senders: list[tuple[str, str]] | None = None
+    users: dict[str, list[FileUser]] | None = None
 
     @property
     def path(self) -> str:
@@ -152,8 +188,9 @@ class ParsedFile(_Lines):
 
 _TOP = ("version", "tenant", "channels")
 _TENANT = ("approvers", "agent_approvers", "timezone")
-_CHANNEL = ("id", "platform", "acknowledge", "policy", "group_senders")
+_CHANNEL = ("id", "platform", "acknowledge", "policy", "group_senders", "users")
 _SENDER = ("group_id", "user_id")
+_USER = ("user_id", "name", "permissions")
 
 
 def read_policy_file(text: str) -> ParsedFile:
@@ -293,9 +330,9 @@ def _read_channel(r: Reader, i: int, node: Node) -> RawChannel:
             for j, item in enumerate(r.sequence(value, path) or []):
                 code = r.string(item, f"{path}[{j}]")
                 r.lines[f"{path}[{j}]"] = node_line(item)
-                if code is not None and code not in risks.RISK_CODES:
+                if code is not None and code not in ACK_CODES:
                     r.error(item, f"{path}[{j}]",
-                            f"unknown risk code {code!r}: expected one of {', '.join(risks.RISK_CODES)}")  # fmt: skip
+                            f"unknown risk code {code!r}: expected one of {', '.join(ACK_CODES)}")  # fmt: skip
                 elif code is not None:
                     raw.acknowledge.append(code)
         elif key == "policy":
@@ -323,9 +360,53 @@ def _read_channel(r: Reader, i: int, node: Node) -> RawChannel:
                         r.error(item, f"{p}.{k}", "is required")
                 if len(sender) == 2:
                     raw.senders.append((sender["group_id"], sender["user_id"]))
+        elif key == "users":
+            raw.users = _read_users(r, value, path)
         else:
             r.error(key_node, path, unknown_field(key, list(_CHANNEL)))
     return raw
+
+
+def _read_users(r: Reader, node: Node, path: str) -> dict[str, list[FileUser]]:
+    """``users: {allowlisted: [...], blocked: [...], paired: [...]}``; a user in
+    two lists, or twice in one, is an error."""
+    out: dict[str, list[FileUser]] = {}
+    if is_null(node):
+        return out
+    seen: dict[str, str] = {}
+    for which, key_node, value in r.mapping(node, path) or []:
+        p = f"{path}.{which}"
+        r.lines[p] = node_line(key_node)
+        if which not in USER_SETS:
+            r.error(key_node, p, unknown_field(which, list(USER_SETS)))
+            continue
+        found = out.setdefault(which, [])
+        for j, item in enumerate([] if is_null(value) else r.sequence(value, p) or []):
+            ip = f"{p}[{j}]"
+            r.lines[ip] = node_line(item)
+            entry: dict[str, Any] = {}
+            fields = r.mapping(item, ip)
+            for k, kn, v in fields or []:
+                r.lines[f"{ip}.{k}"] = node_line(kn)
+                if k not in _USER or (which == "blocked" and k != "user_id"):
+                    allowed = ["user_id"] if which == "blocked" else list(_USER)
+                    r.error(kn, f"{ip}.{k}", unknown_field(k, allowed))
+                elif k == "permissions":
+                    entry[k] = tuple(r.strings(v, f"{ip}.{k}")) if not is_null(v) else ()
+                elif not is_null(v):
+                    entry[k] = r.string(v, f"{ip}.{k}")
+            if fields is not None and "user_id" not in entry:
+                r.error(item, f"{ip}.user_id", "is required")
+                continue
+            if fields is None or entry["user_id"] is None:
+                continue
+            user = FileUser(entry["user_id"], entry.get("name") or "", entry.get("permissions", ()))
+            if user.user_id in seen:
+                r.error(item, ip, f"user {user.user_id!r} is listed twice (first under {seen[user.user_id]})")
+                continue
+            seen[user.user_id] = which
+            found.append(user)
+    return out
 
 
 # How the service names a field -> where it is in the file (below the channel or tenant).
@@ -366,10 +447,35 @@ def check(parsed: ParsedFile, c: SyncClient) -> PolicyFile:
                                         platform=cm.Platform.ValueType(names.PLATFORM.from_domain(raw.platform)))  # fmt: skip
         checked = _validated(c.admin.SetChannel, request, raw.path, parsed, errors)
         if checked is not None:
-            pf.channels.append(_with_risks(pf, raw, policy_proto.policy_in(checked.policy), errors))
+            ch = _with_risks(pf, raw, policy_proto.policy_in(checked.policy), errors)
+            ch.users = _checked_users(pf, raw, errors)
+            pf.channels.append(ch)
     if errors:
         raise PolicyFileInvalid(errors)
     return pf
+
+
+def _checked_users(pf: PolicyFile, raw: RawChannel, errors: list[FileError]) -> FileUsers | None:
+    """The channel's users with the checks AllowUser and BlockUser make (the
+    platform's id format, permission names, one-line names), done here because
+    those calls have no ``validate_only``."""
+    if raw.users is None:
+        return None
+    assert raw.platform is not None
+    for which, listed in raw.users.items():
+        for j, user in enumerate(listed):
+            path = f"{raw.path}.users.{which}[{j}]"
+            try:
+                ids.user_id(raw.platform, user.user_id)
+                ids.one_line(user.name, "name", MAX_NAME)
+                if len(user.permissions) > MAX_PERMISSIONS:
+                    raise InvalidArgument("permissions", f"at most {MAX_PERMISSIONS} entries")
+                for permission in user.permissions:
+                    ids.permission(permission)
+            except InvalidArgument as exc:
+                where = f"{path}.{exc.field}"
+                errors.append(FileError(pf.line_of(where), where, str(exc).removeprefix(f"{exc.field}: ")))
+    return FileUsers(**{k: tuple(v) for k, v in raw.users.items()})
 
 
 def tenant_from_proto(s: adm.TenantSettings) -> FileTenant:
@@ -395,7 +501,7 @@ def _with_risks(
             errors.append(FileError(pf.line_of(path), path,
                                     f"risk {risk.code} is not acknowledged: {risk.message}. If this is intended, "
                                     f"add {risk.code} to the channel's acknowledge list"))  # fmt: skip
-    present = {risk.code for risk in found}
+    present = {risk.code for risk in found} | {USER_REMOVALS}  # the plan judges removals
     for code in dict.fromkeys(raw.acknowledge):
         if code not in present:
             pf.notes.append(

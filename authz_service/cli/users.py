@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+from collections import deque
 from typing import Any
 
 import click
 
 from .. import names
 from ..gen.authz.v1 import admin_pb2 as adm
+from ..gen.authz.v1 import common_pb2 as cm
 from .errors import NOT_DONE, CliError
-from .output import ts
+from .output import fmt, safe, table, ts
 from .session import Session, call, pass_session, session_options
 
 
@@ -49,6 +51,90 @@ def list_(s: Session, channel: str, paired: bool, blocked: bool, allowlisted: bo
     resp = call(s.client().admin.ListUsers, adm.ListUsersRequest(channel_id=channel, filter=which))
     s.emit([_row(u) for u in resp.users], ["user", "name", "status", "permissions", "updated", "expires"])
     return 0
+
+
+RECENT_AUDIT = 10
+
+
+def _recent_audit(s: Session, channel: str, user: str) -> list[adm.AuditEvent]:
+    """The user's last ``RECENT_AUDIT`` events on the channel (the trail pages oldest first)."""
+    req = adm.QueryAuditRequest(channel_id=channel, user_id=user, limit=1000)
+    recent: deque[adm.AuditEvent] = deque(maxlen=RECENT_AUDIT)
+    while True:
+        resp = call(s.client().admin.QueryAudit, req)
+        recent.extend(resp.events)
+        if not resp.next_after_event_id:
+            return list(recent)
+        req.after_event_id = resp.next_after_event_id
+
+
+def _explained(found: adm.ExplainUserResponse, events: list[adm.AuditEvent]) -> dict[str, Any]:
+    check, b = found.check, found.binding
+    return {
+        "decision": names.DECISION.label(check.decision), "reason": check.reason,
+        "standing": _row(found.subject) if found.HasField("subject") else None,
+        "agent": check.agent_id,
+        "binding": {"user": b.user_id or "*", "group": b.group_id or "*", "agent": b.agent_id,
+                    "permissions": list(b.permissions)} if found.HasField("binding") else None,
+        "permissions": list(check.permissions),
+        "tools": {"allowed": list(check.tools.allowed), "denied": list(check.tools.denied)},
+        "retry_after_seconds": check.retry_after_seconds,
+        "pending": [{"approval_id": a.approval_id, "kind": names.APPROVAL_KIND.label(a.kind),
+                     "tool": a.tool.tool_name, "created": ts(a, "created_at"), "expires": ts(a, "expires_at"),
+                     "first_message": a.first_message} for a in found.pending],
+        "recent_audit": [{"id": e.event_id, "at": ts(e, "at"), "event": e.event, "actor": e.actor,
+                          "approval_id": e.approval_id} for e in events],
+    }  # fmt: skip
+
+
+@users.command("show", help="one user: standing, what CheckUser decides now, route, tools, requests, audit")
+@click.argument("channel")
+@click.argument("user")
+@click.option("--group", help="explain a message in this group (default: a direct message)")
+@click.option("--text", default="", help="the message text to judge (commands, mention patterns)")
+@session_options
+@pass_session
+def show(s: Session, channel: str, user: str, group: str | None, text: str) -> int:
+    kind = cm.CHAT_KIND_GROUP if group else cm.CHAT_KIND_DIRECT
+    req = adm.ExplainUserRequest(
+        channel_id=channel, user_id=user, chat_kind=kind, group_id=group or "", text=text
+    )
+    found = call(s.client().admin.ExplainUser, req)  # read only: no token taken, no request made
+    d = _explained(found, _recent_audit(s, channel, user))
+    if s.json:
+        click.echo(json.dumps({"channel": channel, "user": user, **d}, indent=2, default=fmt))
+        return 0
+    where = f"in group {group}" if group else "in a direct message"
+    click.echo(safe(f"user {user} on {channel}"))
+    standing = d["standing"]
+    lines = [("decision", f"{d['decision']} ({d['reason']}) {where}")]
+    if d["retry_after_seconds"]:
+        lines.append(("retry after", f"{d['retry_after_seconds']} s"))
+    if standing is None:
+        lines.append(("status", "unknown (not allowlisted, paired or blocked)"))
+    else:
+        lines += [("status", standing["status"]), ("name", fmt(standing["name"]) or "-"),
+                  ("expires", fmt(standing["expires"]) or "never"),
+                  ("own permissions", fmt(standing["permissions"]) or "-")]  # fmt: skip
+    b = d["binding"]
+    route = (
+        f"binding user {b['user']}, group {b['group']}" if b else "the channel's agent (no binding matches)"
+    )
+    lines += [("agent", f"{fmt(d['agent']) or '-'} via {route}"), ("permissions", fmt(d["permissions"]) or "-"),
+              ("tools allowed", fmt(d["tools"]["allowed"]) or "(no restriction)"),
+              ("tools denied", fmt(d["tools"]["denied"]) or "-")]  # fmt: skip
+    width = max(len(k) for k, _ in lines) + 1
+    for key, value in lines:
+        click.echo(f"{key + ':':<{width}} {safe(value)}")
+    click.echo("pending requests:")
+    click.echo(_indented(table(d["pending"], ["approval_id", "kind", "tool", "expires", "first_message"])))
+    click.echo(f"recent audit (last {RECENT_AUDIT}):")
+    click.echo(_indented(table(d["recent_audit"], ["at", "event", "actor", "approval_id"])))
+    return 0
+
+
+def _indented(text: str) -> str:
+    return "\n".join("  " + line for line in text.splitlines())
 
 
 @users.command(help="add a user to the channel's DM allowlist")

@@ -35,17 +35,34 @@ def owner_notification(
     minutes: int,
     *,
     renewal: bool = False,
+    handle: str = "",
+    platform: str = "",
 ) -> str:
-    who = f"{display.visible(display_name)} ({user_id})" if display_name else user_id
+    """``first_message`` as stored (domain.pairing.stored_first_message: cut,
+    hidden characters made visible); ``handle`` without the "@"."""
+    lines = [f"🔁 Pairing renewal on {channel_id}" if renewal else f"🔔 Pairing request on {channel_id}"]
+    lines.append(f"From: {requester(user_id, display_name, handle)}")
+    if platform:
+        lines.append(f"Platform: {platform}")
     if renewal:
-        lines = [f"🔁 Pairing renewal on {channel_id}", f"From: {who}", "Their previous pairing expired."]
-    else:
-        lines = [f"🔔 Pairing request on {channel_id}", f"From: {who}"]
+        lines.append("Their previous pairing expired.")
     if first_message:
-        snippet = first_message if len(first_message) <= 200 else first_message[:199] + "…"
-        lines.append(f"First message: {snippet!r}")
+        lines.append(f"First message: “{display.visible(first_message)}”")
     lines.append(f"Code: {code} (expires in {minutes} min)")
     return "\n".join(lines)
+
+
+def requester(user_id: str, display_name: str, handle: str = "") -> str:
+    """ "Alice (@alice, 4242)": the name and handle are the requester's own
+    claims, so the id is always shown, and hidden characters made visible."""
+    at = f"@{display.visible(handle)}" if handle else ""
+    if display_name:
+        return (
+            f"{display.visible(display_name)} ({at}, {user_id})"
+            if at
+            else f"{display.visible(display_name)} ({user_id})"
+        )
+    return f"{at} ({user_id})" if at else user_id
 
 
 BUTTON_LABELS = {

@@ -273,6 +273,12 @@ class Approval:
     grant_id: str = ""
     required_approvals: int = 1
     approved_by: tuple[str, ...] = ()
+    # Pairing requests: what the approver decides on (#17), as stored: the
+    # first message cut and made visible (domain/display.py), the @handle
+    # without "@", and the channel's platform when it was asked.
+    first_message: str = ""
+    handle: str = ""
+    platform: str = ""
 
 
 class Risk(enum.StrEnum):

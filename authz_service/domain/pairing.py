@@ -22,6 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from . import display
 from .errors import InvalidArgument
 from .model import ApprovalAction, Channel, ChannelPolicy, SubjectSource, SubjectStatus
 
@@ -214,6 +215,18 @@ def approve_vote(required: int, approved_by: tuple[str, ...], actor: str) -> Vot
     if actor in approved_by:
         return Vote.REPEAT
     return Vote.FINAL if len(approved_by) + 1 >= required else Vote.RECORDED
+
+
+# A requester's first message as stored with their pairing request and shown
+# to approvers: enough to decide on, in one notification on every platform.
+FIRST_MESSAGE_STORED = 300
+MAX_HANDLE = 64
+
+
+def stored_first_message(text: str) -> str:
+    """The first message as stored: hidden characters made visible, cut to
+    ``FIRST_MESSAGE_STORED`` UTF-16 units with "…" (display.visible_prefix)."""
+    return display.visible_prefix(text.strip(), FIRST_MESSAGE_STORED)
 
 
 def request_details(

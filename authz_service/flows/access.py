@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from ..cache import CheckState
 from ..domain import floods, ids, scope
 from ..domain import send as send_policy
-from ..domain.access import Inbound, Verdict, check_user
-from ..domain.model import Channel, Decision
+from ..domain.access import Inbound, Verdict, binding_for, check_user
+from ..domain.errors import NotFound
+from ..domain.model import Approval, Binding, Channel, Decision, Subject
 from ..domain.policy import CorruptPolicy
-from ..store import audit, channels, denials
+from ..store import approvals, audit, channels, denials
 from ..store.db import Connection
 from . import Context
 from . import rate as rate_limits
@@ -23,8 +24,52 @@ log = logging.getLogger(__name__)
 async def check(ctx: Context, channel_id: str, message: Inbound, *, consistent: bool = False) -> Verdict:
     """Decide one inbound message: from the cache when it holds the state (and
     the caller did not ask for a ``consistent`` read), else in one round trip."""
+    state, verdict = await _judge(ctx, channel_id, message, use_cache=not consistent)
+    # Rate limits: an allowed message also needs a token (always PostgreSQL, never the cache).
+    verdict = await rate_limits.admit(ctx, state.channel, message, verdict)
+    return _logged(ctx, channel_id, verdict)
+
+
+@dataclass(frozen=True, slots=True)
+class Explanation:
+    """ExplainUser: what CheckUser would answer for ``message`` now, and what
+    it was decided on."""
+
+    verdict: Verdict
+    channel: Channel | None  # None: its stored policy is unreadable (the verdict denies)
+    subject: Subject | None
+    in_group: bool
+    binding: Binding | None  # the binding that routes the user, whatever the decision
+    pending: tuple[Approval, ...]  # the user's live requests on the channel, newest first
+
+
+async def explain(ctx: Context, channel_id: str, message: Inbound) -> Explanation:
+    """CheckUser's decision without its effects: the same code decides, on a
+    fresh read (no cache, none filled); a rate limit is judged from the
+    buckets as they stand, without taking a token; nothing is written and no
+    pairing request is made. An unknown channel is NOT_FOUND (CheckUser denies)."""
+    if not scope.channel_in_scope(ctx.principal, channel_id):
+        raise NotFound(f"channel {channel_id!r} not found")
+    state, verdict = await _judge(ctx, channel_id, message, use_cache=False, fill=False)
+    if state.channel is None and verdict.reason == "channel_not_configured":
+        raise NotFound(f"channel {channel_id!r} not found")
+    verdict = await rate_limits.admit(ctx, state.channel, message, verdict, take=False)
+    async with ctx.db.tenant(ctx.tenant_id) as conn:
+        pending = await approvals.live_for_user(conn, ctx.tenant_id, channel_id, message.user_id)
+    binding = (
+        None
+        if state.channel is None
+        else binding_for(state.channel.policy, message.user_id, message.group_id)
+    )
+    return Explanation(verdict, state.channel, state.subject, state.in_group, binding, tuple(pending))
+
+
+async def _judge(
+    ctx: Context, channel_id: str, message: Inbound, *, use_cache: bool, fill: bool = True
+) -> tuple[CheckState, Verdict]:
+    """CheckUser's decision before rate limits, and the state it was made on."""
     t = ctx.tenant_id
-    cache = None if consistent else ctx.cache
+    cache = ctx.cache if use_cache else None
     state = cache.check_state(t, channel_id, message.user_id, message.group_id) if cache else None
     now: datetime | None
     if not scope.channel_in_scope(ctx.principal, channel_id):
@@ -40,17 +85,14 @@ async def check(ctx: Context, channel_id: str, message: Inbound, *, consistent: 
             state = _state(t, read)
         except CorruptPolicy:
             log.error("channel %s/%s has an unreadable policy; denying", t, channel_id)
-            return _logged(ctx, channel_id, Verdict(Decision.DENY, "channel_policy_invalid"))
-        if ctx.cache is not None:
+            return CheckState(None, None, False), Verdict(Decision.DENY, "channel_policy_invalid")
+        if ctx.cache is not None and fill:
             if now is not None:
                 ctx.cache.observe_db_clock(now)
             ctx.cache.fill_check_state(generation, t, channel_id, message.user_id, message.group_id, state)
     if state.channel is not None:
         ids.user_id(state.channel.platform, message.user_id)
-    verdict = check_user(state.channel, state.subject, state.in_group, message, now)
-    # Rate limits: an allowed message also needs a token (always PostgreSQL, never the cache).
-    verdict = await rate_limits.admit(ctx, state.channel, message, verdict)
-    return _logged(ctx, channel_id, verdict)
+    return state, check_user(state.channel, state.subject, state.in_group, message, now)
 
 
 def _state(tenant_id: str, read: channels.CheckState | None) -> CheckState:

@@ -59,6 +59,7 @@ from ..domain.pairing import (
     new_code_seed,
     request_details,
     standing,
+    stored_first_message,
 )
 from ..domain.tools import check_action
 from ..store import approvals, attempts, audit, db, keys, subjects, tenants
@@ -107,9 +108,12 @@ async def request_pairing(
     *,
     email: str = "",
     phone_number: str = "",
+    handle: str = "",
 ) -> PairingResult:
     """``email`` and ``phone_number``: as the connector reports them, only for
-    auto-approve rules; never stored, logged or audited."""
+    auto-approve rules; never stored, logged or audited. ``first_message``,
+    ``display_name`` and ``handle`` are stored with a new request for its
+    approvers (the message cut and made visible), never logged."""
     t = ctx.tenant_id
     async with ctx.db.tenant(t) as conn:
         channel = await load_channel_for(ctx, conn, channel_id, for_update=True)
@@ -157,7 +161,8 @@ async def request_pairing(
             new = PairingInsertInput(
                 t, new_approval_id(), channel_id, user_id, display_name, seed,
                 ctx.keyring.code_hash(t, channel_id, code), policy.pairing_code_ttl_seconds,
-                required_approvals=policy.required_approvals,
+                required_approvals=policy.required_approvals, first_message=stored_first_message(first_message),
+                handle=handle, platform=channel.platform.value,
             )  # fmt: skip
             approval = await approvals.insert_pairing(conn, new)
             details = request_details(
@@ -173,7 +178,7 @@ async def request_pairing(
             ctx.cache.forget_tenant(t)
         return auto
 
-    return _created(ctx, channel, approval, code, now, user_id, display_name, first_message, renewal=renewal)
+    return _created(ctx, channel, approval, code, now, renewal=renewal)
 
 
 def _created(
@@ -182,9 +187,6 @@ def _created(
     approval: Approval,
     code: str,
     now: datetime,
-    user_id: str,
-    display_name: str,
-    first_message: str,
     *,
     renewal: bool,
 ) -> PairingResult:
@@ -197,7 +199,15 @@ def _created(
         notification = OwnerNotification(
             owner_id=policy.owner_id,
             text=messages.owner_notification(
-                channel.channel_id, user_id, display_name, first_message, code, minutes, renewal=renewal
+                channel.channel_id,
+                approval.user_id,
+                approval.display_name,
+                approval.first_message,
+                code,
+                minutes,
+                renewal=renewal,
+                handle=approval.handle,
+                platform=approval.platform,
             ),
             buttons=tuple(
                 Button(a, messages.BUTTON_LABELS[a], ctx.keyring.callback_payload(t, approval.approval_id, a))

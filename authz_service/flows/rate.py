@@ -16,9 +16,13 @@ from ..store import rate as store
 from . import Context
 
 
-async def admit(ctx: Context, channel: Channel | None, message: Inbound, verdict: Verdict) -> Verdict:
+async def admit(
+    ctx: Context, channel: Channel | None, message: Inbound, verdict: Verdict, *, take: bool = True
+) -> Verdict:
     """``verdict`` if it is not ALLOW, or no limit applies, or every bucket
-    gave a token; else RATE_LIMITED, and no bucket gave one."""
+    gave a token; else RATE_LIMITED, and no bucket gave one. With ``take``
+    false (ExplainUser) the buckets are only read: the same answer as long as
+    nothing else draws on them, and nothing taken or written."""
     if verdict.decision is not Decision.ALLOW or channel is None:
         return verdict  # denied messages consume nothing
     buckets = rate.buckets(channel.policy, message)
@@ -26,7 +30,10 @@ async def admit(ctx: Context, channel: Channel | None, message: Inbound, verdict
         return verdict
     try:
         async with ctx.db.tenant(ctx.tenant_id) as conn:
-            refused = await store.take(conn, ctx.tenant_id, channel.channel_id, buckets)
+            if take:
+                refused = await store.take(conn, ctx.tenant_id, channel.channel_id, buckets)
+            else:
+                refused = await store.peek(conn, ctx.tenant_id, channel.channel_id, buckets)
     except NotFound:
         # The channel was deleted after the (cached) read that allowed the message.
         return Verdict(Decision.DENY, "channel_not_configured")

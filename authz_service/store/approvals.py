@@ -33,6 +33,9 @@ class PairingInsertInput:
     code_hash: bytes
     ttl_seconds: int
     required_approvals: int = 1
+    first_message: str = ""  # as domain.pairing.stored_first_message makes it
+    handle: str = ""
+    platform: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +105,9 @@ def approval_from_row(row: asyncpg.Record) -> Approval:
         grant_id=row["grant_id"],
         required_approvals=row.get("required_approvals") or 1,
         approved_by=_approved_by(row),
+        first_message=row.get("first_message") or "",
+        handle=row.get("handle") or "",
+        platform=row.get("platform") or "",
     )
 
 
@@ -125,6 +131,18 @@ async def pending_pairing_for_user(
     return None if row is None else PendingPairing(approval_from_row(row), bytes(row["code_seed"]))
 
 
+async def live_for_user(conn: Connection, tenant_id: str, channel_id: str, user_id: str) -> list[Approval]:
+    """The user's live pending approvals on the channel (pairing requests, and
+    tool calls asked for them), newest first. A plain read: nothing is locked."""
+    rows = await conn.fetch(
+        """SELECT * FROM approvals WHERE tenant_id = $1 AND channel_id = $2 AND user_id = $3
+             AND status = 'pending' AND expires_at > now()
+           ORDER BY created_at DESC LIMIT 20""",
+        tenant_id, channel_id, user_id,
+    )  # fmt: skip
+    return [approval_from_row(r) for r in rows]
+
+
 async def count_live_pending(conn: Connection, tenant_id: str, channel_id: str) -> int:
     # count(approval_id), not count(*): a column outside approvals_pending_by_channel
     # makes this a plain index scan, which marks the entries of decided requests
@@ -143,11 +161,12 @@ async def count_live_pending(conn: Connection, tenant_id: str, channel_id: str) 
 async def insert_pairing(conn: Connection, new: PairingInsertInput) -> Approval:
     row = await conn.fetchrow(
         """INSERT INTO approvals (tenant_id, approval_id, kind, channel_id, user_id, display_name,
-                                  code_seed, code_hash, expires_at, required_approvals)
-           VALUES ($1, $2, 'pairing', $3, $4, $5, $6, $7, now() + make_interval(secs => $8), $9)
+                                  code_seed, code_hash, expires_at, required_approvals,
+                                  first_message, handle, platform)
+           VALUES ($1, $2, 'pairing', $3, $4, $5, $6, $7, now() + make_interval(secs => $8), $9, $10, $11, $12)
            RETURNING *""",
         new.tenant_id, new.approval_id, new.channel_id, new.user_id, new.display_name, new.code_seed,
-        new.code_hash, new.ttl_seconds, new.required_approvals,
+        new.code_hash, new.ttl_seconds, new.required_approvals, new.first_message, new.handle, new.platform,
     )  # fmt: skip
     assert row is not None
     return approval_from_row(row)

@@ -100,6 +100,25 @@ async def take(conn: Conn, tenant_id: str, channel_id: str, buckets: Sequence[Bu
         raise NotFound(f"channel {channel_id!r} not found") from None
 
 
+_PEEK = f"""
+SELECT b.scope, {_REFUSE_AVAILABLE} AS available
+FROM rate_buckets AS b JOIN unnest($3::text[], $4::float8[], $5::float8[]) AS u(scope, rate, burst)
+  ON b.scope = u.scope
+WHERE b.tenant_id = $1 AND b.channel_id = $2
+"""
+
+
+async def peek(conn: Conn, tenant_id: str, channel_id: str, buckets: Sequence[Bucket]) -> dict[str, float]:
+    """What ``take`` would refuse now, read only: the buckets holding less
+    than one token, with the tokens they hold (a missing bucket is full).
+    Nothing is taken, locked or written."""
+    rows = await conn.fetch(
+        _PEEK, tenant_id, channel_id, [b.scope for b in buckets], [b.rate for b in buckets],
+        [b.burst for b in buckets],
+    )  # fmt: skip
+    return {r["scope"]: float(r["available"]) for r in rows if float(r["available"]) < 1}
+
+
 async def _take(conn: Conn, tenant_id: str, channel_id: str, buckets: Sequence[Bucket]) -> dict[str, float]:
     scopes = [b.scope for b in buckets]
     rows = await conn.fetch(

@@ -55,6 +55,9 @@ class ApprovalExport:
     grant_id: str | None
     required_approvals: int
     approved_by: tuple[str, ...]
+    first_message: str
+    handle: str
+    platform: str
 
 
 def _export(row: asyncpg.Record) -> ApprovalExport:
@@ -65,7 +68,7 @@ def _export(row: asyncpg.Record) -> ApprovalExport:
 
 _APPROVAL_EXPORT_COLUMNS = """approval_id, kind, channel_id, user_id, display_name, status, created_at,
     expires_at, resolved_at, resolved_by, reason, tool_name, arguments, arguments_digest, agent_id, session_id,
-    risk, summary, redeemed_at, grant_id, required_approvals, approved_by"""
+    risk, summary, redeemed_at, grant_id, required_approvals, approved_by, first_message, handle, platform"""
 
 
 async def subject(conn: Connection, tenant_id: str, channel_id: str, user_id: str) -> SubjectExport | None:
@@ -138,7 +141,8 @@ async def delete_rows(
 
 async def scrub_rows(conn: Connection, tenant_id: str, channel_id: str, user_id: str) -> tuple[int, int]:
     """Remove the user's personal data from their subject and approval rows,
-    keeping every state: display names and the resolvers' reasons are blanked,
+    keeping every state: display names, handles, first messages and the
+    resolvers' reasons are blanked,
     and so are the arguments and summary of their decided tool calls (a pending
     one keeps them: an approver must see what they approve; redeeming needs
     only the digest). Returns (subjects, approvals) changed."""
@@ -148,11 +152,11 @@ async def scrub_rows(conn: Connection, tenant_id: str, channel_id: str, user_id:
         tenant_id, channel_id, user_id,
     )  # fmt: skip
     approvals = await conn.execute(
-        """UPDATE approvals SET display_name = '', reason = '',
+        """UPDATE approvals SET display_name = '', reason = '', first_message = '', handle = '',
                   arguments = CASE WHEN kind = 'tool' AND status <> 'pending' THEN '' ELSE arguments END,
                   summary = CASE WHEN kind = 'tool' AND status <> 'pending' THEN '' ELSE summary END
            WHERE tenant_id = $1 AND channel_id = $2 AND user_id = $3
-             AND (display_name <> '' OR reason <> ''
+             AND (display_name <> '' OR reason <> '' OR first_message <> '' OR handle <> ''
                   OR (kind = 'tool' AND status <> 'pending' AND (arguments <> '' OR summary <> '')))""",
         tenant_id, channel_id, user_id,
     )  # fmt: skip

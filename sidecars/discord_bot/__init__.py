@@ -152,6 +152,7 @@ def to_inbound(message: discord.Message, bot_id: int) -> Inbound | None:
             chat_kind="direct",
             text=text,
             display_name=author.display_name,
+            handle=author.name,
         )
     replied = message.reference.resolved if message.reference is not None else None
     mentioned = any(u.id == bot_id for u in message.mentions) or (
@@ -165,6 +166,7 @@ def to_inbound(message: discord.Message, bot_id: int) -> Inbound | None:
         mentioned=mentioned,
         text=text,
         display_name=author.display_name,
+        handle=author.name,
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from slack_sdk.errors import SlackApiError
@@ -39,8 +40,9 @@ class SlackTransport:
     Conversation ids (``chat_id``) are Slack channel ids: "C…" channels, "G…"
     private channels, "D…" direct messages.
 
-    With ``lookup_email`` it also implements :class:`~sidecars.runtime.ContactLookup`:
-    a pairing requester's confirmed email, from ``users.info``.
+    It also implements :class:`~sidecars.runtime.ContactLookup`: a pairing
+    requester's name and handle from ``users.info``, and with ``lookup_email``
+    their confirmed email.
     """
 
     platform = "slack"
@@ -78,14 +80,15 @@ class SlackTransport:
             await self.client.chat_postMessage(channel=channel, text=escape(text))
 
     async def contact(self, user_id: str) -> Contact:
-        """The requester's email from ``users.info``, if ``lookup_email`` is on.
+        """Who asks to pair, from ``users.info`` (scope ``users:read``): their
+        display name and handle (Slack's message events carry neither), and with
+        ``lookup_email`` their email for auto-approve rules.
 
         Slack includes ``profile.email`` only with the ``users:read.email`` scope.
-        Reported only for an active human member of the bot's own workspace whose
-        email Slack marks confirmed; nothing is cached, and the address is never logged.
+        The email is reported only for an active human member of the bot's own
+        workspace whose email Slack marks confirmed. Nothing here is logged; the
+        connector keeps the answer for a few minutes (``Connector._contact``).
         """
-        if not self.lookup_email:
-            return NO_CONTACT
         try:
             user = slack_user(user_id, self.team_id)
         except ValueError:
@@ -100,11 +103,24 @@ class SlackTransport:
             raise ContactUnavailable("users.info: answered for another user")
         if info.get("deleted") or info.get("is_bot"):
             return NO_CONTACT
-        email = (info.get("profile") or {}).get("email")
+        profile = info.get("profile") or {}
+        name = (
+            _text(profile.get("display_name"))
+            or _text(profile.get("real_name"))
+            or _text(info.get("real_name"))
+        )
+        shown = Contact(display_name=name, handle=_text(info.get("name")))
+        if not self.lookup_email:
+            return shown
+        email = profile.get("email")
         if not email or not isinstance(email, str):
             log.info("users.info gave no email for %s (is the users:read.email scope granted?)", user_id)
-            return NO_CONTACT
+            return shown
         if info.get("is_email_confirmed") is not True:
             log.info("the email of %s is not confirmed in Slack; not reported", user_id)
-            return NO_CONTACT
-        return Contact(email=email)
+            return shown
+        return replace(shown, email=email)
+
+
+def _text(value: object) -> str:
+    return value.strip() if isinstance(value, str) else ""

@@ -128,6 +128,7 @@ def to_inbound(update: Update, bot: Bot) -> Inbound | None:
         mentioned=kind == "group" and mentions_bot(message, bot),
         text=message.text or message.caption or "",
         display_name=user.full_name,
+        handle=user.username or "",
     )
 
 

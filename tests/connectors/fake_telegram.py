@@ -121,8 +121,8 @@ class FakeTelegram:
 _update_ids = itertools.count(1)
 
 
-def _user(user_id: int, name: str) -> dict[str, Any]:
-    return {"id": user_id, "is_bot": False, "first_name": name}
+def _user(user_id: int, name: str, username: str = "") -> dict[str, Any]:
+    return {"id": user_id, "is_bot": False, "first_name": name} | ({"username": username} if username else {})
 
 
 def message_update(
@@ -132,6 +132,7 @@ def message_update(
     chat_id: int | None = None,
     chat_type: str = "private",
     name: str = "Alice",
+    username: str = "",
     entities: list[dict[str, Any]] | None = None,
     reply_to_bot: bool = False,
 ) -> dict[str, Any]:
@@ -140,7 +141,7 @@ def message_update(
         "message_id": next(_update_ids),
         "date": int(time.time()),
         "chat": {"id": chat_id, "type": chat_type} | ({"title": "Group"} if chat_type != "private" else {}),
-        "from": _user(user_id, name),
+        "from": _user(user_id, name, username),
         "text": text,
     }
     if text.startswith("/"):

@@ -162,6 +162,16 @@ async def request_pairing(bot: Bot) -> tuple[SentMessage, cm.Approval]:
     return owner_dms[0], approval
 
 
+async def test_the_owner_reads_the_requesters_username(bot: Bot) -> None:
+    note, approval = await request_pairing(bot)
+    assert (approval.handle, approval.platform, approval.first_message) == (
+        "mallory",
+        "discord",
+        "hello there",
+    )
+    assert f"From: mallory (@mallory, {USER})" in note.content and "Platform: discord" in note.content
+
+
 def custom_id(message: SentMessage, label_word: str) -> str:
     (found,) = [b["custom_id"] for b in message.buttons if label_word in b["label"]]
     return str(found)

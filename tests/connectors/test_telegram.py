@@ -164,13 +164,16 @@ async def test_pairing_approve_then_chat(make_bot: MakeBot, tenant: Tenant) -> N
     assert await pending(tenant) == []
 
 
-async def test_owner_sees_hidden_characters_of_a_stranger_escaped(make_bot: MakeBot) -> None:
+async def test_owner_sees_hidden_characters_of_a_stranger_escaped(make_bot: MakeBot, tenant: Tenant) -> None:
     # A right-to-left override in the display name would show "Alice\u202etxt.exe" as "Aliceexe.txt".
     bot = await make_bot(owner_id=str(OWNER), send_policy=SEND_POLICY)
-    await bot.say(ALICE, "hi\u2066 there", name="Alice\u202etxt.exe")
+    await bot.say(ALICE, "hi\u2066 there", name="Alice\u202etxt.exe", username="alice_w")
     text = bot.owner_request()["text"]
     assert not any(c in text for c in "\u202e\u2066")
-    assert f"From: Alice\\u202etxt.exe ({ALICE})" in text and "hi\\u2066 there" in text
+    assert f"From: Alice\\u202etxt.exe (@alice_w, {ALICE})" in text and "hi\\u2066 there" in text
+    assert "Platform: telegram" in text  # the username is stored with the request, for `pairing list`
+    [approval] = (await tenant.admin.admin.ListApprovals(adm.ListApprovalsRequest())).approvals
+    assert (approval.handle, approval.first_message) == ("alice_w", "hi\\u2066 there")
 
 
 async def test_callback_payloads_fit_telegram_limit(make_bot: MakeBot) -> None:

@@ -136,6 +136,23 @@ async def _list_users(r: Run, b: B) -> None:
         await r.unary("admin", b.tenant.admin.admin.ListUsers, req)
 
 
+def _explained(resp: adm.ExplainUserResponse) -> object:
+    return (show(resp.check), show(resp.subject) if resp.HasField("subject") else None,
+            show(resp.binding) if resp.HasField("binding") else None, resp.in_group_allowlist,
+            [show(a) for a in resp.pending])  # fmt: skip
+
+
+@case("AdminService.ExplainUser")
+async def _explain_user(r: Run, b: B) -> None:
+    for user in (r.ids.user, r.ids.paired, r.ids.blocked, r.ids.requester, r.ids.owner):
+        req = adm.ExplainUserRequest(channel_id=r.ids.channel, user_id=user)
+        await r.unary("admin", b.tenant.admin.admin.ExplainUser, req, _explained)
+        group = adm.ExplainUserRequest(
+            channel_id=r.ids.channel, user_id=user, chat_kind=cm.CHAT_KIND_GROUP, group_id=r.ids.group
+        )
+        await r.unary("admin", b.tenant.admin.admin.ExplainUser, group, _explained)
+
+
 def _export(resp: adm.UserExport) -> object:
     doc = json.loads(resp.json)
     del doc["exported_at"]

@@ -138,10 +138,15 @@ async def test_requester_without_a_matching_confirmed_email_pairs_normally(
         assert len(rig.fake.log.of("users.info")) == 1
 
 
-async def test_without_lookup_email_users_info_is_never_called(open_rig: OpenRig) -> None:
+async def test_without_lookup_email_users_info_gives_the_name_only(open_rig: OpenRig) -> None:
     async with open_rig(prepare=company_alice, auto_approve=COMPANY) as rig:
         approval = await start_pairing(rig)
         assert approval.status == cm.APPROVAL_STATUS_PENDING
+        # Slack's events carry no name: users.info fills in the name and handle the
+        # owner reads, and the email is not used (no auto-approve).
+        assert (approval.display_name, approval.handle) == (ALICE.lower(), ALICE.lower())
+        [note] = rig.fake.log.of("chat.postMessage", to(dm_channel(OWNER)))
+        assert f"From: {ALICE.lower()} (@{ALICE.lower()}, {uid(ALICE)})" in note.params["text"]
         await rig.say(ALICE, "hello again?")
-        assert rig.fake.log.of("users.info") == []
+        assert len(rig.fake.log.of("users.info")) == 1  # looked up once, kept for a while
         assert await audit(rig, "pairing.auto_approved") == []

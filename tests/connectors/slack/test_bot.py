@@ -81,7 +81,7 @@ async def test_stranger_pairs_owner_approves_then_messages_reach_the_agent(
     note = rig.fake.log.of("chat.postMessage", to(dm_channel(OWNER)))[0].params
     assert "Pairing request on sl" in note["text"] and uid(ALICE) in note["text"]
     section, actions = note["blocks"]
-    assert section["type"] == "section" and "'hello there'" in section["text"]["text"]
+    assert section["type"] == "section" and "“hello there”" in section["text"]["text"]
     keyring = Keyring(service.settings.secret_key.encode())
     expected = {
         action: keyring.callback_payload(rig.tenant.tenant_id, approval.approval_id, ApprovalAction(action))
