@@ -92,8 +92,8 @@ def telegram_bot(store: ServicePairingStore) -> tuple[TelegramBot, Recorder]:
     bot = TelegramBot(token="123456:TEST", config=config())
     store.install(bot)  # what the user writes, before bot.start()
     sent = Recorder()
-    bot.reply = sent.reply  # type: ignore[method-assign]
-    bot.send_approval_dm = sent.send_approval_dm  # type: ignore[method-assign]
+    bot.reply = sent.reply
+    bot.send_approval_dm = sent.send_approval_dm
     return bot, sent
 
 
@@ -111,7 +111,7 @@ def pair_button(prompt: dict[str, str], action: str) -> str:
         user_name=prompt["name"], code=prompt["code"], channel=prompt["channel"], user_id=prompt["user"]
     )
     return next(
-        b["callback_data"]
+        str(b["callback_data"])
         for row in keyboard["inline_keyboard"]
         for b in row
         if f":{action}:" in b["callback_data"]
@@ -220,7 +220,7 @@ async def test_slack_and_discord_bots_pair_through_the_service(
             sender=BotUser(user_id=user, username="eve", display_name="Eve"),
             channel=BotChannel(channel_id=user, channel_type="dm"),
         )
-        message._channel_type = platform  # type: ignore[attr-defined]  # as their handlers set it
+        message._channel_type = platform  # as their handlers set it
         assert await on_bot_loop(UnknownUserHandler.handle(message, ctx)) is False
         [prompt] = sent.prompts
         assert (prompt["channel"], prompt["user"]) == (platform, user)
