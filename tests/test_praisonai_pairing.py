@@ -26,10 +26,12 @@ from praisonaiagents.gateway.protocols import PairingProtocol
 from authz_service.adapters import PairingCallbackHandler, ServicePairingStore
 from authz_service.client import Client, connect
 from authz_service.gen.authz.v1 import admin_pb2 as adm
+from authz_service.gen.authz.v1 import authz_pb2 as az
 from authz_service.gen.authz.v1 import common_pb2 as cm
 
 from .conftest import Service, Tenant
 from .pairing_helpers import OWNER, check
+from .replicas import free_port
 
 STRANGER = "555"
 T = TypeVar("T")
@@ -151,7 +153,7 @@ async def test_telegram_pairing_goes_through_the_service(tenant: Tenant, store: 
     )
     assert result.success is True
     assert (result.user_id, result.channel) == (STRANGER, "telegram")
-    assert (await check(tenant, STRANGER)).decision == 1  # DECISION_ALLOW
+    assert (await check(tenant, STRANGER)).decision == az.DECISION_ALLOW
     assert sent.replies[-1][0] == STRANGER  # the requester is told
     assert await asyncio.to_thread(store.is_paired, STRANGER, "telegram") is True
     passed = await on_bot_loop(process_inbound_telegram_message(update(555, "now?"), bot))
@@ -255,7 +257,10 @@ async def test_a_paired_user_is_answered_from_the_cache(tenant: Tenant, service:
 
 async def test_an_unreachable_service_pairs_nobody() -> None:
     down = ServicePairingStore(
-        connect("127.0.0.1:9", "azk.x.y.z", warn_plaintext=False), "tg", platform="telegram", timeout=0.5
+        connect(f"127.0.0.1:{free_port()}", "azk.x.y.z", warn_plaintext=False),
+        "tg",
+        platform="telegram",
+        timeout=0.5,
     )
     with down:
         bot, sent = telegram_bot(down)
