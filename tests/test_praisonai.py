@@ -4,9 +4,10 @@ tool under ``register_send_policy``, and ``Agent(approval=...)`` running a tool
 that needs approval. The service is the real one (tests/conftest.py).
 
 The send-policy table is the seed's (PraisonAI's
-tests/unit/tools/test_send_message_tool.py, reproduced rather than vendored),
-with our deliberate difference: with no policy at all only the origin
-conversation is allowed (PraisonAI allows everything).
+tests/unit/tools/test_send_message_tool.py, whose own cases also run verbatim
+with our policy swapped in: tests/test_praisonai_vendored.py), with our
+deliberate difference: with no policy at all only the origin conversation is
+allowed (PraisonAI allows everything).
 """
 
 from __future__ import annotations

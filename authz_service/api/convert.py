@@ -74,6 +74,7 @@ def tool_out(t: ToolCall) -> cm.ToolCall:
         agent_id=t.agent_id,
         session_id=t.session_id,
         risk=enum_out(RISK, t.risk),
+        request_key=t.request_key,
     )
 
 

@@ -299,6 +299,7 @@ class ToolCall:
     session_id: str = ""
     risk: Risk = Risk.MEDIUM
     summary: str = ""
+    request_key: str = ""  # the caller's idempotency key (approvals only, not grants)
 
 
 @dataclass(frozen=True, slots=True)

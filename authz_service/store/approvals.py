@@ -84,6 +84,7 @@ def tool_from_row(row: asyncpg.Record) -> ToolCall:
         session_id=row.get("session_id", ""),
         risk=Risk(row.get("risk", "medium")),
         summary=row.get("summary", ""),
+        request_key=row.get("request_key") or "",
     )
 
 

@@ -16,6 +16,13 @@ imports without it. Every adapter fails closed.
   async tool with it.
 * ``IngressGuard``: CheckUser for an inbound message; any error is a deny
   with reason ``"authz_unavailable"`` and no reply text.
+* ``ServicePairingStore`` (``adapters.pairing``): PraisonAI's
+  ``PairingProtocol`` for praisonai-bot's Telegram, Slack and Discord bots
+  (``store.install(bot)``), with ``PairingCallbackHandler`` for the owner's
+  buttons.
+* ``ServiceApprovalStore`` (``adapters.approval_store``): PraisonAI's
+  ``ApprovalStoreProtocol``, so ``PresentationApprovalBackend`` keeps its
+  pending approvals in the service.
 
 Errors are logged (status code and details, or the exception type) and never
 raised to the caller; API keys are never logged.
@@ -36,11 +43,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ParamSpec, TypeVar
 
-import grpc
-
-from .client import Client, SyncClient
-from .client.results import ApprovalInfo, ApprovalRequested, CheckResult
-from .gen.authz.v1 import common_pb2 as cm
+from ..client import Client, SyncClient
+from ..client.results import ApprovalInfo, ApprovalRequested, CheckResult
+from ..gen.authz.v1 import common_pb2 as cm
+from ._common import describe
 
 __all__ = [
     "AUTHZ_UNAVAILABLE",
@@ -50,8 +56,11 @@ __all__ = [
     "ApprovalRefused",
     "IngressGuard",
     "OnRequest",
+    "PairingCallbackHandler",
     "PendingApproval",
     "SendDecision",
+    "ServiceApprovalStore",
+    "ServicePairingStore",
     "ServiceSendPolicy",
     "gated",
     "send_decision",
@@ -68,15 +77,6 @@ _EXPIRY_GRACE = 2.0
 # (PraisonAI's ``_timeout``), so the refusal is returned rather than cancelled.
 _LOCAL_MARGIN = 0.25
 _REQUEST_KEY = re.compile(r"[A-Za-z0-9_.:-]{1,100}")
-
-
-def _describe(exc: BaseException) -> str:
-    """The error without anything secret: a gRPC status, or the exception type."""
-    if isinstance(exc, grpc.aio.AioRpcError):
-        return f"{exc.code().name}: {exc.details() or ''}"
-    if isinstance(exc, grpc.RpcError) and isinstance(exc, grpc.Call):
-        return f"{exc.code().name}: {exc.details() or ''}"
-    return type(exc).__name__
 
 
 # --- send policy ---------------------------------------------------------------------
@@ -173,7 +173,7 @@ class ServiceSendPolicy:
                 "send_policy evaluation failed (channel %s, agent %s): %s; denying",
                 self.channel_id,
                 self.agent_id,
-                _describe(exc),
+                describe(exc),
             )
             return send_decision(False, SEND_EVALUATION_ERROR)
 
@@ -370,7 +370,7 @@ class ApprovalBackend:
                 tool_name,
                 self.agent_id or "-",
                 approval_id or "-",
-                _describe(exc),
+                describe(exc),
             )
             return ApprovalDecision(
                 False,
@@ -397,7 +397,7 @@ class ApprovalBackend:
             if inspect.isawaitable(result):
                 await result
         except Exception as exc:
-            log.warning("on_request for approval %s failed: %s", info.approval_id, _describe(exc))
+            log.warning("on_request for approval %s failed: %s", info.approval_id, describe(exc))
 
     async def _wait(self, info: ApprovalInfo, deadline: float) -> ApprovalInfo:
         """The decision, or the last state seen when time ran out. A broken
@@ -490,5 +490,10 @@ class IngressGuard:
                 display_name=display_name,
             )
         except Exception as exc:
-            log.warning("CheckUser on channel %s failed: %s; denying", self.channel_id, _describe(exc))
+            log.warning("CheckUser on channel %s failed: %s; denying", self.channel_id, describe(exc))
             return _UNAVAILABLE
+
+
+# The bot-side stores, re-exported (they import nothing of the above).
+from .approval_store import ServiceApprovalStore  # noqa: E402
+from .pairing import PairingCallbackHandler, ServicePairingStore  # noqa: E402

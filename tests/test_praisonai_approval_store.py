@@ -1,0 +1,211 @@
+"""``ServiceApprovalStore`` under praisonai-bot's real
+``PresentationApprovalBackend``: its pending approvals are rows in the service,
+approved and denied by PraisonAI's own button path (``handle_callback``), and
+still there after the service or the bot restarts. No LLM, no network."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from praisonai_bot.bots import PresentationApprovalBackend
+from praisonaiagents.approval import ApprovalRequest
+from praisonaiagents.approval.protocols import ApprovalStoreProtocol
+
+from authz_service.adapters import ServiceApprovalStore
+from authz_service.client import Client, connect
+from authz_service.gen.authz.v1 import admin_pb2 as adm
+from authz_service.gen.authz.v1 import common_pb2 as cm
+
+from .conftest import SECRET_KEY, Dsns, Service, Tenant
+from .replicas import Replica, free_port
+
+APPROVER = "42"  # a Telegram user id; the tenant's approver is telegram:42
+
+
+@pytest.fixture
+async def connector_key(tenant: Tenant) -> str:
+    await tenant.admin.admin.SetTenantSettings(adm.TenantSettings(approvers=[f"telegram:{APPROVER}"]))
+    await tenant.channel("tg")
+    resp = await tenant.admin.admin.CreateApiKey(
+        adm.CreateApiKeyRequest(role=adm.ROLE_CONNECTOR, name="praisonai-bot", channels=["tg"])
+    )
+    return resp.secret
+
+
+@pytest.fixture
+async def connector(service: Service, connector_key: str) -> AsyncIterator[Client]:
+    client = connect(service.address, connector_key)
+    yield client
+    await client.close()
+
+
+def backend(store: ServiceApprovalStore, timeout: float = 60) -> PresentationApprovalBackend:
+    # PraisonAI's own actor check stays: the same approver in both places.
+    return PresentationApprovalBackend(store=store, allowed_actors=[APPROVER], timeout=timeout)
+
+
+def request(**kw: Any) -> ApprovalRequest:
+    fields: dict[str, Any] = {
+        "tool_name": "deploy",
+        "arguments": {"env": "prod"},
+        "risk_level": "high",
+        "session_id": "s-1",
+        "approval_id": uuid.uuid4().hex,
+    }
+    fields.update(kw)
+    return ApprovalRequest(**fields)
+
+
+async def stored(t: Tenant, status: int = cm.APPROVAL_STATUS_PENDING) -> list[cm.Approval]:
+    resp = await t.approver.admin.ListApprovals(
+        adm.ListApprovalsRequest(kind=cm.APPROVAL_KIND_TOOL, status=status)  # type: ignore[arg-type]
+    )
+    return list(resp.approvals)
+
+
+async def one_pending(t: Tenant) -> cm.Approval:
+    for _ in range(400):
+        found = await stored(t)
+        if found:
+            assert len(found) == 1
+            return found[0]
+        await asyncio.sleep(0.025)
+    raise AssertionError("nothing was persisted")
+
+
+def test_the_store_is_a_praisonai_approval_store(connector: Client) -> None:
+    assert isinstance(ServiceApprovalStore(connector, channel_id="tg"), ApprovalStoreProtocol)
+    with pytest.raises(ValueError, match="channel_id"):
+        ServiceApprovalStore(connector, channel_id="")
+
+
+async def test_persist_stores_the_request_once(tenant: Tenant, connector: Client) -> None:
+    store = ServiceApprovalStore(connector, channel_id="tg", agent_id="ops")
+    req = request()
+    await store.persist(req.approval_id, req, expires_at=time.time() + 60)
+    await store.persist(req.approval_id, req, expires_at=time.time() + 60)  # PraisonAI may persist again
+    [approval] = await stored(tenant)
+    assert approval.tool.request_key == f"praisonai:{req.approval_id}"
+    assert (approval.tool.tool_name, json.loads(approval.tool.arguments_json)) == ("deploy", {"env": "prod"})
+    assert (approval.tool.agent_id, approval.tool.session_id, approval.channel_id) == ("ops", "s-1", "tg")
+    assert approval.tool.risk == cm.RISK_HIGH
+
+
+async def test_approved_through_praisonais_button_path(tenant: Tenant, connector: Client) -> None:
+    b = backend(ServiceApprovalStore(connector, channel_id="tg"))
+    req = request()
+    task = asyncio.create_task(b.request_approval(req))
+    approval = await one_pending(tenant)
+    assert await b.handle_callback(req.approval_id, "allow", actor=APPROVER) is True
+    decision = await task
+    assert decision.approved is True
+    [done] = await stored(tenant, cm.APPROVAL_STATUS_APPROVED)
+    assert (done.approval_id, done.resolved_by) == (approval.approval_id, f"telegram:{APPROVER}")
+
+
+async def test_denied_through_praisonais_button_path(tenant: Tenant, connector: Client) -> None:
+    b = backend(ServiceApprovalStore(connector, channel_id="tg"))
+    req = request()
+    task = asyncio.create_task(b.request_approval(req))
+    await one_pending(tenant)
+    assert await b.handle_callback(req.approval_id, "deny", actor=APPROVER) is True
+    assert (await task).approved is False
+    [done] = await stored(tenant, cm.APPROVAL_STATUS_DENIED)
+    assert done.resolved_by == f"telegram:{APPROVER}"
+    assert done.reason == "User clicked deny button"
+    assert await b.handle_callback(req.approval_id, "allow", actor=APPROVER) is False  # replay
+
+
+async def test_a_presser_the_service_refuses_is_not_recorded(tenant: Tenant, connector: Client) -> None:
+    store = ServiceApprovalStore(connector, channel_id="tg")
+    # PraisonAI's own allowlist lets "666" through; the service's approvers do not.
+    b = PresentationApprovalBackend(store=store, allowed_actors=[APPROVER, "666"], timeout=60)
+    req = request()
+    task = asyncio.create_task(b.request_approval(req))
+    approval = await one_pending(tenant)
+    await b.handle_callback(req.approval_id, "allow", actor="666")
+    # PraisonAI's live waiter goes by its own allowlist (the store only records):
+    # give allowed_actors the service's approvers, as backend() does.
+    assert (await task).approved is True
+    # The service kept the request pending and audited the attempt.
+    assert [a.approval_id for a in await stored(tenant)] == [approval.approval_id]
+    audit = await tenant.admin.admin.QueryAudit(adm.QueryAuditRequest(event="approval.unauthorized"))
+    assert [e.actor for e in audit.events] == ["telegram:666"]
+
+
+async def test_a_timeout_is_left_to_the_service(tenant: Tenant, connector: Client) -> None:
+    b = backend(ServiceApprovalStore(connector, channel_id="tg"), timeout=1)
+    decision = await b.request_approval(request())
+    assert decision.approved is False
+    [approval] = await stored(tenant)  # pending until the service's own expiry...
+    lifetime = approval.expires_at.ToDatetime() - approval.created_at.ToDatetime()
+    assert 0 < lifetime.total_seconds() <= 2  # ...which is when PraisonAI's wait ended
+
+
+async def test_a_restarted_bot_rehydrates_and_resolves(
+    tenant: Tenant, service: Service, connector: Client, connector_key: str
+) -> None:
+    first = backend(ServiceApprovalStore(connector, channel_id="tg"))
+    req = request()
+    waiting = asyncio.create_task(first.request_approval(req))
+    approval = await one_pending(tenant)
+    waiting.cancel()  # the bot process dies while it waits
+    first.handler.cleanup()
+
+    # A new process: a fresh store and backend, an approver key to list with.
+    again = ServiceApprovalStore(
+        connect(service.address, connector_key), channel_id="tg", lister=tenant.approver
+    )
+    [(approval_id, restored)] = await again.list_pending()
+    assert approval_id == req.approval_id
+    assert (restored.tool_name, restored.arguments, restored.risk_level) == (
+        "deploy",
+        {"env": "prod"},
+        "high",
+    )
+    second = backend(again)
+    assert await second.rehydrate() == 1
+    assert await second.handle_callback(req.approval_id, "deny", actor=APPROVER) is True
+    [done] = await stored(tenant, cm.APPROVAL_STATUS_DENIED)
+    assert done.approval_id == approval.approval_id
+    # Without an approver key nothing is listed (the connector key reads no requests).
+    assert await ServiceApprovalStore(connector, channel_id="tg").list_pending() == []
+    await again.client.close()
+
+
+async def test_approved_after_the_service_restarted_while_pending(
+    tenant: Tenant, dsns: Dsns, connector_key: str, tmp_path: Path
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AUTHZ_")}
+    env.update(
+        AUTHZ_HOME=str(tmp_path),
+        AUTHZ_DATABASE_URL=dsns.service,
+        AUTHZ_SECRET_KEY=SECRET_KEY,
+        AUTHZ_LISTEN=f"127.0.0.1:{free_port()}",
+        AUTHZ_LOG_FORMAT="text",
+    )
+    server = Replica(env)
+    await server.start()
+    client = connect(server.address, connector_key)
+    try:
+        b = backend(ServiceApprovalStore(client, channel_id="tg"))
+        req = request()
+        task = asyncio.create_task(b.request_approval(req))
+        approval = await one_pending(tenant)
+        await server.stop()
+        await server.start()  # same address, same database
+        assert await b.handle_callback(req.approval_id, "allow", actor=APPROVER) is True
+        assert (await asyncio.wait_for(task, 30)).approved is True
+        [done] = await stored(tenant, cm.APPROVAL_STATUS_APPROVED)
+        assert done.approval_id == approval.approval_id
+    finally:
+        await client.close()
+        await server.stop()
