@@ -120,13 +120,17 @@ async def serve(config: ConnectorConfig, run_platform: RunPlatform) -> None:
         raise
     agent = make_agent(config.agent_url)
     endpoint: SendEndpoint | None = None
+    connector: Connector | None = None
 
     async def start(transport: Transport) -> Connector:
         nonlocal endpoint
         if endpoint is not None:
             raise RuntimeError("start() may be called only once")
+        nonlocal connector
         connector = Connector(config, transport, client, agent)
         endpoint = await start_send_endpoint(connector, config.send_listen)
+        # Approvers' notifications from the outbox, where the platform can post and edit DMs.
+        connector.start_notifications()
         return connector
 
     stop = asyncio.Event()
@@ -149,6 +153,8 @@ async def serve(config: ConnectorConfig, run_platform: RunPlatform) -> None:
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
+            if connector is not None:
+                await connector.stop_notifications()
             if endpoint is not None:
                 await endpoint.stop()
             await agent.close()

@@ -16,7 +16,13 @@ here by asking the authz service:
   "not handled" for anyone else, whose text then takes the ordinary route above;
 - button press → ``ResolveApproval`` with the presser's platform id (the service
   decides whether they may approve) → tell the requester;
-- every agent message (replies included) → ``EvaluateSend`` → deliver or refuse.
+- every agent message (replies included) → ``EvaluateSend`` → deliver or refuse;
+- with a transport that has :class:`DirectMessages`, a task follows
+  ``WatchNotifications`` for the channel: every approver's copy of every
+  pairing request and tool-call approval is posted to their DM, edited on each
+  vote, decision and expiry, and acknowledged (``AckNotification``) with the
+  platform's message reference, or with why the approver cannot be reached.
+  The owner is then no longer DMed from the ``RequestPairing`` answer.
 
 Texts that the *service* dictates (pairing codes, denials, outcomes) are sent
 directly: they are the connector speaking, not the agent, and the send policy
@@ -41,6 +47,7 @@ is not repeatable: the presser is asked to press again).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import OrderedDict
@@ -79,8 +86,8 @@ CONTACT_MEMO_SECONDS = 600.0
 # After the client's own retries: the service is out of reach.
 _UNREACHABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 _COMMANDS = ("/start", "/pair")
-ButtonAction = Literal["approve", "deny", "block"]
-# The owner's pairing buttons, by proto number (labels from ``names``).
+ButtonAction = Literal["approve", "deny", "block", "always_allow"]
+# The approval buttons, by proto number (labels from ``names``).
 _ACTIONS: dict[int, ButtonAction] = {APPROVAL_ACTION.number(a): a for a in get_args(ButtonAction)}
 
 Req = TypeVar("Req")
@@ -119,6 +126,9 @@ class PressResult:
 
     ok: bool
     owner_text: str
+    # False: the notification outbox edits every copy (the presser's too), so
+    # the platform only acknowledges the press (a toast, an ephemeral line).
+    edit: bool = True
 
 
 @dataclass(frozen=True)
@@ -138,6 +148,36 @@ class Transport(Protocol):
     async def send_direct(self, user_id: str, text: str, buttons: Sequence[ButtonSpec] = ()) -> None:
         """DM a user by authz user id, rendering ``buttons`` natively if any."""
         ...
+
+
+@runtime_checkable
+class DirectMessages(Protocol):
+    """Optional :class:`Transport` capability: post and edit one approver's
+    copy of an approval notification. A transport that has it gets every
+    approver's copy from the notification outbox (``WatchNotifications``)."""
+
+    async def post_direct(self, user_id: str, text: str, buttons: Sequence[ButtonSpec]) -> str:
+        """DM ``user_id``; returns the platform's reference of the message (to
+        edit it later). Raises :class:`ApproverUnreachable` when the platform
+        refuses to reach the user (e.g. they never messaged the bot)."""
+        ...
+
+    async def edit_direct(
+        self, user_id: str, message_ref: str, text: str, buttons: Sequence[ButtonSpec]
+    ) -> str:
+        """Show ``text`` and ``buttons`` (none: remove them) in the message
+        ``message_ref``; returns the reference now showing it (the same, or a
+        new one where the platform cannot edit it)."""
+        ...
+
+
+class ApproverUnreachable(Exception):
+    """The platform cannot reach an approver. ``reason``: a short class such
+    as ``chat_not_found`` (sent to the service and audited; never message text)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -283,6 +323,35 @@ class Connector:
         self._sessions = Sessions(max_sessions)
         # user id -> (when looked up, what was found): memory only, never logged
         self._contacts: OrderedDict[str, tuple[float, Contact]] = OrderedDict()
+        self._outbox: Outbox | None = None
+
+    # ---- the notification outbox ------------------------------------------------------
+
+    @property
+    def outbox(self) -> Outbox | None:
+        """The notification outbox's follower, once started."""
+        return self._outbox
+
+    @property
+    def follows_notifications(self) -> bool:
+        """True once :meth:`start_notifications` runs: approvers' copies come
+        from the outbox, not from the RequestPairing answer."""
+        return self._outbox is not None
+
+    def start_notifications(self) -> bool:
+        """Follow the channel's notification outbox if the transport can post
+        and edit DMs (:class:`DirectMessages`); False if it cannot."""
+        if self._outbox is not None:
+            return True
+        if not isinstance(self.transport, DirectMessages):
+            return False
+        self._outbox = Outbox(self.config.channel_id, self.transport, self.client, self.config.rpc_timeout)
+        self._outbox.start()
+        return True
+
+    async def stop_notifications(self) -> None:
+        if self._outbox is not None:
+            await self._outbox.stop()
 
     # ---- sessions ------------------------------------------------------------------
 
@@ -401,6 +470,8 @@ class Connector:
         # and there is nothing for the owner (not ``created``, no notification).
         if pairing.text:
             await self.transport.send_text(msg.chat_id, pairing.text)
+        if self.follows_notifications:
+            return  # every approver's copy comes from the outbox (WatchNotifications)
         if pairing.created and pairing.HasField("notification") and pairing.notification.owner_id:
             note = pairing.notification
             buttons = [
@@ -487,7 +558,7 @@ class Connector:
             except Exception:
                 # The approval stands; only the courtesy message was lost.
                 log.exception("could not tell %s the outcome", approval.user_id)
-        return PressResult(True, resolved.owner_text)
+        return PressResult(True, resolved.owner_text, edit=not self.follows_notifications)
 
     # ---- outbound ---------------------------------------------------------------
 
@@ -539,6 +610,120 @@ class Connector:
             if exc.code() not in _UNREACHABLE:
                 raise
             raise ServiceUnavailable(f"authz service unavailable: {exc.code().name}") from exc
+
+
+class Outbox:
+    """Posts and edits approvers' copies of approval notifications for one
+    channel, as ``WatchNotifications`` hands them out, and acknowledges each.
+
+    Fail closed: while the stream is down nothing is posted; it is opened again
+    with a bounded backoff, and the service hands out again whatever is still
+    behind (a copy already posted comes with its stored reference, so it is
+    edited, never posted twice). Copies are delivered one at a time, in order.
+    """
+
+    BACKOFF = (0.2, 5.0)  # first and longest wait before opening the stream again
+    MAX_REFS = 10_000
+
+    def __init__(
+        self, channel_id: str, transport: DirectMessages, client: Client, rpc_timeout: float
+    ) -> None:
+        self.channel_id = channel_id
+        self.transport = transport
+        self.client = client
+        self.rpc_timeout = rpc_timeout
+        # Refs this process acknowledged, by (approval, approver): a copy handed
+        # out again before its acknowledgement was recorded is edited, not posted.
+        self._refs: OrderedDict[tuple[str, str], str] = OrderedDict()
+        self._task: asyncio.Task[None] | None = None
+        self._idle = asyncio.Event()  # no copy between its post and its acknowledgement
+        self._idle.set()
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._follow(), name="notification-outbox")
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Stop following; a copy being delivered is finished (posted and
+        acknowledged) first, within ``grace`` seconds, so a restart edits it."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace):
+                await self._idle.wait()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _follow(self) -> None:
+        wait = self.BACKOFF[0]
+        while True:
+            call = self.client.authz.WatchNotifications(
+                az.WatchNotificationsRequest(channel_id=self.channel_id)
+            )
+            try:
+                async for item in call:
+                    wait = self.BACKOFF[0]
+                    self._idle.clear()
+                    try:
+                        await asyncio.shield(self.deliver(item))
+                    finally:
+                        self._idle.set()
+            except asyncio.CancelledError:
+                call.cancel()
+                raise
+            except grpc.aio.AioRpcError as exc:
+                log.warning("notification stream ended: %s %s", exc.code().name, exc.details())
+            except Exception:
+                log.exception("notification stream failed")
+            call.cancel()
+            await asyncio.sleep(wait)
+            wait = min(wait * 2, self.BACKOFF[1])
+
+    async def deliver(self, item: az.NotificationCopy) -> None:
+        """Post or edit one copy and acknowledge it; then its next version, if
+        the approval changed meanwhile. A platform error other than an
+        unreachable approver is not acknowledged: the copy is handed out again
+        when its lease lapses."""
+        next_item: az.NotificationCopy | None = item
+        while next_item is not None:
+            copy, next_item = next_item, None
+            key = (copy.approval_id, copy.approver_id)
+            ref = copy.message_ref or self._refs.get(key, "")
+            buttons = [
+                ButtonSpec(_ACTIONS[b.action], b.label, b.callback_payload)
+                for b in copy.buttons
+                if b.action in _ACTIONS
+            ]
+            ack = az.AckNotificationRequest(
+                channel_id=self.channel_id,
+                approval_id=copy.approval_id,
+                approver_id=copy.approver_id,
+                version=copy.version,
+            )
+            try:
+                if ref:
+                    ack.message_ref = await self.transport.edit_direct(
+                        copy.approver_id, ref, copy.text, buttons
+                    )
+                else:
+                    ack.message_ref = await self.transport.post_direct(copy.approver_id, copy.text, buttons)
+            except ApproverUnreachable as exc:
+                log.warning("approver %s cannot be reached: %s", copy.approver_id, exc.reason)
+                ack.failure = exc.reason
+            except Exception:
+                log.exception("could not deliver the notification of %s to %s", *key)
+                return
+            if ack.message_ref:
+                self._refs[key] = ack.message_ref
+                self._refs.move_to_end(key)
+                while len(self._refs) > self.MAX_REFS:
+                    self._refs.popitem(last=False)
+            try:
+                done = await self.client.authz.AckNotification(ack, timeout=self.rpc_timeout)
+            except grpc.aio.AioRpcError as exc:
+                log.warning("notification of %s to %s not acknowledged: %s", *key, exc.code().name)
+                return
+            if done.HasField("next"):
+                next_item = done.next
 
 
 def no_destination(target: str) -> str:

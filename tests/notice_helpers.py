@@ -79,7 +79,10 @@ async def ack(
     client: Client, copy: az.NotificationCopy, ref: str = "", failure: str = "", channel_id: str = "tg"
 ) -> az.AckNotificationResponse:
     req = az.AckNotificationRequest(
-        channel_id=channel_id, approval_id=copy.approval_id, approver_id=copy.approver_id, version=copy.version
+        channel_id=channel_id,
+        approval_id=copy.approval_id,
+        approver_id=copy.approver_id,
+        version=copy.version,
     )
     if failure:
         req.failure = failure

@@ -40,7 +40,9 @@ async def test_every_approver_gets_a_copy_and_every_copy_follows_the_quorum(tena
             assert f"Code: {req.code}" in c.text and "👍 0 of 2 approvals" in c.text
             assert len(actions(c)) == 3
             # The buttons are the service's own MAC'd payloads: they resolve this request.
-            assert {b.callback_payload for b in c.buttons} == {b.callback_payload for b in req.notification.buttons}
+            assert {b.callback_payload for b in c.buttons} == {
+                b.callback_payload for b in req.notification.buttons
+            }
             assert not (await ack(tenant.connector, c)).HasField("next")
 
         await press(tenant, button(req, APPROVE), OWNER)
@@ -119,9 +121,13 @@ async def test_an_unreachable_approver_is_audited_once(tenant: Tenant) -> None:
         assert edited.approver_id == OWNER
 
 
-async def test_a_tool_call_on_a_channel_goes_to_its_approvers(tenant: Tenant, agents: dict[str, object]) -> None:
+async def test_a_tool_call_on_a_channel_goes_to_its_approvers(
+    tenant: Tenant, agents: dict[str, object]
+) -> None:
     await tenant.channel(owner_id=OWNER)
-    await tenant.admin.admin.SetTenantSettings(adm.TenantSettings(approvers=[f"telegram:{SECOND}", "discord:123456789012345678"]))
+    await tenant.admin.admin.SetTenantSettings(
+        adm.TenantSettings(approvers=[f"telegram:{SECOND}", "discord:123456789012345678"])
+    )
     agent = agents[tenant.tenant_id]
     async with watching(tenant.connector) as copies:
         asked = await agent.authz.RequestApproval(  # type: ignore[attr-defined]

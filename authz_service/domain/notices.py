@@ -48,7 +48,9 @@ def recipients(
         qualified: Iterable[str] = tool_approvers(tuple(tenant_approvers), agent_approvers, agent)
     else:
         qualified = chat_approvers(channel, tenant_approvers)
-    return tuple(sorted({a[len(prefix) :] for a in qualified if a.startswith(prefix) and len(a) > len(prefix)}))
+    return tuple(
+        sorted({a[len(prefix) :] for a in qualified if a.startswith(prefix) and len(a) > len(prefix)})
+    )
 
 
 def status_line(approval: Approval) -> str:

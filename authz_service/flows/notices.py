@@ -104,8 +104,8 @@ async def _copies_due(
             due.setdefault(c.approver_id, False)
     out = []
     for approver, create in due.items():
-        c = have.get(approver)
-        if c is not None and (c.state == notices.UNREACHABLE or c.shown_version >= s.version):
+        known = have.get(approver)
+        if known is not None and (known.state == notices.UNREACHABLE or known.shown_version >= s.version):
             continue
         claim = ClaimInput(
             ctx.tenant_id, a.approval_id, channel.channel_id, approver, s.version, LEASE_SECONDS, create
@@ -117,7 +117,9 @@ async def _copies_due(
 
 
 async def _approvers(conn: Connection, tenant_id: str) -> _Approvers:
-    return _Approvers(await tenants.approvers(conn, tenant_id), await tenants.agent_approvers(conn, tenant_id))
+    return _Approvers(
+        await tenants.approvers(conn, tenant_id), await tenants.agent_approvers(conn, tenant_id)
+    )
 
 
 async def due(ctx: Context, channel_id: str) -> list[CopyItem]:
@@ -169,7 +171,8 @@ async def ack(ctx: Context, done: Ack) -> CopyItem | None:
         if before is None or before.channel_id != done.channel_id:
             raise NotFound("no such notification copy")
         after = await notices.ack(
-            conn, AckInput(t, done.approval_id, done.approver_id, done.version, done.message_ref, done.failure)
+            conn,
+            AckInput(t, done.approval_id, done.approver_id, done.version, done.message_ref, done.failure),
         )
         if after is None:  # older than what the copy shows: nothing to record
             return None

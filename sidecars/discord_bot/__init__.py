@@ -21,10 +21,10 @@ import logging
 import re
 import warnings
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 from ..config import ConnectorConfig
-from ..runtime import ButtonSpec, Connector, Inbound, StartConnector
+from ..runtime import ButtonAction, ButtonSpec, Connector, Inbound, StartConnector
 
 with warnings.catch_warnings():
     # discord.py imports the stdlib's audioop (deprecated since 3.11) for voice, which this
@@ -48,10 +48,11 @@ log = logging.getLogger("sidecars.discord")
 CUSTOM_ID_PREFIX = "authz:"
 MAX_CUSTOM_ID = 100  # Discord's limit on a component's custom_id
 MAX_CONTENT = 2000  # Discord's limit on a message's content
-_STYLES: dict[Literal["approve", "deny", "block"], discord.ButtonStyle] = {
+_STYLES: dict[ButtonAction, discord.ButtonStyle] = {
     "approve": discord.ButtonStyle.success,
     "deny": discord.ButtonStyle.danger,
     "block": discord.ButtonStyle.danger,
+    "always_allow": discord.ButtonStyle.secondary,
 }
 # Messages people type; joins, pins, boosts and the like are not for the agent.
 _CHAT_MESSAGES = (discord.MessageType.default, discord.MessageType.reply)
