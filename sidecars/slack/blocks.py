@@ -71,6 +71,11 @@ def approval_blocks(text: str, buttons: Sequence[ButtonSpec]) -> list[Block]:
     ]
 
 
+def notice_blocks(text: str) -> list[Block]:
+    """An approval notification without buttons (decided, expired, or too long to decide here)."""
+    return [_section(text, "authz_request")]
+
+
 def outcome_blocks(original: str, outcome: str) -> list[Block]:
     """The owner's message after a decision: the request, the outcome, no buttons."""
     blocks = [_section(original, "authz_request")] if original else []
