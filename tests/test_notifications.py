@@ -15,9 +15,10 @@ from authz_service.gen.authz.v1 import authz_pb2 as az
 from authz_service.gen.authz.v1 import common_pb2 as cm
 from authz_service.store.db import Database
 
-from .conftest import Dsns, Tenant, rpc_error
+from .conftest import Dsns, Service, Tenant, rpc_error
 from .notice_helpers import ack, watching
 from .pairing_helpers import OWNER, button, events, expire_now, pair, press
+from .policy_helpers import make_cli
 
 APPROVE = cm.APPROVAL_ACTION_APPROVE
 SECOND = "200"
@@ -158,3 +159,31 @@ async def test_bad_acks_are_refused(tenant: Tenant, other_tenant: Tenant) -> Non
     async with watching(other_tenant.connector, "nope") as copies:
         err = await copies.queue.get()
         assert isinstance(err, grpc.aio.AioRpcError) and err.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_doctor_reports_an_unreachable_approver_until_they_are_reached(
+    tenant: Tenant, service: Service
+) -> None:
+    await tenant.channel(owner_id=OWNER, approvers=[SECOND])
+    cli = make_cli(service, tenant)
+
+    async def unreachable() -> list[dict[str, str]]:
+        done = await cli("doctor", "--json", "--fail-on", "never")
+        assert done.code == 0, done.text
+        return [f for f in json.loads(done.out)["findings"] if f["code"] == "approver_unreachable"]
+
+    async with watching(tenant.connector) as copies:
+        await pair(tenant, user="42")
+        for c in await copies.take(2):
+            await ack(tenant.connector, c, failure="chat_not_found" if c.approver_id == SECOND else "")
+        [finding] = await unreachable()
+        assert finding["channel_id"] == "tg"
+        assert f"approver telegram:{SECOND} on channel tg has never messaged the bot" in finding["message"]
+        # They open a DM with the bot: the next notification reaches them, and doctor is quiet.
+        await pair(tenant, user="43")
+        for c in await copies.take(2):
+            await ack(tenant.connector, c)
+        assert [e.event for e in await events(tenant, "notification.")] == [
+            "notification.undeliverable", "notification.reachable",
+        ]  # fmt: skip
+        assert await unreachable() == []

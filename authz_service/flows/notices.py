@@ -170,10 +170,13 @@ async def ack(ctx: Context, done: Ack) -> CopyItem | None:
         before = await notices.get(conn, t, done.approval_id, done.approver_id)
         if before is None or before.channel_id != done.channel_id:
             raise NotFound("no such notification copy")
-        after = await notices.ack(
-            conn,
-            AckInput(t, done.approval_id, done.approver_id, done.version, done.message_ref, done.failure),
+        recorded = AckInput(
+            t, done.approval_id, done.approver_id, done.version, done.message_ref, done.failure
         )
+        # Reached again after a failure (they opened a DM with the bot): doctor stops reporting them.
+        back = not done.failure and before.state == "new"
+        back = back and await notices.was_unreachable(conn, recorded, done.channel_id)
+        after = await notices.ack(conn, recorded)
         if after is None:  # older than what the copy shows: nothing to record
             return None
         if done.failure and before.state != notices.UNREACHABLE:
@@ -181,6 +184,11 @@ async def ack(ctx: Context, done: Ack) -> CopyItem | None:
                 conn, t, "notification.undeliverable", actor=ctx.principal.actor, channel_id=done.channel_id,
                 subject=done.approver_id, approval_id=done.approval_id, trace_id=ctx.trace_id,
                 details={"reason": done.failure},
+            )  # fmt: skip
+        elif back:
+            await audit.record(
+                conn, t, "notification.reachable", actor=ctx.principal.actor, channel_id=done.channel_id,
+                subject=done.approver_id, approval_id=done.approval_id, trace_id=ctx.trace_id,
             )  # fmt: skip
         if after.state == notices.UNREACHABLE:
             return None
@@ -192,17 +200,3 @@ async def ack(ctx: Context, done: Ack) -> CopyItem | None:
         )
         claimed = await notices.claim(conn, claim)
         return None if claimed is None else _render(ctx, channel, s, claimed, await db.now(conn))
-
-
-@dataclass(frozen=True)
-class UnreachableApprover:
-    channel_id: str
-    approver_id: str
-    reason: str
-
-
-async def unreachable(ctx: Context) -> list[UnreachableApprover]:
-    """Approvers whose latest copy on a channel could not be delivered (doctor)."""
-    async with ctx.db.tenant(ctx.tenant_id) as conn:
-        found = await notices.unreachable(conn, ctx.tenant_id)
-    return [UnreachableApprover(u.channel_id, u.approver_id, u.reason) for u in found]

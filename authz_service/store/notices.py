@@ -165,25 +165,15 @@ async def ack(conn: Connection, a: AckInput) -> Copy | None:
     return None if row is None else _copy(row)
 
 
-@dataclass(frozen=True, slots=True)
-class Unreachable:
-    channel_id: str
-    approver_id: str
-    reason: str
-    since: datetime
-
-
-async def unreachable(conn: Connection, tenant_id: str) -> list[Unreachable]:
-    """Approvers whose latest copy on a channel could not be delivered."""
-    rows = await conn.fetch(
-        """SELECT * FROM (
-               SELECT DISTINCT ON (channel_id, approver_id) channel_id, approver_id, state, reason, updated_at
-               FROM notification_copies WHERE tenant_id = $1 AND state <> 'new'
-               ORDER BY channel_id, approver_id, updated_at DESC) latest
-           WHERE state = 'unreachable' ORDER BY channel_id, approver_id""",
-        tenant_id,
+async def was_unreachable(conn: Connection, a: AckInput, channel_id: str) -> bool:
+    """Whether the approver's latest other copy on the channel could not be delivered."""
+    state = await conn.fetchval(
+        """SELECT state FROM notification_copies
+           WHERE tenant_id = $1 AND channel_id = $2 AND approver_id = $3 AND approval_id <> $4 AND state <> 'new'
+           ORDER BY updated_at DESC LIMIT 1""",
+        a.tenant_id, channel_id, a.approver_id, a.approval_id,
     )  # fmt: skip
-    return [Unreachable(r["channel_id"], r["approver_id"], r["reason"], r["updated_at"]) for r in rows]
+    return bool(state == UNREACHABLE)
 
 
 # --- data rights: the copies an approver received -------------------------------

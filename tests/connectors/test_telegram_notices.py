@@ -24,9 +24,10 @@ from authz_service.store.db import Database
 from sidecars import telegram as tg
 from sidecars.config import TelegramSettings
 from sidecars.runtime import NOT_ALLOWED, Connector
-from tests.conftest import Dsns, Tenant, eventually
+from tests.conftest import Dsns, Service, Tenant, eventually
 from tests.connectors.conftest import CallLog, ConfigFactory, RecordingAgent
 from tests.connectors.fake_telegram import TOKEN, FakeTelegram, callback_update, message_update
+from tests.policy_helpers import make_cli
 
 OWNER, SECOND, ALICE, MALLORY = 1001, 1002, 2002, 3003
 
@@ -197,7 +198,9 @@ async def test_a_restarted_connector_edits_instead_of_posting_again(make_bot: Ma
     assert len(first) == 1  # never posted twice
 
 
-async def test_an_approver_who_never_messaged_the_bot_is_audited(make_bot: MakeBot, tenant: Tenant) -> None:
+async def test_an_approver_who_never_messaged_the_bot_is_audited_and_shown_by_doctor(
+    make_bot: MakeBot, tenant: Tenant, service: Service
+) -> None:
     bot = await make_bot(owner_id=str(OWNER), approvers=[str(SECOND)])
     bot.fake.fail_send_to.add(str(SECOND))  # Telegram: "Bad Request: chat not found"
     await bot.feed(message_update(ALICE, "hello"))
@@ -214,3 +217,5 @@ async def test_an_approver_who_never_messaged_the_bot_is_audited(make_bot: MakeB
     [event] = await audited()
     assert (event.event, event.subject, event.channel_id) == ("notification.undeliverable", str(SECOND), "tg")
     assert json.loads(event.details_json) == {"reason": "chat_not_found"}
+    doctor = await make_cli(service, tenant)("doctor", "--fail-on", "never")
+    assert f"approver telegram:{SECOND} on channel tg has never messaged the bot" in doctor.out, doctor.text
