@@ -36,7 +36,9 @@ from .approvals import Button, load_channel_for
 from .watch import ApprovalFeed
 
 LEASE_SECONDS = 30.0
-BACKLOG = 200  # approvals per scan; the rest come on the next one
+# Approvals per scan, oldest first. Above what a channel can hold pending (the
+# pairing cap, the tenant's cap of pending tool calls), so none is starved.
+BACKLOG = 1000
 
 
 @dataclass(frozen=True)
