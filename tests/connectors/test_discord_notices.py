@@ -17,6 +17,7 @@ from authz_service.gen.authz.v1 import admin_pb2 as adm
 from authz_service.gen.authz.v1 import common_pb2 as cm
 from sidecars.config import DiscordSettings
 from sidecars.discord_bot import DiscordBot, prepare
+from sidecars.outbox import Outbox, follow_notifications
 from sidecars.runtime import Connector, Transport
 from tests.conftest import Tenant, eventually
 from tests.connectors.conftest import Call, ConfigFactory, RecordingAgent
@@ -77,19 +78,22 @@ async def bot(
         CHANNEL, cm.PLATFORM_DISCORD, owner_id=OWNER, approvers=[SECOND], required_approvals=2
     )
     config = connector_config("discord", CHANNEL, discord=DiscordSettings(token="test-token"))
-    made: list[Connector] = []
+    made: list[Outbox] = []
+    connectors: list[Connector] = []
 
     async def start(transport: Transport) -> Connector:
         connector = Connector(config, transport, tenant.connector, agent)
-        assert connector.start_notifications()
-        made.append(connector)
+        outbox = follow_notifications(connector)
+        assert outbox is not None
+        made.append(outbox)
+        connectors.append(connector)
         return connector
 
     client = await prepare(config, start)
     try:
-        yield Bot(client, fake, made[0])
+        yield Bot(client, fake, connectors[0])
     finally:
-        await made[0].stop_notifications()
+        await made[0].stop()
         await client.close()
 
 

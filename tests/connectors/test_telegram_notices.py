@@ -23,6 +23,7 @@ from authz_service.gen.authz.v1 import common_pb2 as cm
 from authz_service.store.db import Database
 from sidecars import telegram as tg
 from sidecars.config import TelegramSettings
+from sidecars.outbox import Outbox, follow_notifications
 from sidecars.runtime import NOT_ALLOWED, Connector
 from tests.conftest import Dsns, Service, Tenant, eventually
 from tests.connectors.conftest import CallLog, ConfigFactory, RecordingAgent
@@ -37,6 +38,7 @@ class Bot:
     fake: FakeTelegram
     app: tg.TelegramApp
     connector: Connector
+    outbox: Outbox
 
     async def feed(self, update: dict[str, Any]) -> None:
         await self.app.process_update(Update.de_json(update, self.app.bot))
@@ -68,7 +70,7 @@ async def make_bot(
 ) -> AsyncIterator[MakeBot]:
     """``await make_bot(**policy)``: the channel set (on the first call), a connector
     following the outbox. A second call is a restarted connector."""
-    made: list[tuple[tg.TelegramApp, Connector]] = []
+    made: list[tuple[tg.TelegramApp, Outbox]] = []
 
     async def make(**policy: Any) -> Bot:
         if not made:
@@ -78,14 +80,14 @@ async def make_bot(
         await app.initialize()
         connector = Connector(config, tg.TelegramTransport(app.bot), tenant.connector, agent)
         tg.install_handlers(app, connector)
-        assert connector.start_notifications()
-        assert connector.outbox is not None  # what is pending when it opens is handed out first
-        made.append((app, connector))
-        return Bot(fake, app, connector)
+        outbox = follow_notifications(connector)  # what is pending when it opens is handed out first
+        assert outbox is not None
+        made.append((app, outbox))
+        return Bot(fake, app, connector, outbox)
 
     yield make
-    for app, connector in made:
-        await connector.stop_notifications()
+    for app, outbox in made:
+        await outbox.stop()
         await app.shutdown()
 
 
@@ -187,7 +189,7 @@ async def test_a_restarted_connector_edits_instead_of_posting_again(make_bot: Ma
     bot = await make_bot(owner_id=str(OWNER))
     await bot.feed(message_update(ALICE, "hello"))
     copy = await posted(bot.fake, OWNER)
-    await bot.connector.stop_notifications()  # finishes the copy in hand: posted and acknowledged
+    await bot.outbox.stop()  # finishes the copy in hand: posted and acknowledged
     again = await make_bot()
     await again.feed(message_update(MALLORY, "me too"))  # a second request: posted once
     await posted(again.fake, OWNER, count=2)

@@ -9,6 +9,7 @@ import json
 from typing import Any
 
 from authz_service.gen.authz.v1 import admin_pb2 as adm
+from sidecars.outbox import follow_notifications
 from tests.conftest import eventually
 from tests.connectors.fake_slack import dm_channel
 
@@ -35,7 +36,8 @@ async def updated(rig: Rig, user: str, text: str) -> dict[str, Any]:
 
 async def test_owner_and_second_approver_complete_a_quorum_from_chat(open_rig: OpenRig) -> None:
     async with open_rig(approvers=[uid(SECOND)], required_approvals=2) as rig:
-        assert rig.connector.start_notifications()
+        outbox = follow_notifications(rig.connector)
+        assert outbox is not None
         try:
             await rig.say(ALICE, "hello there")
             for user in (OWNER, SECOND):
@@ -55,12 +57,13 @@ async def test_owner_and_second_approver_complete_a_quorum_from_chat(open_rig: O
                 assert not has_buttons(done) and f"{uid(SECOND)}" in section(done)
             assert await rig.pending() == []
         finally:
-            await rig.connector.stop_notifications()
+            await outbox.stop()
 
 
 async def test_an_approver_slack_cannot_reach_is_audited(open_rig: OpenRig) -> None:
     async with open_rig(approvers=[uid(SECOND)], prepare=lambda fake: fake.disabled.add(SECOND)) as rig:
-        assert rig.connector.start_notifications()
+        outbox = follow_notifications(rig.connector)
+        assert outbox is not None
         try:
             await rig.say(ALICE, "hello there")
             await rig.fake.log.wait_for("chat.postMessage", to(dm_channel(OWNER)))
@@ -78,4 +81,4 @@ async def test_an_approver_slack_cannot_reach_is_audited(open_rig: OpenRig) -> N
                 "reason": "user_disabled"
             }
         finally:
-            await rig.connector.stop_notifications()
+            await outbox.stop()
