@@ -187,3 +187,26 @@ async def test_doctor_reports_an_unreachable_approver_until_they_are_reached(
             "notification.undeliverable", "notification.reachable",
         ]  # fmt: skip
         assert await unreachable() == []
+
+
+async def test_an_approvers_copies_are_in_their_export_and_go_with_a_purge(tenant: Tenant) -> None:
+    await tenant.channel(owner_id=OWNER, approvers=[SECOND])
+    async with watching(tenant.connector) as copies:
+        req = await pair(tenant)
+        for c in await copies.take(2):
+            await ack(tenant.connector, c)
+
+    async def exported(user: str) -> list[dict[str, object]]:
+        doc = await tenant.admin.admin.ExportUser(adm.UserRef(channel_id="tg", user_id=user))
+        rows: list[dict[str, object]] = json.loads(doc.json)["notification_copies"]
+        return rows
+
+    [row] = await exported(SECOND)
+    assert (row["approval_id"], row["approver_id"], row["state"], row["message_ref"]) == (
+        req.approval_id, SECOND, "posted", "m-200",
+    )  # fmt: skip
+    await tenant.admin.admin.AnonymizeUser(adm.UserRef(channel_id="tg", user_id=SECOND))
+    assert await exported(SECOND) == []
+    assert len(await exported(OWNER)) == 1
+    await tenant.admin.admin.PurgeUser(adm.UserRef(channel_id="tg", user_id=OWNER))
+    assert await exported(OWNER) == []
