@@ -50,6 +50,7 @@ from authz_service.logs import JsonFormatter
 
 from .config import PLATFORMS, ConfigError, ConnectorConfig, load_config
 from .http import SendEndpoint, start_send_endpoint
+from .outbox import Outbox, follow_notifications
 from .runtime import Connector, StartConnector, Transport, make_agent
 
 log = logging.getLogger("sidecars")
@@ -120,13 +121,17 @@ async def serve(config: ConnectorConfig, run_platform: RunPlatform) -> None:
         raise
     agent = make_agent(config.agent_url)
     endpoint: SendEndpoint | None = None
+    outbox: Outbox | None = None
 
     async def start(transport: Transport) -> Connector:
         nonlocal endpoint
         if endpoint is not None:
             raise RuntimeError("start() may be called only once")
+        nonlocal outbox
         connector = Connector(config, transport, client, agent)
         endpoint = await start_send_endpoint(connector, config.send_listen)
+        # Approvers' notifications from the outbox, where the platform can post and edit DMs.
+        outbox = follow_notifications(connector)
         return connector
 
     stop = asyncio.Event()
@@ -149,6 +154,8 @@ async def serve(config: ConnectorConfig, run_platform: RunPlatform) -> None:
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
+            if outbox is not None:
+                await outbox.stop()
             if endpoint is not None:
                 await endpoint.stop()
             await agent.close()

@@ -16,7 +16,13 @@ here by asking the authz service:
   "not handled" for anyone else, whose text then takes the ordinary route above;
 - button press → ``ResolveApproval`` with the presser's platform id (the service
   decides whether they may approve) → tell the requester;
-- every agent message (replies included) → ``EvaluateSend`` → deliver or refuse.
+- every agent message (replies included) → ``EvaluateSend`` → deliver or refuse;
+- with a transport that has :class:`DirectMessages`, a task follows
+  ``WatchNotifications`` for the channel: every approver's copy of every
+  pairing request and tool-call approval is posted to their DM, edited on each
+  vote, decision and expiry, and acknowledged (``AckNotification``) with the
+  platform's message reference, or with why the approver cannot be reached.
+  The owner is then no longer DMed from the ``RequestPairing`` answer.
 
 Texts that the *service* dictates (pairing codes, denials, outcomes) are sent
 directly: they are the connector speaking, not the agent, and the send policy
@@ -81,8 +87,8 @@ CONTACT_MEMO_SECONDS = 600.0
 # After the client's own retries: the service is out of reach.
 _UNREACHABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 _COMMANDS = ("/start", "/pair")
-ButtonAction = Literal["approve", "deny", "block"]
-# The owner's pairing buttons, by proto number (labels from ``names``).
+ButtonAction = Literal["approve", "deny", "block", "always_allow"]
+# The approval buttons, by proto number (labels from ``names``).
 _ACTIONS: dict[int, ButtonAction] = {APPROVAL_ACTION.number(a): a for a in get_args(ButtonAction)}
 
 Req = TypeVar("Req")
@@ -122,6 +128,9 @@ class PressResult:
 
     ok: bool
     owner_text: str
+    # False: the notification outbox edits every copy (the presser's too), so
+    # the platform only acknowledges the press (a toast, an ephemeral line).
+    edit: bool = True
 
 
 @dataclass(frozen=True)
@@ -141,6 +150,36 @@ class Transport(Protocol):
     async def send_direct(self, user_id: str, text: str, buttons: Sequence[ButtonSpec] = ()) -> None:
         """DM a user by authz user id, rendering ``buttons`` natively if any."""
         ...
+
+
+@runtime_checkable
+class DirectMessages(Protocol):
+    """Optional :class:`Transport` capability: post and edit one approver's
+    copy of an approval notification. A transport that has it gets every
+    approver's copy from the notification outbox (``WatchNotifications``)."""
+
+    async def post_direct(self, user_id: str, text: str, buttons: Sequence[ButtonSpec]) -> str:
+        """DM ``user_id``; returns the platform's reference of the message (to
+        edit it later). Raises :class:`ApproverUnreachable` when the platform
+        refuses to reach the user (e.g. they never messaged the bot)."""
+        ...
+
+    async def edit_direct(
+        self, user_id: str, message_ref: str, text: str, buttons: Sequence[ButtonSpec]
+    ) -> str:
+        """Show ``text`` and ``buttons`` (none: remove them) in the message
+        ``message_ref``; returns the reference now showing it (the same, or a
+        new one where the platform cannot edit it)."""
+        ...
+
+
+class ApproverUnreachable(Exception):
+    """The platform cannot reach an approver. ``reason``: a short class such
+    as ``chat_not_found`` (sent to the service and audited; never message text)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -306,6 +345,9 @@ class Connector:
         self._sessions = Sessions(max_sessions)
         # user id -> (when looked up, what was found): memory only, never logged
         self._contacts: OrderedDict[str, tuple[float, Contact]] = OrderedDict()
+        # True while the notification outbox runs (``sidecars.outbox.follow_notifications``):
+        # approvers' copies come from it, not from the RequestPairing answer.
+        self.follows_notifications = False
 
     # ---- sessions ------------------------------------------------------------------
 
@@ -425,6 +467,8 @@ class Connector:
         # and there is nothing for the owner (not ``created``, no notification).
         if pairing.text:
             await self.transport.send_text(msg.chat_id, pairing.text)
+        if self.follows_notifications:
+            return  # every approver's copy comes from the outbox (WatchNotifications)
         if pairing.created and pairing.HasField("notification") and pairing.notification.owner_id:
             note = pairing.notification
             buttons = [
@@ -516,7 +560,7 @@ class Connector:
             except Exception:
                 # The approval stands; only the courtesy message was lost.
                 log.exception("could not tell %s the outcome", approval.user_id)
-        return PressResult(True, resolved.owner_text)
+        return PressResult(True, resolved.owner_text, edit=not self.follows_notifications)
 
     # ---- outbound ---------------------------------------------------------------
 

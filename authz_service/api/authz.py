@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 
 from .. import names
@@ -12,7 +13,7 @@ from ..domain.errors import InvalidArgument
 from ..domain.invites import normalize_invite_code
 from ..domain.model import Role
 from ..domain.pairing import MAX_HANDLE
-from ..flows import Context, access, commands, invites, pairing, resolve, tools
+from ..flows import Context, access, commands, invites, notices, pairing, resolve, tools
 from ..flows.admin import get_channel
 from ..flows.approvals import ResolveTarget
 from ..gen.authz.v1 import authz_pb2 as az
@@ -25,6 +26,8 @@ MAX_MESSAGE_TEXT = 16_384
 MAX_DISPLAY_NAME = 256
 MAX_TARGET = 256
 MAX_REASON = 1024
+MAX_MESSAGE_REF = 256
+_FAILURE = re.compile(r"[a-z0-9_]{1,64}")
 
 _OUTCOME = {o: az.PairingOutcome.ValueType(n) for n, o in names.PAIRING_OUTCOME.domain_map().items()}
 _INVITE_OUTCOME = {o: az.InviteOutcome.ValueType(n) for n, o in names.INVITE_OUTCOME.domain_map().items()}
@@ -237,3 +240,39 @@ class AuthzServicer(authz_pb2_grpc.AuthzServiceServicer):
             approval=convert.approval_out(result.approval),
             trace_id=ctx.trace_id,
         )
+
+    @rpc_stream(Role.CONNECTOR)
+    async def WatchNotifications(
+        self, request: az.WatchNotificationsRequest, ctx: Context
+    ) -> AsyncIterator[az.NotificationCopy]:
+        channel_id = ids.channel_id(request.channel_id)
+        async for item in notices.watch(ctx, self.runtime.feed, channel_id):
+            yield convert.copy_out(item)
+
+    # Writes only notification copies, which the hot path's cache does not hold.
+    @rpc(Role.CONNECTOR, read_only=True)
+    async def AckNotification(
+        self, request: az.AckNotificationRequest, ctx: Context
+    ) -> az.AckNotificationResponse:
+        channel_id = ids.channel_id(request.channel_id)
+        approval_id = ids.approval_id(request.approval_id)
+        approver_id = ids.user_id_shape(request.approver_id, "approver_id")
+        if request.version < 1:
+            raise InvalidArgument("version", "must be the version of the copy handed out (1 or more)")
+        which = request.WhichOneof("result")
+        if which == "message_ref":
+            ref = ids.one_line(request.message_ref, "message_ref", MAX_MESSAGE_REF)
+            if not ref:
+                raise InvalidArgument("message_ref", "must not be empty")
+            done = notices.Ack(channel_id, approval_id, approver_id, request.version, message_ref=ref)
+        elif which == "failure":
+            if not _FAILURE.fullmatch(request.failure):
+                raise InvalidArgument("failure", "must be a reason class, [a-z0-9_]{1,64}")
+            done = notices.Ack(channel_id, approval_id, approver_id, request.version, failure=request.failure)
+        else:
+            raise InvalidArgument("result", "set message_ref or failure")
+        following = await notices.ack(ctx, done)
+        resp = az.AckNotificationResponse(trace_id=ctx.trace_id)
+        if following is not None:
+            resp.next.CopyFrom(convert.copy_out(following))
+        return resp

@@ -23,6 +23,7 @@ from ..domain.model import (
     ToolCall,
 )
 from ..flows.approvals import OwnerNotification
+from ..flows.notices import CopyItem
 from ..gen.authz.v1 import admin_pb2 as adm
 from ..gen.authz.v1 import authz_pb2 as az
 from ..gen.authz.v1 import common_pb2 as cm
@@ -112,6 +113,21 @@ def notification_out(n: OwnerNotification) -> az.OwnerNotification:
             az.Button(action=enum_out(ACTION, b.action), label=b.label, callback_payload=b.callback_payload)
             for b in n.buttons
         ],
+    )
+
+
+def copy_out(c: CopyItem) -> az.NotificationCopy:
+    return az.NotificationCopy(
+        approval_id=c.approval_id,
+        approver_id=c.approver_id,
+        version=c.version,
+        text=c.text,
+        buttons=[
+            az.Button(action=enum_out(ACTION, b.action), label=b.label, callback_payload=b.callback_payload)
+            for b in c.buttons
+        ],
+        message_ref=c.message_ref,
+        kind=c.kind,
     )
 
 

@@ -74,6 +74,7 @@ def snapshot(c: Any, now: datetime) -> doctor.Snapshot:
     pending = rpc(c.admin.ListApprovals, adm.ListApprovalsRequest(
         status=cm.APPROVAL_STATUS_PENDING, kind=cm.APPROVAL_KIND_PAIRING, limit=1000)).approvals  # fmt: skip
     return doctor.Snapshot(
+        unreachable=_unreachable(c, now),
         tenant=doctor.TenantView(
             approvers=tuple(settings.approvers),
             agent_approvers={a: tuple(v.actors) for a, v in settings.agent_approvers.items()},
@@ -90,6 +91,22 @@ def snapshot(c: Any, now: datetime) -> doctor.Snapshot:
             if not k.HasField("revoked_at")
         ),
     )
+
+
+def _unreachable(c: Any, now: datetime) -> tuple[doctor.UnreachableView, ...]:
+    """Approvers whose notifications could not be delivered, from the audit trail."""
+    req = adm.QueryAuditRequest(event="notification.", limit=1000)
+    req.since.FromDatetime(now - doctor.UNREACHABLE_WINDOW)
+    seen: list[tuple[str, str, str, str]] = []
+    for _ in range(50):  # at most 50,000 events: the rest is beyond what a check should read
+        resp = rpc_call(c.admin.QueryAudit, req)
+        for e in resp.events:
+            reason = str(json.loads(e.details_json or "{}").get("reason", ""))
+            seen.append((e.event, e.channel_id, e.subject, reason))
+        if not resp.next_after_event_id:
+            break
+        req.after_event_id = resp.next_after_event_id
+    return doctor.unreachable_approvers(seen)
 
 
 def render(found: list[doctor.Finding], threshold: doctor.Severity | None) -> list[str]:

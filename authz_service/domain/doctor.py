@@ -67,6 +67,8 @@ NAME_ONLY_DENY = "name_only_deny"
 UNBOUND_CONNECTOR_KEY = "unbound_connector_key"
 UNBOUND_AGENT_KEY = "unbound_agent_key"
 QUORUM_ONE_HOLDER = "quorum_one_holder"
+APPROVER_UNREACHABLE = "approver_unreachable"
+UNREACHABLE_WINDOW = timedelta(days=90)  # the audit events the check reads
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +109,28 @@ class Snapshot:
     now: datetime
     # The tenant's unrevoked API keys.
     keys: tuple[KeyView, ...] = ()
+    # Approvers the platform could not reach with their last notification (``unreachable_approvers``).
+    unreachable: tuple[UnreachableView, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class UnreachableView:
+    channel_id: str
+    approver_id: str  # platform user id on the channel
+    reason: str  # the platform's reason class, e.g. "chat_not_found"
+
+
+def unreachable_approvers(events: Iterable[tuple[str, str, str, str]]) -> tuple[UnreachableView, ...]:
+    """From ``notification.undeliverable`` / ``notification.reachable`` audit
+    events, oldest first, as (event, channel id, approver id, reason): the
+    approvers whose latest word is "undeliverable"."""
+    latest: dict[tuple[str, str], str | None] = {}
+    for event, channel_id, approver_id, reason in events:
+        if event == "notification.undeliverable":
+            latest[(channel_id, approver_id)] = reason
+        elif event == "notification.reachable":
+            latest[(channel_id, approver_id)] = None
+    return tuple(UnreachableView(c, a, r) for (c, a), r in sorted(latest.items()) if r is not None)
 
 
 _RISK_SEVERITY = {
@@ -286,6 +310,7 @@ def findings(snapshot: Snapshot) -> list[Finding]:
     """Every finding, most severe first, then by channel and code."""
     out = [f for ch in snapshot.channels for f in _channel_findings(snapshot, ch)]
     out += _key_findings(snapshot.keys)
+    out += _unreachable_findings(snapshot)
     return sorted(out, key=lambda f: (-f.severity.rank, f.channel_id, f.code, f.message))
 
 
@@ -305,6 +330,30 @@ def _key_findings(keys: Iterable[KeyView]) -> list[Finding]:
                 "approvals and their send policies",
                 f"`authz key create agent --agent ID ...`, switch the runtime to the new key, then "
                 f"`authz key revoke {k.key_id}`"))  # fmt: skip
+    return out
+
+
+def _unreachable_findings(snapshot: Snapshot) -> list[Finding]:
+    """Approvers who get no notifications: their copies are audited as
+    undeliverable, so a quorum may never complete from chat."""
+    platforms = {ch.channel_id: ch.platform.value for ch in snapshot.channels}
+    out = []
+    for u in snapshot.unreachable:
+        if u.channel_id not in platforms:
+            continue  # the channel is gone
+        who = f"{platforms[u.channel_id]}:{u.approver_id}"
+        if u.reason == "chat_not_found":
+            said = f"approver {who} on channel {u.channel_id} has never messaged the bot"
+            fix = (
+                "ask them to open a DM with the bot (send it any message); the next notification reaches them"
+            )
+        else:
+            said = f"approver {who} on channel {u.channel_id} cannot be reached by the bot ({u.reason})"
+            fix = (
+                "ask them to open a DM with the bot and allow its messages, or remove them from the approvers"
+            )
+        out.append(Finding(Severity.MEDIUM, APPROVER_UNREACHABLE, u.channel_id,
+                           f"{said}: they get no approval notifications", fix))  # fmt: skip
     return out
 
 

@@ -23,6 +23,8 @@ AUDIT_EVENTS: frozenset[str] = frozenset(
         "invite.revoked",
         "key.created",
         "key.revoked",
+        "notification.reachable",
+        "notification.undeliverable",
         "pairing.approved",
         "pairing.auto_approved",
         "pairing.blocked",

@@ -1,13 +1,16 @@
 """Data rights for one user on one channel: export, purge, anonymise.
 
 * Export: every row held about the user (their subject row, group sender
-  entries, approvals and audit events), never key material (code seeds, code
+  entries, approvals, audit events, and the notification copies they received
+  as an approver), never key material (code seeds, code
   hashes, request keys).
 * Purge: the rows are deleted; the audit events stay, so the trail is intact,
   but name the user by a pseudonym (``Keyring.pseudonym``) and lose their
   personal details (display name, first message, tool arguments, reason text).
   Every other field of the channel's rows that holds their id (a resolver, a
   voter, a grant's maker, a session id) names the pseudonym instead.
+* Purge and anonymise both delete the notification copies the user received
+  as an approver (message references; no text is stored).
 * Anonymise: the access state stays (the subject row keeps the user allowed or
   blocked, and needs their platform id for that); display names, resolvers'
   reasons and the arguments of decided tool calls are blanked, and the audit
@@ -27,7 +30,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from ..domain import ids
-from ..store import audit, db, users
+from ..store import audit, db, notices, users
 from ..store.audit import AuditEvent, UserScope
 from ..store.db import Connection
 from . import Context
@@ -93,8 +96,9 @@ async def export_user(ctx: Context, channel_id: str, user_id: str) -> dict[str, 
         approvals = await users.approvals(conn, t, channel_id, user_id)
         user = UserScope(t, channel_id, user_id, actor, tuple(a.approval_id for a in approvals))
         events = await audit.user_events(conn, user)
+        copies = await notices.of_approver(conn, t, channel_id, user_id)
         exported_at = await db.now(conn)
-        if subject is not None or senders or approvals or events:
+        if subject is not None or senders or approvals or events or copies:
             await _audit(ctx, conn, "user.exported", channel_id=channel_id, subject=user_id,
                          details={"audit_events": len(events), "approvals": len(approvals)})  # fmt: skip
     return {
@@ -106,6 +110,8 @@ async def export_user(ctx: Context, channel_id: str, user_id: str) -> dict[str, 
         "group_senders": [_row(r) for r in senders],
         "approvals": [_row(r) for r in approvals],
         "audit_events": [_event(r) for r in events],
+        # The approval notifications they received as an approver (no text is kept).
+        "notification_copies": [_row(r) for r in copies],
     }
 
 
@@ -121,6 +127,9 @@ async def purge_user(ctx: Context, channel_id: str, user_id: str) -> PurgeResult
         actor = f"{channel.platform.value}:{user_id}"
         pseudonym = ctx.keyring.pseudonym(t, channel.platform.value, user_id)
         subjects, senders, approval_ids = await users.delete_rows(conn, t, channel_id, user_id)
+        # The copies of their own requests went with the approvals; these are the
+        # notifications they received as an approver.
+        await notices.delete_of_approver(conn, t, channel_id, user_id)
         # Where they were not the subject: a resolver, voter or grant maker, a session.
         sessions = ids.token_pattern(user_id)
         scope = users.PseudonymScope(t, channel_id, actor, pseudonym, sessions)
@@ -144,6 +153,9 @@ async def anonymize_user(ctx: Context, channel_id: str, user_id: str) -> Anonymi
         ids.user_id(channel.platform, user_id)
         actor = f"{channel.platform.value}:{user_id}"
         subjects, approvals = await users.scrub_rows(conn, t, channel_id, user_id)
+        # Delivery bookkeeping of the notifications they received as an approver
+        # (message references): not access state, so it goes.
+        await notices.delete_of_approver(conn, t, channel_id, user_id)
         approval_ids = tuple(a.approval_id for a in await users.approvals(conn, t, channel_id, user_id))
         await audit.enable_anonymization(conn)
         events = await audit.scrub_details(conn, UserScope(t, channel_id, user_id, actor, approval_ids))

@@ -21,10 +21,10 @@ import logging
 import re
 import warnings
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 from ..config import ConnectorConfig
-from ..runtime import ButtonSpec, Connector, Inbound, StartConnector
+from ..runtime import ApproverUnreachable, ButtonAction, ButtonSpec, Connector, Inbound, StartConnector
 
 with warnings.catch_warnings():
     # discord.py imports the stdlib's audioop (deprecated since 3.11) for voice, which this
@@ -48,10 +48,11 @@ log = logging.getLogger("sidecars.discord")
 CUSTOM_ID_PREFIX = "authz:"
 MAX_CUSTOM_ID = 100  # Discord's limit on a component's custom_id
 MAX_CONTENT = 2000  # Discord's limit on a message's content
-_STYLES: dict[Literal["approve", "deny", "block"], discord.ButtonStyle] = {
+_STYLES: dict[ButtonAction, discord.ButtonStyle] = {
     "approve": discord.ButtonStyle.success,
     "deny": discord.ButtonStyle.danger,
     "block": discord.ButtonStyle.danger,
+    "always_allow": discord.ButtonStyle.secondary,
 }
 # Messages people type; joins, pins, boosts and the like are not for the agent.
 _CHAT_MESSAGES = (discord.MessageType.default, discord.MessageType.reply)
@@ -89,7 +90,7 @@ class ApprovalButton(
         if not isinstance(bot, DiscordBot) or bot.connector is None:
             return
         result = await bot.connector.handle_press(self.payload, str(interaction.user.id))
-        if not result.ok:
+        if not result.ok or not result.edit:  # a refusal; or the outbox edits every copy
             await interaction.response.send_message(result.owner_text, ephemeral=True)
             return
         original = interaction.message.content if interaction.message is not None else ""
@@ -194,6 +195,47 @@ class DiscordTransport:
                         user_id, len(text))  # fmt: skip
         for part in _parts(text):
             await dm.send(part)
+
+    # DirectMessages: the notification outbox's copies. The reference is
+    # "<DM channel id>:<message id>".
+
+    async def post_direct(self, user_id: str, text: str, buttons: Sequence[ButtonSpec]) -> str:
+        try:
+            user = await self.bot.fetch_user(_snowflake(user_id))
+            dm = await user.create_dm()
+            view = _view(user_id, text, buttons)
+            if view is None:
+                sent = await dm.send(text[:MAX_CONTENT])
+            else:
+                sent = await dm.send(text[:MAX_CONTENT], view=view)
+        except discord.NotFound as exc:
+            raise ApproverUnreachable("user_not_found") from exc
+        except discord.Forbidden as exc:  # 50007: DMs closed, no shared server, or the bot blocked
+            raise ApproverUnreachable("cannot_dm_user") from exc
+        return f"{dm.id}:{sent.id}"
+
+    async def edit_direct(
+        self, user_id: str, message_ref: str, text: str, buttons: Sequence[ButtonSpec]
+    ) -> str:
+        channel_id, _, message_id = message_ref.partition(":")
+        message = self.bot.get_partial_messageable(_snowflake(channel_id)).get_partial_message(
+            _snowflake(message_id)
+        )
+        try:
+            await message.edit(content=text[:MAX_CONTENT], view=_view(user_id, text, buttons))
+        except discord.NotFound:
+            return await self.post_direct(user_id, text, buttons)  # deleted: post anew
+        except discord.Forbidden as exc:
+            raise ApproverUnreachable("cannot_dm_user") from exc
+        return message_ref
+
+
+def _view(user_id: str, text: str, buttons: Sequence[ButtonSpec]) -> discord.ui.View | None:
+    """The buttons as a view, or None (no buttons, or a text too long to show whole)."""
+    if buttons and len(text) > MAX_CONTENT:  # never a decision on a cut text
+        log.warning("notification to %s too long for one message: sent without buttons", user_id)
+        return None
+    return approval_view(buttons) if buttons else None
 
 
 # As the service spells snowflakes: ASCII digits, no leading zero. Not str.isdigit(), which

@@ -12,12 +12,12 @@ from ..runtime import ButtonSpec
 
 ACTION_PREFIX = "authz_"
 """Button ``action_id`` = prefix + action; the listener matches on it."""
-ACTION_ID_PATTERN = rf"^{ACTION_PREFIX}(approve|deny|block)$"
+ACTION_ID_PATTERN = rf"^{ACTION_PREFIX}(approve|deny|block|always_allow)$"
 
 # Slack's limits: section text 3000 characters, button label 75.
 _SECTION_MAX = 3000
 _LABEL_MAX = 75
-_STYLES = {"approve": "primary", "deny": "danger", "block": "danger"}
+_STYLES = {"approve": "primary", "deny": "danger", "block": "danger", "always_allow": "primary"}
 
 Block = dict[str, Any]
 
@@ -69,6 +69,11 @@ def approval_blocks(text: str, buttons: Sequence[ButtonSpec]) -> list[Block]:
             ],
         },
     ]
+
+
+def notice_blocks(text: str) -> list[Block]:
+    """An approval notification without buttons (decided, expired, or too long to decide here)."""
+    return [_section(text, "authz_request")]
 
 
 def outcome_blocks(original: str, outcome: str) -> list[Block]:

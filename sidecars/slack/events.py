@@ -146,7 +146,9 @@ class SlackBot:
             return
         result = await self.connector.handle_press(str(action.get("value") or ""), f"{team}:{user}")
         try:
-            if result.ok:
+            if result.ok and not result.edit:  # the outbox edits every copy, this one too
+                await client.chat_postEphemeral(channel=channel, user=user, text=escape(result.owner_text))
+            elif result.ok:
                 await client.chat_update(
                     channel=channel,
                     ts=ts,

@@ -10,8 +10,8 @@ from typing import Any
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from ..runtime import NO_CONTACT, ButtonSpec, Contact, ContactUnavailable
-from .blocks import approval_blocks, escape, fits_one_section
+from ..runtime import NO_CONTACT, ApproverUnreachable, ButtonSpec, Contact, ContactUnavailable
+from .blocks import approval_blocks, escape, fits_one_section, notice_blocks
 
 log = logging.getLogger("sidecars.slack")
 # The users.info client's own logger: slack_sdk logs whole responses at DEBUG, and
@@ -79,6 +79,46 @@ class SlackTransport:
         else:
             await self.client.chat_postMessage(channel=channel, text=escape(text))
 
+    # DirectMessages: the notification outbox's copies. The reference is
+    # "<DM conversation id>:<message ts>", what chat.update needs.
+
+    async def post_direct(self, user_id: str, text: str, buttons: Sequence[ButtonSpec]) -> str:
+        try:
+            opened = await self.client.conversations_open(users=slack_user(user_id, self.team_id))
+            channel = opened["channel"]["id"]
+            posted = await self.client.chat_postMessage(
+                channel=channel, text=escape(text), blocks=self._blocks(user_id, text, buttons)
+            )
+        except SlackApiError as exc:
+            raise ApproverUnreachable(_reason(exc)) from exc
+        except ValueError as exc:  # another workspace's user: never DMed from here
+            raise ApproverUnreachable("other_workspace") from exc
+        return f"{posted['channel']}:{posted['ts']}"
+
+    async def edit_direct(
+        self, user_id: str, message_ref: str, text: str, buttons: Sequence[ButtonSpec]
+    ) -> str:
+        channel, _, ts = message_ref.partition(":")
+        try:
+            await self.client.chat_update(
+                channel=channel, ts=ts, text=escape(text), blocks=self._blocks(user_id, text, buttons)
+            )
+        except SlackApiError as exc:
+            if exc.response.get("error") in (
+                "message_not_found",
+                "cant_update_message",
+                "edit_window_closed",
+            ):
+                return await self.post_direct(user_id, text, buttons)  # gone: post anew
+            raise ApproverUnreachable(_reason(exc)) from exc
+        return message_ref
+
+    def _blocks(self, user_id: str, text: str, buttons: Sequence[ButtonSpec]) -> list[dict[str, Any]]:
+        if buttons and not fits_one_section(text):  # never a decision on a cut text
+            log.warning("notification to %s too long for one section: sent without buttons", user_id)
+            buttons = ()
+        return approval_blocks(text, buttons) if buttons else notice_blocks(text)
+
     async def contact(self, user_id: str) -> Contact:
         """Who asks to pair, from ``users.info`` (scope ``users:read``): their
         display name and handle (Slack's message events carry neither), and with
@@ -124,3 +164,9 @@ class SlackTransport:
 
 def _text(value: object) -> str:
     return value.strip() if isinstance(value, str) else ""
+
+
+def _reason(exc: SlackApiError) -> str:
+    """Slack's error code as a reason class (e.g. "user_not_found", "cannot_dm_bot")."""
+    error = str(exc.response.get("error") or "slack_error")
+    return "".join(c if c.isascii() and (c.isalnum() or c == "_") else "_" for c in error.lower())[:64]

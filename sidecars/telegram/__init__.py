@@ -9,7 +9,13 @@
   service's payload verbatim (checked against Telegram's 64-byte limit, which
   python-telegram-bot does not enforce);
 - a resolved press edits the owner's message (outcome appended, keyboard
-  removed); a refused press answers the callback with an alert, changing nothing.
+  removed); a refused press answers the callback with an alert, changing nothing;
+- approvers' copies of approval notifications (the outbox, ``DirectMessages``)
+  are posted with ``sendMessage`` and edited with ``editMessageText``; the
+  message reference is the message id (a DM's chat is the user). A user who
+  never started a chat with the bot ("chat not found") or blocked it is
+  reported unreachable. With the outbox on, a press only answers the callback:
+  the outbox edits every copy.
 
 Updates come by long polling. Telegram keeps unconfirmed updates for a day, so
 a restarted connector picks up where it stopped.
@@ -32,6 +38,7 @@ from telegram import (
     Update,
 )
 from telegram.constants import ChatType, InlineKeyboardButtonLimit, MessageLimit
+from telegram.error import BadRequest, Forbidden
 from telegram.ext import (
     Application,
     ApplicationBuilder,
@@ -43,7 +50,7 @@ from telegram.ext import (
 )
 
 from ..config import ConnectorConfig, TelegramSettings
-from ..runtime import ButtonSpec, Connector, Inbound, StartConnector
+from ..runtime import ApproverUnreachable, ButtonSpec, Connector, Inbound, StartConnector
 
 log = logging.getLogger("sidecars.telegram")
 
@@ -108,6 +115,49 @@ class TelegramTransport:
         markup = keyboard(buttons) if buttons else None
         await self.bot.send_message(chat_id=_chat(user_id), text=text, reply_markup=markup)
 
+    # DirectMessages: the notification outbox's copies.
+
+    async def post_direct(self, user_id: str, text: str, buttons: Sequence[ButtonSpec]) -> str:
+        markup = keyboard(buttons) if buttons else None
+        try:
+            sent = await self.bot.send_message(
+                chat_id=_chat(user_id), text=text[:MAX_TEXT], reply_markup=markup
+            )
+        except (BadRequest, Forbidden) as exc:
+            raise ApproverUnreachable(unreachable_reason(exc)) from exc
+        return str(sent.message_id)
+
+    async def edit_direct(
+        self, user_id: str, message_ref: str, text: str, buttons: Sequence[ButtonSpec]
+    ) -> str:
+        markup = keyboard(buttons) if buttons else None
+        try:
+            await self.bot.edit_message_text(
+                chat_id=_chat(user_id), message_id=int(message_ref), text=text[:MAX_TEXT], reply_markup=markup
+            )
+        except BadRequest as exc:
+            said = exc.message.lower()
+            if "message is not modified" in said:
+                return message_ref
+            if "message to edit not found" in said or "message can't be edited" in said:
+                return await self.post_direct(user_id, text, buttons)  # deleted or too old: post anew
+            raise ApproverUnreachable(unreachable_reason(exc)) from exc
+        except Forbidden as exc:
+            raise ApproverUnreachable(unreachable_reason(exc)) from exc
+        return message_ref
+
+
+def unreachable_reason(exc: BadRequest | Forbidden) -> str:
+    """Telegram's refusal as a reason class (never its message)."""
+    said = exc.message.lower()
+    if "chat not found" in said:
+        return "chat_not_found"  # the user never started a chat with the bot
+    if "blocked" in said:
+        return "bot_blocked"
+    if "deactivated" in said:
+        return "user_deactivated"
+    return "forbidden" if isinstance(exc, Forbidden) else "bad_request"
+
 
 def to_inbound(update: Update, bot: Bot) -> Inbound | None:
     """Translate a message update; None for what the connector does not route."""
@@ -169,6 +219,9 @@ def install_handlers(app: TelegramApp, connector: Connector) -> None:
         result = await connector.handle_press(query.data, str(query.from_user.id))
         if not result.ok:
             await query.answer(text=result.owner_text, show_alert=True)
+            return
+        if not result.edit:  # the outbox edits every copy, this one too
+            await query.answer(text=result.owner_text)
             return
         await query.answer()
         original = query.message.text if isinstance(query.message, Message) else ""

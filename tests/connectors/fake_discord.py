@@ -124,6 +124,8 @@ class FakeDiscord:
         self.messages: list[SentMessage] = []
         self.callbacks: list[InteractionCallback] = []
         self.unknown_users: set[str] = set()
+        # Users whose DMs refuse the bot (no shared server, DMs closed): 403, code 50007.
+        self.closed_dms: set[str] = set()
         self._dm_channels: dict[str, str] = {}
         self._pressed: dict[str, SentMessage] = {}
         self._sockets: set[web.WebSocketResponse] = set()
@@ -311,6 +313,10 @@ class FakeDiscord:
 
     async def _send(self, request: web.Request) -> web.Response:
         body = await self._body(request)
+        channel_id = request.match_info["channel_id"]
+        if any(self._dm_channels.get(u) == channel_id for u in self.closed_dms):
+            await self._record("createMessage", request, body)
+            return self._json({"message": "Cannot send messages to this user", "code": 50007}, status=403)
         message = self._message(request.match_info["channel_id"], body)
         self.messages.append(SentMessage(message["channel_id"], message))
         await self._record("createMessage", request, body)

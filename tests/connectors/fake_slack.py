@@ -12,7 +12,9 @@ was never posted.
 without it for others, and for nobody when the token lacks the
 ``users:read.email`` scope (``email_scope = False``). Any method can be made to
 fail (``fail(method, error)``: ``{"ok": false, "error": error}``) or to hang
-until the fake closes (``stall(method)``).
+until the fake closes (``stall(method)``). ``conversations.open`` refuses users
+in ``disabled`` (``user_disabled``). ``chat.update`` edits the stored message:
+``messages`` always reads as the user sees it now.
 
 The other half builds what Slack sends to the app: Events API callbacks (JSON)
 and ``block_actions`` interactions (form-encoded ``payload=``), signed with
@@ -59,6 +61,8 @@ class FakeSlack:
         self.users: dict[str, dict[str, Any]] = {}
         self.email_scope = True
         self._failures: dict[str, str] = {}
+        # Slack user ids conversations.open refuses ("user_disabled": a deactivated account).
+        self.disabled: set[str] = set()
         self._stalled: set[str] = set()
         self._release = asyncio.Event()
         self._methods: dict[str, Callable[[Mapping[str, Any]], dict[str, Any]]] = {
@@ -151,6 +155,8 @@ class FakeSlack:
         users = str(args.get("users", ""))
         if not users or "," in users:
             return {"ok": False, "error": "users_list_not_supplied"}
+        if users in self.disabled:
+            return {"ok": False, "error": "user_disabled"}
         return {"ok": True, "channel": {"id": dm_channel(users)}}
 
     def _post_message(self, args: Mapping[str, Any]) -> dict[str, Any]:

@@ -30,6 +30,8 @@ class FakeTelegram:
         self._message_ids = itertools.count(1)
         self._updates: list[dict[str, Any]] = []
         self.messages: list[dict[str, Any]] = []
+        self.edits: list[dict[str, Any]] = []  # every edited Message, as it reads after the edit
+        self.deleted: set[tuple[int, int]] = set()  # (chat id, message id) an edit cannot find
         self._new_update = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self.port = 0
@@ -74,14 +76,24 @@ class FakeTelegram:
             result = {"id": BOT_ID, "is_bot": True, "first_name": "Authz", "username": BOT_USERNAME}
         elif method == "getUpdates":
             result = await self._get_updates(int(params.get("offset", 0) or 0))
-        elif method in ("sendMessage", "editMessageText"):
+        elif method in ("sendMessage", "editMessageText", "editMessageReplyMarkup"):
             if str(params.get("chat_id")) in self.fail_send_to:
                 return web.json_response(
                     {"ok": False, "error_code": 400, "description": "Bad Request: chat not found"}, status=400
                 )
-            result = self._message(params)
+            if (
+                method != "sendMessage"
+                and (int(params["chat_id"]), int(params["message_id"])) in self.deleted
+            ):
+                return web.json_response(
+                    {"ok": False, "error_code": 400, "description": "Bad Request: message to edit not found"},
+                    status=400,
+                )
             if method == "sendMessage":
+                result = self._message(params)
                 self.messages.append(result)
+            else:
+                result = self._edit(method, params)
         return web.json_response({"ok": True, "result": result})
 
     async def _get_updates(self, offset: int) -> list[dict[str, Any]]:
@@ -106,6 +118,28 @@ class FakeTelegram:
         }
         if params.get("reply_markup"):
             message["reply_markup"] = params["reply_markup"]
+        return message
+
+    def _edit(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        """Apply an edit to the message sent earlier (if this fake sent it) and record it."""
+        chat_id, message_id = int(params["chat_id"]), int(params["message_id"])
+        index = next(
+            (
+                i
+                for i, m in enumerate(self.messages)
+                if (m["chat"]["id"], m["message_id"]) == (chat_id, message_id)
+            ),
+            None,
+        )
+        message = dict(self.messages[index]) if index is not None else self._message(params)
+        if method == "editMessageText":
+            message["text"] = params.get("text", "")
+        message.pop("reply_markup", None)
+        if params.get("reply_markup"):
+            message["reply_markup"] = params["reply_markup"]
+        if index is not None:  # a new dict: a test's earlier copy of the message stays as it was
+            self.messages[index] = message
+        self.edits.append(dict(message))
         return message
 
     # ---- what the bot sent ------------------------------------------------------

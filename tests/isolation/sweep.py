@@ -209,6 +209,15 @@ async def world(service: Service) -> AsyncIterator[World]:
     )
     assert not denied.allow
     invite = await a.admin.admin.CreateInvite(adm.CreateInviteRequest(channel_id=channel, permissions=[perm]))
+    # A notification copy handed out and acknowledged: a row of notification_copies.
+    stream = a.connector.authz.WatchNotifications(az.WatchNotificationsRequest(channel_id=channel))
+    async with asyncio.timeout(5):
+        handed = await anext(aiter(stream))
+    stream.cancel()
+    await a.connector.authz.AckNotification(
+        az.AckNotificationRequest(channel_id=channel, approval_id=handed.approval_id,
+                                  approver_id=handed.approver_id, version=handed.version, message_ref="m1")
+    )  # fmt: skip
 
     def button(buttons: Any) -> str:
         return next(str(b.callback_payload) for b in buttons if b.action == APPROVE)
@@ -516,6 +525,26 @@ async def _watch_approval(r: Run, b: B) -> None:
             await r.stream(
                 role, b.roles[role].authz.WatchApproval, az.WatchApprovalRequest(approval_id=approval_id)
             )
+
+
+@case("AuthzService.WatchNotifications")
+async def _watch_notifications(r: Run, b: B) -> None:
+    for role in ("connector", "admin"):
+        req = az.WatchNotificationsRequest(channel_id=r.ids.channel)
+        await r.stream(role, b.roles[role].authz.WatchNotifications, req)
+
+
+@case("AuthzService.AckNotification")
+async def _ack_notification(r: Run, b: B) -> None:
+    # A's copies (approval and approver ids), acknowledged on A's channel name.
+    i = r.ids
+    for role in ("connector", "admin"):
+        for approval_id, approver in ((i.pairing, i.owner), (i.pairing, i.user), (i.tool, i.owner)):
+            for result in ({"message_ref": "m2"}, {"failure": "chat_not_found"}):
+                req = az.AckNotificationRequest(
+                    channel_id=i.channel, approval_id=approval_id, approver_id=approver, version=1, **result
+                )
+                await r.unary(role, b.roles[role].authz.AckNotification, req)
 
 
 @case("AuthzService.RedeemApproval")
