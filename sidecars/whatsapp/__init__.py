@@ -98,13 +98,15 @@ async def run(config: ConnectorConfig, start: StartConnector) -> None:
         log.info("no whatsapp.notify_template: owners outside the 24-hour window are not notified")
     async with httpx.AsyncClient(timeout=httpx.Timeout(15.0)) as session:
         wa = build_client(settings, session)
+        # Fails fast on a rejected token or a wrong phone number id, before anything is served.
+        number = await wa.get_business_phone_number()
+        log.info("whatsapp business number %s (%s)", number.display_phone_number, number.verified_name)
         window = CustomerWindow()
         connector = await start(WhatsAppTransport(wa, window, template))
         bot = WhatsAppBot(connector, wa, settings.verify_token, window)
         try:
             await bot.start(settings.listen)
-            log.info("whatsapp connector running as phone number %s for channel %s",
-                     settings.phone_number_id, config.channel_id)  # fmt: skip
+            log.info("whatsapp connector running for channel %s", config.channel_id)
             await asyncio.Event().wait()
         finally:
             await bot.close()

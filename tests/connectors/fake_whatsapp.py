@@ -54,6 +54,7 @@ class FakeWhatsApp:
     async def start(self) -> None:
         app = web.Application()
         app.router.add_post("/{version}/{phone_id}/messages", self._messages)
+        app.router.add_get("/{version}/{phone_id}", self._phone_number)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", 0).start()
@@ -69,6 +70,16 @@ class FakeWhatsApp:
 
     def texts_to(self, wa_id: str) -> list[str]:
         return [text_of(m) for m in self.sent_to(wa_id)]
+
+    async def _phone_number(self, request: web.Request) -> web.Response:
+        if request.headers.get("Authorization") != f"Bearer {TOKEN}":
+            return error(401, 190, "Invalid OAuth access token.")
+        if request.match_info["phone_id"] != PHONE_ID:
+            return error(400, 100, "Unsupported get request.")
+        await self.log.record("phone_number", dict(request.query))
+        return web.json_response(
+            {"id": PHONE_ID, "display_phone_number": "+1 555-000-1111", "verified_name": "Authz"}
+        )
 
     async def _messages(self, request: web.Request) -> web.Response:
         if request.headers.get("Authorization") != f"Bearer {TOKEN}":
