@@ -21,7 +21,7 @@ import asyncio
 import logging
 
 import httpx
-from pywa_async import WhatsApp
+from pywa_async.client import WhatsApp
 from pywa_async.types.templates import TemplateLanguage
 
 from ..config import ConfigError, ConnectorConfig, WhatsAppSettings

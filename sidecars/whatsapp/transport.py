@@ -22,9 +22,9 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from pywa_async import WhatsApp
-from pywa_async.types import Button
-from pywa_async.types.templates import BodyText, QuickReplyButton, TemplateLanguage
+from pywa_async.client import WhatsApp
+from pywa_async.types.callback import Button
+from pywa_async.types.templates import QuickReplyButton, TemplateLanguage
 
 from ..runtime import MAX_SESSIONS, ButtonSpec, Contact
 
@@ -210,7 +210,7 @@ class WhatsAppTransport:
             name=self.template.name,
             language=self.template.language,
             params=[
-                BodyText.params(body),
+                {"type": "body", "parameters": [{"type": "text", "text": body}]},
                 *(QuickReplyButton.params(callback_data=b.payload, index=i) for i, b in enumerate(buttons)),
             ],
         )

@@ -32,10 +32,12 @@ from collections.abc import Coroutine
 from typing import Any
 
 from aiohttp import web
-from pywa_async import WhatsApp
+from pywa_async.client import WhatsApp
 from pywa_async.handlers import CallbackButtonHandler, MessageHandler
-from pywa_async.types import CallbackButton, Message, MessageType
+from pywa_async.types.callback import CallbackButton
 from pywa_async.types.chat import ChatType
+from pywa_async.types.message import Message
+from pywa_async.types.others import MessageType
 from pywa_async.utils import HUB_SIG
 
 from ..config import parse_listen
@@ -173,7 +175,7 @@ class WhatsAppBot:
 
     # ---- updates -----------------------------------------------------------------------
 
-    async def _on_message(self, _: WhatsApp, msg: Message) -> None:
+    async def _on_message(self, _: object, msg: Message) -> None:
         user_id = self._sender(msg.from_user.wa_id, msg.id)
         if user_id is None:
             return
@@ -193,7 +195,7 @@ class WhatsAppBot:
         )
         self._spawn(self.connector.handle_message(inbound))
 
-    async def _on_press(self, _: WhatsApp, press: CallbackButton[Any]) -> None:
+    async def _on_press(self, _: object, press: CallbackButton[Any]) -> None:
         user_id = self._sender(press.from_user.wa_id, press.id)
         if user_id is None:
             return

@@ -142,7 +142,7 @@ async def test_the_transport_refuses_free_form_outside_the_window() -> None:
             window.wrote("+15550003333")  # the third writer: the oldest is forgotten
             with pytest.raises(OutsideWindow):
                 await transport.send_text(uid(ALICE), "forgotten")
-            with pytest.raises(ValueError, match="E.164"):
+            with pytest.raises(ValueError, match=r"E\.164"):
                 await transport.send_text("84981234567", "no plus: not a WhatsApp user id")
             assert len(fake.log.of("messages")) == 4  # the two parts, "decide" and "decided"
     finally:
@@ -152,8 +152,13 @@ async def test_the_transport_refuses_free_form_outside_the_window() -> None:
 def test_buttons_are_checked_against_whatsapp_limits() -> None:
     ok = ButtonSpec("approve", "✅ Approve", "p" * 256)
     check_buttons([ok, ok, ok])
-    for bad in ([ok] * 4, [ButtonSpec("deny", "x" * 21, "p")], [ButtonSpec("block", "⛔", "p" * 257)]):
-        with pytest.raises(ValueError):
+    cases = {
+        "allows 3 reply buttons": [ok] * 4,
+        "title": [ButtonSpec("deny", "x" * 21, "p")],
+        "exceeds 256": [ButtonSpec("block", "⛔", "p" * 257)],
+    }
+    for why, bad in cases.items():
+        with pytest.raises(ValueError, match=why):
             check_buttons(bad)
 
 
