@@ -78,13 +78,13 @@ def build_client(settings: WhatsAppSettings, session: httpx.AsyncClient) -> What
 def notify_template(settings: WhatsAppSettings) -> NotifyTemplate | None:
     if not settings.notify_template:
         return None
-    try:
-        language = TemplateLanguage(settings.notify_template_language)
-    except ValueError:
+    # Looked up by value: TemplateLanguage("xx_YY") raises a TypeError in pywa 4.5, not a ValueError.
+    language = {member.value: member for member in TemplateLanguage}.get(settings.notify_template_language)
+    if language is None:
         raise ConfigError(
             f"whatsapp.notify_template_language: not a WhatsApp template language: "
             f"{settings.notify_template_language!r}"
-        ) from None
+        )
     return NotifyTemplate(settings.notify_template, language)
 
 

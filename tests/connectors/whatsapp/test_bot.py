@@ -199,3 +199,20 @@ async def test_updates_for_another_phone_number_are_ignored(rig: Rig) -> None:
     assert await rig.post(body) == 200
     assert rig.fake.log.calls == []
     assert await rig.pending() == []
+
+
+async def test_the_owner_decides_with_chat_commands(rig: Rig) -> None:
+    approval = await start_pairing(rig)
+    await rig.say(OWNER, "/pending")
+    assert uid(ALICE) in rig.fake.texts_to(OWNER)[-1]
+    # The owner types the number as WhatsApp shows it, with the "+".
+    await rig.say(OWNER, f"/approve {uid(ALICE)}")
+    assert await rig.status(approval.approval_id) == cm.APPROVAL_STATUS_APPROVED
+    assert "Paired" in rig.fake.texts_to(ALICE)[-1]  # the requester's notice
+    await rig.say(OWNER, f"/block {uid(ALICE)}")
+    assert not await allowed(rig, ALICE)
+    # A stranger's command is an ordinary message: no reply from the service's commands.
+    await rig.say(MALLORY, f"/unblock {uid(ALICE)}")
+    assert "Pairing code" in rig.fake.texts_to(MALLORY)[0]
+    assert not await allowed(rig, ALICE)
+    assert rig.agent.turns == []
