@@ -80,7 +80,7 @@ def test_secrets_from_files_next_to_the_config(tmp_path: Path) -> None:
             "  phone_number_id: 1\n  verify_token_file: missing\n",
             ENV | {"WHATSAPP_VERIFY_TOKEN": ""},
             "whatsapp.verify_token_file: cannot read missing",
-        ),  # fmt: skip
+        ),
         ("  phone_number_id: 1\n  listen: nowhere\n", ENV, "whatsapp.listen"),
         ("  phone_number_id: 1\n  base_url: ftp://x\n", ENV, "whatsapp.base_url"),
         (
