@@ -110,5 +110,7 @@ def test_whatsapp_options_reach_the_config(chart: helm.Chart) -> None:
 
 def test_whatsapp_needs_its_phone_number_id(chart: helm.Chart) -> None:
     connector = {**WHATSAPP, "whatsapp": {}}
-    with pytest.raises(helm.HelmError, match=r"connectors\[support-wa\]\.whatsapp\.phoneNumberId is required"):
+    with pytest.raises(
+        helm.HelmError, match=r"connectors\[support-wa\]\.whatsapp\.phoneNumberId is required"
+    ):
         render(chart, with_values(MINIMAL, connectors=[connector]))
