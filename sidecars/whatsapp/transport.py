@@ -16,7 +16,6 @@ take it and fail it later, asynchronously):
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -25,6 +24,10 @@ from dataclasses import dataclass
 from pywa_async.client import WhatsApp
 from pywa_async.types.callback import Button
 from pywa_async.types.templates import QuickReplyButton, TemplateLanguage
+
+from authz_service.domain import ids
+from authz_service.domain.errors import InvalidArgument
+from authz_service.domain.model import Platform
 
 from ..runtime import MAX_SESSIONS, ButtonSpec, Contact
 
@@ -44,18 +47,24 @@ WINDOW_SECONDS = 24 * 3600.0
 # A message is not attempted in the window's last minutes: it could close in flight.
 WINDOW_MARGIN = 300.0
 
-# What the service stores as a WhatsApp user id (domain/ids.py): E.164, "+" and digits.
-_E164 = re.compile(r"\+[1-9][0-9]{6,14}")
+
+def _whatsapp_id(user_id: str) -> bool:
+    """Whether the service would take ``user_id`` as a WhatsApp user id (E.164: "+", digits)."""
+    try:
+        ids.user_id(Platform.WHATSAPP, user_id)
+    except InvalidArgument:
+        return False
+    return user_id.isascii()
 
 
 def user_id_of(wa_id: str | None) -> str:
-    """The authz user id of a Cloud API ``wa_id`` ("84912345678" -> "+84912345678").
+    """The authz user id of a Cloud API ``wa_id`` ("84912345678" -> "+84912345678"),
+    spelled as the service stores WhatsApp ids (``domain.ids``).
 
     Raises ValueError for anything that is not a phone number (a user who hides
     their number behind a WhatsApp username has only a business-scoped id)."""
-    digits = (wa_id or "").strip().removeprefix("+")
-    user_id = "+" + digits
-    if not (digits.isascii() and digits.isdigit() and _E164.fullmatch(user_id)):
+    user_id = "+" + (wa_id or "").strip().removeprefix("+")
+    if not _whatsapp_id(user_id):
         raise ValueError("not an E.164 phone number")
     return user_id
 
@@ -63,7 +72,7 @@ def user_id_of(wa_id: str | None) -> str:
 def wa_id_of(user_id: str) -> str:
     """The Cloud API recipient of an authz user id ("+84912345678" -> "84912345678").
     Raises ValueError for anything else: nothing is sent to a guessed recipient."""
-    if not (user_id.isascii() and _E164.fullmatch(user_id)):
+    if not _whatsapp_id(user_id):
         raise ValueError(f"not an E.164 WhatsApp user id: {user_id[:80]!r}")
     return user_id[1:]
 

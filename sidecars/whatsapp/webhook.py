@@ -216,6 +216,8 @@ class WhatsAppBot:
 
     async def _press(self, payload: str, presser: str) -> None:
         result = await self.connector.handle_press(payload, presser)
+        if not result.owner_text:
+            return
         # WhatsApp cannot edit the notification: the outcome (or the refusal) is a new message.
         try:
             await self.connector.transport.send_text(presser, result.owner_text)

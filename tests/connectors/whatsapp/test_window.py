@@ -30,7 +30,7 @@ from sidecars.whatsapp import (
     build_client,
     run,
 )
-from sidecars.whatsapp.transport import check_buttons
+from sidecars.whatsapp.transport import check_buttons, user_id_of, wa_id_of
 from tests.conftest import Tenant
 from tests.connectors.conftest import ConfigFactory
 from tests.connectors.fake_whatsapp import (
@@ -243,3 +243,16 @@ async def test_a_rejected_access_token_stops_run_before_the_connector_starts(
             await run(connector_config("whatsapp", CHANNEL, whatsapp=settings), start)
     finally:
         await fake.close()
+
+
+def test_wa_ids_become_the_ids_the_service_stores() -> None:
+    assert user_id_of("84981234567") == "+84981234567"
+    assert user_id_of(" +84981234567 ") == "+84981234567"
+    assert wa_id_of("+84981234567") == "84981234567"
+    # Not a number the service would store: refused, never guessed at.
+    for bad in (None, "", "0981234567", "123", "8" * 16, "٨٤٩٨١٢٣٤٥٦٧", "US.13491208655302741918"):
+        with pytest.raises(ValueError, match="not an E.164"):
+            user_id_of(bad)
+    for bad_id in ("84981234567", "+٨٤٩٨١٢٣٤٥٦٧", "whatsapp:+84981234567", "+84981234567\n"):
+        with pytest.raises(ValueError, match="not an E.164"):
+            wa_id_of(bad_id)
