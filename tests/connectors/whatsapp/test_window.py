@@ -251,8 +251,8 @@ def test_wa_ids_become_the_ids_the_service_stores() -> None:
     assert wa_id_of("+84981234567") == "84981234567"
     # Not a number the service would store: refused, never guessed at.
     for bad in (None, "", "0981234567", "123", "8" * 16, "٨٤٩٨١٢٣٤٥٦٧", "US.13491208655302741918"):
-        with pytest.raises(ValueError, match="not an E.164"):
+        with pytest.raises(ValueError, match=r"not an E\.164"):
             user_id_of(bad)
     for bad_id in ("84981234567", "+٨٤٩٨١٢٣٤٥٦٧", "whatsapp:+84981234567", "+84981234567\n"):
-        with pytest.raises(ValueError, match="not an E.164"):
+        with pytest.raises(ValueError, match=r"not an E\.164"):
             wa_id_of(bad_id)
