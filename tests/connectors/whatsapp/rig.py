@@ -8,6 +8,7 @@ app secret exactly as Meta signs them.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
@@ -114,11 +115,14 @@ def open_rig(
     agent: RecordingAgent,
     send_endpoint: Callable[[Connector], Awaitable[SendEndpoint]],
 ) -> OpenRig:
-    """``async with open_rig(template="", **policy) as rig``: the WhatsApp channel (owner
-    ``OWNER``, plus ``policy``), the fake Cloud API and the bot serving its webhook."""
+    """``async with open_rig(template="", clock=time.time, **policy) as rig``: the WhatsApp
+    channel (owner ``OWNER``, plus ``policy``), the fake Cloud API and the bot serving its
+    webhook; ``clock`` is the connector's clock for the 24-hour window."""
 
     @asynccontextmanager
-    async def open_(*, template: str = "", **policy: Any) -> AsyncIterator[Rig]:
+    async def open_(
+        *, template: str = "", clock: Callable[[], float] = time.time, **policy: Any
+    ) -> AsyncIterator[Rig]:
         await tenant.channel(CHANNEL, cm.PLATFORM_WHATSAPP, owner_id=uid(OWNER), **policy)
         fake = FakeWhatsApp()
         await fake.start()
@@ -126,7 +130,7 @@ def open_rig(
             PHONE_ID, TOKEN, APP_SECRET, VERIFY_TOKEN, "127.0.0.1:0", fake.base_url, notify_template=template
         )
         config = connector_config("whatsapp", CHANNEL, whatsapp=settings)
-        window = CustomerWindow()
+        window = CustomerWindow(clock=clock)
         async with httpx.AsyncClient() as http:
             wa = build_client(settings, http)
             connector = Connector(

@@ -32,7 +32,7 @@ from sidecars.whatsapp import (
 )
 from sidecars.whatsapp.transport import check_buttons, user_id_of, wa_id_of
 from tests.conftest import Tenant
-from tests.connectors.conftest import ConfigFactory
+from tests.connectors.conftest import ConfigFactory, PostSend
 from tests.connectors.fake_whatsapp import (
     APP_SECRET,
     PHONE_ID,
@@ -109,6 +109,23 @@ async def test_inside_the_window_the_template_is_not_used(open_rig: OpenRig) -> 
         await rig.say(OWNER, "/pending")
         await alice_asks(rig)
         assert rig.fake.sent_to(OWNER)[-1]["type"] == "interactive"
+
+
+async def test_an_agent_send_after_the_window_closed_is_not_attempted(
+    open_rig: OpenRig, post_send: PostSend
+) -> None:
+    now = [time.time()]
+    async with open_rig(clock=lambda: now[0], auto_approve=cm.AutoApprove(phone_patterns=["+8498*"])) as rig:
+        await rig.say(ALICE, "hello")  # auto-approved
+        await rig.say(ALICE, "remind me tomorrow")
+        session = rig.agent.turns[-1].session_id
+        request = {"target": "origin", "text": "your reminder", "session_id": session}
+        assert (await post_send(rig.endpoint.url, request))[0] == 200  # within the window
+        now[0] += DAY
+        status, body = await post_send(rig.endpoint.url, request)
+        assert status == 502 and "has not written in the last 24 hours" in body["reason"]
+        assert rig.fake.texts_to(ALICE).count("your reminder") == 1
+        assert rig.fake.window_violations == []
 
 
 async def test_the_transport_refuses_free_form_outside_the_window() -> None:
