@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -24,10 +25,11 @@ from authz_service.client import RetryPolicy
 
 log = logging.getLogger("sidecars")
 
-PLATFORMS = ("telegram", "slack", "discord")
+PLATFORMS = ("telegram", "slack", "discord", "whatsapp")
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 DEFAULT_SEND_LISTEN = "127.0.0.1:8787"
 DEFAULT_SLACK_LISTEN = "127.0.0.1:3000"
+DEFAULT_WHATSAPP_LISTEN = "127.0.0.1:3001"
 # One try, then up to three more about 0.2 s, 0.4 s and 0.8 s apart (jittered down
 # to half), all within the call's deadline: a restarting service gets ~1.4 s.
 CONNECTOR_RETRY = RetryPolicy(attempts=4, initial_backoff=0.2, max_backoff=0.8)
@@ -51,6 +53,19 @@ _SECTION_KEYS = {
     "telegram": {"token", "base_url"},
     "slack": {"bot_token", "signing_secret", "listen", "base_url", "lookup_email"},
     "discord": {"token"},
+    "whatsapp": {
+        "phone_number_id",
+        "access_token",
+        "access_token_file",
+        "app_secret",
+        "app_secret_file",
+        "verify_token",
+        "verify_token_file",
+        "listen",
+        "base_url",
+        "notify_template",
+        "notify_template_language",
+    },
 }
 
 
@@ -84,6 +99,25 @@ class DiscordSettings:
 
 
 @dataclass(frozen=True)
+class WhatsAppSettings:
+    # The WhatsApp Business phone number id the bot sends from (Meta's app dashboard).
+    phone_number_id: str
+    access_token: str = field(repr=False)
+    # Signs every webhook POST (X-Hub-Signature-256); unsigned or mis-signed ones are refused.
+    app_secret: str = field(repr=False)
+    # Answers Meta's GET verification handshake when the webhook URL is set up.
+    verify_token: str = field(repr=False)
+    # Where the webhook (/whatsapp/webhook) listens.
+    listen: str = DEFAULT_WHATSAPP_LISTEN
+    # Graph API root, e.g. "https://graph.facebook.com/v23.0"; "" = pywa's default.
+    base_url: str = ""
+    # An approved message template for owner notifications outside the 24-hour window
+    # ("" = none: the requester is told to have the owner open the chat or use the CLI).
+    notify_template: str = ""
+    notify_template_language: str = "en_US"
+
+
+@dataclass(frozen=True)
 class ConnectorConfig:
     """Everything a connector needs; only the chosen platform's section is set."""
 
@@ -102,6 +136,7 @@ class ConnectorConfig:
     telegram: TelegramSettings | None = None
     slack: SlackSettings | None = None
     discord: DiscordSettings | None = None
+    whatsapp: WhatsAppSettings | None = None
     # Service outage handling: the client's retries of calls that are safe to repeat.
     retry: RetryPolicy = CONNECTOR_RETRY
     rpc_timeout: float = 5.0
@@ -118,6 +153,8 @@ class ConnectorConfig:
             values += [self.slack.bot_token, self.slack.signing_secret]
         if self.discord is not None:
             values.append(self.discord.token)
+        if self.whatsapp is not None:
+            values += [self.whatsapp.access_token, self.whatsapp.app_secret, self.whatsapp.verify_token]
         return tuple(v for v in values if v)
 
 
@@ -242,6 +279,8 @@ def build_config(
             base_url=_opt_str(section, "base_url", "slack.base_url"),
             lookup_email=_opt_bool(section, "lookup_email", "slack.lookup_email"),
         )
+    elif platform == "whatsapp":
+        settings["whatsapp"] = _whatsapp(section, env, base_dir or Path())
     else:
         settings["discord"] = DiscordSettings(token=secret("token", "DISCORD_BOT_TOKEN"))
 
@@ -254,6 +293,54 @@ def build_config(
         agent_id=_opt_str(raw, "agent_id") or "default",
         send_listen=send_listen,
         **settings,
+    )
+
+
+def _whatsapp(section: Mapping[str, Any], env: Mapping[str, str], base_dir: Path) -> WhatsAppSettings:
+    def secret(key: str, env_name: str) -> str:
+        """The environment, else ``<key>_file`` (read next to the config), else ``<key>``."""
+        value = env.get(env_name, "").strip()
+        if value:
+            return value
+        path = _opt_str(section, f"{key}_file", f"whatsapp.{key}_file")
+        if path:
+            try:
+                value = (base_dir / path).read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ConfigError(f"whatsapp.{key}_file: cannot read {path}: {exc.strerror}") from exc
+            if not value:
+                raise ConfigError(f"whatsapp.{key}_file: {path} is empty")
+            return value
+        value = _opt_str(section, key, f"whatsapp.{key}")
+        if not value:
+            raise ConfigError(f"whatsapp.{key}: required (or {key}_file, or set {env_name})")
+        return value
+
+    phone = env.get("WHATSAPP_PHONE_NUMBER_ID", "").strip() or _opt_str(
+        section, "phone_number_id", "whatsapp.phone_number_id"
+    )
+    if not phone.isascii() or not phone.isdigit():
+        raise ConfigError("whatsapp.phone_number_id: required, the numeric id of the bot's phone number")
+    listen = _opt_str(section, "listen", "whatsapp.listen") or DEFAULT_WHATSAPP_LISTEN
+    _host_port(listen, "whatsapp.listen")
+    base_url = _opt_str(section, "base_url", "whatsapp.base_url")
+    if base_url and urlparse(base_url).scheme not in ("http", "https"):
+        raise ConfigError(f"whatsapp.base_url: must be an http(s) URL, got {base_url!r}")
+    template = _opt_str(section, "notify_template", "whatsapp.notify_template")
+    language = _opt_str(section, "notify_template_language", "whatsapp.notify_template_language") or "en_US"
+    if not re.fullmatch(r"[a-z]{2,3}(_[A-Za-z]{2,4})?", language):
+        raise ConfigError(
+            f"whatsapp.notify_template_language: a language code such as en_US, got {language!r}"
+        )
+    return WhatsAppSettings(
+        phone_number_id=phone,
+        access_token=secret("access_token", "WHATSAPP_ACCESS_TOKEN"),
+        app_secret=secret("app_secret", "WHATSAPP_APP_SECRET"),
+        verify_token=secret("verify_token", "WHATSAPP_VERIFY_TOKEN"),
+        listen=listen,
+        base_url=base_url,
+        notify_template=template,
+        notify_template_language=language,
     )
 
 

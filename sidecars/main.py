@@ -1,4 +1,4 @@
-"""``authz-connector {telegram,slack,discord} --config FILE``: run one connector.
+"""``authz-connector {telegram,slack,discord,whatsapp} --config FILE``: run one connector.
 
 Exit codes: 0 after SIGTERM/SIGINT, 2 for a configuration error (nothing
 started), 1 if the platform side fails (e.g. a rejected bot token).
@@ -6,7 +6,7 @@ started), 1 if the platform side fails (e.g. a rejected bot token).
 Platform plugin contract
 ------------------------
 Each platform package (``sidecars.telegram``, ``sidecars.slack``,
-``sidecars.discord_bot``) is imported lazily, so one missing library cannot
+``sidecars.discord_bot``, ``sidecars.whatsapp``) is imported lazily, so one missing library cannot
 break the others, and exposes::
 
     async def run(config: ConnectorConfig, start: StartConnector) -> None
@@ -59,6 +59,7 @@ PLATFORM_MODULES = {
     "telegram": "sidecars.telegram",
     "slack": "sidecars.slack",
     "discord": "sidecars.discord_bot",
+    "whatsapp": "sidecars.whatsapp",
 }
 
 RunPlatform = Callable[[ConnectorConfig, StartConnector], Coroutine[Any, Any, None]]
@@ -85,7 +86,7 @@ def make_client(config: ConnectorConfig) -> Client:
 
 # The user id of the start-up probe, shaped as the platform's (the service checks
 # shapes). CheckUser is a read-only call: asking about it changes nothing.
-PROBE_USERS = {"slack": "TAUTHZ:UAUTHZPROBE"}
+PROBE_USERS = {"slack": "TAUTHZ:UAUTHZPROBE", "whatsapp": "+15550000000"}
 PROBE_USER = "1000000"  # Telegram and Discord: numeric
 
 

@@ -78,6 +78,10 @@ INVALID_BUTTON = "This button is not valid."
 ALREADY_RESOLVED = "This request was already resolved or has expired."
 UNAVAILABLE = "The authorization service is unavailable. Please try again later."
 FAILED = "This request could not be processed."
+OWNER_UNREACHABLE = (
+    "⚠️ The owner could not be notified in this chat. Ask them to message this bot first, "
+    "or to approve your code with the authz CLI or console."
+)
 MAX_SESSIONS = 10_000
 # A requester's contact lookup is reused this long (a stranger's repeated
 # messages must not turn into one platform API call each).
@@ -143,7 +147,7 @@ class SendResult:
 class Transport(Protocol):
     """The platform side: deliver text, and DM a user with native buttons."""
 
-    platform: str  # "telegram" | "slack" | "discord"
+    platform: str  # "telegram" | "slack" | "discord" | "whatsapp"
 
     async def send_text(self, chat_id: str, text: str) -> None: ...
 
@@ -476,7 +480,15 @@ class Connector:
                 for b in note.buttons
                 if b.action in _ACTIONS
             ]
-            await self.transport.send_direct(note.owner_id, note.text, buttons)
+            try:
+                await self.transport.send_direct(note.owner_id, note.text, buttons)
+            except Exception as exc:
+                # E.g. WhatsApp's 24-hour window: the request stands, the owner decides elsewhere.
+                reason = getattr(exc, "reason", "") or type(exc).__name__
+                log.warning(
+                    "owner %s not notified of %s's pairing request: %s", note.owner_id, msg.user_id, reason
+                )
+                await self.transport.send_text(msg.chat_id, OWNER_UNREACHABLE)
 
     async def _contact(self, user_id: str) -> Contact:
         """The requester's verified contact details if the transport can look them up.

@@ -162,7 +162,7 @@ def test_config_platform_sections(tmp_path: Path) -> None:
         ("channel_id: [a, b]\n", "telegram", {}, "channel_id: must be a string"),
         ("- a\n", "telegram", {}, "must be a mapping"),
         ("channel_id: [\n", "telegram", {}, "not valid YAML"),
-        ("channel_id: tg\n", "whatsapp", {}, "platform: must be one of telegram, slack, discord"),
+        ("channel_id: tg\n", "signal", {}, "platform: must be one of telegram, slack, discord, whatsapp"),
     ],
 )
 def test_config_errors_name_the_key(
