@@ -127,10 +127,15 @@ async def dsns() -> AsyncIterator[Dsns]:
 
 
 @pytest.fixture
-async def owner(dsns: Dsns) -> AsyncIterator[asyncpg.Connection]:
-    """A connection as the schema owner (a superuser: row-level security does not
-    apply), to plant state the service would not leave and to read the evidence."""
-    conn = await asyncpg.connect(dsns.owner)
+async def owner(dsns: Dsns, request: pytest.FixtureRequest) -> AsyncIterator[asyncpg.Connection]:
+    """A connection as the schema owner, to plant state the service would not leave
+    and to read the evidence. In a test that uses ``tenant`` it is scoped to that
+    tenant (:func:`connect_as_tenant`): row-level security binds a non-superuser owner."""
+    if "tenant" in request.fixturenames:
+        tenant: Tenant = request.getfixturevalue("tenant")
+        conn = await connect_as_tenant(dsns.owner, tenant.tenant_id)
+    else:
+        conn = await asyncpg.connect(dsns.owner)
     yield conn
     await conn.close()
 

@@ -22,7 +22,7 @@ AUTHZ = [sys.executable, "-m", "authz_service.cli.main"]
 
 def migrate(home: Path) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AUTHZ_")}
-    return subprocess.run(  # noqa: S603 (this interpreter, fixed arguments)
+    return subprocess.run(
         [*AUTHZ, "migrate"],
         env={**env, "AUTHZ_HOME": str(home)},
         capture_output=True,
@@ -67,7 +67,7 @@ def live_process() -> Iterator[int]:
     """A process PostgreSQL takes for another server holding a lock: alive, and
     signalable by the account PostgreSQL runs as."""
     pg = embedded._system_user()
-    proc = subprocess.Popen(  # noqa: S603 (fixed arguments)
+    proc = subprocess.Popen(
         ["sleep", "120"], user=None if pg is None else pg.pw_uid, group=None if pg is None else pg.pw_gid
     )
     yield proc.pid
@@ -95,7 +95,9 @@ def test_a_data_folder_without_a_database_stops_initdb(base: Path) -> None:
     assert_one_line(migrate(base / "home"), str(pgdata), "move it away")
 
 
-def test_a_server_lock_held_by_a_live_process_names_the_lock_file(initialised: Path, live_process: int) -> None:
+def test_a_server_lock_held_by_a_live_process_names_the_lock_file(
+    initialised: Path, live_process: int
+) -> None:
     lock = initialised / "pgdata" / "postmaster.pid"
     plant_lock(lock, live_process, lock.parent)
     try:
@@ -130,7 +132,7 @@ def test_a_postgresql_error_is_summarised_on_one_line() -> None:
     log = (
         "2026-01-01 10:00:00.000 UTC [11] FATAL:  old failure\n"
         "2026-01-01 10:00:01.000 UTC [12] LOG:  starting PostgreSQL 18\n"
-        "2026-01-01 10:00:02.000 UTC [12] FATAL:  could not create lock file \"x\": Permission denied\n"
+        '2026-01-01 10:00:02.000 UTC [12] FATAL:  could not create lock file "x": Permission denied\n'
         "2026-01-01 10:00:02.000 UTC [12] HINT:  check the folder\n"
     )
     said = embedded._said(log)
