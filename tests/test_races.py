@@ -50,9 +50,14 @@ T = TypeVar("T")
 
 
 @pytest.fixture
-async def owner(dsns: Dsns) -> AsyncIterator[asyncpg.Pool]:
-    """The schema owner, to set expiries and read the evidence (several races at once)."""
-    pool = await asyncpg.create_pool(dsns.owner, min_size=1, max_size=4)
+async def owner(dsns: Dsns, tenant: Tenant) -> AsyncIterator[asyncpg.Pool]:
+    """The schema owner, to set expiries and read the evidence (several races at once),
+    scoped to the tenant on every acquire (row-level security binds a non-superuser owner)."""
+
+    async def scoped(conn: asyncpg.Connection) -> None:
+        await conn.execute("SELECT set_config('authz.tenant', $1, false)", tenant.tenant_id)
+
+    pool = await asyncpg.create_pool(dsns.owner, min_size=1, max_size=4, setup=scoped)
     yield pool
     await pool.close()
 
