@@ -20,10 +20,13 @@ from authz_service.store import embedded
 AUTHZ = [sys.executable, "-m", "authz_service.cli.main"]
 
 
-def migrate(home: Path) -> subprocess.CompletedProcess[str]:
+def migrate(home: Path, command: str = "migrate") -> subprocess.CompletedProcess[str]:
+    """``authz migrate`` (or ``authz dev``, which `make run` runs) on the embedded server."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("AUTHZ_")}
+    if command == "dev":
+        env["AUTHZ_LISTEN"] = env["AUTHZ_HTTP_LISTEN"] = "127.0.0.1:0"  # never reached
     return subprocess.run(
-        [*AUTHZ, "migrate"],
+        [*AUTHZ, command],
         env={**env, "AUTHZ_HOME": str(home)},
         capture_output=True,
         text=True,
@@ -35,8 +38,10 @@ def migrate(home: Path) -> subprocess.CompletedProcess[str]:
 def assert_one_line(result: subprocess.CompletedProcess[str], *fragments: str) -> str:
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
-    lines = result.stderr.strip().splitlines()
+    # `authz dev` logs its progress (JSON lines); the failure itself is one line.
+    lines = [line for line in result.stderr.strip().splitlines() if not line.startswith('{"ts"')]
     assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("authz: ")
     for fragment in fragments:
         assert fragment in lines[0]
     return lines[0]
@@ -88,11 +93,12 @@ def test_an_authz_home_that_cannot_be_a_folder(tmp_path: Path) -> None:
     assert_one_line(migrate(tmp_path / "a-file"), "is not a folder", "set AUTHZ_HOME")
 
 
-def test_a_data_folder_without_a_database_stops_initdb(base: Path) -> None:
+@pytest.mark.parametrize("command", ["migrate", "dev"])
+def test_a_data_folder_without_a_database_stops_initdb(base: Path, command: str) -> None:
     pgdata = base / "home" / "pgdata"
     pgdata.mkdir(parents=True)
     (pgdata / "notes.txt").write_text("not PostgreSQL's\n")
-    assert_one_line(migrate(base / "home"), str(pgdata), "move it away")
+    assert_one_line(migrate(base / "home", command), str(pgdata), "move it away")
 
 
 def test_a_server_lock_held_by_a_live_process_names_the_lock_file(
