@@ -6,6 +6,7 @@ operator runs it; a data folder is initialised once for the module."""
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import subprocess
 import sys
@@ -157,3 +158,23 @@ def test_an_unwritable_home(tmp_path: Path) -> None:
     finally:
         closed.chmod(0o700)
         shutil.rmtree(closed, ignore_errors=True)
+
+
+def test_as_root_without_a_way_to_create_postgresqls_account(
+    base: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL refuses root, so as root it runs as embedded_postgres; when that account
+    is missing and cannot be created (no useradd here), the one line says what to do."""
+
+    def missing(name: str) -> object:
+        raise KeyError(name)
+
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    monkeypatch.setattr(pwd, "getpwnam", missing)
+    monkeypatch.setenv("PATH", str(base))  # no useradd on it
+    with pytest.raises(embedded.EmbeddedError) as raised:
+        embedded.start(base / "home")
+    message = str(raised.value)
+    assert "\n" not in message
+    assert "refuses to run as root" in message and embedded.SYSTEM_USER in message
+    assert "run as a non-root user" in message and "AUTHZ_DATABASE_URL" in message
