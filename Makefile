@@ -13,7 +13,7 @@ VENV_STAMP := $(VENV)/.installed
 help:
 	@echo "make run    start the service on an embedded PostgreSQL with a demo tenant"
 	@echo "make test   run the test suite (real PostgreSQL, real gRPC)"
-	@echo "make test-pg15    run tests against Debian's PostgreSQL 15 with the documented roles"
+	@echo "make test-pg15    run the suite against Debian's PostgreSQL 15 with the documented roles"
 	@echo "make test-packages install the system packages tests need (PgBouncer; as root)"
 	@echo "make proto  regenerate authz_service/gen from proto/"
 	@echo "make lint   ruff, mypy --strict, import rules (lint-imports)"
@@ -62,7 +62,7 @@ test-packages:
 	  else echo "$$p is missing: its tests skip (apt-get install $$p, or run make test as root)"; fi; \
 	done
 
-# The suite (a subset by default: .ci/pg15) against Debian's PostgreSQL 15 with the
+# The whole suite (PYTEST_ARGS narrows it) against Debian's PostgreSQL 15 with the
 # documented non-superuser roles; installs postgresql-15 as root when missing.
 test-pg15: $(GEN_STAMP) test-packages
 	PYTEST_ARGS="$(PYTEST_ARGS)" .ci/pg15

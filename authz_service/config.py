@@ -52,14 +52,21 @@ def private_home(home: Path) -> Path:
     """Create AUTHZ_HOME 0700 (parents as the umask says), or take group and other
     bits away from an existing one; group search alone stays (the embedded
     PostgreSQL's account, run as root: store/embedded.py). Nothing above is touched."""
-    home.parent.mkdir(parents=True, exist_ok=True)
     try:
-        os.mkdir(home, 0o700)
-    except FileExistsError:
-        if not home.is_dir():
-            raise ConfigError(f"AUTHZ_HOME {home} is not a folder") from None
-        if home.stat().st_mode & 0o067:
-            home.chmod(0o700)
+        home.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.mkdir(home, 0o700)
+        except FileExistsError:
+            if not home.is_dir():
+                raise ConfigError(f"AUTHZ_HOME {home} is not a folder: set AUTHZ_HOME to a folder") from None
+            if home.stat().st_mode & 0o067:
+                home.chmod(0o700)
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(home) else ""
+        raise ConfigError(
+            f"cannot use AUTHZ_HOME {home}{where}: {exc.strerror or exc}; set AUTHZ_HOME to a folder "
+            "this user can write"
+        ) from None
     return home
 
 

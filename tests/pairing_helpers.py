@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import asyncpg
-
 from authz_service.gen.authz.v1 import admin_pb2 as adm
 from authz_service.gen.authz.v1 import authz_pb2 as az
 from authz_service.gen.authz.v1 import common_pb2 as cm
 
-from .conftest import Dsns, Tenant
+from .conftest import Dsns, Tenant, connect_as_tenant
 
 OWNER = "100"
 
@@ -46,7 +44,7 @@ async def events(t: Tenant, prefix: str = "") -> list[adm.AuditEvent]:
 
 
 async def expire_now(dsns: Dsns, tenant_id: str, approval_id: str) -> None:
-    conn = await asyncpg.connect(dsns.owner)
+    conn = await connect_as_tenant(dsns.owner, tenant_id)
     try:
         await conn.execute(
             "UPDATE approvals SET expires_at = now() - interval '1 second' WHERE tenant_id = $1 AND approval_id = $2",

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncpg
 import grpc
 
 from authz_service.gen.authz.v1 import admin_pb2 as adm
 from authz_service.gen.authz.v1 import authz_pb2 as az
 from authz_service.gen.authz.v1 import common_pb2 as cm
 
-from .conftest import Dsns, Tenant, rpc_error
+from .conftest import Dsns, Tenant, connect_as_tenant, rpc_error
 
 
 async def dm(
@@ -102,7 +101,7 @@ async def test_unreadable_policy_denies(tenant: Tenant, dsns: Dsns) -> None:
     """Evonic: a channel went open when `mode` went missing. Ours goes closed."""
     await tenant.channel(dm_policy=cm.DM_POLICY_OPEN)
     assert (await dm(tenant)).decision == az.DECISION_ALLOW
-    conn = await asyncpg.connect(dsns.owner)
+    conn = await connect_as_tenant(dsns.owner, tenant.tenant_id)
     try:
         await conn.execute(
             "UPDATE channels SET policy = policy - 'dm_policy' WHERE tenant_id = $1", tenant.tenant_id

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncpg
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -14,7 +13,7 @@ from authz_service.gen.authz.v1 import authz_pb2 as az
 from authz_service.gen.authz.v1 import common_pb2 as cm
 from authz_service.store.db import Database, UnsafeDatabaseRole
 
-from .conftest import Dsns, Service, Tenant, rpc_error
+from .conftest import Dsns, Service, Tenant, connect_as_tenant, rpc_error
 
 CHECK = az.CheckUserRequest(channel_id="tg", user_id="42", chat_kind=cm.CHAT_KIND_DIRECT)
 
@@ -69,7 +68,7 @@ async def test_rotation_with_several_live_keys(service: Service, tenant: Tenant)
 
 
 async def test_keys_are_stored_hashed(tenant: Tenant, dsns: Dsns) -> None:
-    conn = await asyncpg.connect(dsns.owner)
+    conn = await connect_as_tenant(dsns.owner, tenant.tenant_id)
     try:
         dump = await conn.fetchval(
             "SELECT string_agg(k::text, '') FROM api_keys k WHERE tenant_id = $1", tenant.tenant_id
@@ -80,9 +79,10 @@ async def test_keys_are_stored_hashed(tenant: Tenant, dsns: Dsns) -> None:
         assert secret.split(".")[3] not in dump
 
 
+@pytest.mark.superuser
 async def test_service_refuses_a_role_that_bypasses_rls(dsns: Dsns) -> None:
     with pytest.raises(UnsafeDatabaseRole, match="row-level security"):
-        await Database.connect(dsns.owner)
+        await Database.connect(dsns.admin)
 
 
 async def test_health_and_reflection(service: Service) -> None:

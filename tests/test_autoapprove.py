@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 
-import asyncpg
 import grpc
 import pytest
 
@@ -20,7 +19,7 @@ from authz_service.gen.authz.v1 import admin_pb2 as adm
 from authz_service.gen.authz.v1 import authz_pb2 as az
 from authz_service.gen.authz.v1 import common_pb2 as cm
 
-from .conftest import Dsns, Tenant, rpc_error
+from .conftest import Dsns, Tenant, connect_as_tenant, rpc_error
 from .pairing_helpers import OWNER, events
 
 WA_USER = "+84981234567"
@@ -81,7 +80,7 @@ async def test_whatsapp_number_matching_a_pattern_is_approved_at_once(
     # The reported email is nowhere: not in the audit trail, the logs or the tables.
     everything = " ".join(str(e) for e in await events(tenant))
     logged = " ".join(f"{r.getMessage()} {r.__dict__}" for r in caplog.records)
-    conn = await asyncpg.connect(dsns.owner)
+    conn = await connect_as_tenant(dsns.owner, tenant.tenant_id)
     try:
         rows = await conn.fetchval(
             "SELECT string_agg(t::text, '') FROM approvals t WHERE tenant_id = $1", tenant.tenant_id

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import asyncpg
 import pytest
 
 from authz_service.client import connect
@@ -12,7 +11,7 @@ from authz_service.gen.authz.v1 import admin_pb2 as adm
 from authz_service.gen.authz.v1 import authz_pb2 as az
 from authz_service.gen.authz.v1 import common_pb2 as cm
 
-from .conftest import Dsns, Service, Tenant
+from .conftest import Dsns, Service, Tenant, connect_as_tenant
 from .policy_helpers import Cli, make_cli
 
 CHANNELS = ["tg", "open", "grp", "demo", "pair"]
@@ -134,7 +133,7 @@ async def test_stale_pairings_and_expired_requests(cli: Cli, tenant: Tenant, dsn
     assert json.loads(r.out)["findings"] == []
 
     # Age the pairing and the pending request behind the service's back.
-    conn = await asyncpg.connect(dsns.owner)
+    conn = await connect_as_tenant(dsns.owner, tenant.tenant_id)
     try:
         await conn.execute("UPDATE subjects SET updated_at = now() - interval '100 days' "
                            "WHERE tenant_id = $1 AND user_id = '7'", tenant.tenant_id)  # fmt: skip

@@ -467,19 +467,26 @@ async def catalog(conn: asyncpg.Connection) -> dict[str, list[tuple[object, ...]
 
 
 @pytest.fixture
-async def scratch(owner: asyncpg.Connection, dsns: Dsns) -> AsyncIterator[asyncpg.Connection]:
-    """A fresh database in the test cluster, as the schema owner, migrated by hand."""
+async def scratch(dsns: Dsns) -> AsyncIterator[asyncpg.Connection]:
+    """A fresh database in the test cluster, owned by the schema owner and migrated by
+    hand as it; the administrator creates and drops it (the owner may not create databases)."""
     name = f"scratch_{secrets.token_hex(4)}"
-    await owner.execute(f"CREATE DATABASE {name}")
-    url = urlparse(dsns.owner)
-    conn = await asyncpg.connect(urlunparse(url._replace(path="/" + name)))
+    admin = await asyncpg.connect(dsns.admin)
+    owner_role = urlparse(dsns.owner).username
     try:
-        yield conn
+        await admin.execute(f'CREATE DATABASE {name} OWNER "{owner_role}"')
+        url = urlparse(dsns.owner)
+        conn = await asyncpg.connect(urlunparse(url._replace(path="/" + name)))
+        try:
+            yield conn
+        finally:
+            await conn.close()
+            await admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
     finally:
-        await conn.close()
-        await owner.execute(f"DROP DATABASE {name} WITH (FORCE)")
+        await admin.close()
 
 
+@pytest.mark.superuser
 async def test_the_partitioned_audit_keeps_every_row_and_every_guard(scratch: asyncpg.Connection) -> None:
     migrations = {m.version: m for m in load_migrations()}
     retention = next(v for v, m in migrations.items() if m.name == "audit_retention")
@@ -489,22 +496,25 @@ async def test_the_partitioned_audit_keeps_every_row_and_every_guard(scratch: as
     for v in sorted(migrations):
         if v < retention:
             await scratch.execute(migrations[v].sql)
-    await scratch.execute("INSERT INTO tenants (tenant_id) VALUES ('acme'), ('other')")
-    await scratch.execute(
-        """INSERT INTO audit_events (tenant_id, at, event, actor, details)
-           SELECT t, at, 'old.event', 'x', jsonb_build_object('i', i)
-           FROM unnest(ARRAY['acme', 'other']) t,
-                generate_series(1, 3) i,
-                unnest(ARRAY[timestamptz '2025-03-10 12:00+00', now()]) at"""
-    )
+    for t in ("acme", "other"):  # row-level security binds the owner: one tenant at a time
+        async with scratch.transaction():
+            await scratch.execute("SELECT set_config('authz.tenant', $1, true)", t)
+            await scratch.execute("INSERT INTO tenants (tenant_id) VALUES ($1)", t)
+            await scratch.execute(
+                """INSERT INTO audit_events (tenant_id, at, event, actor, details)
+                   SELECT $1, at, 'old.event', 'x', jsonb_build_object('i', i)
+                   FROM generate_series(1, 3) i,
+                        unnest(ARRAY[timestamptz '2025-03-10 12:00+00', now()]) at""",
+                t,
+            )
     before = await catalog(scratch)
-    rows = [tuple(r) for r in await scratch.fetch("SELECT * FROM audit_events ORDER BY event_id")]
+    rows = [tuple(r) for r in await all_tenants(scratch, "audit_events", ("acme", "other"))]
     async with scratch.transaction():
         await scratch.execute(migrations[retention].sql)
     after = await catalog(scratch)
     assert after == before  # policies, triggers, RLS, grants, columns, indexes: all as they were
     assert before["policies"] and before["triggers"] and before["column_grants"]
-    assert [tuple(r) for r in await scratch.fetch("SELECT * FROM audit_events ORDER BY event_id")] == rows
+    assert [tuple(r) for r in await all_tenants(scratch, "audit_events", ("acme", "other"))] == rows
     assert (
         await scratch.fetchval("SELECT relkind::text FROM pg_class WHERE oid = 'audit_events'::regclass")
         == "p"
@@ -514,13 +524,25 @@ async def test_the_partitioned_audit_keeps_every_row_and_every_guard(scratch: as
         " WHERE i.inhparent = 'audit_events'::regclass"
     )}  # fmt: skip
     assert {"audit_events_p202503", "audit_events_pdefault"} <= parts
-    assert await scratch.fetchval("SELECT count(*) FROM audit_events_p202503") == 6
+    assert len(await all_tenants(scratch, "audit_events_p202503", ("acme", "other"))) == 6
     # Identity continues after the moved rows.
+    await scratch.execute("SELECT set_config('authz.tenant', 'acme', false)")
     await scratch.execute("INSERT INTO audit_events (tenant_id, event) VALUES ('acme', 'new.event')")
     assert await scratch.fetchval("SELECT max(event_id) FROM audit_events") == max(r[1] for r in rows) + 1
     # Still append-only, even for the owner (the trigger).
     with pytest.raises(asyncpg.RaiseError, match="append-only"):
         await scratch.execute("DELETE FROM audit_events WHERE tenant_id = 'acme'")
+
+
+async def all_tenants(conn: asyncpg.Connection, table: str, tenants: tuple[str, ...]) -> list[asyncpg.Record]:
+    """``table``'s rows of each tenant in turn, in its scope (row-level security binds a
+    non-superuser owner; a superuser sees every row, hence the filter too)."""
+    rows: list[asyncpg.Record] = []
+    for t in tenants:
+        async with conn.transaction():
+            await conn.execute("SELECT set_config('authz.tenant', $1, true)", t)
+            rows += await conn.fetch(f"SELECT * FROM {table} WHERE tenant_id = $1 ORDER BY event_id", t)
+    return rows
 
 
 async def plant_month(owner: asyncpg.Connection, month: date, rows: dict[str, int]) -> str:
@@ -531,11 +553,13 @@ async def plant_month(owner: asyncpg.Connection, month: date, rows: dict[str, in
         f"CREATE TABLE {name} PARTITION OF audit_events FOR VALUES FROM ('{month} 00:00+00') TO ('{following} 00:00+00')"
     )
     for tenant_id, n in rows.items():
-        await owner.execute(
-            """INSERT INTO audit_events (tenant_id, at, event, actor)
-               SELECT $1, $2::date + interval '14 days', 'old.event', 'x' FROM generate_series(1, $3)""",
-            tenant_id, month, n,
-        )  # fmt: skip
+        async with owner.transaction():  # each tenant's rows in its scope (row-level security)
+            await owner.execute("SELECT set_config('authz.tenant', $1, true)", tenant_id)
+            await owner.execute(
+                """INSERT INTO audit_events (tenant_id, at, event, actor)
+                   SELECT $1, $2::date + interval '14 days', 'old.event', 'x' FROM generate_series(1, $3)""",
+                tenant_id, month, n,
+            )  # fmt: skip
     return name
 
 

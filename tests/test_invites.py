@@ -18,7 +18,6 @@ import signal
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 
-import asyncpg
 import grpc
 import pytest
 
@@ -28,7 +27,7 @@ from authz_service.gen.authz.v1 import admin_pb2 as adm
 from authz_service.gen.authz.v1 import authz_pb2 as az
 from authz_service.gen.authz.v1 import common_pb2 as cm
 
-from .conftest import Dsns, Service, Tenant, rpc_error
+from .conftest import Dsns, Service, Tenant, connect_as_tenant, rpc_error
 from .limits import Limited, start_limited
 from .policy_helpers import run_authz
 from .replicas import new_tenant, two_replicas
@@ -170,7 +169,7 @@ async def test_codes_are_stored_only_as_keyed_hashes(tenant: Tenant, dsns: Dsns)
     await tenant.channel("tg")
     made = await create(tenant, note="n")
     canonical = made.code.replace("-", "")
-    conn = await asyncpg.connect(dsns.owner)
+    conn = await connect_as_tenant(dsns.owner, tenant.tenant_id)
     try:
         row = await conn.fetchrow("SELECT * FROM invites WHERE tenant_id = $1", tenant.tenant_id)
         dump = await conn.fetchval("SELECT string_agg(t::text, '') FROM invites t WHERE tenant_id = $1",
@@ -233,7 +232,7 @@ async def test_unknown_expired_used_up_and_revoked_codes_get_one_answer(tenant: 
     await tenant.channel("other")
     expired, revoked, used = await create(tenant), await create(tenant), await create(tenant)
     elsewhere = await create(tenant, "other")
-    conn = await asyncpg.connect(dsns.owner)
+    conn = await connect_as_tenant(dsns.owner, tenant.tenant_id)
     try:
         await conn.execute("UPDATE invites SET expires_at = now() - interval '1 second' WHERE invite_id = $1",
                            expired.invite.invite_id)  # fmt: skip

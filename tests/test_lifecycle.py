@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import secrets
 from collections.abc import AsyncIterator
+from urllib.parse import urlparse
 
 import asyncpg
 import grpc
@@ -20,7 +21,7 @@ from authz_service.server import LIVENESS, RunningServer, start_server
 from authz_service.store.db import Database
 from authz_service.store.migrate import LATEST_VERSION, migrate
 
-from .conftest import SECRET_KEY, Dsns, Tenant, rpc_error
+from .conftest import SECRET_KEY, Dsns, Tenant, connect_as_tenant, rpc_error
 from .health import NOT_SERVING, SERVING, health_of
 
 
@@ -40,8 +41,9 @@ def _in_db(dsn: str, database: str) -> str:
 async def behind(dsns: Dsns) -> AsyncIterator[tuple[str, str]]:
     """A fresh database whose schema is one version behind this build."""
     name = "authz_old_" + secrets.token_hex(4)
-    admin = await asyncpg.connect(_in_db(dsns.owner, "postgres"))
-    await admin.execute(f'CREATE DATABASE "{name}"')
+    # The administrator creates it (the owner may not create databases); the owner owns it.
+    admin = await asyncpg.connect(_in_db(dsns.admin, "postgres"))
+    await admin.execute(f'CREATE DATABASE "{name}" OWNER "{urlparse(dsns.owner).username}"')
     owner_dsn = _in_db(dsns.owner, name)
     try:
         await migrate(owner_dsn)
@@ -54,6 +56,7 @@ async def behind(dsns: Dsns) -> AsyncIterator[tuple[str, str]]:
         await admin.close()
 
 
+@pytest.mark.superuser  # creates a database
 async def test_readiness_is_not_serving_until_the_schema_is_current(behind: tuple[str, str]) -> None:
     owner_dsn, service_dsn = behind
     with pytest.raises(RuntimeError, match="authz migrate"):
@@ -99,7 +102,7 @@ async def test_graceful_shutdown_flips_health_refuses_new_calls_and_drains(
     running: RunningServer = await start_server(db, settings(dsns.service), listen="127.0.0.1:0")
     address = f"127.0.0.1:{running.port}"
     client = connect(address, tenant.keys["connector"], retry=NO_RETRY, timeout=30)
-    owner = await asyncpg.connect(dsns.owner)
+    owner = await connect_as_tenant(dsns.owner, tenant.tenant_id)
     try:
         # Hold the channel row so a RequestPairing is in flight (it locks that row).
         lock = owner.transaction()

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import asyncio
 
-import asyncpg
 import grpc
 
 from authz_service.gen.authz.v1 import admin_pb2 as adm
 from authz_service.gen.authz.v1 import authz_pb2 as az
 from authz_service.gen.authz.v1 import common_pb2 as cm
 
-from .conftest import Dsns, Tenant, rpc_error
+from .conftest import Dsns, Tenant, connect_as_tenant, rpc_error
 from .pairing_helpers import OWNER, button, check, events, expire_now, pair, press
 
 
@@ -231,7 +230,7 @@ async def test_time_limited_pairing_expires(tenant: Tenant, dsns: Dsns) -> None:
     await press(tenant, button(resp, cm.APPROVAL_ACTION_APPROVE))
     [user] = (await tenant.admin.admin.ListUsers(adm.ListUsersRequest(channel_id="tg"))).users
     assert user.HasField("expires_at")
-    conn = await asyncpg.connect(dsns.owner)
+    conn = await connect_as_tenant(dsns.owner, tenant.tenant_id)
     try:
         await conn.execute("UPDATE subjects SET expires_at = now() - interval '1 second' WHERE tenant_id = $1",
                            tenant.tenant_id)  # fmt: skip
@@ -245,7 +244,7 @@ async def test_time_limited_pairing_expires(tenant: Tenant, dsns: Dsns) -> None:
 async def test_codes_are_stored_hashed(tenant: Tenant, dsns: Dsns) -> None:
     await tenant.channel()
     resp = await pair(tenant)
-    conn = await asyncpg.connect(dsns.owner)
+    conn = await connect_as_tenant(dsns.owner, tenant.tenant_id)
     try:
         row = await conn.fetchrow("SELECT * FROM approvals WHERE tenant_id = $1", tenant.tenant_id)
         dump = await conn.fetchval(

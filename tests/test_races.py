@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 import asyncpg
 import grpc
 import pytest
+from asyncpg.pool import PoolConnectionProxy
 
 from authz_service.client import connect
 from authz_service.config import Settings
@@ -50,9 +51,14 @@ T = TypeVar("T")
 
 
 @pytest.fixture
-async def owner(dsns: Dsns) -> AsyncIterator[asyncpg.Pool]:
-    """The schema owner, to set expiries and read the evidence (several races at once)."""
-    pool = await asyncpg.create_pool(dsns.owner, min_size=1, max_size=4)
+async def owner(dsns: Dsns, tenant: Tenant) -> AsyncIterator[asyncpg.Pool]:
+    """The schema owner, to set expiries and read the evidence (several races at once),
+    scoped to the tenant on every acquire (row-level security binds a non-superuser owner)."""
+
+    async def scoped(conn: PoolConnectionProxy[asyncpg.Record]) -> None:
+        await conn.execute("SELECT set_config('authz.tenant', $1, false)", tenant.tenant_id)
+
+    pool = await asyncpg.create_pool(dsns.owner, min_size=1, max_size=4, setup=scoped)
     yield pool
     await pool.close()
 

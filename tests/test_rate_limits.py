@@ -13,7 +13,6 @@ import secrets
 from collections.abc import AsyncIterator
 from typing import Any
 
-import asyncpg
 import grpc
 import pytest
 
@@ -25,7 +24,7 @@ from authz_service.gen.authz.v1 import common_pb2 as cm
 from authz_service.server import start_server
 from authz_service.store.db import Database
 
-from .conftest import SECRET_KEY, Dsns, Service, Tenant, eventually, rpc_error
+from .conftest import SECRET_KEY, Dsns, Service, Tenant, connect_as_tenant, eventually, rpc_error
 from .replicas import Replica, two_replicas
 
 LIMITED = az.DECISION_RATE_LIMITED
@@ -162,7 +161,7 @@ async def test_buckets_are_per_tenant_and_go_with_their_channel(
     assert (await dm(tenant.connector)).decision == LIMITED
     assert (await dm(other_tenant.connector)).decision == ALLOW  # same channel and user id, other tenant
 
-    owner = await asyncpg.connect(dsns.owner)
+    owner = await connect_as_tenant(dsns.owner, tenant.tenant_id)
     try:
 
         async def buckets() -> int:
@@ -184,7 +183,7 @@ async def test_buckets_are_per_tenant_and_go_with_their_channel(
 async def test_full_buckets_are_pruned_when_a_bucket_is_created(dsns: Dsns, tenant: Tenant) -> None:
     await configure(tenant, rate_limit=hourly(2))
     assert (await dm(tenant.connector, user="1")).decision == ALLOW
-    owner = await asyncpg.connect(dsns.owner)
+    owner = await connect_as_tenant(dsns.owner, tenant.tenant_id)
     try:
         # Pretend user 1's bucket filled up long ago: it is as good as no row.
         await owner.execute(
@@ -208,7 +207,7 @@ async def test_a_database_failure_fails_closed_even_for_a_cached_verdict(dsns: D
         await Database.connect(dsns.service, timeout=1), settings, listen="127.0.0.1:0"
     )
     client = connect(f"127.0.0.1:{running.port}", tenant.keys["connector"])
-    owner = await asyncpg.connect(dsns.owner)
+    owner = await connect_as_tenant(dsns.owner, tenant.tenant_id)
     try:
         await configure(tenant, rate_limit=cm.RateLimit(max_messages_per_hour=3600, burst=100))
 
@@ -306,7 +305,7 @@ async def test_sdk_reports_retry_after_and_purge_forgets_the_bucket(dsns: Dsns, 
     second = await tenant.connector.check_user("tg", "42", text="hi")
     assert first.allowed and (second.decision, second.reason) == ("rate_limited", "user_rate_limited")
     assert second.retry_after_seconds > 0 and first.retry_after_seconds == 0
-    owner = await asyncpg.connect(dsns.owner)
+    owner = await connect_as_tenant(dsns.owner, tenant.tenant_id)
     try:
         count = "SELECT count(*) FROM rate_buckets WHERE tenant_id = $1 AND scope = 'user:42'"
         assert await owner.fetchval(count, tenant.tenant_id) == 1

@@ -10,13 +10,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-import asyncpg
-
 from authz_service.gen.authz.v1 import admin_pb2 as adm
 from authz_service.gen.authz.v1 import authz_pb2 as az
 from authz_service.gen.authz.v1 import common_pb2 as cm
 
-from .conftest import Dsns, Tenant, eventually
+from .conftest import Dsns, Tenant, connect_as_tenant, eventually
 from .pairing_helpers import OWNER, button, check, events, pair, press
 
 
@@ -27,7 +25,7 @@ async def expiry(t: Tenant, user: str = "42") -> datetime | None:
 
 
 async def expire_subject(dsns: Dsns, tenant_id: str, user: str = "42") -> None:
-    conn = await asyncpg.connect(dsns.owner)
+    conn = await connect_as_tenant(dsns.owner, tenant_id)
     try:
         await conn.execute(
             "UPDATE subjects SET expires_at = now() - interval '1 second' WHERE tenant_id = $1 AND user_id = $2",

@@ -15,6 +15,10 @@ from authz_service.store.migrate import LATEST_VERSION, MigrationError, for_role
 
 from .conftest import Dsns
 
+# Migrations create the named role: the migrating role needs CREATEROLE, which the
+# documented schema owner does not have. These run as the administrator.
+pytestmark = pytest.mark.superuser
+
 
 def in_database(dsn: str, database: str, user: str | None = None, password: str | None = None) -> str:
     url = urlparse(dsn)
@@ -30,10 +34,10 @@ async def fresh_database(dsns: Dsns) -> AsyncIterator[tuple[str, str]]:
     """An empty database and an unused role name; both dropped afterwards."""
     name = "authz_roles_" + secrets.token_hex(4)
     role = "svc_" + secrets.token_hex(4)
-    owner = await asyncpg.connect(dsns.owner)
+    owner = await asyncpg.connect(dsns.admin)  # migrate creates the role: CREATEROLE
     await owner.execute(f"CREATE DATABASE {name}")
     try:
-        yield in_database(dsns.owner, name), role
+        yield in_database(dsns.admin, name), role
     finally:
         await owner.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
         await owner.execute(f"DROP ROLE IF EXISTS {role}")

@@ -177,8 +177,9 @@ async def test_a_role_change_ends_the_keys_streams_within_a_second(
         await client.close()
 
 
+@pytest.mark.superuser
 async def test_an_unannounced_revoke_ends_streams_while_the_listener_is_down(
-    tenant: Tenant, replica: RunningServer, owner: asyncpg.Connection
+    tenant: Tenant, replica: RunningServer, owner: asyncpg.Connection, dsns: Dsns
 ) -> None:
     """With the change listener down no notification arrives, so the replica
     re-reads the keys of its open streams itself: a revoke nobody announces
@@ -189,10 +190,14 @@ async def test_an_unannounced_revoke_ends_streams_while_the_listener_is_down(
     try:
         async with watching(client) as w:
             await delivered(w, await pair(tenant, "3001"))
-            await owner.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
-                APPLICATION_NAME,
-            )
+            admin = await asyncpg.connect(dsns.admin)  # ends the service role's backend
+            try:
+                await admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+                    APPLICATION_NAME,
+                )
+            finally:
+                await admin.close()
 
             async def down() -> bool:
                 return not replica.cache.usable

@@ -25,6 +25,9 @@ from authz_service.config import ConfigError, ServerTls, Settings
 from authz_service.gen.authz.v1 import admin_pb2 as adm
 from authz_service.server import RunningServer, start_server
 from authz_service.store.db import Database
+from sidecars.config import ConfigError as SidecarConfigError
+from sidecars.config import ConnectorConfig
+from sidecars.main import check_service, make_client
 
 from .conftest import SECRET_KEY, Dsns, Tenant, rpc_error
 
@@ -240,3 +243,36 @@ async def test_the_http_api_uses_the_same_tls_and_client_certificates(
                     await resp.read()
     finally:
         await running.stop(grace=0)
+
+
+async def test_a_connector_presents_its_client_certificate_from_the_environment(
+    mtls_server: str, tenant: Tenant, pki: Pki, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The chart's connectors under mutual TLS: AUTHZ_CA_FILE plus AUTHZ_CLIENT_CERT_FILE /
+    AUTHZ_CLIENT_KEY_FILE, read by the connector's client (sidecars.main.make_client). Its
+    start-up check passes with them and names the address without the certificate."""
+    await tenant.channel("tg")
+    config = ConnectorConfig(
+        platform="telegram",
+        channel_id="tg",
+        api_key=tenant.keys["connector"],
+        address=mtls_server,
+        rpc_timeout=3,
+    )
+    for name, data in (("CA", pki.ca), ("CLIENT_CERT", pki.client_cert), ("CLIENT_KEY", pki.client_key)):
+        path = tmp_path / f"{name}.pem"
+        path.write_bytes(data)
+        monkeypatch.setenv(f"AUTHZ_{name}_FILE", str(path))
+    client = make_client(config)
+    try:
+        await check_service(config, client)
+    finally:
+        await client.close()
+    monkeypatch.delenv("AUTHZ_CLIENT_CERT_FILE")
+    monkeypatch.delenv("AUTHZ_CLIENT_KEY_FILE")
+    client = make_client(dataclasses.replace(config, retry=NO_RETRY))
+    try:
+        with pytest.raises(SidecarConfigError, match=f"address: no authz service answers at {mtls_server}"):
+            await check_service(config, client)
+    finally:
+        await client.close()

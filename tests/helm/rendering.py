@@ -32,6 +32,7 @@ CUSTOM_KINDS = {
 
 DATABASE_URL = "postgresql://authz_service:service-pw-1@db.internal:5432/authz"
 MIGRATE_URL = "postgresql://authz_owner:owner-pw-2@db.internal:5432/authz"
+LISTEN_URL = "postgresql://authz_service:service-pw-1@db-direct.internal:5432/authz"
 SECRET_KEY = "sk-" + "s" * 45
 OPERATOR_KEY = "op-" + "o" * 29
 # The least an install needs: an image and the secret values (no existingSecret).
@@ -61,12 +62,17 @@ def production() -> dict[str, Any]:
 
 
 def everything() -> dict[str, Any]:
-    """Production with every optional feature on: TLS (mutual), three workers, the dashboard,
-    the alerts, env from Secrets, extra volumes and labels."""
+    """Production with every optional feature on: TLS (mutual, each connector with its client
+    certificate), three workers, the HTTP/JSON port, the dashboard, the
+    alerts, env from Secrets, extra volumes and labels."""
+    base = production()
+    for c in base["connectors"]:
+        c["clientCertSecret"] = {"name": f"{c['name']}-client-tls"}
     return with_values(
-        production(),
+        base,
         **{
             "tls": {"enabled": True, "secretName": "authz-tls", "clientCaKey": "ca.crt"},
+            "http": {"enabled": True, "port": 8080},
             "config.workers": 3,
             "metrics.dashboard.enabled": True,
             "metrics.prometheusRule.enabled": True,
@@ -109,6 +115,10 @@ def manifests(chart: helm.Chart, values: dict[str, Any]) -> list[Manifest]:
             continue
         docs.extend(doc for doc in yaml.safe_load_all(text) if doc)
     return docs
+
+
+def notes_of(chart: helm.Chart, values: dict[str, Any]) -> str:
+    return next(text for path, text in render(chart, values).items() if path.endswith("NOTES.txt"))
 
 
 def only(docs: list[Manifest], kind: str, name: str | None = None) -> Manifest:

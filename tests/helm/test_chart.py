@@ -265,6 +265,12 @@ def test_the_service_reads_each_secret_by_reference(chart: helm.Chart) -> None:
         "AUTHZ_SECRET_KEY": {"name": "authz-secrets", "key": "secret-key"},
         # Optional: the service runs without it (tenant RPCs answer UNAUTHENTICATED).
         "AUTHZ_OPERATOR_KEY": {"name": "authz-secrets", "key": "operator-key", "optional": True},
+        # Optional: without it the change listener uses AUTHZ_DATABASE_URL.
+        "AUTHZ_LISTEN_DATABASE_URL": {
+            "name": "authz-secrets",
+            "key": "listen-database-url",
+            "optional": True,
+        },
     }
 
 

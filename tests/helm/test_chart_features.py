@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
 
 import helm_python as helm
 import kubernetes_validate
@@ -26,6 +25,7 @@ from tests.helm.rendering import (
     everything,
     manifests,
     matches,
+    notes_of,
     of_kind,
     only,
     production,
@@ -263,7 +263,3 @@ def test_prometheus_rule_alerts_on_exported_metrics_and_each_is_documented(chart
     text = next(t for path, t in render(chart, everything()).items() if path.endswith("prometheusrule.yaml"))
     assert "{{ $labels.pod }}" in text
     assert matches(rule["metadata"]["labels"], yaml.safe_load(text)["metadata"]["labels"])
-
-
-def notes_of(chart: helm.Chart, values: dict[str, Any]) -> str:
-    return next(text for path, text in render(chart, values).items() if path.endswith("NOTES.txt"))

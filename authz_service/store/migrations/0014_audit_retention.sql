@@ -139,11 +139,12 @@ $$;
 
 -- Partitions for the months of the old rows, and three ahead; then the rows.
 -- While the move runs, the old table is renamed: nothing else can write it.
+-- The owner is bound by FORCE ROW LEVEL SECURITY too (unless it is a superuser): read
+-- the old rows with it off, for their months as for the move itself.
+ALTER TABLE audit_events_unpartitioned NO FORCE ROW LEVEL SECURITY;
 SELECT authz_audit_partitions(3);
 SELECT authz_audit_create_partition(m)
 FROM (SELECT DISTINCT date_trunc('month', at AT TIME ZONE 'UTC')::date AS m FROM audit_events_unpartitioned) months;
--- The owner is bound by FORCE ROW LEVEL SECURITY too: read the old rows with it off.
-ALTER TABLE audit_events_unpartitioned NO FORCE ROW LEVEL SECURITY;
 INSERT INTO audit_events OVERRIDING SYSTEM VALUE SELECT * FROM audit_events_unpartitioned;
 SELECT setval(pg_get_serial_sequence('audit_events', 'event_id'),
               coalesce((SELECT max(event_id) FROM audit_events_unpartitioned), 0) + 1, false);

@@ -106,6 +106,20 @@ app.kubernetes.io/component: server
 {{- fail (printf "extraEnv.%s: a secret-looking name with a plain value; reference a Secret (valueFrom.secretKeyRef) instead" $name) }}
 {{- end }}
 {{- end }}
+{{- if and .Values.secrets.existingSecret .Values.secrets.listenDatabaseUrl }}
+{{- fail "secrets.listenDatabaseUrl is stored in the chart's Secret, which existingSecret replaces: put the DSN in the existing Secret under secrets.keys.listenDatabaseUrl instead" }}
+{{- end }}
+{{- if and .Values.http.enabled (eq (int .Values.http.port) (int .Values.service.port)) }}
+{{- fail (printf "http.port (%v) must differ from service.port" .Values.http.port) }}
+{{- end }}
+{{- range $c := .Values.connectors }}
+{{- if and $c.clientCertSecret (not $.Values.tls.enabled) }}
+{{- fail (printf "connectors[%s].clientCertSecret: a client certificate needs tls.enabled" $c.name) }}
+{{- end }}
+{{- if and $.Values.tls.enabled $.Values.tls.clientCaKey (not $c.clientCertSecret) }}
+{{- fail (printf "connectors[%s].clientCertSecret is required: tls.clientCaKey makes the service require client certificates" $c.name) }}
+{{- end }}
+{{- end }}
 {{- if and .Values.tls.enabled (not .Values.tls.secretName) }}
 {{- fail "tls.secretName is required when tls.enabled: a kubernetes.io/tls Secret (tls.crt, tls.key)" }}
 {{- end }}
