@@ -1,0 +1,221 @@
+"""The web console over plain HTTP (issue #19, api/console.py): the login and its
+errors, the session cookie's flags, the security headers, the anti-forgery token
+on every change, and sessions that end (expired, signed out, revoked key) or
+belong to another tenant. A real aiohttp client against the session's server."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import aiohttp
+import asyncpg
+import pytest
+
+from authz_service.api.console import COOKIE, CSP
+from authz_service.gen.authz.v1 import admin_pb2 as adm
+from authz_service.gen.authz.v1 import authz_pb2 as az
+from authz_service.gen.authz.v1 import common_pb2 as cm
+
+from .conftest import Service, Tenant, rpc_error
+from .console_helpers import Browser, base_url, find_csrf
+from .pairing_helpers import check, pair
+
+
+@pytest.fixture
+async def browser(service: Service) -> AsyncIterator[Browser]:
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
+        yield Browser(session, base_url(service))
+
+
+async def _signed_in(browser: Browser, key: str) -> None:
+    status, _, resp = await browser.login(key)
+    assert status == 303, await resp.text()
+    assert resp.headers["Location"] == "/console/approvals"
+
+
+async def test_login_sets_a_strict_httponly_cookie_and_the_key_is_nowhere(
+    browser: Browser, tenant: Tenant
+) -> None:
+    key = tenant.keys["admin"]
+    status, _, resp = await browser.login(key)
+    assert status == 303
+    cookie = next(c for c in resp.headers.getall("Set-Cookie") if c.startswith(COOKIE + "="))
+    flags = {part.strip().split("=")[0].lower() for part in cookie.split(";")}
+    assert {"httponly", "samesite", "path"} <= flags
+    assert "samesite=strict" in cookie.lower()
+    assert "secure" not in flags  # plain HTTP here; with TLS the cookie is Secure (test_console_tls)
+    secret = key.split(".")[3]
+    assert secret not in cookie
+    for path in ("/console/approvals", "/console/channels", "/console/audit"):
+        page_status, html, _ = await browser.get(path)
+        assert page_status == 200
+        assert secret not in html and key not in html
+        assert tenant.tenant_id in html
+
+
+async def test_every_console_answer_has_the_security_headers(browser: Browser, tenant: Tenant) -> None:
+    for path in ("/console/login", "/console/approvals", "/console/static/console.js"):
+        _, _, resp = await browser.get(path)
+        assert resp.headers["Content-Security-Policy"] == CSP
+        assert "script-src 'self'" in CSP and "frame-ancestors 'none'" in CSP and "unsafe" not in CSP
+        assert resp.headers["X-Frame-Options"] == "DENY"
+        assert resp.headers["Cache-Control"] == "no-store"
+        assert resp.headers["X-Content-Type-Options"] == "nosniff"
+    await _signed_in(browser, tenant.keys["admin"])
+    _, html, resp = await browser.get("/console/approvals")
+    assert resp.headers["Content-Security-Policy"] == CSP
+    assert "<script>" not in html and " style=" not in html and "onclick" not in html
+
+
+async def test_login_errors_are_clear_and_change_nothing(browser: Browser, tenant: Tenant) -> None:
+    status, html, resp = await browser.login(tenant.keys["admin"][:-3] + "xyz")
+    assert status == 401 and "invalid API key" in html
+    assert browser.cookie(COOKIE) is None
+    status, html, _ = await browser.login(tenant.keys["connector"])
+    assert status == 403 and "admin or approver key" in html
+    status, html, _ = await browser.login("")
+    assert status == 400 and "Paste an API key" in html
+    # A login form posted from elsewhere (no matching nonce cookie) is refused.
+    status, html, _ = await browser.post("/console/login", {"nonce": "forged", "key": tenant.keys["admin"]})
+    assert status == 403 and "expired" in html
+    assert "not signed" not in html
+    status, _, resp = await browser.get("/console/approvals")
+    assert status == 303 and resp.headers["Location"].startswith("/console/login")
+
+
+async def test_a_change_without_the_csrf_token_is_refused(browser: Browser, tenant: Tenant) -> None:
+    await tenant.channel("tg", dm_policy=cm.DM_POLICY_PAIRING)
+    await _signed_in(browser, tenant.keys["admin"])
+    for form in ({"user_id": "555"}, {"user_id": "555", "csrf": "forged"}):
+        status, html, _ = await browser.post("/console/channels/tg/users", form)
+        assert status == 403 and "anti-forgery" in html
+    users = await tenant.admin.admin.ListUsers(adm.ListUsersRequest(channel_id="tg"))
+    assert list(users.users) == []
+    # Another session's token does not fit this one.
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as other:
+        second = Browser(other, browser.base)
+        await _signed_in(second, tenant.keys["admin"])
+        foreign = await second.csrf()
+    status, _, _ = await browser.post("/console/channels/tg/users", {"user_id": "555", "csrf": foreign})
+    assert status == 403
+    status, _, _ = await browser.post(
+        "/console/channels/tg/users", {"user_id": "555", "csrf": await browser.csrf()}
+    )
+    assert status == 303
+    users = await tenant.admin.admin.ListUsers(adm.ListUsersRequest(channel_id="tg"))
+    assert [u.user_id for u in users.users] == ["555"]
+
+
+async def test_an_expired_session_is_refused(
+    browser: Browser, tenant: Tenant, owner: asyncpg.Connection
+) -> None:
+    await _signed_in(browser, tenant.keys["admin"])
+    csrf = await browser.csrf()
+    await owner.execute(
+        "UPDATE console_sessions SET expires_at = now() - interval '1 second' WHERE tenant_id = $1",
+        tenant.tenant_id,
+    )
+    status, _, resp = await browser.get("/console/approvals")
+    assert status == 303 and resp.headers["Location"] == "/console/login?ended=1"
+    await tenant.channel("tg")
+    status, _, resp = await browser.post("/console/channels/tg/users", {"user_id": "556", "csrf": csrf})
+    assert status == 303 and resp.headers["Location"].startswith("/console/login")
+    assert list((await tenant.admin.admin.ListUsers(adm.ListUsersRequest(channel_id="tg"))).users) == []
+
+
+async def test_signing_out_ends_the_session(browser: Browser, tenant: Tenant) -> None:
+    await _signed_in(browser, tenant.keys["admin"])
+    cookie = browser.cookie(COOKIE)
+    assert cookie is not None
+    status, _, _ = await browser.post("/console/logout", {"csrf": await browser.csrf()})
+    assert status == 303
+    async with (
+        aiohttp.ClientSession(cookies={COOKIE: cookie}) as replay,
+        replay.get(browser.base + "/console/approvals", allow_redirects=False) as resp,
+    ):
+        assert resp.status == 303  # the old cookie is dead on the server, not only in the jar
+
+
+async def test_a_revoked_keys_session_stops_at_once(browser: Browser, tenant: Tenant) -> None:
+    made = await tenant.admin.admin.CreateApiKey(adm.CreateApiKeyRequest(role=adm.ROLE_APPROVER, name="temp"))
+    await _signed_in(browser, made.secret)
+    assert (await browser.get("/console/approvals"))[0] == 200
+    await tenant.admin.admin.RevokeApiKey(adm.RevokeApiKeyRequest(key_id=made.key.key_id))
+    status, _, resp = await browser.get("/console/approvals")
+    assert status == 303 and resp.headers["Location"].startswith("/console/login")
+    status, html, _ = await browser.login(made.secret)
+    assert status == 401 and "invalid API key" in html
+
+
+async def test_a_strangers_session_cannot_touch_another_tenant(
+    browser: Browser, tenant: Tenant, other_tenant: Tenant
+) -> None:
+    await tenant.channel("tg", dm_policy=cm.DM_POLICY_PAIRING)
+    started = await pair(tenant, "42")
+    await _signed_in(browser, other_tenant.keys["admin"])
+    csrf = await browser.csrf()
+    approval_id = started.approval_id
+    status, html, _ = await browser.post(
+        f"/console/approvals/{approval_id}/resolve", {"action": "approve", "csrf": csrf}
+    )
+    assert status == 404, html
+    status, _, _ = await browser.get("/console/channels/tg")
+    assert status == 404
+    assert approval_id not in (await browser.get("/console/approvals"))[1]
+    assert (await check(tenant, "42", consistent=True)).decision == az.DECISION_PAIRING_REQUIRED
+    pending = await tenant.admin.admin.ListApprovals(adm.ListApprovalsRequest(channel_id="tg"))
+    assert [a.approval_id for a in pending.approvals] == [approval_id]
+
+
+async def test_an_approver_sees_and_decides_approvals_but_manages_no_channel(
+    browser: Browser, tenant: Tenant
+) -> None:
+    await tenant.channel("tg", dm_policy=cm.DM_POLICY_PAIRING)
+    started = await pair(tenant, "43", name="<b>Bob</b>")
+    await _signed_in(browser, tenant.keys["approver"])
+    status, html, _ = await browser.get("/console/approvals")
+    assert status == 200 and started.approval_id in html
+    assert "&lt;b&gt;Bob&lt;/b&gt;" in html and "<b>Bob</b>" not in html
+    status, html, _ = await browser.get("/console/channels")
+    assert status == 403 and "not allowed for the approver role" in html
+    csrf = find_csrf((await browser.get("/console/approvals"))[1])
+    status, _, _ = await browser.post("/console/channels/tg/users", {"user_id": "9", "csrf": csrf})
+    assert status == 403
+    status, _, resp = await browser.post(
+        f"/console/approvals/{started.approval_id}/resolve", {"action": "approve", "csrf": csrf}
+    )
+    assert status == 303 and resp.headers["Location"] == "/console/approvals?done=approved"
+    assert (await check(tenant, "43", consistent=True)).decision == az.DECISION_ALLOW
+    got = await tenant.admin.admin.GetApproval(adm.GetApprovalRequest(approval_id=started.approval_id))
+    assert got.status == cm.APPROVAL_STATUS_APPROVED
+
+
+async def test_list_users_pages_and_searches(tenant: Tenant) -> None:
+    await tenant.channel("tg")
+    for i in range(7):
+        await tenant.admin.admin.AllowUser(
+            adm.AllowUserRequest(channel_id="tg", user_id=str(1000 + i), display_name=f"user {i % 2}")
+        )
+    seen: list[str] = []
+    token = ""
+    while True:
+        page = await tenant.admin.admin.ListUsers(
+            adm.ListUsersRequest(channel_id="tg", page_size=3, page_token=token)
+        )
+        seen += [u.user_id for u in page.users]
+        token = page.next_page_token
+        if not token:
+            break
+    assert seen == [str(1000 + i) for i in range(7)]
+    named = await tenant.admin.admin.ListUsers(adm.ListUsersRequest(channel_id="tg", query="USER 1"))
+    assert [u.user_id for u in named.users] == ["1001", "1003", "1005"]
+    prefix = await tenant.admin.admin.ListUsers(adm.ListUsersRequest(channel_id="tg", query="100"))
+    assert len(prefix.users) == 7
+    literal = await tenant.admin.admin.ListUsers(adm.ListUsersRequest(channel_id="tg", query="%"))
+    assert list(literal.users) == []
+    everyone = await tenant.admin.admin.ListUsers(adm.ListUsersRequest(channel_id="tg"))
+    assert len(everyone.users) == 7 and not everyone.next_page_token
+    bad = await rpc_error(
+        tenant.admin.admin.ListUsers(adm.ListUsersRequest(channel_id="tg", page_token="bogus"))
+    )
+    assert "page_token" in (bad.details() or "")
