@@ -10,7 +10,7 @@ everything (Jinja2 autoescape), so nothing here is markup.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from google.protobuf import timestamp_pb2
@@ -104,8 +104,8 @@ def approval(a: cm.Approval, platforms: dict[str, str]) -> ApprovalView:
     )
     if a.HasField("tool"):
         t = a.tool
-        return ApprovalView(
-            **{**view.__dict__},
+        return replace(
+            view,
             tool_name=visible(t.tool_name),
             agent_id=visible(t.agent_id),
             risk=names.RISK.label(t.risk) if t.risk else "",
