@@ -29,7 +29,7 @@ from typing import Any
 
 import grpc
 
-from . import watchers
+from . import console, watchers
 from .calls import (
     check_user_calls,
     empty_calls,
@@ -366,6 +366,7 @@ class Bench:
             self.figure("checkuser_p99_half_peak", percentile(latencies, 0.99), "ms")
 
             self.watchers(at)
+            self.console(server)
 
             if o.skip_scale:
                 self.figure("checkuser_1m", None)
@@ -400,6 +401,19 @@ class Bench:
             self.ratio("checkuser_cold_1m_vs_1k", "checkuser_cold_1m", "checkuser_cold_1k")
         finally:
             server.stop()
+
+    def console(self, server: BenchServer) -> None:
+        """The web console's pages with 10,000 users on a channel, and HTTP CheckUser
+        against gRPC CheckUser from one client (``bench.console``)."""
+        base = f"http://127.0.0.1:{server.http_port}"
+        admin_key = asyncio.run(console.load_console_channel(self.owner_dsn, self._secret_key()))
+        for name, ms in asyncio.run(console.page_times(base, admin_key)).items():
+            self.figure(name, ms, "ms")
+        key = self.data.connector_keys[MAIN_TENANT]
+        rounds = 1 if self.opts.quick else 3
+        for name, rps in asyncio.run(console.checkuser_rates(base, server.address, key, rounds)).items():
+            self.figure(name, rps, "rps")
+        self.ratio("checkuser_http_cost_vs_grpc", "checkuser_grpc_same_client", "checkuser_http")
 
     def watchers(self, at: str) -> None:
         """Tenant B's consistent CheckUser p99 with 2,000 WatchApprovals streams
