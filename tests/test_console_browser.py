@@ -183,3 +183,11 @@ async def test_a_change_without_the_token_and_an_expired_session_are_refused(
     await expect(page).to_have_url(re.compile(r"/console/login"))
     await expect(page.locator(".notice")).to_contain_text("session ended")
     assert list((await tenant.admin.admin.ListUsers(adm.ListUsersRequest(channel_id="tg"))).users) == []
+
+
+async def test_the_doctor_page(page: Page, tenant: Tenant) -> None:
+    await tenant.channel("wide", dm_policy=cm.DM_POLICY_OPEN)
+    await _login(page, tenant.keys["admin"])
+    await page.get_by_role("link", name="Doctor").click()
+    await expect(page.locator("#findings")).to_contain_text("open_dms")
+    await _shot(page, "doctor")

@@ -219,3 +219,14 @@ async def test_list_users_pages_and_searches(tenant: Tenant) -> None:
         tenant.admin.admin.ListUsers(adm.ListUsersRequest(channel_id="tg", page_token="bogus"))
     )
     assert "page_token" in (bad.details() or "")
+
+
+async def test_the_doctor_page_shows_the_findings_with_their_fixes(browser: Browser, tenant: Tenant) -> None:
+    await tenant.channel("wide", dm_policy=cm.DM_POLICY_OPEN)
+    await _signed_in(browser, tenant.keys["admin"])
+    status, html, _ = await browser.get("/console/doctor")
+    assert status == 200
+    # The connector key of the fixture is bound to no channel, and "wide" is open to everyone.
+    for code in ("unbound_connector_key", "open_dms"):
+        assert f"<code>{code}</code>" in html
+    assert "fix" in html.lower()

@@ -33,8 +33,8 @@ import jinja2
 from aiohttp import web
 from google.protobuf.message import Message
 
-from .. import names
-from ..domain import errors
+from .. import doctor_proto, names
+from ..domain import doctor, errors
 from ..domain.display import csv_cell, visible
 from ..domain.model import Principal, Role
 from ..flows import sessions
@@ -538,6 +538,46 @@ class Console:
             text=text, content_type=kind, headers={"Content-Disposition": f'attachment; filename="{name}"'}
         )
 
+    # --- doctor ----------------------------------------------------------------------------
+
+    @page
+    async def doctor(self, request: web.Request, page: Page) -> web.StreamResponse:
+        """``authz doctor``'s findings, read through the same RPCs (doctor_proto)."""
+        admin = self.admin
+        settings = await self.call(request, page, admin.GetTenantSettings, adm.GetTenantSettingsRequest())
+        channels = []
+        for ch in (await self.call(request, page, admin.ListChannels, adm.ListChannelsRequest())).channels:
+            ref = ch.channel_id
+            users = await self.call(request, page, admin.ListUsers, adm.ListUsersRequest(channel_id=ref))
+            senders = await self.call(
+                request, page, admin.ListGroupSenders, adm.ListGroupSendersRequest(channel_id=ref)
+            )
+            channels.append(doctor_proto.ChannelRead(ch, users.users, senders.senders))
+        pending = await self.call(
+            request,
+            page,
+            admin.ListApprovals,
+            adm.ListApprovalsRequest(
+                status=cm.APPROVAL_STATUS_PENDING, kind=cm.APPROVAL_KIND_PAIRING, page_size=1000
+            ),
+        )
+        keys = await self.call(request, page, admin.ListApiKeys, adm.ListApiKeysRequest())
+        snap = doctor_proto.snapshot(settings, channels, pending.approvals, keys.keys, datetime.now(UTC))
+        findings = doctor.findings(snap)
+        found = [
+            {
+                "severity": f.severity.value,
+                "code": f.code,
+                "channel_id": visible(f.channel_id),
+                "message": visible(f.message),
+                "fix": visible(f.fix),
+            }
+            for f in doctor.findings(snap)
+        ]
+        return self.render(
+            "doctor.html", page=page, findings=found, summary=doctor.summary(doctor.findings(snap))
+        )
+
     # --- static and routes -----------------------------------------------------------------
 
     async def static(self, request: web.Request) -> web.StreamResponse:
@@ -570,6 +610,7 @@ class Console:
         r.add_get(ROOT + "/channels/{channel_id}/users/{user_id}", self.user)
         r.add_get(ROOT + "/audit", self.audit)
         r.add_get(ROOT + "/audit/export", self.audit_export)
+        r.add_get(ROOT + "/doctor", self.doctor)
 
 
 _EXPORT_FIELDS = (

@@ -8,52 +8,16 @@ from typing import Any
 
 import click
 
-from .. import names, policy_proto
+from .. import doctor_proto
 from ..domain import doctor
-from ..domain.model import (
-    Approval,
-    ApprovalStatus,
-    Channel,
-    Role,
-    Subject,
-    SubjectSource,
-    SubjectStatus,
-)
 from ..gen.authz.v1 import admin_pb2 as adm
 from ..gen.authz.v1 import common_pb2 as cm
 from .errors import NOT_DONE
-from .output import safe, ts
-from .plan import list_senders, rpc_call
+from .output import safe
+from .plan import rpc_call
 from .session import Session, pass_session, session_options
 
 FAIL_ON = [s.value for s in doctor.Severity] + ["never"]
-
-
-def _subject(s: adm.Subject) -> Subject:
-    return Subject(
-        channel_id=s.channel_id,
-        user_id=s.user_id,
-        status=SubjectStatus.BLOCKED if s.status == adm.SUBJECT_STATUS_BLOCKED else SubjectStatus.ALLOWED,
-        source=SubjectSource.PAIRING if s.source == adm.SUBJECT_SOURCE_PAIRING else SubjectSource.ADMIN,
-        display_name=s.display_name,
-        permissions=tuple(s.permissions),
-        expires_at=ts(s, "expires_at"),
-        updated_at=ts(s, "updated_at"),
-    )
-
-
-def _approval(a: cm.Approval) -> Approval:
-    created = ts(a, "created_at") or datetime.fromtimestamp(0, UTC)
-    return Approval(
-        approval_id=a.approval_id,
-        channel_id=a.channel_id,
-        user_id=a.user_id,
-        status=names.APPROVAL_STATUS.domain_map().get(a.status, ApprovalStatus.PENDING),
-        created_at=created,
-        expires_at=ts(a, "expires_at") or created,
-        required_approvals=a.required_approvals or 1,
-        approved_by=tuple(a.approved_by),
-    )
 
 
 def snapshot(c: Any, now: datetime) -> doctor.Snapshot:
@@ -61,35 +25,14 @@ def snapshot(c: Any, now: datetime) -> doctor.Snapshot:
     rpc = rpc_call
     settings = rpc(c.admin.GetTenantSettings, adm.GetTenantSettingsRequest())
     channels = []
-    subjects: dict[str, tuple[Subject, ...]] = {}
-    senders: dict[str, tuple[tuple[str, str], ...]] = {}
-    for ch in sorted(
-        rpc(c.admin.ListChannels, adm.ListChannelsRequest()).channels, key=lambda x: x.channel_id
-    ):
-        platform = names.PLATFORM.to_domain(ch.platform)
-        channels.append(Channel("", ch.channel_id, platform, policy_proto.policy_in(ch.policy)))
+    for ch in rpc(c.admin.ListChannels, adm.ListChannelsRequest()).channels:
         users = rpc(c.admin.ListUsers, adm.ListUsersRequest(channel_id=ch.channel_id)).users
-        subjects[ch.channel_id] = tuple(_subject(s) for s in users)
-        senders[ch.channel_id] = list_senders(c, ch.channel_id)
+        senders = rpc(c.admin.ListGroupSenders, adm.ListGroupSendersRequest(channel_id=ch.channel_id)).senders
+        channels.append(doctor_proto.ChannelRead(ch, users, senders))
     pending = rpc(c.admin.ListApprovals, adm.ListApprovalsRequest(
         status=cm.APPROVAL_STATUS_PENDING, kind=cm.APPROVAL_KIND_PAIRING, limit=1000)).approvals  # fmt: skip
-    return doctor.Snapshot(
-        tenant=doctor.TenantView(
-            approvers=tuple(settings.approvers),
-            agent_approvers={a: tuple(v.actors) for a, v in settings.agent_approvers.items()},
-            timezone=settings.timezone or "UTC",
-        ),
-        channels=tuple(channels),
-        subjects=subjects,
-        group_senders=senders,
-        pending=tuple(_approval(a) for a in pending),
-        now=now,
-        keys=tuple(
-            doctor.KeyView(k.key_id, Role(names.ROLE.label(k.role)), tuple(k.channels), tuple(k.agents))
-            for k in rpc(c.admin.ListApiKeys, adm.ListApiKeysRequest()).keys
-            if not k.HasField("revoked_at")
-        ),
-    )
+    keys = rpc(c.admin.ListApiKeys, adm.ListApiKeysRequest()).keys
+    return doctor_proto.snapshot(settings, channels, pending, keys, now)
 
 
 def render(found: list[doctor.Finding], threshold: doctor.Severity | None) -> list[str]:
