@@ -211,6 +211,10 @@ async def test_list_users_pages_and_searches(tenant: Tenant) -> None:
     assert [u.user_id for u in named.users] == ["1001", "1003", "1005"]
     prefix = await tenant.admin.admin.ListUsers(adm.ListUsersRequest(channel_id="tg", query="100"))
     assert len(prefix.users) == 7
+    bad_query = await rpc_error(
+        tenant.admin.admin.ListUsers(adm.ListUsersRequest(channel_id="tg", query="a\x00b"))
+    )
+    assert "query" in (bad_query.details() or "")
     literal = await tenant.admin.admin.ListUsers(adm.ListUsersRequest(channel_id="tg", query="%"))
     assert list(literal.users) == []
     everyone = await tenant.admin.admin.ListUsers(adm.ListUsersRequest(channel_id="tg"))

@@ -298,8 +298,8 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         await flows.get_channel(ctx, channel_id)  # NOT_FOUND, not an empty list, for a mistyped one
         if request.page_size > MAX_PAGE_SIZE:
             raise InvalidArgument("page_size", f"must be at most {MAX_PAGE_SIZE}")
-        if len(request.query) > 128:
-            raise InvalidArgument("query", "must be at most 128 characters")
+        if len(request.query) > 128 or not request.query.isprintable():
+            raise InvalidArgument("query", "must be at most 128 printable characters")
         after = _user_cursor(request.page_token)
         size = request.page_size or None
         # One more than the page: whether a next page exists, without a count.
