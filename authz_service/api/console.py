@@ -572,11 +572,9 @@ class Console:
                 "message": visible(f.message),
                 "fix": visible(f.fix),
             }
-            for f in doctor.findings(snap)
+            for f in findings
         ]
-        return self.render(
-            "doctor.html", page=page, findings=found, summary=doctor.summary(doctor.findings(snap))
-        )
+        return self.render("doctor.html", page=page, findings=found, summary=doctor.summary(findings))
 
     # --- static and routes -----------------------------------------------------------------
 
