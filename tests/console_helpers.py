@@ -74,3 +74,10 @@ class Browser:
         status, html, _ = await self.get(path)
         assert status == 200, html
         return find_csrf(html)
+
+
+async def open_console_session(service: Service, key: str) -> None:
+    """Sign in to the console with ``key`` as a browser would (a console_sessions row)."""
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
+        status, _, _ = await Browser(session, base_url(service)).login(key)
+        assert status == 303

@@ -41,6 +41,7 @@ from authz_service.gen.authz.v1 import admin_pb2 as adm
 from authz_service.gen.authz.v1 import authz_pb2 as az
 from authz_service.gen.authz.v1 import common_pb2 as cm
 from tests.conftest import Dsns, Service, Tenant, make_tenant
+from tests.console_helpers import open_console_session
 
 METHODS = [
     f"{name}.{method.name}"
@@ -209,6 +210,7 @@ async def world(service: Service) -> AsyncIterator[World]:
     )
     assert not denied.allow
     invite = await a.admin.admin.CreateInvite(adm.CreateInviteRequest(channel_id=channel, permissions=[perm]))
+    await open_console_session(service, a.keys["admin"])  # a console_sessions row
 
     def button(buttons: Any) -> str:
         return next(str(b.callback_payload) for b in buttons if b.action == APPROVE)
