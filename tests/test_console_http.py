@@ -43,7 +43,7 @@ async def test_login_sets_a_strict_httponly_cookie_and_the_key_is_nowhere(
     flags = {part.strip().split("=")[0].lower() for part in cookie.split(";")}
     assert {"httponly", "samesite", "path"} <= flags
     assert "samesite=strict" in cookie.lower()
-    assert "secure" not in flags  # plain HTTP here; with TLS the cookie is Secure (test_console_tls)
+    assert "secure" not in flags  # plain HTTP here; over TLS it is Secure (test_tls.py)
     secret = key.split(".")[3]
     assert secret not in cookie
     for path in ("/console/approvals", "/console/channels", "/console/audit"):
