@@ -180,13 +180,15 @@ async def checkuser_rates(
         await client.close()
     # What the server spends without calls (its background tasks, gRPC's pollers) is
     # not a call's cost: the marginal CPU per call, in µs.
-    base = statistics.median(idle)
+    idle_cpu = statistics.median(idle)
     return {
         "checkuser_http": max(n for n, _ in http) / TURN,
         "checkuser_grpc_same_client": max(n for n, _ in grpc_) / TURN,
-        "checkuser_http_server_cpu": statistics.median((cpu - base * TURN) / n * 1e6 for n, cpu in http if n),
+        "checkuser_http_server_cpu": statistics.median(
+            (cpu - idle_cpu * TURN) / n * 1e6 for n, cpu in http if n
+        ),
         "checkuser_grpc_server_cpu": statistics.median(
-            (cpu - base * TURN) / n * 1e6 for n, cpu in grpc_ if n
+            (cpu - idle_cpu * TURN) / n * 1e6 for n, cpu in grpc_ if n
         ),
     }
 
