@@ -251,3 +251,33 @@ async def test_quorum_progress_is_shown_and_a_console_vote_counts(browser: Brows
     )
     got = await tenant.admin.admin.GetApproval(adm.GetApprovalRequest(approval_id=started.approval_id))
     assert got.status == cm.APPROVAL_STATUS_APPROVED and len(got.approved_by) == 2
+
+
+async def test_the_user_page_and_purge_with_confirmation(browser: Browser, tenant: Tenant) -> None:
+    await tenant.channel(
+        "tg", dm_policy=cm.DM_POLICY_ALLOWLIST, agent_id="main",
+        bindings=[cm.Binding(user_id="77", agent_id="ops", permissions=["deploy"])],
+    )  # fmt: skip
+    await tenant.admin.admin.AllowUser(
+        adm.AllowUserRequest(channel_id="tg", user_id="77", display_name="Zed")
+    )
+    await _signed_in(browser, tenant.keys["admin"])
+    status, html, _ = await browser.get("/console/channels/tg/users/77")
+    assert status == 200
+    assert "Zed" in html and "allowed" in html and "<code>ops</code>" in html and "deploy" in html
+    assert "<td>user.allowed</td>" in html  # its audit history
+    csrf = find_csrf(html)
+    status, html, _ = await browser.post(
+        "/console/channels/tg/users/-/purge", {"user_id": "77", "confirm": "78", "csrf": csrf}
+    )
+    assert status == 400 and "confirm" in html
+    assert len((await tenant.admin.admin.ListUsers(adm.ListUsersRequest(channel_id="tg"))).users) == 1
+    status, _, resp = await browser.post(
+        "/console/channels/tg/users/-/export", {"user_id": "77", "csrf": csrf}
+    )
+    assert status == 200 and resp.headers["Content-Type"].startswith("application/json")
+    status, _, _ = await browser.post(
+        "/console/channels/tg/users/-/purge", {"user_id": "77", "confirm": "77", "csrf": csrf}
+    )
+    assert status == 303
+    assert list((await tenant.admin.admin.ListUsers(adm.ListUsersRequest(channel_id="tg"))).users) == []

@@ -451,6 +451,10 @@ class Console:
             adm.ListUsersRequest(channel_id=channel_id, query=user_id, page_size=PAGE_SIZE),
         )
         subject = next((view.subject(s) for s in found.users if s.user_id == user_id), None)
+        channel = await self.call(
+            request, page, self.admin.GetChannel, adm.GetChannelRequest(channel_id=channel_id)
+        )
+        agent, binding_permissions = view.route(channel, user_id)
         pending = await self.call(
             request,
             page,
@@ -470,6 +474,8 @@ class Console:
             user_id=user_id,
             shown_user_id=visible(user_id),
             subject=subject,
+            agent=agent,
+            binding_permissions=binding_permissions,
             pending=[view.approval(a, {}) for a in pending.approvals if a.user_id == user_id],
             events=[view.audit_row(e) for e in audit.events],
             notice=_NOTICES.get(request.query.get("done", ""), ""),

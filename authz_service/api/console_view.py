@@ -16,7 +16,8 @@ from datetime import UTC, datetime
 from google.protobuf import timestamp_pb2
 from google.protobuf.message import Message
 
-from .. import names
+from .. import names, policy_proto
+from ..domain.access import binding_for
 from ..domain.display import visible
 from ..gen.authz.v1 import admin_pb2 as adm
 from ..gen.authz.v1 import common_pb2 as cm
@@ -170,3 +171,13 @@ def audit_row(e: adm.AuditEvent) -> dict[str, str]:
         "trace_id": e.trace_id,
         "details": visible(e.details_json),
     }
+
+
+def route(channel: adm.Channel, user_id: str) -> tuple[str, str]:
+    """Where the user's direct messages go, and the permissions the binding adds
+    (``domain.access.binding_for``: the rule CheckUser applies)."""
+    policy = policy_proto.policy_in(channel.policy)
+    found = binding_for(policy, user_id, "")
+    agent = (found.agent_id if found is not None else "") or policy.agent_id
+    extra = ", ".join(visible(p) for p in found.permissions) if found is not None else ""
+    return visible(agent), extra
