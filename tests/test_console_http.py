@@ -5,6 +5,7 @@ belong to another tenant. A real aiohttp client against the session's server."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -281,3 +282,21 @@ async def test_the_user_page_and_purge_with_confirmation(browser: Browser, tenan
     )
     assert status == 303
     assert list((await tenant.admin.admin.ListUsers(adm.ListUsersRequest(channel_id="tg"))).users) == []
+
+
+async def test_audit_filters_and_exports(browser: Browser, tenant: Tenant) -> None:
+    await tenant.channel("tg", dm_policy=cm.DM_POLICY_PAIRING)
+    await pair(tenant, "601", name="=HYPERLINK(1)")
+    await pair(tenant, "602")
+    await _signed_in(browser, tenant.keys["admin"])
+    status, html, _ = await browser.get("/console/audit?event=pairing.&user=601")
+    assert status == 200 and "<td>601</td>" in html and "<td>602</td>" not in html
+    status, text, resp = await browser.get("/console/audit/export?format=csv&event=pairing.&user=601")
+    assert status == 200 and resp.headers["Content-Type"].startswith("text/csv")
+    lines = text.strip().splitlines()
+    assert lines[0].startswith("event_id,at,event,actor") and len(lines) == 2 and ",601," in lines[1]
+    status, text, _ = await browser.get("/console/audit/export?format=json&event=pairing.")
+    rows = json.loads(text)
+    assert {r["subject"] for r in rows} == {"601", "602"}
+    status, html, _ = await browser.get("/console/audit?since=yesterday")
+    assert status == 400 and "since" in html
