@@ -77,8 +77,9 @@ async def test_login_errors_are_clear_and_change_nothing(browser: Browser, tenan
     status, html, _ = await browser.login("")
     assert status == 400 and "Paste an API key" in html
     # A login form posted from elsewhere (no matching nonce cookie) is refused.
-    status, html, _ = await browser.post("/console/login", {"nonce": "forged", "key": tenant.keys["admin"]})
-    assert status == 403 and "expired" in html
+    for nonce in ("forged", "é"):
+        status, html, _ = await browser.post("/console/login", {"nonce": nonce, "key": tenant.keys["admin"]})
+        assert status == 403 and "expired" in html
     status, _, resp = await browser.get("/console/approvals")
     assert status == 303 and resp.headers["Location"].startswith("/console/login")
 
@@ -86,7 +87,7 @@ async def test_login_errors_are_clear_and_change_nothing(browser: Browser, tenan
 async def test_a_change_without_the_csrf_token_is_refused(browser: Browser, tenant: Tenant) -> None:
     await tenant.channel("tg", dm_policy=cm.DM_POLICY_PAIRING)
     await _signed_in(browser, tenant.keys["admin"])
-    for form in ({"user_id": "555"}, {"user_id": "555", "csrf": "forged"}):
+    for form in ({"user_id": "555"}, {"user_id": "555", "csrf": "forged"}, {"user_id": "555", "csrf": "é"}):
         status, html, _ = await browser.post("/console/channels/tg/users", form)
         assert status == 403 and "anti-forgery" in html
     users = await tenant.admin.admin.ListUsers(adm.ListUsersRequest(channel_id="tg"))

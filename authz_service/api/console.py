@@ -141,7 +141,7 @@ def _to_login(reason: str = "") -> web.Response:
     return response
 
 
-def page(handler: Handler) -> Callable[[Any, web.Request], Awaitable[web.StreamResponse]]:
+def get_page(handler: Handler) -> Callable[[Any, web.Request], Awaitable[web.StreamResponse]]:
     """A GET page: signed in, or sent to the login form."""
 
     async def run(self: Console, request: web.Request) -> web.StreamResponse:
@@ -157,7 +157,7 @@ def page(handler: Handler) -> Callable[[Any, web.Request], Awaitable[web.StreamR
     return run
 
 
-def action(handler: Handler) -> Callable[[Any, web.Request], Awaitable[web.StreamResponse]]:
+def post_action(handler: Handler) -> Callable[[Any, web.Request], Awaitable[web.StreamResponse]]:
     """A POST change: signed in and carrying the session's anti-forgery token."""
 
     async def run(self: Console, request: web.Request) -> web.StreamResponse:
@@ -243,7 +243,9 @@ class Console:
         form = await request.post()
         nonce, key = form.get("nonce"), form.get("key")
         expected = request.cookies.get(LOGIN_COOKIE, "")
-        if not (isinstance(nonce, str) and expected and secrets.compare_digest(nonce, expected)):
+        if not (
+            isinstance(nonce, str) and expected and secrets.compare_digest(nonce.encode(), expected.encode())
+        ):
             return await self.login_form(request, "The form expired: try again.", 403)
         if not isinstance(key, str) or not key.strip():
             return await self.login_form(request, "Paste an API key.", 400)
@@ -278,7 +280,7 @@ class Console:
         response.del_cookie(LOGIN_COOKIE, path=ROOT)
         return response
 
-    @action
+    @post_action
     async def logout(self, request: web.Request, page: Page) -> web.StreamResponse:
         await sessions.close_session(self.runtime.db, page.token)
         return _to_login()
@@ -291,7 +293,7 @@ class Console:
         found = await self.call(request, page, self.admin.ListChannels, adm.ListChannelsRequest())
         return {c.channel_id: names.PLATFORM.label(c.platform) for c in found.channels}
 
-    @page
+    @get_page
     async def approvals(self, request: web.Request, page: Page) -> web.StreamResponse:
         token = request.query.get("page", "")
         found = await self.call(
@@ -307,7 +309,7 @@ class Console:
             return self.render("approvals_list.html", **values)
         return self.render("approvals.html", notice=_NOTICES.get(request.query.get("done", ""), ""), **values)
 
-    @action
+    @post_action
     async def resolve(self, request: web.Request, page: Page) -> web.StreamResponse:
         form = await request.post()
         action = _ACTIONS.get(str(form.get("action", "")))
@@ -324,13 +326,13 @@ class Console:
 
     # --- channels --------------------------------------------------------------------------
 
-    @page
+    @get_page
     async def channels(self, request: web.Request, page: Page) -> web.StreamResponse:
         found = await self.call(request, page, self.admin.ListChannels, adm.ListChannelsRequest())
         rows = [(c.channel_id, view.policy_summary(c)) for c in found.channels]
         return self.render("channels.html", page=page, channels=rows)
 
-    @page
+    @get_page
     async def channel(self, request: web.Request, page: Page) -> web.StreamResponse:
         channel_id = request.match_info["channel_id"]
         which = request.query.get("filter", "all")
@@ -376,7 +378,7 @@ class Console:
             notice=_NOTICES.get(request.query.get("done", ""), ""),
         )
 
-    @action
+    @post_action
     async def allow_user(self, request: web.Request, page: Page) -> web.StreamResponse:
         form = await request.post()
         channel_id = request.match_info["channel_id"]
@@ -392,7 +394,7 @@ class Console:
         )
         return _redirect(f"{ROOT}/channels/{channel_id}?done=allowed")
 
-    @action
+    @post_action
     async def user_action(self, request: web.Request, page: Page) -> web.StreamResponse:
         form = await request.post()
         channel_id, user_id = request.match_info["channel_id"], str(form.get("user_id", ""))
@@ -430,7 +432,7 @@ class Console:
             return _redirect(f"{ROOT}/channels/{channel_id}/users/{user_id}?done={done}")
         return _redirect(f"{ROOT}/channels/{channel_id}?done={done}")
 
-    @action
+    @post_action
     async def revoke_invite(self, request: web.Request, page: Page) -> web.StreamResponse:
         form = await request.post()
         await self.call(
@@ -441,7 +443,7 @@ class Console:
         )
         return _redirect(f"{ROOT}/channels/{request.match_info['channel_id']}?done=revoked")
 
-    @page
+    @get_page
     async def user(self, request: web.Request, page: Page) -> web.StreamResponse:
         channel_id, user_id = request.match_info["channel_id"], request.match_info["user_id"]
         found = await self.call(
@@ -500,7 +502,7 @@ class Console:
                 getattr(out, name).FromDatetime(at if at.tzinfo else at.replace(tzinfo=UTC))
         return out
 
-    @page
+    @get_page
     async def audit(self, request: web.Request, page: Page) -> web.StreamResponse:
         query = self._audit_request(request)
         query.limit = AUDIT_PAGE
@@ -516,7 +518,7 @@ class Console:
             next=str(found.next_after_event_id) if found.next_after_event_id else "",
         )
 
-    @page
+    @get_page
     async def audit_export(self, request: web.Request, page: Page) -> web.StreamResponse:
         query = self._audit_request(request)
         query.limit = 1000
@@ -546,7 +548,7 @@ class Console:
 
     # --- doctor ----------------------------------------------------------------------------
 
-    @page
+    @get_page
     async def doctor(self, request: web.Request, page: Page) -> web.StreamResponse:
         """``authz doctor``'s findings, read through the same RPCs (doctor_proto)."""
         admin = self.admin
