@@ -196,15 +196,14 @@ class Console:
     # --- plumbing ----------------------------------------------------------------------
 
     def render(self, name: str, status: int = 200, **values: Any) -> web.Response:
-        html = self.templates.get_template(name).render(root=ROOT, **values)
+        """Template ``name``.html, every value escaped."""
+        html = self.templates.get_template(name + ".html").render(root=ROOT, **values)
         return web.Response(text=html, status=status, content_type="text/html", charset="utf-8")
 
     def _error(self, page: Page | None, exc: Aborted) -> web.StreamResponse:
         if exc.code is grpc.StatusCode.UNAUTHENTICATED:
             return _to_login("1")
-        return self.render(
-            "error.html", HTTP_STATUS[exc.code], page=page, code=exc.code.name, message=exc.message
-        )
+        return self.render("error", HTTP_STATUS[exc.code], page=page, code=exc.code.name, message=exc.message)
 
     async def _page(self, request: web.Request) -> Page | None:
         token = request.cookies.get(COOKIE, "")
@@ -228,7 +227,7 @@ class Console:
         # Login CSRF: a fresh random value in a cookie and in the form (double submit).
         nonce = secrets.token_urlsafe(24)
         ended = request.query.get("ended") == "1" and not error
-        response = self.render("login.html", status, page=None, nonce=nonce, error=error, ended=ended)
+        response = self.render("login", status, page=None, nonce=nonce, error=error, ended=ended)
         response.set_cookie(
             LOGIN_COOKIE,
             nonce,
@@ -306,8 +305,8 @@ class Console:
         items = [view.approval(a, platforms) for a in found.approvals]
         values = {"page": page, "items": items, "next": found.next_page_token, "token": token}
         if request.query.get("fragment") == "1":
-            return self.render("approvals_list.html", **values)
-        return self.render("approvals.html", notice=_NOTICES.get(request.query.get("done", ""), ""), **values)
+            return self.render("approvals_list", **values)
+        return self.render("approvals", notice=_NOTICES.get(request.query.get("done", ""), ""), **values)
 
     @post_action
     async def resolve(self, request: web.Request, page: Page) -> web.StreamResponse:
@@ -330,7 +329,7 @@ class Console:
     async def channels(self, request: web.Request, page: Page) -> web.StreamResponse:
         found = await self.call(request, page, self.admin.ListChannels, adm.ListChannelsRequest())
         rows = [(c.channel_id, view.policy_summary(c)) for c in found.channels]
-        return self.render("channels.html", page=page, channels=rows)
+        return self.render("channels", page=page, channels=rows)
 
     @get_page
     async def channel(self, request: web.Request, page: Page) -> web.StreamResponse:
@@ -358,7 +357,7 @@ class Console:
             request, page, self.admin.ListInvites, adm.ListInvitesRequest(channel_id=channel_id)
         )
         return self.render(
-            "channel.html",
+            "channel",
             page=page,
             channel_id=channel_id,
             summary=view.policy_summary(channel),
@@ -470,7 +469,7 @@ class Console:
             adm.QueryAuditRequest(channel_id=channel_id, user_id=user_id, limit=AUDIT_PAGE),
         )
         return self.render(
-            "user.html",
+            "user",
             page=page,
             channel_id=channel_id,
             user_id=user_id,
@@ -511,7 +510,7 @@ class Console:
         found = await self.call(request, page, self.admin.QueryAudit, query)
         filters = {k: request.query.get(k, "") for k in ("event", "user", "channel", "since", "until")}
         return self.render(
-            "audit.html",
+            "audit",
             page=page,
             events=[view.audit_row(e) for e in found.events],
             filters=filters,
@@ -535,16 +534,11 @@ class Console:
             writer.writeheader()
             for row in rows:
                 writer.writerow({k: csv_cell(v) for k, v in row.items()})
-            text, kind, name = out.getvalue(), "text/csv", "audit.csv"
+            text, kind, suffix = out.getvalue(), "text/csv", "csv"
         else:
-            text, kind, name = (
-                json.dumps(rows, ensure_ascii=False, indent=1),
-                "application/json",
-                "audit.json",
-            )
-        return web.Response(
-            text=text, content_type=kind, headers={"Content-Disposition": f'attachment; filename="{name}"'}
-        )
+            text, kind, suffix = json.dumps(rows, ensure_ascii=False, indent=1), "application/json", "json"
+        disposition = f'attachment; filename="audit.{suffix}"'
+        return web.Response(text=text, content_type=kind, headers={"Content-Disposition": disposition})
 
     # --- doctor ----------------------------------------------------------------------------
 
@@ -582,7 +576,7 @@ class Console:
             }
             for f in findings
         ]
-        return self.render("doctor.html", page=page, findings=found, summary=doctor.summary(findings))
+        return self.render("doctor", page=page, findings=found, summary=doctor.summary(findings))
 
     # --- static and routes -----------------------------------------------------------------
 
