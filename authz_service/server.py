@@ -383,7 +383,8 @@ async def _start_http(settings: Settings, address: str | None, *servicers: objec
     tls = settings.tls
     console = None
     if settings.console:
-        console_settings = ConsoleSettings(tls is not None, settings.console_session_seconds)
+        secure = tls is not None or settings.console_secure_cookies
+        console_settings = ConsoleSettings(secure, settings.console_session_seconds)
         console = functools.partial(
             add_console, authz=servicers[0], admin=servicers[1], settings=console_settings
         )

@@ -13,11 +13,14 @@ import asyncpg
 import pytest
 
 from authz_service.api.console import COOKIE, CSP
+from authz_service.config import ConfigError, Settings
 from authz_service.gen.authz.v1 import admin_pb2 as adm
 from authz_service.gen.authz.v1 import authz_pb2 as az
 from authz_service.gen.authz.v1 import common_pb2 as cm
+from authz_service.server import start_server
+from authz_service.store.db import Database
 
-from .conftest import Service, Tenant, rpc_error
+from .conftest import SECRET_KEY, Dsns, Service, Tenant, rpc_error
 from .console_helpers import Browser, base_url, find_csrf
 from .pairing_helpers import check, pair
 
@@ -301,3 +304,52 @@ async def test_audit_filters_and_exports(browser: Browser, tenant: Tenant) -> No
     assert {r["subject"] for r in rows} == {"601", "602"}
     status, html, _ = await browser.get("/console/audit?since=yesterday")
     assert status == 400 and "since" in html
+
+
+def test_console_settings_are_read_and_validated() -> None:
+    base = {"AUTHZ_HOME": "/nonexistent", "AUTHZ_SECRET_KEY": "k" * 32, "AUTHZ_OPERATOR_KEY": "o" * 32}
+    default = Settings.from_env(base)
+    assert (default.console, default.console_session_seconds, default.console_secure_cookies) == (
+        True,
+        28800,
+        False,
+    )
+    chosen = Settings.from_env(
+        {
+            **base,
+            "AUTHZ_CONSOLE": "off",
+            "AUTHZ_CONSOLE_SESSION_SECONDS": "600",
+            "AUTHZ_CONSOLE_SECURE_COOKIES": "on",
+        }
+    )
+    assert (chosen.console, chosen.console_session_seconds, chosen.console_secure_cookies) == (
+        False,
+        600,
+        True,
+    )
+    for name, bad in (("AUTHZ_CONSOLE", "maybe"), ("AUTHZ_CONSOLE_SESSION_SECONDS", "5")):
+        with pytest.raises(ConfigError, match=name):
+            Settings.from_env({**base, name: bad})
+
+
+async def test_console_off_serves_the_api_only(dsns: Dsns, tenant: Tenant) -> None:
+    settings = Settings.from_env(
+        {"AUTHZ_DATABASE_URL": dsns.service, "AUTHZ_SECRET_KEY": SECRET_KEY, "AUTHZ_HOME": "/nonexistent",
+         "AUTHZ_CONSOLE": "off"}
+    )  # fmt: skip
+    running = await start_server(
+        await Database.connect(dsns.service), settings, listen="127.0.0.1:0", http_listen="127.0.0.1:0"
+    )
+    try:
+        assert running.http is not None
+        base = f"http://127.0.0.1:{running.http.port}"
+        headers = {"Authorization": f"Bearer {tenant.keys['admin']}", "Content-Type": "application/json"}
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{base}/console/login") as resp:
+                assert resp.status == 404
+            async with session.post(
+                f"{base}/authz.v1.AdminService/ListChannels", data=b"{}", headers=headers
+            ) as resp:
+                assert resp.status == 200
+    finally:
+        await running.stop(grace=0)
