@@ -64,7 +64,7 @@ SECURITY_HEADERS = {
     "Cache-Control": "no-store",
 }
 _HERE = Path(__file__).parent
-_STATIC = {"console.js": "text/javascript", "console.css": "text/css"}
+_STATIC = {"console.js": "text/javascript", "console.css": "text/css", "favicon.svg": "image/svg+xml"}
 _NOTICES = {
     "approved": "Approved.",
     "denied": "Denied.",

@@ -81,9 +81,9 @@ async def _bootstrap(settings: Settings, running: RunningServer) -> None:
 """
         if settings.console:
             http += f"""
- Web console (docs/console.md): open {url}/console/ and sign in with the demo
- admin key, which is in {key_file} (print it with: cat {shlex.quote(str(key_file))}).
- Pending requests from `authz simulate message` show up there to approve.
+ Web console (docs/console.md): {url}/console/
+ Sign in with the demo admin key, which this prints:  cat {shlex.quote(str(key_file))}
+ The request `authz simulate message` starts waits there under Approvals.
 """
     write_private(
         env_file,
