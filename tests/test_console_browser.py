@@ -191,3 +191,24 @@ async def test_the_doctor_page(page: Page, tenant: Tenant) -> None:
     await page.get_by_role("link", name="Doctor").click()
     await expect(page.locator("#findings")).to_contain_text("open_dms")
     await _shot(page, "doctor")
+
+
+async def test_create_and_revoke_an_invite(page: Page, tenant: Tenant) -> None:
+    await tenant.channel("tg", dm_policy=cm.DM_POLICY_PAIRING)
+    await _login(page, tenant.keys["admin"])
+    await page.goto("/console/channels/tg")
+    await page.fill("input[name=max_uses]", "3")
+    await page.fill("input[name=note]", "for the team")
+    await page.get_by_role("button", name="Create invite").click()
+    code = (await page.inner_text("#invite-code")).strip()
+    assert len(code) == 19 and code.count("-") == 3
+    redeemed = await tenant.connector.authz.RedeemInvite(
+        az.RedeemInviteRequest(channel_id="tg", user_id="808", code=code)
+    )
+    assert redeemed.outcome == az.INVITE_OUTCOME_ACCEPTED
+    await page.get_by_role("link", name="Back to the channel").click()
+    row = page.locator("tr", has_text="for the team")
+    await expect(row).to_contain_text("1 of 3")
+    await row.get_by_role("button", name="Revoke").click()
+    await expect(page.locator(".notice")).to_have_text("Invite revoked.")
+    await expect(page.locator("tr", has_text="for the team")).to_have_count(0)

@@ -432,6 +432,37 @@ class Console:
         return _redirect(f"{ROOT}/channels/{channel_id}?done={done}")
 
     @post_action
+    async def create_invite(self, request: web.Request, page: Page) -> web.StreamResponse:
+        form = await request.post()
+        channel_id = request.match_info["channel_id"]
+        numbers = {}
+        for name in ("max_uses", "days"):
+            text = str(form.get(name, "") or "0").strip()
+            if not text.isdigit() or int(text) > 10_000:
+                raise Aborted(grpc.StatusCode.INVALID_ARGUMENT, f"{name}: a whole number up to 10000")
+            numbers[name] = int(text)
+        made = await self.call(
+            request,
+            page,
+            self.admin.CreateInvite,
+            adm.CreateInviteRequest(
+                channel_id=channel_id,
+                max_uses=numbers["max_uses"],
+                ttl_seconds=numbers["days"] * 86_400,
+                note=str(form.get("note", "")).strip(),
+            ),
+        )
+        # Shown once, as `authz invites create` prints it; the page is never cached (no-store).
+        return self.render(
+            "invite_created",
+            page=page,
+            channel_id=channel_id,
+            code=made.code,
+            expires_at=view.when(made.invite.expires_at),
+            max_uses=made.invite.max_uses,
+        )
+
+    @post_action
     async def revoke_invite(self, request: web.Request, page: Page) -> web.StreamResponse:
         form = await request.post()
         await self.call(
@@ -606,6 +637,7 @@ class Console:
         r.add_get(ROOT + "/channels/{channel_id}", self.channel)
         r.add_post(ROOT + "/channels/{channel_id}/users", self.allow_user)
         r.add_post(ROOT + "/channels/{channel_id}/users/-/{what}", self.user_action)
+        r.add_post(ROOT + "/channels/{channel_id}/invites", self.create_invite)
         r.add_post(ROOT + "/channels/{channel_id}/invites/revoke", self.revoke_invite)
         r.add_get(ROOT + "/channels/{channel_id}/users/{user_id}", self.user)
         r.add_get(ROOT + "/audit", self.audit)
