@@ -22,14 +22,10 @@ from ..domain.display import visible
 from ..gen.authz.v1 import admin_pb2 as adm
 from ..gen.authz.v1 import common_pb2 as cm
 
-# Requester details that the Approval message may carry (first message, handle,
-# platform): shown when the proto has the field, so adding it there is enough.
-REQUESTER_DETAILS = (
-    ("first_message", "First message"),
-    ("handle", "Handle"),
-    ("requester_handle", "Handle"),
-    ("requester_platform", "Platform"),
-)
+# Requester details the Approval message may carry (issue #17: first_message,
+# handle, platform): each is shown when the proto has the field and it is set, so
+# the page needs no change when the message gains them.
+REQUESTER_DETAILS = (("first_message", "First message"), ("handle", "Handle"))
 
 
 def when(ts: timestamp_pb2.Timestamp) -> str:
@@ -39,14 +35,20 @@ def when(ts: timestamp_pb2.Timestamp) -> str:
     return datetime.fromtimestamp(ts.seconds, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+def _text_field(message: Message, name: str) -> str:
+    """A string field's value, or "" when the message has no such field."""
+    if name not in message.DESCRIPTOR.fields_by_name:
+        return ""
+    value = getattr(message, name)
+    return value if isinstance(value, str) else ""
+
+
 def _details(message: Message, spec: tuple[tuple[str, str], ...]) -> list[tuple[str, str]]:
-    fields = message.DESCRIPTOR.fields_by_name
     out = []
     for name, label in spec:
-        if name in fields:
-            value = getattr(message, name)
-            if isinstance(value, str) and value:
-                out.append((label, visible(value)))
+        value = _text_field(message, name)
+        if value:
+            out.append((label, visible("@" + value if name == "handle" else value)))
     return out
 
 
@@ -94,7 +96,7 @@ def approval(a: cm.Approval, platforms: dict[str, str]) -> ApprovalView:
         kind=kind,
         status=names.APPROVAL_STATUS.label(a.status),
         channel_id=a.channel_id,
-        platform=platforms.get(a.channel_id, ""),
+        platform=visible(_text_field(a, "platform")) or platforms.get(a.channel_id, ""),
         user_id=visible(a.user_id),
         display_name=visible(a.display_name),
         created_at=when(a.created_at),
