@@ -14,7 +14,7 @@ help:
 	@echo "make run    start the service on an embedded PostgreSQL with a demo tenant"
 	@echo "make test   run the test suite (real PostgreSQL, real gRPC)"
 	@echo "make test-pg15    run the suite against Debian's PostgreSQL 15 with the documented roles"
-	@echo "make test-packages install the system packages tests need (PgBouncer; as root)"
+	@echo "make test-packages install the system packages tests need (PgBouncer, Chromium; as root)"
 	@echo "make proto  regenerate authz_service/gen from proto/"
 	@echo "make lint   ruff, mypy --strict, import rules (lint-imports)"
 	@echo "make chart  test the Helm chart and package it into dist/"
@@ -51,9 +51,10 @@ run: $(GEN_STAMP)
 test: $(GEN_STAMP) test-packages
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# System packages tests need: PgBouncer (tests/pgbouncer.py). As root (CI), installed
-# when missing; otherwise their tests skip, or fail under CI=true.
-TEST_PACKAGES := pgbouncer
+# System packages tests need: PgBouncer (tests/pgbouncer.py) and Chromium for the web
+# console's browser tests (tests/console_helpers.py, Playwright drives /usr/bin/chromium).
+# As root (CI), installed when missing; otherwise their tests skip, or fail under CI=true.
+TEST_PACKAGES := pgbouncer chromium
 test-packages:
 	@for p in $(TEST_PACKAGES); do \
 	  command -v $$p >/dev/null 2>&1 || test -x /usr/sbin/$$p || \

@@ -198,6 +198,13 @@ class Settings:
     http_listen: str | None = None
     """AUTHZ_HTTP_LISTEN: host:port of the HTTP/JSON API (Connect protocol, docs/http-api.md),
     with the gRPC server's TLS settings; unset, none."""
+    console: bool = True
+    """AUTHZ_CONSOLE=off: no web console on the HTTP port (docs/console.md); the API stays."""
+    console_session_seconds: int = 8 * 3600
+    """AUTHZ_CONSOLE_SESSION_SECONDS: a console session's lifetime from login."""
+    console_secure_cookies: bool = False
+    """AUTHZ_CONSOLE_SECURE_COOKIES=on: Secure console cookies although this port speaks
+    plain HTTP (TLS ends at a proxy in front). With AUTHZ_TLS_* they are Secure anyway."""
     metrics_listen: str | None = None
     """AUTHZ_METRICS_LISTEN: host:port of the Prometheus /metrics endpoint; unset, none."""
     otlp_traces: bool = False
@@ -304,6 +311,9 @@ class Settings:
             telemetry=telemetry,
             metrics_listen=metrics_listen,
             http_listen=_listen(env, "AUTHZ_HTTP_LISTEN"),
+            console=_switch(env, "AUTHZ_CONSOLE", True),
+            console_session_seconds=_int(env, "AUTHZ_CONSOLE_SESSION_SECONDS", 8 * 3600, 60, 7 * 86_400),
+            console_secure_cookies=_switch(env, "AUTHZ_CONSOLE_SECURE_COOKIES", False),
             otlp_traces=otlp_traces,
             otlp_metrics=otlp_metrics,
             code_attempts_per_channel=_int(env, "AUTHZ_CODE_ATTEMPTS_PER_CHANNEL", 10, 1, 100_000),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -17,6 +18,7 @@ from grpc_reflection.v1alpha import reflection
 
 from .api.admin import AdminServicer
 from .api.authz import AuthzServicer
+from .api.console import ConsoleSettings, add_console
 from .api.http import HttpServer, build_app, server_ssl_context
 from .api.rpc import Gate, Runtime
 from .api.streams import StreamLimits, Streams
@@ -378,8 +380,15 @@ async def _start_http(settings: Settings, address: str | None, *servicers: objec
         authz_pb2.DESCRIPTOR.services_by_name["AuthzService"],
         admin_pb2.DESCRIPTOR.services_by_name["AdminService"],
     )
-    http = HttpServer(build_app(zip(names, servicers, strict=True)))
     tls = settings.tls
+    console = None
+    if settings.console:
+        secure = tls is not None or settings.console_secure_cookies
+        console_settings = ConsoleSettings(secure, settings.console_session_seconds)
+        console = functools.partial(
+            add_console, authz=servicers[0], admin=servicers[1], settings=console_settings
+        )
+    http = HttpServer(build_app(zip(names, servicers, strict=True), console))
     context = (
         None if tls is None else server_ssl_context(tls.certificate_chain, tls.private_key, tls.client_ca)
     )

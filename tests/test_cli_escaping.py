@@ -17,7 +17,8 @@ import asyncpg
 import grpc
 import pytest
 
-from authz_service.cli.output import csv_cell, safe
+from authz_service.cli.output import safe
+from authz_service.domain.display import csv_cell
 from authz_service.gen.authz.v1 import authz_pb2 as az
 from authz_service.gen.authz.v1 import common_pb2 as cm
 

@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import datetime as dt
 import ipaddress
+import re
 import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -276,3 +277,36 @@ async def test_a_connector_presents_its_client_certificate_from_the_environment(
             await check_service(config, client)
     finally:
         await client.close()
+
+
+async def test_the_consoles_cookies_are_secure_over_tls(dsns: Dsns, pki: Pki, tenant: Tenant) -> None:
+    """With AUTHZ_TLS_*, the web console's cookies carry Secure (api/console.py)."""
+    settings = Settings.from_env(
+        {"AUTHZ_DATABASE_URL": dsns.service, "AUTHZ_SECRET_KEY": SECRET_KEY, "AUTHZ_HOME": "/nonexistent"}
+    )
+    settings = dataclasses.replace(settings, tls=ServerTls(pki.server_cert, pki.server_key))
+    running = await start_server(
+        await Database.connect(dsns.service), settings, listen="127.0.0.1:0", http_listen="127.0.0.1:0"
+    )
+    try:
+        assert running.http is not None
+        base = f"https://127.0.0.1:{running.http.port}/console"
+        trusting = ssl.create_default_context(cadata=pki.ca.decode())
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
+            async with session.get(f"{base}/login", ssl=trusting) as resp:
+                nonce = re.search(r'name="nonce" value="([^"]+)"', await resp.text())
+                assert nonce is not None
+            async with session.post(
+                f"{base}/login",
+                data={"nonce": nonce.group(1), "key": tenant.keys["admin"]},
+                ssl=trusting,
+                allow_redirects=False,
+            ) as resp:
+                assert resp.status == 303
+                (session_cookie,) = [
+                    c for c in resp.headers.getall("Set-Cookie") if c.startswith("authz_console=")
+                ]
+                flags = {part.strip().lower() for part in session_cookie.split(";")}
+                assert {"secure", "httponly", "samesite=strict"} <= flags
+    finally:
+        await running.stop(grace=0)

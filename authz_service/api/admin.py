@@ -82,6 +82,22 @@ def _approval_cursor(token: str) -> tuple[datetime, str] | None:
         raise InvalidArgument("page_token", "is not a token from a previous page") from None
 
 
+def _user_token(user_id: str) -> str:
+    return base64.urlsafe_b64encode(f"u.{user_id}".encode()).decode().rstrip("=")
+
+
+def _user_cursor(token: str) -> str:
+    if not token:
+        return ""
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+    except (ValueError, UnicodeDecodeError):
+        raw = ""
+    if not raw.startswith("u.") or len(raw) < 3:
+        raise InvalidArgument("page_token", "is not a token from a previous page")
+    return raw[2:]
+
+
 def _key(k: IssuedKey) -> adm.ApiKey:
     return adm.ApiKey(
         key_id=k.key_id,
@@ -282,8 +298,21 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         which = convert.enum_in(_USER_FILTER, request.filter, "filter")
         channel_id = ids.channel_id(request.channel_id)
         await flows.get_channel(ctx, channel_id)  # NOT_FOUND, not an empty list, for a mistyped one
-        users = await flows.list_users(ctx, channel_id, which)
-        return adm.ListUsersResponse(users=[convert.subject_out(s) for s in users])
+        if request.page_size > MAX_PAGE_SIZE:
+            raise InvalidArgument("page_size", f"must be at most {MAX_PAGE_SIZE}")
+        if len(request.query) > 128 or not request.query.isprintable():
+            raise InvalidArgument("query", "must be at most 128 printable characters")
+        after = _user_cursor(request.page_token)
+        size = request.page_size or None
+        # One more than the page: whether a next page exists, without a count.
+        found = await flows.list_users(
+            ctx, channel_id, which, after=after, limit=None if size is None else size + 1, query=request.query
+        )
+        page = found if size is None else found[:size]
+        out = _bounded([convert.subject_out(s) for s in page])
+        more = len(out) < len(found)
+        token = _user_token(page[len(out) - 1].user_id) if out and more else ""
+        return adm.ListUsersResponse(users=out, next_page_token=token)
 
     @rpc(Role.ADMIN, read_only=True)
     async def ExplainUser(self, request: adm.ExplainUserRequest, ctx: Context) -> adm.ExplainUserResponse:

@@ -241,8 +241,12 @@ def _server_stream(procedure: Procedure) -> Callable[[web.Request], Awaitable[we
     return handle
 
 
-def build_app(servicers: Iterable[tuple[descriptor.ServiceDescriptor, object]]) -> web.Application:
-    """The aiohttp application: one POST route per RPC and ``GET /openapi.json``."""
+def build_app(
+    servicers: Iterable[tuple[descriptor.ServiceDescriptor, object]],
+    console: Callable[[web.Application], None] | None = None,
+) -> web.Application:
+    """The aiohttp application: one POST route per RPC and ``GET /openapi.json``;
+    ``console`` adds the web console's routes (api.console.add_console)."""
     servicers = list(servicers)
     app = web.Application(client_max_size=MAX_MESSAGE_BYTES)
     for procedure in procedures(servicers):
@@ -254,6 +258,8 @@ def build_app(servicers: Iterable[tuple[descriptor.ServiceDescriptor, object]]) 
         return web.Response(text=document, content_type="application/json")
 
     app.router.add_get("/openapi.json", openapi)
+    if console is not None:
+        console(app)
     return app
 
 

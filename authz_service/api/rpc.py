@@ -19,6 +19,7 @@ from ..domain.model import Principal, Role
 from ..domain.pairing import Keyring
 from ..flows import CodeAttemptLimits, Context, ToolApprovalLimits
 from ..flows.auth import Credentials, FailureThrottle, authenticate
+from ..flows.sessions import session_principal
 from ..flows.watch import ApprovalFeed
 from ..store.db import Database
 from .streams import Streams
@@ -74,6 +75,12 @@ PEER = ":peer"
 name, which no client metadata can carry."""
 
 
+SESSION = ":console-session"
+"""A web console session (flows.sessions) in the metadata dict, set only by the
+console (api.console) from its cookie: like ``PEER`` a pseudo-header name, which
+neither gRPC metadata nor the HTTP API's copied headers can carry."""
+
+
 def peer_of(peer: str) -> str:
     """``ipv4:10.0.0.7:51234`` → ``ipv4:10.0.0.7``: failures count per address,
     not per connection (a new connection must not reset a peer's allowance)."""
@@ -86,9 +93,12 @@ def peer_of(peer: str) -> str:
 def _metadata(context: grpc.aio.ServicerContext[Any, Any]) -> dict[str, str]:
     out: dict[str, str] = {}
     for key, value in context.invocation_metadata() or ():
-        if isinstance(value, str):
+        if isinstance(value, str) and not key.startswith(":"):
             out[key.lower()] = value
     out[PEER] = peer_of(context.peer() or "")
+    session = getattr(context, "console_session", None)  # only api.console's call object has one
+    if isinstance(session, str):
+        out[SESSION] = session
     return out
 
 
@@ -265,6 +275,9 @@ def _token(md: dict[str, str]) -> str:
 
 
 async def _principal(runtime: Runtime, md: dict[str, str]) -> Principal:
+    session = md.get(SESSION)
+    if session is not None:
+        return await session_principal(runtime.db, runtime.cache, session)
     creds = Credentials(
         _token(md),
         runtime.keyring,

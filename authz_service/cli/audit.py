@@ -11,11 +11,12 @@ from typing import Any, TypeVar
 
 import click
 
+from ..domain.display import csv_cell
 from ..domain.events import AUDIT_EVENTS, FAMILIES, event_filter
 from ..gen.authz.v1 import admin_pb2 as adm
 from .durations import EXAMPLES, parse_duration
 from .errors import CliError
-from .output import csv_cell, fmt, ts
+from .output import fmt, ts
 from .session import Session, call, pass_session, session_options
 
 F = TypeVar("F", bound=Callable[..., Any])

@@ -79,6 +79,12 @@ async def _bootstrap(settings: Settings, running: RunningServer) -> None:
      -H "Authorization: Bearer $AUTHZ_API_KEY" -H 'Content-Type: application/json' \\
      -d '{{"channelId": "{DEMO_CHANNEL}", "userId": "4242", "chatKind": "CHAT_KIND_DIRECT"}}'
 """
+        if settings.console:
+            http += f"""
+ Web console (docs/console.md): {url}/console/
+ Sign in with the demo admin key, which this prints:  cat {shlex.quote(str(key_file))}
+ The request `authz simulate message` starts waits there under Approvals.
+"""
     write_private(
         env_file,
         f"export AUTHZ_ADDRESS={address}\n"

@@ -8,52 +8,16 @@ from typing import Any
 
 import click
 
-from .. import names, policy_proto
+from .. import doctor_proto
 from ..domain import doctor
-from ..domain.model import (
-    Approval,
-    ApprovalStatus,
-    Channel,
-    Role,
-    Subject,
-    SubjectSource,
-    SubjectStatus,
-)
 from ..gen.authz.v1 import admin_pb2 as adm
 from ..gen.authz.v1 import common_pb2 as cm
 from .errors import NOT_DONE
-from .output import safe, ts
-from .plan import list_senders, rpc_call
+from .output import safe
+from .plan import rpc_call
 from .session import Session, pass_session, session_options
 
 FAIL_ON = [s.value for s in doctor.Severity] + ["never"]
-
-
-def _subject(s: adm.Subject) -> Subject:
-    return Subject(
-        channel_id=s.channel_id,
-        user_id=s.user_id,
-        status=SubjectStatus.BLOCKED if s.status == adm.SUBJECT_STATUS_BLOCKED else SubjectStatus.ALLOWED,
-        source=SubjectSource.PAIRING if s.source == adm.SUBJECT_SOURCE_PAIRING else SubjectSource.ADMIN,
-        display_name=s.display_name,
-        permissions=tuple(s.permissions),
-        expires_at=ts(s, "expires_at"),
-        updated_at=ts(s, "updated_at"),
-    )
-
-
-def _approval(a: cm.Approval) -> Approval:
-    created = ts(a, "created_at") or datetime.fromtimestamp(0, UTC)
-    return Approval(
-        approval_id=a.approval_id,
-        channel_id=a.channel_id,
-        user_id=a.user_id,
-        status=names.APPROVAL_STATUS.domain_map().get(a.status, ApprovalStatus.PENDING),
-        created_at=created,
-        expires_at=ts(a, "expires_at") or created,
-        required_approvals=a.required_approvals or 1,
-        approved_by=tuple(a.approved_by),
-    )
 
 
 def snapshot(c: Any, now: datetime) -> doctor.Snapshot:
@@ -61,52 +25,27 @@ def snapshot(c: Any, now: datetime) -> doctor.Snapshot:
     rpc = rpc_call
     settings = rpc(c.admin.GetTenantSettings, adm.GetTenantSettingsRequest())
     channels = []
-    subjects: dict[str, tuple[Subject, ...]] = {}
-    senders: dict[str, tuple[tuple[str, str], ...]] = {}
-    for ch in sorted(
-        rpc(c.admin.ListChannels, adm.ListChannelsRequest()).channels, key=lambda x: x.channel_id
-    ):
-        platform = names.PLATFORM.to_domain(ch.platform)
-        channels.append(Channel("", ch.channel_id, platform, policy_proto.policy_in(ch.policy)))
+    for ch in rpc(c.admin.ListChannels, adm.ListChannelsRequest()).channels:
         users = rpc(c.admin.ListUsers, adm.ListUsersRequest(channel_id=ch.channel_id)).users
-        subjects[ch.channel_id] = tuple(_subject(s) for s in users)
-        senders[ch.channel_id] = list_senders(c, ch.channel_id)
+        senders = rpc(c.admin.ListGroupSenders, adm.ListGroupSendersRequest(channel_id=ch.channel_id)).senders
+        channels.append(doctor_proto.ChannelRead(ch, users, senders))
     pending = rpc(c.admin.ListApprovals, adm.ListApprovalsRequest(
         status=cm.APPROVAL_STATUS_PENDING, kind=cm.APPROVAL_KIND_PAIRING, limit=1000)).approvals  # fmt: skip
-    return doctor.Snapshot(
-        unreachable=_unreachable(c, now),
-        tenant=doctor.TenantView(
-            approvers=tuple(settings.approvers),
-            agent_approvers={a: tuple(v.actors) for a, v in settings.agent_approvers.items()},
-            timezone=settings.timezone or "UTC",
-        ),
-        channels=tuple(channels),
-        subjects=subjects,
-        group_senders=senders,
-        pending=tuple(_approval(a) for a in pending),
-        now=now,
-        keys=tuple(
-            doctor.KeyView(k.key_id, Role(names.ROLE.label(k.role)), tuple(k.channels), tuple(k.agents))
-            for k in rpc(c.admin.ListApiKeys, adm.ListApiKeysRequest()).keys
-            if not k.HasField("revoked_at")
-        ),
-    )
+    keys = rpc(c.admin.ListApiKeys, adm.ListApiKeysRequest()).keys
+    return doctor_proto.snapshot(settings, channels, pending, keys, now, _notices(c, now))
 
 
-def _unreachable(c: Any, now: datetime) -> tuple[doctor.UnreachableView, ...]:
-    """Approvers whose notifications could not be delivered, from the audit trail."""
-    req = adm.QueryAuditRequest(event="notification.", limit=1000)
-    req.since.FromDatetime(now - doctor.UNREACHABLE_WINDOW)
-    seen: list[tuple[str, str, str, str]] = []
-    for _ in range(50):  # at most 50,000 events: the rest is beyond what a check should read
+def _notices(c: Any, now: datetime) -> list[adm.AuditEvent]:
+    """The notification audit events the unreachable-approver check reads."""
+    req = doctor_proto.notices_request(now)
+    events: list[adm.AuditEvent] = []
+    for _ in range(doctor_proto.MAX_NOTICE_PAGES):
         resp = rpc_call(c.admin.QueryAudit, req)
-        for e in resp.events:
-            reason = str(json.loads(e.details_json or "{}").get("reason", ""))
-            seen.append((e.event, e.channel_id, e.subject, reason))
+        events.extend(resp.events)
         if not resp.next_after_event_id:
             break
         req.after_event_id = resp.next_after_event_id
-    return doctor.unreachable_approvers(seen)
+    return events
 
 
 def render(found: list[doctor.Finding], threshold: doctor.Severity | None) -> list[str]:

@@ -4,7 +4,7 @@ Every value from the server that a command prints for people goes through
 ``safe``: names, targets, reasons and the like are chosen by chat users and
 agents, and a newline in one would forge a row, an ANSI or bidi control would
 rewrite what the operator reads. JSON output is exact JSON (``json.dumps``
-escapes what needs escaping); CSV cells are neutralised by ``csv_cell``.
+escapes what needs escaping); CSV cells are neutralised by ``domain.display.csv_cell``.
 """
 
 from __future__ import annotations
@@ -41,16 +41,6 @@ def safe(text: str) -> str:
     (``domain.display.visible``). For every value from the server in a
     human-readable line or table; never for JSON."""
     return visible(text)
-
-
-# Spreadsheets run a cell that starts with one of these as a formula (OWASP, CSV injection).
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-
-
-def csv_cell(value: str) -> str:
-    """A CSV cell a spreadsheet shows as text: one starting with ``= + - @``, a tab
-    or a carriage return gets a leading ``'`` (OWASP's rule); the rest is exact."""
-    return "'" + value if value.startswith(_FORMULA_START) else value
 
 
 def fmt(value: Any) -> str:

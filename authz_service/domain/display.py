@@ -61,3 +61,14 @@ def visible_prefix(text: str, limit: int) -> str:
         out.append(piece)
         used += size
     return "".join(out) + "…"
+
+
+# Spreadsheets run a cell that starts with one of these as a formula (OWASP, CSV injection).
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: str) -> str:
+    """A CSV cell a spreadsheet shows as text: one starting with ``= + - @``, a tab
+    or a carriage return gets a leading ``'`` (OWASP's rule); the rest is exact.
+    Used by the CLI's and the web console's CSV exports."""
+    return "'" + value if value.startswith(_FORMULA_START) else value

@@ -112,6 +112,11 @@ class Keyring:
         tag = _mac(self._sub("api-key-check"), f"{tenant_id}\x00{key_id}".encode())[:12]
         return base64.urlsafe_b64encode(tag).decode()
 
+    def console_csrf(self, tenant_id: str, session_secret: str) -> str:
+        """The web console's anti-forgery token of one session (a synchroniser
+        token derived from the session, so nothing more is stored)."""
+        return _b64(_mac(self._sub("console-csrf"), f"{tenant_id}\x00{session_secret}".encode()))
+
     def invite_hash(self, tenant_id: str, channel_id: str, code: str) -> bytes:
         """The stored, searchable form of an invite code (canonical form, see
         domain.invites), bound to its tenant and channel."""

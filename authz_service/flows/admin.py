@@ -310,11 +310,15 @@ _FILTERS: dict[str, tuple[SubjectStatus | None, SubjectSource | None]] = {
 }
 
 
-async def list_users(ctx: Context, channel_id: str, which: str) -> list[Subject]:
+async def list_users(
+    ctx: Context, channel_id: str, which: str, *, after: str = "", limit: int | None = None, query: str = ""
+) -> list[Subject]:
+    """A channel's users by user id: every one, or ``limit`` after ``after``, matching ``query``."""
     status, source = _FILTERS[which]
+    page = subjects.SubjectPage(ctx.tenant_id, channel_id, status, source, after, limit, query)
     async with ctx.db.tenant(ctx.tenant_id) as conn:
         await load_channel(conn, ctx.tenant_id, channel_id, for_update=False)
-        return await subjects.list_for_channel(conn, ctx.tenant_id, channel_id, status, source)
+        return await subjects.list_for_channel(conn, page)
 
 
 async def add_group_sender(ctx: Context, channel_id: str, group_id: str, user_id: str) -> GroupSender:

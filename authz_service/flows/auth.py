@@ -198,3 +198,9 @@ async def _authenticate(db: Database, creds: Credentials, cache: StateCache | No
     ):
         return Principal(tenant_id="", role=Role.OPERATOR, key_id="operator")
     raise Unauthenticated(_INVALID)
+
+
+async def key_record(db: Database, cache: StateCache | None, tenant_id: str, key_id: str) -> KeyRecord | None:
+    """The stored key ``key_id`` (from the cache when it holds it), for a caller
+    already identified another way: a web console session (flows.sessions)."""
+    return await _key(db, cache, tenant_id, key_id, lambda: None)

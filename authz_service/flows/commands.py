@@ -83,7 +83,7 @@ async def _pending(conn: Connection, tenant_id: str, channel_id: str) -> str:
 
 
 async def _users(conn: Connection, tenant_id: str, channel_id: str) -> str:
-    rows = await subjects.list_for_channel(conn, tenant_id, channel_id, None, None)
+    rows = await subjects.list_for_channel(conn, subjects.SubjectPage(tenant_id, channel_id))
     if not rows:
         return "No allowed or blocked users."
     lines = []

@@ -86,20 +86,38 @@ async def delete(
     return bool(result != "DELETE 0")
 
 
-async def list_for_channel(
-    conn: Connection,
-    tenant_id: str,
-    channel_id: str,
-    status: SubjectStatus | None,
-    source: SubjectSource | None,
-) -> list[Subject]:
+@dataclass(frozen=True, slots=True)
+class SubjectPage:
+    """One page of a channel's users, by user id."""
+
+    tenant_id: str
+    channel_id: str
+    status: SubjectStatus | None = None
+    source: SubjectSource | None = None
+    after: str = ""
+    """The last user id of the previous page; empty: from the start."""
+    limit: int | None = None
+    """None: every user."""
+    query: str = ""
+    """A user id prefix or a part of the display name (case-insensitive)."""
+
+
+def _like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+async def list_for_channel(conn: Connection, page: SubjectPage) -> list[Subject]:
+    status, source = page.status, page.source
     rows = await conn.fetch(
         """SELECT * FROM subjects WHERE tenant_id = $1 AND channel_id = $2
              AND ($3::text IS NULL OR status = $3) AND ($4::text IS NULL OR source = $4)
-           ORDER BY user_id""",
-        tenant_id, channel_id, None if status is None else status.value, None if source is None else source.value,
+             AND user_id > $5
+             AND ($6 = '' OR user_id LIKE $7 || '%' OR display_name ILIKE '%' || $7 || '%')
+           ORDER BY user_id LIMIT $8""",
+        page.tenant_id, page.channel_id, None if status is None else status.value,
+        None if source is None else source.value, page.after, page.query, _like(page.query), page.limit,
     )  # fmt: skip
-    return [subject_from_row(channel_id, r["user_id"], r) for r in rows]
+    return [subject_from_row(page.channel_id, r["user_id"], r) for r in rows]
 
 
 async def add_group_sender(

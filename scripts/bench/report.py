@@ -85,6 +85,14 @@ def build_report(
         "target": "<= 2",
         "met": None if starve is None else starve <= 2.0,
     }
+    cost = next((r.value for r in ratios if r.name == "checkuser_http_cost_vs_grpc"), None)
+    targets["checkuser_http_cost_vs_grpc"] = {
+        "target": "<= 1.5",
+        "met": None if cost is None else cost <= 1.5,
+    }
+    for page in ("console_channel_page_10k", "console_channel_search_10k", "console_approvals_page"):
+        ms = next((f.value for f in figures if f.name == page), None)
+        targets[page] = {"target": "< 200 ms", "met": None if ms is None else ms < 200.0}
     return {
         **meta,
         "figures": [asdict(f) for f in figures],

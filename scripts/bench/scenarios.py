@@ -29,7 +29,7 @@ from typing import Any
 
 import grpc
 
-from . import watchers
+from . import console, watchers
 from .calls import (
     check_user_calls,
     empty_calls,
@@ -366,6 +366,7 @@ class Bench:
             self.figure("checkuser_p99_half_peak", percentile(latencies, 0.99), "ms")
 
             self.watchers(at)
+            self.console(server)
 
             if o.skip_scale:
                 self.figure("checkuser_1m", None)
@@ -400,6 +401,27 @@ class Bench:
             self.ratio("checkuser_cold_1m_vs_1k", "checkuser_cold_1m", "checkuser_cold_1k")
         finally:
             server.stop()
+
+    def console(self, server: BenchServer) -> None:
+        """The web console's pages with 10,000 users on a channel, and HTTP CheckUser
+        against gRPC CheckUser from one client (``bench.console``)."""
+        base = f"http://127.0.0.1:{server.http_port}"
+        try:
+            admin_key = asyncio.run(console.load_console_channel(self.owner_dsn, self._secret_key()))
+            for name, ms in asyncio.run(console.page_times(base, admin_key)).items():
+                self.figure(name, ms, "ms")
+            key = self.data.connector_keys[MAIN_TENANT]
+            rounds = 1 if self.opts.quick else 3
+            rates = console.checkuser_rates(base, server.address, key, rounds, server.process.pid or 0)
+            for name, value in asyncio.run(rates).items():
+                self.figure(name, value, "µs/call" if name.endswith("_cpu") else "rps")
+        except Exception as exc:  # the other figures still count
+            log(f"console failed: {exc}")
+            self.notes["console"] = f"failed: {exc}"
+            return
+        # The cost of a call is the server's CPU for it: the client's speed does not enter.
+        self.ratio("checkuser_http_cost_vs_grpc", "checkuser_http_server_cpu", "checkuser_grpc_server_cpu")
+        self.ratio("checkuser_http_rate_vs_grpc_same_client", "checkuser_http", "checkuser_grpc_same_client")
 
     def watchers(self, at: str) -> None:
         """Tenant B's consistent CheckUser p99 with 2,000 WatchApprovals streams

@@ -65,7 +65,7 @@ def bench_handler(runtime: Runtime) -> grpc.GenericRpcHandler[Any, Any]:
 
 
 async def start_bench_server(
-    db: Database, settings: Settings, listen: str, telemetry: Any = None
+    db: Database, settings: Settings, listen: str, telemetry: Any = None, http_listen: str | None = None
 ) -> RunningServer:
     """``start_server`` plus the bench servicer, sharing the server's own
     ``Runtime`` (its cache, gate, keyring and telemetry): the runtime is picked
@@ -83,7 +83,9 @@ async def start_bench_server(
     names = vars(server_module)
     names["AuthzServicer"] = capture
     try:
-        running = await server_module.start_server(db, settings, listen=listen, telemetry=telemetry)
+        running = await server_module.start_server(
+            db, settings, listen=listen, telemetry=telemetry, http_listen=http_listen
+        )
     finally:
         names["AuthzServicer"] = AuthzServicer
     if len(captured) != 1:
@@ -141,12 +143,15 @@ def _server_main(spec: ServerSpec, ports: Any) -> None:
         db = await Database.connect(
             spec.dsn, min_size=settings.pool_min, max_size=settings.pool_max, timeout=settings.db_timeout
         )
-        running = await start_bench_server(db, settings, "127.0.0.1:0", from_settings(settings))
+        # The HTTP/JSON API and the web console too (bench.console).
+        running = await start_bench_server(
+            db, settings, "127.0.0.1:0", from_settings(settings), http_listen="127.0.0.1:0"
+        )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        ports.put(running.port)
+        ports.put((running.port, running.http.port if running.http is not None else 0))
         await stop.wait()
         await running.stop(grace=1)
 
@@ -161,7 +166,7 @@ class BenchServer:
         self.process.start()
         self.log_path = spec.log_path
         try:
-            self.port: int = ports.get(timeout=60)
+            self.port, self.http_port = ports.get(timeout=60)
         except Exception:
             self.stop()
             raise RuntimeError(f"the bench server did not start; see {spec.log_path}") from None

@@ -25,9 +25,8 @@ from pywa_async.client import WhatsApp
 from pywa_async.types.templates import TemplateLanguage
 
 from ..config import ConfigError, ConnectorConfig, WhatsAppSettings
-from ..runtime import StartConnector
+from ..runtime import ApproverUnreachable, StartConnector
 from .transport import (
-    ApproverUnreachable,
     CustomerWindow,
     NotifyTemplate,
     OutsideWindow,

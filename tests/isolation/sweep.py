@@ -41,6 +41,7 @@ from authz_service.gen.authz.v1 import admin_pb2 as adm
 from authz_service.gen.authz.v1 import authz_pb2 as az
 from authz_service.gen.authz.v1 import common_pb2 as cm
 from tests.conftest import Dsns, Service, Tenant, make_tenant
+from tests.console_helpers import open_console_session
 
 METHODS = [
     f"{name}.{method.name}"
@@ -218,6 +219,7 @@ async def world(service: Service) -> AsyncIterator[World]:
         az.AckNotificationRequest(channel_id=channel, approval_id=handed.approval_id,
                                   approver_id=handed.approver_id, version=handed.version, message_ref="m1")
     )  # fmt: skip
+    await open_console_session(service, a.keys["admin"])  # a console_sessions row
 
     def button(buttons: Any) -> str:
         return next(str(b.callback_payload) for b in buttons if b.action == APPROVE)

@@ -23,8 +23,8 @@ from authz_service.gen.authz.v1 import admin_pb2 as adm
 from authz_service.gen.authz.v1 import common_pb2 as cm
 from sidecars.config import WhatsAppSettings
 from sidecars.http import SendEndpoint
-from sidecars.runtime import Connector
 from sidecars.outbox import follow_notifications
+from sidecars.runtime import Connector
 from sidecars.whatsapp import (
     WEBHOOK_PATH,
     CustomerWindow,
