@@ -205,7 +205,11 @@ async def test_a_pairing_request_no_approver_can_see_names_its_requester_once(te
         assert last.unnotified_requester_id == "43"
         again = await ack(tenant.connector, second, failure="outside_24h_window")  # a retried ack
         assert again.unnotified_requester_id == ""
-        assert [e.subject for e in await events(tenant, "notification.undeliverable")] == [SECOND, OWNER, SECOND]
+        assert [e.subject for e in await events(tenant, "notification.undeliverable")] == [
+            SECOND,
+            OWNER,
+            SECOND,
+        ]
 
 
 async def test_an_approvers_copies_are_in_their_export_and_go_with_a_purge(tenant: Tenant) -> None:

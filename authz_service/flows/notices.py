@@ -171,9 +171,7 @@ class Acked:
     unnotified_requester_id: str = ""
 
 
-async def _unnotified_requester(
-    conn: Connection, tenant_id: str, channel: Channel, approval_id: str
-) -> str:
+async def _unnotified_requester(conn: Connection, tenant_id: str, channel: Channel, approval_id: str) -> str:
     """The requester of a pending pairing request none of whose approvers can
     be reached on the platform (every copy undeliverable, none posted); ""
     otherwise."""
@@ -217,8 +215,10 @@ async def ack(ctx: Context, done: Ack) -> Acked:
                 subject=done.approver_id, approval_id=done.approval_id, trace_id=ctx.trace_id,
                 details={"reason": done.failure},
             )  # fmt: skip
-            return Acked(unnotified_requester_id=await _unnotified_requester(conn, t, channel, done.approval_id))
-        elif back:
+            return Acked(
+                unnotified_requester_id=await _unnotified_requester(conn, t, channel, done.approval_id)
+            )
+        if back:
             await audit.record(
                 conn, t, "notification.reachable", actor=ctx.principal.actor, channel_id=done.channel_id,
                 subject=done.approver_id, approval_id=done.approval_id, trace_id=ctx.trace_id,

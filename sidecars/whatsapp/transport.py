@@ -173,7 +173,11 @@ class WhatsAppTransport:
         if not self.window.is_open(user_id):
             if buttons and self.template is not None:
                 return await self._template(to, user_id, text, buttons)
-            raise ApproverUnreachable("outside_24h_window" if self.template is not None or not buttons else "outside_24h_window_no_template")
+            raise ApproverUnreachable(
+                "outside_24h_window"
+                if self.template is not None or not buttons
+                else "outside_24h_window_no_template"
+            )
         if buttons and len(text) > MAX_BODY:
             # Never a decision on a cut text: the full text, decided elsewhere.
             log.warning("notification to %s too long for reply buttons (%d characters): sent without them",

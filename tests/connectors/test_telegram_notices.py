@@ -228,7 +228,8 @@ async def test_a_requester_whose_only_approver_cannot_be_reached_is_told(make_bo
     bot.fake.fail_send_to.add(str(OWNER))  # the owner never opened a DM with the bot
     await bot.feed(message_update(ALICE, "hello"))
     told = await bot.fake.log.wait_for(
-        "sendMessage", lambda c: c.params.get("chat_id") == str(ALICE) and c.params["text"] == OWNER_UNREACHABLE
+        "sendMessage",
+        lambda c: c.params.get("chat_id") == str(ALICE) and c.params["text"] == OWNER_UNREACHABLE,
     )
     assert "reply_markup" not in told.params
     [code, unreachable] = [m["text"] for m in bot.fake.messages_to(ALICE)]

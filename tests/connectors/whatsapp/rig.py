@@ -23,8 +23,8 @@ from authz_service.gen.authz.v1 import admin_pb2 as adm
 from authz_service.gen.authz.v1 import common_pb2 as cm
 from sidecars.config import WhatsAppSettings
 from sidecars.http import SendEndpoint
-from sidecars.runtime import Connector
 from sidecars.outbox import follow_notifications
+from sidecars.runtime import Connector
 from sidecars.whatsapp import (
     WEBHOOK_PATH,
     CustomerWindow,
@@ -104,7 +104,9 @@ class Rig:
 
     async def notified(self, wa_id: str, words: str = "", *, count: int = 1) -> dict[str, Any]:
         """The ``count``-th notification copy to ``wa_id`` with reply buttons (and ``words``)."""
-        return await self.sent(wa_id, lambda m: m["type"] == "interactive" and words in text_of(m), count=count)
+        return await self.sent(
+            wa_id, lambda m: m["type"] == "interactive" and words in text_of(m), count=count
+        )
 
     async def shown(self, wa_id: str, words: str) -> dict[str, Any]:
         """The first message to ``wa_id`` showing ``words`` (a copy's new version: WhatsApp cannot edit)."""
