@@ -5,7 +5,10 @@ approver's copy of every approval notification on its channel from the
 service's ``WatchNotifications`` stream: this posts or edits each copy on the
 platform and acknowledges it (``AckNotification``) with the platform's
 message reference, or with why the approver cannot be reached
-(:class:`~sidecars.runtime.ApproverUnreachable`). Started by
+(:class:`~sidecars.runtime.ApproverUnreachable`); when that leaves a pending
+pairing request with no approver reachable, the service names its requester,
+who is told to have an approver message the bot or use the CLI or console
+(``OWNER_UNREACHABLE``). Started by
 :func:`follow_notifications` (``sidecars.main`` does, for every platform
 that can).
 """
@@ -22,7 +25,14 @@ import grpc
 from authz_service.client import Client
 from authz_service.gen.authz.v1 import authz_pb2 as az
 
-from .runtime import _ACTIONS, ApproverUnreachable, ButtonSpec, Connector, DirectMessages
+from .runtime import (
+    _ACTIONS,
+    OWNER_UNREACHABLE,
+    ApproverUnreachable,
+    ButtonSpec,
+    Connector,
+    DirectMessages,
+)
 
 log = logging.getLogger("sidecars")
 
@@ -137,8 +147,20 @@ class Outbox:
             except grpc.aio.AioRpcError as exc:
                 log.warning("notification of %s to %s not acknowledged: %s", *key, exc.code().name)
                 return
+            if done.unnotified_requester_id:
+                await self._tell_requester(done.unnotified_requester_id)
             if done.HasField("next"):
                 next_item = done.next
+
+    async def _tell_requester(self, user_id: str) -> None:
+        """No approver of ``user_id``'s pairing request can be reached here:
+        they are told the request is decided elsewhere (as ``Connector`` does
+        when it notifies the owner itself)."""
+        try:
+            await self.transport.post_direct(user_id, OWNER_UNREACHABLE, ())
+        except Exception as exc:
+            reason = getattr(exc, "reason", "") or type(exc).__name__
+            log.warning("requester %s not told that no approver can be reached: %s", user_id, reason)
 
 
 def follow_notifications(connector: Connector) -> Outbox | None:

@@ -189,6 +189,29 @@ async def test_doctor_reports_an_unreachable_approver_until_they_are_reached(
         assert await unreachable() == []
 
 
+async def test_a_pairing_request_no_approver_can_see_names_its_requester_once(tenant: Tenant) -> None:
+    await tenant.channel(owner_id=OWNER, approvers=[SECOND])
+    async with watching(tenant.connector) as copies:
+        # One approver reached: the request can be decided from chat, nobody to tell.
+        await pair(tenant, user="42")
+        owner, second = await copies.take(2)
+        assert (await ack(tenant.connector, second, failure="chat_not_found")).unnotified_requester_id == ""
+        assert (await ack(tenant.connector, owner)).unnotified_requester_id == ""
+        # Nobody reached: the last failure names the requester, once.
+        await pair(tenant, user="43")
+        owner, second = await copies.take(2)
+        assert (await ack(tenant.connector, owner, failure="chat_not_found")).unnotified_requester_id == ""
+        last = await ack(tenant.connector, second, failure="outside_24h_window")
+        assert last.unnotified_requester_id == "43"
+        again = await ack(tenant.connector, second, failure="outside_24h_window")  # a retried ack
+        assert again.unnotified_requester_id == ""
+        assert [e.subject for e in await events(tenant, "notification.undeliverable")] == [
+            SECOND,
+            OWNER,
+            SECOND,
+        ]
+
+
 async def test_an_approvers_copies_are_in_their_export_and_go_with_a_purge(tenant: Tenant) -> None:
     await tenant.channel(owner_id=OWNER, approvers=[SECOND])
     async with watching(tenant.connector) as copies:

@@ -271,8 +271,10 @@ class AuthzServicer(authz_pb2_grpc.AuthzServiceServicer):
             done = notices.Ack(channel_id, approval_id, approver_id, request.version, failure=request.failure)
         else:
             raise InvalidArgument("result", "set message_ref or failure")
-        following = await notices.ack(ctx, done)
-        resp = az.AckNotificationResponse(trace_id=ctx.trace_id)
-        if following is not None:
-            resp.next.CopyFrom(convert.copy_out(following))
+        acked = await notices.ack(ctx, done)
+        resp = az.AckNotificationResponse(
+            trace_id=ctx.trace_id, unnotified_requester_id=acked.unnotified_requester_id
+        )
+        if acked.next is not None:
+            resp.next.CopyFrom(convert.copy_out(acked.next))
         return resp

@@ -347,6 +347,15 @@ def _unreachable_findings(snapshot: Snapshot) -> list[Finding]:
             fix = (
                 "ask them to open a DM with the bot (send it any message); the next notification reaches them"
             )
+        elif u.reason.startswith("outside_24h_window"):
+            said = (
+                f"approver {who} on channel {u.channel_id} has not written to the bot in the last 24 hours "
+                f"({u.reason})"
+            )
+            fix = (
+                "ask them to message the bot (WhatsApp lets a bot write only within 24 hours of the "
+                "person's last message), or set whatsapp.notify_template to reach them outside that window"
+            )
         else:
             said = f"approver {who} on channel {u.channel_id} cannot be reached by the bot ({u.reason})"
             fix = (

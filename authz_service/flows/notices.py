@@ -161,11 +161,39 @@ async def watch(ctx: Context, feed: ApprovalFeed, channel_id: str) -> AsyncItera
             sub.drain()
 
 
-async def ack(ctx: Context, done: Ack) -> CopyItem | None:
+@dataclass(frozen=True)
+class Acked:
+    """What an acknowledgement leaves to the connector: the copy's next version
+    if it fell behind meanwhile (now leased to the caller), and the requester to
+    tell when no approver of their pairing request can be reached."""
+
+    next: CopyItem | None = None
+    unnotified_requester_id: str = ""
+
+
+async def _unnotified_requester(conn: Connection, tenant_id: str, channel: Channel, approval_id: str) -> str:
+    """The requester of a pending pairing request none of whose approvers can
+    be reached on the platform (every copy undeliverable, none posted); ""
+    otherwise."""
+    s = await notices.subject(conn, tenant_id, approval_id)
+    if s is None or s.approval.kind != "pairing" or s.approval.status is not ApprovalStatus.PENDING:
+        return ""
+    approvers = await _approvers(conn, tenant_id)
+    wanted = set(dn.recipients(channel, s.approval, approvers.tenant, approvers.agents))
+    copies = await notices.copies_of(conn, tenant_id, [approval_id])
+    if any(c.state != notices.UNREACHABLE for c in copies):
+        return ""  # delivered to someone, or still being delivered
+    if not wanted <= {c.approver_id for c in copies}:
+        return ""  # an approver's copy is still to come
+    return s.approval.user_id
+
+
+async def ack(ctx: Context, done: Ack) -> Acked:
     """Record a copy's delivery (idempotent); the first failure of a copy is
     audited as ``notification.undeliverable`` (the approver and the reason
-    class, never the text). Returns the copy's next version if it fell behind
-    meanwhile (now leased to the caller)."""
+    class, never the text), and when it leaves a pending pairing request with
+    no approver reachable, its requester is named to be told. Also the copy's
+    next version if it fell behind meanwhile (now leased to the caller)."""
     t = ctx.tenant_id
     async with ctx.db.tenant(t) as conn:
         channel = await load_channel_for(ctx, conn, done.channel_id, for_update=False)
@@ -180,25 +208,28 @@ async def ack(ctx: Context, done: Ack) -> CopyItem | None:
         back = back and await notices.was_unreachable(conn, recorded, done.channel_id)
         after = await notices.ack(conn, recorded)
         if after is None:  # older than what the copy shows: nothing to record
-            return None
+            return Acked()
         if done.failure and before.state != notices.UNREACHABLE:
             await audit.record(
                 conn, t, "notification.undeliverable", actor=ctx.principal.actor, channel_id=done.channel_id,
                 subject=done.approver_id, approval_id=done.approval_id, trace_id=ctx.trace_id,
                 details={"reason": done.failure},
             )  # fmt: skip
-        elif back:
+            return Acked(
+                unnotified_requester_id=await _unnotified_requester(conn, t, channel, done.approval_id)
+            )
+        if back:
             await audit.record(
                 conn, t, "notification.reachable", actor=ctx.principal.actor, channel_id=done.channel_id,
                 subject=done.approver_id, approval_id=done.approval_id, trace_id=ctx.trace_id,
             )  # fmt: skip
         if after.state == notices.UNREACHABLE:
-            return None
+            return Acked()
         s = await notices.subject(conn, t, done.approval_id)
         if s is None or s.version <= after.shown_version:
-            return None
+            return Acked()
         claim = ClaimInput(
             t, done.approval_id, done.channel_id, done.approver_id, s.version, LEASE_SECONDS, create=False
         )
         claimed = await notices.claim(conn, claim)
-        return None if claimed is None else _render(ctx, channel, s, claimed, await db.now(conn))
+        return Acked(None if claimed is None else _render(ctx, channel, s, claimed, await db.now(conn)))

@@ -6,8 +6,10 @@
   for the channel's phone-pattern auto-approve rules;
 - only direct messages are routed (the chat is the person);
 - approval buttons are interactive reply buttons (at most three, titles of 20
-  characters) whose ids are the service's callback payloads verbatim; a press
-  is answered with a new message (WhatsApp cannot edit one);
+  characters) whose ids are the service's callback payloads verbatim; every
+  approver's copy comes from the notification outbox (:mod:`sidecars.outbox`),
+  and each change of a copy is posted as a new message (WhatsApp cannot edit
+  one), which is also the presser's confirmation;
 - WhatsApp's 24-hour customer-service window: see :mod:`.transport`.
 
 This package only translates: :mod:`.webhook` (Meta → ``Inbound`` and presses),

@@ -216,7 +216,8 @@ class WhatsAppBot:
 
     async def _press(self, payload: str, presser: str) -> None:
         result = await self.connector.handle_press(payload, presser)
-        if not result.owner_text:
+        if not result.owner_text or (result.ok and not result.edit):
+            # Resolved, and the outbox posts every approver's copy anew (the presser's too).
             return
         # WhatsApp cannot edit the notification: the outcome (or the refusal) is a new message.
         try:

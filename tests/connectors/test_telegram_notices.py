@@ -24,7 +24,7 @@ from authz_service.store.db import Database
 from sidecars import telegram as tg
 from sidecars.config import TelegramSettings
 from sidecars.outbox import Outbox, follow_notifications
-from sidecars.runtime import NOT_ALLOWED, Connector
+from sidecars.runtime import NOT_ALLOWED, OWNER_UNREACHABLE, Connector
 from tests.conftest import Dsns, Service, Tenant, eventually
 from tests.connectors.conftest import CallLog, ConfigFactory, RecordingAgent
 from tests.connectors.fake_telegram import TOKEN, FakeTelegram, callback_update, message_update
@@ -221,3 +221,16 @@ async def test_an_approver_who_never_messaged_the_bot_is_audited_and_shown_by_do
     assert json.loads(event.details_json) == {"reason": "chat_not_found"}
     doctor = await make_cli(service, tenant)("doctor", "--fail-on", "never")
     assert f"approver telegram:{SECOND} on channel tg has never messaged the bot" in doctor.out, doctor.text
+
+
+async def test_a_requester_whose_only_approver_cannot_be_reached_is_told(make_bot: MakeBot) -> None:
+    bot = await make_bot(owner_id=str(OWNER))
+    bot.fake.fail_send_to.add(str(OWNER))  # the owner never opened a DM with the bot
+    await bot.feed(message_update(ALICE, "hello"))
+    told = await bot.fake.log.wait_for(
+        "sendMessage",
+        lambda c: c.params.get("chat_id") == str(ALICE) and c.params["text"] == OWNER_UNREACHABLE,
+    )
+    assert "reply_markup" not in told.params
+    [code, unreachable] = [m["text"] for m in bot.fake.messages_to(ALICE)]
+    assert "Pairing code" in code and unreachable == OWNER_UNREACHABLE

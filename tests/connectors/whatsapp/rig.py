@@ -45,6 +45,7 @@ from tests.connectors.fake_whatsapp import (
     buttons_of,
     signature,
     text,
+    text_of,
 )
 
 CHANNEL = "wa"
@@ -90,6 +91,26 @@ class Rig:
         body = self.fake.inbound(wa_id, text(words, message_id or new_id()), name=name)
         assert await self.post(body) == 200
         return body
+
+    async def sent(
+        self, wa_id: str, where: Callable[[dict[str, Any]], bool] = lambda m: True, *, count: int = 1
+    ) -> dict[str, Any]:
+        """The ``count``-th message to ``wa_id`` matching ``where``, waiting (bounded) for it:
+        approvers' copies come from the notification outbox, after the webhook's answer."""
+        call = await self.fake.log.wait_for(
+            "messages", lambda c: c.params.get("to") == wa_id and where(c.params), count=count
+        )
+        return call.params
+
+    async def notified(self, wa_id: str, words: str = "", *, count: int = 1) -> dict[str, Any]:
+        """The ``count``-th notification copy to ``wa_id`` with reply buttons (and ``words``)."""
+        return await self.sent(
+            wa_id, lambda m: m["type"] == "interactive" and words in text_of(m), count=count
+        )
+
+    async def shown(self, wa_id: str, words: str) -> dict[str, Any]:
+        """The first message to ``wa_id`` showing ``words`` (a copy's new version: WhatsApp cannot edit)."""
+        return await self.sent(wa_id, lambda m: words in text_of(m))
 
     async def press(self, wa_id: str, action: str, posted: dict[str, Any] | None = None) -> None:
         """``wa_id`` taps the ``action`` reply button of ``posted`` (default: the owner's last message)."""

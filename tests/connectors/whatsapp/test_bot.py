@@ -1,6 +1,8 @@
 """The WhatsApp connector end to end: signed webhooks into the real pywa client,
 the real authz service on PostgreSQL, and a fake Cloud API recording what the
-bot sent. The owner's window is opened by the owner writing first (``/pending``)."""
+bot sent. The owner's window is opened by the owner writing first (``/pending``).
+Approvers' copies come from the notification outbox, as ``sidecars.main`` runs it:
+the tests wait (bounded) for the fake to record them."""
 
 from __future__ import annotations
 
@@ -41,14 +43,15 @@ async def start_pairing(rig: Rig) -> cm.Approval:
     [code] = rig.fake.texts_to(ALICE)
     assert "Pairing code" in code
     [approval] = await rig.pending()
+    await rig.notified(OWNER, uid(ALICE))  # the outbox's copy
     return approval
 
 
 async def test_a_stranger_pairs_when_the_owner_taps_approve(rig: Rig) -> None:
     approval = await start_pairing(rig)
     assert approval.user_id == uid(ALICE)  # the wa_id, stored as E.164
-    notification = rig.fake.sent_to(OWNER)[-1]
-    assert notification["type"] == "interactive"
+    notification = await rig.notified(OWNER)
+    assert notification == rig.fake.sent_to(OWNER)[-1]
     body = notification["interactive"]["body"]["text"]
     assert uid(ALICE) in body and "Alice" in body and "hello there" in body  # the number shows
     buttons = buttons_of(notification)
@@ -61,7 +64,12 @@ async def test_a_stranger_pairs_when_the_owner_taps_approve(rig: Rig) -> None:
     assert await rig.status(approval.approval_id) == cm.APPROVAL_STATUS_APPROVED
     assert await allowed(rig, ALICE)
     assert "Paired" in rig.fake.texts_to(ALICE)[-1]
-    assert "Approved" in rig.fake.texts_to(OWNER)[-1]  # a new message: WhatsApp cannot edit
+    # The outbox shows the outcome as a new message (WhatsApp cannot edit), without buttons;
+    # the press itself adds no second one.
+    outcome = await rig.shown(OWNER, f"✅ Approved by whatsapp:{uid(OWNER)}")
+    assert outcome["type"] == "text" and uid(ALICE) in outcome["text"]["body"]
+    assert "Code: " not in outcome["text"]["body"]
+    assert len([t for t in rig.fake.texts_to(OWNER) if "Approved" in t]) == 1
 
     # Alice now reaches the agent, and its reply passes EvaluateSend back to her.
     await rig.say(ALICE, "what is 2+2?")
@@ -77,11 +85,24 @@ async def test_deny_and_block_from_the_buttons(rig: Rig) -> None:
     assert await rig.status(approval.approval_id) == cm.APPROVAL_STATUS_DENIED
     assert "denied" in rig.fake.texts_to(ALICE)[-1]
     assert not await allowed(rig, ALICE)
+    denied = await rig.shown(OWNER, "❌ Denied by")
+    assert denied["type"] == "text" and uid(ALICE) in denied["text"]["body"]
+
+    # Mallory asks next; the owner blocks her from her own copy's buttons.
+    await rig.say(MALLORY, "let me in")
+    [request] = await rig.pending()
+    posted = await rig.notified(OWNER, uid(MALLORY))
+    await rig.press(OWNER, "block", posted)
+    assert await rig.status(request.approval_id) == cm.APPROVAL_STATUS_BLOCKED
+    assert uid(MALLORY) in (await rig.shown(OWNER, "⛔ Blocked by"))["text"]["body"]
+    assert not await allowed(rig, MALLORY)
+    await rig.say(MALLORY, "please")  # blocked: no new request
+    assert await rig.pending() == []
 
 
 async def test_only_an_approver_can_press(rig: Rig) -> None:
     approval = await start_pairing(rig)
-    posted = rig.fake.sent_to(OWNER)[-1]
+    posted = await rig.notified(OWNER)
     await rig.say(MALLORY, "hi")  # Mallory is a stranger who got hold of the button ids
     await rig.press(MALLORY, "approve", posted)
     assert rig.fake.texts_to(MALLORY)[-1] == NOT_ALLOWED
@@ -127,7 +148,7 @@ async def test_forged_webhooks_change_nothing(rig: Rig, caplog: pytest.LogCaptur
 
     # A forged Approve for a real pending request does not approve it.
     approval = await start_pairing_after_owner(rig)
-    button = buttons_of(rig.fake.sent_to(OWNER)[-1])[0]
+    button = buttons_of(await rig.notified(OWNER))[0]
     forged = rig.fake.inbound(OWNER, button_reply(button, new_id()))
     assert await rig.post(forged, sign="guessed") == 403
     assert await rig.status(approval.approval_id) == cm.APPROVAL_STATUS_PENDING
@@ -135,6 +156,7 @@ async def test_forged_webhooks_change_nothing(rig: Rig, caplog: pytest.LogCaptur
     # And the refusal did not use up the message id: the genuine delivery still counts.
     assert await rig.post(forged) == 200
     assert await rig.status(approval.approval_id) == cm.APPROVAL_STATUS_APPROVED
+    await rig.shown(OWNER, "✅ Approved by")
 
 
 async def start_pairing_after_owner(rig: Rig) -> cm.Approval:
@@ -163,8 +185,9 @@ async def test_a_redelivered_message_is_processed_once(rig: Rig) -> None:
     again["entry"][0]["changes"][0]["value"]["messages"][0]["timestamp"] = "1"
     assert await rig.post(json.dumps(again)) == 200
     assert len(rig.fake.texts_to(ALICE)) == 1  # one pairing code
+    assert len(await rig.pending()) == 1  # one request: so one copy for the owner
+    await rig.notified(OWNER, uid(ALICE))
     assert len([m for m in rig.fake.sent_to(OWNER) if m["type"] == "interactive"]) == 1
-    assert len(await rig.pending()) == 1
 
 
 async def test_the_verification_handshake(rig: Rig) -> None:

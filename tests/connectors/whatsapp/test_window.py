@@ -1,11 +1,14 @@
 """WhatsApp's 24-hour customer-service window: free-form messages only to people
-who wrote in the last 24 hours; the owner's notification outside it goes out as
-the configured template, or the requester is told that the owner must open the
-chat or use the CLI. Also the connector process itself (``serve`` + ``run``)."""
+who wrote in the last 24 hours. The owner's copy (from the notification outbox)
+outside it goes out as the configured template; without one it is acknowledged
+as undeliverable (audited, shown by ``authz doctor``) and the requester is told
+that the owner must open the chat or use the CLI. Also the connector process
+itself (``serve`` + ``run``)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -17,6 +20,7 @@ import httpx
 import pytest
 from pywa.errors import WhatsAppError
 
+from authz_service.gen.authz.v1 import admin_pb2 as adm
 from authz_service.gen.authz.v1 import common_pb2 as cm
 from sidecars.config import WhatsAppSettings
 from sidecars.main import serve
@@ -31,7 +35,7 @@ from sidecars.whatsapp import (
     run,
 )
 from sidecars.whatsapp.transport import check_buttons, user_id_of, wa_id_of
-from tests.conftest import Tenant
+from tests.conftest import Service, Tenant
 from tests.connectors.conftest import ConfigFactory, PostSend
 from tests.connectors.fake_whatsapp import (
     APP_SECRET,
@@ -42,8 +46,10 @@ from tests.connectors.fake_whatsapp import (
     quick_reply,
     signature,
     text,
+    text_of,
 )
 from tests.connectors.whatsapp.rig import ALICE, CHANNEL, OWNER, OpenRig, Rig, new_id, uid
+from tests.policy_helpers import make_cli
 
 TEMPLATE = "authz_pairing_request"
 DAY = 24 * 3600
@@ -55,25 +61,48 @@ async def alice_asks(rig: Rig) -> cm.Approval:
     return approval
 
 
-async def test_without_a_template_the_requester_is_told_the_owner_is_unreachable(
-    rig: Rig, caplog: pytest.LogCaptureFixture
+async def told_owner_unreachable(rig: Rig) -> None:
+    """Wait (bounded) for the outbox to tell Alice: her request's only approver is out of reach."""
+    await rig.sent(ALICE, lambda m: text_of(m) == OWNER_UNREACHABLE)
+
+
+async def test_without_a_template_the_copy_is_undeliverable_and_the_requester_told(
+    rig: Rig, service: Service, caplog: pytest.LogCaptureFixture
 ) -> None:
     approval = await alice_asks(rig)  # the owner never wrote to the bot
+    await told_owner_unreachable(rig)
     code, unreachable = rig.fake.texts_to(ALICE)
     assert "Pairing code" in code and unreachable == OWNER_UNREACHABLE
     assert rig.fake.sent_to(OWNER) == []  # nothing attempted outside the window
     assert rig.fake.window_violations == []
-    assert f"owner {uid(OWNER)} not notified" in caplog.text
-    assert "outside_24h_window_no_template" in caplog.text
-    # The request stands: the owner can still approve it elsewhere.
+    assert f"approver {uid(OWNER)} cannot be reached: outside_24h_window_no_template" in caplog.text
+    # Acknowledged as undeliverable: audited, and reported by doctor.
+    found = await rig.tenant.admin.admin.QueryAudit(adm.QueryAuditRequest(event="notification."))
+    [event] = found.events
+    assert (event.event, event.subject, event.channel_id, event.approval_id) == (
+        "notification.undeliverable",
+        uid(OWNER),
+        CHANNEL,
+        approval.approval_id,
+    )
+    assert json.loads(event.details_json) == {"reason": "outside_24h_window_no_template"}
+    done = await make_cli(service, rig.tenant)("doctor", "--json", "--fail-on", "never")
+    assert done.code == 0, done.text
+    [finding] = [f for f in json.loads(done.out)["findings"] if f["code"] == "approver_unreachable"]
+    assert finding["channel_id"] == CHANNEL
+    assert f"approver whatsapp:{uid(OWNER)} on channel {CHANNEL} has not written" in finding["message"]
+    assert "whatsapp.notify_template" in finding["fix"]
+    # The request stands: the owner opens the chat and finds it there (or uses the CLI).
     assert await rig.status(approval.approval_id) == cm.APPROVAL_STATUS_PENDING
+    await rig.say(OWNER, "/pending")
+    assert uid(ALICE) in rig.fake.texts_to(OWNER)[-1]
 
 
 async def test_an_owner_who_wrote_over_a_day_ago_is_outside_the_window(rig: Rig) -> None:
     stale = rig.fake.inbound(OWNER, text("/pending", new_id()), at=time.time() - DAY - 60)
     assert await rig.post(stale) == 200
     await alice_asks(rig)
-    assert rig.fake.texts_to(ALICE)[-1] == OWNER_UNREACHABLE
+    await told_owner_unreachable(rig)
     # The window runs from when the owner wrote, not from when Meta delivered it:
     # not even the answer to the stale command was attempted.
     assert rig.fake.sent_to(OWNER) == []
@@ -83,9 +112,10 @@ async def test_an_owner_who_wrote_over_a_day_ago_is_outside_the_window(rig: Rig)
 async def test_the_template_notifies_the_owner_and_its_quick_reply_approves(open_rig: OpenRig) -> None:
     async with open_rig(template=TEMPLATE) as rig:
         approval = await alice_asks(rig)
-        assert rig.fake.texts_to(ALICE) != [] and OWNER_UNREACHABLE not in rig.fake.texts_to(ALICE)
-        [sent] = rig.fake.sent_to(OWNER)
-        assert sent["type"] == "template"
+        sent = await rig.sent(OWNER)  # the outbox's copy, outside the window: the template
+        assert [sent] == rig.fake.sent_to(OWNER) and sent["type"] == "template"
+        [code] = rig.fake.texts_to(ALICE)  # delivered: nothing more to tell her
+        assert "Pairing code" in code
         template = sent["template"]
         assert (template["name"], template["language"]["code"]) == (TEMPLATE, "en_US")
         [body] = [c for c in template["components"] if c["type"].lower() == "body"]
@@ -100,7 +130,9 @@ async def test_the_template_notifies_the_owner_and_its_quick_reply_approves(open
         assert await rig.post(press) == 200
         assert await rig.status(approval.approval_id) == cm.APPROVAL_STATUS_APPROVED
         assert "Paired" in rig.fake.texts_to(ALICE)[-1]
-        assert "Approved" in rig.fake.texts_to(OWNER)[-1]  # the press opened the owner's window
+        # The copy's new version is a new message, free-form: the press opened the owner's window.
+        outcome = await rig.shown(OWNER, f"✅ Approved by whatsapp:{uid(OWNER)}")
+        assert outcome["type"] == "text"
         assert rig.fake.window_violations == []
 
 
@@ -108,7 +140,8 @@ async def test_inside_the_window_the_template_is_not_used(open_rig: OpenRig) -> 
     async with open_rig(template=TEMPLATE) as rig:
         await rig.say(OWNER, "/pending")
         await alice_asks(rig)
-        assert rig.fake.sent_to(OWNER)[-1]["type"] == "interactive"
+        await rig.notified(OWNER, uid(ALICE))
+        assert [m["type"] for m in rig.fake.sent_to(OWNER)] == ["text", "interactive"]  # /pending's answer
 
 
 async def test_an_agent_send_after_the_window_closed_is_not_attempted(
