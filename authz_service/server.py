@@ -20,6 +20,7 @@ from .api.authz import AuthzServicer
 from .api.http import HttpServer, build_app, server_ssl_context
 from .api.rpc import Gate, Runtime
 from .api.streams import StreamLimits, Streams
+from .flows.changes import ChangeFeed
 from .cache import StateCache
 from .config import ConfigError, Settings
 from .domain.errors import Unavailable
@@ -245,6 +246,11 @@ async def start_server(
     # After the cache's handlers: a key's streams re-check once its entry is dropped.
     listener.on(CHANGES, streams.on_change)
     listener.on_state(streams.on_listener)
+    # After the cache's handlers: a stream hears of a change once an answer
+    # computed here reflects it (flows.changes).
+    changes = ChangeFeed()
+    listener.on(CHANGES, changes.on_change)
+    listener.on_state(changes.on_listener)
     await listener.start()
     await audit.prepare_partitions(db)
     gate = Gate()
@@ -255,6 +261,7 @@ async def start_server(
         operator_key_hash=operator_key_hash,
         feed=ApprovalFeed(db, notifier),
         streams=streams,
+        changes=changes,
         cache=cache,
         telemetry=telemetry,
         code_limits=CodeAttemptLimits(

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from ..cache import CheckState
-from ..domain import floods, ids, scope
+from ..domain import floods, ids, reuse, scope
 from ..domain import send as send_policy
 from ..domain.access import Inbound, Verdict, check_user
 from ..domain.model import Channel, Decision
@@ -20,9 +20,19 @@ from . import rate as rate_limits
 log = logging.getLogger(__name__)
 
 
-async def check(ctx: Context, channel_id: str, message: Inbound, *, consistent: bool = False) -> Verdict:
+@dataclass(frozen=True, slots=True)
+class Checked:
+    """A CheckUser answer, and whether the caller may reuse it (domain.reuse)."""
+
+    verdict: Verdict
+    reuse: reuse.ReuseHint | None = None
+
+
+async def check(ctx: Context, channel_id: str, message: Inbound, *, consistent: bool = False) -> Checked:
     """Decide one inbound message: from the cache when it holds the state (and
-    the caller did not ask for a ``consistent`` read), else in one round trip."""
+    the caller did not ask for a ``consistent`` read), else in one round trip.
+    The answer is marked reusable only while this process hears every change
+    (its cache is on) and never for a ``consistent`` read."""
     t = ctx.tenant_id
     cache = None if consistent else ctx.cache
     state = cache.check_state(t, channel_id, message.user_id, message.group_id) if cache else None
@@ -40,7 +50,7 @@ async def check(ctx: Context, channel_id: str, message: Inbound, *, consistent: 
             state = _state(t, read)
         except CorruptPolicy:
             log.error("channel %s/%s has an unreadable policy; denying", t, channel_id)
-            return _logged(ctx, channel_id, Verdict(Decision.DENY, "channel_policy_invalid"))
+            return Checked(_logged(ctx, channel_id, Verdict(Decision.DENY, "channel_policy_invalid")))
         if ctx.cache is not None:
             if now is not None:
                 ctx.cache.observe_db_clock(now)
@@ -50,7 +60,9 @@ async def check(ctx: Context, channel_id: str, message: Inbound, *, consistent: 
     verdict = check_user(state.channel, state.subject, state.in_group, message, now)
     # Rate limits: an allowed message also needs a token (always PostgreSQL, never the cache).
     verdict = await rate_limits.admit(ctx, state.channel, message, verdict)
-    return _logged(ctx, channel_id, verdict)
+    live = not consistent and ctx.cache is not None and ctx.cache.usable
+    hint = reuse.for_check(state.channel, state.subject, message, verdict, now) if live else None
+    return Checked(_logged(ctx, channel_id, verdict), hint)
 
 
 def _state(tenant_id: str, read: channels.CheckState | None) -> CheckState:
@@ -69,18 +81,28 @@ def _logged(ctx: Context, channel_id: str, verdict: Verdict) -> Verdict:
     return verdict
 
 
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """An EvaluateSend answer, and whether the caller may reuse it (domain.reuse)."""
+
+    decision: send_policy.SendDecision
+    reuse: reuse.ReuseHint | None = None
+
+
 async def evaluate_send(
     ctx: Context, channel_id: str, agent_id: str, session_id: str, origin: str, target: str, *, listing: bool
-) -> send_policy.SendDecision:
+) -> Sent:
     """The channel's policy (with its tenant's time zone) comes from the cache
     when it holds it (the same entry CheckUser uses, invalidated the same way),
     with the cache's database clock; else from one read that also returns the
-    database's ``now()``. Every denial is audited."""
+    database's ``now()``. Every denial is audited, so only allowed sends are
+    ever marked reusable (and only while this process's cache is on)."""
     scope.require_agent(ctx.principal, agent_id)
     t = ctx.tenant_id
     if listing:
-        return send_policy.evaluate(None, agent_id, target, origin, platform=None, listing=True)
+        return Sent(send_policy.evaluate(None, agent_id, target, origin, platform=None, listing=True))
     cache = ctx.cache
+    live = cache is not None and cache.usable
     found, channel = cache.channel(t, channel_id) if cache is not None else (False, None)
     if not scope.channel_in_scope(ctx.principal, channel_id):
         found, channel = True, None  # as an unknown channel (a bound connector key elsewhere)
@@ -88,16 +110,17 @@ async def evaluate_send(
         now = cache.db_now() if cache is not None else None
         decision = _send_decision(channel, agent_id, target, origin, now)
         if decision.allow:
-            return decision
+            return Sent(decision, reuse.for_send(channel, agent_id, decision) if live else None)
         async with ctx.db.tenant(t) as conn:
             await _audit_denied_send(ctx, conn, channel_id, agent_id, session_id, origin, target, decision)
-        return decision
+        return Sent(decision)
     generation = cache.generation if cache is not None else 0
     async with ctx.db.tenant(t) as conn:
         read = await channels.send_state(conn, t, channel_id)
         try:
             channel = None if read is None else read.channel.decode(t)
         except CorruptPolicy:
+            channel = None
             decision = send_policy.SendDecision(False, send_policy.EVALUATION_ERROR)
         else:
             now = read.now if read is not None else None
@@ -108,7 +131,8 @@ async def evaluate_send(
             decision = _send_decision(channel, agent_id, target, origin, now)
         if not decision.allow:
             await _audit_denied_send(ctx, conn, channel_id, agent_id, session_id, origin, target, decision)
-    return decision
+            return Sent(decision)
+    return Sent(decision, reuse.for_send(channel, agent_id, decision) if live else None)
 
 
 def _send_decision(
