@@ -20,7 +20,6 @@ from .api.authz import AuthzServicer
 from .api.http import HttpServer, build_app, server_ssl_context
 from .api.rpc import Gate, Runtime
 from .api.streams import StreamLimits, Streams
-from .flows.changes import ChangeFeed
 from .cache import StateCache
 from .config import ConfigError, Settings
 from .domain.errors import Unavailable
@@ -28,6 +27,7 @@ from .domain.floods import DENIED_SEND_INTERVAL_SECONDS
 from .domain.pairing import Keyring
 from .flows import CodeAttemptLimits, ToolApprovalLimits
 from .flows.auth import FailureThrottle, hash_secret
+from .flows.changes import ChangeFeed
 from .flows.expiry import sweep as expire_due_approvals
 from .flows.watch import ApprovalFeed
 from .gen.authz.v1 import admin_pb2, admin_pb2_grpc, authz_pb2, authz_pb2_grpc

@@ -292,6 +292,7 @@ class AuthzServicer(authz_pb2_grpc.AuthzServiceServicer):
                 server_id=feed.server_id,
                 heartbeat_ms=heartbeat_ms,
                 invalidations=[
-                    az.Invalidation(channel_id=i.channel_id, user_id=i.user_id, all=i.everything) for i in batch
+                    az.Invalidation(channel_id=i.channel_id, user_id=i.user_id, all=i.everything)
+                    for i in batch
                 ],
             )

@@ -91,7 +91,9 @@ class EdgeCache:
     @property
     def healthy(self) -> bool:
         """A stream is open and heard from within the bound."""
-        return bool(self.server_id) and time.monotonic() - self._last_message <= self.settings.heartbeat_timeout
+        return (
+            bool(self.server_id) and time.monotonic() - self._last_message <= self.settings.heartbeat_timeout
+        )
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -221,9 +223,7 @@ class EdgeMethod:
     **call_options)`` returns the response, as awaiting the generated stub's call
     does (the call object itself is not exposed)."""
 
-    def __init__(
-        self, method: Any, cache: EdgeCache, key_of: Callable[[Any], Hashable | None]
-    ) -> None:
+    def __init__(self, method: Any, cache: EdgeCache, key_of: Callable[[Any], Hashable | None]) -> None:
         self._method = method
         self._cache = cache
         self._key_of = key_of
@@ -270,10 +270,11 @@ async def follow_changes(stub: Any, cache: EdgeCache) -> None:
         reason = "change stream ended"
         code: grpc.StatusCode | None = None
         try:
+            messages = aiter(call)
             while True:
                 async with asyncio.timeout(settings.heartbeat_timeout):
-                    message = await call.read()
-                if message is grpc.aio.EOF:
+                    message = await anext(messages, None)
+                if message is None:
                     break
                 cache.on_message(message)
                 delay = settings.reconnect_delay
