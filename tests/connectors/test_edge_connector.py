@@ -5,9 +5,13 @@ nor the EvaluateSend of the reply (issue #21). Calls are counted at the service.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
 
 from authz_service.gen.authz.v1 import admin_pb2 as adm
 from authz_service.gen.authz.v1 import common_pb2 as cm
+from sidecars.config import ConfigError, build_config
 from sidecars.main import make_client
 from sidecars.runtime import ButtonSpec, Connector, Inbound
 from tests.conftest import Service, Tenant, eventually
@@ -64,3 +68,12 @@ async def test_a_repeat_message_of_an_admitted_user_makes_no_call(
         await eventually(stopped)
     finally:
         await client.close()
+
+
+def test_edge_cache_is_on_by_default_and_can_be_turned_off(tmp_path: Path) -> None:
+    (tmp_path / "key").write_text("azk.t.k.s.c\n")
+    base = {"channel_id": "tg", "api_key_file": "key", "telegram": {"token": "123:abc"}}
+    assert build_config(base, "telegram", {}, tmp_path).edge_cache
+    assert not build_config({**base, "edge_cache": False}, "telegram", {}, tmp_path).edge_cache
+    with pytest.raises(ConfigError, match="edge_cache: must be true or false"):
+        build_config({**base, "edge_cache": "no"}, "telegram", {}, tmp_path)
