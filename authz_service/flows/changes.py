@@ -32,6 +32,9 @@ from ..domain.reuse import Invalidation, invalidation_of
 log = logging.getLogger(__name__)
 
 HEARTBEAT_SECONDS = 0.5
+# Heartbeats go out in this many slices per interval, each stream in its own
+# slice, so 1,000 streams are not woken at once (a change would queue behind them).
+HEARTBEAT_SLICES = 10
 # A stream whose client reads nothing holds at most this many invalidations;
 # past it they collapse into one "everything".
 INBOX_LIMIT = 1000
@@ -42,6 +45,7 @@ class Inbox:
     """One stream's pending invalidations, or the error that ends it."""
 
     principal: Principal
+    slice: int = 0
     pending: list[Invalidation] = field(default_factory=list)
     error: AuthzError | None = None
     event: asyncio.Event = field(default_factory=asyncio.Event)
@@ -69,6 +73,7 @@ class ChangeFeed:
         """True while this process hears every change notification."""
         self._inboxes: dict[str, set[Inbox]] = {}
         self._ticker: asyncio.Task[None] | None = None
+        self._opened = 0
 
     @property
     def open_count(self) -> int:
@@ -105,7 +110,8 @@ class ChangeFeed:
     def subscribe(self, principal: Principal) -> Iterator[Inbox]:
         if not self.live:
             raise Unavailable("the server does not hear change notifications now; try again")
-        inbox = Inbox(principal)
+        self._opened += 1
+        inbox = Inbox(principal, self._opened % HEARTBEAT_SLICES)
         self._inboxes.setdefault(principal.tenant_id, set()).add(inbox)
         if self._ticker is None or self._ticker.done():
             self._ticker = asyncio.get_running_loop().create_task(self._beat(), name="change-heartbeat")
@@ -132,11 +138,14 @@ class ChangeFeed:
                 yield batch
 
     async def _beat(self) -> None:
+        tick = 0
         while self._inboxes:
-            await asyncio.sleep(self.heartbeat_seconds)
+            await asyncio.sleep(self.heartbeat_seconds / HEARTBEAT_SLICES)
+            tick = (tick + 1) % HEARTBEAT_SLICES
             for inboxes in list(self._inboxes.values()):
                 for inbox in inboxes:
-                    inbox.event.set()
+                    if inbox.slice == tick:
+                        inbox.event.set()
 
     async def close(self) -> None:
         self._end_all(Unavailable("the server is shutting down"))
