@@ -40,7 +40,6 @@ from typing import Any
 import asyncpg
 import grpc
 import psutil
-from google.protobuf.message import Message
 
 from authz_service.client import EdgeCache, EdgeSettings, connect
 from authz_service.client import edge as edge_answers
@@ -277,7 +276,7 @@ async def _streams(holder: Holder, commands: Any, answers: Any) -> None:
         def __init__(self, channel: grpc.aio.Channel) -> None:
             self._stub = authz_pb2_grpc.AuthzServiceStub(channel)
 
-        def WatchChanges(self, request: Message) -> Any:
+        def WatchChanges(self, request: az.WatchChangesRequest) -> Any:
             return self._stub.WatchChanges(request, metadata=metadata)
 
     settings = EdgeSettings()
@@ -335,7 +334,7 @@ async def _streams(holder: Holder, commands: Any, answers: Any) -> None:
         for t in tasks:
             t.cancel()
         for ch in channels:
-            await ch.close()
+            await ch.close(None)
 
 
 LOAD_RPS = 800  # remote CheckUser per second while revocations are measured: about 40 % of a core
@@ -399,7 +398,7 @@ def streams(holder: Holder, pids: Sequence[int], users: int, client_cpus: Sequen
     idle_before, rss_before = cores(3.0), server_rss_mb(pids)
     proc = ctx.Process(target=_hold, args=(holder, commands, answers), daemon=True)
     proc.start()
-    if client_cpus:
+    if client_cpus and proc.pid is not None:
         os.sched_setaffinity(proc.pid, client_cpus)
     try:
         ready = answers.get(timeout=120)
@@ -423,7 +422,7 @@ def streams(holder: Holder, pids: Sequence[int], users: int, client_cpus: Sequen
         ]
         for p in loaders:
             p.start()
-            if client_cpus:
+            if client_cpus and p.pid is not None:
                 os.sched_setaffinity(p.pid, client_cpus)
         time.sleep(2.0)  # the load is up
         load_cpu, t = server_cpu(pids), time.monotonic()
