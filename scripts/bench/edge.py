@@ -307,6 +307,7 @@ async def _streams(holder: Holder, commands: Any, answers: Any) -> None:
                 e.seen.clear()
             starts: list[float] = []
             unhealthy = 0
+            cpu, wall = time.process_time(), time.monotonic()
             for _ in range(count):
                 blocked = not blocked
                 start = time.monotonic()
@@ -328,7 +329,8 @@ async def _streams(holder: Holder, commands: Any, answers: Any) -> None:
                         latencies.append(1000 * (got[0] - s))
                     else:
                         missing += 1
-            answers.put((latencies, missing, unhealthy))
+            holder_cores = (time.process_time() - cpu) / (time.monotonic() - wall)
+            answers.put((latencies, missing, unhealthy, holder_cores))
     finally:
         await owner.close()
         for t in tasks:
@@ -376,6 +378,8 @@ class Streams:
     samples_load: int
     missing: int
     unhealthy: int
+    holder_cores_idle: float
+    holder_cores_load: float
     load_cores: float
 
 
@@ -415,7 +419,7 @@ def streams(holder: Holder, pids: Sequence[int], users: int, client_cpus: Sequen
         if isinstance(result, str):
             raise RuntimeError(f"the stream holder {result}")
         change_cores = (server_cpu(pids) - before) / (time.monotonic() - t)
-        lat_idle, missing_idle, unhealthy_idle = result
+        lat_idle, missing_idle, unhealthy_idle, holder_idle = result
         stop = ctx.Event()
         loaders = [
             ctx.Process(target=_load, args=(holder.address, holder.key, users, LOAD_RPS, stop), daemon=True)
@@ -434,15 +438,16 @@ def streams(holder: Holder, pids: Sequence[int], users: int, client_cpus: Sequen
             p.join(timeout=10)
         if isinstance(result, str):
             raise RuntimeError(f"the stream holder {result}")
-        lat_load, missing_load, unhealthy_load = result
+        lat_load, missing_load, unhealthy_load, holder_load = result
         log(f"  one change/s: service {change_cores:.3f} cores; revocation p50/p99 idle "
             f"{_p(lat_idle, 0.5):.1f}/{_p(lat_idle, 0.99):.1f} ms, under load ({load_cores:.2f} service cores) "
             f"{_p(lat_load, 0.5):.1f}/{_p(lat_load, 0.99):.1f} ms over {len(lat_load)} "
-            f"deliveries; missing {missing_idle + missing_load}, unhealthy edges {unhealthy_idle + unhealthy_load}")  # fmt: skip
+            f"deliveries; missing {missing_idle + missing_load}, unhealthy edges {unhealthy_idle + unhealthy_load}; "
+            f"the edges' process used {holder_idle:.2f} / {holder_load:.2f} cores")  # fmt: skip
         return Streams(
             idle_before, idle, rss_before, rss, change_cores,
             _p(lat_idle, 0.5), _p(lat_idle, 0.99), _p(lat_load, 0.5), _p(lat_load, 0.99), len(lat_load),
-            missing_idle + missing_load, unhealthy_idle + unhealthy_load, load_cores,
+            missing_idle + missing_load, unhealthy_idle + unhealthy_load, holder_idle, holder_load, load_cores,
         )  # fmt: skip
     finally:
         with contextlib.suppress(Exception):
