@@ -144,7 +144,7 @@ class Cerbos:
 
     def preflight(self, calls: tuple[Call, ...]) -> None:
         with grpc.insecure_channel(self.address) as channel:
-            check = channel.unary_unary(CHECK)
+            check = channel.unary_unary(CHECK, None, None)
             effect = (
                 self.response.FromString(check(calls[0].request, timeout=10)).results[0].actions["message"]
             )
