@@ -8,7 +8,7 @@ PROTOS := $(shell find proto -name '*.proto')
 GEN_STAMP := authz_service/gen/.stamp
 VENV_STAMP := $(VENV)/.installed
 
-.PHONY: run test test-packages test-pg15 proto lint fmt clean help chart bench lock
+.PHONY: run test test-packages test-pg15 proto lint fmt clean help chart bench bench-peers lock
 
 help:
 	@echo "make run    start the service on an embedded PostgreSQL with a demo tenant"
@@ -19,6 +19,7 @@ help:
 	@echo "make lint   ruff, mypy --strict, import rules (lint-imports)"
 	@echo "make chart  test the Helm chart and package it into dist/"
 	@echo "make bench  measure throughput and latency; prints bench/ratio lines, writes bench-report.json"
+	@echo "make bench-peers  Cerbos (npm), remote CheckUser and the edge check side by side, per core"
 	@echo "make lock   re-resolve pyproject.toml's ranges into requirements.lock and requirements-dev.lock"
 	@echo "make fmt    ruff format and ruff check --fix"
 	@echo "make clean  remove the virtualenv, generated code and tool caches (keeps local data in $(AUTHZ_HOME))"
@@ -70,6 +71,10 @@ test-pg15: $(GEN_STAMP) test-packages
 
 bench: $(GEN_STAMP)
 	PYTHONPATH=scripts$${PYTHONPATH:+:$$PYTHONPATH} $(BIN)/python -m bench $(BENCH_ARGS)
+
+# Cerbos (from npm, into .bench-peers/), our remote CheckUser and our edge check, per core. Not in CI.
+bench-peers: $(GEN_STAMP)
+	PYTHONPATH=scripts$${PYTHONPATH:+:$$PYTHONPATH} $(BIN)/python -m bench.peers $(BENCH_ARGS)
 
 chart: $(GEN_STAMP)
 	$(BIN)/python -m pytest tests/helm -q -p no:cacheprovider

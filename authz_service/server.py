@@ -29,6 +29,7 @@ from .domain.floods import DENIED_SEND_INTERVAL_SECONDS
 from .domain.pairing import Keyring
 from .flows import CodeAttemptLimits, ToolApprovalLimits
 from .flows.auth import FailureThrottle, hash_secret
+from .flows.changes import ChangeFeed
 from .flows.expiry import sweep as expire_due_approvals
 from .flows.watch import ApprovalFeed
 from .gen.authz.v1 import admin_pb2, admin_pb2_grpc, authz_pb2, authz_pb2_grpc
@@ -247,6 +248,11 @@ async def start_server(
     # After the cache's handlers: a key's streams re-check once its entry is dropped.
     listener.on(CHANGES, streams.on_change)
     listener.on_state(streams.on_listener)
+    # After the cache's handlers: a stream hears of a change once an answer
+    # computed here reflects it (flows.changes).
+    changes = ChangeFeed()
+    listener.on(CHANGES, changes.on_change)
+    listener.on_state(changes.on_listener)
     await listener.start()
     await audit.prepare_partitions(db)
     gate = Gate()
@@ -257,6 +263,7 @@ async def start_server(
         operator_key_hash=operator_key_hash,
         feed=ApprovalFeed(db, notifier),
         streams=streams,
+        changes=changes,
         cache=cache,
         telemetry=telemetry,
         code_limits=CodeAttemptLimits(

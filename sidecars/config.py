@@ -47,6 +47,7 @@ _TOP_KEYS = {
     "agent_id",
     "send_listen",
     "send_token_file",
+    "edge_cache",
     *PLATFORMS,
 }
 _SECTION_KEYS = {
@@ -140,6 +141,9 @@ class ConnectorConfig:
     # Service outage handling: the client's retries of calls that are safe to repeat.
     retry: RetryPolicy = CONNECTOR_RETRY
     rpc_timeout: float = 5.0
+    # Repeat checks answered from the answers the service marked reusable, while
+    # its change stream is healthy (authz_service.client.edge); `edge_cache: false` turns it off.
+    edge_cache: bool = True
     # A platform contact lookup before pairing (e.g. slack.lookup_email) slower than
     # this is abandoned: the requester pairs without it.
     contact_timeout: float = 3.0
@@ -292,6 +296,7 @@ def build_config(
         agent_url=agent_url,
         agent_id=_opt_str(raw, "agent_id") or "default",
         send_listen=send_listen,
+        edge_cache=raw.get("edge_cache") is None or _opt_bool(raw, "edge_cache", "edge_cache"),
         **settings,
     )
 

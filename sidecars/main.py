@@ -45,7 +45,7 @@ from typing import IO, Any
 
 import grpc
 
-from authz_service.client import Client, TlsConfig, connect
+from authz_service.client import Client, EdgeSettings, TlsConfig, connect
 from authz_service.logs import JsonFormatter
 
 from .config import PLATFORMS, ConfigError, ConnectorConfig, load_config
@@ -81,6 +81,7 @@ def make_client(config: ConnectorConfig) -> Client:
         tls=TlsConfig.from_env(os.environ),
         timeout=config.rpc_timeout,
         retry=config.retry,
+        edge=EdgeSettings() if config.edge_cache else None,
     )
 
 

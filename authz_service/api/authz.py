@@ -9,10 +9,11 @@ from .. import names
 from ..domain import ids, scope
 from ..domain import tools as dt
 from ..domain.autoapprove import reported_email, reported_phone
-from ..domain.errors import InvalidArgument
+from ..domain.errors import InvalidArgument, Unavailable
 from ..domain.invites import normalize_invite_code
 from ..domain.model import Role
 from ..domain.pairing import MAX_HANDLE
+from ..domain.reuse import ReuseHint
 from ..flows import Context, access, commands, invites, notices, pairing, resolve, tools
 from ..flows.admin import get_channel
 from ..flows.approvals import ResolveTarget
@@ -42,8 +43,25 @@ class AuthzServicer(authz_pb2_grpc.AuthzServiceServicer):
         channel_id = ids.channel_id(request.channel_id)
         message = convert.inbound_in(request, MAX_MESSAGE_TEXT)
         ids.one_line(request.display_name, "display_name", MAX_DISPLAY_NAME)
-        verdict = await access.check(ctx, channel_id, message, consistent=request.consistent)
-        return convert.verdict_out(verdict, ctx.trace_id)
+        checked = await access.check(ctx, channel_id, message, consistent=request.consistent)
+        resp = convert.verdict_out(checked.verdict, ctx.trace_id)
+        reuse = self._reuse(checked.reuse)
+        if reuse is not None:
+            resp.reuse.CopyFrom(reuse)
+        return resp
+
+    def _reuse(self, hint: ReuseHint | None) -> az.Reuse | None:
+        """The hint, if this process serves WatchChanges and hears every change."""
+        feed = self.runtime.changes
+        if hint is None or feed is None or not feed.live:
+            return None
+        return az.Reuse(
+            cacheable=True,
+            channel_id=hint.channel_id,
+            user_id=hint.user_id,
+            max_age_seconds=hint.max_age_seconds,
+            server_id=feed.server_id,
+        )
 
     @rpc(Role.CONNECTOR, read_only=True)
     async def RequestPairing(
@@ -161,7 +179,7 @@ class AuthzServicer(authz_pb2_grpc.AuthzServiceServicer):
             raise InvalidArgument("target", "is required")
         if request.action not in (az.SEND_ACTION_UNSPECIFIED, az.SEND_ACTION_SEND, az.SEND_ACTION_LIST):
             raise InvalidArgument("action", f"unknown value {request.action}")
-        decision = await access.evaluate_send(
+        sent = await access.evaluate_send(
             ctx,
             channel_id,
             agent_id,
@@ -170,11 +188,13 @@ class AuthzServicer(authz_pb2_grpc.AuthzServiceServicer):
             target,
             listing=request.action == az.SEND_ACTION_LIST,
         )
+        decision = sent.decision
         return az.EvaluateSendResponse(
             allow=decision.allow,
             reason=decision.reason,
             resolved_target=decision.resolved_target,
             trace_id=ctx.trace_id,
+            reuse=self._reuse(sent.reuse),
         )
 
     @rpc(Role.CONNECTOR, Role.AGENT, read_only=True)
@@ -278,3 +298,21 @@ class AuthzServicer(authz_pb2_grpc.AuthzServiceServicer):
         if acked.next is not None:
             resp.next.CopyFrom(convert.copy_out(acked.next))
         return resp
+
+    @rpc_stream(Role.CONNECTOR, Role.AGENT)
+    async def WatchChanges(
+        self, request: az.WatchChangesRequest, ctx: Context
+    ) -> AsyncIterator[az.WatchChangesResponse]:
+        feed = self.runtime.changes
+        if feed is None:
+            raise Unavailable("change streams are not served here")
+        heartbeat_ms = round(feed.heartbeat_seconds * 1000)
+        async for batch in feed.watch(ctx.principal):
+            yield az.WatchChangesResponse(
+                server_id=feed.server_id,
+                heartbeat_ms=heartbeat_ms,
+                invalidations=[
+                    az.Invalidation(channel_id=i.channel_id, user_id=i.user_id, all=i.everything)
+                    for i in batch
+                ],
+            )

@@ -19,6 +19,7 @@ from ..domain.model import Principal, Role
 from ..domain.pairing import Keyring
 from ..flows import CodeAttemptLimits, Context, ToolApprovalLimits
 from ..flows.auth import Credentials, FailureThrottle, authenticate
+from ..flows.changes import ChangeFeed
 from ..flows.sessions import session_principal
 from ..flows.watch import ApprovalFeed
 from ..store.db import Database
@@ -68,6 +69,7 @@ class Runtime:
     """AUTHZ_LEGACY_API_KEYS: accept API keys made before they carried a check."""
     tool_limits: ToolApprovalLimits = field(default_factory=ToolApprovalLimits)
     streams: Streams | None = None  # None: streaming RPCs answer UNAVAILABLE
+    changes: ChangeFeed | None = None  # None: no WatchChanges, no answer marked reusable
 
 
 PEER = ":peer"

@@ -35,6 +35,8 @@ import grpc
 from ..domain.invites import invite_code_in_message
 from ..gen.authz.v1 import admin_pb2_grpc, authz_pb2, authz_pb2_grpc
 from ..gen.authz.v1 import common_pb2 as cm
+from . import edge as edge_answers
+from .edge import EdgeCache, EdgeSettings
 from .plaintext import is_loopback, plaintext_warning
 from .results import (
     ApprovalInfo,
@@ -70,6 +72,8 @@ __all__ = [
     "ApprovalRequested",
     "CheckResult",
     "Client",
+    "EdgeCache",
+    "EdgeSettings",
     "InviteResult",
     "RedeemResult",
     "ResolveResult",
@@ -254,6 +258,8 @@ class _Stubs:
     channel: grpc.aio.Channel
     authz: authz_pb2_grpc.AuthzServiceAsyncStub
     admin: admin_pb2_grpc.AdminServiceAsyncStub
+    edge: EdgeCache | None = None
+    edge_task: asyncio.Task[None] | None = None
 
 
 class Client:
@@ -264,13 +270,22 @@ class Client:
     client opens one channel per running loop, on first use there: one client
     serves a runtime that runs each call in a new loop (``asyncio.run``, as
     PraisonAI does for tools and approvals). Channels of loops that have
-    closed are dropped; ``close`` closes the current loop's channel."""
+    closed are dropped; ``close`` closes the current loop's channel.
+
+    With ``edge`` settings, each loop's channel also keeps a WatchChanges
+    stream and answers repeats of CheckUser and EvaluateSend that the server
+    marked reusable from its own ``EdgeCache`` (``edge_cache``), through
+    ``authz`` and the typed helpers alike (see ``client.edge``)."""
 
     def __init__(
-        self, open_channel: Callable[[], grpc.aio.Channel], retry: RetryPolicy = DEFAULT_RETRY
+        self,
+        open_channel: Callable[[], grpc.aio.Channel],
+        retry: RetryPolicy = DEFAULT_RETRY,
+        edge: EdgeSettings | None = None,
     ) -> None:
         self._open_channel = open_channel
         self.retry = retry
+        self.edge = edge
         self._lock = threading.Lock()
         self._by_loop: dict[asyncio.AbstractEventLoop | None, _Stubs] = {}
 
@@ -285,13 +300,19 @@ class Client:
             stubs = self._by_loop.get(loop)
             if stubs is None:
                 channel = self._open_channel()
-                stubs = _Stubs(
-                    channel,
-                    authz_pb2_grpc.AuthzServiceStub(channel),
-                    admin_pb2_grpc.AdminServiceStub(channel),
-                )
+                authz: Any = authz_pb2_grpc.AuthzServiceStub(channel)
+                cache, task = None, None
+                if self.edge is not None and loop is not None:
+                    authz, task = edge_answers.start(authz, self.edge)
+                    cache = authz.edge
+                stubs = _Stubs(channel, authz, admin_pb2_grpc.AdminServiceStub(channel), cache, task)
                 self._by_loop[loop] = stubs
             return stubs
+
+    @property
+    def edge_cache(self) -> EdgeCache | None:
+        """This loop's reusable answers (None: the edge is off)."""
+        return self._stubs().edge
 
     @property
     def channel(self) -> grpc.aio.Channel:
@@ -309,6 +330,8 @@ class Client:
         with self._lock:
             stubs = self._by_loop.pop(asyncio.get_running_loop(), None)
         if stubs is not None:
+            if stubs.edge_task is not None:
+                await edge_answers.stop(stubs.edge_task)
             await stubs.channel.close(None)
 
     async def __aenter__(self) -> Client:
@@ -537,9 +560,12 @@ def connect(
     retry: RetryPolicy = DEFAULT_RETRY,
     stream_timeout: float | None = None,
     warn_plaintext: bool = True,
+    edge: EdgeSettings | None = None,
 ) -> Client:
     """An async client. ``timeout``: default deadline per unary call;
-    ``stream_timeout``: default deadline of streams (None: none).
+    ``stream_timeout``: default deadline of streams (None: none); ``edge``:
+    reuse the answers the server marks reusable (off unless given; see
+    ``client.edge`` and docs/agent-runtimes.md).
 
     Without ``tls`` to an address that is not loopback or a unix socket, the key
     travels in the clear: one warning is logged (logger ``authz_service.client``)
@@ -555,7 +581,7 @@ def connect(
             address, tls.credentials(), options=_options(), interceptors=interceptors
         )
 
-    client = Client(open_channel, retry)
+    client = Client(open_channel, retry, edge)
     try:
         asyncio.get_running_loop()
     except RuntimeError:

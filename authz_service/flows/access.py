@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 
 from ..cache import CheckState
-from ..domain import floods, ids, scope
+from ..domain import floods, ids, reuse, scope
 from ..domain import send as send_policy
 from ..domain.access import Inbound, Verdict, binding_for, check_user
 from ..domain.errors import NotFound
@@ -21,13 +21,25 @@ from . import rate as rate_limits
 log = logging.getLogger(__name__)
 
 
-async def check(ctx: Context, channel_id: str, message: Inbound, *, consistent: bool = False) -> Verdict:
+@dataclass(frozen=True, slots=True)
+class Checked:
+    """A CheckUser answer, and whether the caller may reuse it (domain.reuse)."""
+
+    verdict: Verdict
+    reuse: reuse.ReuseHint | None = None
+
+
+async def check(ctx: Context, channel_id: str, message: Inbound, *, consistent: bool = False) -> Checked:
     """Decide one inbound message: from the cache when it holds the state (and
-    the caller did not ask for a ``consistent`` read), else in one round trip."""
-    state, verdict = await _judge(ctx, channel_id, message, use_cache=not consistent)
+    the caller did not ask for a ``consistent`` read), else in one round trip.
+    The answer is marked reusable only while this process hears every change
+    (its cache is on) and never for a ``consistent`` read."""
+    state, verdict, now = await _judge(ctx, channel_id, message, use_cache=not consistent)
     # Rate limits: an allowed message also needs a token (always PostgreSQL, never the cache).
     verdict = await rate_limits.admit(ctx, state.channel, message, verdict)
-    return _logged(ctx, channel_id, verdict)
+    live = not consistent and ctx.cache is not None and ctx.cache.usable
+    hint = reuse.for_check(state.channel, state.subject, message, verdict, now) if live else None
+    return Checked(_logged(ctx, channel_id, verdict), hint)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +62,7 @@ async def explain(ctx: Context, channel_id: str, message: Inbound) -> Explanatio
     pairing request is made. An unknown channel is NOT_FOUND (CheckUser denies)."""
     if not scope.channel_in_scope(ctx.principal, channel_id):
         raise NotFound(f"channel {channel_id!r} not found")
-    state, verdict = await _judge(ctx, channel_id, message, use_cache=False, fill=False)
+    state, verdict, _ = await _judge(ctx, channel_id, message, use_cache=False, fill=False)
     if state.channel is None and verdict.reason == "channel_not_configured":
         raise NotFound(f"channel {channel_id!r} not found")
     verdict = await rate_limits.admit(ctx, state.channel, message, verdict, take=False)
@@ -66,8 +78,9 @@ async def explain(ctx: Context, channel_id: str, message: Inbound) -> Explanatio
 
 async def _judge(
     ctx: Context, channel_id: str, message: Inbound, *, use_cache: bool, fill: bool = True
-) -> tuple[CheckState, Verdict]:
-    """CheckUser's decision before rate limits, and the state it was made on."""
+) -> tuple[CheckState, Verdict, datetime | None]:
+    """CheckUser's decision before rate limits, the state it was made on and
+    the database's clock then (None: not read)."""
     t = ctx.tenant_id
     cache = ctx.cache if use_cache else None
     state = cache.check_state(t, channel_id, message.user_id, message.group_id) if cache else None
@@ -85,14 +98,14 @@ async def _judge(
             state = _state(t, read)
         except CorruptPolicy:
             log.error("channel %s/%s has an unreadable policy; denying", t, channel_id)
-            return CheckState(None, None, False), Verdict(Decision.DENY, "channel_policy_invalid")
+            return CheckState(None, None, False), Verdict(Decision.DENY, "channel_policy_invalid"), None
         if ctx.cache is not None and fill:
             if now is not None:
                 ctx.cache.observe_db_clock(now)
             ctx.cache.fill_check_state(generation, t, channel_id, message.user_id, message.group_id, state)
     if state.channel is not None:
         ids.user_id(state.channel.platform, message.user_id)
-    return state, check_user(state.channel, state.subject, state.in_group, message, now)
+    return state, check_user(state.channel, state.subject, state.in_group, message, now), now
 
 
 def _state(tenant_id: str, read: channels.CheckState | None) -> CheckState:
@@ -111,18 +124,28 @@ def _logged(ctx: Context, channel_id: str, verdict: Verdict) -> Verdict:
     return verdict
 
 
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """An EvaluateSend answer, and whether the caller may reuse it (domain.reuse)."""
+
+    decision: send_policy.SendDecision
+    reuse: reuse.ReuseHint | None = None
+
+
 async def evaluate_send(
     ctx: Context, channel_id: str, agent_id: str, session_id: str, origin: str, target: str, *, listing: bool
-) -> send_policy.SendDecision:
+) -> Sent:
     """The channel's policy (with its tenant's time zone) comes from the cache
     when it holds it (the same entry CheckUser uses, invalidated the same way),
     with the cache's database clock; else from one read that also returns the
-    database's ``now()``. Every denial is audited."""
+    database's ``now()``. Every denial is audited, so only allowed sends are
+    ever marked reusable (and only while this process's cache is on)."""
     scope.require_agent(ctx.principal, agent_id)
     t = ctx.tenant_id
     if listing:
-        return send_policy.evaluate(None, agent_id, target, origin, platform=None, listing=True)
+        return Sent(send_policy.evaluate(None, agent_id, target, origin, platform=None, listing=True))
     cache = ctx.cache
+    live = cache is not None and cache.usable
     found, channel = cache.channel(t, channel_id) if cache is not None else (False, None)
     if not scope.channel_in_scope(ctx.principal, channel_id):
         found, channel = True, None  # as an unknown channel (a bound connector key elsewhere)
@@ -130,16 +153,17 @@ async def evaluate_send(
         now = cache.db_now() if cache is not None else None
         decision = _send_decision(channel, agent_id, target, origin, now)
         if decision.allow:
-            return decision
+            return Sent(decision, reuse.for_send(channel, agent_id, decision) if live else None)
         async with ctx.db.tenant(t) as conn:
             await _audit_denied_send(ctx, conn, channel_id, agent_id, session_id, origin, target, decision)
-        return decision
+        return Sent(decision)
     generation = cache.generation if cache is not None else 0
     async with ctx.db.tenant(t) as conn:
         read = await channels.send_state(conn, t, channel_id)
         try:
             channel = None if read is None else read.channel.decode(t)
         except CorruptPolicy:
+            channel = None
             decision = send_policy.SendDecision(False, send_policy.EVALUATION_ERROR)
         else:
             now = read.now if read is not None else None
@@ -150,7 +174,8 @@ async def evaluate_send(
             decision = _send_decision(channel, agent_id, target, origin, now)
         if not decision.allow:
             await _audit_denied_send(ctx, conn, channel_id, agent_id, session_id, origin, target, decision)
-    return decision
+            return Sent(decision)
+    return Sent(decision, reuse.for_send(channel, agent_id, decision) if live else None)
 
 
 def _send_decision(

@@ -26,6 +26,8 @@ def parse_args(argv: Sequence[str] | None) -> Options:
     p.add_argument("--quick", action="store_true", help="short runs and a 100-tenant scale set: a smoke test")
     p.add_argument("--skip-scale", action="store_true", help="skip the 1,000,000-subject run")
     p.add_argument("--skip-workers", action="store_true", help="skip authz serve --workers 1 vs 2")
+    p.add_argument("--skip-edge", action="store_true", help="skip the edge figures (issue #21)")
+    p.add_argument("--edge-only", action="store_true", help="only the edge figures (a few minutes)")
     p.add_argument("--processes", type=int, default=2, help="load-generator processes (default 2)")
     p.add_argument("--concurrency", type=int, default=32, help="calls in flight per process (default 32)")
     p.add_argument("--connections", type=int, default=8, help="connections per process (default 8)")
@@ -49,6 +51,8 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         keep=a.keep,
         report=a.report,
         quick=a.quick,
+        skip_edge=a.skip_edge,
+        edge_only=a.edge_only,
     )
 
 
@@ -71,7 +75,8 @@ def run(opts: Options) -> int:
         raise
     code = 0
     try:
-        bench.workers()
+        if not opts.edge_only:
+            bench.workers()
     except Exception as exc:  # the rest of the figures still count
         atexit.unregister(shutil.rmtree)
         log(f"workers failed: {exc}; logs kept in {bench.home}")

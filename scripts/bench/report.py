@@ -64,6 +64,7 @@ TARGETS = {
     "checkuser_cold_vs_empty": 0.5,
     "evaluatesend_vs_empty": 0.8,
     "checkuser_1m_vs_1k": 0.9,
+    "edge_vs_remote_checkuser_per_core": 20.0,
 }
 
 
@@ -93,6 +94,9 @@ def build_report(
     for page in ("console_channel_page_10k", "console_channel_search_10k", "console_approvals_page"):
         ms = next((f.value for f in figures if f.name == page), None)
         targets[page] = {"target": "< 200 ms", "met": None if ms is None else ms < 200.0}
+    for name, goal in (("edge_revocation_p99_under_load", 50.0), ("edge_stale_allows_after_cut", 0.0)):
+        value = next((f.value for f in figures if f.name == name), None)
+        targets[name] = {"target": f"<= {goal:g}", "met": None if value is None else value <= goal}
     return {
         **meta,
         "figures": [asdict(f) for f in figures],

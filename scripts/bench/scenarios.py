@@ -30,6 +30,7 @@ from typing import Any
 import grpc
 
 from . import console, watchers
+from . import edge as edge_bench
 from .calls import (
     check_user_calls,
     empty_calls,
@@ -70,6 +71,8 @@ class Options:
     keep: bool
     report: Path
     quick: bool
+    skip_edge: bool = False
+    edge_only: bool = False
 
 
 def product_has_cache() -> bool:
@@ -340,6 +343,9 @@ class Bench:
             ):
                 asyncio.run(preflight(at, calls, check))
             # The four take turns in one run, so the ratios hold on a host whose speed drifts.
+            if o.edge_only:
+                self.edge(at, server.pids, run, cached)
+                return
             names = ("empty_rpc", "checkuser_cached", "checkuser_cold", "evaluatesend")
             for name, result in self.measure(run(names, self.load(at, empty, cached, cold, send))).items():
                 self.figure(name, result.rps, "rps")
@@ -367,6 +373,8 @@ class Bench:
 
             self.watchers(at)
             self.console(server)
+            if not o.skip_edge:
+                self.edge(at, server.pids, run, cached)
 
             if o.skip_scale:
                 self.figure("checkuser_1m", None)
@@ -422,6 +430,59 @@ class Bench:
         # The cost of a call is the server's CPU for it: the client's speed does not enter.
         self.ratio("checkuser_http_cost_vs_grpc", "checkuser_http_server_cpu", "checkuser_grpc_server_cpu")
         self.ratio("checkuser_http_rate_vs_grpc_same_client", "checkuser_http", "checkuser_grpc_same_client")
+
+    def edge(
+        self, at: str, pids: Callable[[], list[int]], run: Callable[..., Run], cached: tuple[Call, ...]
+    ) -> None:
+        """Decisions at the edge (issue #21, ``edge``): edge vs remote per core in
+        alternating turns, the service's CPU per turn before and after, a silent
+        cut, and 1,000 streams' cost and revocation latency."""
+        o = self.opts
+        key = self.data.connector_keys[MAIN_TENANT]
+        seconds = 2.0 if o.quick else 4.0
+        log(f"edge: remote cached CheckUser vs repeat CheckUser at the edge, {seconds:g} s turns")
+        remote: list[float] = []
+        edge: list[float] = []
+        for _ in range(1 if o.quick else 2):
+            load = self.load(at, cached, duration=seconds)
+            remote.append(self.measure(run(("edge_remote_checkuser",), load))["edge_remote_checkuser"].rps)
+            edge.append(asyncio.run(edge_bench.edge_calls_per_core(at, key, o.users, seconds)))
+        self.figure("checkuser_remote_cached_per_core", percentile(remote, 0.5), "rps")
+        self.figure("edge_checkuser_per_core", percentile(edge, 0.5), "rps")
+        self.ratio(
+            "edge_vs_remote_checkuser_per_core", "edge_checkuser_per_core", "checkuser_remote_cached_per_core"
+        )
+
+        server = pids()
+        before = asyncio.run(edge_bench.cpu_per_turn(at, key, server, o.users, seconds, edge=False))
+        after = asyncio.run(edge_bench.cpu_per_turn(at, key, server, o.users, seconds, edge=True))
+        self.figure("service_cpu_per_turn_before", 1000 * before, "ms")
+        self.figure("service_cpu_per_turn_after", 1000 * after, "ms")
+        self.ratio(
+            "service_cpu_per_turn_before_vs_after",
+            "service_cpu_per_turn_before",
+            "service_cpu_per_turn_after",
+        )
+        log(
+            f"  service CPU per repeat turn: {1000 * before:.3f} ms without the edge, {1000 * after:.4f} ms with it"
+        )
+
+        cut = asyncio.run(edge_bench.silent_cut(at, key))
+        log(f"  silent cut: {cut.edge_after_cut} edge answers after the cut, the last at {cut.last_edge_ms:.0f} ms; "
+            f"{cut.stale} later than the 1.5 s bound")  # fmt: skip
+        self.figure("edge_stale_allows_after_cut", cut.stale, "allows")
+        self.figure("edge_last_allow_after_cut", cut.last_edge_ms, "ms")
+        self.scenarios["edge_cut"] = asdict(cut)
+
+        log(f"edge: {edge_bench.STREAMS} WatchChanges streams")
+        holder = edge_bench.Holder(at, key, self.owner_dsn, MAIN_TENANT)
+        st = edge_bench.streams(holder, server, o.users, self.client_cpus)
+        self.scenarios["edge_streams"] = asdict(st)
+        self.figure("edge_streams_idle_cores", st.idle_cores - st.idle_cores_before, "cores")
+        self.figure("edge_streams_idle_mb", st.rss_mb - st.rss_mb_before, "MB")
+        self.figure("edge_streams_1_change_per_s_cores", st.change_cores - st.idle_cores_before, "cores")
+        self.figure("edge_revocation_p99_idle", st.p99_idle_ms, "ms")
+        self.figure("edge_revocation_p99_under_load", st.p99_load_ms, "ms")
 
     def watchers(self, at: str) -> None:
         """Tenant B's consistent CheckUser p99 with 2,000 WatchApprovals streams

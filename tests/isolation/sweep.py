@@ -549,6 +549,36 @@ async def _ack_notification(r: Run, b: B) -> None:
                 await r.unary(role, b.roles[role].authz.AckNotification, req)
 
 
+@case("AuthzService.WatchChanges")
+async def _watch_changes(r: Run, b: B) -> None:
+    """B's connector and agent keys watch changes. Notifications naming A's
+    channel, user and tenant are injected (with A's tenant, and forged with B's
+    channel names under A's tenant), then one for B's own marker channel: B's
+    stream must yield the marker only."""
+    i = r.ids
+    for role in ("connector", "agent"):
+        call = b.roles[role].authz.WatchChanges(az.WatchChangesRequest())
+        seen: list[str] = []
+        try:
+            async with asyncio.timeout(10):
+                stream = call.__aiter__()
+                await anext(stream)  # the first, empty batch: the stream is registered
+                for payload in (
+                    f"subjects {i.tenant} {i.channel} {i.user}", f"group_senders {i.tenant} {i.channel} {i.user}",
+                    f"channels {i.tenant} {i.channel}", f"tenants {i.tenant}",
+                    f"subjects {b.tenant.tenant_id} edge-marker {role}",
+                ):  # fmt: skip
+                    await b.owner_conn.execute("SELECT pg_notify('authz_changes', $1)", payload)
+                while not seen or seen[-1] != f"edge-marker/{role}":
+                    batch = await anext(stream)
+                    seen.extend(
+                        f"{x.channel_id}/{x.user_id}{'/all' if x.all else ''}" for x in batch.invalidations
+                    )
+        finally:
+            call.cancel()
+        r.record(role, az.WatchChangesRequest(), str(seen))
+
+
 @case("AuthzService.RedeemApproval")
 async def _redeem_approval(r: Run, b: B) -> None:
     for role in ("agent", "connector"):

@@ -1,0 +1,79 @@
+"""A connector (edge answers on by default) serving a user it has already
+admitted makes no call to the service for a repeat message: neither CheckUser
+nor the EvaluateSend of the reply (issue #21). Calls are counted at the service."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from authz_service.gen.authz.v1 import admin_pb2 as adm
+from authz_service.gen.authz.v1 import common_pb2 as cm
+from sidecars.config import ConfigError, build_config
+from sidecars.main import make_client
+from sidecars.runtime import ButtonSpec, Connector, Inbound
+from tests.conftest import Service, Tenant, eventually
+from tests.connectors.conftest import ConfigFactory, RecordingAgent
+from tests.edge_helpers import USER, healthy, served
+
+
+class Transport:
+    platform = "telegram"
+
+    def __init__(self) -> None:
+        self.texts: list[tuple[str, str]] = []
+
+    async def send_text(self, chat_id: str, text: str) -> None:
+        self.texts.append((chat_id, text))
+
+    async def send_direct(self, user_id: str, text: str, buttons: Sequence[ButtonSpec] = ()) -> None:
+        self.texts.append((user_id, text))
+
+
+async def test_a_repeat_message_of_an_admitted_user_makes_no_call(
+    service: Service, tenant: Tenant, connector_config: ConfigFactory
+) -> None:
+    await tenant.channel("tg", dm_policy=cm.DM_POLICY_PAIRING)
+    await tenant.admin.admin.AllowUser(adm.AllowUserRequest(channel_id="tg", user_id=USER))
+    config = connector_config("telegram", "tg")
+    assert config.edge_cache  # the default
+    client = make_client(config)
+    transport, agent = Transport(), RecordingAgent()
+    connector = Connector(config, transport, client, agent)
+    try:
+        await healthy(client)
+        message = Inbound(user_id=USER, chat_id=USER, chat_kind="direct", text="hello")
+        await connector.handle_message(message)  # the first: asks the service
+        assert len(agent.turns) == 1 and len(transport.texts) == 1
+        before = served(service.running)
+        for n in range(2, 5):
+            await connector.handle_message(
+                Inbound(user_id=USER, chat_id=USER, chat_kind="direct", text=f"#{n}")
+            )
+        assert len(agent.turns) == 4 and len(transport.texts) == 4  # routed and answered
+        assert served(service.running) == before  # no CheckUser, no EvaluateSend
+
+        # A block made anywhere stops the user here too.
+        await tenant.admin.admin.BlockUser(adm.BlockUserRequest(channel_id="tg", user_id=USER))
+
+        async def stopped() -> bool:
+            turns = len(agent.turns)
+            await connector.handle_message(
+                Inbound(user_id=USER, chat_id=USER, chat_kind="direct", text="again")
+            )
+            return len(agent.turns) == turns
+
+        await eventually(stopped)
+    finally:
+        await client.close()
+
+
+def test_edge_cache_is_on_by_default_and_can_be_turned_off(tmp_path: Path) -> None:
+    (tmp_path / "key").write_text("azk.t.k.s.c\n")
+    base = {"channel_id": "tg", "api_key_file": "key", "telegram": {"token": "123:abc"}}
+    assert build_config(base, "telegram", {}, tmp_path).edge_cache
+    assert not build_config({**base, "edge_cache": False}, "telegram", {}, tmp_path).edge_cache
+    with pytest.raises(ConfigError, match="edge_cache: must be true or false"):
+        build_config({**base, "edge_cache": "no"}, "telegram", {}, tmp_path)

@@ -1,0 +1,44 @@
+"""Decisions at the edge across service processes (issue #21): a block made on
+one replica reaches an SDK client whose change stream is served by another,
+and the client drops the reused answer before anyone asks again."""
+
+from __future__ import annotations
+
+from authz_service.client import EdgeSettings, connect
+from authz_service.gen.authz.v1 import admin_pb2 as adm
+from authz_service.gen.authz.v1 import authz_pb2 as az
+
+from .conftest import Dsns, eventually
+from .edge_helpers import USER, check, healthy
+from .replicas import new_tenant, two_replicas
+
+
+async def test_a_block_on_one_replica_empties_the_edge_of_a_client_of_the_other(dsns: Dsns) -> None:
+    async with two_replicas(dsns) as cluster:
+        admin = await new_tenant(cluster.a, cluster.operator_key, "edge")
+        key = await admin.admin.CreateApiKey(adm.CreateApiKeyRequest(role=adm.ROLE_CONNECTOR, name="c"))
+        await admin.admin.AllowUser(adm.AllowUserRequest(channel_id="tg", user_id=USER))
+        client = connect(cluster.b.address, key.secret, edge=EdgeSettings())
+        try:
+            cache = await healthy(client)
+
+            async def allowed() -> bool:
+                return (await check(client)).decision == az.DECISION_ALLOW
+
+            await eventually(allowed)  # replica B has heard of the allowlisting
+            first = await check(client)
+            assert first.reuse.cacheable
+            again = await check(client)
+            assert again.trace_id == first.trace_id  # answered at the edge: B was not asked
+            assert len(cache) == 1
+
+            await admin.admin.BlockUser(adm.BlockUserRequest(channel_id="tg", user_id=USER))
+
+            async def dropped() -> bool:
+                return len(cache) == 0
+
+            await eventually(dropped)  # by the stream from B, with no check made meanwhile
+            assert (await check(client)).decision == az.DECISION_BLOCKED
+        finally:
+            await client.close()
+            await admin.close()
