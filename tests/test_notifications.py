@@ -152,6 +152,12 @@ async def test_bad_acks_are_refused(tenant: Tenant, other_tenant: Tenant) -> Non
         [c] = await copies.take(1)
     bad = await rpc_error(ack(tenant.connector, c, failure="Chat not found!"))
     assert bad.code() == grpc.StatusCode.INVALID_ARGUMENT and "failure" in (bad.details() or "")
+    # A version beyond what the table holds (int4) is bad input, not an internal error.
+    huge = az.NotificationCopy()
+    huge.CopyFrom(c)
+    huge.version = 2**32 - 1
+    too_big = await rpc_error(ack(tenant.connector, huge))
+    assert too_big.code() == grpc.StatusCode.INVALID_ARGUMENT and "version" in (too_big.details() or "")
     # Another tenant's connector: the copy does not exist for it.
     await other_tenant.channel(owner_id=OWNER)
     missing = await rpc_error(ack(other_tenant.connector, c))

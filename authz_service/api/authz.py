@@ -34,6 +34,10 @@ _OUTCOME = {o: az.PairingOutcome.ValueType(n) for n, o in names.PAIRING_OUTCOME.
 _INVITE_OUTCOME = {o: az.InviteOutcome.ValueType(n) for n, o in names.INVITE_OUTCOME.domain_map().items()}
 
 
+# notification_copies.version is an int4.
+MAX_COPY_VERSION = 2**31 - 1
+
+
 class AuthzServicer(authz_pb2_grpc.AuthzServiceServicer):
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
@@ -277,7 +281,7 @@ class AuthzServicer(authz_pb2_grpc.AuthzServiceServicer):
         channel_id = ids.channel_id(request.channel_id)
         approval_id = ids.approval_id(request.approval_id)
         approver_id = ids.user_id_shape(request.approver_id, "approver_id")
-        if request.version < 1:
+        if not 1 <= request.version <= MAX_COPY_VERSION:
             raise InvalidArgument("version", "must be the version of the copy handed out (1 or more)")
         which = request.WhichOneof("result")
         if which == "message_ref":

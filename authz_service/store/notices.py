@@ -1,5 +1,5 @@
 """Notification copies: the outbox of approval notifications, one copy per
-approver of the channel (migration 0015). A copy holds no message text: the
+approver of the channel (migration 0016). A copy holds no message text: the
 approver's platform id, the version of the approval it shows, the platform's
 opaque message reference, and a short reason class when it could not be
 delivered. Every query is scoped by tenant."""

@@ -1,4 +1,4 @@
-"""Web console sessions (migration 0015): only the SHA-256 of a session's secret
+"""Web console sessions (migration 0017): only the SHA-256 of a session's secret
 is stored, with the API key it was opened with (flows.sessions)."""
 
 from __future__ import annotations
