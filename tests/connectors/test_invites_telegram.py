@@ -12,7 +12,7 @@ from authz_service.gen.authz.v1 import common_pb2 as cm
 from tests.conftest import Tenant
 
 # The Telegram bot fixtures (fake Bot API, application, connector).
-from tests.connectors.test_telegram import ALICE, GROUP, MALLORY, OWNER, MakeBot, fake, make_bot  # noqa: F401
+from tests.connectors.telegram.rig import ALICE, GROUP, MALLORY, OWNER, MakeBot, fake, make_bot  # noqa: F401
 
 INVITED = "✅ Invite accepted. You can chat now."
 

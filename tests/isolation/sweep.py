@@ -248,7 +248,7 @@ async def owner(dsns: Dsns) -> AsyncIterator[asyncpg.Connection]:
 async def tenant_tables(conn: asyncpg.Connection) -> list[str]:
     """Every table of the schema with a tenant_id column. Partitions are reached
     through their table only (the service role holds no privilege on them;
-    tests/test_floods.py checks that and their own row-level security)."""
+    tests/test_audit_retention.py checks that and their own row-level security)."""
     rows = await conn.fetch(
         """SELECT c.relname FROM pg_class c
            JOIN pg_namespace n ON n.oid = c.relnamespace
