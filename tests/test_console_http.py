@@ -353,3 +353,27 @@ async def test_console_off_serves_the_api_only(dsns: Dsns, tenant: Tenant) -> No
                 assert resp.status == 200
     finally:
         await running.stop(grace=0)
+
+
+async def test_redirects_encode_the_ids_they_carry(browser: Browser, tenant: Tenant) -> None:
+    # A Slack id has a ":", a WhatsApp number a "+" (a space once decoded from a query).
+    for channel, platform, user in (
+        ("sl", cm.PLATFORM_SLACK, "T0123ABC:U0456DEF"),
+        ("wa", cm.PLATFORM_WHATSAPP, "+84987654321"),
+    ):
+        await tenant.channel(channel, platform=platform, dm_policy=cm.DM_POLICY_ALLOWLIST)
+    await _signed_in(browser, tenant.keys["admin"])
+    csrf = await browser.csrf()
+    status, _, resp = await browser.post(
+        "/console/channels/sl/users/-/block", {"user_id": "T0123ABC:U0456DEF", "csrf": csrf, "back": "user"}
+    )
+    assert status == 303
+    assert resp.headers["Location"] == "/console/channels/sl/users/T0123ABC%3AU0456DEF?done=blocked"
+    status, html, _ = await browser.get(resp.headers["Location"])
+    assert status == 200 and "<code>T0123ABC:U0456DEF</code>" in html and "blocked (user_blocked)" in html
+    status, _, resp = await browser.post(
+        "/console/channels/wa/users/-/block", {"user_id": "+84987654321", "csrf": csrf, "back": "user"}
+    )
+    assert resp.headers["Location"] == "/console/channels/wa/users/%2B84987654321?done=blocked"
+    status, html, _ = await browser.get(resp.headers["Location"])
+    assert status == 200 and "<code>+84987654321</code>" in html and "blocked (user_blocked)" in html
