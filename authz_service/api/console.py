@@ -563,9 +563,9 @@ class Console:
         query.limit = 1000
         rows: list[dict[str, str]] = []
         async for event in paging.audit_events(self.admin_call(request, page), query):
+            rows.append(_export_row(event))
             if len(rows) == EXPORT_MAX_EVENTS:
                 break
-            rows.append(_export_row(event))
         if request.query.get("format") == "csv":
             out = io.StringIO()
             writer = csv.DictWriter(out, fieldnames=list(_EXPORT_FIELDS))
