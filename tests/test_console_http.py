@@ -357,26 +357,20 @@ async def test_console_off_serves_the_api_only(dsns: Dsns, tenant: Tenant) -> No
 
 async def test_redirects_encode_the_ids_they_carry(browser: Browser, tenant: Tenant) -> None:
     # A Slack id has a ":", a WhatsApp number a "+" (a space once decoded from a query).
-    for channel, platform, user in (
-        ("sl", cm.PLATFORM_SLACK, "T0123ABC:U0456DEF"),
-        ("wa", cm.PLATFORM_WHATSAPP, "+84987654321"),
-    ):
-        await tenant.channel(channel, platform=platform, dm_policy=cm.DM_POLICY_ALLOWLIST)
     await _signed_in(browser, tenant.keys["admin"])
     csrf = await browser.csrf()
-    status, _, resp = await browser.post(
-        "/console/channels/sl/users/-/block", {"user_id": "T0123ABC:U0456DEF", "csrf": csrf, "back": "user"}
-    )
-    assert status == 303
-    assert resp.headers["Location"] == "/console/channels/sl/users/T0123ABC%3AU0456DEF?done=blocked"
-    status, html, _ = await browser.get(resp.headers["Location"])
-    assert status == 200 and "<code>T0123ABC:U0456DEF</code>" in html and "blocked (user_blocked)" in html
-    status, _, resp = await browser.post(
-        "/console/channels/wa/users/-/block", {"user_id": "+84987654321", "csrf": csrf, "back": "user"}
-    )
-    assert resp.headers["Location"] == "/console/channels/wa/users/%2B84987654321?done=blocked"
-    status, html, _ = await browser.get(resp.headers["Location"])
-    assert status == 200 and "<code>+84987654321</code>" in html and "blocked (user_blocked)" in html
+    for channel, platform, user, encoded in (
+        ("sl", cm.PLATFORM_SLACK, "T0123ABC:U0456DEF", "T0123ABC%3AU0456DEF"),
+        ("wa", cm.PLATFORM_WHATSAPP, "+84987654321", "%2B84987654321"),
+    ):
+        await tenant.channel(channel, platform=platform, dm_policy=cm.DM_POLICY_ALLOWLIST)
+        status, _, resp = await browser.post(
+            f"/console/channels/{channel}/users/-/block", {"user_id": user, "csrf": csrf, "back": "user"}
+        )
+        assert status == 303
+        assert resp.headers["Location"] == f"/console/channels/{channel}/users/{encoded}?done=blocked"
+        status, html, _ = await browser.get(resp.headers["Location"])
+        assert status == 200 and f"<code>{user}</code>" in html and "blocked (user_blocked)" in html
 
 
 async def test_the_user_page_finds_its_user_among_many_similar_ones(browser: Browser, tenant: Tenant) -> None:
