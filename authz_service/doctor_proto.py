@@ -1,8 +1,9 @@
 """What ``domain.doctor`` looks at, read from the admin API's messages.
 
 Shared by ``authz doctor`` (the CLI reads the messages over gRPC) and the web
-console's Doctor page (api.console calls the servicers), so both judge the same
-snapshot: it needs nothing of the server.
+console's Doctor page (api.console calls the servicers): both run :func:`read`,
+so they make the same calls and judge the same snapshot. It needs nothing of
+the server.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from datetime import UTC, datetime
 from google.protobuf.message import Message
 
 from . import names, policy_proto
+from .client import paging
 from .domain import doctor
 from .domain.model import (
     Approval,
@@ -105,6 +107,23 @@ def snapshot(
             if not k.HasField("revoked_at")
         ),
     )
+
+
+async def read(call: paging.Call, now: datetime) -> doctor.Snapshot:
+    """Everything the checks look at, read with the admin API: the tenant's
+    settings, each channel with all its users and group senders, the pending
+    pairing requests, the API keys and the recent ``notification.*`` events."""
+    settings = await call("GetTenantSettings", adm.GetTenantSettingsRequest())
+    channels = []
+    for ch in (await call("ListChannels", adm.ListChannelsRequest())).channels:
+        users = await paging.all_users(call, adm.ListUsersRequest(channel_id=ch.channel_id))
+        senders = await call("ListGroupSenders", adm.ListGroupSendersRequest(channel_id=ch.channel_id))
+        channels.append(ChannelRead(ch, users, senders.senders))
+    pending = await call("ListApprovals", adm.ListApprovalsRequest(
+        status=cm.APPROVAL_STATUS_PENDING, kind=cm.APPROVAL_KIND_PAIRING, page_size=1000))  # fmt: skip
+    keys = await call("ListApiKeys", adm.ListApiKeysRequest())
+    notices = [e async for e in paging.audit_events(call, notices_request(now), max_pages=MAX_NOTICE_PAGES)]
+    return snapshot(settings, channels, pending.approvals, keys.keys, now, notices)
 
 
 def notices_request(now: datetime) -> adm.QueryAuditRequest:

@@ -353,3 +353,37 @@ async def test_console_off_serves_the_api_only(dsns: Dsns, tenant: Tenant) -> No
                 assert resp.status == 200
     finally:
         await running.stop(grace=0)
+
+
+async def test_redirects_encode_the_ids_they_carry(browser: Browser, tenant: Tenant) -> None:
+    # A Slack id has a ":", a WhatsApp number a "+" (a space once decoded from a query).
+    await _signed_in(browser, tenant.keys["admin"])
+    csrf = await browser.csrf()
+    for channel, platform, user, encoded in (
+        ("sl", cm.PLATFORM_SLACK, "T0123ABC:U0456DEF", "T0123ABC%3AU0456DEF"),
+        ("wa", cm.PLATFORM_WHATSAPP, "+84987654321", "%2B84987654321"),
+    ):
+        await tenant.channel(channel, platform=platform, dm_policy=cm.DM_POLICY_ALLOWLIST)
+        status, _, resp = await browser.post(
+            f"/console/channels/{channel}/users/-/block", {"user_id": user, "csrf": csrf, "back": "user"}
+        )
+        assert status == 303
+        assert resp.headers["Location"] == f"/console/channels/{channel}/users/{encoded}?done=blocked"
+        status, html, _ = await browser.get(resp.headers["Location"])
+        assert status == 200 and f"<code>{user}</code>" in html and "blocked (user_blocked)" in html
+
+
+async def test_the_user_page_finds_its_user_among_many_similar_ones(browser: Browser, tenant: Tenant) -> None:
+    # A search for "9" matches these 55 by name before user 9 itself (ids sort as text):
+    # the page reads the user with ExplainUser, not from the first page of a search.
+    await tenant.channel("tg", dm_policy=cm.DM_POLICY_ALLOWLIST)
+    for n in range(10, 65):
+        await tenant.admin.admin.AllowUser(
+            adm.AllowUserRequest(channel_id="tg", user_id=str(n), display_name="fan of 9")
+        )
+    await tenant.admin.admin.AllowUser(
+        adm.AllowUserRequest(channel_id="tg", user_id="9", display_name="Nine")
+    )
+    await _signed_in(browser, tenant.keys["admin"])
+    status, html, _ = await browser.get("/console/channels/tg/users/9")
+    assert status == 200 and "<dd>Nine</dd>" in html and "allow (" in html

@@ -1,18 +1,21 @@
 """What the console shows of the API's messages (api/console_view.py): hidden
-characters made visible, requester details shown when the message has them."""
+characters made visible, the requester's details as stored with the request."""
 
 from __future__ import annotations
 
 from authz_service.api import console_view as view
-from authz_service.gen.authz.v1 import authz_pb2 as az
 from authz_service.gen.authz.v1 import common_pb2 as cm
 
 
-def test_requester_details_are_shown_when_the_message_carries_them() -> None:
-    # RequestPairingRequest has a first_message field; the details read any message that does.
-    shown = view._details(az.RequestPairingRequest(first_message="hi \u202eevil"), view.REQUESTER_DETAILS)
-    assert shown == [("First message", "hi \\u202eevil")]
-    assert view._details(az.RequestPairingRequest(), view.REQUESTER_DETAILS) == []
+def test_the_requester_details_stored_with_the_request_are_shown() -> None:
+    a = cm.Approval(
+        kind=cm.APPROVAL_KIND_PAIRING, first_message="hi \u202eevil", handle="ann", platform="telegram"
+    )
+    shown = view.approval(a, {"tg": "slack"})
+    assert shown.details == [("First message", "hi \\u202eevil"), ("Handle", "@ann")]
+    assert shown.platform == "telegram"  # the request's own, before the channel's
+    bare = view.approval(cm.Approval(channel_id="tg"), {"tg": "slack"})
+    assert (bare.details, bare.platform) == ([], "slack")
 
 
 def test_an_approval_is_rendered_with_visible_text_and_its_quorum() -> None:

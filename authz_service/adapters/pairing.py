@@ -38,7 +38,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from ..client import Client
+from google.protobuf.message import Message
+
+from ..client import Client, paging
 from ..client.results import check_result
 from ..gen.authz.v1 import admin_pb2 as adm
 from ..gen.authz.v1 import authz_pb2 as az
@@ -450,15 +452,15 @@ class ServicePairingStore:
         if operator is None:
             return []
 
-        async def fetch() -> adm.ListUsersResponse:
-            resp: adm.ListUsersResponse = await operator.admin.ListUsers(
-                adm.ListUsersRequest(channel_id=self.channel_id, filter=adm.USER_FILTER_PAIRED),
-                timeout=self.timeout,
-            )
-            return resp
+        async def call(method: str, request: Message) -> Any:
+            return await getattr(operator.admin, method)(request, timeout=self.timeout)
+
+        async def fetch() -> list[adm.Subject]:
+            paired = adm.ListUsersRequest(channel_id=self.channel_id, filter=adm.USER_FILTER_PAIRED)
+            return await paging.all_users(call, paired)
 
         try:
-            resp = self._wait(fetch)
+            found = self._wait(fetch)
         except Exception as exc:
             log.warning("list_paired on channel %s failed: %s", self.channel_id, describe(exc))
             return []
@@ -469,7 +471,7 @@ class ServicePairingStore:
                 u.updated_at.ToDatetime().timestamp() if u.HasField("updated_at") else 0.0,
                 u.display_name,
             )
-            for u in resp.users
+            for u in found
         ]
 
     def revoke(self, channel_id: str, channel_type: str) -> bool:

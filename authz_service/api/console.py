@@ -22,6 +22,7 @@ import csv
 import io
 import json
 import secrets
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -34,6 +35,7 @@ from aiohttp import web
 from google.protobuf.message import Message
 
 from .. import doctor_proto, names
+from ..client import paging
 from ..domain import doctor, errors
 from ..domain.display import csv_cell, visible
 from ..domain.model import Principal, Role
@@ -135,6 +137,13 @@ def _redirect(location: str) -> web.Response:
     return web.Response(status=303, headers={"Location": location})
 
 
+def _channel_url(channel_id: str, user_id: str | None = None) -> str:
+    """A channel's (or one of its users') page; ids are path segments, each
+    percent-encoded whole (a Slack id's ``:``, a WhatsApp number's ``+``)."""
+    url = f"{ROOT}/channels/{urllib.parse.quote(channel_id, safe='')}"
+    return url if user_id is None else f"{url}/users/{urllib.parse.quote(user_id, safe='')}"
+
+
 def _to_login(reason: str = "") -> web.Response:
     response = _redirect(f"{ROOT}/login" + (f"?ended={reason}" if reason else ""))
     response.del_cookie(COOKIE, path=ROOT)
@@ -220,6 +229,14 @@ class Console:
 
     async def call(self, request: web.Request, page: Page, method: Callable[..., Any], message: M) -> Any:
         return await method(message, ConsoleCall(request, page.token))
+
+    def admin_call(self, request: web.Request, page: Page) -> paging.Call:
+        """:meth:`call` on AdminService as the shared readers take it (client.paging, doctor_proto)."""
+
+        async def run(method: str, message: Message) -> Any:
+            return await self.call(request, page, getattr(self.admin, method), message)
+
+        return run
 
     # --- login ---------------------------------------------------------------------------
 
@@ -391,7 +408,7 @@ class Console:
                 display_name=str(form.get("display_name", "")).strip(),
             ),
         )
-        return _redirect(f"{ROOT}/channels/{channel_id}?done=allowed")
+        return _redirect(_channel_url(channel_id) + "?done=allowed")
 
     @post_action
     async def user_action(self, request: web.Request, page: Page) -> web.StreamResponse:
@@ -417,7 +434,7 @@ class Console:
             if form.get("confirm") != user_id:
                 raise Aborted(grpc.StatusCode.INVALID_ARGUMENT, "confirm: type the user id to purge")
             await self.call(request, page, self.admin.PurgeUser, ref)
-            return _redirect(f"{ROOT}/channels/{channel_id}?done=purged")
+            return _redirect(_channel_url(channel_id) + "?done=purged")
         elif what == "export":
             found = await self.call(request, page, self.admin.ExportUser, ref)
             return web.Response(
@@ -428,8 +445,8 @@ class Console:
         else:
             raise web.HTTPNotFound()
         if back == "user":
-            return _redirect(f"{ROOT}/channels/{channel_id}/users/{user_id}?done={done}")
-        return _redirect(f"{ROOT}/channels/{channel_id}?done={done}")
+            return _redirect(_channel_url(channel_id, user_id) + f"?done={done}")
+        return _redirect(_channel_url(channel_id) + f"?done={done}")
 
     @post_action
     async def create_invite(self, request: web.Request, page: Page) -> web.StreamResponse:
@@ -471,28 +488,19 @@ class Console:
             self.admin.RevokeInvite,
             adm.RevokeInviteRequest(invite_id=str(form.get("invite_id", ""))),
         )
-        return _redirect(f"{ROOT}/channels/{request.match_info['channel_id']}?done=revoked")
+        return _redirect(_channel_url(request.match_info["channel_id"]) + "?done=revoked")
 
     @get_page
     async def user(self, request: web.Request, page: Page) -> web.StreamResponse:
         channel_id, user_id = request.match_info["channel_id"], request.match_info["user_id"]
+        # ExplainUser: the user's standing, route and pending requests as CheckUser sees them.
         found = await self.call(
             request,
             page,
-            self.admin.ListUsers,
-            adm.ListUsersRequest(channel_id=channel_id, query=user_id, page_size=PAGE_SIZE),
+            self.admin.ExplainUser,
+            adm.ExplainUserRequest(channel_id=channel_id, user_id=user_id),
         )
-        subject = next((view.subject(s) for s in found.users if s.user_id == user_id), None)
-        channel = await self.call(
-            request, page, self.admin.GetChannel, adm.GetChannelRequest(channel_id=channel_id)
-        )
-        agent, binding_permissions = view.route(channel, user_id)
-        pending = await self.call(
-            request,
-            page,
-            self.admin.ListApprovals,
-            adm.ListApprovalsRequest(channel_id=channel_id, page_size=1000),
-        )
+        agent, binding_permissions = view.route(found)
         audit = await self.call(
             request,
             page,
@@ -505,10 +513,11 @@ class Console:
             channel_id=channel_id,
             user_id=user_id,
             shown_user_id=visible(user_id),
-            subject=subject,
+            subject=view.subject(found.subject) if found.HasField("subject") else None,
+            decision=view.decision(found),
             agent=agent,
             binding_permissions=binding_permissions,
-            pending=[view.approval(a, {}) for a in pending.approvals if a.user_id == user_id],
+            pending=[view.approval(a, {}) for a in found.pending],
             events=[view.audit_row(e) for e in audit.events],
             notice=_NOTICES.get(request.query.get("done", ""), ""),
         )
@@ -553,12 +562,10 @@ class Console:
         query = self._audit_request(request)
         query.limit = 1000
         rows: list[dict[str, str]] = []
-        while len(rows) < EXPORT_MAX_EVENTS:
-            found = await self.call(request, page, self.admin.QueryAudit, query)
-            rows.extend(_export_row(e) for e in found.events)
-            if not found.next_after_event_id:
+        async for event in paging.audit_events(self.admin_call(request, page), query):
+            rows.append(_export_row(event))
+            if len(rows) == EXPORT_MAX_EVENTS:
                 break
-            query.after_event_id = found.next_after_event_id
         if request.query.get("format") == "csv":
             out = io.StringIO()
             writer = csv.DictWriter(out, fieldnames=list(_EXPORT_FIELDS))
@@ -576,35 +583,7 @@ class Console:
     @get_page
     async def doctor(self, request: web.Request, page: Page) -> web.StreamResponse:
         """``authz doctor``'s findings, read through the same RPCs (doctor_proto)."""
-        admin = self.admin
-        settings = await self.call(request, page, admin.GetTenantSettings, adm.GetTenantSettingsRequest())
-        channels = []
-        for ch in (await self.call(request, page, admin.ListChannels, adm.ListChannelsRequest())).channels:
-            ref = ch.channel_id
-            users = await self.call(request, page, admin.ListUsers, adm.ListUsersRequest(channel_id=ref))
-            senders = await self.call(
-                request, page, admin.ListGroupSenders, adm.ListGroupSendersRequest(channel_id=ref)
-            )
-            channels.append(doctor_proto.ChannelRead(ch, users.users, senders.senders))
-        pending = await self.call(
-            request,
-            page,
-            admin.ListApprovals,
-            adm.ListApprovalsRequest(
-                status=cm.APPROVAL_STATUS_PENDING, kind=cm.APPROVAL_KIND_PAIRING, page_size=1000
-            ),
-        )
-        keys = await self.call(request, page, admin.ListApiKeys, adm.ListApiKeysRequest())
-        now = datetime.now(UTC)
-        notices: list[adm.AuditEvent] = []
-        req = doctor_proto.notices_request(now)
-        for _ in range(doctor_proto.MAX_NOTICE_PAGES):
-            audit = await self.call(request, page, admin.QueryAudit, req)
-            notices.extend(audit.events)
-            if not audit.next_after_event_id:
-                break
-            req.after_event_id = audit.next_after_event_id
-        snap = doctor_proto.snapshot(settings, channels, pending.approvals, keys.keys, now, notices)
+        snap = await doctor_proto.read(self.admin_call(request, page), datetime.now(UTC))
         findings = doctor.findings(snap)
         found = [
             {

@@ -14,18 +14,11 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from google.protobuf import timestamp_pb2
-from google.protobuf.message import Message
 
-from .. import names, policy_proto
-from ..domain.access import binding_for
+from .. import names
 from ..domain.display import visible
 from ..gen.authz.v1 import admin_pb2 as adm
 from ..gen.authz.v1 import common_pb2 as cm
-
-# Requester details the Approval message may carry (issue #17: first_message,
-# handle, platform): each is shown when the proto has the field and it is set, so
-# the page needs no change when the message gains them.
-REQUESTER_DETAILS = (("first_message", "First message"), ("handle", "Handle"))
 
 
 def when(ts: timestamp_pb2.Timestamp) -> str:
@@ -35,21 +28,11 @@ def when(ts: timestamp_pb2.Timestamp) -> str:
     return datetime.fromtimestamp(ts.seconds, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def _text_field(message: Message, name: str) -> str:
-    """A string field's value, or "" when the message has no such field."""
-    if name not in message.DESCRIPTOR.fields_by_name:
-        return ""
-    value = getattr(message, name)
-    return value if isinstance(value, str) else ""
-
-
-def _details(message: Message, spec: tuple[tuple[str, str], ...]) -> list[tuple[str, str]]:
-    out = []
-    for name, label in spec:
-        value = _text_field(message, name)
-        if value:
-            out.append((label, visible("@" + value if name == "handle" else value)))
-    return out
+def requester_details(a: cm.Approval) -> list[tuple[str, str]]:
+    """What the requester told about themselves, as stored with the request
+    (empty for requests made before the fields existed)."""
+    shown = [("First message", a.first_message), ("Handle", "@" + a.handle if a.handle else "")]
+    return [(label, visible(value)) for label, value in shown if value]
 
 
 def pretty_json(canonical: str) -> str:
@@ -96,14 +79,14 @@ def approval(a: cm.Approval, platforms: dict[str, str]) -> ApprovalView:
         kind=kind,
         status=names.APPROVAL_STATUS.label(a.status),
         channel_id=a.channel_id,
-        platform=visible(_text_field(a, "platform")) or platforms.get(a.channel_id, ""),
+        platform=visible(a.platform) or platforms.get(a.channel_id, ""),
         user_id=visible(a.user_id),
         display_name=visible(a.display_name),
         created_at=when(a.created_at),
         expires_at=when(a.expires_at),
         quorum=quorum,
         approved_by=[visible(x) for x in a.approved_by],
-        details=_details(a, REQUESTER_DETAILS),
+        details=requester_details(a),
     )
     if a.HasField("tool"):
         t = a.tool
@@ -175,11 +158,16 @@ def audit_row(e: adm.AuditEvent) -> dict[str, str]:
     }
 
 
-def route(channel: adm.Channel, user_id: str) -> tuple[str, str]:
-    """Where the user's direct messages go, and the permissions the binding adds
-    (``domain.access.binding_for``: the rule CheckUser applies)."""
-    policy = policy_proto.policy_in(channel.policy)
-    found = binding_for(policy, user_id, "")
-    agent = (found.agent_id if found is not None else "") or policy.agent_id
-    extra = ", ".join(visible(p) for p in found.permissions) if found is not None else ""
+def route(found: adm.ExplainUserResponse) -> tuple[str, str]:
+    """Where the user's direct messages go and what the matching binding adds,
+    as ExplainUser found them. No agent: no binding names one and CheckUser does
+    not allow the user now (the channel's own agent is named only with an ALLOW)."""
+    binding = found.binding if found.HasField("binding") else None
+    agent = (binding.agent_id if binding is not None else "") or found.check.agent_id
+    extra = ", ".join(visible(p) for p in binding.permissions) if binding is not None else ""
     return visible(agent), extra
+
+
+def decision(found: adm.ExplainUserResponse) -> str:
+    """CheckUser's answer to a direct message from the user now, e.g. ``allow (allowlisted)``."""
+    return f"{names.DECISION.label(found.check.decision)} ({visible(found.check.reason)})"

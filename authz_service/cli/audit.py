@@ -11,13 +11,14 @@ from typing import Any, TypeVar
 
 import click
 
+from ..client import paging
 from ..domain.display import csv_cell
 from ..domain.events import AUDIT_EVENTS, FAMILIES, event_filter
 from ..gen.authz.v1 import admin_pb2 as adm
 from .durations import EXAMPLES, parse_duration
 from .errors import CliError
 from .output import fmt, ts
-from .session import Session, call, pass_session, session_options
+from .session import Session, admin_call, call, each, pass_session, session_options
 
 F = TypeVar("F", bound=Callable[..., Any])
 FILTERS = ("since", "until", "user", "channel", "event")
@@ -81,12 +82,7 @@ def events(s: Session, ctx: click.Context) -> Iterator[adm.AuditEvent]:
         req.since.FromDatetime(parse_when(given["since"]))
     if given["until"]:
         req.until.FromDatetime(parse_when(given["until"]))
-    while True:
-        resp = call(c.admin.QueryAudit, req)
-        yield from resp.events
-        if not resp.next_after_event_id:
-            return
-        req.after_event_id = resp.next_after_event_id
+    yield from each(paging.audit_events(admin_call(c), req))
 
 
 def _row(e: adm.AuditEvent) -> dict[str, Any]:

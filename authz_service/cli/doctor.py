@@ -4,48 +4,22 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from typing import Any
 
 import click
 
 from .. import doctor_proto
+from ..client import SyncClient
 from ..domain import doctor
-from ..gen.authz.v1 import admin_pb2 as adm
-from ..gen.authz.v1 import common_pb2 as cm
 from .errors import NOT_DONE
 from .output import safe
-from .plan import rpc_call
-from .session import Session, pass_session, session_options
+from .session import Session, admin_call, pass_session, session_options, wait
 
 FAIL_ON = [s.value for s in doctor.Severity] + ["never"]
 
 
-def snapshot(c: Any, now: datetime) -> doctor.Snapshot:
-    """Everything the checks look at, read with the admin API."""
-    rpc = rpc_call
-    settings = rpc(c.admin.GetTenantSettings, adm.GetTenantSettingsRequest())
-    channels = []
-    for ch in rpc(c.admin.ListChannels, adm.ListChannelsRequest()).channels:
-        users = rpc(c.admin.ListUsers, adm.ListUsersRequest(channel_id=ch.channel_id)).users
-        senders = rpc(c.admin.ListGroupSenders, adm.ListGroupSendersRequest(channel_id=ch.channel_id)).senders
-        channels.append(doctor_proto.ChannelRead(ch, users, senders))
-    pending = rpc(c.admin.ListApprovals, adm.ListApprovalsRequest(
-        status=cm.APPROVAL_STATUS_PENDING, kind=cm.APPROVAL_KIND_PAIRING, limit=1000)).approvals  # fmt: skip
-    keys = rpc(c.admin.ListApiKeys, adm.ListApiKeysRequest()).keys
-    return doctor_proto.snapshot(settings, channels, pending, keys, now, _notices(c, now))
-
-
-def _notices(c: Any, now: datetime) -> list[adm.AuditEvent]:
-    """The notification audit events the unreachable-approver check reads."""
-    req = doctor_proto.notices_request(now)
-    events: list[adm.AuditEvent] = []
-    for _ in range(doctor_proto.MAX_NOTICE_PAGES):
-        resp = rpc_call(c.admin.QueryAudit, req)
-        events.extend(resp.events)
-        if not resp.next_after_event_id:
-            break
-        req.after_event_id = resp.next_after_event_id
-    return events
+def snapshot(c: SyncClient, now: datetime) -> doctor.Snapshot:
+    """Everything the checks look at, read as the console's Doctor page reads it."""
+    return wait(doctor_proto.read(admin_call(c), now))
 
 
 def render(found: list[doctor.Finding], threshold: doctor.Severity | None) -> list[str]:

@@ -15,6 +15,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from .. import names, policy_proto
+from ..client import paging
 from ..domain.model import ChannelPolicy, Platform
 from ..gen.authz.v1 import admin_pb2 as adm
 from ..gen.authz.v1 import common_pb2 as cm
@@ -29,7 +30,7 @@ from .policyfile import (
     tenant_from_proto,
 )
 from .schema import FileError
-from .session import TIMEOUT
+from .session import TIMEOUT, admin_call, wait
 
 # --- the normalised document form (export, diff) --------------------------------------
 
@@ -165,9 +166,10 @@ def fetch_current(c: Any, sender_channels: Sequence[str], user_channels: Sequenc
 
 
 def list_users(c: Any, channel_id: str) -> dict[str, UserNow]:
-    resp = rpc_call(c.admin.ListUsers, adm.ListUsersRequest(channel_id=channel_id))
+    """All the channel's users, page after page (a large channel has many)."""
+    found = wait(paging.all_users(admin_call(c, rpc_call), adm.ListUsersRequest(channel_id=channel_id)))
     out = {}
-    for u in resp.users:
+    for u in found:
         if u.status == adm.SUBJECT_STATUS_BLOCKED:
             status = "blocked"
         else:

@@ -8,8 +8,9 @@ export``) shares its group's session, and what it is given itself wins.
 
 from __future__ import annotations
 
+import asyncio
 import os
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -19,12 +20,14 @@ import grpc
 from google.protobuf.message import Message
 
 from ..client import DEFAULT_ADDRESS, SyncClient, TlsConfig, connect_sync, is_loopback, plaintext_warning
+from ..client.paging import Call
 from . import output
 from .context import in_use
 from .errors import CliError, RpcFailed
 
 TIMEOUT = 15  # seconds, for every unary call
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 
 def _read_key(env_name: str, fallback: Path | None) -> str | None:
@@ -96,6 +99,35 @@ def call(fn: Callable[..., Any], request: Message, *, what: str = "") -> Any:
         session = click.get_current_context(silent=True)
         address = getattr(session and session.find_object(Session), "address", None) or ""
         raise RpcFailed(exc, what, address) from None
+
+
+def admin_call(c: SyncClient, rpc: Callable[[Callable[..., Any], Message], Any] = call) -> Call:
+    """``c``'s blocking AdminService stub as the ``call(method, request)`` the
+    shared readers take (client.paging, doctor_proto); ``rpc`` makes each call."""
+
+    async def run(method: str, request: Message) -> Any:
+        return rpc(getattr(c.admin, method), request)
+
+    return run
+
+
+def wait(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a shared reader to its end (a command is synchronous; its calls block)."""
+    return asyncio.run(coro)
+
+
+def each(items: AsyncGenerator[T, None]) -> Iterator[T]:
+    """A shared async reader as a plain iterator, one page fetched at a time."""
+    loop = asyncio.new_event_loop()
+    try:
+        while True:
+            try:
+                yield loop.run_until_complete(anext(items))
+            except StopAsyncIteration:
+                return
+    finally:
+        loop.run_until_complete(items.aclose())
+        loop.close()
 
 
 def _keep(name: str) -> Callable[[click.Context, click.Parameter, Any], None]:

@@ -10,11 +10,12 @@ from typing import Any
 import click
 
 from .. import names
+from ..client import paging
 from ..gen.authz.v1 import admin_pb2 as adm
 from ..gen.authz.v1 import common_pb2 as cm
 from .errors import NOT_DONE, CliError
 from .output import fmt, safe, table, ts
-from .session import Session, call, pass_session, session_options
+from .session import Session, admin_call, call, each, pass_session, session_options, wait
 
 
 @click.group(help="users of a channel")
@@ -48,8 +49,10 @@ def list_(s: Session, channel: str, paired: bool, blocked: bool, allowlisted: bo
     if len(chosen) > 1:
         raise click.UsageError(f"--{chosen[0]} and --{chosen[1]} do not go together")
     which = adm.UserFilter.ValueType(names.USER_FILTER.number(chosen[0]) if chosen else 0)
-    resp = call(s.client().admin.ListUsers, adm.ListUsersRequest(channel_id=channel, filter=which))
-    s.emit([_row(u) for u in resp.users], ["user", "name", "status", "permissions", "updated", "expires"])
+    found = wait(
+        paging.all_users(admin_call(s.client()), adm.ListUsersRequest(channel_id=channel, filter=which))
+    )
+    s.emit([_row(u) for u in found], ["user", "name", "status", "permissions", "updated", "expires"])
     return 0
 
 
@@ -59,13 +62,7 @@ RECENT_AUDIT = 10
 def _recent_audit(s: Session, channel: str, user: str) -> list[adm.AuditEvent]:
     """The user's last ``RECENT_AUDIT`` events on the channel (the trail pages oldest first)."""
     req = adm.QueryAuditRequest(channel_id=channel, user_id=user, limit=1000)
-    recent: deque[adm.AuditEvent] = deque(maxlen=RECENT_AUDIT)
-    while True:
-        resp = call(s.client().admin.QueryAudit, req)
-        recent.extend(resp.events)
-        if not resp.next_after_event_id:
-            return list(recent)
-        req.after_event_id = resp.next_after_event_id
+    return list(deque(each(paging.audit_events(admin_call(s.client()), req)), maxlen=RECENT_AUDIT))
 
 
 def _explained(found: adm.ExplainUserResponse, events: list[adm.AuditEvent]) -> dict[str, Any]:

@@ -57,6 +57,27 @@ def test_the_http_port_is_served_published_and_admitted_when_enabled(chart: helm
     assert "grpc" in ports and "http" in ports
 
 
+def test_the_console_is_on_with_secure_cookies_unless_told_otherwise(chart: helm.Chart) -> None:
+    # Behind an Ingress ending TLS the port speaks plain HTTP: without the switch the
+    # session cookie would not be Secure.
+    env = env_of(server_container(manifests(chart, with_values(production(), **{"http.enabled": True}))))
+    assert (env["AUTHZ_CONSOLE"]["value"], env["AUTHZ_CONSOLE_SECURE_COOKIES"]["value"]) == ("on", "on")
+    values = with_values(
+        production(),
+        **{"http.enabled": True, "http.console.enabled": False, "http.console.secureCookies": False},
+    )
+    env = env_of(server_container(manifests(chart, values)))
+    assert (env["AUTHZ_CONSOLE"]["value"], env["AUTHZ_CONSOLE_SECURE_COOKIES"]["value"]) == ("off", "off")
+    assert "AUTHZ_CONSOLE" not in env_of(server_container(manifests(chart, production())))
+    notes = notes_of(chart, with_values(MINIMAL, **{"http.enabled": True}))
+    assert "http://127.0.0.1:8080/console/" in notes
+    assert "/console/" not in notes_of(
+        chart, with_values(MINIMAL, **{"http.enabled": True, "http.console.enabled": False})
+    )
+    with pytest.raises(helm.HelmError, match="secure"):
+        render(chart, with_values(MINIMAL, **{"http.console.secure": True}))
+
+
 def test_the_http_port_must_differ_from_the_grpc_port(chart: helm.Chart) -> None:
     with pytest.raises(helm.HelmError, match=r"http.port \(50051\) must differ from service.port"):
         render(chart, with_values(MINIMAL, **{"http.enabled": True, "http.port": 50051}))
