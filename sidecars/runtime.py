@@ -123,7 +123,9 @@ class ButtonSpec:
 def buttons_of(buttons: Iterable[az.Button]) -> list[ButtonSpec]:
     """The service's buttons as a transport posts them; an action this connector does
     not know (a newer service) is left out rather than posted as a guess."""
-    return [ButtonSpec(_ACTIONS[b.action], b.label, b.callback_payload) for b in buttons if b.action in _ACTIONS]
+    return [
+        ButtonSpec(_ACTIONS[b.action], b.label, b.callback_payload) for b in buttons if b.action in _ACTIONS
+    ]
 
 
 @dataclass(frozen=True)

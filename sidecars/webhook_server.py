@@ -16,17 +16,17 @@ from aiohttp import web
 
 from .config import parse_listen
 
-log = logging.getLogger("sidecars")
-
 DRAIN_SECONDS = 10.0
 """How long :meth:`WebhookServer.close` waits for handed-off work before cancelling it."""
 
 
 class WebhookServer:
-    """Serves one aiohttp app and keeps the tasks its handlers handed off."""
+    """Serves one aiohttp app and keeps the tasks its handlers handed off; logs as
+    ``name`` ("slack events", "whatsapp webhook") on the platform's ``log``."""
 
-    def __init__(self, name: str, drain_seconds: float = DRAIN_SECONDS) -> None:
-        self.name = name  # for log lines: "slack events", "whatsapp webhook"
+    def __init__(self, name: str, log: logging.Logger, drain_seconds: float = DRAIN_SECONDS) -> None:
+        self.name = name
+        self.log = log
         self.drain_seconds = drain_seconds
         self._pending: set[asyncio.Task[None]] = set()
         self._runner: web.AppRunner | None = None
@@ -38,7 +38,7 @@ class WebhookServer:
         await self._runner.setup()
         await web.TCPSite(self._runner, host, port).start()
         bound = int(self._runner.addresses[0][1])
-        log.info("%s listening on http://%s:%d%s", self.name, host, bound, path)
+        self.log.info("%s listening on http://%s:%d%s", self.name, host, bound, path)
         return bound
 
     def spawn(self, work: Coroutine[Any, Any, None]) -> None:
@@ -63,4 +63,6 @@ class WebhookServer:
             for task in late:
                 task.cancel()
             if late:
-                log.warning("%s: dropped %d request(s) still in flight at shutdown", self.name, len(late))
+                self.log.warning(
+                    "%s: dropped %d request(s) still in flight at shutdown", self.name, len(late)
+                )

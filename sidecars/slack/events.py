@@ -47,7 +47,7 @@ class SlackBot:
         self.app.event("message")(self._on_message)
         self.app.event("app_mention")(self._on_mention)
         self.app.action(re.compile(ACTION_ID_PATTERN))(self._on_press)
-        self._server = WebhookServer("slack events")
+        self._server = WebhookServer("slack events", log)
 
     async def start(self, listen: str) -> int:
         """Serve ``/slack/events`` on ``listen`` ("host:port", 0 = any); return the port."""

@@ -108,7 +108,7 @@ class WhatsAppBot:
         self.window = window
         self._verify_token = verify_token.encode()
         self._seen = SeenIds()
-        self._server = WebhookServer("whatsapp webhook")
+        self._server = WebhookServer("whatsapp webhook", log)
         wa.add_handlers(MessageHandler(self._on_message), CallbackButtonHandler(self._on_press))
 
     def web_app(self) -> web.Application:
@@ -206,4 +206,3 @@ class WhatsAppBot:
             await self.connector.transport.send_text(presser, result.owner_text)
         except Exception as exc:
             log.error("could not show %s the outcome of a button press: %s", presser, type(exc).__name__)
-

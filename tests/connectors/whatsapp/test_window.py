@@ -146,7 +146,9 @@ async def test_a_tool_call_outside_the_window_is_never_sent_as_the_pairing_templ
     position: a tool call's third is Always allow, so "Block" would allow the tool for good.
     The copy is acknowledged undeliverable instead; pairing requests still use the template."""
     async with open_rig(template=TEMPLATE) as rig:
-        await rig.tenant.admin.admin.SetTenantSettings(adm.TenantSettings(approvers=[f"whatsapp:{uid(OWNER)}"]))
+        await rig.tenant.admin.admin.SetTenantSettings(
+            adm.TenantSettings(approvers=[f"whatsapp:{uid(OWNER)}"])
+        )
         asked = await agents[rig.tenant.tenant_id].authz.RequestApproval(
             az.RequestApprovalRequest(
                 tool_name="shell", arguments_json='{"cmd": "ls  -la"}', agent_id="ops", channel_id=CHANNEL
@@ -168,7 +170,7 @@ async def test_a_tool_call_outside_the_window_is_never_sent_as_the_pairing_templ
         assert rig.fake.sent_to(OWNER) == []
         assert await rig.status(approval_id) == cm.APPROVAL_STATUS_PENDING
 
-        await alice_asks(rig)  # a pairing request: the template's own buttons
+        await rig.say(ALICE, "hello there")  # a pairing request: the template's own buttons
         sent = await rig.sent(OWNER)
         assert [sent] == rig.fake.sent_to(OWNER) and sent["type"] == "template"
 
@@ -240,7 +242,9 @@ async def test_the_transport_refuses_free_form_outside_the_window() -> None:
     "actions",
     [("approve", "deny", "always_allow"), ("approve", "deny"), ("deny", "approve", "block"), ("approve",)],
 )
-async def test_only_the_pairing_buttons_in_order_go_out_as_the_template(actions: tuple[ButtonAction, ...]) -> None:
+async def test_only_the_pairing_buttons_in_order_go_out_as_the_template(
+    actions: tuple[ButtonAction, ...],
+) -> None:
     fake = FakeWhatsApp()
     await fake.start()
     settings = WhatsAppSettings(
@@ -248,7 +252,9 @@ async def test_only_the_pairing_buttons_in_order_go_out_as_the_template(actions:
     )
     try:
         async with httpx.AsyncClient() as http:
-            transport = WhatsAppTransport(build_client(settings, http), CustomerWindow(), notify_template(settings))
+            transport = WhatsAppTransport(
+                build_client(settings, http), CustomerWindow(), notify_template(settings)
+            )
             buttons = [ButtonSpec(a, a.title(), f"payload-{a}") for a in actions]
             with pytest.raises(ApproverUnreachable, match="outside_24h_window_no_template"):
                 await transport.post_direct(uid(OWNER), "Approval needed: shell", buttons)
