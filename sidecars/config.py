@@ -303,23 +303,7 @@ def build_config(
 
 def _whatsapp(section: Mapping[str, Any], env: Mapping[str, str], base_dir: Path) -> WhatsAppSettings:
     def secret(key: str, env_name: str) -> str:
-        """The environment, else ``<key>_file`` (read next to the config), else ``<key>``."""
-        value = env.get(env_name, "").strip()
-        if value:
-            return value
-        path = _opt_str(section, f"{key}_file", f"whatsapp.{key}_file")
-        if path:
-            try:
-                value = (base_dir / path).read_text(encoding="utf-8").strip()
-            except OSError as exc:
-                raise ConfigError(f"whatsapp.{key}_file: cannot read {path}: {exc.strerror}") from exc
-            if not value:
-                raise ConfigError(f"whatsapp.{key}_file: {path} is empty")
-            return value
-        value = _opt_str(section, key, f"whatsapp.{key}")
-        if not value:
-            raise ConfigError(f"whatsapp.{key}: required (or {key}_file, or set {env_name})")
-        return value
+        return _secret(section, key, env, env_name, base_dir, section_name="whatsapp", inline=True)
 
     phone = env.get("WHATSAPP_PHONE_NUMBER_ID", "").strip() or _opt_str(
         section, "phone_number_id", "whatsapp.phone_number_id"
@@ -350,19 +334,41 @@ def _whatsapp(section: Mapping[str, Any], env: Mapping[str, str], base_dir: Path
 
 
 def _api_key(raw: Mapping[str, Any], env: Mapping[str, str], base_dir: Path) -> str:
-    key = env.get("AUTHZ_CONNECTOR_API_KEY", "").strip()
-    if key:
-        return key
-    path = _opt_str(raw, "api_key_file")
-    if not path:
-        raise ConfigError("api_key_file: required (or set AUTHZ_CONNECTOR_API_KEY to a connector key)")
-    try:
-        key = (base_dir / path).read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise ConfigError(f"api_key_file: cannot read {path}: {exc.strerror}") from exc
-    if not key:
-        raise ConfigError(f"api_key_file: {path} is empty")
-    return key
+    return _secret(raw, "api_key", env, "AUTHZ_CONNECTOR_API_KEY", base_dir, hint=" to a connector key")
+
+
+def _secret(
+    raw: Mapping[str, Any],
+    key: str,
+    env: Mapping[str, str],
+    env_name: str,
+    base_dir: Path,
+    *,
+    section_name: str = "",
+    inline: bool = False,
+    hint: str = "",
+) -> str:
+    """A secret from the environment (``env_name``), else the file ``<key>_file`` (relative
+    to ``base_dir``, the config's folder), else, if ``inline``, ``<key>`` in ``raw`` itself."""
+    name = f"{section_name}.{key}" if section_name else key
+    value = env.get(env_name, "").strip()
+    if value:
+        return value
+    path = _opt_str(raw, f"{key}_file", f"{name}_file")
+    if path:
+        try:
+            value = (base_dir / path).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"{name}_file: cannot read {path}: {exc.strerror}") from exc
+        if not value:
+            raise ConfigError(f"{name}_file: {path} is empty")
+        return value
+    value = _opt_str(raw, key, name) if inline else ""
+    if not value:
+        if inline:
+            raise ConfigError(f"{name}: required (or {key}_file, or set {env_name}{hint})")
+        raise ConfigError(f"{name}_file: required (or set {env_name}{hint})")
+    return value
 
 
 def _opt_str(raw: Mapping[str, Any], key: str, name: str | None = None) -> str:

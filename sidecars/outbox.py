@@ -26,12 +26,11 @@ from authz_service.client import Client
 from authz_service.gen.authz.v1 import authz_pb2 as az
 
 from .runtime import (
-    _ACTIONS,
     OWNER_UNREACHABLE,
     ApproverUnreachable,
-    ButtonSpec,
     Connector,
     DirectMessages,
+    buttons_of,
 )
 
 log = logging.getLogger("sidecars")
@@ -113,11 +112,7 @@ class Outbox:
             copy, next_item = next_item, None
             key = (copy.approval_id, copy.approver_id)
             ref = copy.message_ref or self._refs.get(key, "")
-            buttons = [
-                ButtonSpec(_ACTIONS[b.action], b.label, b.callback_payload)
-                for b in copy.buttons
-                if b.action in _ACTIONS
-            ]
+            buttons = buttons_of(copy.buttons)
             ack = az.AckNotificationRequest(
                 channel_id=self.channel_id,
                 approval_id=copy.approval_id,

@@ -50,7 +50,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, TypeVar, get_args, runtime_checkable
 
@@ -118,6 +118,14 @@ class ButtonSpec:
     action: ButtonAction
     label: str
     payload: str  # the service's callback_payload, passed verbatim as the platform's button data
+
+
+def buttons_of(buttons: Iterable[az.Button]) -> list[ButtonSpec]:
+    """The service's buttons as a transport posts them; an action this connector does
+    not know (a newer service) is left out rather than posted as a guess."""
+    return [
+        ButtonSpec(_ACTIONS[b.action], b.label, b.callback_payload) for b in buttons if b.action in _ACTIONS
+    ]
 
 
 @dataclass(frozen=True)
@@ -475,11 +483,7 @@ class Connector:
             return  # every approver's copy comes from the outbox (WatchNotifications)
         if pairing.created and pairing.HasField("notification") and pairing.notification.owner_id:
             note = pairing.notification
-            buttons = [
-                ButtonSpec(_ACTIONS[b.action], b.label, b.callback_payload)
-                for b in note.buttons
-                if b.action in _ACTIONS
-            ]
+            buttons = buttons_of(note.buttons)
             try:
                 await self.transport.send_direct(note.owner_id, note.text, buttons)
             except Exception as exc:

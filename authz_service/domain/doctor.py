@@ -354,7 +354,8 @@ def _unreachable_findings(snapshot: Snapshot) -> list[Finding]:
             )
             fix = (
                 "ask them to message the bot (WhatsApp lets a bot write only within 24 hours of the "
-                "person's last message), or set whatsapp.notify_template to reach them outside that window"
+                "person's last message), or set whatsapp.notify_template to reach them outside that window "
+                "with pairing requests (never with tool calls)"
             )
         else:
             said = f"approver {who} on channel {u.channel_id} cannot be reached by the bot ({u.reason})"

@@ -12,28 +12,22 @@ are resolved before the response, so the presser's view is updated in order.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
-from collections.abc import Coroutine
 from typing import Any, Literal
 
-from aiohttp import web
 from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncBoltContext
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from ..config import parse_listen
 from ..runtime import Connector, Inbound
+from ..webhook_server import WebhookServer
 from .blocks import ACTION_ID_PATTERN, escape, outcome_blocks
 
 log = logging.getLogger("sidecars.slack")
 
 EVENTS_PATH = "/slack/events"
 """Both the Events API and Interactivity request URLs point here."""
-
-# How long a shutdown waits for messages already acknowledged to Slack.
-_DRAIN_SECONDS = 10.0
 
 
 class SlackBot:
@@ -53,29 +47,15 @@ class SlackBot:
         self.app.event("message")(self._on_message)
         self.app.event("app_mention")(self._on_mention)
         self.app.action(re.compile(ACTION_ID_PATTERN))(self._on_press)
-        self._pending: set[asyncio.Task[None]] = set()
-        self._runner: web.AppRunner | None = None
+        self._server = WebhookServer("slack events", log)
 
     async def start(self, listen: str) -> int:
         """Serve ``/slack/events`` on ``listen`` ("host:port", 0 = any); return the port."""
-        host, port = parse_listen(listen)
-        self._runner = web.AppRunner(self.app.web_app(path=EVENTS_PATH), access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, host, port).start()
-        bound = int(self._runner.addresses[0][1])
-        log.info("slack events listening on http://%s:%d%s", host, bound, EVENTS_PATH)
-        return bound
+        return await self._server.start(self.app.web_app(path=EVENTS_PATH), listen, EVENTS_PATH)
 
     async def close(self) -> None:
         """Stop listening, then let acknowledged messages finish (bounded)."""
-        if self._runner is not None:
-            await self._runner.cleanup()
-        if self._pending:
-            _, late = await asyncio.wait(self._pending, timeout=_DRAIN_SECONDS)
-            for task in late:
-                task.cancel()
-            if late:
-                log.warning("dropped %d message(s) still in flight at shutdown", len(late))
+        await self._server.close()
 
     # ---- messages --------------------------------------------------------------
 
@@ -118,13 +98,7 @@ class SlackBot:
             mentioned=mentioned,
             text=text,
         )
-        self._spawn(self.connector.handle_message(msg))
-
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
-        # Keep a reference: the event loop holds tasks only weakly.
-        task = asyncio.create_task(work)
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+        self._server.spawn(self.connector.handle_message(msg))
 
     # ---- button presses -----------------------------------------------------------
 

@@ -6,9 +6,10 @@ window. :class:`CustomerWindow` remembers when each user last wrote (bounded);
 outside the window a free-form message is not attempted (the Cloud API would
 take it and fail it later, asynchronously):
 
-- the owner's notification with buttons goes out as the configured message
-  template (``whatsapp.notify_template``), whose quick-reply buttons carry the
-  service's callback payloads; without a template it raises
+- a pairing request's copy (buttons Approve / Deny / Block) goes out as the
+  configured message template (``whatsapp.notify_template``), whose quick-reply
+  buttons carry the service's callback payloads; without a template, and for any
+  other copy with buttons (a tool call's), it raises
   :class:`~sidecars.runtime.ApproverUnreachable` (reason ``outside_24h_window_no_template``):
   the outbox reports it (audit ``notification.undeliverable``, ``authz doctor``);
 - anything else raises :class:`OutsideWindow` / :class:`ApproverUnreachable`.
@@ -30,7 +31,7 @@ from authz_service.domain import ids
 from authz_service.domain.errors import InvalidArgument
 from authz_service.domain.model import Platform
 
-from ..runtime import MAX_SESSIONS, ApproverUnreachable, ButtonSpec, Contact
+from ..runtime import MAX_SESSIONS, ApproverUnreachable, ButtonAction, ButtonSpec, Contact
 
 log = logging.getLogger("sidecars.whatsapp")
 
@@ -43,6 +44,10 @@ MAX_BODY = 1024
 MAX_TEXT = 4096
 # Template body parameters: no newlines or tabs, no more than four spaces in a row.
 MAX_TEMPLATE_PARAM = 900
+
+# The notification template's quick-reply buttons, fixed when Meta approved it; a copy's
+# buttons are put on them by position, so only a copy with exactly these goes out as it.
+TEMPLATE_ACTIONS: tuple[ButtonAction, ...] = ("approve", "deny", "block")
 
 WINDOW_SECONDS = 24 * 3600.0
 # A message is not attempted in the window's last minutes: it could close in flight.
@@ -113,7 +118,8 @@ class CustomerWindow:
 @dataclass(frozen=True)
 class NotifyTemplate:
     """An approved template: one body variable ({{1}}, the notification on one
-    line), and the Approve / Deny / Block quick-reply buttons in that order."""
+    line), and the Approve / Deny / Block quick-reply buttons in that order
+    (:data:`TEMPLATE_ACTIONS`). For pairing requests only."""
 
     name: str
     language: TemplateLanguage
@@ -171,13 +177,11 @@ class WhatsAppTransport:
         to = wa_id_of(user_id)
         check_buttons(buttons)
         if not self.window.is_open(user_id):
-            if buttons and self.template is not None:
+            if self.template is not None and tuple(b.action for b in buttons) == TEMPLATE_ACTIONS:
                 return await self._template(to, user_id, text, buttons)
-            raise ApproverUnreachable(
-                "outside_24h_window"
-                if self.template is not None or not buttons
-                else "outside_24h_window_no_template"
-            )
+            # Anything else with buttons (a tool call's Approve / Deny / Always allow) has no
+            # template: the template's buttons are matched by position and say "Block".
+            raise ApproverUnreachable("outside_24h_window_no_template" if buttons else "outside_24h_window")
         if buttons and len(text) > MAX_BODY:
             # Never a decision on a cut text: the full text, decided elsewhere.
             log.warning("notification to %s too long for reply buttons (%d characters): sent without them",

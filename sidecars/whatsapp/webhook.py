@@ -23,12 +23,10 @@ re-deliver.
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import json
 import logging
 from collections import OrderedDict
-from collections.abc import Coroutine
 from typing import Any
 
 from aiohttp import web
@@ -40,8 +38,8 @@ from pywa_async.types.message import Message
 from pywa_async.types.others import MessageType
 from pywa_async.utils import HUB_SIG
 
-from ..config import parse_listen
 from ..runtime import Connector, Inbound
+from ..webhook_server import WebhookServer
 from .transport import CustomerWindow, user_id_of
 
 log = logging.getLogger("sidecars.whatsapp")
@@ -66,7 +64,6 @@ ROUTED = frozenset(
         MessageType.CONTACTS,
     }
 )
-_DRAIN_SECONDS = 10.0
 _MAX_BODY = 1024 * 1024
 
 
@@ -111,8 +108,7 @@ class WhatsAppBot:
         self.window = window
         self._verify_token = verify_token.encode()
         self._seen = SeenIds()
-        self._pending: set[asyncio.Task[None]] = set()
-        self._runner: web.AppRunner | None = None
+        self._server = WebhookServer("whatsapp webhook", log)
         wa.add_handlers(MessageHandler(self._on_message), CallbackButtonHandler(self._on_press))
 
     def web_app(self) -> web.Application:
@@ -123,29 +119,15 @@ class WhatsAppBot:
 
     async def start(self, listen: str) -> int:
         """Serve the webhook on ``listen`` ("host:port", 0 = any); return the port."""
-        host, port = parse_listen(listen)
-        self._runner = web.AppRunner(self.web_app(), access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, host, port).start()
-        bound = int(self._runner.addresses[0][1])
-        log.info("whatsapp webhook listening on http://%s:%d%s", host, bound, WEBHOOK_PATH)
-        return bound
+        return await self._server.start(self.web_app(), listen, WEBHOOK_PATH)
 
     async def close(self) -> None:
         """Stop listening, then let accepted updates finish (bounded)."""
-        if self._runner is not None:
-            await self._runner.cleanup()
-        if self._pending:
-            _, late = await asyncio.wait(self._pending, timeout=_DRAIN_SECONDS)
-            for task in late:
-                task.cancel()
-            if late:
-                log.warning("dropped %d update(s) still in flight at shutdown", len(late))
+        await self._server.close()
 
     async def drain(self) -> None:
         """Wait for every accepted update to be handled (tests, shutdown)."""
-        while self._pending:
-            await asyncio.wait(set(self._pending))
+        await self._server.drain()
 
     # ---- HTTP ------------------------------------------------------------------------
 
@@ -193,14 +175,14 @@ class WhatsAppBot:
             text=text,
             display_name=msg.from_user.name or "",
         )
-        self._spawn(self.connector.handle_message(inbound))
+        self._server.spawn(self.connector.handle_message(inbound))
 
     async def _on_press(self, _: object, press: CallbackButton[Any]) -> None:
         user_id = self._sender(press.from_user.wa_id, press.id)
         if user_id is None:
             return
         self.window.wrote(user_id, press.timestamp.timestamp())
-        self._spawn(self._press(str(press.data or ""), user_id))
+        self._server.spawn(self._press(str(press.data or ""), user_id))
 
     def _sender(self, wa_id: str | None, message_id: str) -> str | None:
         """The sender's authz user id, or None for a re-delivery or a sender without a number."""
@@ -224,9 +206,3 @@ class WhatsAppBot:
             await self.connector.transport.send_text(presser, result.owner_text)
         except Exception as exc:
             log.error("could not show %s the outcome of a button press: %s", presser, type(exc).__name__)
-
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
-        # Keep a reference: the event loop holds tasks only weakly.
-        task = asyncio.create_task(work)
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)

@@ -20,11 +20,13 @@ import httpx
 import pytest
 from pywa.errors import WhatsAppError
 
+from authz_service.client import Client
 from authz_service.gen.authz.v1 import admin_pb2 as adm
+from authz_service.gen.authz.v1 import authz_pb2 as az
 from authz_service.gen.authz.v1 import common_pb2 as cm
 from sidecars.config import WhatsAppSettings
 from sidecars.main import serve
-from sidecars.runtime import OWNER_UNREACHABLE, ButtonSpec, Connector, Transport
+from sidecars.runtime import OWNER_UNREACHABLE, ButtonAction, ButtonSpec, Connector, Transport
 from sidecars.whatsapp import (
     WEBHOOK_PATH,
     ApproverUnreachable,
@@ -32,10 +34,11 @@ from sidecars.whatsapp import (
     OutsideWindow,
     WhatsAppTransport,
     build_client,
+    notify_template,
     run,
 )
 from sidecars.whatsapp.transport import check_buttons, user_id_of, wa_id_of
-from tests.conftest import Service, Tenant
+from tests.conftest import Service, Tenant, eventually
 from tests.connectors.conftest import ConfigFactory, PostSend
 from tests.connectors.fake_whatsapp import (
     APP_SECRET,
@@ -136,6 +139,42 @@ async def test_the_template_notifies_the_owner_and_its_quick_reply_approves(open
         assert rig.fake.window_violations == []
 
 
+async def test_a_tool_call_outside_the_window_is_never_sent_as_the_pairing_template(
+    open_rig: OpenRig, agents: dict[str, Client]
+) -> None:
+    """The template's quick replies say Approve / Deny / Block and take a copy's payloads by
+    position: a tool call's third is Always allow, so "Block" would allow the tool for good.
+    The copy is acknowledged undeliverable instead; pairing requests still use the template."""
+    async with open_rig(template=TEMPLATE) as rig:
+        await rig.tenant.admin.admin.SetTenantSettings(
+            adm.TenantSettings(approvers=[f"whatsapp:{uid(OWNER)}"])
+        )
+        asked = await agents[rig.tenant.tenant_id].authz.RequestApproval(
+            az.RequestApprovalRequest(
+                tool_name="shell", arguments_json='{"cmd": "ls  -la"}', agent_id="ops", channel_id=CHANNEL
+            )
+        )
+        approval_id = asked.approval.approval_id
+
+        async def audited() -> list[adm.AuditEvent]:
+            found = await rig.tenant.admin.admin.QueryAudit(adm.QueryAuditRequest(event="notification."))
+            return [e for e in found.events if e.approval_id == approval_id]
+
+        async def acknowledged() -> bool:
+            return bool(await audited())
+
+        await eventually(acknowledged)
+        [event] = await audited()
+        assert (event.event, event.subject) == ("notification.undeliverable", uid(OWNER))
+        assert json.loads(event.details_json) == {"reason": "outside_24h_window_no_template"}
+        assert rig.fake.sent_to(OWNER) == []
+        assert await rig.status(approval_id) == cm.APPROVAL_STATUS_PENDING
+
+        await rig.say(ALICE, "hello there")  # a pairing request: the template's own buttons
+        sent = await rig.sent(OWNER)
+        assert [sent] == rig.fake.sent_to(OWNER) and sent["type"] == "template"
+
+
 async def test_inside_the_window_the_template_is_not_used(open_rig: OpenRig) -> None:
     async with open_rig(template=TEMPLATE) as rig:
         await rig.say(OWNER, "/pending")
@@ -195,6 +234,35 @@ async def test_the_transport_refuses_free_form_outside_the_window() -> None:
             with pytest.raises(ValueError, match=r"E\.164"):
                 await transport.send_text("84981234567", "no plus: not a WhatsApp user id")
             assert len(fake.log.of("messages")) == 4  # the two parts, "decide" and "decided"
+    finally:
+        await fake.close()
+
+
+@pytest.mark.parametrize(
+    "actions",
+    [("approve", "deny", "always_allow"), ("approve", "deny"), ("deny", "approve", "block"), ("approve",)],
+)
+async def test_only_the_pairing_buttons_in_order_go_out_as_the_template(
+    actions: tuple[ButtonAction, ...],
+) -> None:
+    fake = FakeWhatsApp()
+    await fake.start()
+    settings = WhatsAppSettings(
+        PHONE_ID, TOKEN, APP_SECRET, VERIFY_TOKEN, "127.0.0.1:0", fake.base_url, notify_template=TEMPLATE
+    )
+    try:
+        async with httpx.AsyncClient() as http:
+            transport = WhatsAppTransport(
+                build_client(settings, http), CustomerWindow(), notify_template(settings)
+            )
+            buttons = [ButtonSpec(a, a.title(), f"payload-{a}") for a in actions]
+            with pytest.raises(ApproverUnreachable, match="outside_24h_window_no_template"):
+                await transport.post_direct(uid(OWNER), "Approval needed: shell", buttons)
+            assert fake.log.of("messages") == []
+            pairing = [ButtonSpec(a, a.title(), f"payload-{a}") for a in ("approve", "deny", "block")]
+            await transport.post_direct(uid(OWNER), "New request", pairing)
+            [sent] = fake.sent_to(OWNER)
+            assert sent["type"] == "template"
     finally:
         await fake.close()
 
