@@ -1,7 +1,9 @@
 """``ServiceApprovalStore`` under praisonai-bot's real
-``PresentationApprovalBackend``: its pending approvals are rows in the service,
-approved and denied by PraisonAI's own button path (``handle_callback``), and
-still there after the service or the bot restarts. No LLM, no network."""
+``PresentationApprovalBackend`` (our ``ServicePresentationBackend`` subclass):
+its pending approvals are rows in the service, approved and denied by
+PraisonAI's own button path (``handle_callback``) or anywhere else, still there
+after the service or the bot restarts, and the tool runs only if the service
+approved it. No LLM, no network."""
 
 from __future__ import annotations
 
@@ -19,9 +21,10 @@ from praisonai_bot.bots import PresentationApprovalBackend
 from praisonaiagents.approval import ApprovalRequest
 from praisonaiagents.approval.protocols import ApprovalStoreProtocol
 
-from authz_service.adapters import ServiceApprovalStore
+from authz_service.adapters import ServiceApprovalStore, ServicePresentationBackend
 from authz_service.client import Client, connect
 from authz_service.gen.authz.v1 import admin_pb2 as adm
+from authz_service.gen.authz.v1 import authz_pb2 as az
 from authz_service.gen.authz.v1 import common_pb2 as cm
 
 from .conftest import SECRET_KEY, Dsns, Service, Tenant
@@ -48,8 +51,8 @@ async def connector(service: Service, connector_key: str) -> AsyncIterator[Clien
 
 
 def backend(store: ServiceApprovalStore, timeout: float = 60) -> PresentationApprovalBackend:
-    # PraisonAI's own actor check stays: the same approver in both places.
-    return PresentationApprovalBackend(store=store, allowed_actors=[APPROVER], timeout=timeout)
+    # What the user writes. PraisonAI's own actor check stays: the same approver in both places.
+    return ServicePresentationBackend(store, allowed_actors=[APPROVER], timeout=timeout)
 
 
 def request(**kw: Any) -> ApprovalRequest:
@@ -124,30 +127,124 @@ async def test_denied_through_praisonais_button_path(tenant: Tenant, connector: 
     assert await b.handle_callback(req.approval_id, "allow", actor=APPROVER) is False  # replay
 
 
-async def test_a_presser_the_service_refuses_is_not_recorded(tenant: Tenant, connector: Client) -> None:
+async def test_a_presser_the_service_refuses_runs_nothing(tenant: Tenant, connector: Client) -> None:
     store = ServiceApprovalStore(connector, channel_id="tg")
     # PraisonAI's own allowlist lets "666" through; the service's approvers do not.
-    b = PresentationApprovalBackend(store=store, allowed_actors=[APPROVER, "666"], timeout=60)
+    b = ServicePresentationBackend(store, allowed_actors=[APPROVER, "666"], timeout=60)
     req = request()
     task = asyncio.create_task(b.request_approval(req))
     approval = await one_pending(tenant)
-    await b.handle_callback(req.approval_id, "allow", actor="666")
-    # PraisonAI's live waiter goes by its own allowlist (the store only records):
-    # give allowed_actors the service's approvers, as backend() does.
-    assert (await task).approved is True
+    # PraisonAI tells the presser it could not be processed; the wait goes on.
+    assert await b.handle_callback(req.approval_id, "allow", actor="666") is False
+    assert not task.done()
     # The service kept the request pending and audited the attempt.
     assert [a.approval_id for a in await stored(tenant)] == [approval.approval_id]
     audit = await tenant.admin.admin.QueryAudit(adm.QueryAuditRequest(event="approval.unauthorized"))
     assert [e.actor for e in audit.events] == ["telegram:666"]
+    # A real approver still decides it.
+    assert await b.handle_callback(req.approval_id, "deny", actor=APPROVER) is True
+    assert (await task).approved is False
 
 
-async def test_a_timeout_is_left_to_the_service(tenant: Tenant, connector: Client) -> None:
-    b = backend(ServiceApprovalStore(connector, channel_id="tg"), timeout=1)
-    decision = await b.request_approval(request())
+async def test_plain_praisonai_backend_would_run_a_refused_call(tenant: Tenant, connector: Client) -> None:
+    # Why the subclass exists: PraisonAI's own backend ends its waiter with the
+    # press, whatever the store recorded.
+    b = PresentationApprovalBackend(
+        store=ServiceApprovalStore(connector, channel_id="tg"), allowed_actors=["666"], timeout=60
+    )
+    req = request()
+    task = asyncio.create_task(b.request_approval(req))
+    await one_pending(tenant)
+    await b.handle_callback(req.approval_id, "allow", actor="666")
+    assert (await task).approved is True
+    assert len(await stored(tenant)) == 1  # still pending in the service
+
+
+async def test_a_deny_made_in_the_service_ends_praisonais_wait(tenant: Tenant, connector: Client) -> None:
+    ran: list[str] = []
+
+    async def deploy(**kwargs: Any) -> None:
+        ran.append("deploy")
+
+    b = backend(ServiceApprovalStore(connector, channel_id="tg"))
+    req = request()
+
+    async def gated() -> Any:
+        decision = await b.request_approval(req)
+        if decision.approved:
+            await deploy(**req.arguments)
+        return decision
+
+    task = asyncio.create_task(gated())
+    approval = await one_pending(tenant)
+    # An admin denies it through the admin API (the console and the CLI use the same call).
+    await tenant.admin.authz.ResolveApproval(
+        az.ResolveApprovalRequest(
+            approval_id=approval.approval_id, action=cm.APPROVAL_ACTION_DENY, reason="not on a Friday"
+        )
+    )
+    decision = await asyncio.wait_for(task, 30)
     assert decision.approved is False
-    [approval] = await stored(tenant)  # pending until the service's own expiry...
+    assert decision.reason.startswith("tool call 'deploy' was denied by key:")
+    assert decision.reason.endswith(": not on a Friday")
+    assert ran == []
+    # A late press on PraisonAI's prompt is a no-op.
+    assert await b.handle_callback(req.approval_id, "allow", actor=APPROVER) is False
+
+
+async def test_an_approval_made_in_the_service_runs_the_tool(tenant: Tenant, connector: Client) -> None:
+    b = backend(ServiceApprovalStore(connector, channel_id="tg"))
+    req = request()
+    task = asyncio.create_task(b.request_approval(req))
+    approval = await one_pending(tenant)
+    await tenant.approver.authz.ResolveApproval(
+        az.ResolveApprovalRequest(approval_id=approval.approval_id, action=cm.APPROVAL_ACTION_APPROVE)
+    )
+    decision = await asyncio.wait_for(task, 30)
+    assert decision.approved is True
+    assert decision.reason.startswith("tool call 'deploy' was approved by key:")
+    assert decision.modified_args == {}
+
+
+async def test_the_service_down_refuses_at_once() -> None:
+    sent: list[Any] = []
+
+    async def post(target: str, presentation: Any) -> None:
+        sent.append(presentation)
+
+    down = connect(f"127.0.0.1:{free_port()}", "azk.x.y.z", warn_plaintext=False, timeout=0.5)
+    try:
+        b = ServicePresentationBackend(
+            ServiceApprovalStore(down, channel_id="tg"),
+            allowed_actors=[APPROVER],
+            channel_send_func=post,
+            target="123",
+            timeout=60,
+        )
+        req = request()
+        decision = await asyncio.wait_for(b.request_approval(req), 30)  # not the 60 s wait
+        assert decision.approved is False
+        assert decision.reason == "tool call 'deploy' was not run: the approval service is unavailable"
+        assert sent == []  # no prompt for a request nobody can decide
+        assert await b.handle_callback(req.approval_id, "allow", actor=APPROVER) is False
+    finally:
+        await down.close()
+
+
+async def test_a_timeout_is_not_an_approval(tenant: Tenant, connector: Client) -> None:
+    store = ServiceApprovalStore(connector, channel_id="tg")
+    req = request()
+    decision = await backend(store, timeout=2).request_approval(req)
+    assert decision.approved is False
+    assert "not approved in time" in decision.reason or "timed out" in decision.reason
+    # The service's expiry is never after PraisonAI's wait ends: no approval
+    # can land there once PraisonAI has given up.
+    approval = await tenant.approver.admin.GetApproval(
+        adm.GetApprovalRequest(approval_id=store.service_id(req.approval_id) or "")
+    )
+    assert approval.status in (cm.APPROVAL_STATUS_PENDING, cm.APPROVAL_STATUS_EXPIRED)
     lifetime = approval.expires_at.ToDatetime() - approval.created_at.ToDatetime()
-    assert 0 < lifetime.total_seconds() <= 2  # ...which is when PraisonAI's wait ended
+    assert 0 < lifetime.total_seconds() <= 2
 
 
 async def test_a_restarted_bot_rehydrates_and_resolves(
@@ -202,6 +299,14 @@ async def test_approved_after_the_service_restarted_while_pending(
         approval = await one_pending(tenant)
         await server.stop()
         await server.start()  # same address, same database
+        # A press while the bot's channel is still reconnecting is not recorded
+        # (ResolveApproval is never retried) and ends nothing: the human presses
+        # again. Here a call that waits for the channel goes first.
+        await client.authz.CheckUser(
+            az.CheckUserRequest(channel_id="tg", user_id="1", chat_kind=cm.CHAT_KIND_DIRECT),
+            wait_for_ready=True,
+            timeout=20,
+        )
         assert await b.handle_callback(req.approval_id, "allow", actor=APPROVER) is True
         assert (await asyncio.wait_for(task, 30)).approved is True
         [done] = await stored(tenant, cm.APPROVAL_STATUS_APPROVED)
