@@ -217,17 +217,15 @@ def _praisonai_base(module: str, name: str) -> type:
     return base
 
 
-_HandlerBase = _praisonai_base("praisonai_bot.bots._presentation_approval", "PresentationApprovalHandler")
-_BackendBase = _praisonai_base(
-    "praisonai_bot.bots._presentation_approval_backend", "PresentationApprovalBackend"
-)
-
-
 def _outcome(approved: bool, reason: str) -> dict[str, Any]:
     return {"approved": approved, "reason": reason, "modified_args": {}}
 
 
-class _ServiceHandler(_HandlerBase):  # type: ignore[misc]
+_HANDLER = ("praisonai_bot.bots._presentation_approval", "PresentationApprovalHandler")
+_BACKEND = ("praisonai_bot.bots._presentation_approval_backend", "PresentationApprovalBackend")
+
+
+class _ServiceHandler(_praisonai_base(*_HANDLER)):  # type: ignore[misc]
     """PraisonAI's ``PresentationApprovalHandler`` whose waiters end with the
     service's decision only."""
 
@@ -337,7 +335,7 @@ class _ServiceHandler(_HandlerBase):  # type: ignore[misc]
             future.set_result(_outcome(False, refusal(tool_name, info)))
 
 
-class ServicePresentationBackend(_BackendBase):  # type: ignore[misc]
+class ServicePresentationBackend(_praisonai_base(*_BACKEND)):  # type: ignore[misc]
     """praisonai-bot's ``PresentationApprovalBackend`` (an ``ApprovalProtocol``
     for ``Agent(approval=...)``, wired to a bot by its
     ``register_approval_backend``) on a ``ServiceApprovalStore``, where the
@@ -357,7 +355,7 @@ class ServicePresentationBackend(_BackendBase):  # type: ignore[misc]
         target: str | None = None,
         timeout: float = 300.0,
     ) -> None:
-        if _BackendBase is object:
+        if ServicePresentationBackend.__bases__ == (object,):
             raise ImportError(
                 "ServicePresentationBackend needs praisonai-bot: pip install 'authz-service[praisonai]'"
             )
