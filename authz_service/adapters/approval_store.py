@@ -46,6 +46,7 @@ admin key may serve as both.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import logging
 import math
@@ -210,7 +211,7 @@ def _praisonai_base(module: str, name: str) -> type:
     """praisonai-bot's class, or ``object`` where it is not installed (the
     module still imports; the subclass refuses to be made)."""
     try:
-        imported = __import__(module, fromlist=[name])
+        imported = importlib.import_module(module)
     except ImportError:
         return object
     base: type = getattr(imported, name)
