@@ -18,7 +18,8 @@ from typing import Any
 
 import pytest
 from praisonai_bot.bots import PresentationApprovalBackend
-from praisonaiagents.approval import ApprovalRequest
+from praisonaiagents import Agent
+from praisonaiagents.approval import ApprovalConfig, ApprovalRequest
 from praisonaiagents.approval.protocols import ApprovalStoreProtocol
 
 from authz_service.adapters import ServiceApprovalStore, ServicePresentationBackend
@@ -160,36 +161,44 @@ async def test_plain_praisonai_backend_would_run_a_refused_call(tenant: Tenant, 
     assert len(await stored(tenant)) == 1  # still pending in the service
 
 
+class Tool:
+    """A tool PraisonAI runs only after approval; records its runs."""
+
+    def __init__(self) -> None:
+        self.runs: list[str] = []
+
+    def deploy(self, env: str) -> str:
+        """Deploy to an environment."""
+        self.runs.append(env)
+        return f"deployed to {env}"
+
+
+def gated_agent(approvals: PresentationApprovalBackend, tool: Tool) -> Agent:
+    return Agent(name="ops", tools=[tool.deploy], approval=ApprovalConfig(backend=approvals, all_tools=True))
+
+
 async def test_a_deny_made_in_the_service_ends_praisonais_wait(tenant: Tenant, connector: Client) -> None:
-    ran: list[str] = []
-
-    async def deploy(**kwargs: Any) -> None:
-        ran.append("deploy")
-
+    tool = Tool()
     b = backend(ServiceApprovalStore(connector, channel_id="tg"))
-    req = request()
-
-    async def gated() -> Any:
-        decision = await b.request_approval(req)
-        if decision.approved:
-            await deploy(**req.arguments)
-        return decision
-
-    task = asyncio.create_task(gated())
+    # PraisonAI's own tool path: the approval runs in a loop of its own, in the tool's thread.
+    task = asyncio.create_task(
+        asyncio.to_thread(gated_agent(b, tool).execute_tool, "deploy", {"env": "prod"})
+    )
     approval = await one_pending(tenant)
-    # An admin denies it through the admin API (the console and the CLI use the same call).
+    # An admin denies it through the admin API (the console and the CLI make the same call).
     await tenant.admin.authz.ResolveApproval(
         az.ResolveApprovalRequest(
             approval_id=approval.approval_id, action=cm.APPROVAL_ACTION_DENY, reason="not on a Friday"
         )
     )
-    decision = await asyncio.wait_for(task, 30)
-    assert decision.approved is False
-    assert decision.reason.startswith("tool call 'deploy' was denied by key:")
-    assert decision.reason.endswith(": not on a Friday")
-    assert ran == []
+    result: Any = await asyncio.wait_for(task, 30)
+    assert result["approval_denied"] is True
+    assert "tool call 'deploy' was denied by key:" in result["error"]
+    assert result["error"].endswith(": not on a Friday")
+    assert tool.runs == []
     # A late press on PraisonAI's prompt is a no-op.
-    assert await b.handle_callback(req.approval_id, "allow", actor=APPROVER) is False
+    praisonai_id = approval.tool.request_key.removeprefix("praisonai:")
+    assert await b.handle_callback(praisonai_id, "allow", actor=APPROVER) is False
 
 
 async def test_an_approval_made_in_the_service_runs_the_tool(tenant: Tenant, connector: Client) -> None:
@@ -212,23 +221,23 @@ async def test_the_service_down_refuses_at_once() -> None:
     async def post(target: str, presentation: Any) -> None:
         sent.append(presentation)
 
+    tool = Tool()
     down = connect(f"127.0.0.1:{free_port()}", "azk.x.y.z", warn_plaintext=False, timeout=0.5)
-    try:
-        b = ServicePresentationBackend(
-            ServiceApprovalStore(down, channel_id="tg"),
-            allowed_actors=[APPROVER],
-            channel_send_func=post,
-            target="123",
-            timeout=60,
-        )
-        req = request()
-        decision = await asyncio.wait_for(b.request_approval(req), 30)  # not the 60 s wait
-        assert decision.approved is False
-        assert decision.reason == "tool call 'deploy' was not run: the approval service is unavailable"
-        assert sent == []  # no prompt for a request nobody can decide
-        assert await b.handle_callback(req.approval_id, "allow", actor=APPROVER) is False
-    finally:
-        await down.close()
+    b = ServicePresentationBackend(
+        ServiceApprovalStore(down, channel_id="tg"),
+        allowed_actors=[APPROVER],
+        channel_send_func=post,
+        target="123",
+        timeout=60,
+    )
+    # Not the 60 s wait: nothing was stored, so nobody could decide it.
+    result: Any = await asyncio.wait_for(
+        asyncio.to_thread(gated_agent(b, tool).execute_tool, "deploy", {"env": "prod"}), 30
+    )
+    assert result["approval_denied"] is True
+    assert "tool call 'deploy' was not run: the approval service is unavailable" in result["error"]
+    assert tool.runs == []
+    assert sent == []  # no prompt for a request nobody can decide
 
 
 async def test_a_timeout_is_not_an_approval(tenant: Tenant, connector: Client) -> None:
