@@ -323,3 +323,19 @@ async def test_approved_after_the_service_restarted_while_pending(
     finally:
         await client.close()
         await server.stop()
+
+
+async def test_a_press_on_the_bots_loop_runs_the_tool_in_praisonais(
+    tenant: Tenant, connector: Client
+) -> None:
+    tool = Tool()
+    b = backend(ServiceApprovalStore(connector, channel_id="tg"))
+    # The tool (and its approval) run in a loop of PraisonAI's own; the press arrives on the bot's.
+    task = asyncio.create_task(
+        asyncio.to_thread(gated_agent(b, tool).execute_tool, "deploy", {"env": "prod"})
+    )
+    approval = await one_pending(tenant)
+    praisonai_id = approval.tool.request_key.removeprefix("praisonai:")
+    assert await b.handle_callback(praisonai_id, "allow", actor=APPROVER) is True
+    assert await asyncio.wait_for(task, 30) == "deployed to prod"
+    assert tool.runs == ["prod"]

@@ -228,11 +228,44 @@ _BACKEND = ("praisonai_bot.bots._presentation_approval_backend", "PresentationAp
 
 class _ServiceHandler(_praisonai_base(*_HANDLER)):  # type: ignore[misc]
     """PraisonAI's ``PresentationApprovalHandler`` whose waiters end with the
-    service's decision only."""
+    service's decision only.
+
+    A live waiter's future is kept out of PraisonAI's ``_approval_futures``
+    (in ``_live``), so PraisonAI treats every press as it treats one after a
+    restart: the store (the service) is the source of truth, and a press it did
+    not record ends nothing. The future is completed here, once, in its own
+    event loop: PraisonAI runs a tool's approval in a loop of its own while the
+    bot's presses arrive on the bot's."""
 
     def __init__(self, store: ServiceApprovalStore) -> None:
         super().__init__(store=store)
         self.service_store = store
+        self._live: dict[str, asyncio.Future[dict[str, Any]]] = {}
+
+    def _complete(self, approval_id: str, outcome: dict[str, Any] | None) -> None:
+        """End the live wait for ``approval_id`` with ``outcome`` (None:
+        cancel it), if it is still waiting; thread-safe."""
+        future = self._live.pop(approval_id, None)
+        if future is None:
+            return
+
+        def complete() -> None:
+            if future.done():
+                return
+            if outcome is None:
+                future.cancel()
+            else:
+                future.set_result(outcome)
+
+        loop = future.get_loop()
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if loop is running:
+            complete()
+        elif not loop.is_closed():
+            loop.call_soon_threadsafe(complete)
 
     async def request_approval(
         self,
@@ -284,9 +317,14 @@ class _ServiceHandler(_praisonai_base(*_HANDLER)):  # type: ignore[misc]
             return result
         finally:
             watcher.cancel()
+            self._live.pop(approval_id, None)  # PraisonAI's own timeout ended it
 
-    async def _persist_pending(self, *args: Any, **kwargs: Any) -> None:
-        """Stored already, by ``request_approval`` (which refuses when it fails)."""
+    async def _persist_pending(self, approval_id: str, *args: Any, **kwargs: Any) -> None:
+        # Stored already by request_approval (which refuses when it fails). PraisonAI
+        # has just made the waiter's future: it is ours to complete.
+        future = self._approval_futures.pop(approval_id, None)
+        if future is not None:
+            self._live[approval_id] = future
 
     async def handle_approval_command(
         self,
@@ -296,18 +334,27 @@ class _ServiceHandler(_praisonai_base(*_HANDLER)):  # type: ignore[misc]
         actor: str | None = None,
         approver: str | None = None,
     ) -> bool:
-        # The service is the source of truth for a live waiter too (PraisonAI's
-        # rule for rehydrated ones): a press it did not record (a presser who is
-        # not its approver, a request decided or expired there, the service
-        # down) ends nothing. Approvers cannot change the call: the service
-        # approved these arguments.
-        context = self._pending_approvals.get(approval_id)
-        if context is not None:
-            context["rehydrated"] = True
+        # PraisonAI sees no live future, so it ends nothing unless the service
+        # recorded the press (a presser who is not its approver, a request decided
+        # or expired there, the service down: False). Approvers cannot change the
+        # call: the service approved these arguments.
         handled: bool = await super().handle_approval_command(
             approval_id, decision, modified_args=None, actor=actor, approver=approver
         )
+        if handled:
+            approved = decision in ("allow", "always")
+            reason = (
+                "User granted permanent approval for this tool"
+                if decision == "always"
+                else f"User clicked {decision} button"
+            )
+            self._complete(approval_id, _outcome(approved, reason))
         return handled
+
+    def cleanup(self) -> None:
+        for approval_id in list(self._live):
+            self._complete(approval_id, None)
+        super().cleanup()
 
     async def _follow(self, approval_id: str, tool_name: str) -> None:
         """End the wait with a decision the service made by any path."""
@@ -324,16 +371,13 @@ class _ServiceHandler(_praisonai_base(*_HANDLER)):  # type: ignore[misc]
             # The wait goes on: a press the service records, or the timeout, ends it.
             log.warning("watching approval %s failed: %s", ours, describe(exc))
             return
-        future = self._approval_futures.pop(approval_id, None)
         self._pending_approvals.pop(approval_id, None)
         self._mark_resolved(approval_id)
-        if future is None or future.done():
-            return
         if info.approved:
             by = "a standing grant" if info.grant_id else info.resolved_by or "an approver"
-            future.set_result(_outcome(True, f"tool call '{tool_name}' was approved by {by}"))
+            self._complete(approval_id, _outcome(True, f"tool call '{tool_name}' was approved by {by}"))
         else:
-            future.set_result(_outcome(False, refusal(tool_name, info)))
+            self._complete(approval_id, _outcome(False, refusal(tool_name, info)))
 
 
 class ServicePresentationBackend(_praisonai_base(*_BACKEND)):  # type: ignore[misc]
