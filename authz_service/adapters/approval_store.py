@@ -317,7 +317,7 @@ class _ServiceHandler(_praisonai_base(*_HANDLER)):  # type: ignore[misc]
             return result
         finally:
             watcher.cancel()
-            self._live.pop(approval_id, None)  # PraisonAI's own timeout ended it
+            self._live.pop(approval_id, None)  # ended, whichever way (PraisonAI's own timeout too)
 
     async def _persist_pending(self, approval_id: str, *args: Any, **kwargs: Any) -> None:
         # Stored already by request_approval (which refuses when it fails). PraisonAI
