@@ -26,7 +26,7 @@ from praisonai_bot.bots.telegram import TelegramBot, process_inbound_telegram_me
 from praisonaiagents.bots import BotConfig
 
 from authz_service.adapters import ServicePairingStore
-from authz_service.client import connect
+from authz_service.client import EdgeSettings, connect
 
 
 def message(user_id: int, text: str) -> telegram.Update:
@@ -52,7 +52,7 @@ async def main() -> None:
     offline = "0:offline"  # no Telegram connection is made before bot.start()
     bot = TelegramBot(token=offline, config=BotConfig(unknown_user_policy="pair"))
     store = ServicePairingStore(
-        connect(address, os.environ["AUTHZ_CONNECTOR_KEY"]), channel, platform="telegram"
+        connect(address, os.environ["AUTHZ_CONNECTOR_KEY"], edge=EdgeSettings()), channel, platform="telegram"
     )
     store.install(bot)
     bot.reply = reply  # type: ignore[method-assign]  # offline: print instead of sending

@@ -358,11 +358,18 @@ async def test_ingress_guard_allows_asks_to_pair_and_fails_closed(tenant: Tenant
 def test_adapters_import_and_decide_without_praisonai() -> None:
     """PraisonAI is optional: without it the module imports and returns its own types."""
     code = (
-        "import sys; sys.modules['praisonaiagents'] = None\n"
+        "import sys; sys.modules['praisonaiagents'] = sys.modules['praisonai_bot'] = None\n"
         "from authz_service.adapters import SendDecision, send_decision\n"
         "d = send_decision(False, 'no')\n"
         "assert type(d) is SendDecision and (d.allow, d.reason) == (False, 'no'), d\n"
         "assert 'praisonaiagents' not in {m.split('.')[0] for m in sys.modules if sys.modules[m]}\n"
+        "from authz_service.adapters import ServicePresentationBackend\n"
+        "try:\n"
+        "    ServicePresentationBackend(None)\n"
+        "except ImportError as exc:\n"
+        "    assert 'praisonai' in str(exc)\n"
+        "else:\n"
+        "    raise AssertionError('made without praisonai-bot')\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 

@@ -1,7 +1,9 @@
 """``ServiceApprovalStore`` under praisonai-bot's real
-``PresentationApprovalBackend``: its pending approvals are rows in the service,
-approved and denied by PraisonAI's own button path (``handle_callback``), and
-still there after the service or the bot restarts. No LLM, no network."""
+``PresentationApprovalBackend`` (our ``ServicePresentationBackend`` subclass):
+its pending approvals are rows in the service, approved and denied by
+PraisonAI's own button path (``handle_callback``) or anywhere else, still there
+after the service or the bot restarts, and the tool runs only if the service
+approved it. No LLM, no network."""
 
 from __future__ import annotations
 
@@ -16,12 +18,14 @@ from typing import Any
 
 import pytest
 from praisonai_bot.bots import PresentationApprovalBackend
-from praisonaiagents.approval import ApprovalRequest
+from praisonaiagents import Agent
+from praisonaiagents.approval import ApprovalConfig, ApprovalRequest
 from praisonaiagents.approval.protocols import ApprovalStoreProtocol
 
-from authz_service.adapters import ServiceApprovalStore
+from authz_service.adapters import ServiceApprovalStore, ServicePresentationBackend
 from authz_service.client import Client, connect
 from authz_service.gen.authz.v1 import admin_pb2 as adm
+from authz_service.gen.authz.v1 import authz_pb2 as az
 from authz_service.gen.authz.v1 import common_pb2 as cm
 
 from .conftest import SECRET_KEY, Dsns, Service, Tenant
@@ -48,8 +52,8 @@ async def connector(service: Service, connector_key: str) -> AsyncIterator[Clien
 
 
 def backend(store: ServiceApprovalStore, timeout: float = 60) -> PresentationApprovalBackend:
-    # PraisonAI's own actor check stays: the same approver in both places.
-    return PresentationApprovalBackend(store=store, allowed_actors=[APPROVER], timeout=timeout)
+    # What the user writes. PraisonAI's own actor check stays: the same approver in both places.
+    return ServicePresentationBackend(store, allowed_actors=[APPROVER], timeout=timeout)
 
 
 def request(**kw: Any) -> ApprovalRequest:
@@ -124,30 +128,132 @@ async def test_denied_through_praisonais_button_path(tenant: Tenant, connector: 
     assert await b.handle_callback(req.approval_id, "allow", actor=APPROVER) is False  # replay
 
 
-async def test_a_presser_the_service_refuses_is_not_recorded(tenant: Tenant, connector: Client) -> None:
+async def test_a_presser_the_service_refuses_runs_nothing(tenant: Tenant, connector: Client) -> None:
     store = ServiceApprovalStore(connector, channel_id="tg")
     # PraisonAI's own allowlist lets "666" through; the service's approvers do not.
-    b = PresentationApprovalBackend(store=store, allowed_actors=[APPROVER, "666"], timeout=60)
+    b = ServicePresentationBackend(store, allowed_actors=[APPROVER, "666"], timeout=60)
     req = request()
     task = asyncio.create_task(b.request_approval(req))
     approval = await one_pending(tenant)
-    await b.handle_callback(req.approval_id, "allow", actor="666")
-    # PraisonAI's live waiter goes by its own allowlist (the store only records):
-    # give allowed_actors the service's approvers, as backend() does.
-    assert (await task).approved is True
+    # PraisonAI tells the presser it could not be processed; the wait goes on.
+    assert await b.handle_callback(req.approval_id, "allow", actor="666") is False
+    assert not task.done()
     # The service kept the request pending and audited the attempt.
     assert [a.approval_id for a in await stored(tenant)] == [approval.approval_id]
     audit = await tenant.admin.admin.QueryAudit(adm.QueryAuditRequest(event="approval.unauthorized"))
     assert [e.actor for e in audit.events] == ["telegram:666"]
+    # A real approver still decides it.
+    assert await b.handle_callback(req.approval_id, "deny", actor=APPROVER) is True
+    assert (await task).approved is False
 
 
-async def test_a_timeout_is_left_to_the_service(tenant: Tenant, connector: Client) -> None:
-    b = backend(ServiceApprovalStore(connector, channel_id="tg"), timeout=1)
-    decision = await b.request_approval(request())
+async def test_plain_praisonai_backend_would_run_a_refused_call(tenant: Tenant, connector: Client) -> None:
+    # Why the subclass exists: PraisonAI's own backend ends its waiter with the
+    # press, whatever the store recorded.
+    b = PresentationApprovalBackend(
+        store=ServiceApprovalStore(connector, channel_id="tg"), allowed_actors=["666"], timeout=60
+    )
+    req = request()
+    task = asyncio.create_task(b.request_approval(req))
+    await one_pending(tenant)
+    await b.handle_callback(req.approval_id, "allow", actor="666")
+    assert (await task).approved is True
+    assert len(await stored(tenant)) == 1  # still pending in the service
+
+
+class Tool:
+    """A tool PraisonAI runs only after approval; records its runs."""
+
+    def __init__(self) -> None:
+        self.runs: list[str] = []
+
+    def deploy(self, env: str) -> str:
+        """Deploy to an environment."""
+        self.runs.append(env)
+        return f"deployed to {env}"
+
+
+def gated_agent(approvals: PresentationApprovalBackend, tool: Tool) -> Agent:
+    return Agent(name="ops", tools=[tool.deploy], approval=ApprovalConfig(backend=approvals, all_tools=True))
+
+
+async def test_a_deny_made_in_the_service_ends_praisonais_wait(tenant: Tenant, connector: Client) -> None:
+    tool = Tool()
+    b = backend(ServiceApprovalStore(connector, channel_id="tg"))
+    # PraisonAI's own tool path: the approval runs in a loop of its own, in the tool's thread.
+    task = asyncio.create_task(
+        asyncio.to_thread(gated_agent(b, tool).execute_tool, "deploy", {"env": "prod"})
+    )
+    approval = await one_pending(tenant)
+    # An admin denies it through the admin API (the console and the CLI make the same call).
+    await tenant.admin.authz.ResolveApproval(
+        az.ResolveApprovalRequest(
+            approval_id=approval.approval_id, action=cm.APPROVAL_ACTION_DENY, reason="not on a Friday"
+        )
+    )
+    result: Any = await asyncio.wait_for(task, 30)
+    assert result["approval_denied"] is True
+    assert "tool call 'deploy' was denied by key:" in result["error"]
+    assert result["error"].endswith(": not on a Friday")
+    assert tool.runs == []
+    # A late press on PraisonAI's prompt is a no-op.
+    praisonai_id = approval.tool.request_key.removeprefix("praisonai:")
+    assert await b.handle_callback(praisonai_id, "allow", actor=APPROVER) is False
+
+
+async def test_an_approval_made_in_the_service_runs_the_tool(tenant: Tenant, connector: Client) -> None:
+    b = backend(ServiceApprovalStore(connector, channel_id="tg"))
+    req = request()
+    task = asyncio.create_task(b.request_approval(req))
+    approval = await one_pending(tenant)
+    await tenant.approver.authz.ResolveApproval(
+        az.ResolveApprovalRequest(approval_id=approval.approval_id, action=cm.APPROVAL_ACTION_APPROVE)
+    )
+    decision = await asyncio.wait_for(task, 30)
+    assert decision.approved is True
+    assert decision.reason.startswith("tool call 'deploy' was approved by key:")
+    assert decision.modified_args == {}
+
+
+async def test_the_service_down_refuses_at_once() -> None:
+    sent: list[Any] = []
+
+    async def post(target: str, presentation: Any) -> None:
+        sent.append(presentation)
+
+    tool = Tool()
+    down = connect(f"127.0.0.1:{free_port()}", "azk.x.y.z", warn_plaintext=False, timeout=0.5)
+    b = ServicePresentationBackend(
+        ServiceApprovalStore(down, channel_id="tg"),
+        allowed_actors=[APPROVER],
+        channel_send_func=post,
+        target="123",
+        timeout=60,
+    )
+    # Not the 60 s wait: nothing was stored, so nobody could decide it.
+    result: Any = await asyncio.wait_for(
+        asyncio.to_thread(gated_agent(b, tool).execute_tool, "deploy", {"env": "prod"}), 30
+    )
+    assert result["approval_denied"] is True
+    assert "tool call 'deploy' was not run: the approval service is unavailable" in result["error"]
+    assert tool.runs == []
+    assert sent == []  # no prompt for a request nobody can decide
+
+
+async def test_a_timeout_is_not_an_approval(tenant: Tenant, connector: Client) -> None:
+    store = ServiceApprovalStore(connector, channel_id="tg")
+    req = request()
+    decision = await backend(store, timeout=2).request_approval(req)
     assert decision.approved is False
-    [approval] = await stored(tenant)  # pending until the service's own expiry...
+    assert "not approved in time" in decision.reason or "timed out" in decision.reason
+    # The service's expiry is never after PraisonAI's wait ends: no approval
+    # can land there once PraisonAI has given up.
+    approval = await tenant.approver.admin.GetApproval(
+        adm.GetApprovalRequest(approval_id=store.service_id(req.approval_id) or "")
+    )
+    assert approval.status in (cm.APPROVAL_STATUS_PENDING, cm.APPROVAL_STATUS_EXPIRED)
     lifetime = approval.expires_at.ToDatetime() - approval.created_at.ToDatetime()
-    assert 0 < lifetime.total_seconds() <= 2  # ...which is when PraisonAI's wait ended
+    assert 0 < lifetime.total_seconds() <= 2
 
 
 async def test_a_restarted_bot_rehydrates_and_resolves(
@@ -202,6 +308,14 @@ async def test_approved_after_the_service_restarted_while_pending(
         approval = await one_pending(tenant)
         await server.stop()
         await server.start()  # same address, same database
+        # A press while the bot's channel is still reconnecting is not recorded
+        # (ResolveApproval is never retried) and ends nothing: the human presses
+        # again. Here a call that waits for the channel goes first.
+        await client.authz.CheckUser(
+            az.CheckUserRequest(channel_id="tg", user_id="1", chat_kind=cm.CHAT_KIND_DIRECT),
+            wait_for_ready=True,
+            timeout=20,
+        )
         assert await b.handle_callback(req.approval_id, "allow", actor=APPROVER) is True
         assert (await asyncio.wait_for(task, 30)).approved is True
         [done] = await stored(tenant, cm.APPROVAL_STATUS_APPROVED)
@@ -209,3 +323,19 @@ async def test_approved_after_the_service_restarted_while_pending(
     finally:
         await client.close()
         await server.stop()
+
+
+async def test_a_press_on_the_bots_loop_runs_the_tool_in_praisonais(
+    tenant: Tenant, connector: Client
+) -> None:
+    tool = Tool()
+    b = backend(ServiceApprovalStore(connector, channel_id="tg"))
+    # The tool (and its approval) run in a loop of PraisonAI's own; the press arrives on the bot's.
+    task = asyncio.create_task(
+        asyncio.to_thread(gated_agent(b, tool).execute_tool, "deploy", {"env": "prod"})
+    )
+    approval = await one_pending(tenant)
+    praisonai_id = approval.tool.request_key.removeprefix("praisonai:")
+    assert await b.handle_callback(praisonai_id, "allow", actor=APPROVER) is True
+    assert await asyncio.wait_for(task, 30) == "deployed to prod"
+    assert tool.runs == ["prod"]

@@ -9,6 +9,7 @@ Discord the ``UnknownUserHandler`` call their message handlers make, with the
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Coroutine, Iterator
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -24,7 +25,7 @@ from praisonaiagents.bots import BotChannel, BotConfig, BotMessage, BotUser
 from praisonaiagents.gateway.protocols import PairingProtocol
 
 from authz_service.adapters import PairingCallbackHandler, ServicePairingStore
-from authz_service.client import Client, connect
+from authz_service.client import Client, EdgeSettings, connect
 from authz_service.gen.authz.v1 import admin_pb2 as adm
 from authz_service.gen.authz.v1 import authz_pb2 as az
 from authz_service.gen.authz.v1 import common_pb2 as cm
@@ -50,7 +51,7 @@ async def connector(service: Service, tenant: Tenant) -> AsyncIterator[Client]:
     key = await tenant.admin.admin.CreateApiKey(
         adm.CreateApiKeyRequest(role=adm.ROLE_CONNECTOR, name="praisonai-bot", channels=["tg"])
     )
-    client = connect(service.address, key.secret)
+    client = connect(service.address, key.secret, edge=EdgeSettings())
     yield client
     await client.close()
 
@@ -236,23 +237,30 @@ async def test_slack_and_discord_bots_pair_through_the_service(
         assert await on_bot_loop(UnknownUserHandler.handle(message, ctx)) is True
 
 
-async def test_a_paired_user_is_answered_from_the_cache(tenant: Tenant, service: Service) -> None:
+async def test_a_paired_user_is_answered_at_the_edge_until_blocked(tenant: Tenant, service: Service) -> None:
     await tenant.channel("tg")
     await tenant.admin.admin.AllowUser(adm.AllowUserRequest(channel_id="tg", user_id="7"))
     key = tenant.keys["connector"]
-    cached = ServicePairingStore(connect(service.address, key), "tg", platform="telegram", cache_seconds=3600)
-    uncached = ServicePairingStore(connect(service.address, key), "tg", platform="telegram", cache_seconds=0)
-    with cached, uncached:
-        assert await asyncio.to_thread(cached.is_paired, "7", "telegram") is True
-        assert await asyncio.to_thread(uncached.is_paired, "7", "telegram") is True
-        await tenant.admin.admin.RemoveUser(adm.UserRef(channel_id="tg", user_id="7"))
-        # No RPC for a paired user: called on this loop (which serves the
-        # service too), the cached answer comes back at once and stands for at
-        # most cache_seconds; an uncached store asks again.
-        assert cached.is_paired("7", "telegram") is True
-        assert await asyncio.to_thread(uncached.is_paired, "7", "telegram") is False
+    with ServicePairingStore(
+        connect(service.address, key, edge=EdgeSettings()), "tg", platform="telegram"
+    ) as store:
+        deadline = time.monotonic() + 10
+        # Once the worker's change stream is up, a repeat is answered on the worker with no RPC.
+        while True:
+            assert await asyncio.to_thread(store.is_paired, "7", "telegram") is True
+            cache = await asyncio.to_thread(lambda: store.edge_cache)
+            assert cache is not None
+            if cache.hits:
+                break
+            assert time.monotonic() < deadline, "no answer was reused"
+        await tenant.admin.admin.BlockUser(adm.BlockUserRequest(channel_id="tg", user_id="7"))
+        # The block reaches the bot within the stream's bound (1.5 s), not a cache's lifetime.
+        deadline = time.monotonic() + 3
+        while await asyncio.to_thread(store.is_paired, "7", "telegram"):
+            assert time.monotonic() < deadline, "still paired after the block"
+        assert await asyncio.to_thread(store.is_paired, "7", "telegram") is False
         # Another platform is never this channel's user.
-        assert cached.is_paired("7", "slack") is False
+        assert store.is_paired("7", "slack") is False
 
 
 async def test_an_unreachable_service_pairs_nobody() -> None:

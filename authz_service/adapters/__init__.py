@@ -22,7 +22,9 @@ imports without it. Every adapter fails closed.
   buttons.
 * ``ServiceApprovalStore`` (``adapters.approval_store``): PraisonAI's
   ``ApprovalStoreProtocol``, so ``PresentationApprovalBackend`` keeps its
-  pending approvals in the service.
+  pending approvals in the service; ``ServicePresentationBackend``, its
+  subclass, waits for the service's decision (a tool runs only if the service
+  approved it).
 
 Errors are logged (status code and details, or the exception type) and never
 raised to the caller; API keys are never logged.
@@ -46,7 +48,7 @@ from typing import Any, ParamSpec, TypeVar
 from ..client import Client, SyncClient
 from ..client.results import ApprovalInfo, ApprovalRequested, CheckResult
 from ..gen.authz.v1 import common_pb2 as cm
-from ._common import describe
+from ._common import describe, refusal
 
 __all__ = [
     "AUTHZ_UNAVAILABLE",
@@ -61,6 +63,7 @@ __all__ = [
     "SendDecision",
     "ServiceApprovalStore",
     "ServicePairingStore",
+    "ServicePresentationBackend",
     "ServiceSendPolicy",
     "gated",
     "send_decision",
@@ -219,15 +222,6 @@ def _new_request_key() -> str:
     return "req_" + secrets.token_urlsafe(24)
 
 
-def _refusal(tool_name: str, info: ApprovalInfo) -> str:
-    if info.status in ("denied", "blocked"):
-        reason = f"tool call '{tool_name}' was denied by {info.resolved_by or 'an approver'}"
-        return f"{reason}: {info.reason}" if info.reason else reason
-    if info.status in ("pending", "expired"):
-        return f"tool call '{tool_name}' was not approved in time"
-    return f"tool call '{tool_name}' was not approved ({info.status})"
-
-
 def _runtime_decision(decision: ApprovalDecision) -> Any:
     """PraisonAI's ``ApprovalDecision`` when the package is installed, else ours."""
     try:
@@ -355,7 +349,7 @@ class ApprovalBackend:
                 await self._notify(requested)
                 info = await self._wait(info, deadline)
             if not info.approved:
-                return ApprovalDecision(False, _refusal(tool_name, info), approval_id, info.resolved_by)
+                return ApprovalDecision(False, refusal(tool_name, info), approval_id, info.resolved_by)
             redeemed = await self.client.redeem_approval(approval_id, tool_name, _arguments_json(arguments))
             if redeemed.allow is not True:
                 reason = redeemed.reason or f"tool call '{tool_name}' was refused"
@@ -495,5 +489,5 @@ class IngressGuard:
 
 
 # The bot-side stores, re-exported (they import nothing of the above).
-from .approval_store import ServiceApprovalStore  # noqa: E402
+from .approval_store import ServiceApprovalStore, ServicePresentationBackend  # noqa: E402
 from .pairing import PairingCallbackHandler, ServicePairingStore  # noqa: E402

@@ -1,45 +1,67 @@
-"""PraisonAI's ``ApprovalStoreProtocol`` backed by the service.
+"""PraisonAI's ``ApprovalStoreProtocol`` backed by the service, and the
+``PresentationApprovalBackend`` that lets the service decide.
 
 praisonai-bot's ``PresentationApprovalBackend(store=...)`` persists each
 pending tool approval, lists the outstanding ones when it starts again
-(``rehydrate``) and records every decision. With this store those are rows in
-the service: they survive a restart of the bot or of the service, every
-replica of the bot sees them, and every decision is in the audit trail.
+(``rehydrate``) and records every decision. With ``ServiceApprovalStore`` those
+are rows in the service: they survive a restart of the bot or of the service,
+every replica of the bot sees them, and every decision is in the audit trail.
+
+PraisonAI's own backend only *records* in its store: its live waiter ends with
+the button that was pressed whatever the store answered, a failed ``persist``
+is logged and the wait goes on in memory, and a decision made elsewhere never
+reaches it. ``ServicePresentationBackend`` (its subclass) makes the service's
+decision the one that counts:
+
+* ``persist`` failing (the service down) refuses the call at once: no prompt
+  is posted, nothing waits, the tool does not run.
+* a press ends the wait only when the service recorded it (the presser is one
+  of its approvers and the request was still pending); otherwise PraisonAI
+  answers the presser "could not be processed" and the request stays pending.
+* the backend watches the approval (WatchApproval, watched again across
+  restarts of the service), so a decision made in the console, the CLI or the
+  admin API, or the service's expiry, ends the wait with that decision.
+
+The store's calls:
 
 * ``persist`` is RequestApproval with ``request_key = "praisonai:<approval id>"``
   (idempotent: persisting the same request twice stores it once), expiring
-  when PraisonAI's wait ends.
+  when PraisonAI's wait ends (rounded down to the second, never after it).
 * ``list_pending`` is ListApprovals (pending tool approvals of the channel
   whose request key is PraisonAI's), rebuilt as PraisonAI's ``ApprovalRequest``.
 * ``resolve`` is ResolveApproval as the person who pressed the button
   (``decision.approver``), whom the service checks against the tool
   approvers. True only if the service recorded that decision; a timeout
   (``metadata["terminal"] == "expired"``) is left to the service's own
-  expiry, which lands at the same moment.
+  expiry, which lands no later.
 
-Keys: a **connector** key (bound to ``channel_id``) persists and resolves;
-``list_pending`` needs ListApprovals, an **approver** key (``lister=``), so the
-bot's connector key never reads other requests. Without ``lister``,
-``list_pending`` returns nothing (nothing is rehydrated; a tap after a bot
-restart is then ignored by PraisonAI, the safe direction). An admin key may
-serve as both.
+Keys: a **connector** key (bound to ``channel_id``) persists, resolves and
+watches; ``list_pending`` needs ListApprovals, an **approver** key
+(``lister=``), so the bot's connector key never reads other requests. Without
+``lister``, ``list_pending`` returns nothing (nothing is rehydrated; a tap
+after a bot restart is then ignored by PraisonAI, the safe direction). An
+admin key may serve as both.
 """
 
 from __future__ import annotations
 
+import asyncio
+import importlib
 import json
 import logging
 import math
 import time
+import uuid
+from collections.abc import Iterable
 from typing import Any
 
 from ..client import Client
 from ..gen.authz.v1 import admin_pb2 as adm
 from ..gen.authz.v1 import authz_pb2 as az
 from ..gen.authz.v1 import common_pb2 as cm
-from ._common import describe
+from ._common import describe, list_approvals, refusal
 
-__all__ = ["ServiceApprovalStore"]
+__all__ = ["ServiceApprovalStore", "ServicePresentationBackend"]
 
 log = logging.getLogger("authz_service.adapters")
 
@@ -92,9 +114,11 @@ class ServiceApprovalStore:
         self._ids: dict[str, str] = {}  # PraisonAI's approval id -> the service's
 
     async def persist(self, approval_id: str, request: Any, *, expires_at: float) -> None:
-        """Store a pending approval (RequestApproval). Raises on failure, which
-        PraisonAI logs; its wait goes on in memory."""
-        seconds = min(MAX_TIMEOUT_SECONDS, max(1, math.ceil(expires_at - time.time())))
+        """Store a pending approval (RequestApproval). Raises on failure
+        (``ServicePresentationBackend`` then refuses the call; PraisonAI's own
+        backend logs it and waits on in memory). The service's expiry is never
+        later than ``expires_at`` (whole seconds, at least one)."""
+        seconds = min(MAX_TIMEOUT_SECONDS, max(1, math.floor(expires_at - time.time())))
         resp = await self.client.authz.RequestApproval(
             az.RequestApprovalRequest(
                 tool_name=request.tool_name,
@@ -109,23 +133,6 @@ class ServiceApprovalStore:
         )
         self._ids[approval_id] = resp.approval.approval_id
 
-    async def _pending(self, lister: Client) -> list[cm.Approval]:
-        found: list[cm.Approval] = []
-        token = ""
-        while True:
-            resp = await lister.admin.ListApprovals(
-                adm.ListApprovalsRequest(
-                    channel_id=self.channel_id,
-                    kind=cm.APPROVAL_KIND_TOOL,
-                    status=cm.APPROVAL_STATUS_PENDING,
-                    page_token=token,
-                )
-            )
-            found.extend(resp.approvals)
-            token = resp.next_page_token
-            if not token:
-                return found
-
     async def list_pending(self) -> list[tuple[str, Any]]:
         """Outstanding approvals PraisonAI persisted here, oldest first, as
         (PraisonAI's approval id, ``ApprovalRequest``). Empty without
@@ -137,7 +144,12 @@ class ServiceApprovalStore:
             )
             return []
         try:
-            approvals = await self._pending(self.lister)
+            approvals = await list_approvals(
+                self.lister,
+                adm.ListApprovalsRequest(
+                    channel_id=self.channel_id, kind=cm.APPROVAL_KIND_TOOL, status=cm.APPROVAL_STATUS_PENDING
+                ),
+            )
         except Exception as exc:
             log.warning("list_pending on channel %s failed: %s", self.channel_id, describe(exc))
             return []
@@ -153,6 +165,11 @@ class ServiceApprovalStore:
             self._ids[approval_id] = a.approval_id
             out.append((approval_id, _request(a, approval_id)))
         return out
+
+    def service_id(self, approval_id: str) -> str | None:
+        """The service's id of PraisonAI's approval ``approval_id`` (known once
+        persisted or listed here)."""
+        return self._ids.get(approval_id)
 
     async def load_pending(self) -> list[tuple[str, Any]]:
         """Older name of ``list_pending`` (PraisonAI accepts either)."""
@@ -188,3 +205,212 @@ class ServiceApprovalStore:
             return False
         want = cm.APPROVAL_STATUS_APPROVED if approve else cm.APPROVAL_STATUS_DENIED
         return bool(resp.approval.status == want)
+
+
+def _praisonai_base(module: str, name: str) -> type:
+    """praisonai-bot's class, or ``object`` where it is not installed (the
+    module still imports; the subclass refuses to be made)."""
+    try:
+        imported = importlib.import_module(module)
+    except ImportError:
+        return object
+    base: type = getattr(imported, name)
+    return base
+
+
+def _outcome(approved: bool, reason: str) -> dict[str, Any]:
+    return {"approved": approved, "reason": reason, "modified_args": {}}
+
+
+_HANDLER = ("praisonai_bot.bots._presentation_approval", "PresentationApprovalHandler")
+_BACKEND = ("praisonai_bot.bots._presentation_approval_backend", "PresentationApprovalBackend")
+
+
+class _ServiceHandler(_praisonai_base(*_HANDLER)):  # type: ignore[misc]
+    """PraisonAI's ``PresentationApprovalHandler`` whose waiters end with the
+    service's decision only.
+
+    A live waiter's future is kept out of PraisonAI's ``_approval_futures``
+    (in ``_live``), so PraisonAI treats every press as it treats one after a
+    restart: the store (the service) is the source of truth, and a press it did
+    not record ends nothing. The future is completed here, once, in its own
+    event loop: PraisonAI runs a tool's approval in a loop of its own while the
+    bot's presses arrive on the bot's."""
+
+    def __init__(self, store: ServiceApprovalStore) -> None:
+        super().__init__(store=store)
+        self.service_store = store
+        self._live: dict[str, asyncio.Future[dict[str, Any]]] = {}
+
+    def _complete(self, approval_id: str, outcome: dict[str, Any] | None) -> None:
+        """End the live wait for ``approval_id`` with ``outcome`` (None:
+        cancel it), if it is still waiting; thread-safe."""
+        future = self._live.pop(approval_id, None)
+        if future is None:
+            return
+
+        def complete() -> None:
+            if future.done():
+                return
+            if outcome is None:
+                future.cancel()
+            else:
+                future.set_result(outcome)
+
+        loop = future.get_loop()
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if loop is running:
+            complete()
+        elif not loop.is_closed():
+            loop.call_soon_threadsafe(complete)
+
+    async def request_approval(
+        self,
+        tool_name: str,
+        arguments: dict[str, Any],
+        risk_level: str = "medium",
+        channel_send_func: Any = None,
+        target: str | None = None,
+        timeout: float = 60.0,
+        allowed_actors: Iterable[str] | None = None,
+        approval_id: str | None = None,
+        agent_name: str | None = None,
+        session_id: str | None = None,
+    ) -> dict[str, Any]:
+        from praisonaiagents.approval import ApprovalRequest
+
+        approval_id = approval_id or uuid.uuid4().hex
+        request = ApprovalRequest(
+            tool_name=tool_name,
+            arguments=arguments,
+            risk_level=risk_level,
+            agent_name=agent_name,
+            session_id=session_id,
+            context={"target": target} if target else {},
+            approval_id=approval_id,
+        )
+        try:
+            await self.service_store.persist(approval_id, request, expires_at=time.time() + timeout)
+        except Exception as exc:
+            # Nothing stored: no human can decide it, so nothing is posted and nothing waits.
+            log.warning("approval for tool %s not stored: %s; not running it", tool_name, describe(exc))
+            return _outcome(
+                False, f"tool call '{tool_name}' was not run: the approval service is unavailable"
+            )
+        watcher = asyncio.create_task(self._follow(approval_id, tool_name), name="authz-approval-watch")
+        try:
+            result: dict[str, Any] = await super().request_approval(
+                tool_name,
+                arguments,
+                risk_level=risk_level,
+                channel_send_func=channel_send_func,
+                target=target,
+                timeout=timeout,
+                allowed_actors=allowed_actors,
+                approval_id=approval_id,
+                agent_name=agent_name,
+                session_id=session_id,
+            )
+            return result
+        finally:
+            watcher.cancel()
+            self._live.pop(approval_id, None)  # ended, whichever way (PraisonAI's own timeout too)
+
+    async def _persist_pending(self, approval_id: str, *args: Any, **kwargs: Any) -> None:
+        # Stored already by request_approval (which refuses when it fails). PraisonAI
+        # has just made the waiter's future: it is ours to complete.
+        future = self._approval_futures.pop(approval_id, None)
+        if future is not None:
+            self._live[approval_id] = future
+
+    async def handle_approval_command(
+        self,
+        approval_id: str,
+        decision: str,
+        modified_args: dict[str, Any] | None = None,
+        actor: str | None = None,
+        approver: str | None = None,
+    ) -> bool:
+        # PraisonAI sees no live future, so it ends nothing unless the service
+        # recorded the press (a presser who is not its approver, a request decided
+        # or expired there, the service down: False). Approvers cannot change the
+        # call: the service approved these arguments.
+        handled: bool = await super().handle_approval_command(
+            approval_id, decision, modified_args=None, actor=actor, approver=approver
+        )
+        if handled:
+            approved = decision in ("allow", "always")
+            reason = (
+                "User granted permanent approval for this tool"
+                if decision == "always"
+                else f"User clicked {decision} button"
+            )
+            self._complete(approval_id, _outcome(approved, reason))
+        return handled
+
+    def cleanup(self) -> None:
+        for approval_id in list(self._live):
+            self._complete(approval_id, None)
+        super().cleanup()
+
+    async def _follow(self, approval_id: str, tool_name: str) -> None:
+        """End the wait with a decision the service made by any path."""
+        ours = self.service_store.service_id(approval_id)
+        if ours is None:
+            return
+        try:
+            async for info in self.service_store.client.follow_approval(ours):
+                if not info.pending:
+                    break
+            else:
+                return
+        except Exception as exc:
+            # The wait goes on: a press the service records, or the timeout, ends it.
+            log.warning("watching approval %s failed: %s", ours, describe(exc))
+            return
+        self._pending_approvals.pop(approval_id, None)
+        self._mark_resolved(approval_id)
+        if info.approved:
+            by = "a standing grant" if info.grant_id else info.resolved_by or "an approver"
+            self._complete(approval_id, _outcome(True, f"tool call '{tool_name}' was approved by {by}"))
+        else:
+            self._complete(approval_id, _outcome(False, refusal(tool_name, info)))
+
+
+class ServicePresentationBackend(_praisonai_base(*_BACKEND)):  # type: ignore[misc]
+    """praisonai-bot's ``PresentationApprovalBackend`` (an ``ApprovalProtocol``
+    for ``Agent(approval=...)``, wired to a bot by its
+    ``register_approval_backend``) on a ``ServiceApprovalStore``, where the
+    service's decision is the one that counts: a tool runs only if the service
+    approved it, whoever decided and however. See the module's doc.
+
+    The arguments are PraisonAI's, with the store required.
+    ``allowed_actors``: PraisonAI's own check of who may press, before the
+    service's (give it the platform ids of the service's approvers).
+    """
+
+    def __init__(
+        self,
+        store: ServiceApprovalStore,
+        allowed_actors: Iterable[str] | None = None,
+        channel_send_func: Any = None,
+        target: str | None = None,
+        timeout: float = 300.0,
+    ) -> None:
+        if ServicePresentationBackend.__bases__ == (object,):
+            raise ImportError(
+                "ServicePresentationBackend needs praisonai-bot: pip install 'authz-service[praisonai]'"
+            )
+        if not isinstance(store, ServiceApprovalStore):
+            raise TypeError("store must be a ServiceApprovalStore")
+        super().__init__(
+            store=store,
+            allowed_actors=allowed_actors,
+            channel_send_func=channel_send_func,
+            target=target,
+            timeout=timeout,
+        )
+        self._handler = _ServiceHandler(store)

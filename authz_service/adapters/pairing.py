@@ -7,13 +7,17 @@ praisonai-bot's Telegram, Slack and Discord bots keep their pairing store in
 both before ``start()``. The bots call the store synchronously from their
 event loop, so:
 
-* ``is_paired`` answers a paired user from a local cache (no I/O on the loop)
-  and refreshes it on the store's own worker thread; an entry that cannot be
-  refreshed is dropped (fail closed), and an unknown user costs one CheckUser.
-* the other calls run on that worker thread (its own event loop and channel)
-  and wait at most ``timeout`` seconds for their one RPC. ``generate_code``
-  cannot return the service's code without it: it waits once per message of
-  an unpaired user, never for a paired one.
+* every call runs on the store's own worker thread (its own event loop and
+  channel) and waits at most ``timeout`` seconds for its one RPC.
+* ``is_paired`` is CheckUser through the client's edge cache
+  (``connect(..., edge=EdgeSettings())``): a paired user's repeat is answered
+  on the worker from an answer the service marked reusable, with no RPC (the
+  bot's loop waits only for the hand-over to the worker thread), and a block or
+  unpair made anywhere drops it within the change stream's bound (1.5 s by
+  default). A first check, a check after the edge dropped its answers and a
+  check on a channel whose answers are not reusable (rate limits) wait for one
+  CheckUser. ``generate_code`` cannot return the service's code without one
+  RequestPairing: it waits once per message of an unpaired user.
 * an owner's button press is handled by ``PairingCallbackHandler`` (our
   subclass of PraisonAI's), which awaits the RPC without blocking the loop and
   sends the presser's id, so the service checks them against the approvers.
@@ -40,12 +44,12 @@ from typing import Any, TypeVar
 
 from google.protobuf.message import Message
 
-from ..client import Client, paging
+from ..client import Client, EdgeCache, paging
 from ..client.results import check_result
 from ..gen.authz.v1 import admin_pb2 as adm
 from ..gen.authz.v1 import authz_pb2 as az
 from ..gen.authz.v1 import common_pb2 as cm
-from ._common import describe
+from ._common import describe, list_approvals
 
 __all__ = ["PairedChannel", "ServicePairingStore"]
 
@@ -131,12 +135,12 @@ class ServicePairingStore:
     "slack", "discord", "whatsapp"). A call for another ``channel_type`` is
     refused: a Telegram code never pairs a Slack user.
 
-    ``client``: a connector key's client (``connect(address, key)``).
+    ``client``: a connector key's client, with the edge on
+    (``connect(address, key, edge=EdgeSettings())``) so that a paired user's
+    messages need no RPC; without it every ``is_paired`` asks the service.
     ``operator``: optional approver or admin key's client for the operator
     calls (see the module's doc). ``timeout``: seconds one call may wait.
-    ``cache_seconds``: how long a paired answer is reused (refreshed in the
-    background from half of it on); a revocation elsewhere reaches the bot
-    within it. ``slack_team``: the Slack workspace id (``T...``), required
+    ``slack_team``: the Slack workspace id (``T...``), required
     for Slack, whose user ids the service scopes by workspace. Call
     ``close()`` when done.
     """
@@ -149,26 +153,27 @@ class ServicePairingStore:
         platform: str,
         operator: Client | None = None,
         timeout: float = 2.0,
-        cache_seconds: float = 10.0,
         slack_team: str = "",
     ) -> None:
         if not platform:
             raise ValueError("platform is required: the bot's channel_type, e.g. 'telegram'")
         if (platform == "slack") != bool(slack_team):
             raise ValueError("slack_team (the workspace id, T...) is required for slack, and only there")
-        if timeout <= 0 or cache_seconds < 0:
-            raise ValueError("timeout must be positive and cache_seconds not negative")
+        if timeout <= 0:
+            raise ValueError("timeout must be positive")
+        if client.edge is None:
+            log.warning(
+                "pairing store for channel %s: the client has no edge (connect(..., edge=EdgeSettings())); "
+                "every message of a paired user waits for a CheckUser",
+                channel_id,
+            )
         self.client = client
         self.channel_id = channel_id
         self.platform = platform
         self.operator = operator
         self.timeout = float(timeout)
-        self.cache_seconds = float(cache_seconds)
         self.slack_team = slack_team
         self._worker = _Worker()
-        self._lock = threading.Lock()
-        self._paired: dict[str, float] = {}  # user id -> monotonic time of the answer
-        self._refreshing: set[str] = set()
 
     # --- plumbing ----------------------------------------------------------------------
 
@@ -220,7 +225,17 @@ class ServicePairingStore:
             context.pairing_store = self
         return bot
 
-    # --- is_paired: the cache -------------------------------------------------------------
+    # --- is_paired: CheckUser through the edge ----------------------------------------
+
+    @property
+    def edge_cache(self) -> EdgeCache | None:
+        """The worker's reusable answers (hits, misses, health), for metrics;
+        None without an edge."""
+
+        async def cache() -> EdgeCache | None:
+            return self.client.edge_cache
+
+        return self._wait(cache)
 
     async def _check(self, user_id: str) -> bool:
         resp = await self.client.authz.CheckUser(
@@ -231,54 +246,18 @@ class ServicePairingStore:
         )
         return check_result(resp).allowed
 
-    def _remember(self, user_id: str, paired: bool) -> None:
-        with self._lock:
-            if paired:
-                self._paired[user_id] = time.monotonic()
-            else:
-                self._paired.pop(user_id, None)
-
-    def _refresh(self, user_id: str) -> None:
-        with self._lock:
-            if user_id in self._refreshing:
-                return
-            self._refreshing.add(user_id)
-
-        def done(future: concurrent.futures.Future[bool]) -> None:
-            with self._lock:
-                self._refreshing.discard(user_id)
-            exc = future.exception() if not future.cancelled() else None
-            if exc is not None:
-                log.warning(
-                    "pairing check for channel %s failed: %s; not trusting the cache",
-                    self.channel_id,
-                    describe(exc),
-                )
-            self._remember(user_id, not future.cancelled() and exc is None and future.result() is True)
-
-        self._worker.submit(lambda: self._check(user_id)).add_done_callback(done)
-
     def is_paired(self, channel_id: str, channel_type: str) -> bool:
         """Is this user (PraisonAI's ``channel_id`` is the platform user id)
-        admitted to the bot's direct messages? True only for CheckUser's ALLOW;
-        any error is False."""
+        admitted to the bot's direct messages? True only for CheckUser's ALLOW
+        (from the edge when the service marked it reusable); any error is False."""
         _asked.set((channel_type, channel_id))
         if not self._ours(channel_type) or not channel_id:
             return False
-        now = time.monotonic()
-        with self._lock:
-            at = self._paired.get(channel_id)
-        if at is not None and now - at < self.cache_seconds:
-            if now - at >= self.cache_seconds / 2:
-                self._refresh(channel_id)
-            return True
         try:
-            paired = self._wait(lambda: self._check(channel_id))
+            return self._wait(lambda: self._check(channel_id))
         except Exception as exc:
             log.warning("pairing check for channel %s failed: %s; not paired", self.channel_id, describe(exc))
-            paired = False
-        self._remember(channel_id, paired)
-        return paired
+            return False
 
     # --- the bot's pairing path ----------------------------------------------------------
 
@@ -311,8 +290,6 @@ class ServicePairingStore:
             raise RuntimeError("the authorization service is unavailable") from None
         if resp.outcome in (az.PAIRING_OUTCOME_CREATED, az.PAIRING_OUTCOME_EXISTING) and resp.code:
             return resp.code
-        if resp.outcome in (az.PAIRING_OUTCOME_ALREADY_ALLOWED, az.PAIRING_OUTCOME_AUTO_APPROVED):
-            self._remember(user_id, True)
         outcome = az.PairingOutcome.Name(resp.outcome).removeprefix("PAIRING_OUTCOME_").lower()
         raise RuntimeError(f"no pairing code for this user ({outcome})")
 
@@ -344,10 +321,7 @@ class ServicePairingStore:
         done = approval.status == (
             cm.APPROVAL_STATUS_APPROVED if action == "approve" else cm.APPROVAL_STATUS_DENIED
         )
-        user_id = self._praisonai_user(approval.user_id)
-        if done and action == "approve":
-            self._remember(user_id, True)
-        return done, user_id, resp.owner_text, resp.requester_text
+        return done, self._praisonai_user(approval.user_id), resp.owner_text, resp.requester_text
 
     def verify_and_pair(self, code: str, channel_id: str | None, channel_type: str, label: str = "") -> bool:
         """praisonai-bot's own entry point (its callback handler, CLI, HTTP
@@ -389,11 +363,7 @@ class ServicePairingStore:
         except Exception as exc:
             log.warning("pairing approve on channel %s failed: %s", self.channel_id, describe(exc))
             return False
-        approval = resp.approval
-        if approval.status != cm.APPROVAL_STATUS_APPROVED:
-            return False
-        self._remember(self._praisonai_user(approval.user_id), True)
-        return True
+        return bool(resp.approval.status == cm.APPROVAL_STATUS_APPROVED)
 
     def list_pending(self, channel_type: str | None = None) -> list[dict[str, Any]]:
         """The channel's pending pairing requests (ListApprovals), in
@@ -403,22 +373,15 @@ class ServicePairingStore:
             return []
 
         async def fetch() -> list[cm.Approval]:
-            found: list[cm.Approval] = []
-            token = ""
-            while True:
-                resp = await operator.admin.ListApprovals(
-                    adm.ListApprovalsRequest(
-                        channel_id=self.channel_id,
-                        kind=cm.APPROVAL_KIND_PAIRING,
-                        status=cm.APPROVAL_STATUS_PENDING,
-                        page_token=token,
-                    ),
-                    timeout=self.timeout,
-                )
-                found.extend(resp.approvals)
-                token = resp.next_page_token
-                if not token:
-                    return found
+            return await list_approvals(
+                operator,
+                adm.ListApprovalsRequest(
+                    channel_id=self.channel_id,
+                    kind=cm.APPROVAL_KIND_PAIRING,
+                    status=cm.APPROVAL_STATUS_PENDING,
+                ),
+                timeout=self.timeout,
+            )
 
         try:
             approvals = self._wait(fetch)
@@ -484,9 +447,12 @@ class ServicePairingStore:
             resp: adm.RemoveUserResponse = await operator.admin.UnpairUser(
                 adm.UserRef(channel_id=self.channel_id, user_id=self._user(channel_id)), timeout=self.timeout
             )
+            # The change stream drops the answer too; this store's next check must not wait for it.
+            cache = self.client.edge_cache
+            if cache is not None:
+                cache.invalidate([az.Invalidation(channel_id=self.channel_id)])
             return resp
 
-        self._remember(channel_id, False)
         try:
             return bool(self._wait(unpair).removed)
         except Exception as exc:
