@@ -7,8 +7,8 @@ praisonai-bot's Telegram, Slack and Discord bots keep their pairing store in
 both before ``start()``. The bots call the store synchronously from their
 event loop, so:
 
-* every call runs on the store's own worker thread (its own event loop and
-  channel) and waits at most ``timeout`` seconds for its one RPC.
+* every call runs on a worker thread (one event loop per process, shared by
+  the stores; each store's client opens its own channel there) and waits at most ``timeout`` seconds for its one RPC.
 * ``is_paired`` is CheckUser through the client's edge cache
   (``connect(..., edge=EdgeSettings())``): a paired user's repeat is answered
   on the worker from an answer the service marked reusable, with no RPC (the
@@ -36,6 +36,7 @@ import asyncio
 import concurrent.futures
 import contextvars
 import logging
+import os
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -87,21 +88,25 @@ def _paired_channel(channel_id: str, channel_type: str, paired_at: float, label:
 
 
 class _Worker:
-    """A daemon thread running an event loop: the store's RPCs run there, so
-    a caller on another loop (the bot's) never needs a channel of its own."""
+    """A daemon thread running an event loop: the stores' RPCs run there, so
+    a caller on another loop (the bot's) never needs a channel of its own.
+
+    One per process, shared by every store, and never closed: gRPC delivers a
+    cancelled call's last event to its loop after the channel has closed, and a
+    closed loop turns that into an "Event loop is closed" error (or a pending
+    task destroyed) in the bot's log. A fork gets a worker of its own."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        self._pid = 0
 
     def loop(self) -> asyncio.AbstractEventLoop:
         with self._lock:
-            if self._loop is None:
+            if self._loop is None or self._pid != os.getpid():
                 loop = asyncio.new_event_loop()
-                thread = threading.Thread(target=loop.run_forever, name="authz-pairing", daemon=True)
-                thread.start()
-                self._loop, self._thread = loop, thread
+                threading.Thread(target=loop.run_forever, name="authz-pairing", daemon=True).start()
+                self._loop, self._pid = loop, os.getpid()
             return self._loop
 
     def submit(self, call: Callable[[], Awaitable[T]]) -> concurrent.futures.Future[T]:
@@ -110,23 +115,8 @@ class _Worker:
 
         return asyncio.run_coroutine_threadsafe(run(), self.loop())
 
-    def stop(self, last: Callable[[], Awaitable[None]]) -> None:
-        with self._lock:
-            loop, thread = self._loop, self._thread
-            self._loop = self._thread = None
-        if loop is None or thread is None:
-            return
 
-        async def run() -> None:
-            await last()
-
-        try:
-            asyncio.run_coroutine_threadsafe(run(), loop).result(5)
-        except Exception as exc:
-            log.debug("closing the pairing store's channels: %s", describe(exc))
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(5)
-        loop.close()
+_WORKER = _Worker()
 
 
 class ServicePairingStore:
@@ -173,7 +163,7 @@ class ServicePairingStore:
         self.operator = operator
         self.timeout = float(timeout)
         self.slack_team = slack_team
-        self._worker = _Worker()
+        self._worker = _WORKER
 
     # --- plumbing ----------------------------------------------------------------------
 
@@ -198,14 +188,17 @@ class ServicePairingStore:
         return user_id.removeprefix(f"{self.slack_team}:") if self.slack_team else user_id
 
     def close(self) -> None:
-        """Close the channels the worker opened and stop its thread."""
+        """Close the channels this store opened on the worker."""
 
         async def close_all() -> None:
             await self.client.close()
             if self.operator is not None:
                 await self.operator.close()
 
-        self._worker.stop(close_all)
+        try:
+            self._worker.submit(close_all).result(5)
+        except Exception as exc:
+            log.debug("closing the pairing store's channels: %s", describe(exc))
 
     def __enter__(self) -> ServicePairingStore:
         return self
