@@ -317,24 +317,26 @@ class _LastChanges:
     per stream. gRPC only serialises the messages it is handed, never changes them."""
 
     def __init__(self) -> None:
-        self._key: tuple[str, int, tuple[Invalidation, ...]] | None = None
-        self._resp = az.WatchChangesResponse()
+        # (key, message) in one tuple, replaced whole: a reader never pairs one
+        # batch's key with another's message.
+        self._last: tuple[tuple[str, int, tuple[Invalidation, ...]], az.WatchChangesResponse] | None = None
 
     def get(
         self, server_id: str, heartbeat_ms: int, batch: tuple[Invalidation, ...]
     ) -> az.WatchChangesResponse:
         key = (server_id, heartbeat_ms, batch)
-        if key != self._key:
-            self._resp = az.WatchChangesResponse(
-                server_id=server_id,
-                heartbeat_ms=heartbeat_ms,
-                invalidations=[
-                    az.Invalidation(channel_id=i.channel_id, user_id=i.user_id, all=i.everything)
-                    for i in batch
-                ],
-            )
-            self._key = key
-        return self._resp
+        last = self._last
+        if last is not None and last[0] == key:
+            return last[1]
+        resp = az.WatchChangesResponse(
+            server_id=server_id,
+            heartbeat_ms=heartbeat_ms,
+            invalidations=[
+                az.Invalidation(channel_id=i.channel_id, user_id=i.user_id, all=i.everything) for i in batch
+            ],
+        )
+        self._last = (key, resp)
+        return resp
 
 
 _changes_response = _LastChanges().get
