@@ -4,6 +4,7 @@ every change, silence or reconnect. Real service, real PostgreSQL, real gRPC."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 
 import grpc
@@ -155,10 +156,14 @@ async def test_a_reconnect_flushes(service: Service, tenant: Tenant) -> None:
         await proxy.close()
 
 
-async def test_a_stalled_stream_turns_the_edge_off_within_the_bound(service: Service, tenant: Tenant) -> None:
+async def test_a_stalled_stream_turns_the_edge_off_within_the_bound(
+    service: Service, tenant: Tenant, caplog: pytest.LogCaptureFixture
+) -> None:
     """No byte flows (a partition): nothing tells the client, only the missing
     heartbeats. Every reused answer is dropped, and the checks go to the service
-    (which, through the same stalled path, cannot answer: fail closed)."""
+    (which, through the same stalled path, cannot answer: fail closed). The
+    stream's watchdog gives the silent stream up and opens another."""
+    caplog.set_level(logging.INFO, logger="authz_service.client.edge")
     await tenant.channel("tg", dm_policy=cm.DM_POLICY_PAIRING)
     await tenant.admin.admin.AllowUser(adm.AllowUserRequest(channel_id="tg", user_id=USER))
     proxy = PgProxy(f"postgresql://{service.address}/x")
@@ -176,6 +181,13 @@ async def test_a_stalled_stream_turns_the_edge_off_within_the_bound(service: Ser
             return not cache.healthy and len(cache) == 0
 
         await eventually(off, timeout=10)
+
+        async def given_up() -> bool:
+            return any(
+                "no message from the change stream within 1 s" in r.getMessage() for r in caplog.records
+            )
+
+        await eventually(given_up, timeout=10)
         # The edge no longer answers: the call goes out, into the stall, and fails.
         err = await rpc_error(check(client))
         assert err.code() in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE)

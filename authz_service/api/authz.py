@@ -13,7 +13,7 @@ from ..domain.errors import InvalidArgument, Unavailable
 from ..domain.invites import normalize_invite_code
 from ..domain.model import Role
 from ..domain.pairing import MAX_HANDLE
-from ..domain.reuse import ReuseHint
+from ..domain.reuse import Invalidation, ReuseHint
 from ..flows import Context, access, commands, invites, notices, pairing, resolve, tools
 from ..flows.admin import get_channel
 from ..flows.approvals import ResolveTarget
@@ -312,11 +312,35 @@ class AuthzServicer(authz_pb2_grpc.AuthzServiceServicer):
             raise Unavailable("change streams are not served here")
         heartbeat_ms = round(feed.heartbeat_seconds * 1000)
         async for batch in feed.watch(ctx.principal):
-            yield az.WatchChangesResponse(
-                server_id=feed.server_id,
-                heartbeat_ms=heartbeat_ms,
-                invalidations=[
-                    az.Invalidation(channel_id=i.channel_id, user_id=i.user_id, all=i.everything)
-                    for i in batch
-                ],
-            )
+            yield _changes_response(feed.server_id, heartbeat_ms, batch)
+
+
+class _LastChanges:
+    """The last WatchChanges message built: a change (or a heartbeat tick) sends
+    the same message to every stream it reaches, so it is built once, not once
+    per stream. gRPC only serialises the messages it is handed, never changes them."""
+
+    def __init__(self) -> None:
+        # (key, message) in one tuple, replaced whole: a reader never pairs one
+        # batch's key with another's message.
+        self._last: tuple[tuple[str, int, tuple[Invalidation, ...]], az.WatchChangesResponse] | None = None
+
+    def get(
+        self, server_id: str, heartbeat_ms: int, batch: tuple[Invalidation, ...]
+    ) -> az.WatchChangesResponse:
+        key = (server_id, heartbeat_ms, batch)
+        last = self._last
+        if last is not None and last[0] == key:
+            return last[1]
+        resp = az.WatchChangesResponse(
+            server_id=server_id,
+            heartbeat_ms=heartbeat_ms,
+            invalidations=[
+                az.Invalidation(channel_id=i.channel_id, user_id=i.user_id, all=i.everything) for i in batch
+            ],
+        )
+        self._last = (key, resp)
+        return resp
+
+
+_changes_response = _LastChanges().get

@@ -256,6 +256,48 @@ class EdgeStub:
         return getattr(self._stub, name)
 
 
+class _Watchdog:
+    """Cancels the task that reads a stream once no message came for ``timeout``
+    seconds. One timer, moved only when it fires (to the last message's time
+    plus the bound), rather than a timer set and cancelled for every message:
+    with many streams in one process that was a good part of each message's
+    cost. The answers' bound does not depend on it (``EdgeCache.get`` judges
+    the last message's age itself); it only makes a silent stream reconnect."""
+
+    def __init__(self, timeout: float) -> None:
+        self._loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        self._task = task
+        self._cancelling = task.cancelling()
+        self._timeout = timeout
+        self._last = self._loop.time()
+        self._expired = False
+        self._handle = self._loop.call_at(self._last + timeout, self._check)
+
+    def heard(self) -> None:
+        self._last = self._loop.time()
+
+    def _check(self) -> None:
+        due = self._last + self._timeout
+        if self._loop.time() < due:
+            self._handle = self._loop.call_at(due, self._check)
+            return
+        self._expired = True
+        self._task.cancel()
+
+    def timed_out(self) -> bool:
+        """After a CancelledError: was it this watchdog's, and only its? Then
+        the cancellation is taken back (as ``asyncio.timeout`` does)."""
+        if not self._expired:
+            return False
+        self._expired = False
+        return self._task.uncancel() <= self._cancelling
+
+    def close(self) -> None:
+        self._handle.cancel()
+
+
 async def follow_changes(stub: Any, cache: EdgeCache) -> None:
     """Keep a WatchChanges stream open for ``cache``, for ever (cancel to stop).
 
@@ -269,21 +311,25 @@ async def follow_changes(stub: Any, cache: EdgeCache) -> None:
         cache.stream_opened()
         reason = "change stream ended"
         code: grpc.StatusCode | None = None
+        watchdog = _Watchdog(settings.heartbeat_timeout)
         try:
             messages = aiter(call)
             while True:
-                async with asyncio.timeout(settings.heartbeat_timeout):
-                    message = await anext(messages, None)
+                message = await anext(messages, None)
                 if message is None:
                     break
+                watchdog.heard()
                 cache.on_message(message)
                 delay = settings.reconnect_delay
-        except TimeoutError:
+        except asyncio.CancelledError:
+            if not watchdog.timed_out():
+                raise
             reason = f"no message from the change stream within {settings.heartbeat_timeout:g} s"
         except grpc.aio.AioRpcError as exc:
             code = exc.code()
             reason = f"change stream failed: {code.name}"
         finally:
+            watchdog.close()
             cache.lost(reason)
             call.cancel()
         log.info("%s; opening it again", reason)

@@ -42,24 +42,45 @@ INBOX_LIMIT = 1000
 
 @dataclass(eq=False)
 class Inbox:
-    """One stream's pending invalidations, or the error that ends it."""
+    """One stream's pending invalidations, or the error that ends it.
+
+    Its stream waits on a bare future rather than an ``asyncio.Event``: a change
+    wakes every stream of the tenant, and the event's per-wait bookkeeping was
+    a measurable part of a 1,000-stream fan-out."""
 
     principal: Principal
     slice: int = 0
     pending: list[Invalidation] = field(default_factory=list)
     error: AuthzError | None = None
-    event: asyncio.Event = field(default_factory=asyncio.Event)
+    ready: bool = False
+    waiter: asyncio.Future[None] | None = None
 
     def push(self, item: Invalidation) -> None:
         if len(self.pending) >= INBOX_LIMIT:
             self.pending = [Invalidation(everything=True)]
         else:
             self.pending.append(item)
-        self.event.set()
+        self.wake()
 
     def end(self, error: AuthzError) -> None:
         self.error = error
-        self.event.set()
+        self.wake()
+
+    def wake(self) -> None:
+        self.ready = True
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def wait(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Until the next ``wake`` (at once if one came since the last wait)."""
+        if not self.ready:
+            self.waiter = loop.create_future()
+            try:
+                await self.waiter
+            finally:
+                self.waiter = None
+        self.ready = False
 
 
 class ChangeFeed:
@@ -72,6 +93,8 @@ class ChangeFeed:
         self.live = False
         """True while this process hears every change notification."""
         self._inboxes: dict[str, set[Inbox]] = {}
+        # The same inboxes by heartbeat slice: a tick touches only its own.
+        self._slices: list[set[Inbox]] = [set() for _ in range(HEARTBEAT_SLICES)]
         self._ticker: asyncio.Task[None] | None = None
         self._opened = 0
 
@@ -113,11 +136,13 @@ class ChangeFeed:
         self._opened += 1
         inbox = Inbox(principal, self._opened % HEARTBEAT_SLICES)
         self._inboxes.setdefault(principal.tenant_id, set()).add(inbox)
+        self._slices[inbox.slice].add(inbox)
         if self._ticker is None or self._ticker.done():
             self._ticker = asyncio.get_running_loop().create_task(self._beat(), name="change-heartbeat")
         try:
             yield inbox
         finally:
+            self._slices[inbox.slice].discard(inbox)
             inboxes = self._inboxes.get(principal.tenant_id)
             if inboxes is not None:
                 inboxes.discard(inbox)
@@ -127,11 +152,11 @@ class ChangeFeed:
     async def watch(self, principal: Principal) -> AsyncIterator[tuple[Invalidation, ...]]:
         """A first, empty batch at once, then every batch of invalidations as it
         comes, and an empty one (a heartbeat) on every tick."""
+        loop = asyncio.get_running_loop()
         with self.subscribe(principal) as inbox:
             yield ()
             while True:
-                await inbox.event.wait()
-                inbox.event.clear()
+                await inbox.wait(loop)
                 if inbox.error is not None:
                     raise inbox.error
                 batch, inbox.pending = tuple(inbox.pending), []
@@ -142,10 +167,8 @@ class ChangeFeed:
         while self._inboxes:
             await asyncio.sleep(self.heartbeat_seconds / HEARTBEAT_SLICES)
             tick = (tick + 1) % HEARTBEAT_SLICES
-            for inboxes in list(self._inboxes.values()):
-                for inbox in inboxes:
-                    if inbox.slice == tick:
-                        inbox.event.set()
+            for inbox in list(self._slices[tick]):
+                inbox.wake()
 
     async def close(self) -> None:
         self._end_all(Unavailable("the server is shutting down"))

@@ -16,7 +16,11 @@ Every figure here uses the real SDK (``authz_service.client.connect`` with
   with one change per second;
 * ``edge_revocation_p99``: a block committed in PostgreSQL until each of the
   ``STREAMS`` edges has dropped the user's answers, p99 over every edge and
-  change, while a load process keeps the service busy with remote CheckUser.
+  change, while a load process keeps the service busy with remote CheckUser;
+* ``edge_service_us_per_stream_message`` / ``edge_client_us_per_stream_message``:
+  CPU per stream message in the service (its idle heartbeats) and in the edges'
+  process (every message it read): one change reaches ``STREAMS`` edges no
+  sooner than ``STREAMS`` times either, each side having one core here.
 
 The streams live in a process of their own (``_hold``), so reading them does
 not slow the bench's own loop; times are ``time.monotonic()``, one clock for
@@ -43,6 +47,7 @@ import psutil
 
 from authz_service.client import EdgeCache, EdgeSettings, connect
 from authz_service.client import edge as edge_answers
+from authz_service.flows.changes import HEARTBEAT_SECONDS
 from authz_service.gen.authz.v1 import authz_pb2 as az
 from authz_service.gen.authz.v1 import authz_pb2_grpc
 from authz_service.gen.authz.v1 import common_pb2 as cm
@@ -241,6 +246,11 @@ class TimedEdge(EdgeCache):
     def __init__(self, settings: EdgeSettings) -> None:
         super().__init__(settings)
         self.seen: list[float] = []
+        self.messages = 0
+
+    def on_message(self, message: az.WatchChangesResponse) -> None:
+        self.messages += 1
+        super().on_message(message)
 
     def invalidate(self, items: Any) -> None:
         items = list(items)
@@ -308,6 +318,7 @@ async def _streams(holder: Holder, commands: Any, answers: Any) -> None:
             starts: list[float] = []
             unhealthy = 0
             cpu, wall = time.process_time(), time.monotonic()
+            received = sum(e.messages for e in edges)
             for _ in range(count):
                 blocked = not blocked
                 start = time.monotonic()
@@ -329,8 +340,10 @@ async def _streams(holder: Holder, commands: Any, answers: Any) -> None:
                         latencies.append(1000 * (got[0] - s))
                     else:
                         missing += 1
-            holder_cores = (time.process_time() - cpu) / (time.monotonic() - wall)
-            answers.put((latencies, missing, unhealthy, holder_cores))
+            holder_cpu = time.process_time() - cpu
+            holder_cores = holder_cpu / (time.monotonic() - wall)
+            received = sum(e.messages for e in edges) - received
+            answers.put((latencies, missing, unhealthy, holder_cores, 1e6 * holder_cpu / max(received, 1)))
     finally:
         await owner.close()
         for t in tasks:
@@ -381,6 +394,8 @@ class Streams:
     holder_cores_idle: float
     holder_cores_load: float
     load_cores: float
+    service_us_per_message: float  # the service's CPU per stream message, heartbeats at idle
+    holder_us_per_message: float  # the edges' process's CPU per stream message received, no load
 
 
 def _p(values: list[float], q: float) -> float:
@@ -410,8 +425,10 @@ def streams(holder: Holder, pids: Sequence[int], users: int, client_cpus: Sequen
             raise RuntimeError(f"the stream holder {ready}")
         time.sleep(1.0)
         idle, rss = cores(4.0), server_rss_mb(pids)
-        log(f"  {STREAMS} streams: service {idle:.3f} cores idle (before {idle_before:.3f}), "
-            f"RSS {rss:.0f} MB (before {rss_before:.0f} MB)")  # fmt: skip
+        # Idle, the streams' only messages are heartbeats: STREAMS per HEARTBEAT_SECONDS.
+        service_us = 1e6 * (idle - idle_before) / (STREAMS / HEARTBEAT_SECONDS)
+        log(f"  {STREAMS} streams: service {idle:.3f} cores idle (before {idle_before:.3f}, "
+            f"{service_us:.0f} µs per stream message), RSS {rss:.0f} MB (before {rss_before:.0f} MB)")  # fmt: skip
         before = server_cpu(pids)
         t = time.monotonic()
         commands.put((6, 1.0))
@@ -419,7 +436,7 @@ def streams(holder: Holder, pids: Sequence[int], users: int, client_cpus: Sequen
         if isinstance(result, str):
             raise RuntimeError(f"the stream holder {result}")
         change_cores = (server_cpu(pids) - before) / (time.monotonic() - t)
-        lat_idle, missing_idle, unhealthy_idle, holder_idle = result
+        lat_idle, missing_idle, unhealthy_idle, holder_idle, holder_us = result
         stop = ctx.Event()
         loaders = [
             ctx.Process(target=_load, args=(holder.address, holder.key, users, LOAD_RPS, stop), daemon=True)
@@ -438,16 +455,18 @@ def streams(holder: Holder, pids: Sequence[int], users: int, client_cpus: Sequen
             p.join(timeout=10)
         if isinstance(result, str):
             raise RuntimeError(f"the stream holder {result}")
-        lat_load, missing_load, unhealthy_load, holder_load = result
+        lat_load, missing_load, unhealthy_load, holder_load, _ = result
         log(f"  one change/s: service {change_cores:.3f} cores; revocation p50/p99 idle "
             f"{_p(lat_idle, 0.5):.1f}/{_p(lat_idle, 0.99):.1f} ms, under load ({load_cores:.2f} service cores) "
             f"{_p(lat_load, 0.5):.1f}/{_p(lat_load, 0.99):.1f} ms over {len(lat_load)} "
             f"deliveries; missing {missing_idle + missing_load}, unhealthy edges {unhealthy_idle + unhealthy_load}; "
-            f"the edges' process used {holder_idle:.2f} / {holder_load:.2f} cores")  # fmt: skip
+            f"the edges' process used {holder_idle:.2f} / {holder_load:.2f} cores "
+            f"({holder_us:.0f} µs per message received, no load)")  # fmt: skip
         return Streams(
             idle_before, idle, rss_before, rss, change_cores,
             _p(lat_idle, 0.5), _p(lat_idle, 0.99), _p(lat_load, 0.5), _p(lat_load, 0.99), len(lat_load),
             missing_idle + missing_load, unhealthy_idle + unhealthy_load, holder_idle, holder_load, load_cores,
+            service_us, holder_us,
         )  # fmt: skip
     finally:
         with contextlib.suppress(Exception):

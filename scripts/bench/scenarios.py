@@ -483,6 +483,10 @@ class Bench:
         self.figure("edge_streams_1_change_per_s_cores", st.change_cores - st.idle_cores_before, "cores")
         self.figure("edge_revocation_p99_idle", st.p99_idle_ms, "ms")
         self.figure("edge_revocation_p99_under_load", st.p99_load_ms, "ms")
+        self.figure("edge_revocation_p50_under_load", st.p50_load_ms, "ms")
+        # What bounds the fan-out: CPU per stream message on each side (one core each here).
+        self.figure("edge_service_us_per_stream_message", st.service_us_per_message, "us")
+        self.figure("edge_client_us_per_stream_message", st.holder_us_per_message, "us")
 
     def watchers(self, at: str) -> None:
         """Tenant B's consistent CheckUser p99 with 2,000 WatchApprovals streams
