@@ -116,6 +116,20 @@ async def test_non_approver_press_changes_nothing_and_is_audited(tenant: Tenant)
     assert ev.actor == "telegram:999" and ev.approval_id == resp.approval_id
 
 
+async def test_with_approvers_but_no_owner_the_requester_is_told_they_were_asked(tenant: Tenant) -> None:
+    """The outbox posts the request to every chat approver, the owner or not:
+    the requester is not sent to a CLI that someone in chat has no need of."""
+    await tenant.channel(approvers=["200"])
+    resp = await pair(tenant)
+    assert "has been asked to approve you" in resp.text and "authz pairing approve" not in resp.text
+    await tenant.channel(approvers=[])  # the same channel, now with nobody to ask in chat
+    assert "authz pairing approve tg" in (await pair(tenant, "43")).text
+    await tenant.admin.admin.SetTenantSettings(adm.TenantSettings(approvers=["telegram:300"]))
+    assert "has been asked to approve you" in (await pair(tenant, "44")).text
+    await tenant.admin.admin.SetTenantSettings(adm.TenantSettings(approvers=["discord:300000000"]))
+    assert "authz pairing approve tg" in (await pair(tenant, "45")).text
+
+
 async def test_channel_and_tenant_approvers_may_resolve(tenant: Tenant) -> None:
     await tenant.channel(owner_id=OWNER, approvers=["200"])
     await tenant.admin.admin.SetTenantSettings(adm.TenantSettings(approvers=["telegram:300"]))

@@ -13,8 +13,10 @@ ALREADY_ALLOWED = "✅ You're already paired. You can chat now."
 CAPACITY = "⏳ Too many pending pairing requests right now. Please try again later."
 
 
-def pairing_code(code: str, minutes: int, channel_id: str, owner_notified: bool) -> str:
-    if owner_notified:
+def pairing_code(code: str, minutes: int, channel_id: str, in_chat: bool) -> str:
+    """``in_chat``: the owner or another approver is sent the request in chat;
+    otherwise the requester is told how the owner approves from the CLI."""
+    if in_chat:
         return (
             f"🔑 Pairing code: {code}\n"
             f"The owner has been asked to approve you. The code expires in {minutes} min."

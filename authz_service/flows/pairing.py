@@ -54,6 +54,7 @@ from ..domain.model import (
 from ..domain.pairing import (
     Vote,
     approve_vote,
+    chat_approvers,
     may_resolve,
     new_approval_id,
     new_code_seed,
@@ -172,13 +173,18 @@ async def request_pairing(
                 conn, t, "pairing.requested", actor=f"{channel.platform.value}:{user_id}", channel_id=channel_id,
                 subject=user_id, approval_id=approval.approval_id, trace_id=ctx.trace_id, details=details,
             )  # fmt: skip
+            # Someone is asked in chat (the outbox posts them a copy), or the
+            # requester is told how the owner approves from the CLI.
+            in_chat = bool(policy.owner_id or policy.approvers) or bool(
+                chat_approvers(channel, await tenants.approvers(conn, t))
+            )
 
     if auto is not None:
         if ctx.cache is not None:  # read our own write: the next CheckUser here sees the subject
             ctx.cache.forget_tenant(t)
         return auto
 
-    return _created(ctx, channel, approval, code, now, renewal=renewal)
+    return _created(ctx, channel, approval, code, now, renewal=renewal, in_chat=in_chat)
 
 
 def _created(
@@ -189,9 +195,11 @@ def _created(
     now: datetime,
     *,
     renewal: bool,
+    in_chat: bool,
 ) -> PairingResult:
     """A new request's answer: the requester's text and code, and the owner's
-    notification with its three buttons."""
+    notification with its three buttons. ``in_chat``: an approver (the owner
+    or another) is notified in chat."""
     t, policy = ctx.tenant_id, channel.policy
     minutes = _minutes(approval.expires_at, now)
     notification = None
@@ -216,9 +224,7 @@ def _created(
         )
     return PairingResult(
         PairingOutcome.CREATED,
-        text=messages.pairing_code(
-            code, minutes, channel.channel_id, owner_notified=notification is not None
-        ),
+        text=messages.pairing_code(code, minutes, channel.channel_id, in_chat=in_chat),
         code=code,
         approval_id=approval.approval_id,
         expires_at=approval.expires_at,
