@@ -1,7 +1,8 @@
 """Every approver notified on Discord (issue #17): the notification outbox through
 discord.py against the fake Discord. Each approver's copy is posted to their
 DM and edited (PATCH message) on each vote and on the decision; an approver
-whose DMs refuse the bot is audited."""
+whose DMs refuse the bot is audited; a tool call is approved from a DM; an
+expiry is shown on every copy."""
 
 from __future__ import annotations
 
@@ -11,15 +12,20 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
 import pytest
 
+from authz_service.client import Client
+from authz_service.flows.expiry import sweep
 from authz_service.gen.authz.v1 import admin_pb2 as adm
+from authz_service.gen.authz.v1 import authz_pb2 as az
 from authz_service.gen.authz.v1 import common_pb2 as cm
+from authz_service.store.db import Database
 from sidecars.config import DiscordSettings
 from sidecars.discord_bot import DiscordBot, prepare
 from sidecars.outbox import Outbox, follow_notifications
 from sidecars.runtime import Connector, Transport
-from tests.conftest import Tenant, eventually
+from tests.conftest import Dsns, Tenant, eventually
 from tests.connectors.conftest import Call, ConfigFactory, RecordingAgent
 from tests.connectors.fake_discord import FakeDiscord, SentMessage, message_create
 
@@ -130,3 +136,50 @@ async def test_an_approver_whose_dms_refuse_the_bot_is_audited(bot: Bot, tenant:
     await eventually(found)
     [event] = await audited()
     assert event.subject == SECOND and json.loads(event.details_json) == {"reason": "cannot_dm_user"}
+
+
+async def test_a_tool_call_is_approved_from_a_dm_and_redeemed(
+    bot: Bot, tenant: Tenant, agents: dict[str, Client]
+) -> None:
+    await tenant.admin.admin.SetTenantSettings(adm.TenantSettings(approvers=[f"discord:{OWNER}"]))
+    agent = agents[tenant.tenant_id]
+    args = json.dumps({"cmd": "uptime"})
+    asked = await agent.authz.RequestApproval(
+        az.RequestApprovalRequest(tool_name="shell", arguments_json=args, agent_id="ops", channel_id=CHANNEL)
+    )
+    copy = await bot.copy_of(OWNER)
+    assert "Approval needed: shell" in copy.content and "uptime" in copy.content
+    assert [b["label"] for b in copy.buttons] == ["✅ Approve", "❌ Deny", "♾️ Always allow"]
+
+    await bot.press(copy, "Approve", USER)  # a stranger's press changes nothing
+    listed = await tenant.admin.admin.ListApprovals(adm.ListApprovalsRequest(channel_id=CHANNEL))
+    assert [a.status for a in listed.approvals] == [cm.APPROVAL_STATUS_PENDING]
+
+    await bot.press(copy, "Approve", OWNER)
+    edit = await bot.fake.log.wait_for("editMessage", edit_of(bot.fake, copy, f"Approved by discord:{OWNER}"))
+    assert edit.params["components"] == []
+    redeemed = await agent.authz.RedeemApproval(
+        az.RedeemApprovalRequest(
+            approval_id=asked.approval.approval_id, tool_name="shell", arguments_json=args
+        )
+    )
+    assert redeemed.allow, redeemed.reason
+
+
+async def test_expiry_is_shown_on_every_copy(
+    bot: Bot, tenant: Tenant, owner: asyncpg.Connection, dsns: Dsns
+) -> None:
+    await bot.dm(USER, "hello there")
+    copies = [await bot.copy_of(OWNER), await bot.copy_of(SECOND)]
+    await owner.execute(
+        "UPDATE approvals SET expires_at = now() - interval '1 s' WHERE tenant_id = $1 AND status = 'pending'",
+        tenant.tenant_id,
+    )
+    db = await Database.connect(dsns.service)
+    try:
+        await sweep(db)  # the server's expiry sweep, one round
+    finally:
+        await db.close()
+    for copy in copies:
+        edit = await bot.fake.log.wait_for("editMessage", edit_of(bot.fake, copy, "⌛ Expired"))
+        assert edit.params["components"] == [] and "Code:" not in edit.params["content"]

@@ -1,19 +1,28 @@
 """Every approver notified on Slack (issue #17): the notification outbox through
 slack-bolt and slack_sdk against the fake Web API. Each approver's copy is
 posted to their DM (conversations.open, chat.postMessage) and edited with
-chat.update on each vote and on the decision."""
+chat.update on each vote, on the decision and on expiry; a tool call is
+approved from a DM."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
+import asyncpg
+
+from authz_service.client import Client
+from authz_service.flows.expiry import sweep
 from authz_service.gen.authz.v1 import admin_pb2 as adm
+from authz_service.gen.authz.v1 import authz_pb2 as az
+from authz_service.gen.authz.v1 import common_pb2 as cm
+from authz_service.store.db import Database
 from sidecars.outbox import follow_notifications
-from tests.conftest import eventually
+from sidecars.runtime import NOT_ALLOWED
+from tests.conftest import Dsns, eventually
 from tests.connectors.fake_slack import dm_channel
 
-from .rig import ALICE, OWNER, OpenRig, Rig, to, uid
+from .rig import ALICE, CHANNEL, MALLORY, OWNER, OpenRig, Rig, to, uid
 
 SECOND = "U0SECOND1"
 
@@ -80,5 +89,70 @@ async def test_an_approver_slack_cannot_reach_is_audited(open_rig: OpenRig) -> N
             assert event.subject == uid(SECOND) and json.loads(event.details_json) == {
                 "reason": "user_disabled"
             }
+        finally:
+            await outbox.stop()
+
+
+async def test_a_tool_call_is_approved_from_a_dm_and_redeemed(
+    open_rig: OpenRig, agents: dict[str, Client]
+) -> None:
+    async with open_rig() as rig:
+        await rig.tenant.admin.admin.SetTenantSettings(adm.TenantSettings(approvers=[f"slack:{uid(OWNER)}"]))
+        outbox = follow_notifications(rig.connector)
+        assert outbox is not None
+        try:
+            agent = agents[rig.tenant.tenant_id]
+            args = json.dumps({"cmd": "uptime"})
+            asked = await agent.authz.RequestApproval(
+                az.RequestApprovalRequest(
+                    tool_name="shell", arguments_json=args, agent_id="ops", channel_id=CHANNEL
+                )
+            )
+            await rig.fake.log.wait_for("chat.postMessage", to(dm_channel(OWNER)))
+            copy = rig.fake.last_message(dm_channel(OWNER))
+            assert "Approval needed: shell" in section(copy) and "uptime" in section(copy)
+            assert [e["action_id"] for b in copy["blocks"] if b["type"] == "actions" for e in b["elements"]] == [
+                "authz_approve", "authz_deny", "authz_always_allow"]  # fmt: skip
+
+            assert await rig.press(MALLORY, "approve", copy) == 200  # a stranger's press changes nothing
+            refusal = (await rig.fake.log.wait_for("chat.postEphemeral")).params
+            assert (refusal["user"], refusal["text"]) == (MALLORY, NOT_ALLOWED)
+            assert await rig.status(asked.approval.approval_id) == cm.APPROVAL_STATUS_PENDING
+
+            assert await rig.press(OWNER, "approve", copy) == 200
+            done = await updated(rig, OWNER, f"Approved by slack:{uid(OWNER)}")
+            assert not has_buttons(done)
+            redeemed = await agent.authz.RedeemApproval(
+                az.RedeemApprovalRequest(
+                    approval_id=asked.approval.approval_id, tool_name="shell", arguments_json=args
+                )
+            )
+            assert redeemed.allow, redeemed.reason
+        finally:
+            await outbox.stop()
+
+
+async def test_expiry_is_shown_on_every_copy(
+    open_rig: OpenRig, owner: asyncpg.Connection, dsns: Dsns
+) -> None:
+    async with open_rig(approvers=[uid(SECOND)]) as rig:
+        outbox = follow_notifications(rig.connector)
+        assert outbox is not None
+        try:
+            await rig.say(ALICE, "hello there")
+            for user in (OWNER, SECOND):
+                await rig.fake.log.wait_for("chat.postMessage", to(dm_channel(user)))
+            await owner.execute(
+                "UPDATE approvals SET expires_at = now() - interval '1 s' WHERE tenant_id = $1 AND status = 'pending'",
+                rig.tenant.tenant_id,
+            )
+            db = await Database.connect(dsns.service)
+            try:
+                await sweep(db)  # the server's expiry sweep, one round
+            finally:
+                await db.close()
+            for user in (OWNER, SECOND):
+                expired = await updated(rig, user, "⌛ Expired")
+                assert not has_buttons(expired) and "Code:" not in section(expired)
         finally:
             await outbox.stop()
