@@ -4,3 +4,5 @@
 local send endpoint and ``main`` the ``authz-connector`` command; each platform
 package only adapts its library to ``runtime.Transport``. See docs/connectors.md.
 """
+
+import authz_service  # noqa: F401  (first: its gRPC fork setting applies before grpc loads)
