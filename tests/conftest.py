@@ -44,7 +44,8 @@ from authz_service.store.db import Database
 from authz_service.store.migrate import migrate
 
 # A developer's own CLI contexts (authz context use ...) must not leak into tests.
-os.environ["AUTHZ_CONFIG_DIR"] = tempfile.mkdtemp(prefix="authz-test-config-")
+_CONFIG_DIR = tempfile.TemporaryDirectory(prefix="authz-test-config-")  # removed when the run ends
+os.environ["AUTHZ_CONFIG_DIR"] = _CONFIG_DIR.name
 os.environ.pop("AUTHZ_CONTEXT", None)
 # Importing PraisonAI (here, once, before any test) reconfigures the root logger
 # (logging.basicConfig(force=True)): imported lazily by the adapters, it would drop
