@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from authz_service.flows.expiry import sweep
 from authz_service.gen.authz.v1 import admin_pb2 as adm
 from authz_service.gen.authz.v1 import authz_pb2 as az
 from authz_service.gen.authz.v1 import common_pb2 as cm
+from authz_service.store.db import Database
 
 from .conftest import Dsns, Tenant, connect_as_tenant
 
@@ -52,3 +54,25 @@ async def expire_now(dsns: Dsns, tenant_id: str, approval_id: str) -> None:
         )  # fmt: skip
     finally:
         await conn.close()
+
+
+async def sweep_once(dsns: Dsns) -> None:
+    """One round of the server's expiry sweep."""
+    db = await Database.connect(dsns.service)
+    try:
+        await sweep(db)
+    finally:
+        await db.close()
+
+
+async def expire_pending_and_sweep(dsns: Dsns, tenant_id: str) -> None:
+    """Every pending approval of the tenant past its expiry, then one sweep."""
+    conn = await connect_as_tenant(dsns.owner, tenant_id)
+    try:
+        await conn.execute(
+            "UPDATE approvals SET expires_at = now() - interval '1 second' WHERE tenant_id = $1 AND status = 'pending'",
+            tenant_id,
+        )
+    finally:
+        await conn.close()
+    await sweep_once(dsns)

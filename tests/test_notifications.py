@@ -9,15 +9,13 @@ import json
 
 import grpc
 
-from authz_service.flows.expiry import sweep
 from authz_service.gen.authz.v1 import admin_pb2 as adm
 from authz_service.gen.authz.v1 import authz_pb2 as az
 from authz_service.gen.authz.v1 import common_pb2 as cm
-from authz_service.store.db import Database
 
 from .conftest import Dsns, Service, Tenant, rpc_error
 from .notice_helpers import ack, watching
-from .pairing_helpers import OWNER, button, events, expire_now, pair, press
+from .pairing_helpers import OWNER, button, events, expire_now, pair, press, sweep_once
 from .policy_helpers import make_cli
 
 APPROVE = cm.APPROVAL_ACTION_APPROVE
@@ -94,11 +92,7 @@ async def test_expiry_is_shown_on_every_copy(tenant: Tenant, dsns: Dsns) -> None
         for c in await copies.take(2):
             await ack(tenant.connector, c)
         await expire_now(dsns, tenant.tenant_id, req.approval_id)
-        db = await Database.connect(dsns.service)
-        try:
-            await sweep(db)
-        finally:
-            await db.close()
+        await sweep_once(dsns)
         for c in await copies.take(2):
             assert c.text.endswith("⌛ Expired") and not c.buttons and c.message_ref == f"m-{c.approver_id}"
 

@@ -12,15 +12,12 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import asyncpg
 import pytest
 
 from authz_service.client import Client
-from authz_service.flows.expiry import sweep
 from authz_service.gen.authz.v1 import admin_pb2 as adm
 from authz_service.gen.authz.v1 import authz_pb2 as az
 from authz_service.gen.authz.v1 import common_pb2 as cm
-from authz_service.store.db import Database
 from sidecars.config import DiscordSettings
 from sidecars.discord_bot import DiscordBot, prepare
 from sidecars.outbox import Outbox, follow_notifications
@@ -28,6 +25,7 @@ from sidecars.runtime import Connector, Transport
 from tests.conftest import Dsns, Tenant, eventually
 from tests.connectors.conftest import Call, ConfigFactory, RecordingAgent
 from tests.connectors.fake_discord import FakeDiscord, SentMessage, message_create
+from tests.pairing_helpers import expire_pending_and_sweep
 
 CHANNEL = "dc"
 OWNER, SECOND, USER = "210000000000000001", "210000000000000004", "210000000000000002"
@@ -166,20 +164,10 @@ async def test_a_tool_call_is_approved_from_a_dm_and_redeemed(
     assert redeemed.allow, redeemed.reason
 
 
-async def test_expiry_is_shown_on_every_copy(
-    bot: Bot, tenant: Tenant, owner: asyncpg.Connection, dsns: Dsns
-) -> None:
+async def test_expiry_is_shown_on_every_copy(bot: Bot, tenant: Tenant, dsns: Dsns) -> None:
     await bot.dm(USER, "hello there")
     copies = [await bot.copy_of(OWNER), await bot.copy_of(SECOND)]
-    await owner.execute(
-        "UPDATE approvals SET expires_at = now() - interval '1 s' WHERE tenant_id = $1 AND status = 'pending'",
-        tenant.tenant_id,
-    )
-    db = await Database.connect(dsns.service)
-    try:
-        await sweep(db)  # the server's expiry sweep, one round
-    finally:
-        await db.close()
+    await expire_pending_and_sweep(dsns, tenant.tenant_id)
     for copy in copies:
         edit = await bot.fake.log.wait_for("editMessage", edit_of(bot.fake, copy, "⌛ Expired"))
         assert edit.params["components"] == [] and "Code:" not in edit.params["content"]

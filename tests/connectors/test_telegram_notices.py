@@ -11,16 +11,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import asyncpg
 import pytest
 from telegram import Update
 
 from authz_service.client import Client
-from authz_service.flows.expiry import sweep
 from authz_service.gen.authz.v1 import admin_pb2 as adm
 from authz_service.gen.authz.v1 import authz_pb2 as az
 from authz_service.gen.authz.v1 import common_pb2 as cm
-from authz_service.store.db import Database
 from sidecars import telegram as tg
 from sidecars.config import TelegramSettings
 from sidecars.outbox import Outbox, follow_notifications
@@ -28,6 +25,7 @@ from sidecars.runtime import NOT_ALLOWED, OWNER_UNREACHABLE, Connector
 from tests.conftest import Dsns, Service, Tenant, eventually
 from tests.connectors.conftest import CallLog, ConfigFactory, RecordingAgent
 from tests.connectors.fake_telegram import TOKEN, FakeTelegram, callback_update, message_update
+from tests.pairing_helpers import expire_pending_and_sweep
 from tests.policy_helpers import make_cli
 
 OWNER, SECOND, ALICE, MALLORY = 1001, 1002, 2002, 3003
@@ -130,22 +128,12 @@ async def test_owner_and_second_approver_complete_a_quorum_from_chat(
     assert bot.fake.texts(ALICE)[-1] == "✅ Paired! You can chat now."
 
 
-async def test_expiry_is_shown_on_every_copy(
-    make_bot: MakeBot, tenant: Tenant, owner: asyncpg.Connection, dsns: Dsns
-) -> None:
+async def test_expiry_is_shown_on_every_copy(make_bot: MakeBot, tenant: Tenant, dsns: Dsns) -> None:
     bot = await make_bot(owner_id=str(OWNER), approvers=[str(SECOND)])
     await bot.feed(message_update(ALICE, "hello"))
     await posted(bot.fake, OWNER)
     await posted(bot.fake, SECOND)
-    await owner.execute(
-        "UPDATE approvals SET expires_at = now() - interval '1 s' WHERE tenant_id = $1 AND status = 'pending'",
-        tenant.tenant_id,
-    )
-    db = await Database.connect(dsns.service)
-    try:
-        await sweep(db)  # the server's expiry sweep, one round
-    finally:
-        await db.close()
+    await expire_pending_and_sweep(dsns, tenant.tenant_id)
     for user in (OWNER, SECOND):
         edit = await bot.fake.log.wait_for("editMessageText", edits_to(bot.fake.log, user, "⌛ Expired"))
         assert "reply_markup" not in edit.params and "Code:" not in edit.params["text"]

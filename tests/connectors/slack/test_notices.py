@@ -12,15 +12,14 @@ from typing import Any
 import asyncpg
 
 from authz_service.client import Client
-from authz_service.flows.expiry import sweep
 from authz_service.gen.authz.v1 import admin_pb2 as adm
 from authz_service.gen.authz.v1 import authz_pb2 as az
 from authz_service.gen.authz.v1 import common_pb2 as cm
-from authz_service.store.db import Database
 from sidecars.outbox import follow_notifications
 from sidecars.runtime import NOT_ALLOWED
 from tests.conftest import Dsns, eventually
 from tests.connectors.fake_slack import dm_channel
+from tests.pairing_helpers import expire_pending_and_sweep
 
 from .rig import ALICE, CHANNEL, MALLORY, OWNER, OpenRig, Rig, to, uid
 
@@ -142,15 +141,7 @@ async def test_expiry_is_shown_on_every_copy(
             await rig.say(ALICE, "hello there")
             for user in (OWNER, SECOND):
                 await rig.fake.log.wait_for("chat.postMessage", to(dm_channel(user)))
-            await owner.execute(
-                "UPDATE approvals SET expires_at = now() - interval '1 s' WHERE tenant_id = $1 AND status = 'pending'",
-                rig.tenant.tenant_id,
-            )
-            db = await Database.connect(dsns.service)
-            try:
-                await sweep(db)  # the server's expiry sweep, one round
-            finally:
-                await db.close()
+            await expire_pending_and_sweep(dsns, rig.tenant.tenant_id)
             for user in (OWNER, SECOND):
                 expired = await updated(rig, user, "⌛ Expired")
                 assert not has_buttons(expired) and "Code:" not in section(expired)
