@@ -8,7 +8,8 @@ both before ``start()``. The bots call the store synchronously from their
 event loop, so:
 
 * every call runs on a worker thread (one event loop per process, shared by
-  the stores; each store's client opens its own channel there) and waits at most ``timeout`` seconds for its one RPC.
+  the stores; each store's client opens its own channel there) and waits at
+  most ``timeout`` seconds for its one RPC.
 * ``is_paired`` is CheckUser through the client's edge cache
   (``connect(..., edge=EdgeSettings())``): a paired user's repeat is answered
   on the worker from an answer the service marked reusable, with no RPC (the
