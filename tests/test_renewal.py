@@ -15,6 +15,7 @@ from authz_service.gen.authz.v1 import authz_pb2 as az
 from authz_service.gen.authz.v1 import common_pb2 as cm
 
 from .conftest import Dsns, Tenant, connect_as_tenant, eventually
+from .notice_helpers import ack, watching
 from .pairing_helpers import OWNER, button, check, events, pair, press
 
 
@@ -117,3 +118,27 @@ async def test_renewal_on_a_channel_without_ttl_never_expires_again(tenant: Tena
     await press(tenant, button(renewal, cm.APPROVAL_ACTION_APPROVE))
     assert await expiry(tenant) is None
     assert (await check(tenant)).decision == az.DECISION_ALLOW
+
+
+async def test_every_approvers_copy_says_it_is_a_renewal(tenant: Tenant, dsns: Dsns) -> None:
+    """The outbox's copies (every approver, not only the owner's first
+    notification) say the request renews a lapsed pairing; a first request's
+    do not."""
+    await tenant.channel(owner_id=OWNER, approvers=["200"], pairing_ttl_seconds=3600)
+    async with watching(tenant.connector) as copies:
+        first = await pair(tenant)
+        for c in await copies.take(2):
+            assert c.text.startswith("🔔 Pairing request on tg") and "previous pairing" not in c.text
+            await ack(tenant.connector, c)
+        await press(tenant, button(first, cm.APPROVAL_ACTION_APPROVE))
+        for c in await copies.take(2):  # the outcome, on both
+            await ack(tenant.connector, c)
+        await expire_subject(dsns, tenant.tenant_id)
+
+        renewal = await pair(tenant)
+        assert renewal.created
+        got = await copies.take(2)
+        assert [c.approver_id for c in got] == [OWNER, "200"]
+        for c in got:
+            assert c.approval_id == renewal.approval_id
+            assert c.text.startswith("🔁 Pairing renewal on tg") and "previous pairing expired" in c.text

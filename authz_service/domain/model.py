@@ -279,6 +279,7 @@ class Approval:
     first_message: str = ""
     handle: str = ""
     platform: str = ""
+    renewal: bool = False  # a pairing request renewing a lapsed pairing
 
 
 class Risk(enum.StrEnum):

@@ -86,6 +86,7 @@ def pairing_copy(channel_id: str, approval: Approval, code: str, now: datetime) 
         approval.first_message,
         code,
         minutes,
+        renewal=approval.renewal,
         handle=approval.handle,
         platform=approval.platform,
     )

@@ -163,7 +163,7 @@ async def request_pairing(
                 t, new_approval_id(), channel_id, user_id, display_name, seed,
                 ctx.keyring.code_hash(t, channel_id, code), policy.pairing_code_ttl_seconds,
                 required_approvals=policy.required_approvals, first_message=stored_first_message(first_message),
-                handle=handle, platform=channel.platform.value,
+                handle=handle, platform=channel.platform.value, renewal=renewal,
             )  # fmt: skip
             approval = await approvals.insert_pairing(conn, new)
             details = request_details(
@@ -184,7 +184,7 @@ async def request_pairing(
             ctx.cache.forget_tenant(t)
         return auto
 
-    return _created(ctx, channel, approval, code, now, renewal=renewal, in_chat=in_chat)
+    return _created(ctx, channel, approval, code, now, in_chat=in_chat)
 
 
 def _created(
@@ -194,7 +194,6 @@ def _created(
     code: str,
     now: datetime,
     *,
-    renewal: bool,
     in_chat: bool,
 ) -> PairingResult:
     """A new request's answer: the requester's text and code, and the owner's
@@ -213,7 +212,7 @@ def _created(
                 approval.first_message,
                 code,
                 minutes,
-                renewal=renewal,
+                renewal=approval.renewal,
                 handle=approval.handle,
                 platform=approval.platform,
             ),

@@ -36,6 +36,7 @@ class PairingInsertInput:
     first_message: str = ""  # as domain.pairing.stored_first_message makes it
     handle: str = ""
     platform: str = ""
+    renewal: bool = False  # renews a lapsed pairing
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +110,7 @@ def approval_from_row(row: asyncpg.Record) -> Approval:
         first_message=row.get("first_message") or "",
         handle=row.get("handle") or "",
         platform=row.get("platform") or "",
+        renewal=bool(row.get("renewal")),
     )
 
 
@@ -163,11 +165,13 @@ async def insert_pairing(conn: Connection, new: PairingInsertInput) -> Approval:
     row = await conn.fetchrow(
         """INSERT INTO approvals (tenant_id, approval_id, kind, channel_id, user_id, display_name,
                                   code_seed, code_hash, expires_at, required_approvals,
-                                  first_message, handle, platform)
-           VALUES ($1, $2, 'pairing', $3, $4, $5, $6, $7, now() + make_interval(secs => $8), $9, $10, $11, $12)
+                                  first_message, handle, platform, renewal)
+           VALUES ($1, $2, 'pairing', $3, $4, $5, $6, $7, now() + make_interval(secs => $8), $9, $10, $11, $12,
+                   $13)
            RETURNING *""",
         new.tenant_id, new.approval_id, new.channel_id, new.user_id, new.display_name, new.code_seed,
         new.code_hash, new.ttl_seconds, new.required_approvals, new.first_message, new.handle, new.platform,
+        new.renewal,
     )  # fmt: skip
     assert row is not None
     return approval_from_row(row)
