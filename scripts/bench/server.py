@@ -128,12 +128,14 @@ def service_settings(spec: ServerSpec) -> Settings:
 
 def _server_main(spec: ServerSpec, ports: Any) -> None:
     """The bench server process: the same start-up as ``authz serve`` (logging,
-    pool, telemetry setting), on a free port, plus the bench servicer."""
+    pool, telemetry setting, the collector's tuning), on a free port, plus the
+    bench servicer."""
     if spec.cpus:
         os.sched_setaffinity(0, spec.cpus)
     log = os.open(spec.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     os.dup2(log, 2)
     from authz_service.logs import setup_logging
+    from authz_service.server import settle_heap
     from authz_service.telemetry import from_settings
 
     setup_logging()
@@ -147,6 +149,7 @@ def _server_main(spec: ServerSpec, ports: Any) -> None:
         running = await start_bench_server(
             db, settings, "127.0.0.1:0", from_settings(settings), http_listen="127.0.0.1:0"
         )
+        settle_heap()  # as `authz serve` does once it is up
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
