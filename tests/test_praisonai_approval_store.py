@@ -339,3 +339,68 @@ async def test_a_press_on_the_bots_loop_runs_the_tool_in_praisonais(
     assert await b.handle_callback(praisonai_id, "allow", actor=APPROVER) is True
     assert await asyncio.wait_for(task, 30) == "deployed to prod"
     assert tool.runs == ["prod"]
+
+
+@pytest.fixture
+async def agent_key_client(service: Service, tenant: Tenant) -> AsyncIterator[Client]:
+    """The agent's own key (bound to agent "ops"), as its send policy holds."""
+    key = await tenant.admin.admin.CreateApiKey(
+        adm.CreateApiKeyRequest(role=adm.ROLE_AGENT, name="ops", agents=["ops"])
+    )
+    client = connect(service.address, key.secret)
+    yield client
+    await client.close()
+
+
+async def test_with_a_redeemer_an_approved_call_is_used_up_before_it_runs(
+    tenant: Tenant, connector: Client, agent_key_client: Client
+) -> None:
+    tool = Tool()
+    store = ServiceApprovalStore(connector, channel_id="tg", agent_id="ops", redeemer=agent_key_client)
+    task = asyncio.create_task(
+        asyncio.to_thread(gated_agent(backend(store), tool).execute_tool, "deploy", {"env": "prod"})
+    )
+    approval = await one_pending(tenant)
+    await tenant.approver.authz.ResolveApproval(
+        az.ResolveApprovalRequest(approval_id=approval.approval_id, action=cm.APPROVAL_ACTION_APPROVE)
+    )
+    result: Any = await asyncio.wait_for(task, 30)
+    assert tool.runs == ["prod"], result
+    got = await tenant.admin.admin.GetApproval(adm.GetApprovalRequest(approval_id=approval.approval_id))
+    assert got.HasField("redeemed_at")
+    # Used up: the agent's key cannot run the call a second time.
+    again = await agent_key_client.authz.RedeemApproval(
+        az.RedeemApprovalRequest(
+            approval_id=approval.approval_id, tool_name="deploy", arguments_json=json.dumps({"env": "prod"})
+        )
+    )
+    assert not again.allow and "already" in again.reason
+
+
+async def test_with_a_redeemer_a_refused_redeem_runs_nothing(
+    service: Service, tenant: Tenant, connector: Client
+) -> None:
+    """The approver approves, but the redeem is refused (here: the redeemer is
+    another agent's key, which cannot see this agent's calls): the tool does
+    not run, and the model reads why."""
+    key = await tenant.admin.admin.CreateApiKey(
+        adm.CreateApiKeyRequest(role=adm.ROLE_AGENT, name="billing", agents=["billing"])
+    )
+    other = connect(service.address, key.secret)
+    try:
+        tool = Tool()
+        store = ServiceApprovalStore(connector, channel_id="tg", agent_id="ops", redeemer=other)
+        task = asyncio.create_task(
+            asyncio.to_thread(gated_agent(backend(store), tool).execute_tool, "deploy", {"env": "prod"})
+        )
+        approval = await one_pending(tenant)
+        await tenant.approver.authz.ResolveApproval(
+            az.ResolveApprovalRequest(approval_id=approval.approval_id, action=cm.APPROVAL_ACTION_APPROVE)
+        )
+        result: Any = await asyncio.wait_for(task, 30)
+    finally:
+        await other.close()
+    assert tool.runs == []
+    assert result["approval_denied"] is True and "deploy" in result["error"], result
+    got = await tenant.admin.admin.GetApproval(adm.GetApprovalRequest(approval_id=approval.approval_id))
+    assert got.status == cm.APPROVAL_STATUS_APPROVED and not got.HasField("redeemed_at")

@@ -40,7 +40,10 @@ watches; ``list_pending`` needs ListApprovals, an **approver** key
 (``lister=``), so the bot's connector key never reads other requests. Without
 ``lister``, ``list_pending`` returns nothing (nothing is rehydrated; a tap
 after a bot restart is then ignored by PraisonAI, the safe direction). An
-admin key may serve as both.
+admin key may serve as both. With ``redeemer=``, an **agent** key's client,
+an approved call is redeemed once (RedeemApproval) before PraisonAI runs it:
+the approval is then used up, and a refused redeem runs nothing. Without it
+the approval stays redeemable by that agent's key after PraisonAI ran the tool.
 """
 
 from __future__ import annotations
@@ -95,6 +98,10 @@ class ServiceApprovalStore:
     checked against its platform). ``agent_id``: recorded as the asking agent
     (the per-agent approver lists apply to it); empty: the tenant's
     approvers. ``lister``: an approver key's client for ``list_pending``.
+    ``redeemer``: an agent key's client (the agent's own, as the send policy
+    uses): ``ServicePresentationBackend`` then redeems an approved call once
+    (RedeemApproval, the arguments the approver saw) before PraisonAI runs it,
+    so the approval cannot be used again; a refused redeem runs nothing.
     """
 
     def __init__(
@@ -104,6 +111,7 @@ class ServiceApprovalStore:
         channel_id: str,
         agent_id: str = "",
         lister: Client | None = None,
+        redeemer: Client | None = None,
     ) -> None:
         if not channel_id:
             raise ValueError("channel_id is required: the bot's channel, whose approvers may decide")
@@ -111,7 +119,29 @@ class ServiceApprovalStore:
         self.channel_id = channel_id
         self.agent_id = agent_id
         self.lister = lister
+        self.redeemer = redeemer
         self._ids: dict[str, str] = {}  # PraisonAI's approval id -> the service's
+
+    async def redeem(self, approval_id: str, tool_name: str, arguments: Any) -> tuple[bool, str]:
+        """RedeemApproval of PraisonAI's approved ``approval_id`` with the
+        ``redeemer`` key: (True, "") when the service allows the call once;
+        (False, a model-readable reason) otherwise, the service unreachable
+        included. Never raises."""
+        ours = self._ids.get(approval_id)
+        if self.redeemer is None or ours is None:
+            return False, f"tool call '{tool_name}' was not run: the approval cannot be redeemed here"
+        try:
+            resp = await self.redeemer.authz.RedeemApproval(
+                az.RedeemApprovalRequest(
+                    approval_id=ours, tool_name=tool_name, arguments_json=_arguments_json(arguments)
+                )
+            )
+        except Exception as exc:
+            log.warning("redeem: approval %s not redeemed: %s", ours, describe(exc))
+            return False, f"tool call '{tool_name}' was not run: the approval service is unavailable"
+        if resp.allow:
+            return True, ""
+        return False, resp.reason or f"tool call '{tool_name}' was refused"
 
     async def persist(self, approval_id: str, request: Any, *, expires_at: float) -> None:
         """Store a pending approval (RequestApproval). Raises on failure
@@ -122,7 +152,7 @@ class ServiceApprovalStore:
         resp = await self.client.authz.RequestApproval(
             az.RequestApprovalRequest(
                 tool_name=request.tool_name,
-                arguments_json=json.dumps(request.arguments or {}, default=str),
+                arguments_json=_arguments_json(request.arguments),
                 agent_id=self.agent_id,
                 session_id=str(request.session_id or ""),
                 channel_id=self.channel_id,
@@ -205,6 +235,11 @@ class ServiceApprovalStore:
             return False
         want = cm.APPROVAL_STATUS_APPROVED if approve else cm.APPROVAL_STATUS_DENIED
         return bool(resp.approval.status == want)
+
+
+def _arguments_json(arguments: Any) -> str:
+    """A call's arguments as persisted and as redeemed: the same text for both."""
+    return json.dumps(arguments or {}, default=str)
 
 
 def _praisonai_base(module: str, name: str) -> type:
@@ -314,10 +349,14 @@ class _ServiceHandler(_praisonai_base(*_HANDLER)):  # type: ignore[misc]
                 agent_name=agent_name,
                 session_id=session_id,
             )
-            return result
         finally:
             watcher.cancel()
             self._live.pop(approval_id, None)  # ended, whichever way (PraisonAI's own timeout too)
+        if result.get("approved") and self.service_store.redeemer is not None:
+            redeemed, reason = await self.service_store.redeem(approval_id, tool_name, arguments)
+            if not redeemed:
+                return _outcome(False, reason)
+        return result
 
     async def _persist_pending(self, approval_id: str, *args: Any, **kwargs: Any) -> None:
         # Stored already by request_approval (which refuses when it fails). PraisonAI
