@@ -352,11 +352,9 @@ async def agent_key_client(service: Service, tenant: Tenant) -> AsyncIterator[Cl
     await client.close()
 
 
-async def test_with_a_redeemer_an_approved_call_is_used_up_before_it_runs(
-    tenant: Tenant, connector: Client, agent_key_client: Client
-) -> None:
-    tool = Tool()
-    store = ServiceApprovalStore(connector, channel_id="tg", agent_id="ops", redeemer=agent_key_client)
+async def run_approved(tenant: Tenant, store: ServiceApprovalStore, tool: Tool) -> tuple[Any, cm.Approval]:
+    """PraisonAI's own tool path for ``deploy(env="prod")``; an approver approves
+    it in the service. Returns PraisonAI's result and the approval."""
     task = asyncio.create_task(
         asyncio.to_thread(gated_agent(backend(store), tool).execute_tool, "deploy", {"env": "prod"})
     )
@@ -364,7 +362,15 @@ async def test_with_a_redeemer_an_approved_call_is_used_up_before_it_runs(
     await tenant.approver.authz.ResolveApproval(
         az.ResolveApprovalRequest(approval_id=approval.approval_id, action=cm.APPROVAL_ACTION_APPROVE)
     )
-    result: Any = await asyncio.wait_for(task, 30)
+    return await asyncio.wait_for(task, 30), approval
+
+
+async def test_with_a_redeemer_an_approved_call_is_used_up_before_it_runs(
+    tenant: Tenant, connector: Client, agent_key_client: Client
+) -> None:
+    tool = Tool()
+    store = ServiceApprovalStore(connector, channel_id="tg", agent_id="ops", redeemer=agent_key_client)
+    result, approval = await run_approved(tenant, store, tool)
     assert tool.runs == ["prod"], result
     got = await tenant.admin.admin.GetApproval(adm.GetApprovalRequest(approval_id=approval.approval_id))
     assert got.HasField("redeemed_at")
@@ -390,14 +396,7 @@ async def test_with_a_redeemer_a_refused_redeem_runs_nothing(
     try:
         tool = Tool()
         store = ServiceApprovalStore(connector, channel_id="tg", agent_id="ops", redeemer=other)
-        task = asyncio.create_task(
-            asyncio.to_thread(gated_agent(backend(store), tool).execute_tool, "deploy", {"env": "prod"})
-        )
-        approval = await one_pending(tenant)
-        await tenant.approver.authz.ResolveApproval(
-            az.ResolveApprovalRequest(approval_id=approval.approval_id, action=cm.APPROVAL_ACTION_APPROVE)
-        )
-        result: Any = await asyncio.wait_for(task, 30)
+        result, approval = await run_approved(tenant, store, tool)
     finally:
         await other.close()
     assert tool.runs == []

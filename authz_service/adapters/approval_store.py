@@ -131,15 +131,12 @@ class ServiceApprovalStore:
         if self.redeemer is None or ours is None:
             return False, f"tool call '{tool_name}' was not run: the approval cannot be redeemed here"
         try:
-            resp = await self.redeemer.authz.RedeemApproval(
-                az.RedeemApprovalRequest(
-                    approval_id=ours, tool_name=tool_name, arguments_json=_arguments_json(arguments)
-                )
-            )
+            # The text persisted, not a new serialisation: the service compares the call's digest.
+            resp = await self.redeemer.redeem_approval(ours, tool_name, _arguments_json(arguments))
         except Exception as exc:
             log.warning("redeem: approval %s not redeemed: %s", ours, describe(exc))
             return False, f"tool call '{tool_name}' was not run: the approval service is unavailable"
-        if resp.allow:
+        if resp.allow is True:
             return True, ""
         return False, resp.reason or f"tool call '{tool_name}' was refused"
 
