@@ -38,6 +38,11 @@ class Replica:
     def address(self) -> str:
         return self.env["AUTHZ_LISTEN"]
 
+    @property
+    def http_url(self) -> str:
+        """The HTTP listener (``two_replicas(..., http=True)``)."""
+        return f"http://{self.env['AUTHZ_HTTP_LISTEN']}"
+
     async def start(self) -> None:
         self.proc = await asyncio.create_subprocess_exec(
             *AUTHZ, "serve", env=self.env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
@@ -81,9 +86,10 @@ class Cluster:
 
 
 @asynccontextmanager
-async def two_replicas(dsns: Dsns, **settings: str) -> AsyncIterator[Cluster]:
+async def two_replicas(dsns: Dsns, *, http: bool = False, **settings: str) -> AsyncIterator[Cluster]:
     """Two `authz serve` processes on the test database, with one server key and
-    operator key, plus ``settings`` (AUTHZ_* variables, which win). Both are stopped
+    operator key, plus ``settings`` (AUTHZ_* variables, which win); with ``http``
+    each serves the HTTP API on a port of its own too. Both are stopped
     afterwards, also after a test killed and restarted them."""
     with tempfile.TemporaryDirectory(prefix="authz-replicas-") as home:
         env = {k: v for k, v in os.environ.items() if not k.startswith("AUTHZ_")}
@@ -95,8 +101,15 @@ async def two_replicas(dsns: Dsns, **settings: str) -> AsyncIterator[Cluster]:
             AUTHZ_LOG_FORMAT="text",
         )
         env.update(settings)  # may override the above (a pooler's AUTHZ_DATABASE_URL)
-        a = Replica({**env, "AUTHZ_LISTEN": f"127.0.0.1:{free_port()}"})
-        b = Replica({**env, "AUTHZ_LISTEN": f"127.0.0.1:{free_port()}"})
+
+        def listen() -> dict[str, str]:
+            ports = {"AUTHZ_LISTEN": f"127.0.0.1:{free_port()}"}
+            if http:
+                ports["AUTHZ_HTTP_LISTEN"] = f"127.0.0.1:{free_port()}"
+            return ports
+
+        a = Replica({**env, **listen()})
+        b = Replica({**env, **listen()})
         await asyncio.gather(a.start(), b.start())
         try:
             yield Cluster(a, b, env)

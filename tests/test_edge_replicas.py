@@ -4,6 +4,8 @@ and the client drops the reused answer before anyone asks again."""
 
 from __future__ import annotations
 
+import pytest
+
 from authz_service.client import EdgeSettings, connect
 from authz_service.gen.authz.v1 import admin_pb2 as adm
 from authz_service.gen.authz.v1 import authz_pb2 as az
@@ -13,12 +15,16 @@ from .edge_helpers import USER, check, healthy
 from .replicas import new_tenant, two_replicas
 
 
-async def test_a_block_on_one_replica_empties_the_edge_of_a_client_of_the_other(dsns: Dsns) -> None:
-    async with two_replicas(dsns) as cluster:
+@pytest.mark.parametrize("stream", ["grpc", "http"])
+async def test_a_block_on_one_replica_empties_the_edge_of_a_client_of_the_other(
+    dsns: Dsns, stream: str
+) -> None:
+    async with two_replicas(dsns, http=stream == "http") as cluster:
         admin = await new_tenant(cluster.a, cluster.operator_key, "edge")
         key = await admin.admin.CreateApiKey(adm.CreateApiKeyRequest(role=adm.ROLE_CONNECTOR, name="c"))
         await admin.admin.AllowUser(adm.AllowUserRequest(channel_id="tg", user_id=USER))
-        client = connect(cluster.b.address, key.secret, edge=EdgeSettings())
+        settings = EdgeSettings(changes_url=cluster.b.http_url if stream == "http" else "")
+        client = connect(cluster.b.address, key.secret, edge=settings)
         try:
             cache = await healthy(client)
 

@@ -11,8 +11,9 @@ into the Connect error JSON and HTTP status.
 
 Unary: ``POST /<package.Service>/<Method>`` with ``Content-Type:
 application/json`` (proto3 JSON mapping) or ``application/proto``. Server
-streams (WatchApproval, WatchApprovals): ``application/connect+json`` enveloped
-messages, the last one the end-of-stream frame carrying the error, if any.
+streams (WatchApproval, WatchApprovals, WatchChanges): ``application/connect+json``
+or ``application/connect+proto`` enveloped messages, the last one the
+end-of-stream frame (JSON) carrying the error, if any.
 ``GET /openapi.json`` describes it all (api.http_openapi, derived from the
 descriptors).
 """
@@ -196,6 +197,33 @@ def _frame(flags: int, payload: dict[str, Any]) -> bytes:
     return struct.pack(">BI", flags, len(data)) + data
 
 
+def _proto_frame(data: bytes) -> bytes:
+    return struct.pack(">BI", 0, len(data)) + data
+
+
+class _LastFrame:
+    """The frame of the last message a stream wrote, by identity: a change sent
+    to 1,000 WatchChanges streams is one message object (api.authz), so it is
+    serialised once, not once per stream. Holding the message keeps it alive,
+    so ``is`` never matches a new message at a recycled address."""
+
+    def __init__(self) -> None:
+        self._last: tuple[message.Message, bool, bytes] | None = None
+
+    def get(self, item: message.Message, binary: bool) -> bytes:
+        last = self._last
+        if last is not None and last[0] is item and last[1] == binary:
+            return last[2]
+        frame = _proto_frame(item.SerializeToString()) if binary else _frame(0, _to_json(item))
+        self._last = (item, binary, frame)
+        return frame
+
+
+_stream_frame = _LastFrame().get
+
+_STREAM_TYPES = ("application/connect+json", "application/connect+proto")
+
+
 async def _read_envelope(request: web.Request) -> bytes:
     body = await request.read()
     if len(body) < 5:
@@ -208,24 +236,31 @@ async def _read_envelope(request: web.Request) -> bytes:
 
 def _server_stream(procedure: Procedure) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     async def handle(request: web.Request) -> web.StreamResponse:
-        if request.content_type != "application/connect+json":
+        content_type = request.content_type
+        if content_type not in _STREAM_TYPES:
             return web.json_response(
-                {"code": "invalid_argument", "message": "Content-Type must be application/connect+json"},
+                {
+                    "code": "invalid_argument",
+                    "message": "Content-Type must be application/connect+json or application/connect+proto",
+                },
                 status=415,
             )
+        binary = content_type == "application/connect+proto"
         try:
-            call_request = _decode(procedure, "application/json", await _read_envelope(request))
+            body = await _read_envelope(request)
+            call_request = _decode(procedure, "application/proto" if binary else "application/json", body)
         except Aborted as exc:
             return _error(exc.code, exc.message)
-        # The status is 200 once the stream starts; an error is in the end frame (Connect).
-        response = web.StreamResponse(headers={"Content-Type": "application/connect+json"})
+        # The status is 200 once the stream starts; an error is in the end frame (Connect),
+        # which is JSON whatever the messages' encoding.
+        response = web.StreamResponse(headers={"Content-Type": content_type})
         stream: AsyncIterator[message.Message] = procedure.call(call_request, HttpCall(request))
         end: dict[str, Any] = {}
         try:
             async for item in stream:
                 if not response.prepared:
                     await response.prepare(request)
-                await response.write(_frame(0, _to_json(item)))
+                await response.write(_stream_frame(item, binary))
         except Aborted as exc:
             if not response.prepared:  # refused before it started: an ordinary error answer
                 return _error(exc.code, exc.message)

@@ -23,6 +23,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import ssl
+import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -36,6 +38,7 @@ from ..domain.invites import invite_code_in_message
 from ..gen.authz.v1 import admin_pb2_grpc, authz_pb2, authz_pb2_grpc
 from ..gen.authz.v1 import common_pb2 as cm
 from . import edge as edge_answers
+from .changes_http import HttpTarget
 from .edge import EdgeCache, EdgeSettings
 from .plaintext import is_loopback, plaintext_warning
 from .results import (
@@ -142,6 +145,23 @@ class TlsConfig:
 
     def credentials(self) -> grpc.ChannelCredentials:
         return grpc.ssl_channel_credentials(self.root_certificates, self.private_key, self.certificate_chain)
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """The same verification and client certificate for HTTPS (the edge's
+        change stream over the service's HTTP listener)."""
+        context = ssl.create_default_context(
+            cadata=self.root_certificates.decode("ascii") if self.root_certificates else None
+        )
+        if self.certificate_chain is not None and self.private_key is not None:
+            # The ssl module loads a certificate and key only from files: a private
+            # directory for the moment it reads them.
+            with tempfile.TemporaryDirectory() as tmp:
+                cert, key = Path(tmp, "cert.pem"), Path(tmp, "key.pem")
+                cert.write_bytes(self.certificate_chain)
+                key.touch(mode=0o600)
+                key.write_bytes(self.private_key)
+                context.load_cert_chain(cert, key)
+        return context
 
 
 def _method_name(details: Any) -> str:
@@ -282,10 +302,12 @@ class Client:
         open_channel: Callable[[], grpc.aio.Channel],
         retry: RetryPolicy = DEFAULT_RETRY,
         edge: EdgeSettings | None = None,
+        changes: HttpTarget | None = None,
     ) -> None:
         self._open_channel = open_channel
         self.retry = retry
         self.edge = edge
+        self._changes = changes
         self._lock = threading.Lock()
         self._by_loop: dict[asyncio.AbstractEventLoop | None, _Stubs] = {}
 
@@ -303,7 +325,7 @@ class Client:
                 authz: Any = authz_pb2_grpc.AuthzServiceStub(channel)
                 cache, task = None, None
                 if self.edge is not None and loop is not None:
-                    authz, task = edge_answers.start(authz, self.edge)
+                    authz, task = edge_answers.start(authz, self.edge, self._changes)
                     cache = authz.edge
                 stubs = _Stubs(channel, authz, admin_pb2_grpc.AdminServiceStub(channel), cache, task)
                 self._by_loop[loop] = stubs
@@ -572,6 +594,9 @@ def connect(
     unless ``warn_plaintext`` is False (a caller that tells the user itself)."""
     _check_plaintext(address, tls, warn_plaintext)
     policy = _CallPolicy(api_key, timeout, retry)
+    changes = None
+    if edge is not None and edge.changes_url:
+        changes = HttpTarget.of(edge.changes_url, api_key, tls.ssl_context() if tls is not None else None)
 
     def open_channel() -> grpc.aio.Channel:
         interceptors: list[Any] = [_AioUnary(policy), _AioStream(policy, stream_timeout)]
@@ -581,7 +606,7 @@ def connect(
             address, tls.credentials(), options=_options(), interceptors=interceptors
         )
 
-    client = Client(open_channel, retry, edge)
+    client = Client(open_channel, retry, edge, changes)
     try:
         asyncio.get_running_loop()
     except RuntimeError:

@@ -29,7 +29,7 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Awaitable, Callable, Hashable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -37,6 +37,7 @@ import grpc
 from google.protobuf.message import Message
 
 from ..gen.authz.v1 import authz_pb2
+from . import changes_http
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,12 @@ class EdgeSettings:
     reconnect_delay: float = 0.2
     """First pause before opening the stream again (doubling up to ``max_reconnect_delay``)."""
     max_reconnect_delay: float = 5.0
+    changes_url: str = ""
+    """The service's HTTP listener (``AUTHZ_HTTP_LISTEN``), e.g. ``http://authz:8081``
+    or ``https://…``: the change stream is read there (Connect over HTTP/1.1, a
+    third of gRPC's CPU per message: client.changes_http). Empty: over gRPC, on
+    the client's channel. Either way the same server answers and the same
+    bound holds."""
 
     def __post_init__(self) -> None:
         if self.max_entries < 1:
@@ -83,6 +90,8 @@ class EdgeCache:
         self.hits = 0
         self.misses = 0
         self.flushes = 0
+        self.received = 0
+        """Messages heard on change streams."""
         self._last_message = float("-inf")
         self._entries: OrderedDict[Hashable, _Entry] = OrderedDict()
         # channel → user ("" for channel-wide answers) → keys
@@ -165,6 +174,7 @@ class EdgeCache:
 
     def on_message(self, message: authz_pb2.WatchChangesResponse) -> None:
         """A heartbeat, with any invalidations."""
+        self.received += 1
         if message.server_id != self.server_id:
             self.flush("change stream served by another process")
             self.server_id = message.server_id
@@ -299,49 +309,82 @@ class _Watchdog:
 
 
 async def follow_changes(stub: Any, cache: EdgeCache) -> None:
-    """Keep a WatchChanges stream open for ``cache``, for ever (cancel to stop).
+    """Keep a WatchChanges stream open for ``cache`` on the gRPC ``stub``, for
+    ever (cancel to stop). See ``_follow``."""
 
-    A message later than the bound cancels the stream and opens another; an
-    error or the end of the stream drops every answer and opens another after a
-    backoff (longer when the server does not offer WatchChanges)."""
-    settings = cache.settings
-    delay = settings.reconnect_delay
-    while True:
+    async def one(watchdog: _Watchdog) -> changes_http.Ended:
         call = stub.WatchChanges(authz_pb2.WatchChangesRequest())
-        cache.stream_opened()
-        reason = "change stream ended"
-        code: grpc.StatusCode | None = None
-        watchdog = _Watchdog(settings.heartbeat_timeout)
         try:
             messages = aiter(call)
             while True:
                 message = await anext(messages, None)
                 if message is None:
-                    break
+                    return changes_http.Ended("change stream ended")
                 watchdog.heard()
                 cache.on_message(message)
-                delay = settings.reconnect_delay
+        except grpc.aio.AioRpcError as exc:
+            code = exc.code()
+            return changes_http.Ended(f"change stream failed: {code.name}", code in _LONG_PAUSE_CODES)
+        finally:
+            call.cancel()
+
+    await _follow(cache, one)
+
+
+async def follow_changes_http(target: changes_http.HttpTarget, cache: EdgeCache) -> None:
+    """``follow_changes`` over the service's HTTP listener (client.changes_http)."""
+
+    async def one(watchdog: _Watchdog) -> changes_http.Ended:
+        def on_message(message: authz_pb2.WatchChangesResponse) -> None:
+            watchdog.heard()
+            cache.on_message(message)
+
+        return await changes_http.open_stream(target, on_message)
+
+    await _follow(cache, one)
+
+
+_LONG_PAUSE_CODES = (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.PERMISSION_DENIED)
+
+
+async def _follow(cache: EdgeCache, one: Callable[[_Watchdog], Awaitable[changes_http.Ended]]) -> None:
+    """Open streams one after another, for ever: ``one`` reads a stream until it
+    ends. A message later than the bound cancels the stream and opens another;
+    an error or the end of the stream drops every answer and opens another after
+    a backoff (longer when the server does not offer the stream to this key)."""
+    settings = cache.settings
+    delay = settings.reconnect_delay
+    while True:
+        cache.stream_opened()
+        heard = cache.received
+        watchdog = _Watchdog(settings.heartbeat_timeout)
+        ended = changes_http.Ended("change stream ended")
+        try:
+            ended = await one(watchdog)
         except asyncio.CancelledError:
             if not watchdog.timed_out():
                 raise
-            reason = f"no message from the change stream within {settings.heartbeat_timeout:g} s"
-        except grpc.aio.AioRpcError as exc:
-            code = exc.code()
-            reason = f"change stream failed: {code.name}"
+            ended = changes_http.Ended(
+                f"no message from the change stream within {settings.heartbeat_timeout:g} s"
+            )
         finally:
             watchdog.close()
-            cache.lost(reason)
-            call.cancel()
-        log.info("%s; opening it again", reason)
-        pause = 30.0 if code in (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.PERMISSION_DENIED) else delay
-        await asyncio.sleep(pause)
+            cache.lost(ended.reason)
+        if cache.received != heard:
+            delay = settings.reconnect_delay  # the stream worked: start the backoff again
+        log.info("%s; opening it again", ended.reason)
+        await asyncio.sleep(30.0 if ended.long_pause else delay)
         delay = min(delay * 2, settings.max_reconnect_delay)
 
 
-def start(stub: Any, settings: EdgeSettings) -> tuple[EdgeStub, asyncio.Task[None]]:
-    """The edge stub and its stream's task, in the running loop."""
+def start(
+    stub: Any, settings: EdgeSettings, http: changes_http.HttpTarget | None = None
+) -> tuple[EdgeStub, asyncio.Task[None]]:
+    """The edge stub and its stream's task, in the running loop: the stream over
+    ``http`` when given, else over the stub's channel."""
     cache = EdgeCache(settings)
-    task = asyncio.get_running_loop().create_task(follow_changes(stub, cache), name="authz-edge-changes")
+    follow = follow_changes(stub, cache) if http is None else follow_changes_http(http, cache)
+    task = asyncio.get_running_loop().create_task(follow, name="authz-edge-changes")
     return EdgeStub(stub, cache), task
 
 

@@ -47,6 +47,7 @@ import psutil
 
 from authz_service.client import EdgeCache, EdgeSettings, connect
 from authz_service.client import edge as edge_answers
+from authz_service.client.changes_http import HttpTarget
 from authz_service.flows.changes import HEARTBEAT_SECONDS
 from authz_service.gen.authz.v1 import authz_pb2 as az
 from authz_service.gen.authz.v1 import authz_pb2_grpc
@@ -265,6 +266,7 @@ class Holder:
     key: str
     owner_dsn: str
     tenant: str
+    changes_url: str = ""  # the service's HTTP listener: streams there, one connection each; "": gRPC
 
 
 def _hold(holder: Holder, commands: Any, answers: Any) -> None:
@@ -291,10 +293,14 @@ async def _streams(holder: Holder, commands: Any, answers: Any) -> None:
 
     settings = EdgeSettings()
     edges = [TimedEdge(settings) for _ in range(STREAMS)]
-    tasks = [
-        asyncio.create_task(edge_answers.follow_changes(Stub(channels[i % CONNECTIONS]), e))
-        for i, e in enumerate(edges)
-    ]
+    if holder.changes_url:
+        target = HttpTarget.of(holder.changes_url, holder.key)
+        tasks = [asyncio.create_task(edge_answers.follow_changes_http(target, e)) for e in edges]
+    else:
+        tasks = [
+            asyncio.create_task(edge_answers.follow_changes(Stub(channels[i % CONNECTIONS]), e))
+            for i, e in enumerate(edges)
+        ]
     loop = asyncio.get_running_loop()
     async with asyncio.timeout(60):
         while not all(e.healthy for e in edges):  # noqa: ASYNC110 - set by the streams' tasks

@@ -344,7 +344,7 @@ class Bench:
                 asyncio.run(preflight(at, calls, check))
             # The four take turns in one run, so the ratios hold on a host whose speed drifts.
             if o.edge_only:
-                self.edge(at, server.pids, run, cached)
+                self.edge(at, server.pids, run, cached, f"http://127.0.0.1:{server.http_port}")
                 return
             names = ("empty_rpc", "checkuser_cached", "checkuser_cold", "evaluatesend")
             for name, result in self.measure(run(names, self.load(at, empty, cached, cold, send))).items():
@@ -374,7 +374,7 @@ class Bench:
             self.watchers(at)
             self.console(server)
             if not o.skip_edge:
-                self.edge(at, server.pids, run, cached)
+                self.edge(at, server.pids, run, cached, f"http://127.0.0.1:{server.http_port}")
 
             if o.skip_scale:
                 self.figure("checkuser_1m", None)
@@ -432,7 +432,12 @@ class Bench:
         self.ratio("checkuser_http_rate_vs_grpc_same_client", "checkuser_http", "checkuser_grpc_same_client")
 
     def edge(
-        self, at: str, pids: Callable[[], list[int]], run: Callable[..., Run], cached: tuple[Call, ...]
+        self,
+        at: str,
+        pids: Callable[[], list[int]],
+        run: Callable[..., Run],
+        cached: tuple[Call, ...],
+        http_url: str,
     ) -> None:
         """Decisions at the edge (issue #21, ``edge``): edge vs remote per core in
         alternating turns, the service's CPU per turn before and after, a silent
@@ -475,7 +480,7 @@ class Bench:
         self.scenarios["edge_cut"] = asdict(cut)
 
         log(f"edge: {edge_bench.STREAMS} WatchChanges streams")
-        holder = edge_bench.Holder(at, key, self.owner_dsn, MAIN_TENANT)
+        holder = edge_bench.Holder(at, key, self.owner_dsn, MAIN_TENANT, http_url)
         st = edge_bench.streams(holder, server, o.users, self.client_cpus)
         self.scenarios["edge_streams"] = asdict(st)
         self.figure("edge_streams_idle_cores", st.idle_cores - st.idle_cores_before, "cores")
