@@ -29,6 +29,9 @@ def free_port() -> int:
         return port
 
 
+OWN_PORT = "own port"
+
+
 @dataclass
 class Replica:
     env: dict[str, str]
@@ -40,7 +43,7 @@ class Replica:
 
     @property
     def http_url(self) -> str:
-        """The HTTP listener (``two_replicas(..., http=True)``)."""
+        """The HTTP listener (``two_replicas(..., AUTHZ_HTTP_LISTEN=OWN_PORT)``)."""
         return f"http://{self.env['AUTHZ_HTTP_LISTEN']}"
 
     async def start(self) -> None:
@@ -86,11 +89,14 @@ class Cluster:
 
 
 @asynccontextmanager
-async def two_replicas(dsns: Dsns, *, http: bool = False, **settings: str) -> AsyncIterator[Cluster]:
+async def two_replicas(dsns: Dsns, **settings: str) -> AsyncIterator[Cluster]:
     """Two `authz serve` processes on the test database, with one server key and
-    operator key, plus ``settings`` (AUTHZ_* variables, which win); with ``http``
-    each serves the HTTP API on a port of its own too. Both are stopped
-    afterwards, also after a test killed and restarted them."""
+    operator key, plus ``settings`` (AUTHZ_* variables, which win;
+    ``AUTHZ_HTTP_LISTEN=OWN_PORT``: each serves the HTTP API on a port of its
+    own). Both are stopped afterwards, also after a test killed and restarted them."""
+    http = settings.get("AUTHZ_HTTP_LISTEN") == OWN_PORT
+    if http:
+        del settings["AUTHZ_HTTP_LISTEN"]
     with tempfile.TemporaryDirectory(prefix="authz-replicas-") as home:
         env = {k: v for k, v in os.environ.items() if not k.startswith("AUTHZ_")}
         env.update(

@@ -12,14 +12,15 @@ from authz_service.gen.authz.v1 import authz_pb2 as az
 
 from .conftest import Dsns, eventually
 from .edge_helpers import USER, check, healthy
-from .replicas import new_tenant, two_replicas
+from .replicas import OWN_PORT, new_tenant, two_replicas
 
 
 @pytest.mark.parametrize("stream", ["grpc", "http"])
 async def test_a_block_on_one_replica_empties_the_edge_of_a_client_of_the_other(
     dsns: Dsns, stream: str
 ) -> None:
-    async with two_replicas(dsns, http=stream == "http") as cluster:
+    http = {"AUTHZ_HTTP_LISTEN": OWN_PORT} if stream == "http" else {}
+    async with two_replicas(dsns, **http) as cluster:
         admin = await new_tenant(cluster.a, cluster.operator_key, "edge")
         key = await admin.admin.CreateApiKey(adm.CreateApiKeyRequest(role=adm.ROLE_CONNECTOR, name="c"))
         await admin.admin.AllowUser(adm.AllowUserRequest(channel_id="tg", user_id=USER))
