@@ -22,6 +22,7 @@ from urllib.parse import urlparse
 import yaml
 
 from authz_service.client import RetryPolicy
+from authz_service.client.changes_http import check_url
 
 log = logging.getLogger("sidecars")
 
@@ -48,6 +49,7 @@ _TOP_KEYS = {
     "send_listen",
     "send_token_file",
     "edge_cache",
+    "changes_url",
     *PLATFORMS,
 }
 _SECTION_KEYS = {
@@ -144,6 +146,9 @@ class ConnectorConfig:
     # Repeat checks answered from the answers the service marked reusable, while
     # its change stream is healthy (authz_service.client.edge); `edge_cache: false` turns it off.
     edge_cache: bool = True
+    # The service's HTTP listener (AUTHZ_HTTP_LISTEN), http(s)://host:port: the edge's change
+    # stream is read there, a third of gRPC's cost per message for the service ("": over gRPC).
+    changes_url: str = ""
     # A platform contact lookup before pairing (e.g. slack.lookup_email) slower than
     # this is abandoned: the requester pairs without it.
     contact_timeout: float = 3.0
@@ -297,8 +302,18 @@ def build_config(
         agent_id=_opt_str(raw, "agent_id") or "default",
         send_listen=send_listen,
         edge_cache=raw.get("edge_cache") is None or _opt_bool(raw, "edge_cache", "edge_cache"),
+        changes_url=_changes_url(env.get("AUTHZ_CHANGES_URL") or _opt_str(raw, "changes_url", "changes_url")),
         **settings,
     )
+
+
+def _changes_url(url: str) -> str:
+    if url:
+        try:
+            check_url(url)
+        except ValueError as exc:
+            raise ConfigError(f"changes_url (AUTHZ_CHANGES_URL): {exc}") from None
+    return url
 
 
 def _whatsapp(section: Mapping[str, Any], env: Mapping[str, str], base_dir: Path) -> WhatsAppSettings:

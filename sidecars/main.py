@@ -81,7 +81,7 @@ def make_client(config: ConnectorConfig) -> Client:
         tls=TlsConfig.from_env(os.environ),
         timeout=config.rpc_timeout,
         retry=config.retry,
-        edge=EdgeSettings() if config.edge_cache else None,
+        edge=EdgeSettings(changes_url=config.changes_url) if config.edge_cache else None,
     )
 
 

@@ -23,7 +23,7 @@ import ssl
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from google.protobuf.message import DecodeError
 
@@ -37,6 +37,17 @@ _COMPRESSED = 0x01
 # The HTTP statuses after which the next try waits long (as gRPC's UNIMPLEMENTED
 # and PERMISSION_DENIED): the service does not serve the stream to this key here.
 LONG_PAUSE_STATUSES = frozenset({403, 404, 405, 501})
+
+
+def check_url(url: str) -> SplitResult:
+    """``url`` split, or ValueError saying what is wrong with it."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"change stream URL must be http://host:port or https://host:port, not {url!r}")
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise ValueError("change stream URL takes no query, fragment or credentials")
+    parts.port  # noqa: B018 - raises ValueError for a port out of range
+    return parts
 
 
 @dataclass(frozen=True)
@@ -55,17 +66,14 @@ class HttpTarget:
         """``http://host:port`` or ``https://host:port`` (a path prefix is kept,
         for a proxy that serves the API under one). With https and no context,
         the system's roots verify the server."""
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"change stream URL must be http://host:port or https://host:port, not {url!r}")
-        if parts.query or parts.fragment or parts.username or parts.password:
-            raise ValueError("change stream URL takes no query, fragment or credentials")
+        parts = check_url(url)
         if not api_key or not api_key.isascii() or not api_key.isprintable() or " " in api_key:
             raise ValueError("the API key must be printable ASCII without spaces")
         https = parts.scheme == "https"
         port = parts.port or (443 if https else 80)
         context = (ssl_context or ssl.create_default_context()) if https else None
         host = parts.hostname
+        assert host is not None  # check_url
         authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         return cls(host, port, authority, parts.path.rstrip("/") + PATH, api_key, context)
 

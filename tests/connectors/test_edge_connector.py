@@ -5,6 +5,7 @@ nor the EvaluateSend of the reply (issue #21). Calls are counted at the service.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -32,13 +33,17 @@ class Transport:
         self.texts.append((user_id, text))
 
 
+@pytest.mark.parametrize("stream", ["grpc", "http"])
 async def test_a_repeat_message_of_an_admitted_user_makes_no_call(
-    service: Service, tenant: Tenant, connector_config: ConfigFactory
+    service: Service, tenant: Tenant, connector_config: ConfigFactory, stream: str
 ) -> None:
     await tenant.channel("tg", dm_policy=cm.DM_POLICY_PAIRING)
     await tenant.admin.admin.AllowUser(adm.AllowUserRequest(channel_id="tg", user_id=USER))
     config = connector_config("telegram", "tg")
     assert config.edge_cache  # the default
+    if stream == "http":
+        assert service.running.http is not None
+        config = replace(config, changes_url=f"http://127.0.0.1:{service.running.http.port}")
     client = make_client(config)
     transport, agent = Transport(), RecordingAgent()
     connector = Connector(config, transport, client, agent)
@@ -77,3 +82,20 @@ def test_edge_cache_is_on_by_default_and_can_be_turned_off(tmp_path: Path) -> No
     assert not build_config({**base, "edge_cache": False}, "telegram", {}, tmp_path).edge_cache
     with pytest.raises(ConfigError, match="edge_cache: must be true or false"):
         build_config({**base, "edge_cache": "no"}, "telegram", {}, tmp_path)
+
+
+def test_changes_url_from_the_file_or_the_environment(tmp_path: Path) -> None:
+    (tmp_path / "key").write_text("azk.t.k.s.c\n")
+    base = {"channel_id": "tg", "api_key_file": "key", "telegram": {"token": "123:abc"}}
+    assert build_config(base, "telegram", {}, tmp_path).changes_url == ""  # gRPC, the default
+    url = "https://authz.example:8081"
+    assert build_config({**base, "changes_url": url}, "telegram", {}, tmp_path).changes_url == url
+    env = {"AUTHZ_CHANGES_URL": "http://authz:8081"}
+    assert (
+        build_config({**base, "changes_url": url}, "telegram", env, tmp_path).changes_url
+        == "http://authz:8081"
+    )
+    with pytest.raises(ConfigError, match=r"changes_url \(AUTHZ_CHANGES_URL\): change stream URL must be"):
+        build_config({**base, "changes_url": "authz:8081"}, "telegram", {}, tmp_path)
+    with pytest.raises(ConfigError, match="no query, fragment or credentials"):
+        build_config(base, "telegram", {"AUTHZ_CHANGES_URL": "http://u:p@authz:8081"}, tmp_path)

@@ -70,6 +70,21 @@ def test_connectors_render_one_deployment_each(chart: helm.Chart) -> None:
     assert deps["support-tg"]["spec"]["strategy"] == {"type": "Recreate"}
 
 
+def test_connectors_read_changes_from_the_http_port_when_it_is_on(chart: helm.Chart) -> None:
+    docs = manifests(chart, production())
+    for dep in connector_deployments(docs).values():
+        assert "changes_url" not in connector_config(docs, dep)  # http off: over gRPC
+    for tls, scheme in ((False, "http"), (True, "https")):
+        values = production()
+        values["http"] = {"enabled": True, "port": 8081}
+        values.setdefault("tls", {})["enabled"] = tls
+        if tls:
+            values["tls"]["secretName"] = "authz-tls"
+        docs = manifests(chart, values)
+        for dep in connector_deployments(docs).values():
+            assert connector_config(docs, dep)["changes_url"] == f"{scheme}://authz.{NAMESPACE}.svc:8081"
+
+
 def test_slack_lookup_email_reaches_the_config_only_when_on(chart: helm.Chart) -> None:
     for on in (True, False):
         values = production()
