@@ -17,6 +17,9 @@ Every figure here uses the real SDK (``authz_service.client.connect`` with
 * ``edge_revocation_p99``: a block committed in PostgreSQL until each of the
   ``STREAMS`` edges has dropped the user's answers, p99 over every edge and
   change, while a load process keeps the service busy with remote CheckUser;
+  with the change stream over the service's HTTP listener (one connection per
+  edge, as ``changes_url`` gives each connector), and again (``_grpc``) over
+  gRPC (``CONNECTIONS`` connections, the streams sharing them);
 * ``edge_service_us_per_stream_message`` / ``edge_client_us_per_stream_message``:
   CPU per stream message in the service (its idle heartbeats) and in the edges'
   process (every message it read): one change reaches ``STREAMS`` edges no

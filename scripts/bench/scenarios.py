@@ -479,19 +479,29 @@ class Bench:
         self.figure("edge_last_allow_after_cut", cut.last_edge_ms, "ms")
         self.scenarios["edge_cut"] = asdict(cut)
 
-        log(f"edge: {edge_bench.STREAMS} WatchChanges streams")
-        holder = edge_bench.Holder(at, key, self.owner_dsn, MAIN_TENANT, http_url)
-        st = edge_bench.streams(holder, server, o.users, self.client_cpus)
-        self.scenarios["edge_streams"] = asdict(st)
-        self.figure("edge_streams_idle_cores", st.idle_cores - st.idle_cores_before, "cores")
-        self.figure("edge_streams_idle_mb", st.rss_mb - st.rss_mb_before, "MB")
-        self.figure("edge_streams_1_change_per_s_cores", st.change_cores - st.idle_cores_before, "cores")
-        self.figure("edge_revocation_p99_idle", st.p99_idle_ms, "ms")
-        self.figure("edge_revocation_p99_under_load", st.p99_load_ms, "ms")
-        self.figure("edge_revocation_p50_under_load", st.p50_load_ms, "ms")
-        # What bounds the fan-out: CPU per stream message on each side (one core each here).
-        self.figure("edge_service_us_per_stream_message", st.service_us_per_message, "us")
-        self.figure("edge_client_us_per_stream_message", st.holder_us_per_message, "us")
+        # The change stream over the HTTP listener (the chart's connectors when http.enabled,
+        # `changes_url`), one connection per edge, then over gRPC (the default without it).
+        for suffix, url in (("", http_url), ("_grpc", "")):
+            how = (
+                f"over HTTP, {edge_bench.STREAMS} connections"
+                if url
+                else f"over gRPC, {edge_bench.CONNECTIONS} connections"
+            )
+            log(f"edge: {edge_bench.STREAMS} WatchChanges streams {how}")
+            holder = edge_bench.Holder(at, key, self.owner_dsn, MAIN_TENANT, url)
+            st = edge_bench.streams(holder, server, o.users, self.client_cpus)
+            self.scenarios[f"edge_streams{suffix}"] = asdict(st)
+            self.figure(f"edge_streams_idle_cores{suffix}", st.idle_cores - st.idle_cores_before, "cores")
+            self.figure(f"edge_streams_idle_mb{suffix}", st.rss_mb - st.rss_mb_before, "MB")
+            self.figure(
+                f"edge_streams_1_change_per_s_cores{suffix}", st.change_cores - st.idle_cores_before, "cores"
+            )
+            self.figure(f"edge_revocation_p99_idle{suffix}", st.p99_idle_ms, "ms")
+            self.figure(f"edge_revocation_p99_under_load{suffix}", st.p99_load_ms, "ms")
+            self.figure(f"edge_revocation_p50_under_load{suffix}", st.p50_load_ms, "ms")
+            # What bounds the fan-out: CPU per stream message on each side (one core each here).
+            self.figure(f"edge_service_us_per_stream_message{suffix}", st.service_us_per_message, "us")
+            self.figure(f"edge_client_us_per_stream_message{suffix}", st.holder_us_per_message, "us")
 
     def watchers(self, at: str) -> None:
         """Tenant B's consistent CheckUser p99 with 2,000 WatchApprovals streams
