@@ -98,6 +98,7 @@ class Ended:
 
     reason: str
     long_pause: bool = False
+    give_up: bool = False  # no more streams this way (client.edge.follow_changes_http)
 
 
 class ChangesProtocol(asyncio.Protocol):
@@ -259,7 +260,7 @@ async def open_stream(
             ssl=target.ssl_context,
             server_hostname=target.host if target.ssl_context is not None else None,
         )
-    except (OSError, ssl.SSLError) as exc:
+    except Exception as exc:  # any failure to connect is a stream that ended
         return Ended(f"change stream could not connect: {type(exc).__name__}")
     try:
         return await protocol.ended

@@ -92,6 +92,9 @@ class EdgeCache:
         self.flushes = 0
         self.received = 0
         """Messages heard on change streams."""
+        self.kept = 0
+        """Answers kept (``put``) since the start."""
+        self._other_process: asyncio.Future[None] | None = None
         self._last_message = float("-inf")
         self._entries: OrderedDict[Hashable, _Entry] = OrderedDict()
         # channel → user ("" for channel-wide answers) → keys
@@ -135,13 +138,14 @@ class EdgeCache:
         """Keep ``response`` if the server marked it reusable, the stream is
         healthy and served by the process that marked it, and nothing was
         invalidated since the request left (``generation``)."""
-        if (
-            not reuse.cacheable
-            or generation != self.generation
-            or reuse.server_id != self.server_id
-            or not self.healthy
-        ):
+        if reuse.server_id != self.server_id:
+            other = self._other_process
+            if reuse.cacheable and self.server_id and other is not None and not other.done():
+                other.set_result(None)
             return
+        if not reuse.cacheable or generation != self.generation or not self.healthy:
+            return
+        self.kept += 1
         if key in self._entries:
             self._drop(key)
         self._entries[key] = _Entry(
@@ -166,6 +170,12 @@ class EdgeCache:
                 del self._index[entry.channel_id]
 
     # --- the change stream ----------------------------------------------------------
+
+    def other_process(self) -> asyncio.Future[None]:
+        """Resolved once a reusable answer comes from another process than the
+        one serving the stream: its answers cannot be kept (``put``)."""
+        self._other_process = asyncio.get_running_loop().create_future()
+        return self._other_process
 
     def stream_opened(self) -> None:
         """A new stream: what happened since the last one was not heard."""
@@ -331,25 +341,60 @@ async def follow_changes(stub: Any, cache: EdgeCache) -> None:
     await _follow(cache, one)
 
 
-async def follow_changes_http(target: changes_http.HttpTarget, cache: EdgeCache) -> None:
-    """``follow_changes`` over the service's HTTP listener (client.changes_http)."""
+REPICKS = 5
+"""Streams opened over HTTP in a row that land on another process than the calls,
+before the client follows changes on its gRPC channel instead."""
+
+
+async def follow_changes_http(target: changes_http.HttpTarget, cache: EdgeCache, stub: Any = None) -> None:
+    """``follow_changes`` over the service's HTTP listener (client.changes_http).
+
+    The HTTP connection and the client's gRPC channel are balanced apart: with
+    replicas or ``--workers`` the stream may be served by another process than
+    the calls, whose answers the edge then cannot keep (``EdgeCache.put``). On
+    the first such answer the stream is opened again, to land elsewhere; after
+    ``REPICKS`` misses in a row the client follows changes on ``stub`` (its gRPC
+    channel, one connection to the process that answers) from then on."""
+    misses = 0
 
     async def one(watchdog: _Watchdog) -> changes_http.Ended:
+        nonlocal misses
+
         def on_message(message: authz_pb2.WatchChangesResponse) -> None:
             watchdog.heard()
             cache.on_message(message)
 
-        return await changes_http.open_stream(target, on_message)
+        other, kept = cache.other_process(), cache.kept
+        stream = asyncio.ensure_future(changes_http.open_stream(target, on_message))
+        try:
+            await asyncio.wait((stream, other), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stream.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await stream
+        if cache.kept != kept:
+            misses = 0  # answers were kept: the stream was on the calls' process
+        if not other.done():
+            return stream.result()
+        misses += 1
+        return changes_http.Ended(
+            "change stream served by another process than the calls",
+            give_up=misses >= REPICKS and stub is not None,
+        )
 
     await _follow(cache, one)
+    log.warning(
+        "change stream over HTTP kept landing on another process than the calls; following it over gRPC"
+    )
+    await follow_changes(stub, cache)
 
 
 _LONG_PAUSE_CODES = (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.PERMISSION_DENIED)
 
 
 async def _follow(cache: EdgeCache, one: Callable[[_Watchdog], Awaitable[changes_http.Ended]]) -> None:
-    """Open streams one after another, for ever: ``one`` reads a stream until it
-    ends. A message later than the bound cancels the stream and opens another;
+    """Open streams one after another, until one ends with ``give_up``: ``one``
+    reads a stream until it ends. A message later than the bound cancels the stream and opens another;
     an error or the end of the stream drops every answer and opens another after
     a backoff (longer when the server does not offer the stream to this key)."""
     settings = cache.settings
@@ -370,6 +415,9 @@ async def _follow(cache: EdgeCache, one: Callable[[_Watchdog], Awaitable[changes
         finally:
             watchdog.close()
             cache.lost(ended.reason)
+        if ended.give_up:
+            log.info("%s", ended.reason)
+            return
         if cache.received != heard:
             delay = settings.reconnect_delay  # the stream worked: start the backoff again
         log.info("%s; opening it again", ended.reason)
@@ -383,7 +431,7 @@ def start(
     """The edge stub and its stream's task, in the running loop: the stream over
     ``http`` when given, else over the stub's channel."""
     cache = EdgeCache(settings)
-    follow = follow_changes(stub, cache) if http is None else follow_changes_http(http, cache)
+    follow = follow_changes(stub, cache) if http is None else follow_changes_http(http, cache, stub)
     task = asyncio.get_running_loop().create_task(follow, name="authz-edge-changes")
     return EdgeStub(stub, cache), task
 
