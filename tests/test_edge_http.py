@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import grpc
 import pytest
 
-from authz_service.client import Client, EdgeSettings, connect
+from authz_service.client import Client, EdgeSettings, TlsConfig, connect
 from authz_service.client.changes_http import ChangesProtocol, Ended, HttpTarget, open_stream
 from authz_service.gen.authz.v1 import admin_pb2 as adm
 from authz_service.gen.authz.v1 import authz_pb2 as az
@@ -247,6 +247,7 @@ _MESSAGE = az.WatchChangesResponse(server_id="s", heartbeat_ms=500).SerializeToS
             False,
         ),
         (_HEAD + b"zz\r\n", "change stream broken: bad chunk size", False),
+        (_HEAD + b"7fffffff\r\n", "change stream broken: chunk too large", False),
         (_HEAD + b"5\r\nabcdeXX", "change stream broken: chunk not terminated", False),
         (_HEAD + _chunk(struct.pack(">BI", 0, 1 << 30)), "change stream broken: frame too large", False),
         (
@@ -304,3 +305,14 @@ def test_https_verifies_and_a_prefix_is_kept() -> None:
     assert target.request().startswith(
         b"POST /api/authz.v1.AuthzService/WatchChanges HTTP/1.1\r\nHost: authz.example:443\r\n"
     )
+
+
+async def test_the_stream_never_takes_the_key_in_the_clear_beside_tls(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with pytest.raises(ValueError, match="must be https:// when the client uses TLS"):
+        connect("authz:50051", "key", tls=TlsConfig(), edge=EdgeSettings(changes_url="http://authz:8081"))
+    caplog.set_level(logging.WARNING, logger="authz_service.client")
+    client = connect("127.0.0.1:1", "key", edge=EdgeSettings(changes_url="http://192.0.2.1:8081"))
+    await client.close()
+    assert any("192.0.2.1:8081" in r.getMessage() and "TLS" in r.getMessage() for r in caplog.records)

@@ -597,6 +597,12 @@ def connect(
     changes = None
     if edge is not None and edge.changes_url:
         changes = HttpTarget.of(edge.changes_url, api_key, tls.ssl_context() if tls is not None else None)
+        if changes.ssl_context is None:
+            if tls is not None:
+                raise ValueError(
+                    "changes_url must be https:// when the client uses TLS: the API key would travel in the clear"
+                )
+            _check_plaintext(changes.authority, None, warn_plaintext)
 
     def open_channel() -> grpc.aio.Channel:
         interceptors: list[Any] = [_AioUnary(policy), _AioStream(policy, stream_timeout)]

@@ -191,6 +191,8 @@ class ChangesProtocol(asyncio.Protocol):
                 size = int(size_text, 16)
             except ValueError:
                 raise _Bad("bad chunk size") from None
+            if size > MAX_FRAME + 5:  # the service writes one frame per chunk
+                raise _Bad("chunk too large")
             if size == 0:  # the last chunk: the body is over
                 self._end(Ended("change stream ended"))
                 return
