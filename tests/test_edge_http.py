@@ -36,74 +36,86 @@ async def allow_user(tenant: Tenant) -> None:
 
 
 @pytest.fixture
-async def edge(service: Service, tenant: Tenant) -> AsyncIterator[Client]:
+async def http_proxy(service: Service) -> AsyncIterator[PgProxy]:
+    """A TCP proxy in front of the service's HTTP listener: what goes through it went over HTTP."""
+    proxy = PgProxy(f"postgresql://{http_url(service)[len('http://') :]}/x")
+    await proxy.start()
+    yield proxy
+    proxy.restore()
+    await proxy.close()
+
+
+def through(proxy: PgProxy, heartbeat_timeout: float = 1.5) -> EdgeSettings:
+    return EdgeSettings(changes_url=f"http://127.0.0.1:{proxy.port}", heartbeat_timeout=heartbeat_timeout)
+
+
+@pytest.fixture
+async def edge(service: Service, tenant: Tenant, http_proxy: PgProxy) -> AsyncIterator[Client]:
     await allow_user(tenant)
-    client = connect(
-        service.address, tenant.keys["connector"], edge=EdgeSettings(changes_url=http_url(service))
-    )
+    client = connect(service.address, tenant.keys["connector"], edge=through(http_proxy))
     await healthy(client)
+    assert http_proxy.open_links == 1  # the stream, over HTTP
     yield client
     await client.close()
 
 
 async def test_a_block_ends_the_reused_allow(service: Service, tenant: Tenant, edge: Client) -> None:
+    cache = edge.edge_cache
+    assert cache is not None
+    flushes, server_id = cache.flushes, cache.server_id
     first = await check(edge)
     assert first.decision == az.DECISION_ALLOW and first.reuse.cacheable
     before = served(service.running)
     assert (await check(edge)).trace_id == first.trace_id  # answered at the edge
     assert served(service.running) == before
     await tenant.admin.admin.BlockUser(adm.BlockUserRequest(channel_id="tg", user_id=USER))
-    cache = edge.edge_cache
-    assert cache is not None
 
     async def dropped() -> bool:
         return len(cache) == 0
 
-    await eventually(dropped)  # by the stream, with no check made meanwhile
+    await eventually(dropped)  # by the stream's invalidation, with no check made meanwhile
+    assert cache.healthy and cache.flushes == flushes and cache.server_id == server_id  # not a reconnect
     assert (await check(edge)).decision == az.DECISION_BLOCKED
 
 
-async def test_a_cut_drops_everything_and_the_reconnect_asks_again(service: Service, tenant: Tenant) -> None:
+async def test_a_cut_drops_everything_and_the_reconnect_asks_again(
+    service: Service, tenant: Tenant, http_proxy: PgProxy
+) -> None:
     await allow_user(tenant)
-    proxy = PgProxy(f"postgresql://{http_url(service)[len('http://') :]}/x")
-    await proxy.start()
-    settings = EdgeSettings(changes_url=f"http://127.0.0.1:{proxy.port}")
-    client = connect(service.address, tenant.keys["connector"], edge=settings)
+    client = connect(service.address, tenant.keys["connector"], edge=through(http_proxy))
     try:
         cache = await healthy(client)
         assert (await check(client)).reuse.cacheable
         assert len(cache) == 1
-        await proxy.cut()
+        await http_proxy.cut()
 
         async def dropped() -> bool:
             return len(cache) == 0 and not cache.healthy
 
         await eventually(dropped)
-        proxy.restore()
+        http_proxy.restore()
         await healthy(client)
         before = served(service.running)
         assert (await check(client)).decision == az.DECISION_ALLOW
         assert served(service.running) == before + 1
     finally:
         await client.close()
-        await proxy.close()
 
 
 async def test_a_stalled_stream_turns_the_edge_off_within_the_bound(
-    service: Service, tenant: Tenant, caplog: pytest.LogCaptureFixture
+    service: Service, tenant: Tenant, http_proxy: PgProxy, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="authz_service.client.edge")
     await allow_user(tenant)
-    proxy = PgProxy(f"postgresql://{http_url(service)[len('http://') :]}/x")
-    await proxy.start()
-    settings = EdgeSettings(heartbeat_timeout=1.0, changes_url=f"http://127.0.0.1:{proxy.port}")
-    client = connect(service.address, tenant.keys["connector"], edge=settings)
+    client = connect(
+        service.address, tenant.keys["connector"], edge=through(http_proxy, heartbeat_timeout=1.0)
+    )
     try:
         cache = await healthy(client)
         await check(client)
         assert (await check(client)).decision == az.DECISION_ALLOW
         assert cache.hits >= 1
-        proxy.stall()
+        http_proxy.stall()
 
         async def off() -> bool:
             return not cache.healthy and len(cache) == 0
@@ -119,23 +131,22 @@ async def test_a_stalled_stream_turns_the_edge_off_within_the_bound(
             )
 
         await eventually(given_up, timeout=10)
-        proxy.restore()
+        http_proxy.restore()
         await healthy(client)
     finally:
-        proxy.restore()
         await client.close()
-        await proxy.close()
 
 
 async def test_revoking_the_key_ends_the_stream(
-    service: Service, tenant: Tenant, caplog: pytest.LogCaptureFixture
+    service: Service, tenant: Tenant, http_proxy: PgProxy, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="authz_service.client.edge")
     key = await tenant.admin.admin.CreateApiKey(adm.CreateApiKeyRequest(role=adm.ROLE_CONNECTOR, name="c"))
     await allow_user(tenant)
-    client = connect(service.address, key.secret, edge=EdgeSettings(changes_url=http_url(service)))
+    client = connect(service.address, key.secret, edge=through(http_proxy))
     try:
         cache = await healthy(client)
+        assert http_proxy.open_links == 1
         assert (await check(client)).reuse.cacheable
         await tenant.admin.admin.RevokeApiKey(adm.RevokeApiKeyRequest(key_id=key.key.key_id))
 
@@ -144,11 +155,10 @@ async def test_revoking_the_key_ends_the_stream(
 
         await eventually(off)
 
-        async def said_why() -> bool:
-            return any(
-                "change stream failed: UNAUTHENTICATED" in r.getMessage()
-                or "change stream refused: HTTP 401" in r.getMessage()
-                for r in caplog.records
+        async def said_why() -> bool:  # the end frame's code, then the next stream's refusal
+            messages = [r.getMessage() for r in caplog.records]
+            return any(m.startswith("change stream failed: UNAUTHENTICATED") for m in messages) and any(
+                m.startswith("change stream refused: HTTP 401") for m in messages
             )
 
         await eventually(said_why)
@@ -227,6 +237,10 @@ async def test_the_reader_parses_the_services_bytes_in_any_split(service: Servic
         assert not protocol.ended.done()
 
 
+def _end_frame(payload: bytes) -> bytes:
+    return struct.pack(">BI", 2, len(payload)) + payload
+
+
 def _chunk(payload: bytes) -> bytes:
     return f"{len(payload):x}\r\n".encode() + payload + b"\r\n"
 
@@ -266,6 +280,24 @@ _MESSAGE = az.WatchChangesResponse(server_id="s", heartbeat_ms=500).SerializeToS
             False,
         ),
         (_HEAD + _chunk(struct.pack(">BI", 2, 2) + b"{}") + b"0\r\n\r\n", "change stream ended", False),
+        (_HEAD + b"0\r\n\r\n", "change stream ended", False),
+        (  # the error frame and the last chunk in one read: the error is not lost
+            _HEAD + _chunk(_end_frame(b'{"error":{"code":"unauthenticated","message":"x"}}')) + b"0\r\n\r\n",
+            "change stream failed: UNAUTHENTICATED",
+            False,
+        ),
+        (
+            _HEAD + _chunk(_end_frame(b'{"error":{"code":"permission_denied","message":"x"}}')),
+            "change stream failed: PERMISSION_DENIED",
+            True,
+        ),
+        (b"HTTP/1.1 415 Unsupported\r\n\r\n", "change stream refused: HTTP 415", True),
+        (
+            "HTTP/1.1 \u00b200 OK\r\n\r\n".encode("latin-1"),
+            "change stream broken: not an HTTP/1.1 response",
+            False,
+        ),
+        (_HEAD + b"0x5\r\n", "change stream broken: bad chunk size", False),
         (
             b"HTTP/1.1 200 OK\r\n" + b"X: " + b"a" * 20000,
             "change stream broken: response head too large",

@@ -15,6 +15,7 @@ from authz_service.gen.authz.v1 import authz_pb2 as az
 
 from .conftest import Dsns, eventually
 from .edge_helpers import USER, check, healthy
+from .pgproxy import PgProxy
 from .replicas import OWN_PORT, new_tenant, two_replicas
 
 
@@ -27,10 +28,15 @@ async def test_a_block_on_one_replica_empties_the_edge_of_a_client_of_the_other(
         admin = await new_tenant(cluster.a, cluster.operator_key, "edge")
         key = await admin.admin.CreateApiKey(adm.CreateApiKeyRequest(role=adm.ROLE_CONNECTOR, name="c"))
         await admin.admin.AllowUser(adm.AllowUserRequest(channel_id="tg", user_id=USER))
-        settings = EdgeSettings(changes_url=cluster.b.http_url if stream == "http" else "")
+        settings, proxy = EdgeSettings(), None
+        if stream == "http":  # through a proxy: what crosses it went over HTTP
+            proxy = PgProxy(f"postgresql://{cluster.b.http_url[len('http://') :]}/x")
+            await proxy.start()
+            settings = EdgeSettings(changes_url=f"http://127.0.0.1:{proxy.port}")
         client = connect(cluster.b.address, key.secret, edge=settings)
         try:
             cache = await healthy(client)
+            assert proxy is None or proxy.open_links == 1
 
             async def allowed() -> bool:
                 return (await check(client)).decision == az.DECISION_ALLOW
@@ -52,6 +58,8 @@ async def test_a_block_on_one_replica_empties_the_edge_of_a_client_of_the_other(
         finally:
             await client.close()
             await admin.close()
+            if proxy is not None:
+                await proxy.close()
 
 
 async def test_a_stream_over_http_on_another_process_than_the_calls_falls_back_to_grpc(

@@ -23,12 +23,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import ssl
 import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -119,13 +120,17 @@ class TlsConfig:
     root_certificates: bytes | None = None
     certificate_chain: bytes | None = None
     private_key: bytes | None = None
+    # Where the certificate and key were read from (``from_files``): HTTPS loads them
+    # from there (the ssl module reads them only from files).
+    certificate_file: str | None = field(default=None, compare=False)
+    private_key_file: str | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def from_files(cls, ca: str | None = None, cert: str | None = None, key: str | None = None) -> TlsConfig:
         def read(p: str | None) -> bytes | None:
             return Path(p).read_bytes() if p else None
 
-        return cls(read(ca), read(cert), read(key))
+        return cls(read(ca), read(cert), read(key), cert or None, key or None)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> TlsConfig | None:
@@ -149,19 +154,30 @@ class TlsConfig:
     def ssl_context(self) -> ssl.SSLContext:
         """The same verification and client certificate for HTTPS (the edge's
         change stream over the service's HTTP listener)."""
-        context = ssl.create_default_context(
-            cadata=self.root_certificates.decode("ascii") if self.root_certificates else None
-        )
-        if self.certificate_chain is not None and self.private_key is not None:
-            # The ssl module loads a certificate and key only from files: a private
-            # directory for the moment it reads them.
-            with tempfile.TemporaryDirectory() as tmp:
-                cert, key = Path(tmp, "cert.pem"), Path(tmp, "key.pem")
-                cert.write_bytes(self.certificate_chain)
-                key.touch(mode=0o600)
-                key.write_bytes(self.private_key)
-                context.load_cert_chain(cert, key)
+        roots = None
+        if self.root_certificates is not None:
+            # The PEM blocks only: a bundle's comments may be UTF-8, which gRPC
+            # ignores and the ssl module refuses.
+            roots = "".join(m.decode("ascii") for m in _PEM_CERTIFICATE.findall(self.root_certificates))
+            if not roots:
+                raise ValueError("the CA file holds no PEM certificate")
+        context = ssl.create_default_context(cadata=roots)
+        if self.certificate_chain is None or self.private_key is None:
+            return context
+        if self.certificate_file and self.private_key_file:
+            context.load_cert_chain(self.certificate_file, self.private_key_file)
+            return context
+        # Given as bytes only: a private directory for the moment the ssl module reads them.
+        with tempfile.TemporaryDirectory() as tmp:
+            cert, key = Path(tmp, "cert.pem"), Path(tmp, "key.pem")
+            cert.write_bytes(self.certificate_chain)
+            key.touch(mode=0o600)
+            key.write_bytes(self.private_key)
+            context.load_cert_chain(cert, key)
         return context
+
+
+_PEM_CERTIFICATE = re.compile(rb"-----BEGIN CERTIFICATE-----[A-Za-z0-9+/=\s]+-----END CERTIFICATE-----\s*")
 
 
 def _method_name(details: Any) -> str:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import ssl
 import struct
 from collections.abc import Callable
@@ -36,14 +37,18 @@ _END_STREAM = 0x02
 _COMPRESSED = 0x01
 # The HTTP statuses after which the next try waits long (as gRPC's UNIMPLEMENTED
 # and PERMISSION_DENIED): the service does not serve the stream to this key here.
-LONG_PAUSE_STATUSES = frozenset({403, 404, 405, 501})
+LONG_PAUSE_STATUSES = frozenset({403, 404, 405, 415, 501})
+# The same for the Connect codes of an end frame (gRPC's UNIMPLEMENTED, PERMISSION_DENIED).
+LONG_PAUSE_CODES = frozenset({"unimplemented", "permission_denied"})
+_HEX = re.compile(rb"[0-9A-Fa-f]{1,8}")
+_STATUS_LINE = re.compile(r"HTTP/1\.[01] ([0-9]{3})(?: .*)?")
 
 
 def check_url(url: str) -> SplitResult:
     """``url`` split, or ValueError saying what is wrong with it."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"change stream URL must be http://host:port or https://host:port, not {url!r}")
+        raise ValueError("change stream URL must be http://host:port or https://host:port")
     if parts.query or parts.fragment or parts.username or parts.password:
         raise ValueError("change stream URL takes no query, fragment or credentials")
     parts.port  # noqa: B018 - raises ValueError for a port out of range
@@ -118,6 +123,7 @@ class ChangesProtocol(asyncio.Protocol):
         self._chunked = False
         self._chunks = bytearray()  # undecoded chunked body
         self._frames = bytearray()  # decoded body: enveloped messages
+        self._body_over = False
         self.ended: asyncio.Future[Ended] = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -151,15 +157,17 @@ class ChangesProtocol(asyncio.Protocol):
             else:
                 self._frames += data
             self._read_frames()
+            if self._body_over:
+                self._end(Ended("change stream ended"))
         except _Bad as exc:
             self._end(Ended(f"change stream broken: {exc}"))
 
     def _start(self, head: bytes) -> None:
         lines = head.decode("latin-1").split("\r\n")
-        status_line = lines[0].split(" ", 2)
-        if len(status_line) < 2 or not status_line[0].startswith("HTTP/1.") or not status_line[1].isdigit():
+        status_line = _STATUS_LINE.fullmatch(lines[0])
+        if status_line is None:
             raise _Bad("not an HTTP/1.1 response")
-        status = int(status_line[1])
+        status = int(status_line.group(1))
         headers: dict[str, str] = {}
         for line in lines[1:]:
             name, sep, value = line.partition(":")
@@ -178,23 +186,20 @@ class ChangesProtocol(asyncio.Protocol):
 
     def _dechunk(self) -> None:
         buf = self._chunks
-        while True:
+        while not self._body_over:
             line_end = buf.find(b"\r\n")
             if line_end < 0:
                 if len(buf) > 64:
                     raise _Bad("chunk size line too long")
                 return
             size_text = bytes(buf[:line_end]).split(b";", 1)[0].strip()
-            if not size_text or len(size_text) > 8:
+            if not _HEX.fullmatch(size_text):
                 raise _Bad("bad chunk size")
-            try:
-                size = int(size_text, 16)
-            except ValueError:
-                raise _Bad("bad chunk size") from None
+            size = int(size_text, 16)
             if size > MAX_FRAME + 5:  # the service writes one frame per chunk
                 raise _Bad("chunk too large")
-            if size == 0:  # the last chunk: the body is over
-                self._end(Ended("change stream ended"))
+            if size == 0:  # the last chunk: the body is over, once the frames before it are read
+                self._body_over = True
                 return
             end = line_end + 2 + size
             if len(buf) < end + 2:
@@ -217,7 +222,7 @@ class ChangesProtocol(asyncio.Protocol):
             if flags & _COMPRESSED:
                 raise _Bad("compressed frame (none was asked for)")
             if flags & _END_STREAM:
-                self._end(Ended(_end_reason(payload)))
+                self._end(_ended_by(payload))
                 return
             try:
                 message = authz_pb2.WatchChangesResponse.FromString(payload)
@@ -236,17 +241,17 @@ class _Bad(Exception):
     pass
 
 
-def _end_reason(payload: bytes) -> str:
+def _ended_by(payload: bytes) -> Ended:
     """The end frame's error code, if any (never its message: it stays in the server's logs)."""
     try:
         end = json.loads(payload) if payload else {}
         error = end.get("error") if isinstance(end, dict) else None
         code = error.get("code") if isinstance(error, dict) else None
     except ValueError:
-        return "change stream ended with an unreadable end frame"
+        return Ended("change stream ended with an unreadable end frame")
     if isinstance(code, str) and code.isidentifier():
-        return f"change stream failed: {code.upper()}"
-    return "change stream ended"
+        return Ended(f"change stream failed: {code.upper()}", code in LONG_PAUSE_CODES)
+    return Ended("change stream ended")
 
 
 async def open_stream(

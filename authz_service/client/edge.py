@@ -370,8 +370,8 @@ async def follow_changes_http(target: changes_http.HttpTarget, cache: EdgeCache,
             await asyncio.wait((stream, other), return_when=asyncio.FIRST_COMPLETED)
         finally:
             stream.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await stream
+            # Waits without catching a cancellation of this task (close, the watchdog).
+            await asyncio.wait((stream,))
         if cache.kept != kept:
             misses = 0  # answers were kept: the stream was on the calls' process
         if not other.done():
@@ -412,6 +412,9 @@ async def _follow(cache: EdgeCache, one: Callable[[_Watchdog], Awaitable[changes
             ended = changes_http.Ended(
                 f"no message from the change stream within {settings.heartbeat_timeout:g} s"
             )
+        except Exception as exc:  # a bug must not end the stream for good: log it, open another
+            log.exception("change stream failed")
+            ended = changes_http.Ended(f"change stream failed: {type(exc).__name__}")
         finally:
             watchdog.close()
             cache.lost(ended.reason)

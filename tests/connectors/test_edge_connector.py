@@ -18,6 +18,7 @@ from sidecars.runtime import ButtonSpec, Connector, Inbound
 from tests.conftest import Service, Tenant, eventually
 from tests.connectors.conftest import ConfigFactory, RecordingAgent
 from tests.edge_helpers import USER, healthy, served
+from tests.pgproxy import PgProxy
 
 
 class Transport:
@@ -41,14 +42,19 @@ async def test_a_repeat_message_of_an_admitted_user_makes_no_call(
     await tenant.admin.admin.AllowUser(adm.AllowUserRequest(channel_id="tg", user_id=USER))
     config = connector_config("telegram", "tg")
     assert config.edge_cache  # the default
-    if stream == "http":
+    proxy = None
+    if stream == "http":  # through a proxy: what goes through it went over HTTP
         assert service.running.http is not None
-        config = replace(config, changes_url=f"http://127.0.0.1:{service.running.http.port}")
+        proxy = PgProxy(f"postgresql://127.0.0.1:{service.running.http.port}/x")
+        await proxy.start()
+        config = replace(config, changes_url=f"http://127.0.0.1:{proxy.port}")
     client = make_client(config)
     transport, agent = Transport(), RecordingAgent()
     connector = Connector(config, transport, client, agent)
     try:
         await healthy(client)
+        if proxy is not None:
+            assert proxy.open_links == 1
         message = Inbound(user_id=USER, chat_id=USER, chat_kind="direct", text="hello")
         await connector.handle_message(message)  # the first: asks the service
         assert len(agent.turns) == 1 and len(transport.texts) == 1
@@ -73,6 +79,8 @@ async def test_a_repeat_message_of_an_admitted_user_makes_no_call(
         await eventually(stopped)
     finally:
         await client.close()
+        if proxy is not None:
+            await proxy.close()
 
 
 def test_edge_cache_is_on_by_default_and_can_be_turned_off(tmp_path: Path) -> None:
