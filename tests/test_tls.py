@@ -21,7 +21,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from authz_service import healthcheck
-from authz_service.client import NO_RETRY, TlsConfig, connect, connect_sync
+from authz_service.client import NO_RETRY, EdgeSettings, TlsConfig, connect, connect_sync
+from authz_service.client.changes_http import HttpTarget, open_stream
 from authz_service.config import ConfigError, ServerTls, Settings
 from authz_service.gen.authz.v1 import admin_pb2 as adm
 from authz_service.server import RunningServer, start_server
@@ -31,6 +32,7 @@ from sidecars.config import ConnectorConfig
 from sidecars.main import check_service, make_client
 
 from .conftest import SECRET_KEY, Dsns, Tenant, rpc_error
+from .edge_helpers import healthy
 
 
 @dataclass(frozen=True)
@@ -277,6 +279,50 @@ async def test_a_connector_presents_its_client_certificate_from_the_environment(
             await check_service(config, client)
     finally:
         await client.close()
+
+
+async def test_the_edge_reads_its_change_stream_over_https_with_the_client_certificate(
+    dsns: Dsns, pki: Pki, tenant: Tenant, tmp_path: Path
+) -> None:
+    """changes_url https:// under mutual TLS: the client's CA file (a bundle with
+    a UTF-8 comment, as distributions ship) and its client certificate serve the
+    HTTP stream too; without the certificate the stream is refused and the edge
+    stays off (every check goes to the service)."""
+    settings = Settings.from_env(
+        {"AUTHZ_DATABASE_URL": dsns.service, "AUTHZ_SECRET_KEY": SECRET_KEY, "AUTHZ_HOME": "/nonexistent"}
+    )
+    settings = dataclasses.replace(settings, tls=ServerTls(pki.server_cert, pki.server_key, client_ca=pki.ca))
+    running = await start_server(
+        await Database.connect(dsns.service), settings, listen="127.0.0.1:0", http_listen="127.0.0.1:0"
+    )
+    await tenant.channel("tg")
+    ca = tmp_path / "bundle.pem"
+    ca.write_bytes("# Autorité de certification de test\n".encode() + pki.ca)
+    (tmp_path / "client.pem").write_bytes(pki.client_cert)
+    (tmp_path / "client.key").write_bytes(pki.client_key)
+    assert running.http is not None
+    url = f"https://localhost:{running.http.port}"
+    address = f"127.0.0.1:{running.port}"
+    try:
+        tls = TlsConfig.from_files(str(ca), str(tmp_path / "client.pem"), str(tmp_path / "client.key"))
+        client = connect(address, tenant.keys["connector"], tls=tls, edge=EdgeSettings(changes_url=url))
+        try:
+            cache = await healthy(client)
+            assert cache.server_id
+        finally:
+            await client.close()
+        without = TlsConfig.from_files(str(ca))
+        target = HttpTarget.of(url, tenant.keys["connector"], without.ssl_context())
+        heard: list[object] = []
+        ended = await asyncio.wait_for(open_stream(target, heard.append), 10)
+        assert heard == []
+        assert ended.reason in (
+            "change stream could not connect: SSLError",
+            "change stream connection lost",
+            "change stream ended",
+        )
+    finally:
+        await running.stop(grace=0)
 
 
 async def test_the_consoles_cookies_are_secure_over_tls(dsns: Dsns, pki: Pki, tenant: Tenant) -> None:
