@@ -79,8 +79,12 @@ app.kubernetes.io/component: server
 {{- end }}
 
 {{/* In-cluster gRPC address of the service. */}}
+{{- define "authz.host" -}}
+{{- printf "%s.%s.svc" (include "authz.fullname" .) .Release.Namespace }}
+{{- end }}
+
 {{- define "authz.address" -}}
-{{- printf "%s.%s.svc:%v" (include "authz.fullname" .) .Release.Namespace .Values.service.port }}
+{{- printf "%s:%v" (include "authz.host" .) .Values.service.port }}
 {{- end }}
 
 {{/* Name of a connector's objects; arg: dict "root" $ "c" connector. */}}
