@@ -393,10 +393,11 @@ _LONG_PAUSE_CODES = (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.PERMISSION_D
 
 
 async def _follow(cache: EdgeCache, one: Callable[[_Watchdog], Awaitable[changes_http.Ended]]) -> None:
-    """Open streams one after another, until one ends with ``give_up``: ``one``
-    reads a stream until it ends. A message later than the bound cancels the stream and opens another;
-    an error or the end of the stream drops every answer and opens another after
-    a backoff (longer when the server does not offer the stream to this key)."""
+    """Open streams one after another, until one ends with ``give_up``; ``one``
+    reads a stream until it ends. A message later than the bound cancels the
+    stream and opens another; an error or the end of the stream drops every
+    answer and opens another after a backoff (longer when the server does not
+    offer the stream to this key)."""
     settings = cache.settings
     delay = settings.reconnect_delay
     while True:
