@@ -295,6 +295,30 @@ async def test_revoking_the_key_ends_an_http_stream_with_an_error_frame(http: Ht
     assert frames[-1][1]["error"]["code"] == "unauthenticated"
 
 
+async def test_a_stream_speaks_binary_protobuf_when_asked(http: Http, tenant: Tenant) -> None:
+    """``application/connect+proto``: the request and every message in binary, the end frame
+    still JSON (Connect). The edge reads WatchChanges so (client.changes_http)."""
+    await tenant.channel(owner_id=OWNER, dm_policy=cm.DM_POLICY_PAIRING)
+    requested = await pair(tenant)
+    request = admin_pb2.WatchApprovalsRequest().SerializeToString()
+    async with http.session.post(
+        f"{http.base}/authz.v1.AdminService/WatchApprovals",
+        data=struct.pack(">BI", 0, len(request)) + request,
+        headers=_headers(tenant.keys["approver"], "application/connect+proto"),
+    ) as resp:
+        assert resp.status == 200
+        assert resp.headers["Content-Type"] == "application/connect+proto"
+        async with asyncio.timeout(10):
+            flags, length = struct.unpack(">BI", await resp.content.readexactly(5))
+            first = cm.Approval.FromString(await resp.content.readexactly(length))
+    assert flags == 0
+    assert first.approval_id == requested.approval_id
+    status, answer = await http.call(
+        "authz.v1.AdminService/WatchApprovals", request, tenant.keys["approver"], content_type="text/plain"
+    )
+    assert status == 415 and "application/connect+proto" in answer["message"]
+
+
 async def test_a_stream_refused_before_it_starts_is_an_http_error(http: Http, tenant: Tenant) -> None:
     status, answer = await http.call(
         "authz.v1.AuthzService/WatchApproval",
