@@ -75,14 +75,24 @@ def load_platform(platform: str) -> RunPlatform:
 def make_client(config: ConnectorConfig) -> Client:
     """The authz client. It retries the calls the proto declares safe to repeat
     (``config.retry``); the Connector adds no retries of its own."""
-    return connect(
-        config.address,
-        config.api_key,
-        tls=TlsConfig.from_env(os.environ),
-        timeout=config.rpc_timeout,
-        retry=config.retry,
-        edge=EdgeSettings(changes_url=config.changes_url) if config.edge_cache else None,
-    )
+    try:
+        client = connect(
+            config.address,
+            config.api_key,
+            tls=TlsConfig.from_env(os.environ),
+            timeout=config.rpc_timeout,
+            retry=config.retry,
+            edge=EdgeSettings(changes_url=config.changes_url) if config.edge_cache else None,
+        )
+    except ValueError as exc:  # e.g. an http:// changes_url beside TLS
+        raise ConfigError(str(exc)) from None
+    if not config.edge_cache:
+        log.info("edge answers off: every message asks the service")
+    elif config.changes_url:
+        log.info("edge answers on; change stream over HTTP at %s", config.changes_url)
+    else:
+        log.info("edge answers on; change stream over gRPC")
+    return client
 
 
 # The user id of the start-up probe, shaped as the platform's (the service checks

@@ -107,3 +107,14 @@ def test_changes_url_from_the_file_or_the_environment(tmp_path: Path) -> None:
         build_config({**base, "changes_url": "authz:8081"}, "telegram", {}, tmp_path)
     with pytest.raises(ConfigError, match="no query, fragment or credentials"):
         build_config(base, "telegram", {"AUTHZ_CHANGES_URL": "http://u:p@authz:8081"}, tmp_path)
+
+
+def test_an_http_changes_url_beside_tls_is_a_configuration_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "key").write_text("azk.t.k.s.c\n")
+    base = {"channel_id": "tg", "api_key_file": "key", "telegram": {"token": "123:abc"}}
+    config = build_config({**base, "changes_url": "http://authz:8081"}, "telegram", {}, tmp_path)
+    monkeypatch.setenv("AUTHZ_TLS", "1")
+    with pytest.raises(ConfigError, match="changes_url must be https:// when the client uses TLS"):
+        make_client(config)
