@@ -147,7 +147,7 @@ class ConnectorConfig:
     # its change stream is healthy (authz_service.client.edge); `edge_cache: false` turns it off.
     edge_cache: bool = True
     # The service's HTTP listener (AUTHZ_HTTP_LISTEN), http(s)://host:port: the edge's change
-    # stream is read there, a third of gRPC's cost per message for the service ("": over gRPC).
+    # stream is read there, about half of gRPC's cost per message for the service ("": over gRPC).
     changes_url: str = ""
     # A platform contact lookup before pairing (e.g. slack.lookup_email) slower than
     # this is abandoned: the requester pairs without it.

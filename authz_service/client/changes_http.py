@@ -8,9 +8,9 @@ as over gRPC answers it (keys, roles, stream caps, revocation).
 
 Read here by an ``asyncio.Protocol``: each message is handled in the socket's
 own callback, with no task woken per message. A change fanned out to 1,000
-edges costs each side a third of the gRPC stream's CPU per message
-(docs/performance.md), which is what keeps the revocation bound when one
-process serves many streams. Anything unexpected (a status other than 200, a
+edges costs the service about half, and the edge about a third, of the gRPC
+stream's CPU per message (docs/performance.md), which is what keeps the
+revocation bound when one process serves many streams. Anything unexpected (a status other than 200, a
 content type, a frame that does not parse, a compressed frame) ends the stream:
 the edge drops every answer and opens another, as for any stream error.
 """

@@ -57,8 +57,8 @@ class EdgeSettings:
     max_reconnect_delay: float = 5.0
     changes_url: str = ""
     """The service's HTTP listener (``AUTHZ_HTTP_LISTEN``), e.g. ``http://authz:8081``
-    or ``https://…``: the change stream is read there (Connect over HTTP/1.1, a
-    third of gRPC's CPU per message: client.changes_http). Empty: over gRPC, on
+    or ``https://…``: the change stream is read there (Connect over HTTP/1.1, about
+    half of gRPC's CPU per message: client.changes_http). Empty: over gRPC, on
     the client's channel. Either way the same server answers and the same
     bound holds."""
 
