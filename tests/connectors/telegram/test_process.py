@@ -10,18 +10,22 @@ import json
 import logging
 import signal
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from authz_service.gen.authz.v1 import admin_pb2 as adm
 from authz_service.gen.authz.v1 import common_pb2 as cm
 from sidecars import main as sidecar_main
 from sidecars import telegram as tg
 from sidecars.runtime import UNAVAILABLE, Connector
-from tests.conftest import Service, Tenant
+from tests.conftest import Service, Tenant, eventually
 from tests.connectors.conftest import ConfigFactory, RecordingAgent
 from tests.connectors.fake_telegram import TOKEN, FakeTelegram, callback_update, message_update
 from tests.connectors.telegram.rig import ALICE, OWNER, SEND_POLICY, Bot, alerts, telegram_config
+from tests.edge_helpers import served
+from tests.pgproxy import PgProxy
 
 
 async def test_service_outage_drops_message(
@@ -74,6 +78,58 @@ async def test_authz_connector_polls_and_replies(
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+async def test_authz_connector_answers_repeats_from_its_edge_over_http(
+    fake: FakeTelegram, tenant: Tenant, service: Service, connector_config: ConfigFactory
+) -> None:
+    """The real entry point with ``changes_url``: the edge's stream goes to the service's
+    HTTP listener (through a proxy, to see it), and once it is up a repeat message is
+    routed and answered without a call to the service; a block still stops it."""
+    await tenant.channel("tg", cm.PLATFORM_TELEGRAM, dm_policy=cm.DM_POLICY_PAIRING, send_policy=SEND_POLICY)
+    await tenant.admin.admin.AllowUser(adm.AllowUserRequest(channel_id="tg", user_id=str(ALICE)))
+    assert service.running.http is not None
+    proxy = PgProxy(f"postgresql://127.0.0.1:{service.running.http.port}/x")
+    await proxy.start()
+    config = replace(telegram_config(connector_config, fake), changes_url=f"http://127.0.0.1:{proxy.port}")
+    task = asyncio.create_task(sidecar_main.serve(config, sidecar_main.load_platform("telegram")))
+    sent = 0
+
+    async def say(text: str) -> None:
+        nonlocal sent
+        fake.push_update(message_update(ALICE, text))
+        sent += 1
+        await fake.log.wait_for("sendMessage", lambda c: c.params["chat_id"] == str(ALICE), count=sent)
+
+    try:
+        await fake.log.wait_for("getUpdates")
+
+        async def stream_up() -> bool:
+            return proxy.open_links == 1
+
+        await eventually(stream_up)
+
+        async def answered_at_the_edge() -> bool:
+            before = served(service.running)
+            await say(f"hello #{sent}")
+            return served(service.running) == before
+
+        await eventually(answered_at_the_edge)  # once the edge holds both answers
+        assert fake.texts(ALICE)[-1] == f"echo: hello #{sent - 1}"
+        await tenant.admin.admin.BlockUser(adm.BlockUserRequest(channel_id="tg", user_id=str(ALICE)))
+
+        async def stopped() -> bool:
+            before = len(fake.texts(ALICE))
+            fake.push_update(message_update(ALICE, "still there?"))
+            await asyncio.sleep(0.2)
+            return len(fake.texts(ALICE)) == before
+
+        await eventually(stopped)
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await proxy.close()
 
 
 async def test_authz_connector_process_stops_on_sigterm(
